@@ -1,0 +1,35 @@
+"""The ``clm`` command. Each area registers its commands from its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from clm_core.cli.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
+
+# Modules that add commands: each defines ``register(cli: click.Group) -> None``.
+COMMAND_MODULES = ["db", "data", "demo"]
+
+
+@click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database", "database_url", envvar="CLM_DATABASE_URL", metavar="URL",
+              help="Database URL (default: CLM_DATABASE_URL, clm.toml, or ./clm.db).")
+@click.option("--project", "project_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Project directory with clm.toml, journeys/ and templates/ (default: cwd).")
+@click.version_option(package_name="clm")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, project_dir: str | None) -> None:
+    """CLM: customer lifecycle stages, CLV, journeys and reliable delivery."""
+    from clm_core.cli.context import App
+
+    ctx.obj = App(database_url=database_url, project_dir=project_dir)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"clm_core.cli.{_name}").register(cli)
+
+
+def main() -> None:
+    sys.exit(cli.main(standalone_mode=True))

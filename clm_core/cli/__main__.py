@@ -1,0 +1,3 @@
+from clm_core.cli import main
+
+main()

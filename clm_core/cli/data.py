@@ -1,0 +1,67 @@
+"""``clm import`` and ``clm generate``: getting store data in."""
+
+from __future__ import annotations
+
+import click
+
+from clm_core.cli.context import App, pass_app
+from clm_core.ingest.csvfile import ENCODINGS
+
+
+def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        field, sep, column = pair.partition("=")
+        if not sep or not field or not column:
+            raise click.BadParameter(f"{pair!r}: use FIELD=COLUMN, e.g. email='E-mail address'",
+                                     param_hint="--map")
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+def _csv_command(group: click.Group, entity: str, cmd_name: str) -> None:
+    @group.command(cmd_name, help=f"Import {entity.replace('_', ' ')} from a CSV file.")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--encoding", type=click.Choice(ENCODINGS), default="auto", show_default=True,
+                  help="auto: UTF-8 (with or without BOM), else GB18030.")
+    @click.option("--map", "mapping", multiple=True, metavar="FIELD=COLUMN",
+                  help="Read FIELD from COLUMN (repeatable).")
+    @click.option("--region", help="Country for phone numbers without +code (default: settings).")
+    @click.option("--timezone", "tz", help="Time zone of times without an offset (default: settings).")
+    @click.option("--rejects", type=click.Path(dir_okay=False), help="Where to write bad rows "
+                  "(default: ./rejects-<file>.csv).")
+    @pass_app
+    def command(app: App, file: str, encoding: str, mapping: tuple[str, ...], region: str | None,
+                tz: str | None, rejects: str | None) -> None:
+        from clm_core.ingest.importer import import_csv
+
+        report = import_csv(app.engine, entity, file, encoding=encoding, mapping=_parse_map(mapping),
+                            region=region or app.settings.default_region,
+                            tz=tz or app.settings.default_timezone, rejects=rejects)
+        for line in report.lines():
+            click.echo(line)
+
+
+def register(cli: click.Group) -> None:
+    @cli.group("import")
+    def import_() -> None:
+        """Import customers, orders, order items or events; or the CDNOW data set."""
+
+    for entity, name in (("customers", "customers"), ("orders", "orders"),
+                         ("order_items", "order-items"), ("events", "events")):
+        _csv_command(import_, entity, name)
+
+    @import_.command("cdnow")
+    @click.option("--sample", is_flag=True, help="The 2,357-customer sample instead of all 23,570.")
+    @click.option("--prospects", type=click.IntRange(0), default=0, show_default=True,
+                  help="Also add this many sign-ups who never ordered.")
+    @pass_app
+    def cdnow(app: App, sample: bool, prospects: int) -> None:
+        """Load the real CDNOW purchase histories shipped with lifetimes (fake contacts)."""
+        from clm_core.ingest.cdnow import import_cdnow
+
+        r = import_cdnow(app.engine, sample=sample, prospects=prospects)
+        click.echo(f"CDNOW{' sample' if sample else ''}: {r.customers:,} customers"
+                   f"{f' + {r.prospects:,} prospects' if r.prospects else ''}, {r.orders:,} orders, "
+                   f"{r.items:,} order lines; new or changed rows: "
+                   + ", ".join(f"{k} {v:,}" for k, v in r.inserted.items()))

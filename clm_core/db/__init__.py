@@ -1,0 +1,1 @@
+"""Database access: the schema, engines, migrations and bulk loading."""

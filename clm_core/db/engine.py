@@ -1,0 +1,58 @@
+"""Engines for SQLite (embedded default, WAL mode) and PostgreSQL (production)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from clm_core.errors import DatabaseError
+from clm_core.settings import normalize_database_url
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    # WAL lets readers (status, plan) run while a writer (score, dispatch) works.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, **kwargs: object) -> Engine:
+    """An engine for ``url``; SQLite connections get WAL and foreign keys."""
+    url = normalize_database_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)  # type: ignore[arg-type]
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
+
+
+def describe(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    return make_url(normalize_database_url(url)).render_as_string(hide_password=True)
+
+
+def ensure_database_exists(url: str) -> None:
+    """Create the PostgreSQL database named in ``url`` if it is missing (SQLite creates files)."""
+    u = make_url(normalize_database_url(url))
+    if not u.drivername.startswith("postgresql") or not u.database:
+        return
+    admin = make_engine(u.set(database="postgres").render_as_string(hide_password=False),
+                        isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                 {"n": u.database})
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{u.database}"'))
+    except sa.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot reach PostgreSQL at {describe(url)}: "
+                            f"{str(exc.orig).strip().splitlines()[0]}") from exc
+    finally:
+        admin.dispose()
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,268 @@
+"""The schema, as SQLAlchemy Core tables (one metadata; migrations follow it).
+
+Conventions: surrogate integer ids, natural keys (``external_id``) unique; times are naive UTC
+``DateTime``; money is ``Numeric(12, 2)``; free-form data is JSON (JSONB on PostgreSQL).
+Status columns are short strings so both databases read the same.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+Money = sa.Numeric(12, 2)
+
+
+def _ts(name: str, **kw: object) -> sa.Column:
+    return sa.Column(name, sa.DateTime(), **kw)  # type: ignore[arg-type]
+
+
+def _customer_fk(nullable: bool = False) -> sa.Column:
+    return sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="CASCADE"),
+                     nullable=nullable, index=True)
+
+
+# --- store data -------------------------------------------------------------------------------
+
+customers = sa.Table(
+    "customers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("external_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("email", sa.String(254), index=True),
+    sa.Column("phone", sa.String(16), index=True),  # E.164
+    sa.Column("locale", sa.String(16)),  # BCP 47, e.g. en, zh-CN
+    sa.Column("timezone", sa.String(64)),  # IANA; NULL means the settings default
+    sa.Column("country", sa.String(2)),
+    sa.Column("consent_email", sa.Boolean, nullable=False, server_default=sa.false()),
+    _ts("consent_email_at"),
+    sa.Column("consent_sms", sa.Boolean, nullable=False, server_default=sa.false()),
+    _ts("consent_sms_at"),
+    sa.Column("attributes", Json),
+    _ts("signed_up_at"),
+    _ts("created_at", nullable=False, server_default=sa.func.current_timestamp()),
+    _ts("updated_at", nullable=False, server_default=sa.func.current_timestamp()),
+)
+
+orders = sa.Table(
+    "orders", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("external_id", sa.String(64), nullable=False, unique=True),
+    _customer_fk(),
+    _ts("ordered_at", nullable=False, index=True),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("quantity", sa.Integer),
+    sa.Column("status", sa.String(16), nullable=False, server_default="completed"),
+    sa.CheckConstraint("amount >= 0", name="amount_non_negative"),
+)
+sa.Index("ix_orders_customer_ordered", orders.c.customer_id, orders.c.ordered_at)
+
+order_items = sa.Table(
+    "order_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("sku", sa.String(64), nullable=False, index=True),
+    sa.Column("product_name", sa.String(200)),
+    sa.Column("quantity", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("unit_price", Money),
+    sa.UniqueConstraint("order_id", "line_no"),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("external_id", sa.String(64), unique=True),  # dedupe when the source has ids
+    _customer_fk(),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    _ts("occurred_at", nullable=False),
+    sa.Column("properties", Json),
+)
+sa.Index("ix_events_type_time", events.c.event_type, events.c.occurred_at)
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+model_fits = sa.Table(
+    "model_fits", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model", sa.String(32), nullable=False),  # bgnbd, mbgnbd, gamma_gamma
+    sa.Column("params", Json, nullable=False),
+    sa.Column("log_likelihood", sa.Float),
+    sa.Column("penalizer", sa.Float, nullable=False, server_default="0"),
+    sa.Column("time_unit", sa.String(8), nullable=False),  # day | week
+    _ts("window_start"),
+    _ts("window_end", nullable=False),  # as-of / calibration end
+    _ts("holdout_end"),
+    sa.Column("n_customers", sa.Integer, nullable=False),
+    sa.Column("diagnostics", Json),  # e.g. the calibration/holdout table
+    _ts("fitted_at", nullable=False),
+    sa.Column("run_id", sa.String(64)),
+)
+
+customer_scores = sa.Table(
+    "customer_scores", metadata,
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("fit_id", sa.Integer, sa.ForeignKey("model_fits.id", ondelete="SET NULL")),
+    sa.Column("n_orders", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("purchase_days", sa.Integer, nullable=False, server_default="0"),
+    _ts("first_order_at"),
+    _ts("last_order_at"),
+    sa.Column("total_spend", sa.Float, nullable=False, server_default="0"),
+    sa.Column("avg_order_value", sa.Float),
+    sa.Column("days_since_last_order", sa.Float),
+    sa.Column("frequency", sa.Float),
+    sa.Column("recency", sa.Float),
+    sa.Column("T", sa.Float),
+    sa.Column("monetary_value", sa.Float),
+    sa.Column("p_alive", sa.Float),
+    sa.Column("expected_purchases_30d", sa.Float),
+    sa.Column("expected_purchases_90d", sa.Float),
+    sa.Column("expected_aov", sa.Float),
+    sa.Column("clv_12m", sa.Float),
+    sa.Column("r_score", sa.SmallInteger),
+    sa.Column("f_score", sa.SmallInteger),
+    sa.Column("m_score", sa.SmallInteger),
+    sa.Column("rfm_segment", sa.String(32), index=True),
+    sa.Column("stage", sa.String(32), index=True),
+    _ts("stage_since"),
+    _ts("scored_at", nullable=False),
+    sa.Column("run_id", sa.String(64)),
+)
+
+stage_transitions = sa.Table(
+    "stage_transitions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    _customer_fk(),
+    sa.Column("from_stage", sa.String(32)),  # NULL for a customer's first stage
+    sa.Column("to_stage", sa.String(32), nullable=False),
+    _ts("transitioned_at", nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+)
+sa.Index("ix_stage_transitions_as_of_to", stage_transitions.c.as_of, stage_transitions.c.to_stage)
+
+# --- journeys ---------------------------------------------------------------------------------
+
+journey_versions = sa.Table(
+    "journey_versions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("journey", sa.String(100), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("definition", Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    _ts("created_at", nullable=False),
+    sa.UniqueConstraint("journey", "version"),
+)
+
+journey_enrollments = sa.Table(
+    "journey_enrollments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("journey", sa.String(100), nullable=False),
+    sa.Column("journey_version", sa.Integer, nullable=False),
+    _customer_fk(),
+    sa.Column("entry_seq", sa.Integer, nullable=False),  # 1 for the first entry, 2 for re-entry...
+    sa.Column("status", sa.String(16), nullable=False),  # active, completed, exited, converted
+    sa.Column("is_control", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("current_step", sa.String(64)),
+    _ts("step_due_at"),  # when the current step may run (end of a wait)
+    _ts("entered_at", nullable=False),
+    _ts("exited_at"),
+    sa.Column("exit_reason", sa.String(64)),
+    _ts("converted_at"),
+    sa.Column("goal", sa.String(64)),
+    sa.Column("state", Json),  # per-enrollment engine state (split choices, visited steps)
+    sa.UniqueConstraint("journey", "customer_id", "entry_seq"),
+)
+sa.Index("ix_journey_enrollments_status_due", journey_enrollments.c.status,
+         journey_enrollments.c.step_due_at)
+
+# --- delivery ---------------------------------------------------------------------------------
+
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+    sa.Column("enrollment_id", sa.Integer,
+              sa.ForeignKey("journey_enrollments.id", ondelete="SET NULL"), index=True),
+    _customer_fk(),
+    sa.Column("journey", sa.String(100)),
+    sa.Column("journey_version", sa.Integer),
+    sa.Column("step_id", sa.String(64)),
+    sa.Column("channel", sa.String(16), nullable=False),  # email | sms | webhook
+    sa.Column("template", sa.String(200)),
+    sa.Column("coupon", Json),  # coupon spec of the step, if any
+    sa.Column("tags", Json),
+    # pending | deferred | skipped | claimed | sent | failed | unknown | cancelled
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64)),  # reason code of the last decision
+    _ts("send_after", nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(64)),
+    _ts("lease_expires_at"),
+    sa.Column("provider", sa.String(32)),
+    sa.Column("provider_message_id", sa.String(128)),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    _ts("sent_at"),
+    sa.Column("flow_run_id", sa.String(64)),
+)
+sa.Index("ix_messages_status_send_after", messages.c.status, messages.c.send_after)
+
+coupons = sa.Table(
+    "coupons", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(64), nullable=False, unique=True),
+    sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+    _customer_fk(),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="SET NULL")),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("provider_ref", sa.String(128)),
+    sa.Column("kind", sa.String(16), nullable=False),  # percent | amount
+    sa.Column("value", Money, nullable=False),
+    sa.Column("currency", sa.String(3)),
+    _ts("expires_at"),
+    sa.Column("status", sa.String(16), nullable=False),  # issued | redeemed | expired | voided
+    _ts("created_at", nullable=False),
+)
+
+suppressions = sa.Table(
+    "suppressions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(254), nullable=False),  # email or E.164 phone
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="SET NULL")),
+    sa.Column("reason", sa.String(64), nullable=False),  # unsubscribed, opted_out, invalid, bounced
+    sa.Column("source", sa.String(64)),  # provider name, unsubscribe link, import
+    _ts("created_at", nullable=False),
+    sa.UniqueConstraint("channel", "address"),
+)
+
+# --- operations -------------------------------------------------------------------------------
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # import, fit, score, plan, dispatch, lifecycle
+    _ts("started_at", nullable=False),
+    _ts("finished_at"),
+    sa.Column("status", sa.String(16), nullable=False),  # running, completed, failed
+    sa.Column("summary", Json),
+    sa.Column("flow_run_id", sa.String(64)),
+)

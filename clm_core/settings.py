@@ -1,0 +1,121 @@
+"""Settings, read in one place.
+
+Precedence, highest first: environment variables (``CLM_DATABASE_URL``, ``CLM_<FIELD>``), the
+project config file (``clm.toml`` in the project directory, or the file named by ``CLM_CONFIG``),
+then the defaults below. The project directory is ``CLM_PROJECT_DIR`` or the working directory;
+it holds ``journeys/`` and ``templates/``.
+
+Secrets are never read from the config file: it names the environment variables (or Prefect
+Secret blocks) that hold them, so the file can be committed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from clm_core.errors import ConfigError
+
+CONFIG_FILE = "clm.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Sections other than ``[clm]`` stay as plain dicts for their area."""
+
+    project_dir: Path
+    database_url: str
+    default_timezone: str = "UTC"
+    default_region: str = "US"  # phone numbers without a country code
+    default_locale: str = "en"
+    currency: str = "USD"
+    # Name of the environment variable holding the HMAC key for unsubscribe tokens and links.
+    secret_key_env: str = "CLM_SECRET_KEY"
+    public_base_url: str = "https://clm.example.com"
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def journeys_dir(self) -> Path:
+        return self.project_dir / "journeys"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.project_dir / "templates"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A config-file section such as ``[delivery]`` or ``[lifecycle]`` ({} if absent)."""
+        return self.sections.get(name, {})
+
+    def with_database(self, url: str) -> "Settings":
+        return replace(self, database_url=normalize_database_url(url))
+
+
+def normalize_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whatever driver the URL names (or none)."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+_SIMPLE = {f.name for f in fields(Settings)} - {"project_dir", "database_url", "sections"}
+
+
+def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Resolve settings from defaults, the config file and the environment."""
+    env = dict(os.environ if env is None else env)
+    root = Path(project_dir or env.get("CLM_PROJECT_DIR") or Path.cwd()).resolve()
+    config_path = Path(env["CLM_CONFIG"]) if env.get("CLM_CONFIG") else root / CONFIG_FILE
+    data: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: {exc}") from exc
+    elif env.get("CLM_CONFIG"):
+        raise ConfigError(f"CLM_CONFIG names {config_path}, which does not exist")
+
+    core = dict(data.pop("clm", {}))
+    unknown = set(core) - _SIMPLE - {"database_url"}
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown keys in [clm]: {', '.join(sorted(unknown))}; "
+                          f"valid: database_url, {', '.join(sorted(_SIMPLE))}")
+    for name in _SIMPLE | {"database_url"}:
+        value = env.get(f"CLM_{name.upper()}")
+        if value:
+            core[name] = value
+    url = core.pop("database_url", None) or f"sqlite:///{root / 'clm.db'}"
+    settings = Settings(project_dir=root, database_url=normalize_database_url(url),
+                        sections=data, **core)
+    try:
+        ZoneInfo(settings.default_timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"default_timezone {settings.default_timezone!r} is not an IANA time zone") from exc
+    return settings
+
+
+def secret(name: str, env: dict[str, str] | None = None) -> str:
+    """A secret from the environment, or from a Prefect Secret block named ``clm-<name>``.
+
+    The error names the variable, never a value.
+    """
+    env = os.environ if env is None else env
+    value = env.get(name)
+    if value:
+        return value
+    block = name.lower().replace("_", "-")
+    try:  # Prefect is optional here: clm_core does not depend on a running server.
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(block, _sync=True).get())  # type: ignore[call-arg]
+    except Exception:
+        raise ConfigError(f"secret {name} is not set: export {name} or create the Prefect "
+                          f"Secret block {block!r}") from None

@@ -1,0 +1,1 @@
+"""Prefect flows: the lifecycle, dispatch and fit_models runs."""
