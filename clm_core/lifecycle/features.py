@@ -27,50 +27,34 @@ UNIT_DAYS = {"day": 1.0, "week": 7.0}
 NOT_PURCHASES = ("cancelled", "canceled", "refunded", "failed", "pending")
 _NOT_PURCHASES_SQL = ", ".join(f"'{s}'" for s in NOT_PURCHASES)
 
-# The per-day subquery and the per-customer aggregate differ only in date arithmetic.
+# Everything but the first purchase day's spend comes from one pass over the orders index
+# (customer_id, ordered_at); that spend is one index range lookup per repeat buyer. Date
+# arithmetic happens in pandas, so the dialects differ only in how a day is written.
 _DIALECT = {
-    "sqlite": {
-        "day": "substr(o.ordered_at, 1, 10)",
-        "age": "julianday(:as_of_day) - julianday(MIN(day))",
-        "last_age": "julianday(:as_of_day) - julianday(MAX(day))",
-        "span": "julianday(MAX(day)) - julianday(MIN(day))",
-        "signup_age": "julianday(:as_of_day) - julianday(c.signed_up_at)",
-        "stage_age": "julianday(:as_of_day) - julianday(s.stage_since)",
-    },
-    "postgresql": {
-        "day": "CAST(o.ordered_at AS DATE)",
-        "age": "CAST(:as_of_day AS DATE) - MIN(day)",
-        "last_age": "CAST(:as_of_day AS DATE) - MAX(day)",
-        "span": "MAX(day) - MIN(day)",
-        "signup_age": "EXTRACT(EPOCH FROM (CAST(:as_of_day AS TIMESTAMP) - c.signed_up_at)) / 86400.0",
-        "stage_age": "EXTRACT(EPOCH FROM (CAST(:as_of_day AS TIMESTAMP) - s.stage_since)) / 86400.0",
-    },
+    "sqlite": {"day": "substr(o.ordered_at, 1, 10)",
+               "next_day": "date(a.first_order_at, '+1 day')"},
+    "postgresql": {"day": "CAST(o.ordered_at AS DATE)",
+                   "next_day": "CAST(a.first_order_at AS DATE) + 1"},
 }
 
 _SQL = """
-WITH d AS (
-    SELECT o.customer_id, {day} AS day, COUNT(*) AS n, SUM(o.amount) AS spend,
-           MIN(o.ordered_at) AS first_at, MAX(o.ordered_at) AS last_at
+WITH a AS (
+    SELECT o.customer_id, COUNT(*) AS n_orders, COUNT(DISTINCT {day}) AS purchase_days,
+           MIN(o.ordered_at) AS first_order_at, MAX(o.ordered_at) AS last_order_at,
+           SUM(o.amount) AS total_spend
     FROM orders o
     WHERE o.ordered_at < :end AND o.status NOT IN ({not_purchases})
-    GROUP BY o.customer_id, {day}
-), w AS (
-    SELECT customer_id, day, n, spend, first_at, last_at,
-           CASE WHEN day = MIN(day) OVER (PARTITION BY customer_id) THEN spend ELSE 0 END AS first_spend
-    FROM d
-), a AS (
-    SELECT customer_id, SUM(n) AS n_orders, COUNT(*) AS purchase_days,
-           MIN(first_at) AS first_order_at, MAX(last_at) AS last_order_at,
-           SUM(spend) AS total_spend, SUM(first_spend) AS first_day_spend,
-           {age} AS age_days, {last_age} AS last_age_days, {span} AS span_days
-    FROM w GROUP BY customer_id
+    GROUP BY o.customer_id
 )
-SELECT c.id AS customer_id, c.signed_up_at, {signup_age} AS days_since_signup,
-       c.country, c.locale, c.timezone, c.consent_email, c.consent_sms,
+SELECT c.id AS customer_id, c.signed_up_at, c.country, c.locale, c.timezone,
+       c.consent_email, c.consent_sms,
        a.n_orders, a.purchase_days, a.first_order_at, a.last_order_at, a.total_spend,
-       a.first_day_spend, a.age_days, a.span_days, a.last_age_days,
-       s.stage AS previous_stage, s.stage_since AS previous_stage_since,
-       {stage_age} AS days_in_stage
+       CASE WHEN a.purchase_days > 1 THEN (
+           SELECT SUM(o.amount) FROM orders o
+           WHERE o.customer_id = a.customer_id AND o.ordered_at >= a.first_order_at
+             AND o.ordered_at < {next_day} AND o.status NOT IN ({not_purchases})
+       ) ELSE a.total_spend END AS first_day_spend,
+       s.stage AS previous_stage, s.stage_since AS previous_stage_since
 FROM customers c
 LEFT JOIN a ON a.customer_id = c.id
 LEFT JOIN customer_scores s ON s.customer_id = c.id
@@ -90,7 +74,7 @@ def day_end(as_of: date) -> datetime:
 
 
 def _params(as_of: date) -> dict[str, object]:
-    return {"end": day_end(as_of), "as_of_day": as_of.isoformat()}
+    return {"end": day_end(as_of)}
 
 
 def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFrame:
@@ -103,6 +87,10 @@ def _timestamps(s: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(s):
         return s
     return pd.to_datetime(s, format="ISO8601")
+
+
+def _days(delta: pd.Series) -> pd.Series:
+    return (delta / pd.Timedelta(days=1)).astype("float64")
 
 
 @dataclass(frozen=True)
@@ -132,10 +120,12 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day") -> 
     f["last_order_at"] = _timestamps(raw["last_order_at"])
     f["total_spend"] = total.fillna(0.0)
     f["avg_order_value"] = total / n_orders
-    span = pd.to_numeric(raw["span_days"]).astype("float64")
-    age = pd.to_numeric(raw["age_days"]).astype("float64")
+    today = pd.Timestamp(as_of)
+    first_day, last_day = f["first_order_at"].dt.normalize(), f["last_order_at"].dt.normalize()
+    span = _days(last_day - first_day)
+    age = _days(today - first_day)
     f["days_since_first_order"] = age
-    f["days_since_last_order"] = pd.to_numeric(raw["last_age_days"]).astype("float64")
+    f["days_since_last_order"] = _days(today - last_day)
     repeats = days - 1
     f["frequency"] = repeats
     f["recency"] = span / unit
@@ -144,14 +134,14 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day") -> 
     f.loc[days.isna(), "monetary_value"] = np.nan
     f["repeat_avg_value"] = f["monetary_value"].where(repeats > 0)
     f["signed_up_at"] = _timestamps(raw["signed_up_at"])
-    f["days_since_signup"] = pd.to_numeric(raw["days_since_signup"]).astype("float64")
+    f["days_since_signup"] = _days(today - f["signed_up_at"])
     for col in ("country", "locale", "timezone"):
         f[col] = raw[col].astype(object)
     for col in ("consent_email", "consent_sms"):
         f[col] = raw[col].fillna(False).astype(bool)
     f["previous_stage"] = raw["previous_stage"].astype(object)
     f["previous_stage_since"] = _timestamps(raw["previous_stage_since"])
-    f["days_in_stage"] = pd.to_numeric(raw["days_in_stage"]).astype("float64")
+    f["days_in_stage"] = _days(today - f["previous_stage_since"])
     gap = typical_gap_days(span, repeats)
     f["typical_gap_days"] = gap
     return Features(f, as_of, time_unit, gap)

@@ -61,5 +61,5 @@ def rfm(features: pd.DataFrame) -> pd.DataFrame:
     }, index=features.index)
     r = out["r_score"].fillna(0).to_numpy(int)
     f = out["f_score"].fillna(0).to_numpy(int)
-    out["rfm_segment"] = pd.Series(SEGMENT_GRID[r, f], index=features.index).where(buyers, None)
+    out["rfm_segment"] = pd.Series(SEGMENT_GRID[r, f], index=features.index, dtype=object)
     return out
