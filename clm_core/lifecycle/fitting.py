@@ -7,6 +7,8 @@ failure becomes a ``ModelFitError`` that says what to try.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ MIN_REPEAT_CUSTOMERS = 10  # Gamma-Gamma fits repeat buyers only
 PURCHASE_MODELS = ("bgnbd", "mbgnbd")
 PARAM_NAMES = {"bgnbd": ("r", "alpha", "a", "b"), "mbgnbd": ("r", "alpha", "a", "b"),
                "gamma_gamma": ("p", "q", "v")}
-_ADVICE = ("try a penalizer (clm fit --penalizer 0.001, or [lifecycle] penalizer in clm.toml), "
+_ADVICE = ("try a penalizer ([lifecycle] penalizer = 0.001 in clm.toml), "
            "more data (an earlier window start or a later as-of date), or the other purchase "
            "model ([lifecycle] model = \"mbgnbd\" or \"bgnbd\")")
 
@@ -66,10 +68,11 @@ def _check(model: str, params: dict[str, float], n: int) -> None:
 def _run(model: str, fitter: Any, args: tuple[pd.Series, ...], weights: pd.Series) -> tuple[dict[str, float], float]:
     n = int(weights.sum())
     try:
-        with warnings.catch_warnings():
+        # lifetimes prints the optimiser's state when it gives up: keep stdout clean.
+        with warnings.catch_warnings(), np.errstate(all="ignore"), \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            with np.errstate(all="ignore"):
-                fitter.fit(*args, weights=weights.to_numpy())
+            fitter.fit(*args, weights=weights.to_numpy())
     except Exception as exc:  # lifetimes raises ConvergenceError, scipy may raise anything
         raise ModelFitError(f"{model} fit on {n:,} customers did not converge "
                             f"({type(exc).__name__}); {_ADVICE}") from exc
