@@ -21,6 +21,27 @@ _SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime storage 
 
 def _prepare(table: sa.Table, df: pd.DataFrame, for_copy: bool) -> pd.DataFrame:
     """Values the DBAPI (or COPY) takes as they are: NaN -> None, JSON as text, times as text."""
+    out = _converted(table, df, for_copy)
+    return out.astype(object).where(out.notna(), None)
+
+
+def _rows(table: sa.Table, df: pd.DataFrame) -> list[tuple[object, ...]]:
+    """Rows for ``executemany``, built column by column (several times faster than
+    ``itertuples`` over an object frame at a million rows)."""
+    out = _converted(table, df, for_copy=False)
+    columns = [out[name].to_numpy(dtype=object, na_value=None).tolist() for name in out.columns]
+    return list(zip(*columns))
+
+
+def _strftime(s: pd.Series, fmt: str) -> pd.Series:
+    """Format each distinct time once (columns such as as-of dates repeat one value)."""
+    codes, uniques = pd.factorize(s)
+    text = np.asarray(pd.DatetimeIndex(uniques).strftime(fmt), dtype=object)
+    return pd.Series(np.where(codes >= 0, text[codes] if len(text) else None, None), index=s.index,
+                     dtype=object)
+
+
+def _converted(table: sa.Table, df: pd.DataFrame, for_copy: bool) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for name in df.columns:
         col = table.c[name]
@@ -29,15 +50,14 @@ def _prepare(table: sa.Table, df: pd.DataFrame, for_copy: bool) -> pd.DataFrame:
             out[name] = s.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v))
                               else json.dumps(v, ensure_ascii=False, sort_keys=True, default=str))
         elif isinstance(col.type, sa.DateTime) and pd.api.types.is_datetime64_any_dtype(s):
-            text = s.dt.strftime("%Y-%m-%d %H:%M:%S.%f" if for_copy else _SQLITE_TS)
-            out[name] = text.where(s.notna(), None)
+            out[name] = _strftime(s, "%Y-%m-%d %H:%M:%S.%f" if for_copy else _SQLITE_TS)
         elif isinstance(col.type, sa.Date) and pd.api.types.is_datetime64_any_dtype(s):
-            out[name] = s.dt.strftime("%Y-%m-%d").where(s.notna(), None)
+            out[name] = _strftime(s, "%Y-%m-%d")
         elif isinstance(col.type, sa.Boolean) and not for_copy:
             out[name] = s.map(lambda v: None if v is None or v is pd.NA else int(bool(v)))
         else:
             out[name] = s
-    return out.astype(object).where(out.notna(), None)
+    return out
 
 
 def _conflict_sql(table: sa.Table, keys: Sequence[str], update: Sequence[str] | None,
@@ -67,7 +87,7 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
         return _write_postgres(conn, table, df, cols, quoted, keys, update, touch)
     conflict = _conflict_sql(table, keys, update, "IS NOT", touch) if keys else ""
     sql = f'INSERT INTO {table.name} ({quoted}) VALUES ({", ".join("?" * len(cols))}) {conflict}'
-    rows = list(_prepare(table, df, for_copy=False).itertuples(index=False, name=None))
+    rows = _rows(table, df)
     raw = conn.connection.dbapi_connection
     assert raw is not None
     before = raw.total_changes  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ as-of date and had not ordered by then are left out (they did not exist yet).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -46,8 +47,7 @@ WITH a AS (
     WHERE o.ordered_at < :end AND o.status NOT IN ({not_purchases})
     GROUP BY o.customer_id
 )
-SELECT c.id AS customer_id, c.signed_up_at, c.country, c.locale, c.timezone,
-       c.consent_email, c.consent_sms,
+SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
        a.n_orders, a.purchase_days, a.first_order_at, a.last_order_at, a.total_spend,
        CASE WHEN a.purchase_days > 1 THEN (
            SELECT SUM(o.amount) FROM orders o
@@ -63,9 +63,15 @@ ORDER BY c.id
 """
 
 
-def _sql(dialect: str) -> str:
+# Customer columns stage rules may use; fetched only when the rules use them.
+CUSTOMER_COLUMNS = {"country": "string", "locale": "string", "timezone": "string",
+                    "consent_email": "bool", "consent_sms": "bool"}
+
+
+def _sql(dialect: str, customer_columns: Iterable[str] = ()) -> str:
     d = _DIALECT["postgresql" if dialect == "postgresql" else "sqlite"]
-    return _SQL.format(**d, not_purchases=_NOT_PURCHASES_SQL)
+    extra = "".join(f" c.{name}," for name in CUSTOMER_COLUMNS if name in set(customer_columns))
+    return _SQL.format(**d, not_purchases=_NOT_PURCHASES_SQL, customer_columns=extra)
 
 
 def day_end(as_of: date) -> datetime:
@@ -80,7 +86,8 @@ def _params(as_of: date) -> dict[str, object]:
 def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFrame:
     stmt = sa.text(sql).bindparams(sa.bindparam("end", type_=sa.DateTime()))
     result = conn.execute(stmt, params)
-    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    # Plain DBAPI tuples: building a DataFrame from SQLAlchemy Row objects is many times slower.
+    return pd.DataFrame(result.cursor.fetchall(), columns=list(result.keys()))
 
 
 def _timestamps(s: pd.Series) -> pd.Series:
@@ -103,11 +110,13 @@ class Features:
     typical_gap_days: float
 
 
-def customer_features(conn: Connection, as_of: date, time_unit: str = "day") -> Features:
-    """One row per customer (prospects included) with order metrics and lifetimes' summary."""
+def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
+                      customer_columns: Iterable[str] = ()) -> Features:
+    """One row per customer (prospects included) with order metrics and lifetimes' summary,
+    plus the named ``CUSTOMER_COLUMNS``."""
     if time_unit not in UNIT_DAYS:
         raise ValueError(f"time unit must be one of {', '.join(UNIT_DAYS)}, got {time_unit!r}")
-    raw = _fetch(conn, _sql(conn.dialect.name), _params(as_of))
+    raw = _fetch(conn, _sql(conn.dialect.name, customer_columns), _params(as_of))
     unit = UNIT_DAYS[time_unit]
     f = pd.DataFrame({"customer_id": raw["customer_id"].astype("int64")})
     n_orders = pd.to_numeric(raw["n_orders"]).astype("float64")
@@ -135,10 +144,9 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day") -> 
     f["repeat_avg_value"] = f["monetary_value"].where(repeats > 0)
     f["signed_up_at"] = _timestamps(raw["signed_up_at"])
     f["days_since_signup"] = _days(today - f["signed_up_at"])
-    for col in ("country", "locale", "timezone"):
-        f[col] = raw[col].astype(object)
-    for col in ("consent_email", "consent_sms"):
-        f[col] = raw[col].fillna(False).astype(bool)
+    for col, kind in CUSTOMER_COLUMNS.items():
+        if col in raw:
+            f[col] = raw[col].fillna(False).astype(bool) if kind == "bool" else raw[col].astype(object)
     f["previous_stage"] = raw["previous_stage"].astype(object)
     f["previous_stage_since"] = _timestamps(raw["previous_stage_since"])
     f["days_in_stage"] = _days(today - f["previous_stage_since"])

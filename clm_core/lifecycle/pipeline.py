@@ -101,9 +101,14 @@ class FitReport:
             "fit_ids": {self.purchases.model: self.purchases.id, "gamma_gamma": self.spend.id},
         }
         if self.holdout is not None:
-            out["holdout"] = [{"calibration_frequency": k, **{c: float(v) for c, v in row.items()}}
-                              for k, row in self.holdout.iterrows()]
+            out["holdout"] = holdout_rows(self.holdout)
         return out
+
+
+def holdout_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The calibration/holdout table as JSON-ready rows."""
+    return [{"calibration_frequency": k, **{c: float(v) for c, v in row.items()}}
+            for k, row in table.iterrows()]
 
 
 def _iso(v: date | datetime | None) -> str | None:
@@ -128,7 +133,7 @@ def fit(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
         duration = (holdout_end - as_of).days / UNIT_DAYS[unit]
         table = calibration_holdout_table(features.set_index("customer_id"), holdout,
                                           purchases.model, purchases.params, duration)
-        purchases.diagnostics = {"calibration_holdout": FitReport(purchases, spend, table).as_dict()["holdout"]}
+        purchases.diagnostics = {"calibration_holdout": holdout_rows(table)}
     with engine.begin() as conn:
         store_fit(conn, purchases, run_id)
         store_fit(conn, spend, run_id)
@@ -159,7 +164,7 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     fitted = fits is None
     unit = fits[0].time_unit if fits else config.time_unit
     with engine.connect() as conn:
-        features = customer_features(conn, as_of, unit)
+        features = customer_features(conn, as_of, unit, customer_columns=rules.fields)
         f = features.frame
         clock["features"] = time.perf_counter() - start
         if fits is None:

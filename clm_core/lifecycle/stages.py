@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clm_core.conditions import Condition, collect_problems
 from clm_core.errors import Problem, SpecError
+from clm_core.lifecycle.features import CUSTOMER_COLUMNS
 from clm_core.yamlspec import Locator, load_yaml, parse_yaml, problems_from_pydantic
 
 # Every metric a stage rule may use, with its condition type.
@@ -37,10 +38,10 @@ METRICS: dict[str, str] = {
         "recency", "T", "monetary_value", "typical_gap_days", "p_alive", "expected_purchases_30d",
         "expected_purchases_90d", "expected_aov", "clv_12m", "r_score", "f_score", "m_score",
         "days_in_stage"), "number"),
-    **dict.fromkeys(("rfm_segment", "previous_stage", "country", "locale", "timezone"), "string"),
+    **dict.fromkeys(("rfm_segment", "previous_stage"), "string"),
     **dict.fromkeys(("first_order_at", "last_order_at", "signed_up_at", "previous_stage_since"),
                     "datetime"),
-    **dict.fromkeys(("consent_email", "consent_sms"), "bool"),
+    **CUSTOMER_COLUMNS,
 }
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
