@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 UNIT_DAYS = {"day": 1.0, "week": 7.0}
+FETCH_CHUNK = 200_000
 # Orders in these states are not purchases.
 NOT_PURCHASES = ("cancelled", "canceled", "refunded", "failed", "pending")
 _NOT_PURCHASES_SQL = ", ".join(f"'{s}'" for s in NOT_PURCHASES)
@@ -86,8 +87,13 @@ def _params(as_of: date) -> dict[str, object]:
 def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFrame:
     stmt = sa.text(sql).bindparams(sa.bindparam("end", type_=sa.DateTime()))
     result = conn.execute(stmt, params)
-    # Plain DBAPI tuples: building a DataFrame from SQLAlchemy Row objects is many times slower.
-    return pd.DataFrame(result.cursor.fetchall(), columns=list(result.keys()))
+    columns = list(result.keys())
+    # Plain DBAPI tuples (a DataFrame from SQLAlchemy Row objects is many times slower), in
+    # chunks so the Python rows never all exist at once.
+    frames = []
+    while rows := result.cursor.fetchmany(FETCH_CHUNK):
+        frames.append(pd.DataFrame(rows, columns=columns))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _timestamps(s: pd.Series) -> pd.Series:

@@ -152,6 +152,9 @@ class ScoreReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+WRITE_CHUNK = 200_000  # rows per bulk write: bounds the memory of the DBAPI rows
+
+
 def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
           rules: StageRules | None = None, run_id: str | None = None) -> ScoreReport:
     """Score every customer as of ``as_of`` and record stage changes; fits first if needed."""
@@ -164,37 +167,40 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     fitted = fits is None
     unit = fits[0].time_unit if fits else config.time_unit
     with engine.connect() as conn:
-        features = customer_features(conn, as_of, unit, customer_columns=rules.fields)
-        f = features.frame
+        f = customer_features(conn, as_of, unit, customer_columns=rules.fields).frame
         clock["features"] = time.perf_counter() - start
         if fits is None:
-            purchases, spend = fit_models(f, as_of=as_of, time_unit=unit, model=config.model,
-                                          penalizer=config.penalizer)
+            fits = fit_models(f, as_of=as_of, time_unit=unit, model=config.model,
+                              penalizer=config.penalizer)
             with engine.begin() as wconn:
-                store_fit(wconn, purchases, run_id)
-                store_fit(wconn, spend, run_id)
-            fits = (purchases, spend)
+                for fitted_model in fits:
+                    store_fit(wconn, fitted_model, run_id)
             clock["fit"] = time.perf_counter() - start - clock["features"]
         mark = time.perf_counter()
         purchases, spend = fits
         scores = score_frame(f, purchases.model, purchases.params, spend.params, unit,
                              config.discount_rate)
-        metrics = pd.concat([f, scores, rfm(f)], axis=1)
+        view = rules_view(conn, pd.concat([f, scores, rfm(f)], axis=1), as_of)
+        del f, scores
         clock["scores"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        view = rules_view(conn, metrics, as_of)
+    mark = time.perf_counter()
     stage = rules.assign(view)
     now = utcnow()
     moves, since = diff(view, stage, as_of, now, run_id)
     clock["stages"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    out = view.assign(as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage,
-                      stage_since=since, scored_at=pd.Timestamp(now), run_id=run_id)[SCORE_COLUMNS]
+    segments = view["rfm_segment"].value_counts()
+    n_customers = len(view)
+    out = view[[c for c in SCORE_COLUMNS if c in view.columns]].assign(
+        as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage, stage_since=since,
+        scored_at=pd.Timestamp(now), run_id=run_id)[SCORE_COLUMNS]
+    del view
     with engine.begin() as conn:
-        write_frame(conn, t.customer_scores, out, keys=["customer_id"], update=SCORE_COLUMNS[1:])
+        for lo in range(0, len(out), WRITE_CHUNK):
+            write_frame(conn, t.customer_scores, out.iloc[lo:lo + WRITE_CHUNK], keys=["customer_id"],
+                        update=SCORE_COLUMNS[1:])
         write_frame(conn, t.stage_transitions, moves)
     clock["write"] = time.perf_counter() - mark
     counts = stage.value_counts()
-    segments = metrics["rfm_segment"].value_counts()
-    return ScoreReport(as_of, len(f), {s: int(counts.get(s, 0)) for s in rules.names},
+    return ScoreReport(as_of, n_customers, {s: int(counts.get(s, 0)) for s in rules.names},
                        {k: int(v) for k, v in segments.items()}, len(moves), purchases.id, fitted, clock)

@@ -19,11 +19,12 @@ from clm_core.db import tables as t
 
 
 def rules_view(conn: Connection, features: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    """``features`` with previous_stage/previous_stage_since/days_in_stage as of before ``as_of``.
+    """``features`` with previous_stage/previous_stage_since/days_in_stage as of before ``as_of``
+    (changed in place and returned).
 
     Adds ``stored_stage`` and ``stored_since`` (what ``customer_scores`` holds now).
     """
-    out = features.copy()
+    out = features
     out["stored_stage"] = out["previous_stage"]
     out["stored_since"] = out["previous_stage_since"]
     earlier = pd.read_sql(
