@@ -27,16 +27,23 @@ def rules_view(conn: Connection, features: pd.DataFrame, as_of: date) -> pd.Data
     out = features
     out["stored_stage"] = out["previous_stage"]
     out["stored_since"] = out["previous_stage_since"]
-    earlier = pd.read_sql(
-        sa.select(t.stage_transitions.c.customer_id, t.stage_transitions.c.from_stage)
-        .where(t.stage_transitions.c.as_of == as_of).order_by(t.stage_transitions.c.id), conn)
+    # A transition already recorded for this date means this is a re-run: restore the stage
+    # before it, and when that stage began (the date of the transition into it).
+    st = t.stage_transitions
+    before = st.alias("before")
+    began = (sa.select(sa.func.max(before.c.as_of))
+             .where(before.c.customer_id == st.c.customer_id, before.c.as_of < st.c.as_of)
+             .scalar_subquery())
+    earlier = pd.read_sql(sa.select(st.c.customer_id, st.c.from_stage, began.label("since"))
+                          .where(st.c.as_of == as_of).order_by(st.c.id), conn)
     if not earlier.empty:
-        before = earlier.drop_duplicates("customer_id").set_index("customer_id")["from_stage"]
-        hit = out["customer_id"].isin(before.index).to_numpy()
-        out.loc[hit, "previous_stage"] = out.loc[hit, "customer_id"].map(before).to_numpy()
-        # The earlier stage's start is not kept; its age is unknown, not zero.
-        out.loc[hit, "previous_stage_since"] = pd.NaT
-        out.loc[hit, "days_in_stage"] = np.nan
+        first = earlier.drop_duplicates("customer_id").set_index("customer_id")
+        hit = out["customer_id"].isin(first.index).to_numpy()
+        ids = out.loc[hit, "customer_id"]
+        since = pd.to_datetime(ids.map(first["since"]))
+        out.loc[hit, "previous_stage"] = ids.map(first["from_stage"]).to_numpy()
+        out.loc[hit, "previous_stage_since"] = since.to_numpy()
+        out.loc[hit, "days_in_stage"] = ((pd.Timestamp(as_of) - since) / pd.Timedelta(days=1)).to_numpy()
     return out
 
 
