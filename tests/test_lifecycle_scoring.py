@@ -26,6 +26,7 @@ ORDERS = {
     "N": [("2024-06-20", 30.0)],
     "R": [("2024-05-20", 25.0)],
     "C": [("2024-04-01", 50.0)],
+    "D": [("2024-03-01", 45.0)],
     "A": [("2024-01-01 09:00", 10.0), ("2024-01-01 17:30", 20.0), ("2024-06-25", 40.0)],
     "B": [("2024-06-10", 15.0), ("2024-06-20", 35.0)],
     "L": [(d, 20.0) for d in ("2024-05-01", "2024-05-15", "2024-06-01", "2024-06-15", "2024-06-29",
@@ -73,7 +74,7 @@ def test_hand_computed_customers(engine: sa.Engine) -> None:
     ids = seed(engine)
     config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
     report = score(engine, config, AS_OF)
-    assert not report.fitted and report.customers == 7
+    assert not report.fitted and report.customers == 8
     s = {k: scores(engine)[v] for k, v in ids.items()}
     # A: two orders on 1 Jan are one purchase day; 176 days to 25 Jun; 181 days old.
     assert (s["A"]["n_orders"], s["A"]["purchase_days"], s["A"]["frequency"]) == (3, 2, 1)
@@ -94,10 +95,10 @@ def test_hand_computed_customers(engine: sa.Engine) -> None:
     assert s["A"]["expected_aov"] == pytest.approx((1 - w) * gg_mean + w * 40)
     assert s["P"]["p_alive"] is None and s["P"]["n_orders"] == 0 and s["P"]["rfm_segment"] is None
     stages = {k: v["stage"] for k, v in s.items()}
-    assert stages == {"P": "prospect", "N": "new", "R": "at_risk", "C": "churned", "A": "active",
-                      "B": "active", "L": "loyal"}
+    assert stages == {"P": "prospect", "N": "new", "R": "at_risk", "C": "churned", "D": "churned",
+                      "A": "active", "B": "active", "L": "loyal"}
     assert all(v["stage_since"] == datetime(2024, 6, 30) for v in s.values())
-    assert report.transitions == 7
+    assert report.transitions == 8
     assert {(c, f, to) for c, f, to, _ in transitions(engine)} == {
         (ids[k], None, v) for k, v in stages.items()}
 
@@ -108,7 +109,7 @@ def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(en
     score(engine, config, AS_OF)
     before = scores(engine)
     again = score(engine, config, AS_OF)
-    assert again.transitions == 0 and len(transitions(engine)) == 7
+    assert again.transitions == 0 and len(transitions(engine)) == 8
     assert {k: v["stage"] for k, v in scores(engine).items()} == {k: v["stage"] for k, v in before.items()}
     # C was churned; buying again makes it reactivated, and it stays so when re-scored that day.
     add_order(engine, ids["C"], "2024-07-20", 30.0)
@@ -116,6 +117,9 @@ def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(en
     c = scores(engine)[ids["C"]]
     assert (c["stage"], c["stage_since"]) == ("reactivated", datetime(2024, 7, 31))
     assert (ids["C"], "churned", "reactivated", date(2024, 7, 31)) in transitions(engine)
+    # Only a purchase reactivates: D, churned too, did not buy and stays churned.
+    assert scores(engine)[ids["D"]]["stage"] == "churned"
+    assert [k for k, v in scores(engine).items() if v["stage"] == "reactivated"] == [ids["C"]]
     n = len(transitions(engine))
     assert score(engine, config, date(2024, 7, 31)).transitions == 0
     assert len(transitions(engine)) == n and scores(engine)[ids["C"]]["stage"] == "reactivated"
