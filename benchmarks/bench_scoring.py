@@ -41,7 +41,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak resident memory of this process since it started (VmHWM; ``ru_maxrss`` would carry
+    over the parent's peak through fork and exec)."""
+    with open("/proc/self/status") as fh:
+        for row in fh:
+            if row.startswith("VmHWM:"):
+                return int(row.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cpu() -> float:
