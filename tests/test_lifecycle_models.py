@@ -67,8 +67,7 @@ def independent_holdout_table() -> pd.DataFrame:
     return pd.DataFrame({"band": band, "actual": actual, "predicted": predicted}).groupby("band").mean()
 
 
-def test_calibration_holdout_table_matches_independent_computation(engine: sa.Engine,
-                                                                    settings: object) -> None:
+def test_calibration_holdout_table_matches_independent_computation(engine: sa.Engine) -> None:
     import_cdnow(engine, sample=True)
     result = CliRunner().invoke(cli, ["--database", str(engine.url.render_as_string(hide_password=False)),
                                       "fit", "--calibration-end", "1997-09-30",
