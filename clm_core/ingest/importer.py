@@ -86,7 +86,7 @@ def _dedupe(clean: pd.DataFrame, keys: list[str], raw: RawTable, bad_index: pd.I
 def _customer_ids(conn: Connection, external_ids: pd.Series) -> tuple[pd.Series, int]:
     """Internal ids for customer external ids, creating bare customers for unknown ones."""
     distinct = pd.DataFrame({"external_id": pd.unique(external_ids.dropna())})
-    created = write_frame(conn, t.customers, distinct, keys=["external_id"])
+    created = write_frame(conn, t.customers, distinct, keys=["external_id"], bulk=True)
     ids = pd.read_sql(sa.select(t.customers.c.id, t.customers.c.external_id), conn)
     mapping = pd.Series(ids["id"].to_numpy(), index=ids["external_id"].to_numpy())
     return external_ids.map(mapping), created
@@ -137,7 +137,8 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
     before = _count(conn, table)
     update = [c for c in df.columns if c not in keys]
     touch = "updated_at" if table is t.customers else None
-    changed = write_frame(conn, table, df, keys=keys or None, update=update or None, touch=touch)
+    changed = write_frame(conn, table, df, keys=keys or None, update=update or None, touch=touch,
+                          bulk=True)
     report.inserted = _count(conn, table) - before
     report.updated = changed - report.inserted
     report.imported = len(df)

@@ -189,7 +189,8 @@ def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
     with engine.begin() as conn:
         report.written["customers"] = write_frame(
             conn, t.customers, customers, keys=["external_id"],
-            update=[c for c in customers.columns if c != "external_id"], touch="updated_at")
+            update=[c for c in customers.columns if c != "external_id"], touch="updated_at",
+            bulk=True)
         rows = pd.read_sql(sa.select(t.customers.c.id, t.customers.c.external_id)
                            .where(t.customers.c.external_id.like(f"{PREFIX}-%")), conn)
         ids = pd.Series(rows["id"].to_numpy(), index=rows["external_id"].to_numpy())
@@ -197,6 +198,6 @@ def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
         frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
         report.written["orders"] = write_frame(
             conn, t.orders, frame, keys=["external_id"],
-            update=["customer_id", "ordered_at", "amount", "currency", "quantity"])
+            update=["customer_id", "ordered_at", "amount", "currency", "quantity"], bulk=True)
     report.seconds = time.perf_counter() - started
     return report

@@ -40,6 +40,30 @@ def _by_distinct(values: pd.Series, check: Callable[[str], tuple[object, str | N
     return clean.astype(object), reason.astype(object)
 
 
+# Plain ASCII addresses (almost all of them) are checked with one regex; anything else goes to
+# email_validator, which is exact but takes ~25 µs an address. Both give the same normalized
+# form for what the regex accepts: the local part as written, the domain in lower case
+# (punycode domains go to email_validator, which shows them in Unicode).
+_SIMPLE_EMAIL = re.compile(
+    r"(?=.{6,254}$)(?=[^@]{1,64}@)(?!.*@(?:.*\.)?xn--)[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}")
+_SPECIAL_TLDS = ("arpa", "invalid", "local", "localhost", "onion", "test")  # rejected by both
+
+
+def _emails(raw: pd.Series) -> Checked:
+    simple = raw.str.fullmatch(_SIMPLE_EMAIL).fillna(False).astype(bool)
+    tld = raw[simple].str.rsplit(".", n=1).str[-1].str.lower()
+    simple[tld.index[tld.isin(_SPECIAL_TLDS)]] = False
+    local, _, domain = raw[simple].str.partition("@").T.values
+    clean = pd.Series(None, index=raw.index, dtype=object)
+    clean[simple] = local + "@" + pd.Series(domain, index=raw.index[simple]).str.lower()
+    reason = _no_reason(raw.index)
+    rest = raw.notna() & ~simple
+    if rest.any():
+        clean[rest], reason[rest] = _by_distinct(raw[rest], _email)
+    return clean, reason
+
+
 def _email(v: str) -> tuple[object, str | None]:
     try:
         info = validate_email(v, check_deliverability=False)
@@ -116,7 +140,7 @@ def check_column(field: Field, raw: pd.Series, *, region: str, tz: str) -> Check
             long = raw.str.len() > limit
             reason[long] = f"longer than {limit} characters"
     elif kind == "email":
-        clean, reason = _by_distinct(raw, _email)
+        clean, reason = _emails(raw)
     elif kind == "phone":
         clean, reason = _by_distinct(raw, _phone_checker(region))
     elif kind == "timezone":
@@ -124,8 +148,11 @@ def check_column(field: Field, raw: pd.Series, *, region: str, tz: str) -> Check
     elif kind == "datetime":
         clean, reason = parse_datetimes(raw, tz)
     elif kind in ("money", "int"):
-        text = raw.str.replace(_MONEY_NOISE, "", regex=True) if kind == "money" else raw
-        num = pd.to_numeric(text, errors="coerce")
+        num = pd.to_numeric(raw, errors="coerce")
+        noisy = raw.notna() & num.isna()
+        if kind == "money" and noisy.any():  # currency signs, thousands separators
+            num[noisy] = pd.to_numeric(raw[noisy].str.replace(_MONEY_NOISE, "", regex=True),
+                                       errors="coerce")
         bad = raw.notna() & num.isna()
         reason[bad] = "not a number: " + raw[bad].map(repr)
         neg = num < 0
