@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -92,6 +93,34 @@ def _customer_ids(conn: Connection, external_ids: pd.Series) -> tuple[pd.Series,
     return external_ids.map(mapping), created
 
 
+def _consent_times(conn: Connection, df: pd.DataFrame, now: datetime) -> None:
+    """Consent timestamps: the file's, else the stored one while consent stays given, else now
+    for consent given by this import; none without consent. Re-importing changes nothing."""
+    for channel in ("email", "sms"):
+        flag, at = f"consent_{channel}", f"consent_{channel}_at"
+        if flag not in df.columns:
+            continue
+        stamp = df[at] if at in df.columns else pd.Series(pd.NaT, index=df.index,
+                                                          dtype="datetime64[us]")
+        need = df[flag] & stamp.isna()
+        if need.any():
+            stored = pd.read_sql(sa.select(t.customers.c.external_id, t.customers.c[at])
+                                 .where(t.customers.c[flag], t.customers.c[at].is_not(None)), conn)
+            known = pd.Series(pd.to_datetime(stored[at]).to_numpy(), index=stored["external_id"])
+            kept = pd.Series(known.reindex(df["external_id"]).to_numpy(), index=df.index,
+                             dtype="datetime64[us]")
+            stamp = stamp.mask(need, kept)
+            stamp = stamp.mask(need & stamp.isna(), pd.Timestamp(now))
+        df[at] = stamp.where(df[flag], pd.NaT).astype("datetime64[us]")
+
+
+def _event_ids(df: pd.DataFrame) -> pd.Series:
+    """Events without ids get one from their content, so re-importing a file adds nothing."""
+    content = df.astype({c: str for c in df.columns if df[c].dtype == object})
+    digest = pd.util.hash_pandas_object(content, index=False).to_numpy()
+    return pd.Series(np.char.add("h", digest.astype(str)), index=df.index)
+
+
 def _count(conn: Connection, table: sa.Table) -> int:
     return int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
 
@@ -106,11 +135,7 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
             {k: v for k, v in rec.items() if v is not None} or None
             for rec in extra.loc[df.index].to_dict(orient="records")]
     if entity.name == "customers":
-        for channel in ("email", "sms"):
-            flag, at = f"consent_{channel}", f"consent_{channel}_at"
-            if flag in df.columns:
-                stamp = df[at] if at in df.columns else pd.Series(pd.NaT, index=df.index)
-                df[at] = stamp.where(~df[flag] | stamp.notna(), now).where(df[flag], pd.NaT)
+        _consent_times(conn, df, now)
         table, keys = t.customers, ["external_id"]
     elif entity.name in ("orders", "events"):
         ids, report.customers_created = _customer_ids(conn, df.pop("customer_external_id"))
@@ -120,7 +145,7 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
         table = t.orders if entity.name == "orders" else t.events
         keys = ["external_id"]
         if entity.name == "events" and "external_id" not in df.columns:
-            keys = []
+            df.insert(0, "external_id", _event_ids(df))
     else:  # order items
         orders = pd.read_sql(sa.select(t.orders.c.id, t.orders.c.external_id), conn)
         mapping = pd.Series(orders["id"].to_numpy(), index=orders["external_id"].to_numpy())

@@ -20,9 +20,9 @@ from clm_core.ingest.fields import Field
 
 Checked = tuple[pd.Series, pd.Series]  # (clean values, reason or None)
 
-_TRUE = {"1", "true", "t", "yes", "y", "on", "是", "√"}
-_FALSE = {"0", "false", "f", "no", "n", "off", "否", "×", ""}
-_LOCALE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+_TRUE = {"1", "true", "t", "yes", "y", "on", "x", "是", "√", "ja", "oui", "si", "sí"}
+_FALSE = {"0", "false", "f", "no", "n", "off", "否", "×", "nein", "non", ""}
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?(?:[-_](?:[A-Za-z]{2}|\d{3}))?")
 _MONEY_NOISE = re.compile(r"[\s,$€£¥￥]|^(?:USD|EUR|GBP|CNY|RMB)|(?:USD|EUR|GBP|CNY|RMB|元)$")
 
 
@@ -54,9 +54,10 @@ def _emails(raw: pd.Series) -> Checked:
     simple = raw.str.fullmatch(_SIMPLE_EMAIL).fillna(False).astype(bool)
     tld = raw[simple].str.rsplit(".", n=1).str[-1].str.lower()
     simple[tld.index[tld.isin(_SPECIAL_TLDS)]] = False
-    local, _, domain = raw[simple].str.partition("@").T.values
     clean = pd.Series(None, index=raw.index, dtype=object)
-    clean[simple] = local + "@" + pd.Series(domain, index=raw.index[simple]).str.lower()
+    if simple.any():
+        parts = raw[simple].str.partition("@")
+        clean[simple] = parts[0] + "@" + parts[2].str.lower()
     reason = _no_reason(raw.index)
     rest = raw.notna() & ~simple
     if rest.any():
@@ -85,6 +86,14 @@ def _phone_checker(region: str) -> Callable[[str], tuple[object, str | None]]:
     return check
 
 
+def _locale(v: str) -> tuple[object, str | None]:
+    """BCP 47 case: ``zh_cn`` -> ``zh-CN``, ``ZH-hans-cn`` -> ``zh-Hans-CN``."""
+    if not _LOCALE.fullmatch(v):
+        return None, f"not a locale such as en or zh-CN: {v!r}"
+    lang, *rest = re.split("[-_]", v)
+    return "-".join([lang.lower(), *(p.title() if len(p) == 4 else p.upper() for p in rest)]), None
+
+
 def _timezone(v: str) -> tuple[object, str | None]:
     try:
         ZoneInfo(v)
@@ -93,40 +102,86 @@ def _timezone(v: str) -> tuple[object, str | None]:
         return None, f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)"
 
 
+_OFFSET = re.compile(r"(?:Z|\s?(?:UTC|GMT)|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE)
+_CJK_DATE = str.maketrans({"年": "-", "月": "-", "日": " ", "时": ":", "分": ":", "秒": " "})
+
+
 def parse_datetimes(values: pd.Series, tz: str, dayfirst: bool = False) -> Checked:
-    """ISO 8601 first (fast), then other common layouts for what is left. Naive times are in
-    ``tz``; results are naive UTC."""
+    """Times with a UTC offset (``Z``, ``+08:00``) are converted exactly; naive times are
+    read in ``tz``. ISO 8601 goes through a fast vectorised parse; other layouts (``2024/1/5``,
+    ``1/5/2024 3:04 PM``, ``20240105``, ``2024年1月5日``) through slower per-layout parsing of
+    what is left. Results are naive UTC."""
     present = values.notna()
-    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=False)
-    if parsed.dtype == object:  # mixed offsets: let pandas convert all to UTC
-        parsed = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)
-    retry = present & parsed.isna()
-    if retry.any():
-        compact = values[retry].str.fullmatch(r"\d{8}")
-        other = pd.Series(pd.NaT, index=values[retry].index, dtype="datetime64[ns]")
-        if compact.any():
-            other[compact] = pd.to_datetime(values[retry][compact], format="%Y%m%d", errors="coerce")
-        rest = ~compact
-        if rest.any():
-            other[rest] = pd.to_datetime(values[retry][rest], format="mixed", dayfirst=dayfirst,
-                                         errors="coerce", utc=True).dt.tz_localize(None)
-        parsed = _to_utc_naive(parsed, tz)
-        parsed[retry] = _to_utc_naive(other, tz)
-    else:
-        parsed = _to_utc_naive(parsed, tz)
+    text = values[present].astype(str).str.strip()
+    if text.str.contains("[年月日时分秒]", regex=True).any():
+        text = (text.str.translate(_CJK_DATE).str.replace(r"\s+", " ", regex=True)
+                .str.strip().str.rstrip(":"))
+    aware = text.str.contains(_OFFSET, regex=True)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     reason = _no_reason(values.index)
-    bad = present & parsed.isna()
-    reason[bad] = "unparseable date " + values[bad].map(repr)
-    return parsed.astype("datetime64[us]"), reason
+    if aware.any():
+        out[aware[aware].index] = _parse(text[aware], utc=True, dayfirst=dayfirst)
+    naive = text[~aware]
+    if len(naive):
+        local = _parse(naive, utc=False, dayfirst=dayfirst)
+        utc, ambiguous = _local_to_utc(local, tz)
+        out[naive.index] = utc
+        reason[ambiguous[ambiguous].index] = (
+            "ambiguous local time " + naive[ambiguous].map(repr)
+            + f" in {tz} (the clock went back): add a UTC offset")
+    bad = present & out.isna() & reason.isna()
+    reason[bad] = "unparseable date " + values[bad].astype(str).map(repr)
+    return out, reason
 
 
-def _to_utc_naive(s: pd.Series, tz: str) -> pd.Series:
-    if getattr(s.dt, "tz", None) is not None:
-        return s.dt.tz_convert("UTC").dt.tz_localize(None)
+def _parse(text: pd.Series, *, utc: bool, dayfirst: bool) -> pd.Series:
+    """ISO 8601 for all, then compact dates and any other layout for what failed; NaT when
+    nothing fits. ``utc``: every value carries an offset; the result is naive UTC."""
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=utc)
+    if utc:
+        parsed = parsed.dt.tz_localize(None)
+    parsed = parsed.astype("datetime64[us]")
+    retry = parsed.isna()
+    if retry.any():
+        rest = text[retry]
+        compact = rest.str.fullmatch(r"\d{8}")
+        if compact.any():
+            parsed[compact[compact].index] = pd.to_datetime(
+                rest[compact], format="%Y%m%d", errors="coerce").astype("datetime64[us]")
+        other = rest[~compact]
+        if len(other):
+            parsed[other.index] = _parse_mixed(other, utc=utc, dayfirst=dayfirst)
+    return parsed
+
+
+def _parse_mixed(text: pd.Series, *, utc: bool, dayfirst: bool) -> pd.Series:
+    try:
+        got = pd.to_datetime(text, errors="coerce", format="mixed", dayfirst=dayfirst, utc=utc)
+    except (ValueError, TypeError):  # e.g. "... UTC" among naive values: one at a time
+        got = pd.Series([_one(v, utc, dayfirst) for v in text], index=text.index)
+    if getattr(got.dt, "tz", None) is not None:
+        got = got.dt.tz_convert("UTC").dt.tz_localize(None)
+    return got.astype("datetime64[us]")
+
+
+def _one(value: str, utc: bool, dayfirst: bool) -> pd.Timestamp:
+    try:
+        ts = pd.Timestamp(pd.to_datetime(value, dayfirst=dayfirst))
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    if ts.tzinfo is not None:
+        return ts.tz_convert("UTC").tz_localize(None)
+    return ts  # a naive value among aware ones is taken as UTC only when utc is asked for
+
+
+def _local_to_utc(local: pd.Series, tz: str) -> tuple[pd.Series, pd.Series]:
+    """Naive local times in ``tz`` as naive UTC, and which were ambiguous (a clock change
+    repeats them). Times skipped by a clock change move forward, as a wall clock does."""
     if tz == "UTC":
-        return s
-    return s.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward") \
-        .dt.tz_convert("UTC").dt.tz_localize(None)
+        return local, pd.Series(False, index=local.index)
+    aware = local.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")
+    ambiguous = local.notna() & aware.isna()
+    return aware.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"), ambiguous
 
 
 def check_column(field: Field, raw: pd.Series, *, region: str, tz: str) -> Checked:
@@ -160,7 +215,7 @@ def check_column(field: Field, raw: pd.Series, *, region: str, tz: str) -> Check
         if kind == "int":
             frac = num.notna() & (num != np.floor(num.fillna(0)))
             reason[frac] = "must be a whole number, got " + raw[frac]
-            clean = num.astype("Int64")
+            clean = num.mask(frac).astype("Int64")
         else:
             clean = num.round(2)
     elif kind == "bool":
@@ -169,11 +224,7 @@ def check_column(field: Field, raw: pd.Series, *, region: str, tz: str) -> Check
         bad = ~clean & ~low.isin(_FALSE)
         reason[bad] = "not a yes/no value: " + raw[bad].map(repr)
     elif kind == "locale":
-        ok = raw.isna() | raw.str.fullmatch(_LOCALE).fillna(False).astype(bool)
-        reason[~ok] = "not a locale such as en or zh-CN: " + raw[~ok].map(repr)
-        clean = raw.str.replace("_", "-", regex=False).map(
-            lambda v: v if not isinstance(v, str) or "-" not in v
-            else v.split("-")[0] + "-" + v.split("-", 1)[1].upper() if len(v.split("-", 1)[1]) == 2 else v)
+        clean, reason = _by_distinct(raw, _locale)
     elif kind == "country":
         ok = raw.isna() | raw.str.fullmatch(r"[A-Za-z]{2}").fillna(False).astype(bool)
         reason[~ok] = "not a two-letter country code: " + raw[~ok].map(repr)
