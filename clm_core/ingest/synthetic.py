@@ -168,15 +168,20 @@ def write_csv(directory: str | Path, n_customers: int, seed: int = 0,
     Times carry an explicit UTC offset, so any ``--timezone`` imports them the same."""
     started = time.perf_counter()
     customers, orders = generate_frames(n_customers, seed, params)
+    save_csv(directory, customers, orders)
+    report = _report(customers, orders)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def save_csv(directory: str | Path, customers: pd.DataFrame, orders: pd.DataFrame) -> None:
+    """Frames from ``generate_frames`` as ``customers.csv`` and ``orders.csv``."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     people = customers.drop(columns=["attributes"])
     people.to_csv(out / "customers.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
     orders.rename(columns={"customer_external_id": "customer_id"}).to_csv(
         out / "orders.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
-    report = _report(customers, orders)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
