@@ -4,13 +4,14 @@ SQLite gets one ``executemany`` of ``INSERT ... ON CONFLICT`` on the raw connect
 gets ``COPY`` into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT``. Upserts only
 touch rows whose values differ, so writing the same data twice changes nothing.
 
-Big loads (``bulk=True``) follow PostgreSQL's "populating a database" advice on both databases:
-when the frame is large next to the table, secondary indexes (and, on PostgreSQL, foreign keys)
-are dropped and rebuilt around the write, which is several times faster than maintaining them row
-by row. On PostgreSQL the upsert then becomes an ``UPDATE ... FROM`` plus an anti-joined
-``INSERT`` (hash joins instead of a speculative insertion per row), under a table lock that
-keeps other writers out until commit. Everything stays in the caller's transaction, so a failure
-rolls the indexes and constraints back with the data.
+Big loads (``bulk=True``) follow PostgreSQL's "populating a database" advice on both databases,
+under a table lock that keeps other writers out until commit: when the frame is large next to
+the table, secondary indexes (and, on PostgreSQL, foreign keys) are dropped and rebuilt around
+the write, which is several times faster than maintaining them row by row; an empty table gets
+the rows without conflict handling (on PostgreSQL a ``COPY`` straight into it); on PostgreSQL an
+upsert becomes an ``UPDATE ... FROM`` plus an anti-joined ``INSERT`` (hash joins instead of a
+speculative insertion per row). Everything stays in the caller's transaction, so a failure rolls
+the indexes and constraints back with the data.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from typing import Any
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pandas as pd
@@ -83,15 +85,18 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
 
     ``bulk``: the caller accepts that the table is locked against other writers (and, when
     indexes are rebuilt, readers) until the transaction ends, for several times the speed on
-    large frames.
+    large frames. Into an empty table the rows then go straight in, with no conflict checks.
 
     Returns the number of rows inserted or changed. Runs inside the caller's transaction.
     """
     if df.empty:
         return 0
     cols = list(df.columns)
-    with _maybe_rebuilding(conn, table, len(df), bulk):
-        if conn.dialect.name == "postgresql":
+    postgres = conn.dialect.name == "postgresql"
+    with _bulk_load(conn, table, len(df)) if bulk else nullcontext(None) as existing:
+        if existing == 0:  # nothing to conflict with, and the lock keeps it so
+            keys = None
+        if postgres:
             return _write_postgres(conn, table, df, cols, keys, update, touch, bulk)
         return _write_sqlite(conn, table, df, cols, keys, update, touch)
 
@@ -106,47 +111,56 @@ def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: lis
     conflict = _conflict_sql(table, keys, update, "IS NOT", touch) if keys else ""
     sql = (f'INSERT INTO {table.name} ({_quoted(cols)}) VALUES ({", ".join("?" * len(cols))}) '
            f"{conflict}")
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
+    raw = _raw(conn)
     cur = raw.cursor()
-    before = raw.total_changes  # type: ignore[attr-defined]
+    before = raw.total_changes
     cache = cur.execute("PRAGMA cache_size").fetchone()[0]
     # The default 2 MB page cache makes a big insert thrash between memory and the WAL file.
     cur.execute(f"PRAGMA cache_size = {min(cache, -SQLITE_CACHE_KIB)}")
     try:
-        cur.executemany(sql, zip(*_columns(table, df)))
+        with _translated(conn, sql):
+            cur.executemany(sql, zip(*_columns(table, df)))
     finally:
         cur.execute(f"PRAGMA cache_size = {cache}")
-    return int(raw.total_changes - before)  # type: ignore[attr-defined]
+    return int(raw.total_changes - before)
 
 
-def _copy_text(table: sa.Table, df: pd.DataFrame) -> str:
-    """The frame as COPY csv text (None becomes an empty unquoted field, that is NULL)."""
+def _raw(conn: Connection) -> Any:
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    return raw
+
+
+def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> None:
+    """COPY the frame into ``target`` as csv text (None becomes an empty field: NULL)."""
     frame = pd.DataFrame(dict(zip(df.columns, _columns(table, df))), dtype=object)
     buf = io.StringIO()
     frame.to_csv(buf, index=False, header=False)
-    return buf.getvalue()
+    sql = f"COPY {target} ({_quoted(df.columns)}) FROM STDIN WITH (FORMAT csv)"
+    with _translated(conn, sql), _raw(conn).cursor() as cur:
+        with cur.copy(sql) as copy:
+            copy.write(buf.getvalue())
 
 
 def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str],
                     keys: Sequence[str] | None, update: Sequence[str] | None,
                     touch: str | None, bulk: bool) -> int:
+    if not keys and bulk:
+        _copy(conn, table.name, table, df)
+        return len(df)
     tmp = f"_clm_load_{table.name}"
-    conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} "
-                         f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
-    conn.exec_driver_sql(f"TRUNCATE {tmp}")
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    with raw.cursor() as cur:  # type: ignore[attr-defined]
-        with cur.copy(f"COPY {tmp} ({_quoted(cols)}) FROM STDIN WITH (FORMAT csv)") as copy:
-            copy.write(_copy_text(table, df))
+    # Only the frame's columns, without defaults or constraints (a serial id's default would
+    # spend a sequence value per row).
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tmp}")
+    conn.exec_driver_sql(f"CREATE TEMP TABLE {tmp} ON COMMIT DROP AS "
+                         f"SELECT {_quoted(cols)} FROM {table.name} WITH NO DATA")
+    _copy(conn, tmp, table, df)
     if not (bulk and keys):
         conflict = _conflict_sql(table, keys, update, "IS DISTINCT FROM", touch) if keys else ""
         result = conn.exec_driver_sql(
             f"INSERT INTO {table.name} ({_quoted(cols)}) SELECT {_quoted(cols)} FROM {tmp} {conflict}")
         return int(result.rowcount)
     conn.exec_driver_sql(f"ANALYZE {tmp}")  # row estimates for the joins below
-    conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
     match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
     changed = 0
     if update:
@@ -163,15 +177,30 @@ def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: l
 
 
 @contextmanager
-def _maybe_rebuilding(conn: Connection, table: sa.Table, n_rows: int, bulk: bool) -> Iterator[None]:
-    """Drop the table's secondary indexes (and PostgreSQL foreign keys) for a large write and
-    recreate them after it, from their stored definitions."""
-    if not bulk or n_rows < REBUILD_MIN_ROWS:
+def _translated(conn: Connection, sql: str) -> Iterator[None]:
+    """DBAPI errors from the raw connection as SQLAlchemy's (IntegrityError and so on), as
+    they would be through ``conn.execute``."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
         yield
-        return
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error) from exc
+
+
+@contextmanager
+def _bulk_load(conn: Connection, table: sa.Table, n_rows: int) -> Iterator[int]:
+    """Lock ``table`` against other writers, yield how many rows it holds, and for a large
+    write drop its secondary indexes (and PostgreSQL foreign keys) first and recreate them
+    from their stored definitions after."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
+    elif not _raw(conn).in_transaction:
+        # pysqlite opens a transaction only before DML: without this, the DDL below would
+        # commit on its own and a failed write could not restore the indexes.
+        _raw(conn).execute("BEGIN IMMEDIATE")
     existing = int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
-    if n_rows < REBUILD_MIN_SHARE * existing:
-        yield
+    if n_rows < REBUILD_MIN_ROWS or n_rows < REBUILD_MIN_SHARE * existing:
+        yield existing
         return
     if conn.dialect.name == "postgresql":
         indexes = conn.exec_driver_sql(
@@ -190,7 +219,7 @@ def _maybe_rebuilding(conn: Connection, table: sa.Table, n_rows: int, bulk: bool
         conn.exec_driver_sql(f'DROP INDEX "{name}"')
     for name, _ in fks:
         conn.exec_driver_sql(f'ALTER TABLE {table.name} DROP CONSTRAINT "{name}"')
-    yield
+    yield existing
     for _, definition in indexes:
         conn.exec_driver_sql(definition)
     for name, definition in fks:

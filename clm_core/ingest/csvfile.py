@@ -99,10 +99,9 @@ def read_table(path: Path, entity: Entity, *, encoding: str = "auto",
     text, used = decode(path, encoding)
     if not text.strip():
         raise DataImportError(f"{path}: the file is empty")
-    if delimiter is None:
-        first = text.split("\n", 1)[0]
-        delimiter = max([",", ";", "\t", "|"], key=first.count)
     body_at = _header_end(text)
+    if delimiter is None:
+        delimiter = max([",", ";", "\t", "|"], key=text[:body_at].count)
     header = next(csv.reader([text[:body_at].rstrip("\r\n")], delimiter=delimiter))
     columns = resolve_columns(entity, header, mapping or {}, path)
     parsed = _split_fast(text, body_at, delimiter, len(header))
@@ -125,8 +124,8 @@ Split = tuple[pd.DataFrame, np.ndarray, list[tuple[int, str]]]  # records, row n
 
 def _header_end(text: str) -> int:
     """Offset just past the header line (a header never spans lines)."""
-    end = text.find("\n")
-    return len(text) if end < 0 else end + 1
+    end = re.search(r"\r\n|\n|\r", text)
+    return len(text) if end is None else end.end()
 
 
 def _split_fast(text: str, body_at: int, delimiter: str, width: int) -> Split | None:

@@ -92,11 +92,20 @@ def _dedupe(clean: pd.DataFrame, keys: list[str], raw: RawTable, bad_index: pd.I
 
 def _customer_ids(conn: Connection, external_ids: pd.Series) -> tuple[pd.Series, int]:
     """Internal ids for customer external ids, creating bare customers for unknown ones."""
-    distinct = pd.DataFrame({"external_id": pd.unique(external_ids.dropna())})
-    created = write_frame(conn, t.customers, distinct, keys=["external_id"], bulk=True)
-    ids = pd.read_sql(sa.select(t.customers.c.id, t.customers.c.external_id), conn)
-    mapping = pd.Series(ids["id"].to_numpy(), index=ids["external_id"].to_numpy())
-    return external_ids.map(mapping), created
+    ids = _id_map(conn)
+    unknown = pd.Index(pd.unique(external_ids.dropna())).difference(ids.index)
+    created = 0
+    if len(unknown):
+        created = write_frame(conn, t.customers, pd.DataFrame({"external_id": unknown}),
+                              keys=["external_id"], bulk=True)
+        ids = _id_map(conn)
+    return pd.Series(ids.reindex(external_ids).to_numpy(), index=external_ids.index), created
+
+
+def _id_map(conn: Connection) -> pd.Series:
+    rows = conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all()
+    return pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows], dtype=object),
+                     dtype="int64")
 
 
 def _consent_times(conn: Connection, df: pd.DataFrame, now: datetime) -> None:

@@ -108,49 +108,73 @@ _CJK_DATE = str.maketrans({"年": "-", "月": "-", "日": " ", "时": ":", "分"
 
 def parse_datetimes(values: pd.Series, tz: str, dayfirst: bool = False) -> Checked:
     """Times with a UTC offset (``Z``, ``+08:00``) are converted exactly; naive times are
-    read in ``tz``. ISO 8601 goes through a fast vectorised parse; other layouts (``2024/1/5``,
-    ``1/5/2024 3:04 PM``, ``20240105``, ``2024年1月5日``) through slower per-layout parsing of
-    what is left. Results are naive UTC."""
+    read in ``tz``. ISO 8601 goes through one vectorised parse; other layouts (``2024/1/5``,
+    ``1/5/2024 3:04 PM``, ``20240105``, ``2024年1月5日``) through slower parsing of what is
+    left. Results are naive UTC."""
     present = values.notna()
-    text = values[present].astype(str).str.strip()
-    if text.str.contains("[年月日时分秒]", regex=True).any():
-        text = (text.str.translate(_CJK_DATE).str.replace(r"\s+", " ", regex=True)
-                .str.strip().str.rstrip(":"))
-    aware = text.str.contains(_OFFSET, regex=True)
+    text = values[present].astype(str)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     reason = _no_reason(values.index)
-    if aware.any():
-        out[aware[aware].index] = _parse(text[aware], utc=True, dayfirst=dayfirst)
-    naive = text[~aware]
-    if len(naive):
-        local = _parse(naive, utc=False, dayfirst=dayfirst)
-        utc, ambiguous = _local_to_utc(local, tz)
-        out[naive.index] = utc
-        reason[ambiguous[ambiguous].index] = (
-            "ambiguous local time " + naive[ambiguous].map(repr)
-            + f" in {tz} (the clock went back): add a UTC offset")
+    try:
+        parts = [(text, pd.to_datetime(text, errors="coerce", format="ISO8601"))]
+    except ValueError:  # naive times and times with (different) offsets in one column
+        aware = text.str.contains(_OFFSET, regex=True)
+        parts = [(text[aware], pd.to_datetime(text[aware], errors="coerce", format="ISO8601",
+                                              utc=True)),
+                 (text[~aware], _iso_or_nat(text[~aware]))]
+    for part, parsed in parts:
+        _store(part, parsed, tz, out, reason)
+    rest = text[out[text.index].isna() & reason[text.index].isna()]
+    if len(rest):  # other layouts
+        if rest.str.contains("[年月日时分秒]", regex=True).any():
+            rest = (rest.str.translate(_CJK_DATE).str.replace(r"\s+", " ", regex=True)
+                    .str.strip().str.rstrip(":"))
+        aware = rest.str.contains(_OFFSET, regex=True)
+        for part, utc in ((rest[aware], True), (rest[~aware], False)):
+            if len(part):
+                _store(part, _parse_other(part, utc=utc, dayfirst=dayfirst), tz, out, reason,
+                       is_utc=utc)
     bad = present & out.isna() & reason.isna()
     reason[bad] = "unparseable date " + values[bad].astype(str).map(repr)
     return out, reason
 
 
-def _parse(text: pd.Series, *, utc: bool, dayfirst: bool) -> pd.Series:
-    """ISO 8601 for all, then compact dates and any other layout for what failed; NaT when
-    nothing fits. ``utc``: every value carries an offset; the result is naive UTC."""
-    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=utc)
-    if utc:
-        parsed = parsed.dt.tz_localize(None)
-    parsed = parsed.astype("datetime64[us]")
-    retry = parsed.isna()
-    if retry.any():
-        rest = text[retry]
-        compact = rest.str.fullmatch(r"\d{8}")
-        if compact.any():
-            parsed[compact[compact].index] = pd.to_datetime(
-                rest[compact], format="%Y%m%d", errors="coerce").astype("datetime64[us]")
-        other = rest[~compact]
-        if len(other):
-            parsed[other.index] = _parse_mixed(other, utc=utc, dayfirst=dayfirst)
+def _iso_or_nat(text: pd.Series) -> pd.Series:
+    try:
+        return pd.to_datetime(text, errors="coerce", format="ISO8601")
+    except ValueError:  # an offset the pattern did not see: leave it to the slower parsing
+        return pd.Series(pd.NaT, index=text.index, dtype="datetime64[us]")
+
+
+def _store(text: pd.Series, parsed: pd.Series, tz: str, out: pd.Series, reason: pd.Series,
+           is_utc: bool = False) -> None:
+    """Put parsed times into ``out`` as naive UTC: aware ones converted, naive ones read in
+    ``tz`` (unless ``is_utc``); naive times a clock change makes ambiguous get a reason."""
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        is_utc = True
+    if is_utc:
+        out[text.index] = parsed.astype("datetime64[us]")
+        return
+    utc, ambiguous = _local_to_utc(parsed.astype("datetime64[us]"), tz)
+    out[text.index] = utc
+    if ambiguous.any():
+        reason[ambiguous[ambiguous].index] = (
+            "ambiguous local time " + text[ambiguous].map(repr)
+            + f" in {tz} (the clock went back): add a UTC offset")
+
+
+def _parse_other(text: pd.Series, *, utc: bool, dayfirst: bool) -> pd.Series:
+    """Compact dates and any other layout pandas recognises; NaT when nothing fits.
+    ``utc``: the values carry offsets; the result is naive UTC."""
+    parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us]")
+    compact = text.str.fullmatch(r"\d{8}")
+    if compact.any():
+        parsed[compact[compact].index] = pd.to_datetime(
+            text[compact], format="%Y%m%d", errors="coerce").astype("datetime64[us]")
+    other = text[~compact]
+    if len(other):
+        parsed[other.index] = _parse_mixed(other, utc=utc, dayfirst=dayfirst)
     return parsed
 
 
