@@ -20,7 +20,7 @@ ENCODINGS = ("auto", "utf-8", "utf-8-sig", "gbk", "gb18030", "latin-1")
 
 @dataclass
 class RawTable:
-    frame: pd.DataFrame  # one column per mapped field (stripped text, None when empty)
+    frame: pd.DataFrame  # one column per mapped field (stripped text, missing when empty)
     extra: pd.DataFrame  # unmapped columns, kept as custom attributes
     rows: pd.Series  # spreadsheet row number of each record (the header is row 1)
     malformed: list[tuple[int, str]]  # (row, reason) for records that could not be split
@@ -145,8 +145,8 @@ def _split_fast(text: str, body_at: int, delimiter: str, width: int) -> Split | 
     fields = np.searchsorted(delims, ends) - np.searchsorted(delims, starts) + 1
     lines = np.arange(2, len(ends) + 2)
     frame = pd.read_csv(io.StringIO(body), sep=delimiter, header=None, names=range(width),
-                        dtype=str, na_filter=False, skip_blank_lines=False, quoting=csv.QUOTE_NONE,
-                        on_bad_lines="skip", engine="c")
+                        dtype=str, na_values=[""], keep_default_na=False, skip_blank_lines=False,
+                        quoting=csv.QUOTE_NONE, on_bad_lines="skip", engine="c")
     kept = fields <= width  # lines the parser returns; longer ones it skips
     if len(frame) != int(kept.sum()):
         return None
@@ -182,7 +182,7 @@ def _split_exact(text: str, body_at: int, delimiter: str, width: int, path: Path
             rows.append(n)
         elif any(cell.strip() for cell in record):
             malformed.append((n, f"expected {width} fields, found {len(record)}"))
-    frame = pd.DataFrame(records_ok, columns=range(width), dtype=object)
+    frame = pd.DataFrame(records_ok, columns=range(width), dtype=object).replace("", None)
     return frame, np.array(rows, dtype=np.int64), malformed
 
 
@@ -202,11 +202,12 @@ def _has_edge_space(text: str, delimiter: str) -> bool:
 
 
 def _stripped(original: pd.DataFrame, text: str, delimiter: str) -> pd.DataFrame:
-    """Cells without surrounding white space, None when empty. Stripping every cell costs
-    seconds on big files, so it only happens when some white space sits at a cell's edge."""
-    out = original.astype(object)
-    if _has_edge_space(text, delimiter):
-        out = out.apply(lambda s: s.str.strip())
+    """Cells without surrounding white space, missing when empty (as they are read).
+    Stripping every cell costs seconds on big files, so it only happens when some white space
+    sits at a cell's edge."""
+    if not _has_edge_space(text, delimiter):
+        return original
+    out = original.astype(object).apply(lambda s: s.str.strip())
     return out.where(out.notna() & (out != ""), None)
 
 

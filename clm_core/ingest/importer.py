@@ -147,7 +147,7 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
     df = clean.copy()
     if entity.extra_column and not extra.empty:
         df[entity.extra_column] = [
-            {k: v for k, v in rec.items() if v is not None} or None
+            {k: v for k, v in rec.items() if isinstance(v, str)} or None
             for rec in extra.loc[df.index].to_dict(orient="records")]
     if entity.name == "customers":
         _consent_times(conn, df, now)
