@@ -69,3 +69,20 @@ def test_a_failed_bulk_write_rolls_back_the_dropped_indexes(
     with engine.connect() as conn:
         assert _indexes(conn) == indexes
         assert conn.scalar(sa.select(sa.func.count()).select_from(t.orders)) == 0
+
+
+def test_duplicate_keys_into_an_empty_table_still_fail(engine: sa.Engine,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The unique constraint is dropped for the load and must be enforced when it comes back.
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1)
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": ["a"]}))
+        ids = conn.scalars(sa.select(t.customers.c.id)).all()
+    twice = pd.concat([_orders(3, ids), _orders(3, ids)], ignore_index=True)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        write_frame(conn, t.orders, twice, keys=["external_id"], bulk=True)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.orders)) == 0
+        assert "uq_orders_external_id" in {
+            c["name"] for c in sa.inspect(conn).get_unique_constraints("orders")} | {
+            ix["name"] for ix in sa.inspect(conn).get_indexes("orders") if ix["unique"]}

@@ -6,8 +6,8 @@ touch rows whose values differ, so writing the same data twice changes nothing.
 
 Big loads (``bulk=True``) follow PostgreSQL's "populating a database" advice on both databases,
 under a table lock that keeps other writers out until commit: when the frame is large next to
-the table, secondary indexes (and, on PostgreSQL, foreign keys) are dropped and rebuilt around
-the write, which is several times faster than maintaining them row by row; an empty table gets
+the table, secondary indexes (and, on PostgreSQL, foreign keys, and unique constraints when the
+table is empty) are dropped and rebuilt around the write, which is several times faster than maintaining them row by row; an empty table gets
 the rows without conflict handling (on PostgreSQL a ``COPY`` straight into it); on PostgreSQL an
 upsert becomes an ``UPDATE ... FROM`` plus an anti-joined ``INSERT`` (hash joins instead of a
 speculative insertion per row). Everything stays in the caller's transaction, so a failure rolls
@@ -16,7 +16,6 @@ the indexes and constraints back with the data.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from sqlalchemy.engine import Connection
 # of what the table holds: below that, maintaining the indexes costs less than rebuilding them.
 REBUILD_MIN_ROWS = 50_000
 REBUILD_MIN_SHARE = 0.25
+COPY_CHUNK_ROWS = 100_000
 SQLITE_CACHE_KIB = 256 * 1024  # page cache for a write (SQLite allocates it only as needed)
 
 
@@ -132,14 +132,15 @@ def _raw(conn: Connection) -> Any:
 
 
 def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> None:
-    """COPY the frame into ``target`` as csv text (None becomes an empty field: NULL)."""
-    frame = pd.DataFrame(dict(zip(df.columns, _columns(table, df))), dtype=object)
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False, header=False)
+    """COPY the frame into ``target`` as csv text (None becomes an empty field: NULL), in
+    chunks, so that the server parses one chunk while the next is formatted here."""
     sql = f"COPY {target} ({_quoted(df.columns)}) FROM STDIN WITH (FORMAT csv)"
     with _translated(conn, sql), _raw(conn).cursor() as cur:
         with cur.copy(sql) as copy:
-            copy.write(buf.getvalue())
+            for start in range(0, len(df), COPY_CHUNK_ROWS):
+                part = df.iloc[start:start + COPY_CHUNK_ROWS]
+                frame = pd.DataFrame(dict(zip(part.columns, _columns(table, part))), dtype=object)
+                copy.write(frame.to_csv(index=False, header=False))
 
 
 def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str],
@@ -190,8 +191,8 @@ def _translated(conn: Connection, sql: str) -> Iterator[None]:
 @contextmanager
 def _bulk_load(conn: Connection, table: sa.Table, n_rows: int) -> Iterator[int]:
     """Lock ``table`` against other writers, yield how many rows it holds, and for a large
-    write drop its secondary indexes (and PostgreSQL foreign keys) first and recreate them
-    from their stored definitions after."""
+    write drop its secondary indexes (and on PostgreSQL foreign keys, and unique constraints of
+    an empty table) first and recreate them from their stored definitions after."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
     elif not _raw(conn).in_transaction:
@@ -207,20 +208,25 @@ def _bulk_load(conn: Connection, table: sa.Table, n_rows: int) -> Iterator[int]:
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %(t)s::regclass "
             "AND NOT i.indisunique AND NOT i.indisprimary", {"t": table.name}).all()
-        fks = conn.exec_driver_sql(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = %(t)s::regclass AND contype = 'f'", {"t": table.name}).all()
+        # Foreign keys, and into an empty table (no conflicts to detect) unique constraints
+        # too: building a unique index once after the load beats maintaining it row by row.
+        kinds = "('f', 'u')" if existing == 0 else "('f')"
+        constraints = conn.exec_driver_sql(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint c "
+            f"WHERE conrelid = %(t)s::regclass AND contype IN {kinds} AND (contype = 'f' OR "
+            "NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.contype = 'f' "  # referenced
+            "AND r.conindid = c.conindid)) ORDER BY contype DESC", {"t": table.name}).all()
     else:
         indexes = conn.exec_driver_sql(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
             "AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%'", (table.name,)).all()
-        fks = []  # SQLite cannot drop a constraint; its checks are cheap there anyway
+        constraints = []  # SQLite cannot drop a constraint; its checks are cheap there anyway
     for name, _ in indexes:
         conn.exec_driver_sql(f'DROP INDEX "{name}"')
-    for name, _ in fks:
+    for name, _ in constraints:
         conn.exec_driver_sql(f'ALTER TABLE {table.name} DROP CONSTRAINT "{name}"')
     yield existing
     for _, definition in indexes:
         conn.exec_driver_sql(definition)
-    for name, definition in fks:
+    for name, definition in constraints:  # unique ones first: foreign keys may need them
         conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD CONSTRAINT "{name}" {definition}')
