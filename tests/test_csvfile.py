@@ -50,7 +50,8 @@ def test_quoted_fields_rows_and_white_space(tmp_path: Path) -> None:
     assert raw.frame["name"].tolist() == ["Lee, Ann", "王伟"]
     assert raw.extra["notes"].tolist() == ["line one\nline two", "spaced"]
     assert raw.rows.tolist() == [2, 3]  # records, as a spreadsheet numbers them
-    assert raw.malformed == [(4, "expected 3 fields, found 4")]
+    assert [(m.row, m.reason, m.cells) for m in raw.malformed] == [
+        (4, "expected 3 fields, found 4", ("q3", "too", "many,fields"))]
 
 
 @pytest.mark.parametrize("sep", [";", "\t", "|"])

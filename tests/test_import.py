@@ -94,6 +94,7 @@ def test_mixed_file_imports_the_good_rows_and_rejects_each_bad_one(run: Run, que
         assert reason in by_row.loc[row, "reason"]
     # The original cells come along, so the file can be fixed and imported again.
     assert by_row.loc["3", "customer_id"] == "c2" and by_row.loc["3", "email"] == "bob@"
+    assert by_row.loc["8"].iloc[2:].tolist() == ["c5", "Eve Fox", "eve@example.com", "", "en", ""]
 
 
 ORDERS = """\

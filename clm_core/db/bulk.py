@@ -6,12 +6,12 @@ touch rows whose values differ, so writing the same data twice changes nothing.
 
 Big loads (``bulk=True``) follow PostgreSQL's "populating a database" advice on both databases,
 under a table lock that keeps other writers out until commit: when the frame is large next to
-the table, secondary indexes (and, on PostgreSQL, foreign keys, and unique constraints when the
-table is empty) are dropped and rebuilt around the write, which is several times faster than maintaining them row by row; an empty table gets
-the rows without conflict handling (on PostgreSQL a ``COPY`` straight into it); on PostgreSQL an
-upsert becomes an ``UPDATE ... FROM`` plus an anti-joined ``INSERT`` (hash joins instead of a
-speculative insertion per row). Everything stays in the caller's transaction, so a failure rolls
-the indexes and constraints back with the data.
+the table, secondary indexes (and on PostgreSQL foreign keys, and unique constraints of an empty
+table) are dropped and rebuilt around the write, several times faster than maintaining them row
+by row; an empty table gets the rows without conflict handling (on PostgreSQL a ``COPY``
+straight into it); on PostgreSQL an upsert becomes an ``UPDATE ... FROM`` plus an anti-joined
+``INSERT`` (hash joins instead of a speculative insertion per row). Everything stays in the
+caller's transaction, so a failure rolls the indexes and constraints back with the data.
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: l
     _copy(conn, tmp, table, df)
     if not (bulk and keys):
         conflict = _conflict_sql(table, keys, update, "IS DISTINCT FROM", touch) if keys else ""
-        result = conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({_quoted(cols)}) SELECT {_quoted(cols)} FROM {tmp} {conflict}")
+        result = conn.exec_driver_sql(f"INSERT INTO {table.name} ({_quoted(cols)}) "
+                                      f"SELECT {_quoted(cols)} FROM {tmp} {conflict}")
         return int(result.rowcount)
     conn.exec_driver_sql(f"ANALYZE {tmp}")  # row estimates for the joins below
     match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)

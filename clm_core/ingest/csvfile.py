@@ -18,12 +18,28 @@ from clm_core.suggest import did_you_mean
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "gbk", "gb18030", "latin-1")
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """A record with the wrong number of fields, its cells fitted to the header's width (the
+    surplus joined into the last cell), so the rejects file keeps what it said."""
+
+    row: int
+    reason: str
+    cells: tuple[str, ...]
+
+    @classmethod
+    def of(cls, row: int, cells: list[str], width: int, delimiter: str) -> "Malformed":
+        fitted = cells[: width - 1] + [delimiter.join(cells[width - 1:])] if len(cells) > width \
+            else cells + [""] * (width - len(cells))
+        return cls(row, f"expected {width} fields, found {len(cells)}", tuple(fitted))
+
+
 @dataclass
 class RawTable:
     frame: pd.DataFrame  # one column per mapped field (stripped text, missing when empty)
     extra: pd.DataFrame  # unmapped columns, kept as custom attributes
     rows: pd.Series  # spreadsheet row number of each record (the header is row 1)
-    malformed: list[tuple[int, str]]  # (row, reason) for records that could not be split
+    malformed: list[Malformed]  # records with the wrong number of fields
     encoding: str
     source_columns: list[str]
     original: pd.DataFrame  # every source column, for the rejects file
@@ -119,7 +135,7 @@ def read_table(path: Path, entity: Entity, *, encoding: str = "auto",
                     header, original)
 
 
-Split = tuple[pd.DataFrame, np.ndarray, list[tuple[int, str]]]  # records, row numbers, malformed
+Split = tuple[pd.DataFrame, np.ndarray, list[Malformed]]  # records, row numbers, malformed
 
 
 def _header_end(text: str) -> int:
@@ -153,8 +169,8 @@ def _split_fast(text: str, body_at: int, delimiter: str, width: int) -> Split | 
     blank = _blank_lines(raw, starts, ends, fields)
     good = (fields == width) & ~blank
     bad = ~good & ~blank
-    malformed = [(int(n), f"expected {width} fields, found {int(k)}")
-                 for n, k in zip(lines[bad], fields[bad])]
+    malformed = [Malformed.of(int(lines[i]), _line(raw, starts[i], ends[i]).rstrip("\r")
+                              .split(delimiter), width, delimiter) for i in np.flatnonzero(bad)]
     frame = frame[good[kept]].reset_index(drop=True)
     return frame, lines[good], malformed
 
@@ -164,8 +180,12 @@ def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     """Lines with nothing but white space (only one-field lines can be; there are few)."""
     blank = np.zeros(len(starts), dtype=bool)
     for i in np.flatnonzero(fields == 1):
-        blank[i] = not raw[starts[i]:ends[i]].tobytes().decode("utf-8").strip()
+        blank[i] = not _line(raw, starts[i], ends[i]).strip()
     return blank
+
+
+def _line(raw: np.ndarray, start: int, end: int) -> str:
+    return raw[start:end].tobytes().decode("utf-8")
 
 
 def _split_exact(text: str, body_at: int, delimiter: str, width: int, path: Path) -> Split:
@@ -181,7 +201,7 @@ def _split_exact(text: str, body_at: int, delimiter: str, width: int, path: Path
             records_ok.append(record)
             rows.append(n)
         elif any(cell.strip() for cell in record):
-            malformed.append((n, f"expected {width} fields, found {len(record)}"))
+            malformed.append(Malformed.of(n, record, width, delimiter))
     frame = pd.DataFrame(records_ok, columns=range(width), dtype=object).replace("", None)
     return frame, np.array(rows, dtype=np.int64), malformed
 

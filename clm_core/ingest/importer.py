@@ -192,7 +192,10 @@ def write_rejects(path: Path, raw: RawTable, problems: pd.DataFrame) -> None:
     out.insert(0, "reason", grouped["reason"])
     out.insert(0, "column", grouped["column"])
     out.insert(0, "row", raw.rows[grouped.index])
-    malformed = pd.DataFrame([{"row": r, "column": "", "reason": why} for r, why in raw.malformed])
+    malformed = pd.DataFrame([m.cells for m in raw.malformed], columns=raw.original.columns)
+    malformed.insert(0, "reason", [m.reason for m in raw.malformed])
+    malformed.insert(0, "column", "")
+    malformed.insert(0, "row", [m.row for m in raw.malformed])
     out = pd.concat([out, malformed]).sort_values("row") if not malformed.empty else out
     out.to_csv(path, index=False, encoding="utf-8-sig")  # BOM: spreadsheets open it as UTF-8
 

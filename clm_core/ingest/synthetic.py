@@ -147,7 +147,8 @@ class SyntheticReport:
         if self.first_order is not None:
             out.append(f"  orders from {self.first_order:%Y-%m-%d} to {self.last_order:%Y-%m-%d}")
         if self.written:
-            out.append("  new or changed rows: " + ", ".join(f"{k} {v:,}" for k, v in self.written.items()))
+            out.append("  new or changed rows: "
+                       + ", ".join(f"{k} {v:,}" for k, v in self.written.items()))
         out.append(f"  in {self.seconds:.1f}s")
         return out
 
