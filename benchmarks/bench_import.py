@@ -89,19 +89,22 @@ def _child(backend: str, data: Path, baseline_rows: int) -> dict[str, Any]:
         # One pooled connection on PostgreSQL: the server process measured is the one working.
         engine = make_engine(url) if backend == "sqlite" else make_engine(url, pool_size=1)
         server = _server_cpu(engine)
-        for entity in ("customers", "orders"):
-            memory.stage = f"{entity}.start"
+        # The same orders file twice: the second run must change nothing.
+        for entity, label in (("customers", "customers"), ("orders", "orders"),
+                              ("orders", "again")):
+            memory.stage = f"{label}.start"
             wall, cpu, srv = time.perf_counter(), time.process_time(), server()
             report = import_csv(engine, entity, data / f"{entity}.csv",
                                 rejects=data / f"rejects-{backend}-{entity}.csv",
-                                on_stage=lambda s, e=entity: setattr(memory, "stage", f"{e}.{s}"))
+                                on_stage=lambda s, e=label: setattr(memory, "stage", f"{e}.{s}"))
             out["imports"].append({
-                "entity": entity, "rows": report.rows_read, "imported": report.imported,
+                "entity": label, "rows": report.rows_read, "imported": report.imported,
+                "unchanged": report.unchanged,
                 "rejected": report.rejected, "wall": time.perf_counter() - wall,
                 "cpu": time.process_time() - cpu, "server_cpu": server() - srv,
-                "stages": {name: [w, c, memory.peaks.get(f"{entity}.{name}", 0.0)]
+                "stages": {name: [w, c, memory.peaks.get(f"{label}.{name}", 0.0)]
                            for name, (w, c) in report.stages.items()},
-                "peak_mb": max(v for k, v in memory.peaks.items() if k.startswith(entity))})
+                "peak_mb": max(v for k, v in memory.peaks.items() if k.startswith(label))})
         engine.dispose()
         factory.drop(url)
         out["baseline"] = _baseline(factory, data, baseline_rows)
@@ -152,16 +155,17 @@ def _print(results: list[dict[str, Any]], n_orders: int, load: tuple[float, floa
                 print(f"{'':<22}{name:<10}{'':>11}{wall:>8.1f}{cpu:>7.1f}{'':>9}"
                       f"{imp['rows'] / wall if wall else 0:>10,.0f}{peak:>9,.0f}")
     print(f"\n| database | orders | seconds | rows/s | CPU s (client + db) | peak MB "
-          f"| customers import s | naive baseline s (extrapolated) | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| customers import s | same orders again s | naive baseline s (extrapolated) "
+          f"| speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        cust, orders = r["imports"]
+        cust, orders, again = r["imports"]
         base = r["baseline"]
         naive = base["wall"] / base["rows"] * orders["rows"]
         print(f"| {r['backend']} | {orders['rows']:,} | {orders['wall']:.1f} "
               f"| {orders['rows'] / orders['wall']:,.0f} "
               f"| {orders['cpu']:.1f} + {orders['server_cpu']:.1f} | {orders['peak_mb']:,.0f} "
-              f"| {cust['wall']:.1f} ({cust['rows']:,} rows) "
+              f"| {cust['wall']:.1f} ({cust['rows']:,} rows) | {again['wall']:.1f} "
               f"| {naive:,.1f} ({base['rows']:,} rows in {base['wall']:.1f}) "
               f"| {naive / orders['wall']:.0f}x |")
     for r in results:
@@ -171,6 +175,10 @@ def _print(results: list[dict[str, Any]], n_orders: int, load: tuple[float, floa
               f"{GOAL_SECONDS:.0f}s goal")
         if orders["rejected"] or orders["imported"] != orders["rows"]:
             print(f"  warning: {orders['rejected']} rows rejected")
+        again = r["imports"][2]
+        if again["unchanged"] != again["rows"]:
+            print(f"  warning: importing the same orders again changed "
+                  f"{again['rows'] - again['unchanged']:,} rows")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -93,11 +93,19 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
         return 0
     cols = list(df.columns)
     postgres = conn.dialect.name == "postgresql"
-    with _bulk_load(conn, table, len(df)) if bulk else nullcontext(None) as existing:
-        if existing == 0:  # nothing to conflict with, and the lock keeps it so
-            keys = None
+    if not bulk:
         if postgres:
-            return _write_postgres(conn, table, df, cols, keys, update, touch, bulk)
+            return _write_postgres(conn, table, df, cols, keys, update, touch)
+        return _write_sqlite(conn, table, df, cols, keys, update, touch)
+    existing = _lock_and_count(conn, table)
+    if existing == 0:  # nothing to conflict with, and the lock keeps it so
+        keys = None
+    if postgres and keys:  # indexes are rebuilt, if at all, around the insert of new rows
+        return _upsert_postgres(conn, table, df, cols, keys, update, touch, existing)
+    with _rebuilding(conn, table, len(df), existing):
+        if postgres:
+            _copy(conn, table.name, table, df)
+            return len(df)
         return _write_sqlite(conn, table, df, cols, keys, update, touch)
 
 
@@ -143,24 +151,33 @@ def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> N
                 copy.write(frame.to_csv(index=False, header=False))
 
 
-def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str],
-                    keys: Sequence[str] | None, update: Sequence[str] | None,
-                    touch: str | None, bulk: bool) -> int:
-    if not keys and bulk:
-        _copy(conn, table.name, table, df)
-        return len(df)
+def _load_table(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str]) -> str:
+    """A temporary table holding the frame: only its columns, without defaults or constraints
+    (a serial id's default would spend a sequence value per row)."""
     tmp = f"_clm_load_{table.name}"
-    # Only the frame's columns, without defaults or constraints (a serial id's default would
-    # spend a sequence value per row).
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tmp}")
     conn.exec_driver_sql(f"CREATE TEMP TABLE {tmp} ON COMMIT DROP AS "
                          f"SELECT {_quoted(cols)} FROM {table.name} WITH NO DATA")
     _copy(conn, tmp, table, df)
-    if not (bulk and keys):
-        conflict = _conflict_sql(table, keys, update, "IS DISTINCT FROM", touch) if keys else ""
-        result = conn.exec_driver_sql(f"INSERT INTO {table.name} ({_quoted(cols)}) "
-                                      f"SELECT {_quoted(cols)} FROM {tmp} {conflict}")
-        return int(result.rowcount)
+    return tmp
+
+
+def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str],
+                    keys: Sequence[str] | None, update: Sequence[str] | None,
+                    touch: str | None) -> int:
+    tmp = _load_table(conn, table, df, cols)
+    conflict = _conflict_sql(table, keys, update, "IS DISTINCT FROM", touch) if keys else ""
+    result = conn.exec_driver_sql(f"INSERT INTO {table.name} ({_quoted(cols)}) "
+                                  f"SELECT {_quoted(cols)} FROM {tmp} {conflict}")
+    return int(result.rowcount)
+
+
+def _upsert_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str],
+                     keys: Sequence[str], update: Sequence[str] | None, touch: str | None,
+                     existing: int) -> int:
+    """Update what differs, then insert what is new, both as hash joins against the loaded
+    frame; the indexes are rebuilt only when the new rows are many (not on a re-import)."""
+    tmp = _load_table(conn, table, df, cols)
     conn.exec_driver_sql(f"ANALYZE {tmp}")  # row estimates for the joins below
     match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
     changed = 0
@@ -171,9 +188,13 @@ def _write_postgres(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: l
         changed = conn.exec_driver_sql(
             f"UPDATE {table.name} AS t SET {sets} FROM {tmp} AS s WHERE {match} AND ({differs})"
         ).rowcount
-    inserted = conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({_quoted(cols)}) SELECT {_quoted(cols, 's.')} FROM {tmp} AS s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS t WHERE {match})").rowcount
+    new = f"FROM {tmp} AS s WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS t WHERE {match})"
+    n_new = int(conn.exec_driver_sql(f"SELECT count(*) {new}").scalar() or 0)
+    if not n_new:
+        return int(changed)
+    with _rebuilding(conn, table, n_new, existing):
+        inserted = conn.exec_driver_sql(f"INSERT INTO {table.name} ({_quoted(cols)}) "
+                                        f"SELECT {_quoted(cols, 's.')} {new}").rowcount
     return int(changed) + int(inserted)
 
 
@@ -188,20 +209,24 @@ def _translated(conn: Connection, sql: str) -> Iterator[None]:
         raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error) from exc
 
 
-@contextmanager
-def _bulk_load(conn: Connection, table: sa.Table, n_rows: int) -> Iterator[int]:
-    """Lock ``table`` against other writers, yield how many rows it holds, and for a large
-    write drop its secondary indexes (and on PostgreSQL foreign keys, and unique constraints of
-    an empty table) first and recreate them from their stored definitions after."""
+def _lock_and_count(conn: Connection, table: sa.Table) -> int:
+    """Lock ``table`` against other writers until the transaction ends; its row count."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
     elif not _raw(conn).in_transaction:
-        # pysqlite opens a transaction only before DML: without this, the DDL below would
+        # pysqlite opens a transaction only before DML: without this, index DDL would
         # commit on its own and a failed write could not restore the indexes.
         _raw(conn).execute("BEGIN IMMEDIATE")
-    existing = int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
+    return int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
+
+
+@contextmanager
+def _rebuilding(conn: Connection, table: sa.Table, n_rows: int, existing: int) -> Iterator[None]:
+    """For a write of ``n_rows`` large next to the ``existing`` ones, drop the table's
+    secondary indexes (and on PostgreSQL foreign keys, and unique constraints of an empty
+    table) first and recreate them from their stored definitions after."""
     if n_rows < REBUILD_MIN_ROWS or n_rows < REBUILD_MIN_SHARE * existing:
-        yield existing
+        yield
         return
     if conn.dialect.name == "postgresql":
         indexes = conn.exec_driver_sql(
@@ -225,7 +250,7 @@ def _bulk_load(conn: Connection, table: sa.Table, n_rows: int) -> Iterator[int]:
         conn.exec_driver_sql(f'DROP INDEX "{name}"')
     for name, _ in constraints:
         conn.exec_driver_sql(f'ALTER TABLE {table.name} DROP CONSTRAINT "{name}"')
-    yield existing
+    yield
     for _, definition in indexes:
         conn.exec_driver_sql(definition)
     for name, definition in constraints:  # unique ones first: foreign keys may need them
