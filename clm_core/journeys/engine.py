@@ -45,6 +45,12 @@ def _ts(s: pd.Series) -> pd.Series:
     return pd.to_datetime(s).astype("datetime64[ns]")
 
 
+def message_keys(msgs: pd.DataFrame) -> pd.Series:
+    """The outbox key of each message: journey, version, step and enrollment."""
+    return (msgs["journey"] + "/v" + msgs["journey_version"].astype(str) + "/" + msgs["step_id"]
+            + "/e" + msgs["enrollment_id"].astype(str))
+
+
 def empty_enrollments() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype=object) for c in ENROLLMENT_COLUMNS})
     for c in TIME_COLUMNS:
@@ -420,8 +426,7 @@ class _Run:
         msgs = pd.concat(parts, ignore_index=True)
         decided = self.contact.apply(msgs)
         msgs = msgs.join(decided)
-        msgs["idempotency_key"] = (msgs["journey"] + "/v" + msgs["journey_version"].astype(str) + "/"
-                                   + msgs["step_id"] + "/e" + msgs["enrollment_id"].astype(str))
+        msgs["idempotency_key"] = message_keys(msgs)
         self.messages.append(msgs)
         rows = pd.Index(msgs["row"])
         end = msgs["end_enrollment"].to_numpy(bool)

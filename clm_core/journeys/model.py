@@ -312,7 +312,8 @@ def _step_kind(v: Any) -> str | None:
     if isinstance(v, dict):
         kinds = [k for k in STEP_KINDS if k in v]
         return kinds[0].capitalize() if len(kinds) == 1 else None
-    return getattr(v, "kind", None)
+    kind = getattr(v, "kind", None)
+    return kind.capitalize() if kind else None
 
 
 Step = Annotated[
