@@ -103,7 +103,7 @@ def next_local_time(utc: pd.Series, tz: pd.Series, at: time,
         day = local.dt.normalize()
         target = day + pd.Timedelta(minutes=minutes)
         target = target.where(target >= local, target + pd.Timedelta(days=1))
-        extra = ahead[target.dt.weekday.to_numpy()]
+        extra = ahead[target.dt.day_of_week.to_numpy()]
         return target + pd.to_timedelta(extra, unit="D")
 
     return _by_zone(utc, tz, shift)
