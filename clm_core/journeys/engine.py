@@ -5,11 +5,12 @@ Order of work, each step vectorised over customers (loops run over journeys and 
 
 1. enrollments of edited journeys follow the journey's ``on_edit`` policy;
 2. active enrollments reach goals (converted) or lose the audience (exited);
-3. finished enrollments remember when the customer stopped matching (for re-entry);
-4. customers who trigger a journey enter it, subject to the audience and the re-entry policy,
+3. customers who trigger a journey enter it, subject to the audience and the re-entry policy,
    and draw their holdout from a stable hash;
-5. due enrollments advance step by step (waits, branches, splits, sends, exits) until each one
-   waits for a later time or ends; the sends of each round pass the contact policy together.
+4. due enrollments advance step by step (waits, branches, splits, sends, exits) until each one
+   waits for a later time or ends; the sends of each round pass the contact policy together;
+5. each customer's latest enrollment remembers when they stopped matching the trigger (for
+   re-entry on rematch).
 
 Nothing here touches the database, so ``clm plan`` and the scheduled run share every decision.
 """
@@ -240,15 +241,14 @@ class _Run:
         out[first.index] = first.to_numpy()
         return out
 
-    # --- 3. re-entry memory -----------------------------------------------------------------
+    # --- 5. re-entry memory -----------------------------------------------------------------
 
     def unmatched(self) -> None:
         for name in self.running:
             j = self.latest[name]
             if j.spec.entry.reentry.policy != "rematch" or j.spec.entry.event is not None:
                 continue
-            done = (self.enr["journey"] == name) & self.enr["status"].isin(DONE) \
-                & self.enr["unmatched_at"].isna()
+            done = (self.enr["journey"] == name) & self.enr["unmatched_at"].isna()
             idx = self.enr.index[done]
             if not len(idx):
                 continue
@@ -259,7 +259,7 @@ class _Run:
                 matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
             self._set(idx[~matching], unmatched_at=self.now)
 
-    # --- 4. entries -------------------------------------------------------------------------
+    # --- 3. entries -------------------------------------------------------------------------
 
     def _triggers(self, j: CompiledJourney) -> pd.DataFrame:
         """customer_id and trigger_at of customers who trigger ``j`` now."""
@@ -344,7 +344,7 @@ class _Run:
                 new[c] = _ts(new[c])
             self.enr = pd.concat([self.enr, new], ignore_index=True)
 
-    # --- 5. steps ---------------------------------------------------------------------------
+    # --- 4. steps ---------------------------------------------------------------------------
 
     def advance(self) -> None:
         e = self.enr
@@ -481,7 +481,8 @@ def plan(journeys: Sequence[CompiledJourney], snapshot: Snapshot, now: pd.Timest
     run = _Run(journeys, snapshot, now, policy or ProjectPolicy())
     run.versions()
     run.goals()
-    run.unmatched()
+    run.advance()  # first those already in, so anyone who finishes now may re-enter below
     run.enter()
     run.advance()
+    run.unmatched()
     return run.result()
