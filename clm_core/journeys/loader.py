@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ def parse_journey(text: str, file: str, policy: ProjectPolicy | None = None) -> 
         spec = Journey.model_validate(data)
     except ValidationError as exc:
         # the pre-check already explained every step without exactly one action
-        problems += [p for p in problems_from_pydantic(exc, loc, Journey)
+        problems += [replace(p, message=p.message.replace("Value error, ", ""))
+                     for p in problems_from_pydantic(exc, loc, Journey)
                      if "exactly one of send, wait" not in p.message]
         raise SpecError(problems) from None
     if problems:
@@ -132,9 +133,16 @@ def parse_journey(text: str, file: str, policy: ProjectPolicy | None = None) -> 
 def load_journey(path: str | Path, policy: ProjectPolicy | None = None) -> CompiledJourney:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([Problem(str(p), None, None, f"cannot read: {exc}")]) from None
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise SpecError([Problem(str(p), None, None, f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError([Problem(str(p), line, column, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                                 "save the file as UTF-8")]) from None
     return parse_journey(text, str(p), policy)
 
 
