@@ -113,7 +113,7 @@ class Entry(Spec):
     stage: StageEntry | None = None
     segment: Condition | None = None
     event: EventEntry | None = None
-    within: Duration = Field(default=timedelta(days=7),
+    within: Duration = Field(default=timedelta(days=7), json_schema_extra={"default": "7d"},
                              description="how old a transition or event may be and still enroll")
     reentry: Reentry = Field(default_factory=Reentry)
 
@@ -164,8 +164,8 @@ class Goal(Spec):
 class QuietHours(Spec):
     """No message is scheduled from ``start`` to ``end`` in the customer's local time."""
 
-    start: Clock = time(21, 0)
-    end: Clock = time(9, 0)
+    start: Clock = Field(time(21, 0), json_schema_extra={"default": "21:00"})
+    end: Clock = Field(time(9, 0), json_schema_extra={"default": "09:00"})
     enabled: bool = True
 
     @model_validator(mode="after")
