@@ -10,7 +10,7 @@ import click
 from clm_core.cli.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
 
 # Modules that add commands: each defines ``register(cli: click.Group) -> None``.
-COMMAND_MODULES = ["db", "data", "demo", "ops"]
+COMMAND_MODULES = ["db", "data", "demo", "ops", "delivery"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -61,7 +61,7 @@ def _credentials(name: str, kind: str, raw: dict[str, Any], base_url: str,
     for cred in (*required, *optional):
         var = str(raw.get(f"{cred}_env") or f"{name}_{cred}".upper())
         if env.get(var):
-            values[cred] = env[var]
+            values[cred] = secret(var, env)  # registers the value for redaction
         elif cred in required:
             values[cred] = f"sandbox-{cred}" if _is_loopback(base_url) else secret(var, env)
     return values

@@ -48,6 +48,7 @@ class SendResult:
     retry_after: float | None = None  # seconds, when the provider said
     ambiguous: bool = False  # the provider may have acted although we saw no success
     halt: bool = False  # the provider refuses all sends for now (balance, daily limit)
+    suppress: str | None = None  # for REJECTED: "opted_out" or "invalid"
     data: dict[str, Any] = field(default_factory=dict)  # e.g. coupon id
 
     @classmethod

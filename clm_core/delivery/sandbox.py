@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -144,9 +145,29 @@ class _Drop(Exception):
     """Close the connection after a partial response."""
 
 
-def _form_value(form: Any, name: str) -> str:
-    value = form.get(name)
-    return "" if value is None else str(value)
+class Form:
+    """A parsed form body (urlencoded or multipart), keeping repeated fields."""
+
+    def __init__(self, body: bytes, content_type: str):
+        self.items: list[tuple[str, str]] = []
+        if content_type.startswith("multipart/form-data"):
+            msg = message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body,
+                                     policy=policy.HTTP)
+            for part in msg.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if name:
+                    self.items.append((str(name), str(part.get_content()).strip("\r\n")))
+        else:
+            self.items = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+    def get(self, name: str, default: str = "") -> str:
+        return next((v for k, v in self.items if k == name), default)
+
+    def getlist(self, name: str) -> list[str]:
+        return [v for k, v in self.items if k == name]
+
+    def dict(self) -> dict[str, str]:
+        return dict(self.items)
 
 
 class SandboxApp:
@@ -276,27 +297,27 @@ class SandboxApp:
         return response
 
     async def mailgun(self, request: Request) -> Response:
-        _, early = await self._begin("mailgun", request)
+        raw, early = await self._begin("mailgun", request)
         if early:
             return early
-        form = await request.form()
-        to = _form_value(form, "to")
+        form = Form(raw, request.headers.get("content-type", ""))
+        to = form.get("to")
         if "@" not in to or to in self.store.faults.invalid:
             return await self._finish(request, 400, {"message": "'to' parameter is not a valid address."})
         mid = f"<{uuid.uuid4().hex}@{request.path_params['domain']}>"
-        self.store.deliver("mailgun", _form_value(form, "v:clm_key") or None, to=to,
-                           subject=_form_value(form, "subject"), text=_form_value(form, "text"),
-                           html=_form_value(form, "html"), tags=form.getlist("o:tag"),
-                           headers={k[2:]: str(v) for k, v in form.multi_items() if k.startswith("h:")},
+        self.store.deliver("mailgun", form.get("v:clm_key") or None, to=to,
+                           subject=form.get("subject"), text=form.get("text"),
+                           html=form.get("html"), tags=form.getlist("o:tag"),
+                           headers={k[2:]: v for k, v in form.items if k.startswith("h:")},
                            message_id=mid)
         return await self._finish(request, 200, {"id": mid, "message": "Queued. Thank you."})
 
     async def twilio(self, request: Request) -> Response:
-        _, early = await self._begin("twilio", request)
+        raw, early = await self._begin("twilio", request)
         if early:
             return early
-        form = await request.form()
-        to, text = _form_value(form, "To"), _form_value(form, "Body")
+        form = Form(raw, request.headers.get("content-type", ""))
+        to, text = form.get("To"), form.get("Body")
         if to in self.store.faults.optout:
             return await self._finish(request, 400, {"code": 21610, "status": 400, "message":
                                       "Attempt to send to unsubscribed recipient"})
@@ -311,11 +332,11 @@ class SandboxApp:
                                                  "body": text, "num_segments": str(segments)})
 
     async def aliyun(self, request: Request) -> Response:
-        _, early = await self._begin("aliyun", request)
+        raw, early = await self._begin("aliyun", request)
         if early:
             return early
         params = dict(request.query_params) if request.method == "GET" else \
-            {k: str(v) for k, v in (await request.form()).items()}
+            Form(raw, request.headers.get("content-type", "")).dict()
         request_id = uuid.uuid4().hex.upper()
         signature = params.pop("Signature", "")
         secret = self.store.faults.aliyun_secrets.get(params.get("AccessKeyId", ""))
@@ -342,10 +363,10 @@ class SandboxApp:
                                                  "RequestId": request_id})
 
     async def stripe(self, request: Request) -> Response:
-        _, early = await self._begin("stripe", request)
+        raw, early = await self._begin("stripe", request)
         if early:
             return early
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        form = Form(raw, request.headers.get("content-type", "")).dict()
         key = request.headers.get("idempotency-key")
         if request.url.path.endswith("coupons"):
             if not (form.get("percent_off") or form.get("amount_off")):
@@ -469,7 +490,9 @@ class SandboxServer:
 
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections; without it
+        # every keep-alive response waits ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]

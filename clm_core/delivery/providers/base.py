@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from clm_core.delivery.model import Outbound, Outcome, SendResult
+from clm_core.settings import redact as redact_known
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,9 @@ def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> flo
 
 
 def redact(text: str, secrets: dict[str, str]) -> str:
-    """``text`` with every credential value replaced, for messages that reach logs or the DB."""
+    """``text`` with every known secret and this provider's credentials replaced by ``***``,
+    for messages that reach logs or the database."""
+    text = redact_known(text)
     for value in secrets.values():
         if value and len(value) >= 4:
             text = text.replace(value, "***")

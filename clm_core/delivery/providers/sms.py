@@ -49,7 +49,7 @@ class TwilioProvider(HttpProvider):
         code = str(body.get("code") or response.status_code)
         message = str(body.get("message", ""))[:200]
         if code in TWILIO_REJECTED:
-            return SendResult(m.key, Outcome.REJECTED, code=code,
+            return SendResult(m.key, Outcome.REJECTED, code=code, suppress=TWILIO_REJECTED[code],
                               message=f"{self.name}: {TWILIO_REJECTED[code]}: {message}")
         if code in TWILIO_TRANSIENT:
             return SendResult(m.key, Outcome.TRANSIENT, code=code, message=f"{self.name}: {message}")
@@ -122,7 +122,8 @@ class AliyunSmsProvider(HttpProvider):
         if code == "OK":
             return SendResult.sent(m.key, str(body.get("BizId") or body.get("RequestId")))
         if code in ALIYUN_REJECTED:
-            return SendResult(m.key, Outcome.REJECTED, code=code, message=message)
+            return SendResult(m.key, Outcome.REJECTED, code=code, message=message,
+                              suppress=ALIYUN_REJECTED[code])
         if code in ALIYUN_TRANSIENT:
             return SendResult(m.key, Outcome.TRANSIENT, code=code, message=message)
         if code in ALIYUN_HALT:

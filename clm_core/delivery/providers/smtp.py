@@ -82,7 +82,9 @@ class SmtpProvider:
                 refused = exc.recipients[0]
                 outcome = (Outcome.REJECTED if refused.code in INVALID_RECIPIENT else
                            Outcome.PERMANENT if refused.code >= 500 else Outcome.TRANSIENT)
-                return self._fail(m.key, outcome, str(refused.code), refused.message)
+                result = self._fail(m.key, outcome, str(refused.code), refused.message)
+                result.suppress = "invalid" if outcome is Outcome.REJECTED else None
+                return result
             except aiosmtplib.SMTPResponseException as exc:
                 self._idle.put_nowait(conn)
                 outcome = Outcome.PERMANENT if exc.code >= 500 else Outcome.TRANSIENT
