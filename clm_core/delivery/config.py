@@ -26,7 +26,7 @@ DEFAULT_PROVIDERS = {"email": "sendgrid", "sms": "twilio", "coupon": "stripe", "
 
 _PROVIDER_KEYS = {"kind", "base_url", "timeout", "connect_timeout", "concurrency", "rate_per_second",
                   "idempotent"}
-_TOP_KEYS = {*CHANNELS, "providers", "batch_size", "lanes", "lease_seconds", "max_attempts",
+_TOP_KEYS = {*CHANNELS, "providers", "timeout", "batch_size", "lanes", "lease_seconds", "max_attempts",
              "backoff_base", "backoff_max", "sandbox_url", "from_email", "store_name", "store_url"}
 
 
@@ -79,7 +79,7 @@ def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict
     try:
         return ProviderConfig(
             name=name, kind=kind, base_url=base_url,
-            timeout=float(raw.get("timeout", 10.0)), connect_timeout=float(raw.get("connect_timeout", 5.0)),
+            timeout=float(raw.get("timeout", section.get("timeout", 10.0))), connect_timeout=float(raw.get("connect_timeout", 5.0)),
             concurrency=int(raw.get("concurrency", 32)),
             rate_per_second=float(raw.get("rate_per_second", 0.0)),
             idempotent=bool(raw.get("idempotent", kind in {"stripe", "coupon_api"})),

@@ -107,6 +107,7 @@ class Dispatcher:
         self.store = {"name": config.store_name, "url": config.store_url}
         self.recommender: Recommender | None = None
         self.report = DispatchReport()
+        self._claims = 0
 
     # --- the run ------------------------------------------------------------------------
 
@@ -140,7 +141,11 @@ class Dispatcher:
         while self._remaining > 0:
             n = int(min(self.config.batch_size, self._remaining))
             self._remaining -= n
-            rows = await asyncio.to_thread(outbox.claim, self.writer, self.owner, n, self.clock(),
+            # Each claim has its own lease token, so a lane never acts on rows that another
+            # lane (even of this process) re-claimed after their lease ran out.
+            self._claims += 1
+            owner = f"{self.owner}-{self._claims}"
+            rows = await asyncio.to_thread(outbox.claim, self.writer, owner, n, self.clock(),
                                            self.lease, list(self.report.halted))
             self._remaining += n - len(rows)
             if not rows:
@@ -148,11 +153,7 @@ class Dispatcher:
                     continue
                 return
             self.report.claimed += len(rows)
-            outcomes = await self._process(rows)
-            updated = await asyncio.to_thread(outbox.record, self.writer, self.owner, outcomes,
-                                              self.clock())
-            self.report.lost_leases += len(outcomes) - updated
-            self.report.count(outcomes)
+            await self._process(rows, owner)
 
     async def _idle(self) -> bool:
         """Nothing due now: wait for what becomes due within the wait window, if anything."""
@@ -170,7 +171,7 @@ class Dispatcher:
 
     # --- one batch ----------------------------------------------------------------------
 
-    async def _process(self, rows: list[dict[str, Any]]) -> list[Row]:
+    async def _process(self, rows: list[dict[str, Any]], owner: str) -> None:
         data = await asyncio.to_thread(load_batch, self.reader, rows, self.recommender)
         outcomes: list[Row] = []
         ready = []
@@ -191,15 +192,12 @@ class Dispatcher:
             except TemplateRenderError as exc:
                 outcomes.append(Row(row["id"], "failed", "render_error", error_code="template",
                                     error_message=redact(str(exc))[:1000]))
-        await asyncio.to_thread(outbox.mark_sending, self.writer, self.owner,
-                                [r["id"] for r, _ in messages], self.clock())
         by_channel: dict[str, list[tuple[dict[str, Any], Outbound]]] = {}
         for row, msg in messages:
             by_channel.setdefault(row["channel"], []).append((row, msg))
-        sent = await asyncio.gather(*(self._send(ch, items) for ch, items in by_channel.items()))
-        for part in sent:
-            outcomes += part
-        return outcomes
+        await self._commit(outcomes, owner)  # skipped, coupon and render failures
+        await asyncio.gather(*(self._send(ch, items, owner, [r["id"] for r in rows])
+                               for ch, items in by_channel.items()))
 
     def _precheck(self, row: dict[str, Any], data: BatchData) -> Row | None:
         """Consent and suppression, checked again just before sending."""
@@ -286,17 +284,37 @@ class Dispatcher:
             msg.data = {"segments": rendered.segments, "encoding": rendered.encoding}
         return msg
 
-    async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]]) -> list[Row]:
+    async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]], owner: str,
+                    batch_ids: list[int]) -> None:
+        """Send in waves of what the provider takes at once; each wave is marked ``sending``
+        just before and its outcomes committed right after, so a crash leaves at most one wave
+        per lane whose fate is unknown."""
         provider = self.providers[channel]
-        if channel in self.report.halted:
-            return [self._halted(row, None, provider) for row, _ in items]
-        results: list[SendResult] = []
         step = max(1, provider.max_batch)
-        chunks = [items[i:i + step] for i in range(0, len(items), step)]
-        for part in await asyncio.gather(*(provider.send([m for _, m in c]) for c in chunks)):
-            results += part
-        return [self._outcome(row, res, provider, address=msg.to)
-                for (row, msg), res in zip(items, results)]
+        wave = max(step, provider.concurrency)
+        for start in range(0, len(items), wave):
+            part = items[start:start + wave]
+            if channel in self.report.halted:
+                await self._commit([self._halted(row, None, provider) for row, _ in part], owner)
+                continue
+            held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
+                                           [r["id"] for r, _ in part], batch_ids, self.clock(),
+                                           self.lease)
+            self.report.lost_leases += len(part) - len(held)
+            part = [(r, msg) for r, msg in part if r["id"] in held]
+            chunks = [part[i:i + step] for i in range(0, len(part), step)]
+            results: list[SendResult] = []
+            for got in await asyncio.gather(*(provider.send([m for _, m in c]) for c in chunks)):
+                results += got
+            await self._commit([self._outcome(row, res, provider, address=msg.to)
+                                for (row, msg), res in zip(part, results)], owner)
+
+    async def _commit(self, outcomes: list[Row], owner: str) -> None:
+        if not outcomes:
+            return
+        updated = await asyncio.to_thread(outbox.record, self.writer, owner, outcomes, self.clock())
+        self.report.lost_leases += len(outcomes) - updated
+        self.report.count(outcomes)
 
     # --- outcomes -----------------------------------------------------------------------
 

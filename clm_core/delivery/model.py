@@ -62,7 +62,8 @@ class Provider(Protocol):
 
     name: str
     idempotent: bool
-    max_batch: int
+    max_batch: int  # messages per request
+    concurrency: int  # requests in flight at once
 
     async def send(self, batch: list[Outbound]) -> list[SendResult]: ...
 

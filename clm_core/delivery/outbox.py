@@ -78,15 +78,23 @@ def claim(engine: Engine, owner: str, limit: int, now: datetime, lease: timedelt
     return rows
 
 
-def mark_sending(engine: Engine, owner: str, ids: Sequence[int], now: datetime) -> None:
-    """From here on, the provider may have the message: a lost lease is no longer safe to retry
-    on a provider without idempotency."""
+def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
+                 now: datetime, lease: timedelta) -> set[int]:
+    """From here on the provider may have the messages ``ids``: a lost lease is no longer safe
+    to resend on a provider without idempotency. Renews the lease of the whole claimed batch;
+    returns the ids still held, and only those may be sent (the others' lease ran out and
+    another dispatcher may have them)."""
     if not ids:
-        return
+        return set()
+    mine = sa.and_(m.c.lease_owner == owner, m.c.status == "claimed")
     with engine.begin() as conn:
-        conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), m.c.lease_owner == owner,
-                                        m.c.status == "claimed")
-                     .values(reason="sending", updated_at=now))
+        held = conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), mine)
+                            .values(reason="sending", lease_expires_at=now + lease, updated_at=now)
+                            .returning(m.c.id))
+        got = {r[0] for r in held}
+        conn.execute(sa.update(m).where(m.c.id.in_(list(batch_ids)), mine)
+                     .values(lease_expires_at=now + lease))
+    return got
 
 
 OUTCOME_FIELDS = ("status", "reason", "send_after", "provider", "provider_message_id", "error_code",

@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -214,7 +214,10 @@ class SandboxApp:
 
     async def _begin(self, api: str, request: Request) -> tuple[bytes, Response | None]:
         """Record the request; return a fault or replay response when one applies."""
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client gave up (timeout, killed): nothing to answer
+            return b"", Response(status_code=499)
         fault = request.state.fault = self.store.draw(api)
         self.store.record(api, request, body, fault)
         if not request.headers.get("authorization") and api not in {"aliyun", "webhook", "coupon_api"}:

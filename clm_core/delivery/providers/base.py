@@ -104,6 +104,7 @@ class HttpProvider:
         self.config = config
         self.name = config.name
         self.idempotent = config.idempotent
+        self.concurrency = config.concurrency
         self.client = httpx.AsyncClient(
             base_url=config.base_url,
             timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),

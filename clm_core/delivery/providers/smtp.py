@@ -41,6 +41,7 @@ class SmtpProvider:
         self.config = config
         self.name = config.name
         self.idempotent = config.idempotent
+        self.concurrency = config.concurrency
         url = urlsplit(config.base_url)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 25
         self.sender = config.option("from", "CLM <shop@example.com>")
