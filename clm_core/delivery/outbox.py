@@ -16,10 +16,13 @@ row; on SQLite every write transaction here is ``BEGIN IMMEDIATE`` (one writer a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -30,11 +33,37 @@ from clm_core.db import tables as t
 from clm_core.db.engine import make_engine
 
 m = t.messages
+P = ParamSpec("P")
+R = TypeVar("R")
 DUE = ("pending", "deferred")
 FINAL = ("sent", "failed", "skipped", "unknown", "cancelled")
 
 CLAIM_COLUMNS = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.journey, m.c.step_id,
                  m.c.channel, m.c.template, m.c.coupon, m.c.tags, m.c.attempts, m.c.created_at)
+
+
+_RETRY_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def retrying(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a write transaction again when the database aborted it for a deadlock (PostgreSQL
+    updates rows of concurrent claims in different orders) or a busy SQLite file; an aborted
+    transaction changed nothing, so running it again is safe."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(8):
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.OperationalError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                busy = "database is locked" in str(exc.orig)
+                if attempt == 7 or not (code in _RETRY_CODES or busy):
+                    raise
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def writer_engine(engine: Engine) -> Engine:
@@ -55,6 +84,7 @@ def writer_engine(engine: Engine) -> Engine:
     return writer
 
 
+@retrying
 def claim(engine: Engine, owner: str, limit: int, now: datetime, lease: timedelta,
           exclude_channels: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Claim up to ``limit`` due messages for ``owner``; returns their rows."""
@@ -78,6 +108,7 @@ def claim(engine: Engine, owner: str, limit: int, now: datetime, lease: timedelt
     return rows
 
 
+@retrying
 def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
                  now: datetime, lease: timedelta) -> set[int]:
     """From here on the provider may have the messages ``ids``: a lost lease is no longer safe
@@ -117,6 +148,7 @@ class Outcome:
     suppress: tuple[str, str, int, str] | None = None  # channel, address, customer_id, reason
 
 
+@retrying
 def record(engine: Engine, owner: str, outcomes: Sequence[Outcome], now: datetime) -> int:
     """Commit outcomes (and suppressions) in one transaction; returns rows updated. Rows whose
     lease this owner lost to a resend are left alone; ``unknown`` ones get the real outcome."""
@@ -153,6 +185,7 @@ def insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any
     conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
 
 
+@retrying
 def release(engine: Engine, owner: str, ids: Sequence[int], now: datetime, reason: str) -> None:
     """Give claimed messages back untouched by any provider (e.g. the provider halted)."""
     if not ids:
@@ -170,6 +203,7 @@ class Recovered:
     unknown: int = 0
 
 
+@retrying
 def recover_expired(engine: Engine, now: datetime, idempotent_channels: Iterable[str]) -> Recovered:
     """Resolve claims whose lease ran out without an outcome (the dispatcher died or hung)."""
     expired = sa.and_(m.c.status == "claimed", m.c.lease_expires_at < now)
@@ -187,6 +221,7 @@ def recover_expired(engine: Engine, now: datetime, idempotent_channels: Iterable
     return Recovered(requeued, unknown)
 
 
+@retrying
 def retry_unknown(engine: Engine, now: datetime, ids: Sequence[int] | None = None) -> int:
     """An operator's decision: send ``unknown`` messages again."""
     cond = m.c.status == "unknown"
