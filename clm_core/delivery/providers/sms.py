@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from clm_core.delivery.model import Outbound, Outcome, SendResult
-from clm_core.delivery.providers.base import HttpProvider, ProviderConfig
+from clm_core.delivery.providers.base import HttpProvider, ProviderConfig, retry_after_seconds
 
 # Twilio error codes: opted out / invalid number (suppress), unroutable (permanent), rate limit.
 TWILIO_REJECTED = {"21610": "opted_out", "21211": "invalid", "21614": "invalid"}
@@ -52,7 +52,8 @@ class TwilioProvider(HttpProvider):
             return SendResult(m.key, Outcome.REJECTED, code=code, suppress=TWILIO_REJECTED[code],
                               message=f"{self.name}: {TWILIO_REJECTED[code]}: {message}")
         if code in TWILIO_TRANSIENT:
-            return SendResult(m.key, Outcome.TRANSIENT, code=code, message=f"{self.name}: {message}")
+            return SendResult(m.key, Outcome.TRANSIENT, code=code, message=f"{self.name}: {message}",
+                              retry_after=retry_after_seconds(response.headers))
         if code in TWILIO_PERMANENT:
             return SendResult(m.key, Outcome.PERMANENT, code=code, message=f"{self.name}: {message}")
         result = self.classify_status(m.key, response, code=code, message=message)
