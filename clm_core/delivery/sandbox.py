@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import threading
 import time
@@ -102,11 +103,15 @@ class SandboxStore:
             return None
         x = self.rng.random()
         for name, rate in (("429", f.rate_429), ("500", f.rate_500), ("timeout", f.rate_timeout),
-                           ("drop", f.rate_drop), ("accept_then_timeout", f.rate_accept_then_timeout)):
+                           ("accept_then_timeout", f.rate_accept_then_timeout)):
             if x < rate:
                 return name
             x -= rate
         return None
+
+    def drop(self, api: str) -> bool:
+        f = self.faults
+        return f.rate_drop > 0 and (f.apis is None or api in f.apis) and self.rng.random() < f.rate_drop
 
     def record(self, api: str, request: Request, body: bytes, fault: str | None) -> dict[str, Any]:
         auth = request.headers.get("authorization", "")
@@ -143,6 +148,27 @@ class SandboxStore:
 
 class _Drop(Exception):
     """Close the connection after a partial response."""
+
+
+class _QuietDrops(logging.Filter):
+    """Injected drops are not server errors: keep them out of the server's error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _Drop))
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+
+
+API_PATHS = (("/v3/mail/send", "sendgrid"), ("/2010-04-01/", "twilio"), ("/v1/", "stripe"),
+             ("/coupons", "coupon_api"), ("/webhook", "webhook"), ("/_sandbox", ""), ("/v3/", "mailgun"))
+
+
+def api_of(path: str) -> str:
+    """Which provider API a path belongs to ("" for the control endpoints)."""
+    if path == "/":
+        return "aliyun"
+    return next((api for prefix, api in API_PATHS if path.startswith(prefix)), "")
 
 
 class Form:
@@ -193,22 +219,16 @@ class SandboxApp:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except _Drop:
-            # A response that stops half-way: the server then closes the connection.
-            if not started:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
+        api = api_of(scope["path"])
+        if api and self.store.drop(api):
+            request = Request(scope, receive)
+            self.store.record(api, request, await request.body(), "drop")
+            # A response that stops half-way; raising makes the server close the connection.
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
-            raise
+            raise _Drop(scope["path"])
+        await self.app(scope, receive, send)
 
     # --- shared request handling ------------------------------------------------------------
 
@@ -229,8 +249,6 @@ class SandboxApp:
         if fault == "timeout":
             await asyncio.sleep(self.store.faults.timeout_seconds)
             return body, self._error(api, 504)
-        if fault == "drop":
-            raise _Drop()
         key = request.headers.get("idempotency-key")
         if key and self.store.faults.idempotency:
             saved = self.store.saved.get((request.url.path, key))
