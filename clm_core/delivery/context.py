@@ -85,7 +85,8 @@ class Recommender:
         score[have > 0] = -1.0
         k = min(self.k, len(self.skus))
         top = np.argsort(-score, axis=1, kind="stable")[:, :k]
-        return {cid: [{"sku": str(self.skus[j]), "name": str(self.names[j])} for j in top[i]]
+        return {cid: [{"sku": str(self.skus[j]), "name": str(self.names[j])}
+                      for j in top[i] if score[i, j] >= 0]  # never what they already own
                 for i, cid in enumerate(ids)}
 
 
