@@ -15,7 +15,7 @@ from clm_core.cli.context import ClmGroup, pass_app  # noqa: F401  (re-exported 
 COMMAND_MODULES = ["db", "data", "ops", "flows.commands"]
 =======
 # Modules that add commands: each defines ``register(cli: click.Group) -> None``.
-COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "flows.commands"]
+COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows.commands"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})
