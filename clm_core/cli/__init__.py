@@ -9,12 +9,8 @@ import click
 
 from clm_core.cli.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
 
-<<<<<<< HEAD
 # Modules that add commands: each defines ``register(cli: click.Group) -> None``. Short names
 # are in clm_core.cli; dotted ones (the Prefect commands) live beside the flows.
-COMMAND_MODULES = ["db", "data", "ops", "flows.commands"]
-=======
-# Modules that add commands: each defines ``register(cli: click.Group) -> None``.
 COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows.commands"]
 
 
