@@ -65,3 +65,25 @@ def register(cli: click.Group) -> None:
                    f"{f' + {r.prospects:,} prospects' if r.prospects else ''}, {r.orders:,} orders, "
                    f"{r.items:,} order lines; new or changed rows: "
                    + ", ".join(f"{k} {v:,}" for k, v in r.inserted.items()))
+
+    @cli.command()
+    @click.option("--customers", "n_customers", type=click.IntRange(1), required=True,
+                  help="How many customers (about 8% are prospects with no order).")
+    @click.option("--seed", type=int, default=0, show_default=True,
+                  help="Random seed: the same seed gives the same data.")
+    @click.option("--csv", "csv_dir", type=click.Path(file_okay=False), metavar="DIR",
+                  help="Write DIR/customers.csv and DIR/orders.csv (import-ready) instead of "
+                  "loading the database.")
+    @click.pass_context
+    def generate(ctx: click.Context, n_customers: int, seed: int, csv_dir: str | None) -> None:
+        """Synthetic customers and orders following the BG/NBD model, for scale tests."""
+        from clm_core.ingest import synthetic
+
+        if csv_dir:
+            report = synthetic.write_csv(csv_dir, n_customers, seed)
+        else:
+            report = synthetic.load_synthetic(ctx.find_object(App).engine, n_customers, seed)
+        for line in report.lines():
+            click.echo(line)
+        if csv_dir:
+            click.echo(f"  wrote {csv_dir}/customers.csv and {csv_dir}/orders.csv")
