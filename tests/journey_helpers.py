@@ -83,37 +83,3 @@ def project(tmp_path: Path, db_url: str, journeys: dict[str, str], toml: str = "
     (tmp_path / "clm.toml").write_text(toml, encoding="utf-8")
     return load_settings(tmp_path, env={"CLM_DATABASE_URL": db_url})
 
-
-def score_simply(engine: sa.Engine, as_of: datetime) -> None:
-    """Plain stage rules over order history, for tests that need scored real customers without
-    the CLV models: one customer_scores row each and a first transition into that stage."""
-    o, c = t.orders, t.customers
-    with engine.begin() as conn:
-        people = pd.DataFrame(conn.execute(sa.select(c.c.id)).all(), columns=["customer_id"])
-        agg = pd.DataFrame(conn.execute(
-            sa.select(o.c.customer_id, sa.func.count().label("n_orders"),
-                      sa.func.sum(o.c.amount).label("spend"),
-                      sa.func.max(o.c.ordered_at).label("last"), sa.func.min(o.c.ordered_at).label("first"))
-            .where(o.c.ordered_at <= as_of).group_by(o.c.customer_id)).all(),
-            columns=["customer_id", "n_orders", "spend", "last", "first"])
-        df = people.merge(agg, on="customer_id", how="left")
-        df["n_orders"] = df["n_orders"].fillna(0).astype(int)
-        df["spend"] = df["spend"].astype(float).fillna(0.0)
-        dsl = (pd.Timestamp(as_of) - pd.to_datetime(df["last"])).dt.days
-        # thresholds follow CDNOW's early rhythm (most first orders in Q1 1997)
-        stage = np.select(
-            [df["n_orders"] == 0, dsl > 120, dsl > 75, (df["n_orders"] >= 4) & (dsl <= 60),
-             df["n_orders"] == 1],
-            ["prospect", "churned", "at_risk", "loyal", "new"], "active")
-        scores = pd.DataFrame({
-            "customer_id": df["customer_id"], "as_of": pd.Timestamp(as_of).normalize(),
-            "n_orders": df["n_orders"], "purchase_days": df["n_orders"],
-            "total_spend": df["spend"], "days_since_last_order": dsl.astype(float),
-            "last_order_at": pd.to_datetime(df["last"]), "first_order_at": pd.to_datetime(df["first"]),
-            "clv_12m": (df["spend"] * 0.8).round(2), "p_alive": np.where(dsl > 75, 0.2, 0.8),
-            "stage": stage, "stage_since": pd.Timestamp(as_of), "scored_at": pd.Timestamp(as_of)})
-        write_frame(conn, t.customer_scores, scores, keys=["customer_id"],
-                    update=[x for x in scores.columns if x != "customer_id"])
-        write_frame(conn, t.stage_transitions, pd.DataFrame({
-            "customer_id": df["customer_id"], "from_stage": None, "to_stage": stage,
-            "transitioned_at": pd.Timestamp(as_of), "as_of": pd.Timestamp(as_of).normalize()}))
