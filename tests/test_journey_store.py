@@ -10,6 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from clm_core.db import tables as t
+from clm_core.db.engine import make_engine
 from clm_core.journeys.run import evaluate
 from tests.journey_helpers import customers_frame, project, store_customers, store_transitions
 
@@ -94,3 +95,32 @@ def test_editing_an_active_journey_bumps_the_version(engine: sa.Engine, db_url: 
     assert sorted(versions) == [1, 2]
     # on_edit: stay (the default): enrolled customers finish on version 1's template
     assert set(msgs["template"]) == {"welcome_sms"} and set(msgs["journey_version"]) == {1}
+
+
+def test_project_policy_comes_from_clm_toml(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    toml = """
+[journeys]
+quiet_hours = { start = "08:00", end = "20:00" }
+caps = [ { channel = "email", max = 1, window = "2d" } ]
+global_control_percent = 50
+"""
+    settings = project(tmp_path, db_url, {"welcome": WELCOME}, toml)
+    ids = store_customers(engine, customers_frame(200, timezone="UTC"), NOW)
+    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    msgs = evaluate(engine, settings, NOW, dry_run=True).plan.messages
+    live = msgs[msgs["reason"] != "control_group"]
+    assert 0.35 < 1 - len(live) / len(msgs) < 0.65
+    # 15:00 UTC is inside these quiet hours: deferred to 20:00
+    assert (live["status"] == "deferred").all() and (live["reason"] == "quiet_hours").all()
+    assert (live["send_after"] == pd.Timestamp("2026-11-24 20:00")).all()
+
+
+def test_bad_project_policy_is_a_located_error(db_url: str, tmp_path: Path) -> None:
+    import pytest
+
+    from clm_core.errors import SpecError
+
+    settings = project(tmp_path, db_url, {"welcome": WELCOME},
+                       "[journeys]\ncaps = [ { channel = \"fax\", max = 1, window = \"2d\" } ]\n")
+    with pytest.raises(SpecError, match="caps.0.channel: Input should be 'email' or 'sms'"):
+        evaluate(make_engine(db_url), settings, NOW, dry_run=True)

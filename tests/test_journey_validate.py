@@ -99,3 +99,12 @@ steps:
     assert f"{journey}:14:5: warning: SMS without quiet hours" in out
     assert f"{journey}:12:5: warning: this wait is longer than the re-entry gap" in out
     assert f"{journey}:8:1: warning: the journey has neither goals nor an exit step" in out
+
+
+def test_two_files_with_one_name(tmp_path: Path) -> None:
+    text = (CORPUS / "journeys" / "unknown_template.yaml").read_text().replace("good_emial", "good_email")
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text)
+    result = CliRunner().invoke(cli, ["--project", str(CORPUS), "validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'b.yaml'}:1:1: error: journey name 'broken' is already used by" in result.output

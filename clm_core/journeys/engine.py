@@ -98,24 +98,6 @@ class Plan:
     messages: pd.DataFrame  # MESSAGE_COLUMNS (+ enrollment_id negative for new enrollments)
     entered: pd.DataFrame  # journey, customer_id, is_control of new enrollments
 
-    def summary(self) -> pd.DataFrame:
-        """Counts per journey: entered, control, exits by reason, messages by status."""
-        e = self.enrollments
-        rows = []
-        new = e[e["is_new"]]
-        rows.append(new.groupby("journey").size().rename("entered"))
-        rows.append(new[new["is_control"]].groupby("journey").size().rename("control"))
-        ended = e[e["status"].isin(DONE)]
-        if len(ended):
-            rows.append(ended.groupby(["journey", "exit_reason"]).size().unstack(fill_value=0)
-                        .add_prefix("exit:"))
-        m = self.messages
-        if len(m):
-            rows.append(m.groupby(["journey", "status"]).size().unstack(fill_value=0))
-        out = pd.concat(rows, axis=1).fillna(0).astype(int)
-        out.index.name = "journey"
-        return out
-
 
 class _Run:
     def __init__(self, journeys: Sequence[CompiledJourney], snap: Snapshot, now: pd.Timestamp,
@@ -428,7 +410,6 @@ class _Run:
         msgs = msgs.join(decided)
         msgs["idempotency_key"] = message_keys(msgs)
         self.messages.append(msgs)
-        rows = pd.Index(msgs["row"])
         end = msgs["end_enrollment"].to_numpy(bool)
         for reason, part in msgs[end].groupby("reason"):
             self._end(pd.Index(part["row"]), "exited", str(reason))
@@ -440,7 +421,7 @@ class _Run:
         # a deferred send moves the rest of the journey to its time; skipped ones go on now
         cursor = np.maximum(cursor, self.now.to_datetime64())
         self._set(gi, current_step=go["next"].to_numpy(), step_due_at=cursor)
-        return gi[cursor <= self.now.to_datetime64()] if len(rows) else gi
+        return gi[cursor <= self.now.to_datetime64()]
 
     # --- result -----------------------------------------------------------------------------
 

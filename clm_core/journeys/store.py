@@ -21,13 +21,13 @@ from sqlalchemy.engine import Connection
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from clm_core.errors import SpecError
+from clm_core.errors import Problem, SpecError
 from clm_core.journeys.engine import (ENROLLMENT_COLUMNS, TIME_COLUMNS, Plan, Snapshot,
                                       empty_enrollments, message_keys)
 from clm_core.journeys.fields import FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy
-from clm_core.yamlspec import problems_from_pydantic
+from clm_core.yamlspec import parse_yaml, problems_from_pydantic
 
 LEDGER_STATUSES = ("pending", "deferred", "claimed", "sent", "unknown")
 NOT_JOURNEYS = {"lifecycle.yaml"}  # the stage rules live next to the journeys
@@ -51,14 +51,29 @@ def project_policy(section: dict) -> ProjectPolicy:
                                                ProjectPolicy)) from None
 
 
+def duplicate_name(j: CompiledJourney, seen: dict[str, str]) -> list[Problem]:
+    """A problem if another file already uses ``j``'s name (``seen``: name -> file)."""
+    if j.name not in seen:
+        seen[j.name] = j.file
+        return []
+    line, col = parse_yaml(j.source, j.file)[1].at(("name",))
+    return [Problem(j.file, line, col, f"journey name {j.name!r} is already used by "
+                    f"{seen[j.name]}; names must be unique")]
+
+
 def load_journeys(directory: Path, policy: ProjectPolicy) -> list[CompiledJourney]:
     """Every journey file, compiled; all problems of all files raised together."""
-    out, problems = [], []
+    out: list[CompiledJourney] = []
+    problems = []
+    seen: dict[str, str] = {}
     for path in journey_files(directory):
         try:
-            out.append(load_journey(path, policy))
+            j = load_journey(path, policy)
         except SpecError as exc:
             problems += exc.problems
+            continue
+        problems += duplicate_name(j, seen)
+        out.append(j)
     if problems:
         raise SpecError(problems)
     return out

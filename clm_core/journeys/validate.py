@@ -12,7 +12,7 @@ from pathlib import Path
 from clm_core.errors import Problem, SpecError, TemplateRenderError
 from clm_core.journeys.loader import CompiledJourney, load_journey
 from clm_core.journeys.model import ProjectPolicy, SendStep
-from clm_core.journeys.store import NOT_JOURNEYS, journey_files
+from clm_core.journeys.store import NOT_JOURNEYS, duplicate_name, journey_files
 from clm_core.settings import Settings
 from clm_core.suggest import did_you_mean
 from clm_core.templating import TemplateStore, sample_context
@@ -39,9 +39,7 @@ def _stage_rules(path: Path) -> list[Problem]:
 
 def template_problems(j: CompiledJourney, store: TemplateStore) -> list[Problem]:
     """Unknown templates, templates that fail to render, emails without an unsubscribe link."""
-    from clm_core.yamlspec import parse_yaml as _parse
-
-    _, loc = _parse(j.source, j.file)
+    _, loc = parse_yaml(j.source, j.file)
     problems: list[Problem] = []
     marketing = "transactional" not in j.spec.tags
     for i, step in enumerate(j.spec.steps):
@@ -83,6 +81,7 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
             files.append(p)
         else:
             problems.append(Problem(str(p), None, None, "no such file or directory"))
+    seen: dict[str, str] = {}
     for f in files:
         if f.name in NOT_JOURNEYS:
             problems += _stage_rules(f)
@@ -92,5 +91,5 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
         except SpecError as exc:
             problems += exc.problems
             continue
-        problems += j.warnings + template_problems(j, store)
+        problems += duplicate_name(j, seen) + j.warnings + template_problems(j, store)
     return problems
