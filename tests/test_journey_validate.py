@@ -108,3 +108,14 @@ def test_two_files_with_one_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--project", str(CORPUS), "validate", str(tmp_path)])
     assert result.exit_code == 1
     assert f"{tmp_path / 'b.yaml'}:1:1: error: journey name 'broken' is already used by" in result.output
+
+
+def test_stage_rules_are_validated_too(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    rules = tmp_path / "lifecycle.yaml"
+    rules.write_text((REPO / "journeys" / "lifecycle.yaml").read_text().replace(
+        "{field: p_alive, lt: 0.3}", "{field: p_alve, lt: 0.3}"))
+    result = CliRunner().invoke(cli, ["--project", str(CORPUS), "validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"{rules}:" in result.output and "unknown field 'p_alve' (did you mean 'p_alive'?)" in result.output
