@@ -124,3 +124,20 @@ def test_bad_project_policy_is_a_located_error(db_url: str, tmp_path: Path) -> N
                        "[journeys]\ncaps = [ { channel = \"fax\", max = 1, window = \"2d\" } ]\n")
     with pytest.raises(SpecError, match="caps.0.channel: Input should be 'email' or 'sms'"):
         evaluate(make_engine(db_url), settings, NOW, dry_run=True)
+
+
+def test_racing_evaluations_create_each_row_once(engine: sa.Engine, db_url: str,
+                                                 tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = project(tmp_path, db_url, {"welcome": WELCOME})
+    ids = store_customers(engine, customers_frame(300, timezone="UTC"), NOW)
+    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    engines = [make_engine(db_url) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda e: evaluate(e, settings, NOW), engines))
+    for e in engines:
+        e.dispose()
+    assert _counts(engine) == (300, 300)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.journey_versions)) == 1

@@ -106,10 +106,11 @@ def sync_versions(conn: Connection, journeys: Sequence[CompiledJourney], now: da
             j.version, outcome[j.name] = version, "same"
             continue
         j.version, outcome[j.name] = version + 1, ("changed" if stored else "new")
-        if write and j.spec.status != "draft":
-            conn.execute(sa.insert(v).values(journey=j.name, version=j.version, content_hash=h,
-                                             definition={"source": j.source, "file": j.file},
-                                             status=j.spec.status, created_at=now))
+        if write and j.spec.status != "draft":  # a racing run may store the same version
+            write_frame(conn, v, pd.DataFrame([{
+                "journey": j.name, "version": j.version, "content_hash": h, "status": j.spec.status,
+                "definition": {"source": j.source, "file": j.file}, "created_at": now}]),
+                keys=["journey", "version"])
     return outcome
 
 
