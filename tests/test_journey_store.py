@@ -141,3 +141,18 @@ def test_racing_evaluations_create_each_row_once(engine: sa.Engine, db_url: str,
     assert _counts(engine) == (300, 300)
     with engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(t.journey_versions)) == 1
+
+
+def test_stored_trigger_times_of_any_precision_read_back(engine: sa.Engine, db_url: str,
+                                                         tmp_path: Path) -> None:
+    settings = project(tmp_path, db_url, {"welcome": WELCOME})
+    ids = store_customers(engine, customers_frame(4, timezone="UTC"), NOW)
+    store_transitions(engine, ids[:2], "new", NOW - timedelta(days=1))
+    store_transitions(engine, ids[2:], "new", NOW - timedelta(days=1, microseconds=123457))
+    evaluate(engine, settings, NOW)
+    with engine.connect() as conn:
+        states = conn.execute(sa.select(t.journey_enrollments.c.state)).scalars().all()
+    assert {s["trigger_at"] if isinstance(s, dict) else __import__("json").loads(s)["trigger_at"]
+            for s in states} == {"2026-11-23T15:00:00.000000", "2026-11-23T14:59:59.876543"}
+    later = evaluate(engine, settings, NOW + timedelta(days=2))
+    assert later.written.messages_created == 4

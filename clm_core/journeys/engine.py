@@ -439,6 +439,7 @@ def prepare_customers(customers: pd.DataFrame, now: pd.Timestamp, default_tz: st
     """Add what the engine derives: ``tz`` (valid IANA zone), ``days_in_stage``, and
     suppression flags (False when absent)."""
     df = customers.copy()
+    df["customer_id"] = df.index
     df["tz"] = clock.clean_zones(df["timezone"] if "timezone" in df else
                                  pd.Series(None, index=df.index, dtype=object), default_tz)
     if "stage_since" in df:

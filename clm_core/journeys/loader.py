@@ -8,8 +8,6 @@ than the re-entry gap.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,9 +49,11 @@ class CompiledJourney:
         return (self.spec.name, self.version)
 
     @property
-    def content_hash(self) -> str:
-        canonical = json.dumps(self.spec.model_dump(mode="json", by_alias=True), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+    def fields(self) -> set[str]:
+        """Customer fields the journey's conditions read."""
+        conds = [self.audience, self.segment, *self.goal_conditions.values(),
+                 *(c for cases in self.cases.values() for c, _ in cases)]
+        return set().union(*(c.fields for c in conds if c is not None))
 
     @property
     def first_step(self) -> str:
