@@ -40,7 +40,8 @@ def summary_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def decisions(db: Engine, plan: Plan) -> pd.DataFrame:
-    """Every entry, exit and message of the plan, one row each, with external customer ids."""
+    """Every entry, exit, advance (the step an enrollment now waits at, and until when) and
+    message of the plan, one row each, with external customer ids."""
     e, m = plan.enrollments, plan.messages
     rows = [
         pd.DataFrame({"kind": "enter", "journey": e.loc[e["is_new"], "journey"],
@@ -54,6 +55,10 @@ def decisions(db: Engine, plan: Plan) -> pd.DataFrame:
         m.assign(kind="message")[["kind", "journey", "customer_id", "step_id", "channel",
                                   "template", "status", "reason", "send_after"]],
     ]
+    moved = e[(e["status"] == "active") & ~e["is_new"]]
+    rows.append(pd.DataFrame({"kind": "advance", "journey": moved["journey"],
+                              "customer_id": moved["customer_id"], "step_id": moved["current_step"],
+                              "status": "active", "reason": None, "send_after": moved["step_due_at"]}))
     out = pd.concat(rows, ignore_index=True)
     with db.connect() as conn:
         ext = dict(conn.execute(sa.select(t.customers.c.id, t.customers.c.external_id)).all())
