@@ -5,10 +5,11 @@ Order of work, each step vectorised over customers (loops run over journeys and 
 
 1. enrollments of edited journeys follow the journey's ``on_edit`` policy;
 2. active enrollments reach goals (converted) or lose the audience (exited);
-3. customers who trigger a journey enter it, subject to the audience and the re-entry policy,
-   and draw their holdout from a stable hash;
-4. due enrollments advance step by step (waits, branches, splits, sends, exits) until each one
+3. due enrollments advance step by step (waits, branches, splits, sends, exits) until each one
    waits for a later time or ends; the sends of each round pass the contact policy together;
+4. customers who trigger a journey enter it, subject to the audience and the re-entry policy,
+   draw their holdout from a stable hash, and advance at once (someone who finished in step 3
+   may re-enter here, so a second run at the same time finds nothing left to do);
 5. each customer's latest enrollment remembers when they stopped matching the trigger (for
    re-entry on rematch).
 
@@ -25,8 +26,8 @@ import pandas as pd
 
 from clm_core.journeys import clock, hashing
 from clm_core.journeys.loader import END, CompiledJourney
-from clm_core.journeys.model import (WEEKDAYS, BranchStep, ExitStep, ProjectPolicy, SendStep,
-                                     SplitStep, WaitStep)
+from clm_core.journeys.model import (WEEKDAYS, BranchStep, ExitStep, Goal, ProjectPolicy,
+                                     SendStep, SplitStep, WaitStep)
 from clm_core.journeys.policy import ContactPolicy, rules_for
 
 ACTIVE = "active"
@@ -163,8 +164,9 @@ class _Run:
                 self._set(idx[known.to_numpy()], journey_version=latest.version)
                 self._end(idx[~known.to_numpy()], "exited", "step_removed")
             else:
-                have = self.enr.loc[idx, "journey_version"].map(lambda v: (name, v) in self.by_key)
-                self._end(idx[~have.to_numpy(bool)], "exited", "version_missing")
+                kept = [v for (n, v) in self.by_key if n == name]
+                have = self.enr.loc[idx, "journey_version"].isin(kept).to_numpy(bool)
+                self._end(idx[~have], "exited", "version_missing")
 
     # --- 2. goals and audience -------------------------------------------------------------
 
@@ -198,7 +200,7 @@ class _Run:
                 lost = ~j.audience.mask(rows).to_numpy(bool) & still
                 self._end(idx[lost], "exited", "left_audience")
 
-    def _goal_time(self, goal, j: CompiledJourney, idx: pd.Index, rows: pd.DataFrame,  # type: ignore[no-untyped-def]
+    def _goal_time(self, goal: Goal, j: CompiledJourney, idx: pd.Index, rows: pd.DataFrame,
                    entered: pd.Series) -> pd.Series:
         out = pd.Series(pd.NaT, index=idx, dtype="datetime64[ns]")
         if goal.condition is not None:
@@ -223,25 +225,7 @@ class _Run:
         out[first.index] = first.to_numpy()
         return out
 
-    # --- 5. re-entry memory -----------------------------------------------------------------
-
-    def unmatched(self) -> None:
-        for name in self.running:
-            j = self.latest[name]
-            if j.spec.entry.reentry.policy != "rematch" or j.spec.entry.event is not None:
-                continue
-            done = (self.enr["journey"] == name) & self.enr["unmatched_at"].isna()
-            idx = self.enr.index[done]
-            if not len(idx):
-                continue
-            rows = self._rows(idx)
-            if j.segment is not None:
-                matching = j.segment.mask(rows).to_numpy(bool)
-            else:
-                matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
-            self._set(idx[~matching], unmatched_at=self.now)
-
-    # --- 3. entries -------------------------------------------------------------------------
+    # --- 4. entries -------------------------------------------------------------------------
 
     def _triggers(self, j: CompiledJourney) -> pd.DataFrame:
         """customer_id and trigger_at of customers who trigger ``j`` now."""
@@ -326,7 +310,7 @@ class _Run:
                 new[c] = _ts(new[c])
             self.enr = pd.concat([self.enr, new], ignore_index=True)
 
-    # --- 4. steps ---------------------------------------------------------------------------
+    # --- 3. steps ---------------------------------------------------------------------------
 
     def advance(self) -> None:
         e = self.enr
@@ -422,6 +406,24 @@ class _Run:
         cursor = np.maximum(cursor, self.now.to_datetime64())
         self._set(gi, current_step=go["next"].to_numpy(), step_due_at=cursor)
         return gi[cursor <= self.now.to_datetime64()]
+
+    # --- 5. re-entry memory -----------------------------------------------------------------
+
+    def unmatched(self) -> None:
+        for name in self.running:
+            j = self.latest[name]
+            if j.spec.entry.reentry.policy != "rematch" or j.spec.entry.event is not None:
+                continue
+            done = (self.enr["journey"] == name) & self.enr["unmatched_at"].isna()
+            idx = self.enr.index[done]
+            if not len(idx):
+                continue
+            rows = self._rows(idx)
+            if j.segment is not None:
+                matching = j.segment.mask(rows).to_numpy(bool)
+            else:
+                matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
+            self._set(idx[~matching], unmatched_at=self.now)
 
     # --- result -----------------------------------------------------------------------------
 
