@@ -36,16 +36,24 @@ def journey_texts(draw: st.DrawFn, index: int) -> str:
                                     "{policy: rematch, min_gap: 1d}", "{policy: interval, every: 2d}"]))
     steps = []
     for k in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["email", "sms", "wait", "until"]))
+        kind = draw(st.sampled_from(["email", "sms", "wait", "until", "branch", "split"]))
         if kind in ("email", "sms"):
             tag = draw(st.sampled_from(["", ", tags: [promo]"]))
             steps.append(f"  - id: s{k}\n    send: {{channel: {kind}, template: t{k}{tag}}}")
         elif kind == "wait":
             steps.append(f"  - id: s{k}\n    wait: {draw(st.sampled_from(['2h', '12h', '1d', '3d']))}")
+        elif kind == "branch":
+            steps.append(f"  - id: s{k}\n    branch:\n      - when: {{field: clv_12m, gt: 100}}\n"
+                         f"        goto: last")
+        elif kind == "split":
+            steps.append(f"  - id: s{k}\n    split:\n      - {{variant: a, weight: 1, goto: last}}\n"
+                         f"      - {{variant: b, weight: 2, goto: s{k}_b}}\n  - id: s{k}_b\n"
+                         f"    send: {{channel: email, template: b}}")
         else:
             days = draw(st.sampled_from(["", ", weekdays: [mon, wed, sat]"]))
             steps.append(f"  - id: s{k}\n    wait: {{until: \"{draw(st.integers(0, 23)):02d}:"
                          f"{draw(st.sampled_from([0, 30])):02d}\"{days}}}")
+    steps.append("  - id: last\n    send: {channel: sms, template: last}")
     actions = [draw(st.sampled_from(["defer", "skip", "end"])) for _ in range(2)]
     return f"""
 name: j{index}
@@ -135,6 +143,7 @@ def test_random_journeys_keep_every_promise(sc: dict) -> None:
     for at, stage_flags in zip(times, sc["stages"]):
         customers = pd.DataFrame({
             "stage": np.where(stage_flags, "new", "active"), "timezone": sc["zones"],
+            "clv_12m": np.arange(n) * 20.0,
             "consent_email": sc["consent"], "consent_sms": True,
             "email": "x@example.com", "phone": "+12025550100"},
             index=pd.Index(np.arange(1, n + 1), name="customer_id"))
