@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from clm_core.db import tables as t
 from clm_core.db.engine import make_engine
 from clm_core.journeys.run import evaluate
+from clm_core.settings import Settings
 from tests.journey_helpers import customers_frame, project, store_customers, store_transitions
 
 WELCOME = """
@@ -33,6 +34,14 @@ steps:
 NOW = datetime(2026, 11, 24, 15, 0)
 
 
+def _welcome(engine: sa.Engine, db_url: str, tmp_path: Path, n: int, toml: str = "") -> Settings:
+    """A project with the welcome journey and ``n`` customers who just became new."""
+    settings = project(tmp_path, db_url, {"welcome": WELCOME}, toml)
+    ids = store_customers(engine, customers_frame(n, timezone="UTC"), NOW)
+    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    return settings
+
+
 def _counts(engine: sa.Engine) -> tuple[int, int]:
     with engine.connect() as conn:
         return (conn.scalar(sa.select(sa.func.count()).select_from(t.journey_enrollments)),
@@ -40,9 +49,7 @@ def _counts(engine: sa.Engine) -> tuple[int, int]:
 
 
 def test_evaluate_twice_creates_nothing_new(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
-    settings = project(tmp_path, db_url, {"welcome": WELCOME})
-    ids = store_customers(engine, customers_frame(40, timezone="UTC"), NOW)
-    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    settings = _welcome(engine, db_url, tmp_path, 40)
     first = evaluate(engine, settings, NOW)
     assert first.written.enrollments_created == 40
     assert first.written.messages_created == 40
@@ -64,9 +71,7 @@ def test_evaluate_twice_creates_nothing_new(engine: sa.Engine, db_url: str, tmp_
 
 
 def test_dry_run_writes_nothing(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
-    settings = project(tmp_path, db_url, {"welcome": WELCOME})
-    ids = store_customers(engine, customers_frame(10, timezone="UTC"), NOW)
-    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    settings = _welcome(engine, db_url, tmp_path, 10)
     result = evaluate(engine, settings, NOW, dry_run=True)
     assert len(result.plan.messages) == 10 and result.written is None
     assert _counts(engine) == (0, 0)
@@ -76,9 +81,7 @@ def test_dry_run_writes_nothing(engine: sa.Engine, db_url: str, tmp_path: Path) 
 
 def test_editing_an_active_journey_bumps_the_version(engine: sa.Engine, db_url: str,
                                                      tmp_path: Path) -> None:
-    settings = project(tmp_path, db_url, {"welcome": WELCOME})
-    ids = store_customers(engine, customers_frame(5, timezone="UTC"), NOW)
-    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    settings = _welcome(engine, db_url, tmp_path, 5)
     assert evaluate(engine, settings, NOW).versions == {"welcome": "new"}
     assert evaluate(engine, settings, NOW).versions == {"welcome": "same"}
     # pausing is not an edit
@@ -104,9 +107,7 @@ quiet_hours = { start = "08:00", end = "20:00" }
 caps = [ { channel = "email", max = 1, window = "2d" } ]
 global_control_percent = 50
 """
-    settings = project(tmp_path, db_url, {"welcome": WELCOME}, toml)
-    ids = store_customers(engine, customers_frame(200, timezone="UTC"), NOW)
-    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    settings = _welcome(engine, db_url, tmp_path, 200, toml)
     msgs = evaluate(engine, settings, NOW, dry_run=True).plan.messages
     live = msgs[msgs["reason"] != "control_group"]
     assert 0.35 < 1 - len(live) / len(msgs) < 0.65
@@ -130,9 +131,7 @@ def test_racing_evaluations_create_each_row_once(engine: sa.Engine, db_url: str,
                                                  tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    settings = project(tmp_path, db_url, {"welcome": WELCOME})
-    ids = store_customers(engine, customers_frame(300, timezone="UTC"), NOW)
-    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    settings = _welcome(engine, db_url, tmp_path, 300)
     engines = [make_engine(db_url) for _ in range(3)]
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda e: evaluate(e, settings, NOW), engines))
