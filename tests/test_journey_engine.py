@@ -321,3 +321,26 @@ def test_paused_and_draft_journeys_do_nothing() -> None:
         p = plan([one_send(status=status)], Snapshot(snap.customers, transitions=snap.transitions,
                                                      enrollments=stored(first)), later, NO_RULES)
         assert p.enrollments.empty and p.messages.empty
+
+
+def test_event_stage_and_condition_goals_keep_the_earliest() -> None:
+    j = one_send(extra="""goals:
+  - {id: clicked, event: {type: email_click}}
+  - {id: loyal, stage: [loyal]}
+  - {id: valuable, condition: {field: clv_12m, gte: 1000}}
+exit_on_goal: false""")
+    snap = entering(4)
+    first = plan([j], snap, NOW, NO_RULES)
+    cust = snap.customers.copy()
+    cust.loc[2, ["stage", "stage_since"]] = ["loyal", NOW + timedelta(hours=2)]
+    cust.loc[3, "clv_12m"] = 5000.0
+    cust.loc[4, ["stage", "stage_since"]] = ["loyal", NOW + timedelta(hours=5)]
+    events = pd.DataFrame({"customer_id": [1, 4, 2], "event_type": "email_click",
+                           "occurred_at": [NOW + timedelta(hours=1), NOW + timedelta(hours=1),
+                                           NOW - timedelta(hours=1)]})
+    later = NOW + timedelta(hours=6)
+    p = plan([j], Snapshot(cust, enrollments=stored(first), events=events), later, NO_RULES)
+    e = p.enrollments.set_index("customer_id")
+    assert e["goal"].to_dict() == {1: "clicked", 2: "loyal", 3: "valuable", 4: "clicked"}
+    assert e.loc[3, "converted_at"] == later
+    assert (e["status"] == "active").all()  # exit_on_goal: false records the goal and goes on
