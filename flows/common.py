@@ -6,6 +6,7 @@ import os
 from datetime import datetime
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.futures import wait
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -66,6 +67,8 @@ def final_state(report: dict[str, Any], dispatched: dict[str, Any], what: str = 
     if dispatched.get("chunks_failed"):
         parts.append(f"{dispatched['chunks_failed']} dispatch chunks crashed")
     if parts:
-        return Failed(message="; ".join(parts))
+        message = "; ".join(parts)
+        get_run_logger().error(message)  # also in the run's logs, for operators and alerts
+        return Failed(message=message)
     return Completed(message=f"{what} completed: {report.get('sent', 0)} sent, "
                              f"{report.get('created', 0)} messages planned")

@@ -55,30 +55,42 @@ def wait_final(api: str, flow_run_id: str, timeout: float) -> dict:
     raise SystemExit(f"flow run {flow_run_id} did not finish in {timeout:.0f}s")
 
 
+def _visible(page, text: str, exact: bool = False):  # type: ignore[no-untyped-def]
+    return page.get_by_text(text, exact=exact).locator("visible=true").first
+
+
 def check_ui(ui: str, flow_run_id: str, shots: Path) -> list[str]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     seen = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
-        page.get_by_text("Failed", exact=True).first.wait_for(timeout=30_000)
-        seen.append("flow run page shows state Failed")
-        page.get_by_text("sends failed for good").first.wait_for(timeout=30_000)
-        seen.append("flow run page shows the failure message with the count")
-        page.screenshot(path=str(shots / "prefect-flow-run-failed.png"), full_page=True)
-        page.get_by_role("tab", name="Artifacts").click()
-        page.get_by_text("clm-failed-sends").first.wait_for(timeout=30_000)
-        page.get_by_text("clm-summary").first.wait_for(timeout=30_000)
-        seen.append("Artifacts tab lists clm-failed-sends and clm-summary")
-        page.screenshot(path=str(shots / "prefect-flow-run-artifacts.png"), full_page=True)
-        page.get_by_text("clm-failed-sends").first.click()
-        page.get_by_text("attempts").first.wait_for(timeout=30_000)
-        page.get_by_text("Bad Request").first.wait_for(timeout=30_000)
-        seen.append("the failed-sends table shows customer, journey, step, channel, provider, error, attempts")
-        page.screenshot(path=str(shots / "prefect-failed-sends-table.png"), full_page=True)
-        browser.close()
+        try:
+            page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+            _visible(page, "Failed", exact=True).wait_for(timeout=60_000)
+            seen.append("flow run page shows state Failed")
+            _visible(page, "sends failed for good").wait_for(timeout=30_000)
+            seen.append("the run's Logs tab shows the failure with its count")
+            page.screenshot(path=str(shots / "prefect-flow-run-failed.png"), full_page=True)
+            _visible(page, "Artifacts", exact=True).click()
+            _visible(page, "clm-failed-sends").wait_for(timeout=30_000)
+            _visible(page, "clm-summary").wait_for(timeout=30_000)
+            seen.append("Artifacts tab lists clm-failed-sends and clm-summary")
+            page.screenshot(path=str(shots / "prefect-flow-run-artifacts.png"), full_page=True)
+            _visible(page, "clm-failed-sends").click()
+            _visible(page, "attempts").wait_for(timeout=30_000)
+            _visible(page, "Bad Request").wait_for(timeout=30_000)
+            seen.append("the failed-sends table shows customer, journey, step, channel, provider, "
+                        "error, attempts")
+            page.screenshot(path=str(shots / "prefect-failed-sends-table.png"), full_page=True)
+        except PlaywrightTimeout:
+            page.screenshot(path=str(shots / "prefect-e2e-failure.png"), full_page=True)
+            print("page text at the failure:\n" + page.inner_text("body")[:3000])
+            raise
+        finally:
+            browser.close()
     return seen
 
 
@@ -109,7 +121,8 @@ def main() -> int:
         config.write_text(f'[delivery]\nsandbox_url = "{sandbox.url}"\n')
         env = server_env(work / "client", api) | {
             "CLM_PROJECT_DIR": str(REPO), "CLM_DATABASE_URL": db_url, "CLM_CONFIG": str(config),
-            "CLM_SECRET_KEY": os.environ.get("CLM_SECRET_KEY", "e2e-signing-key-0123456789")}
+            "CLM_SECRET_KEY": os.environ.get("CLM_SECRET_KEY", "e2e-signing-key-0123456789"),
+            "PREFECT_LOGGING_LEVEL": "INFO"}
         (work / "client").mkdir()
         prefect = [sys.executable, "-m", "prefect"]
         sh(prefect + ["work-pool", "create", "clm", "--type", "process", "--overwrite"], env)
