@@ -7,7 +7,7 @@ starts one on loopback.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -18,11 +18,14 @@ from clm_core.db import tables as t
 from clm_core.db.engine import make_engine
 from clm_core.delivery.sandbox import SandboxServer
 from clm_core.ingest.cdnow import import_cdnow
+from clm_core.runs import utcnow
 from clm_core.testing import DatabaseFactory
 
 pytestmark = [pytest.mark.xdist_group("prefect"), pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 6, 2, 15, 0)  # a fixed clock: both runs make the same quiet-hour decisions
+# One clock for both runs, so they make the same quiet-hour decisions; after the real time at
+# which scoring records transitions, which journeys enter on.
+NOW = (utcnow() + timedelta(days=1)).replace(hour=15, minute=0, second=0, microsecond=0)
 SCORE_COLUMNS = ["customer_id", "stage", "rfm_segment", "p_alive", "clv_12m", "r_score", "f_score"]
 
 
