@@ -61,7 +61,7 @@ status: active
 priority: {draw(st.integers(0, 3))}
 tags: [marketing]
 entry:
-  segment: {{field: stage, eq: new}}
+  {draw(st.sampled_from(["segment: {field: stage, eq: new}", "stage: {to: new}"]))}
   reentry: {reentry}
 holdout: {{percent: {draw(st.sampled_from([0, 30, 100]))}}}
 contact_policy: {{quiet_hours: {actions[0]}, frequency: {actions[1]}}}
@@ -127,8 +127,9 @@ class World:
             self.messages = pd.concat([self.messages, m], ignore_index=True)
         return len(new), len(m)
 
-    def snapshot(self, customers: pd.DataFrame) -> Snapshot:
-        return Snapshot(customers, enrollments=self.latest(), ledger=self.ledger())
+    def snapshot(self, customers: pd.DataFrame, transitions: pd.DataFrame) -> Snapshot:
+        return Snapshot(customers, enrollments=self.latest(), ledger=self.ledger(),
+                        transitions=transitions)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -140,16 +141,24 @@ def test_random_journeys_keep_every_promise(sc: dict) -> None:
     world = World()
     now = sc["start"]
     times = [now] + [now := now + pd.Timedelta(hours=h) for h in sc["gaps"]]
+    was_new = np.zeros(n, dtype=bool)
+    transitions = Snapshot(pd.DataFrame()).transitions
     for at, stage_flags in zip(times, sc["stages"]):
+        moved = np.asarray(stage_flags) & ~was_new  # the lifecycle records a move into "new"
+        was_new = np.asarray(stage_flags)
+        transitions = pd.concat([transitions, pd.DataFrame({
+            "customer_id": np.arange(1, n + 1)[moved], "from_stage": "active", "to_stage": "new",
+            "transitioned_at": at})], ignore_index=True)
+        transitions["transitioned_at"] = transitions["transitioned_at"].astype("datetime64[ns]")
         customers = pd.DataFrame({
             "stage": np.where(stage_flags, "new", "active"), "timezone": sc["zones"],
             "clv_12m": np.arange(n) * 20.0,
             "consent_email": sc["consent"], "consent_sms": True,
             "email": "x@example.com", "phone": "+12025550100"},
             index=pd.Index(np.arange(1, n + 1), name="customer_id"))
-        world.apply(plan(journeys, world.snapshot(customers), at, policy))
+        world.apply(plan(journeys, world.snapshot(customers, transitions), at, policy))
         # the same evaluation again: nothing new, nothing changed
-        again = plan(journeys, world.snapshot(customers), at, policy)
+        again = plan(journeys, world.snapshot(customers, transitions), at, policy)
         assert again.enrollments.empty and again.messages.empty
 
     msgs = world.messages
@@ -185,8 +194,11 @@ def test_random_journeys_keep_every_promise(sc: dict) -> None:
     for j in journeys:
         e = world.enrollments[world.enrollments["journey"] == j.name].sort_values("entry_seq")
         policy_ = j.spec.entry.reentry
-        for _, rows in e.groupby("customer_id"):
+        moves = transitions.groupby("customer_id").size()
+        for cid, rows in e.groupby("customer_id"):
             assert (rows["status"] == "active").sum() <= 1
+            if j.spec.entry.stage is not None:  # each entry uses up a move into the stage
+                assert len(rows) <= moves.get(cid, 0)
             assert rows["entry_seq"].tolist() == list(range(1, len(rows) + 1))
             if policy_.policy == "once":
                 assert len(rows) == 1
