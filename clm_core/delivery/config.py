@@ -9,6 +9,7 @@ Prefect Secret blocks; a provider pointing at a loopback address (the sandbox) m
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 from clm_core.delivery.providers import CREDENTIALS, KINDS, ProviderConfig
 from clm_core.errors import ConfigError
-from clm_core.settings import Settings, secret
+from clm_core.settings import Settings, redact, secret
 from clm_core.suggest import did_you_mean
 
 SANDBOX_URL = "http://127.0.0.1:8025"
@@ -48,6 +49,18 @@ class DeliveryConfig:
             return self.channels[channel]
         except KeyError:
             raise ConfigError(f"[delivery] has no provider for channel {channel!r}") from None
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every known secret in log records (httpx logs request URLs, and some APIs put
+    account ids in the path). Attach to handlers: ``handler.addFilter(RedactSecrets())``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
 
 
 def _is_loopback(url: str) -> bool:
