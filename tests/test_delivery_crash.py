@@ -69,7 +69,7 @@ def check(engine: sa.Engine, sandbox, keys: list[str], idempotent: bool) -> Coun
 @pytest.mark.parametrize("channel,idempotent", [("email", True), ("sms", False)])
 def test_crash_then_resume(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox,
                            channel: str, idempotent: bool) -> None:
-    n = 3000 if channel == "email" else 1000
+    n = 2000 if channel == "email" else 600
     _, keys = crash_and_resume(tmp_path, db_url, engine, sandbox, n, channel=channel,
                                idempotent=idempotent)
     check(engine, sandbox, keys, idempotent)

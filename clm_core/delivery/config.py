@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,7 +42,6 @@ class DeliveryConfig:
     backoff_max: float = 3600.0
     store_name: str = "CLM Store"
     store_url: str = "https://shop.example.com"
-    secret_values: tuple[str, ...] = field(default=(), repr=False)
 
     def provider(self, channel: str) -> ProviderConfig:
         try:
@@ -122,8 +121,7 @@ def load_delivery_config(settings: Settings, env: dict[str, str] | None = None) 
             channels=channels,
             **{k: type(getattr(DeliveryConfig, k))(section[k]) for k in
                ("batch_size", "lanes", "lease_seconds", "max_attempts", "backoff_base", "backoff_max",
-                "store_name", "store_url") if k in section},
-            secret_values=tuple(v for p in channels.values() for v in p.secrets.values()))
+                "store_name", "store_url") if k in section})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[delivery]: {exc}") from exc
     if config.lease_seconds <= max(p.timeout for p in channels.values()) * 2:
