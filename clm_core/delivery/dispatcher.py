@@ -93,8 +93,7 @@ class Dispatcher:
                  templates: TemplateStore | None = None, *, signing_key: bytes,
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None):
-        self.reader = engine
-        self.writer = outbox.writer_engine(engine)
+        self.reader = self.writer = engine
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
@@ -117,6 +116,7 @@ class Dispatcher:
         self._wait = wait
         self.providers = self._given_providers or {
             ch: build_provider(cfg) for ch, cfg in self.config.channels.items()}
+        self.writer = outbox.writer_engine(self.reader)
         try:
             self.recommender = await asyncio.to_thread(Recommender, self.reader)
             await self._recover()
@@ -124,6 +124,8 @@ class Dispatcher:
         finally:
             if self._given_providers is None:
                 await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+            if self.writer is not self.reader:
+                self.writer.dispose()
             self.report.elapsed = time.perf_counter() - started
         return self.report
 
