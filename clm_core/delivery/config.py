@@ -92,7 +92,7 @@ def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict
         return ProviderConfig(
             name=name, kind=kind, base_url=base_url,
             timeout=float(raw.get("timeout", section.get("timeout", 10.0))), connect_timeout=float(raw.get("connect_timeout", 5.0)),
-            concurrency=int(raw.get("concurrency", 32)),
+            concurrency=int(raw.get("concurrency", 16)),
             rate_per_second=float(raw.get("rate_per_second", 0.0)),
             idempotent=bool(raw.get("idempotent", kind in {"stripe", "coupon_api"})),
             secrets=_credentials(name, kind, raw, base_url, env), options=options)

@@ -40,6 +40,7 @@ from clm_core.templating import RenderedEmail, TemplateStore
 log = logging.getLogger("clm.delivery")
 
 ADDRESS = {"email": "email", "sms": "phone"}
+MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
 CONSENT = {"email": 0, "sms": 1}
 
 
@@ -292,7 +293,7 @@ class Dispatcher:
         per lane whose fate is unknown."""
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
-        wave = max(step, provider.concurrency)
+        wave = max(step, provider.concurrency, MIN_WAVE)
         for start in range(0, len(items), wave):
             part = items[start:start + wave]
             if channel in self.report.halted:
