@@ -70,8 +70,11 @@ async def bare_loop(url: str, n: int, kind: str) -> float:
         return n / (time.perf_counter() - started)
 
 
+RUN = time.strftime("%H%M%S")  # message keys unique per run, so a database can be reused
+
+
 def clm_dispatch(root: Path, engine: sa.Engine, n: int, channel: str, prefix: str) -> float:
-    seed_outbox(engine, n, channel=channel, prefix=prefix)
+    seed_outbox(engine, n, channel=channel, prefix=f"{prefix}{RUN}")
     settings = load_settings(root)
     dispatcher = Dispatcher(engine, settings, load_delivery_config(settings),
                             signing_key=os.environ["CLM_SECRET_KEY"].encode())
@@ -88,7 +91,7 @@ def naive_prefect(root: Path, engine: sa.Engine, url: str, n: int) -> float:
 
     from clm_core.templating import TemplateStore, sample_context
 
-    keys = seed_outbox(engine, n, channel="sms", prefix="naive")
+    keys = seed_outbox(engine, n, channel="sms", prefix=f"naive{RUN}")
     store = TemplateStore(root / "templates")
     m, c = t.messages, t.customers
 
