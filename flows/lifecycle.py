@@ -42,7 +42,7 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         report = publish_summary(tgt.database_url, since, "Lifecycle run")
         run.summary = {"scored": scored["customers"], "transitions": scored["transitions"],
                        "planned": planned["written"], "dispatch": sent, "failed": report["failed"]}
-        state = final_state(report, sent.get("chunks_failed", 0), "lifecycle")
+        state = final_state(report, sent, "lifecycle")
         if state.is_failed():
             run.status = "failed"
     engine.dispose()

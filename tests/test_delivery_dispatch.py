@@ -128,7 +128,7 @@ def test_expired_leases_resolved_safely(db_url: str, engine: sa.Engine) -> None:
     assert outbox.record(writer, "stranger", [outbox.Outcome(sms_ids[0], "sent", "sent")], now) == 0
     assert outbox.record(writer, "dead", [outbox.Outcome(sms_ids[0], "sent", "sent")], now) == 1
     # An operator may requeue the remaining unknowns after checking the provider.
-    assert outbox.retry_unknown(writer, now) == 2
+    assert outbox.requeue(writer, now, "unknown") == 2
     assert Counter(r["status"] for r in rows(engine)) == {"pending": 7, "sent": 1}
 
 

@@ -47,12 +47,14 @@ def register(cli: click.Group) -> None:
                   help="Keep running while retries or deferred messages come due within this time.")
     @click.option("--batch-size", type=int, help="Messages per claim (default: [delivery] batch_size).")
     @click.option("--lanes", type=int, help="Batches in flight at once (default: [delivery] lanes).")
+    @click.option("--retry-failed", is_flag=True,
+                  help="First requeue every message that failed for good (after fixing the cause).")
     @click.option("--retry-unknown", is_flag=True,
                   help="First requeue every message marked unknown (after checking the provider).")
     @click.option("-v", "--verbose", is_flag=True)
     @pass_app
     def dispatch(app: App, limit: int | None, wait: float, batch_size: int | None, lanes: int | None,
-                 retry_unknown: bool, verbose: bool) -> None:
+                 retry_failed: bool, retry_unknown: bool, verbose: bool) -> None:
         """Send due messages from the outbox: claim, check consent, issue coupons, render, send,
         record each outcome; retry transient failures with backoff."""
         from dataclasses import replace
@@ -72,8 +74,9 @@ def register(cli: click.Group) -> None:
         config = replace(config, **{k: v for k, v in (("batch_size", batch_size), ("lanes", lanes))
                                     if v is not None})
         engine = app.engine
-        if retry_unknown:
-            click.echo(f"requeued {outbox.retry_unknown(engine, utcnow()):,} unknown messages")
+        for status, wanted in (("failed", retry_failed), ("unknown", retry_unknown)):
+            if wanted:
+                click.echo(f"requeued {outbox.requeue(engine, utcnow(), status):,} {status} messages")
         dispatcher = Dispatcher(engine, app.settings, config, signing_key=signing_key(app.settings))
         with record_run(engine, "dispatch") as run:
             report = asyncio.run(dispatcher.run(limit=limit, wait=wait))

@@ -205,15 +205,20 @@ def recover_expired(engine: Engine, now: datetime, idempotent_channels: Iterable
 
 
 @retrying
-def retry_unknown(engine: Engine, now: datetime, ids: Sequence[int] | None = None) -> int:
-    """An operator's decision: send ``unknown`` messages again."""
-    cond = m.c.status == "unknown"
+def requeue(engine: Engine, now: datetime, status: str = "unknown",
+            ids: Sequence[int] | None = None) -> int:
+    """An operator's decision: send ``unknown`` messages again (after checking the provider),
+    or ``failed`` ones after fixing the cause (a revoked key, a broken template). Attempts
+    restart; consent and suppressions are checked again before sending."""
+    if status not in ("unknown", "failed"):
+        raise ValueError(f"only unknown or failed messages can be requeued, not {status!r}")
+    cond = m.c.status == status
     if ids is not None:
         cond = sa.and_(cond, m.c.id.in_(list(ids)))
     with engine.begin() as conn:
         return conn.execute(sa.update(m).where(cond).values(
-            status="pending", reason="operator_retry", send_after=now, lease_owner=None,
-            updated_at=now)).rowcount
+            status="pending", reason=f"operator_retry_{status}", send_after=now, attempts=0,
+            lease_owner=None, updated_at=now)).rowcount
 
 
 def next_due(engine: Engine, exclude_channels: Iterable[str] = ()) -> datetime | None:

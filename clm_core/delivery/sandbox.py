@@ -43,13 +43,15 @@ from starlette.routing import Route
 
 from clm_core.delivery.providers.sms import aliyun_signature
 
-FAULT_KEYS = {"rate_429", "rate_500", "rate_timeout", "rate_drop", "rate_accept_then_timeout",
+FAULT_KEYS = {"rate_400", "rate_401", "rate_429", "rate_500", "rate_timeout", "rate_drop", "rate_accept_then_timeout",
               "retry_after", "timeout_seconds", "optout", "invalid", "seed", "idempotency", "apis",
               "aliyun_secrets"}
 
 
 @dataclass
 class Faults:
+    rate_400: float = 0.0  # the provider rejects the request: permanent for those messages
+    rate_401: float = 0.0  # the API key was revoked: the dispatcher halts the channel
     rate_429: float = 0.0
     rate_500: float = 0.0
     rate_timeout: float = 0.0
@@ -102,7 +104,7 @@ class SandboxStore:
         if f.apis is not None and api not in f.apis:
             return None
         x = self.rng.random()
-        for name, rate in (("429", f.rate_429), ("500", f.rate_500), ("timeout", f.rate_timeout),
+        for name, rate in (("400", f.rate_400), ("401", f.rate_401), ("429", f.rate_429), ("500", f.rate_500), ("timeout", f.rate_timeout),
                            ("accept_then_timeout", f.rate_accept_then_timeout)):
             if x < rate:
                 return name
@@ -242,6 +244,8 @@ class SandboxApp:
         self.store.record(api, request, body, fault)
         if not request.headers.get("authorization") and api not in {"aliyun", "webhook", "coupon_api"}:
             return body, JSONResponse({"message": "authentication required"}, status_code=401)
+        if fault in ("400", "401"):
+            return body, self._error(api, int(fault))
         if fault == "429":
             return body, self._error(api, 429, headers={"Retry-After": str(self.store.faults.retry_after)})
         if fault == "500":
@@ -271,11 +275,15 @@ class SandboxApp:
 
     @staticmethod
     def _error(api: str, status: int, headers: dict[str, str] | None = None) -> Response:
-        text = "Too Many Requests" if status == 429 else "Internal Server Error"
+        text = {400: "Bad Request: the request was rejected", 401: "Unauthorized: the API key is "
+                "invalid or revoked", 429: "Too Many Requests"}.get(
+            status, "Internal Server Error")
         body: dict[str, Any] = {
             "sendgrid": {"errors": [{"field": None, "message": text}]},
-            "twilio": {"code": 20429 if status == 429 else 20500, "message": text, "status": status},
-            "stripe": {"error": {"type": "api_error", "code": "rate_limit" if status == 429 else None,
+            "twilio": {"code": {400: 21606, 401: 20003, 429: 20429}.get(status, 20500), "message": text,
+                       "status": status},
+            "stripe": {"error": {"type": "invalid_request_error" if status in (400, 401) else "api_error",
+                                 "code": "rate_limit" if status == 429 else None,
                                  "message": text}},
         }.get(api, {"message": text})
         return JSONResponse(body, status_code=status, headers=headers)
