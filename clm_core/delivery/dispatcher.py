@@ -17,6 +17,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -56,10 +57,13 @@ class DispatchReport:
     recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
     lost_leases: int = 0  # outcomes another dispatcher had already resolved
     halted: dict[str, str] = field(default_factory=dict)  # channel -> why
+    errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
     elapsed: float = 0.0
 
     def count(self, rows: list[Row]) -> None:
         for r in rows:
+            if r.error_code and r.status != "sent":
+                self.errors[f"{r.provider or ''} {r.error_code}".strip()] += 1
             if r.status == "pending":
                 if r.reason == "provider_halted":
                     self.released += 1
@@ -78,7 +82,10 @@ class DispatchReport:
         if self.recovered.requeued or self.recovered.unknown:
             text += (f"; expired leases: {self.recovered.requeued:,} requeued, "
                      f"{self.recovered.unknown:,} marked unknown")
-        return text + f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        if self.errors:
+            text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+        return text
 
 
 def coupon_code(key: bytes, message_key: str) -> str:
