@@ -17,12 +17,12 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
@@ -41,6 +41,7 @@ from clm_core.templating import RenderedEmail, TemplateStore
 log = logging.getLogger("clm.delivery")
 
 ADDRESS = {"email": "email", "sms": "phone"}
+MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
 CONSENT = {"email": 0, "sms": 1}
 
 
@@ -56,10 +57,13 @@ class DispatchReport:
     recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
     lost_leases: int = 0  # outcomes another dispatcher had already resolved
     halted: dict[str, str] = field(default_factory=dict)  # channel -> why
+    errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
     elapsed: float = 0.0
 
     def count(self, rows: list[Row]) -> None:
         for r in rows:
+            if r.error_code and r.status != "sent":
+                self.errors[f"{r.provider or ''} {r.error_code}".strip()] += 1
             if r.status == "pending":
                 if r.reason == "provider_halted":
                     self.released += 1
@@ -78,7 +82,10 @@ class DispatchReport:
         if self.recovered.requeued or self.recovered.unknown:
             text += (f"; expired leases: {self.recovered.requeued:,} requeued, "
                      f"{self.recovered.unknown:,} marked unknown")
-        return text + f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        if self.errors:
+            text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+        return text
 
 
 def coupon_code(key: bytes, message_key: str) -> str:
@@ -94,8 +101,7 @@ class Dispatcher:
                  templates: TemplateStore | None = None, *, signing_key: bytes,
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None):
-        self.reader = engine
-        self.writer = outbox.writer_engine(engine)
+        self.reader = self.writer = engine
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
@@ -118,6 +124,7 @@ class Dispatcher:
         self._wait = wait
         self.providers = self._given_providers or {
             ch: build_provider(cfg) for ch, cfg in self.config.channels.items()}
+        self.writer = outbox.writer_engine(self.reader)
         try:
             self.recommender = await asyncio.to_thread(Recommender, self.reader)
             await self._recover()
@@ -125,6 +132,8 @@ class Dispatcher:
         finally:
             if self._given_providers is None:
                 await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+            if self.writer is not self.reader:
+                self.writer.dispose()
             self.report.elapsed = time.perf_counter() - started
         return self.report
 
@@ -291,7 +300,7 @@ class Dispatcher:
         per lane whose fate is unknown."""
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
-        wave = max(step, provider.concurrency)
+        wave = max(step, provider.concurrency, MIN_WAVE)
         for start in range(0, len(items), wave):
             part = items[start:start + wave]
             if channel in self.report.halted:
