@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -100,8 +100,13 @@ class Dispatcher:
     def __init__(self, engine: Engine, settings: Settings, config: DeliveryConfig,
                  templates: TemplateStore | None = None, *, signing_key: bytes,
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
-                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None):
+                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
+                 throttle: Callable[[str, int], Awaitable[None]] | None = None):
+        """``throttle(provider, n)`` is awaited before each provider request of ``n`` messages:
+        the flows pass one that takes slots from Prefect global rate limits shared by every
+        worker; each provider's own token bucket still applies within this process."""
         self.reader = self.writer = engine
+        self.throttle = throttle
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
@@ -250,7 +255,7 @@ class Dispatcher:
                                       **specs[r["idempotency_key"]],
                                       "expires_at": int(expires.timestamp()) if expires else None,
                                       "customer": data.customers[r["customer_id"]]["external_id"]}))
-        results = await provider.send(batch)
+        results = await self._provider_send(provider, batch)
         failures: dict[int, Row] = {}
         issued = []
         for r, res in zip(todo, results):
@@ -293,6 +298,11 @@ class Dispatcher:
             msg.data = {"segments": rendered.segments, "encoding": rendered.encoding}
         return msg
 
+    async def _provider_send(self, provider: Provider, batch: list[Outbound]) -> list[SendResult]:
+        if self.throttle is not None:
+            await self.throttle(provider.name, len(batch))
+        return await provider.send(batch)
+
     async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]], owner: str,
                     batch_ids: list[int]) -> None:
         """Send in waves of what the provider takes at once; each wave is marked ``sending``
@@ -313,7 +323,8 @@ class Dispatcher:
             part = [(r, msg) for r, msg in part if r["id"] in held]
             chunks = [part[i:i + step] for i in range(0, len(part), step)]
             results: list[SendResult] = []
-            for got in await asyncio.gather(*(provider.send([m for _, m in c]) for c in chunks)):
+            for got in await asyncio.gather(*(self._provider_send(provider, [m for _, m in c])
+                                              for c in chunks)):
                 results += got
             await self._commit([self._outcome(row, res, provider, address=msg.to)
                                 for (row, msg), res in zip(part, results)], owner)
