@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from clm_core.db import tables as t
 from clm_core.delivery.config import load_delivery_config
-from clm_core.delivery.dispatcher import DispatchReport, Dispatcher
+from clm_core.delivery.dispatcher import Dispatcher, DispatchReport
 from clm_core.delivery.sandbox import SandboxServer
 from clm_core.delivery.testing import write_project
 from clm_core.settings import load_settings

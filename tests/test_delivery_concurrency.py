@@ -18,8 +18,8 @@ def test_three_dispatchers_no_duplicates(tmp_path: Path, db_url: str, engine: sa
     root = project(tmp_path, db_url, sandbox, timeout=2.0, lease_seconds=30, backoff_base=0.05,
                    backoff_max=0.2, batch_size=50, lanes=2,
                    providers={"sendgrid": {"batch_size": 20}})
-    email = seed_outbox(engine, 900, channel="email", prefix="e")
-    sms = seed_outbox(engine, 300, channel="sms", prefix="s")
+    email = seed_outbox(engine, 600, channel="email", prefix="e")
+    sms = seed_outbox(engine, 200, channel="sms", prefix="s")
 
     procs = [clm(root, "dispatch", "--wait", "3") for _ in range(3)]
     outputs = [p.communicate(timeout=300) for p in procs]

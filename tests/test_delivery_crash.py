@@ -39,7 +39,7 @@ def crash_and_resume(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox, n:
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     at_kill = Counter(r["status"] for r in rows(engine))
-    assert at_kill["pending"] > 0, f"killed too late to test anything: {at_kill}"
+    assert at_kill["pending"] + at_kill["claimed"] > 0, f"killed too late to test anything: {at_kill}"
 
     second = clm(root, "dispatch", "--wait", "10")
     out, err = second.communicate(timeout=300)
@@ -69,7 +69,7 @@ def check(engine: sa.Engine, sandbox, keys: list[str], idempotent: bool) -> Coun
 @pytest.mark.parametrize("channel,idempotent", [("email", True), ("sms", False)])
 def test_crash_then_resume(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox,
                            channel: str, idempotent: bool) -> None:
-    n = 3000 if channel == "email" else 1000
+    n = 2000 if channel == "email" else 600
     _, keys = crash_and_resume(tmp_path, db_url, engine, sandbox, n, channel=channel,
                                idempotent=idempotent)
     check(engine, sandbox, keys, idempotent)

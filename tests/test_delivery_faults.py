@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from clm_core.db import tables as t
 from clm_core.delivery.testing import seed_outbox
 from tests.delivery_fixtures import dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
 
@@ -22,15 +23,15 @@ def test_faults_every_message_sent_once(tmp_path: Path, db_url: str, engine: sa.
     root = project(tmp_path, db_url, sandbox, **FAST_RETRIES, providers={
         "twilio": {"timeout": 0.4, "idempotent": True},
         "sendgrid": {"timeout": 0.4, "idempotent": True, "batch_size": 25}})
-    sms = seed_outbox(engine, 300, channel="sms", prefix="f")
-    email = seed_outbox(engine, 300, channel="email", prefix="g")
+    sms = seed_outbox(engine, 200, channel="sms", prefix="f")
+    email = seed_outbox(engine, 200, channel="email", prefix="g")
 
     report = dispatch(root, engine, wait=10)
 
     stats = sandbox.store.stats()
     assert stats["faults"].get("429") and stats["faults"].get("500") and stats["faults"].get("timeout")
     final = rows(engine)
-    assert Counter(r["status"] for r in final) == {"sent": 600}, report.summary()
+    assert Counter(r["status"] for r in final) == {"sent": 400}, report.summary()
     delivered = sandbox.store.delivered
     assert all(delivered[k] == 1 for k in sms + email)
     assert stats["duplicates"] == 0
@@ -69,3 +70,24 @@ def test_timeouts_on_non_idempotent_provider_become_unknown(tmp_path: Path, db_u
                for r in final if r["status"] == "unknown")
     assert sandbox.store.stats()["duplicates"] == 0
     assert all(sandbox.store.delivered[k] == 1 for k in keys)  # each went through exactly once
+
+
+def test_coupon_faults_issue_each_coupon_once(tmp_path: Path, db_url: str, engine: sa.Engine,
+                                              sandbox) -> None:
+    """Coupons come first and are idempotent: faults on the coupon API (including timeouts
+    after it created the code) delay the message but never issue a second coupon."""
+    sandbox.store.set_faults({"apis": ["stripe"], "rate_500": 0.2, "rate_accept_then_timeout": 0.1,
+                              "timeout_seconds": 1.0, "seed": 5})
+    root = project(tmp_path, db_url, sandbox, **FAST_RETRIES,
+                   providers={"stripe": {"timeout": 0.3}})
+    keys = seed_outbox(engine, 60, channel="email", prefix="k",
+                       coupon={"kind": "percent", "value": 10, "expires_in_days": 7})
+    dispatch(root, engine, wait=10)
+    assert Counter(r["status"] for r in rows(engine)) == {"sent": 60}
+    with engine.connect() as conn:
+        coupons = conn.execute(sa.select(t.coupons.c.idempotency_key, t.coupons.c.code)).all()
+    assert sorted(k for k, _ in coupons) == sorted(keys)
+    assert all(sandbox.store.delivered[f"{k}:promotion_codes"] == 1 for k in keys)
+    assert sandbox.store.stats()["replays"] > 0  # some requests really were repeated
+    mails = {d["key"]: d for d in sandbox.store.deliveries if d["api"] == "sendgrid"}
+    assert all(code in mails[k]["text"] for k, code in coupons)

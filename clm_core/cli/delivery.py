@@ -60,7 +60,7 @@ def register(cli: click.Group) -> None:
         from dataclasses import replace
 
         from clm_core.delivery import outbox
-        from clm_core.delivery.config import load_delivery_config
+        from clm_core.delivery.config import RedactSecrets, load_delivery_config
         from clm_core.delivery.dispatcher import Dispatcher
         from clm_core.delivery.unsubscribe import signing_key
         from clm_core.errors import ProviderError
@@ -68,6 +68,8 @@ def register(cli: click.Group) -> None:
 
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RedactSecrets())
         config = load_delivery_config(app.settings)
         config = replace(config, **{k: v for k, v in (("batch_size", batch_size), ("lanes", lanes))
                                     if v is not None})

@@ -9,14 +9,15 @@ Prefect Secret blocks; a provider pointing at a loopback address (the sandbox) m
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from clm_core.delivery.providers import CREDENTIALS, KINDS, ProviderConfig
 from clm_core.errors import ConfigError
-from clm_core.settings import Settings, secret
+from clm_core.settings import Settings, redact, secret
 from clm_core.suggest import did_you_mean
 
 SANDBOX_URL = "http://127.0.0.1:8025"
@@ -41,13 +42,24 @@ class DeliveryConfig:
     backoff_max: float = 3600.0
     store_name: str = "CLM Store"
     store_url: str = "https://shop.example.com"
-    secret_values: tuple[str, ...] = field(default=(), repr=False)
 
     def provider(self, channel: str) -> ProviderConfig:
         try:
             return self.channels[channel]
         except KeyError:
             raise ConfigError(f"[delivery] has no provider for channel {channel!r}") from None
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every known secret in log records (httpx logs request URLs, and some APIs put
+    account ids in the path). Attach to handlers: ``handler.addFilter(RedactSecrets())``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
 
 
 def _is_loopback(url: str) -> bool:
@@ -80,7 +92,7 @@ def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict
         return ProviderConfig(
             name=name, kind=kind, base_url=base_url,
             timeout=float(raw.get("timeout", section.get("timeout", 10.0))), connect_timeout=float(raw.get("connect_timeout", 5.0)),
-            concurrency=int(raw.get("concurrency", 32)),
+            concurrency=int(raw.get("concurrency", 16)),
             rate_per_second=float(raw.get("rate_per_second", 0.0)),
             idempotent=bool(raw.get("idempotent", kind in {"stripe", "coupon_api"})),
             secrets=_credentials(name, kind, raw, base_url, env), options=options)
@@ -109,8 +121,7 @@ def load_delivery_config(settings: Settings, env: dict[str, str] | None = None) 
             channels=channels,
             **{k: type(getattr(DeliveryConfig, k))(section[k]) for k in
                ("batch_size", "lanes", "lease_seconds", "max_attempts", "backoff_base", "backoff_max",
-                "store_name", "store_url") if k in section},
-            secret_values=tuple(v for p in channels.values() for v in p.secrets.values()))
+                "store_name", "store_url") if k in section})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[delivery]: {exc}") from exc
     if config.lease_seconds <= max(p.timeout for p in channels.values()) * 2:

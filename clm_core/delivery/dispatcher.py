@@ -17,12 +17,12 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
@@ -41,6 +41,7 @@ from clm_core.templating import RenderedEmail, TemplateStore
 log = logging.getLogger("clm.delivery")
 
 ADDRESS = {"email": "email", "sms": "phone"}
+MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
 CONSENT = {"email": 0, "sms": 1}
 
 
@@ -56,10 +57,13 @@ class DispatchReport:
     recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
     lost_leases: int = 0  # outcomes another dispatcher had already resolved
     halted: dict[str, str] = field(default_factory=dict)  # channel -> why
+    errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
     elapsed: float = 0.0
 
     def count(self, rows: list[Row]) -> None:
         for r in rows:
+            if r.error_code and r.status != "sent":
+                self.errors[f"{r.provider or ''} {r.error_code}".strip()] += 1
             if r.status == "pending":
                 if r.reason == "provider_halted":
                     self.released += 1
@@ -78,7 +82,10 @@ class DispatchReport:
         if self.recovered.requeued or self.recovered.unknown:
             text += (f"; expired leases: {self.recovered.requeued:,} requeued, "
                      f"{self.recovered.unknown:,} marked unknown")
-        return text + f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        if self.errors:
+            text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+        return text
 
 
 def coupon_code(key: bytes, message_key: str) -> str:
@@ -93,9 +100,13 @@ class Dispatcher:
     def __init__(self, engine: Engine, settings: Settings, config: DeliveryConfig,
                  templates: TemplateStore | None = None, *, signing_key: bytes,
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
-                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None):
-        self.reader = engine
-        self.writer = outbox.writer_engine(engine)
+                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
+                 throttle: Callable[[str, int], Awaitable[None]] | None = None):
+        """``throttle(provider, n)`` is awaited before each provider request of ``n`` messages:
+        the flows pass one that takes slots from Prefect global rate limits shared by every
+        worker; each provider's own token bucket still applies within this process."""
+        self.reader = self.writer = engine
+        self.throttle = throttle
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
@@ -118,6 +129,7 @@ class Dispatcher:
         self._wait = wait
         self.providers = self._given_providers or {
             ch: build_provider(cfg) for ch, cfg in self.config.channels.items()}
+        self.writer = outbox.writer_engine(self.reader)
         try:
             self.recommender = await asyncio.to_thread(Recommender, self.reader)
             await self._recover()
@@ -125,6 +137,8 @@ class Dispatcher:
         finally:
             if self._given_providers is None:
                 await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+            if self.writer is not self.reader:
+                self.writer.dispose()
             self.report.elapsed = time.perf_counter() - started
         return self.report
 
@@ -241,7 +255,7 @@ class Dispatcher:
                                       **specs[r["idempotency_key"]],
                                       "expires_at": int(expires.timestamp()) if expires else None,
                                       "customer": data.customers[r["customer_id"]]["external_id"]}))
-        results = await provider.send(batch)
+        results = await self._provider_send(provider, batch)
         failures: dict[int, Row] = {}
         issued = []
         for r, res in zip(todo, results):
@@ -284,6 +298,11 @@ class Dispatcher:
             msg.data = {"segments": rendered.segments, "encoding": rendered.encoding}
         return msg
 
+    async def _provider_send(self, provider: Provider, batch: list[Outbound]) -> list[SendResult]:
+        if self.throttle is not None:
+            await self.throttle(provider.name, len(batch))
+        return await provider.send(batch)
+
     async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]], owner: str,
                     batch_ids: list[int]) -> None:
         """Send in waves of what the provider takes at once; each wave is marked ``sending``
@@ -291,7 +310,7 @@ class Dispatcher:
         per lane whose fate is unknown."""
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
-        wave = max(step, provider.concurrency)
+        wave = max(step, provider.concurrency, MIN_WAVE)
         for start in range(0, len(items), wave):
             part = items[start:start + wave]
             if channel in self.report.halted:
@@ -304,7 +323,8 @@ class Dispatcher:
             part = [(r, msg) for r, msg in part if r["id"] in held]
             chunks = [part[i:i + step] for i in range(0, len(part), step)]
             results: list[SendResult] = []
-            for got in await asyncio.gather(*(provider.send([m for _, m in c]) for c in chunks)):
+            for got in await asyncio.gather(*(self._provider_send(provider, [m for _, m in c])
+                                              for c in chunks)):
                 results += got
             await self._commit([self._outcome(row, res, provider, address=msg.to)
                                 for (row, msg), res in zip(part, results)], owner)

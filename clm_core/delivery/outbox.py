@@ -36,7 +36,6 @@ m = t.messages
 P = ParamSpec("P")
 R = TypeVar("R")
 DUE = ("pending", "deferred")
-FINAL = ("sent", "failed", "skipped", "unknown", "cancelled")
 
 CLAIM_COLUMNS = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.journey, m.c.step_id,
                  m.c.channel, m.c.template, m.c.coupon, m.c.tags, m.c.attempts, m.c.created_at)
@@ -128,10 +127,6 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
     return got
 
 
-OUTCOME_FIELDS = ("status", "reason", "send_after", "provider", "provider_message_id", "error_code",
-                  "error_message", "sent_at")
-
-
 @dataclass
 class Outcome:
     """The new state of one claimed message (``send_after`` None keeps the old one)."""
@@ -183,18 +178,6 @@ def insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any
     """INSERT ... ON CONFLICT (keys) DO NOTHING on either backend."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
-
-
-@retrying
-def release(engine: Engine, owner: str, ids: Sequence[int], now: datetime, reason: str) -> None:
-    """Give claimed messages back untouched by any provider (e.g. the provider halted)."""
-    if not ids:
-        return
-    with engine.begin() as conn:
-        conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), m.c.lease_owner == owner,
-                                        m.c.status == "claimed")
-                     .values(status="pending", reason=reason, attempts=m.c.attempts - 1,
-                             lease_owner=None, lease_expires_at=None, updated_at=now))
 
 
 @dataclass

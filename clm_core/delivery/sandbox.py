@@ -560,3 +560,30 @@ class SandboxServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def spawn(port: int = 0, smtp_port: int = -1) -> tuple[Any, str]:
+    """``clm sandbox`` in a process of its own (benchmarks, demos): returns (process, url)."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    if not port:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "clm_core.cli", "sandbox", "--port", str(port),
+                             "--smtp-port", str(smtp_port)], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/_sandbox/stats", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the sandbox process did not start") from None
+            time.sleep(0.1)

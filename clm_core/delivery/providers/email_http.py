@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from clm_core.delivery.model import Outbound, Outcome, SendResult
+from clm_core.delivery.model import Outbound, SendResult
 from clm_core.delivery.providers.base import HttpProvider, ProviderConfig
 
 # SendGrid caps the substitutions of one personalization at 10,000 bytes; larger messages go
