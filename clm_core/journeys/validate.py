@@ -19,6 +19,8 @@ from clm_core.templating import TemplateStore, sample_context
 from clm_core.yamlspec import parse_yaml
 
 UNSUBSCRIBE = sample_context()["links"]["unsubscribe"]
+# words of an SMS opt-out line ("Reply STOP to opt out", "拒收请回复R", "回复TD退订")
+OPT_OUT = ("stop", "opt out", "opt-out", "unsubscribe", "退订", "拒收")
 
 
 def _stage_rules(path: Path) -> list[Problem]:
@@ -64,6 +66,11 @@ def template_problems(j: CompiledJourney, store: TemplateStore) -> list[Problem]
                 problems.append(loc.problem(path, f"marketing email {send.template!r} ({locale}) "
                                             "has no unsubscribe link: add {{ links.unsubscribe }}",
                                             "warning"))
+            if send.channel == "sms" and marketing and not any(
+                    w in rendered.text.lower() for w in OPT_OUT):
+                problems.append(loc.problem(path, f"marketing SMS {send.template!r} ({locale}) has "
+                                            "no opt-out line (e.g. \"Reply STOP to opt out\", "
+                                            "\"拒收请回复R\")", "warning"))
     return problems
 
 
