@@ -65,10 +65,13 @@ def _print_state(state: Any) -> None:
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--sample", is_flag=True, help="The 2,357-customer CDNOW sample (faster).")
+    @click.option("--as-of", type=DATE, default="1997-03-31", show_default=True,
+                  help="Score the store as it stood on this day. The default, the end of the "
+                       "CDNOW cohort's first quarter, has customers in every stage and journey.")
     @click.option("--faults", metavar="JSON", help='Sandbox faults to show failure handling, e.g. '
-                  '\'{"permanent": 0.02}\'.')
+                  '\'{"rate_400": 0.05, "apis": ["sendgrid"]}\'.')
     @pass_app
-    def demo(app: App, sample: bool, faults: str | None) -> None:
+    def demo(app: App, sample: bool, as_of: datetime, faults: str | None) -> None:
         """The whole job on the embedded default: CDNOW data, fit, score, journeys, sends to the
         local sandbox providers, all through the real `lifecycle` Prefect flow."""
         import json
@@ -100,10 +103,11 @@ def register(cli: click.Group) -> None:
                 server.store.set_faults(json.loads(faults))
             server.start()
             click.echo(f"providers  sandbox at {server.url} (SendGrid, Twilio, Stripe ... over HTTP)")
-        click.echo("flow       running the `lifecycle` flow on Prefect's ephemeral API ...")
+        click.echo(f"flow       running the `lifecycle` flow on Prefect's ephemeral API, scoring "
+                   f"as of {as_of:%Y-%m-%d} ...")
         flow_started = time.perf_counter()
         try:
-            state = _run_lifecycle()
+            state = _run_lifecycle(as_of=as_of.date())
         finally:
             stats = server.store.stats() if server else None
             if server:
