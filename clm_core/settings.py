@@ -102,20 +102,42 @@ def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | N
     return settings
 
 
+_SECRET_VALUES: set[str] = set()
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret read through ``secret()`` replaced by ``***``.
+
+    Defence in depth for messages that quote provider responses or request details.
+    """
+    for value in _SECRET_VALUES:
+        if value and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
 def secret(name: str, env: dict[str, str] | None = None) -> str:
     """A secret from the environment, or from a Prefect Secret block named ``clm-<name>``.
 
-    The error names the variable, never a value.
+    The error names the variable, never a value; the value is remembered for ``redact``.
     """
     env = os.environ if env is None else env
     value = env.get(name)
     if value:
+        if len(value) >= 6:  # short values would redact ordinary words
+            _SECRET_VALUES.add(value)
         return value
     block = name.lower().replace("_", "-")
+    if not env.get("PREFECT_API_URL"):
+        # Without a server, a block look-up would start Prefect's ephemeral API just to fail.
+        raise ConfigError(f"secret {name} is not set: export {name} (or, with a Prefect server, "
+                          f"create the Prefect Secret block {block!r})")
     try:  # Prefect is optional here: clm_core does not depend on a running server.
         from prefect.blocks.system import Secret
 
-        return str(Secret.load(block, _sync=True).get())  # type: ignore[call-arg]
+        value = str(Secret.load(block, _sync=True).get())  # type: ignore[call-arg]
     except Exception:
         raise ConfigError(f"secret {name} is not set: export {name} or create the Prefect "
                           f"Secret block {block!r}") from None
+    _SECRET_VALUES.add(value)
+    return value

@@ -1,0 +1,207 @@
+"""Lifecycle scoring at scale: CLM's pipeline beside the naive pandas + lifetimes pipeline.
+
+    python benchmarks/bench_scoring.py [--customers 1000000] [--database URL] [--reuse]
+
+Loads a synthetic store (about five orders per customer) unless ``--reuse`` finds one, fits the
+models once (reported apart: fits run less often than scoring), then measures, each in a fresh
+process so peak memory is its own:
+
+- clm, first scoring: features in SQL + scores + RFM + stages + transitions + writes, for a
+  database that has never been scored (every customer gets a first stage);
+- clm, next day: the same one day later (the daily run: few stage changes);
+- naive: every order into pandas, lifetimes' ``summary_data_from_transaction_data``, its
+  BG/NBD and Gamma-Gamma fitters, P(alive), expected purchases and ``customer_lifetime_value``
+  (no stages, no writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from clm_core.db import tables as t  # noqa: E402
+from clm_core.db.bulk import write_frame  # noqa: E402
+from clm_core.db.engine import make_engine  # noqa: E402
+from clm_core.db.migrate import open_database  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def load_store(engine: sa.Engine, n: int, seed: int) -> str:
+    try:
+        from clm_core.ingest.synthetic import load_synthetic
+    except ImportError:
+        return _minimal_store(engine, n, seed)
+    return "; ".join(load_synthetic(engine, n, seed=seed).lines())
+
+
+def _minimal_store(engine: sa.Engine, n: int, seed: int) -> str:
+    """BG/NBD-like buyers (rate ~ Gamma, dropout ~ Beta) over a two-year window, orders
+    written in time order; about five orders per customer."""
+    rng = np.random.default_rng(seed)
+    end = np.datetime64("2026-06-30T00:00:00", "s")
+    span = rng.random(n) * 730 * 86400
+    birth = end - span.astype("timedelta64[s]")
+    arrivals = rng.poisson(rng.gamma(0.8, 1 / 40, n) * span / 86400)
+    survived = rng.geometric(rng.beta(0.6, 5.0, n)) - 1
+    repeats = np.minimum(arrivals, survived)
+    k = 1 + repeats
+    owner = np.repeat(np.arange(n), k)
+    first = np.r_[0, np.cumsum(k)[:-1]]
+    # The first k of N uniform arrivals fall, roughly, within the first k/N of the span.
+    reach = span * np.where(arrivals > 0, repeats / np.maximum(arrivals, 1), 0)
+    offset = (rng.random(len(owner)) * reach[owner]).astype("timedelta64[s]")
+    offset[first] = np.timedelta64(0, "s")
+    when = birth[owner] + offset
+    customers = pd.DataFrame({"external_id": [f"b{i}" for i in range(n)],
+                              "signed_up_at": birth.astype("datetime64[us]")})
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, customers)
+        ids = dict(conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all())
+        cid = np.array([ids[f"b{i}"] for i in range(n)])
+        order = np.argsort(when, kind="stable")
+        orders = pd.DataFrame({"external_id": [f"o{i}" for i in range(len(owner))],
+                               "customer_id": cid[owner][order],
+                               "ordered_at": when[order].astype("datetime64[us]"),
+                               "amount": np.round(rng.gamma(6, 8, len(owner)), 2)})
+        write_frame(conn, t.orders, orders)
+    return f"{n:,} customers, {len(owner):,} orders (minimal generator)"
+
+
+def _clm_run(url: str, as_of: date, out: Any) -> None:
+    from clm_core.lifecycle.pipeline import LifecycleConfig, score
+
+    engine = make_engine(url)
+    start = time.perf_counter()
+    report = score(engine, LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml"), as_of)
+    out.put({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(),
+             "steps": report.seconds, "transitions": report.transitions,
+             "customers": report.customers, "stages": report.stages})
+
+
+def _naive_run(url: str, as_of: date, out: Any) -> None:
+    import warnings
+
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    warnings.simplefilter("ignore")
+    engine = make_engine(url)
+    start = time.perf_counter()
+    steps: dict[str, float] = {}
+    with engine.connect() as conn:
+        tx = pd.read_sql(sa.select(t.orders.c.customer_id, t.orders.c.ordered_at, t.orders.c.amount), conn)
+    steps["read orders"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    s = summary_data_from_transaction_data(tx, "customer_id", "ordered_at", monetary_value_col="amount",
+                                           observation_period_end=pd.Timestamp(as_of), freq="D")
+    steps["summary"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    bgf = BetaGeoFitter(penalizer_coef=0.0).fit(s["frequency"], s["recency"], s["T"])
+    repeat = s[(s["frequency"] > 0) & (s["monetary_value"] > 0)]
+    ggf = GammaGammaFitter(penalizer_coef=0.0).fit(repeat["frequency"], repeat["monetary_value"])
+    steps["fit"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    s["p_alive"] = bgf.conditional_probability_alive(s["frequency"], s["recency"], s["T"])
+    for days in (30, 90):
+        s[f"e{days}"] = bgf.conditional_expected_number_of_purchases_up_to_time(
+            days, s["frequency"], s["recency"], s["T"])
+    s["aov"] = ggf.conditional_expected_average_profit(s["frequency"], s["monetary_value"])
+    s["clv"] = ggf.customer_lifetime_value(bgf, s["frequency"], s["recency"], s["T"], s["monetary_value"],
+                                           time=12, discount_rate=0.008, freq="D")
+    steps["scores"] = time.perf_counter() - mark
+    out.put({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "steps": steps,
+             "customers": len(s)})
+
+
+def measured(target: Any, *args: Any, timeout: float = 1800) -> dict[str, Any]:
+    """Run ``target`` in a fresh process; its wall time and peak memory."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        return {"seconds": float("inf"), "peak_mb": float("nan"), "error": f"over {timeout:.0f} s"}
+    if queue.empty():
+        return {"seconds": float("nan"), "peak_mb": float("nan"), "error": f"exit code {proc.exitcode}"}
+    return queue.get()
+
+
+def line(name: str, r: dict[str, Any]) -> str:
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in r.get("steps", {}).items())
+    err = f"  [{r['error']}]" if "error" in r else ""
+    return f"{name:<22} {r['seconds']:>8.1f} s  {r['peak_mb']:>8.0f} MB   ({steps}){err}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--database", help="database URL (default: a new SQLite file in a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="use the store already in --database")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--naive-timeout", type=float, default=1800)
+    args = ap.parse_args()
+    url = args.database or f"sqlite:///{tempfile.mkdtemp(prefix='clm-bench-')}/bench.db"
+    engine = open_database(url)
+    with engine.connect() as conn:
+        n_orders = conn.execute(sa.select(sa.func.count()).select_from(t.orders)).scalar() or 0
+    if not (args.reuse and n_orders):
+        start = time.perf_counter()
+        print(f"loading: {load_store(engine, args.customers, args.seed)} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    with engine.begin() as conn:  # every measured run starts from a never-scored store
+        conn.execute(t.stage_transitions.delete())
+        conn.execute(t.customer_scores.delete())
+        conn.execute(t.model_fits.delete())
+    with engine.connect() as conn:
+        n_customers = conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar()
+        n_orders = conn.execute(sa.select(sa.func.count()).select_from(t.orders)).scalar()
+        last = conn.execute(sa.select(sa.func.max(t.orders.c.ordered_at))).scalar()
+    as_of = pd.Timestamp(last).date()
+    print(f"store: {n_customers:,} customers, {n_orders:,} orders, as of {as_of}; "
+          f"{engine.dialect.name}; {mp.cpu_count()} CPUs", flush=True)
+
+    from clm_core.lifecycle.pipeline import LifecycleConfig, fit
+
+    start = time.perf_counter()
+    fitted = fit(engine, LifecycleConfig(time_unit="day"), as_of=as_of)
+    print(f"fit (not in the figures below): {time.perf_counter() - start:.1f} s; "
+          + ", ".join(f"{k} {v:.4g}" for k, v in {**fitted.purchases.params, **fitted.spend.params}.items()),
+          flush=True)
+    engine.dispose()
+
+    first = measured(_clm_run, url, as_of)
+    print(line("clm, first scoring", first), flush=True)
+    daily = measured(_clm_run, url, as_of + timedelta(days=1))
+    print(line("clm, next day", daily), flush=True)
+    print(f"  stages: {first.get('stages')}; transitions: first {first.get('transitions', 0):,}, "
+          f"next day {daily.get('transitions', 0):,}", flush=True)
+    if not args.skip_naive:
+        naive = measured(_naive_run, url, as_of, timeout=args.naive_timeout)
+        print(line("naive pandas+lifetimes", naive), flush=True)
+        print(f"clm first scoring is {naive['seconds'] / first['seconds']:.1f}x faster than naive; "
+              f"next-day scoring {naive['seconds'] / daily['seconds']:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""``clm status``: what ran lately, and what waits or failed in the outbox."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from clm_core.cli.context import App, pass_app
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.option("--runs", "n_runs", type=click.IntRange(1), default=10, show_default=True)
+    @click.option("--failed", "n_failed", type=click.IntRange(0), default=10, show_default=True,
+                  help="How many failed sends to list.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @pass_app
+    def status(app: App, n_runs: int, n_failed: int, as_json: bool) -> None:
+        """Last runs, outbox counts by status, and the latest failed sends."""
+        from clm_core.reporting import failed_sends, summarize
+        from clm_core.runs import last_runs
+
+        runs = last_runs(app.engine, n_runs)
+        summary = summarize(app.engine)
+        failures = failed_sends(app.engine, limit=n_failed) if n_failed else []
+        if as_json:
+            click.echo(json.dumps({"runs": runs, "outbox": summary.by_status, "stages": summary.stages,
+                                   "failed_sends": failures}, default=str, indent=2))
+            return
+        click.echo("Last runs:")
+        for r in runs or [{}]:
+            if not r:
+                click.echo("  (none yet)")
+                continue
+            took = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
+            click.echo(f"  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['kind']:<10} {r['status']:<10}"
+                       f"{f'{took:8.1f}s' if took is not None else '   running'}"
+                       f"{'  flow run ' + r['flow_run_id'] if r['flow_run_id'] else ''}")
+        click.echo("Outbox: " + (", ".join(f"{k} {v:,}" for k, v in sorted(summary.by_status.items()))
+                                 or "empty"))
+        if summary.stages:
+            click.echo("Stages: " + ", ".join(f"{k} {v:,}" for k, v in summary.stages.items()))
+        if failures:
+            click.echo(f"Latest failed sends ({len(failures)} shown):")
+            for f in failures:
+                click.echo(f"  {f['at']}  {f['customer']}  {f['journey']}/{f['step']}  {f['channel']} "
+                           f"via {f['provider'] or '?'}  {f['status']}: {f['error']}  "
+                           f"({f['attempts']} attempts)")

@@ -1,0 +1,174 @@
+"""Fitting the BG/NBD (or modified BG/NBD) and Gamma-Gamma models with lifetimes' fitters.
+
+The summary (frequency, recency, T, monetary value) comes from ``features``; identical
+summaries are fitted once with a weight, which makes fits on a million customers quick. Every
+failure becomes a ``ModelFitError`` that says what to try.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from clm_core.db import tables as t
+from clm_core.errors import ModelFitError
+
+MIN_CUSTOMERS = 20  # below this, no fit is meaningful
+MIN_REPEAT_CUSTOMERS = 10  # Gamma-Gamma fits repeat buyers only
+PURCHASE_MODELS = ("bgnbd", "mbgnbd")
+PARAM_NAMES = {"bgnbd": ("r", "alpha", "a", "b"), "mbgnbd": ("r", "alpha", "a", "b"),
+               "gamma_gamma": ("p", "q", "v")}
+_ADVICE = ("try a penalizer ([lifecycle] penalizer = 0.001 in clm.toml), "
+           "more data (an earlier window start or a later as-of date), or the other purchase "
+           "model ([lifecycle] model = \"mbgnbd\" or \"bgnbd\")")
+
+
+@dataclass
+class ModelFit:
+    """One fitted model, as stored in ``model_fits``."""
+
+    model: str
+    params: dict[str, float]
+    log_likelihood: float
+    n_customers: int
+    penalizer: float
+    seconds: float
+    time_unit: str
+    window_end: date
+    window_start: datetime | None = None
+    holdout_end: date | None = None
+    diagnostics: dict[str, Any] | None = None
+    id: int | None = field(default=None)
+
+
+def _compressed(cols: dict[str, pd.Series]) -> tuple[pd.DataFrame, pd.Series]:
+    """Unique rows of the summary and how many customers share each (the fit weights)."""
+    df = pd.DataFrame(cols).round(6)
+    grouped = df.groupby(list(df.columns), sort=False).size()
+    return grouped.index.to_frame(index=False), grouped.reset_index(drop=True)
+
+
+def _check(model: str, params: dict[str, float], n: int) -> None:
+    bad = [k for k, v in params.items() if not np.isfinite(v) or v <= 0]
+    if bad:
+        raise ModelFitError(f"{model} fit on {n:,} customers gave invalid parameters "
+                            f"({', '.join(f'{k}={params[k]}' for k in bad)}); {_ADVICE}")
+
+
+def _run(model: str, fitter: Any, args: tuple[pd.Series, ...], weights: pd.Series) -> tuple[dict[str, float], float]:
+    n = int(weights.sum())
+    try:
+        # lifetimes prints the optimiser's state when it gives up: keep stdout clean.
+        with warnings.catch_warnings(), np.errstate(all="ignore"), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            fitter.fit(*args, weights=weights.to_numpy())
+    except Exception as exc:  # lifetimes raises ConvergenceError, scipy may raise anything
+        raise ModelFitError(f"{model} fit on {n:,} customers did not converge "
+                            f"({type(exc).__name__}); {_ADVICE}") from exc
+    params = {k: float(fitter.params_[k]) for k in PARAM_NAMES[model]}
+    _check(model, params, n)
+    # lifetimes minimises a penalised mean on rescaled times: evaluate the plain total instead.
+    log_params = np.log([params[k] for k in PARAM_NAMES[model]])
+    w = weights.to_numpy(float)
+    with np.errstate(all="ignore"):
+        ll = -float(fitter._negative_log_likelihood(log_params, *(a.to_numpy(float) for a in args),
+                                                    w, 0.0)) * float(w.sum())
+    if not np.isfinite(ll):
+        raise ModelFitError(f"{model} fit on {n:,} customers gave a log-likelihood of {ll}; {_ADVICE}")
+    return params, ll
+
+
+def fit_purchases(summary: pd.DataFrame, model: str = "bgnbd", penalizer: float = 0.0) -> tuple[dict[str, float], float, int]:
+    """Fit BG/NBD or modified BG/NBD on customers with at least one purchase.
+
+    Returns (params, log-likelihood, customers)."""
+    from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter
+
+    if model not in PURCHASE_MODELS:
+        raise ModelFitError(f"unknown purchase model {model!r}; use one of {', '.join(PURCHASE_MODELS)}")
+    s = summary[summary["T"].notna()]
+    if len(s) < MIN_CUSTOMERS or (s["frequency"] > 0).sum() < MIN_REPEAT_CUSTOMERS:
+        raise ModelFitError(f"{model}: {len(s):,} customers with orders, "
+                            f"{int((s['frequency'] > 0).sum()):,} repeat buyers: not enough to fit "
+                            f"(need {MIN_CUSTOMERS} and {MIN_REPEAT_CUSTOMERS}); import more orders "
+                            f"or choose a later as-of date")
+    rows, weights = _compressed({"frequency": s["frequency"], "recency": s["recency"], "T": s["T"]})
+    fitter = (BetaGeoFitter if model == "bgnbd" else ModifiedBetaGeoFitter)(penalizer_coef=penalizer)
+    params, ll = _run(model, fitter, (rows["frequency"], rows["recency"], rows["T"]), weights)
+    return params, ll, len(s)
+
+
+def fit_spend(summary: pd.DataFrame, penalizer: float = 0.0) -> tuple[dict[str, float], float, int]:
+    """Fit Gamma-Gamma on repeat buyers' (frequency, average repeat spend)."""
+    from lifetimes import GammaGammaFitter
+
+    s = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+    if len(s) < MIN_REPEAT_CUSTOMERS:
+        raise ModelFitError(f"gamma_gamma: {len(s):,} repeat buyers with spend, need "
+                            f"{MIN_REPEAT_CUSTOMERS}; import more orders or choose a later as-of date")
+    rows, weights = _compressed({"frequency": s["frequency"], "monetary_value": s["monetary_value"]})
+    fitter = GammaGammaFitter(penalizer_coef=penalizer)
+    params, ll = _run("gamma_gamma", fitter, (rows["frequency"], rows["monetary_value"]), weights)
+    return params, ll, len(s)
+
+
+def fit_models(summary: pd.DataFrame, *, as_of: date, time_unit: str, model: str = "bgnbd",
+               penalizer: float = 0.0, holdout_end: date | None = None) -> tuple[ModelFit, ModelFit]:
+    """Both models on one summary, timed."""
+    start = time.perf_counter()
+    params, ll, n = fit_purchases(summary, model, penalizer)
+    purchases = ModelFit(model, params, ll, n, penalizer, time.perf_counter() - start, time_unit,
+                         as_of, _window_start(summary), holdout_end)
+    start = time.perf_counter()
+    params, ll, n = fit_spend(summary, penalizer)
+    spend = ModelFit("gamma_gamma", params, ll, n, penalizer, time.perf_counter() - start, time_unit,
+                     as_of, purchases.window_start, holdout_end)
+    return purchases, spend
+
+
+def _window_start(summary: pd.DataFrame) -> datetime | None:
+    first = summary["first_order_at"].min() if "first_order_at" in summary else None
+    return None if first is None or pd.isna(first) else pd.Timestamp(first).to_pydatetime()
+
+
+def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int:
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    result = conn.execute(t.model_fits.insert().values(
+        model=fit.model, params=fit.params, log_likelihood=fit.log_likelihood,
+        penalizer=fit.penalizer, time_unit=fit.time_unit, window_start=fit.window_start,
+        window_end=datetime.combine(fit.window_end, datetime.min.time()),
+        holdout_end=(datetime.combine(fit.holdout_end, datetime.min.time())
+                     if fit.holdout_end else None),
+        n_customers=fit.n_customers,
+        diagnostics={**(fit.diagnostics or {}), "fit_seconds": round(fit.seconds, 3)},
+        fitted_at=now, run_id=run_id))
+    fit.id = int(result.inserted_primary_key[0])
+    return fit.id
+
+
+def latest_fits(conn: Connection) -> tuple[ModelFit, ModelFit] | None:
+    """The newest purchase-model fit and the newest Gamma-Gamma fit, if both exist."""
+    found: dict[str, ModelFit] = {}
+    for kind, models in (("purchases", PURCHASE_MODELS), ("spend", ("gamma_gamma",))):
+        row = conn.execute(sa.select(t.model_fits).where(t.model_fits.c.model.in_(models))
+                           .order_by(t.model_fits.c.fitted_at.desc(), t.model_fits.c.id.desc())
+                           .limit(1)).mappings().first()
+        if row is None:
+            return None
+        found[kind] = ModelFit(
+            row["model"], {k: float(v) for k, v in row["params"].items()}, row["log_likelihood"],
+            row["n_customers"], row["penalizer"], float((row["diagnostics"] or {}).get("fit_seconds", 0)),
+            row["time_unit"], row["window_end"].date(), row["window_start"],
+            row["holdout_end"].date() if row["holdout_end"] else None, row["diagnostics"], row["id"])
+    return found["purchases"], found["spend"]

@@ -1,0 +1,195 @@
+"""One fit and one scoring run: features -> models -> scores, RFM, stages -> transitions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
+from clm_core.errors import ConfigError, ModelFitError
+from clm_core.lifecycle.features import UNIT_DAYS, customer_features, holdout_purchases
+from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, fit_models, latest_fits, store_fit
+from clm_core.lifecycle.rfm import rfm
+from clm_core.lifecycle.scoring import calibration_holdout_table, score_frame
+from clm_core.lifecycle.stages import StageRules, load_rules
+from clm_core.lifecycle.transitions import diff, rules_view
+from clm_core.runs import utcnow
+from clm_core.settings import Settings
+
+SCORE_COLUMNS = [
+    "customer_id", "as_of", "fit_id", "n_orders", "purchase_days", "first_order_at",
+    "last_order_at", "total_spend", "avg_order_value", "days_since_last_order", "frequency",
+    "recency", "T", "monetary_value", "p_alive", "expected_purchases_30d", "expected_purchases_90d",
+    "expected_aov", "clv_12m", "r_score", "f_score", "m_score", "rfm_segment", "stage",
+    "stage_since", "scored_at", "run_id",
+]
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """The ``[lifecycle]`` section of clm.toml."""
+
+    model: str = "bgnbd"
+    time_unit: str = "week"
+    penalizer: float = 0.0
+    discount_rate: float = 0.10  # annual, for CLV
+    rules: Path | None = None  # default: journeys/lifecycle.yaml
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LifecycleConfig":
+        raw = dict(settings.section("lifecycle"))
+        unknown = set(raw) - {"model", "time_unit", "penalizer", "discount_rate", "rules"}
+        if unknown:
+            raise ConfigError(f"unknown keys in [lifecycle]: {', '.join(sorted(unknown))}; valid: "
+                              "model, time_unit, penalizer, discount_rate, rules")
+        cfg = cls(model=str(raw.get("model", cls.model)),
+                  time_unit=str(raw.get("time_unit", cls.time_unit)),
+                  penalizer=float(raw.get("penalizer", cls.penalizer)),
+                  discount_rate=float(raw.get("discount_rate", cls.discount_rate)),
+                  rules=settings.project_dir / raw["rules"] if raw.get("rules")
+                  else settings.journeys_dir / "lifecycle.yaml")
+        if cfg.model not in PURCHASE_MODELS:
+            raise ConfigError(f"[lifecycle] model {cfg.model!r}: use one of {', '.join(PURCHASE_MODELS)}")
+        if cfg.time_unit not in UNIT_DAYS:
+            raise ConfigError(f"[lifecycle] time_unit {cfg.time_unit!r}: use one of {', '.join(UNIT_DAYS)}")
+        if cfg.penalizer < 0 or not -1 < cfg.discount_rate < 10:
+            raise ConfigError("[lifecycle] penalizer must be >= 0 and discount_rate a yearly rate such as 0.1")
+        return cfg
+
+    def load_rules(self) -> StageRules:
+        if self.rules is None or not self.rules.is_file():
+            raise ConfigError(f"no stage rules at {self.rules}: add journeys/lifecycle.yaml "
+                              "(see docs/lifecycle.md) or set [lifecycle] rules")
+        return load_rules(self.rules)
+
+
+def latest_order_date(engine: Engine) -> date:
+    """The default as-of date: the day of the newest order."""
+    with engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(t.orders.c.ordered_at))).scalar()
+    if last is None:
+        raise ModelFitError("there are no orders to fit on: import orders first (clm import orders)")
+    return (pd.Timestamp(last)).date()
+
+
+@dataclass
+class FitReport:
+    purchases: ModelFit
+    spend: ModelFit
+    holdout: pd.DataFrame | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.purchases.model,
+            "time_unit": self.purchases.time_unit,
+            "params": {**self.purchases.params, **self.spend.params},
+            "log_likelihood": {self.purchases.model: self.purchases.log_likelihood,
+                               "gamma_gamma": self.spend.log_likelihood},
+            "customers": {self.purchases.model: self.purchases.n_customers,
+                          "gamma_gamma": self.spend.n_customers},
+            "window": {"start": _iso(self.purchases.window_start), "end": _iso(self.purchases.window_end),
+                       "holdout_end": _iso(self.purchases.holdout_end)},
+            "fit_seconds": round(self.purchases.seconds + self.spend.seconds, 3),
+            "fit_ids": {self.purchases.model: self.purchases.id, "gamma_gamma": self.spend.id},
+        }
+        if self.holdout is not None:
+            out["holdout"] = [{"calibration_frequency": k, **{c: float(v) for c, v in row.items()}}
+                              for k, row in self.holdout.iterrows()]
+        return out
+
+
+def _iso(v: date | datetime | None) -> str | None:
+    return v.isoformat() if v is not None else None
+
+
+def fit(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
+        holdout_end: date | None = None, time_unit: str | None = None,
+        run_id: str | None = None) -> FitReport:
+    """Fit on orders up to ``as_of`` (the calibration end when ``holdout_end`` is given)."""
+    as_of = as_of or latest_order_date(engine)
+    unit = time_unit or config.time_unit
+    if holdout_end is not None and holdout_end <= as_of:
+        raise ConfigError(f"holdout end {holdout_end} must be after the calibration end {as_of}")
+    with engine.connect() as conn:
+        features = customer_features(conn, as_of, unit).frame
+        holdout = holdout_purchases(conn, as_of, holdout_end) if holdout_end else None
+    purchases, spend = fit_models(features, as_of=as_of, time_unit=unit, model=config.model,
+                                  penalizer=config.penalizer, holdout_end=holdout_end)
+    table = None
+    if holdout is not None and holdout_end is not None:
+        duration = (holdout_end - as_of).days / UNIT_DAYS[unit]
+        table = calibration_holdout_table(features.set_index("customer_id"), holdout,
+                                          purchases.model, purchases.params, duration)
+        purchases.diagnostics = {"calibration_holdout": FitReport(purchases, spend, table).as_dict()["holdout"]}
+    with engine.begin() as conn:
+        store_fit(conn, purchases, run_id)
+        store_fit(conn, spend, run_id)
+    return FitReport(purchases, spend, table)
+
+
+@dataclass
+class ScoreReport:
+    as_of: date
+    customers: int
+    stages: dict[str, int]
+    segments: dict[str, int]
+    transitions: int
+    fit_id: int | None
+    fitted: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
+          rules: StageRules | None = None, run_id: str | None = None) -> ScoreReport:
+    """Score every customer as of ``as_of`` and record stage changes; fits first if needed."""
+    rules = rules or config.load_rules()
+    as_of = as_of or latest_order_date(engine)
+    clock: dict[str, float] = {}
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        fits = latest_fits(conn)
+    fitted = fits is None
+    unit = fits[0].time_unit if fits else config.time_unit
+    with engine.connect() as conn:
+        features = customer_features(conn, as_of, unit)
+        f = features.frame
+        clock["features"] = time.perf_counter() - start
+        if fits is None:
+            purchases, spend = fit_models(f, as_of=as_of, time_unit=unit, model=config.model,
+                                          penalizer=config.penalizer)
+            with engine.begin() as wconn:
+                store_fit(wconn, purchases, run_id)
+                store_fit(wconn, spend, run_id)
+            fits = (purchases, spend)
+            clock["fit"] = time.perf_counter() - start - clock["features"]
+        mark = time.perf_counter()
+        purchases, spend = fits
+        scores = score_frame(f, purchases.model, purchases.params, spend.params, unit,
+                             config.discount_rate)
+        metrics = pd.concat([f, scores, rfm(f)], axis=1)
+        clock["scores"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        view = rules_view(conn, metrics, as_of)
+    stage = rules.assign(view)
+    now = utcnow()
+    moves, since = diff(view, stage, as_of, now, run_id)
+    clock["stages"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    out = view.assign(as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage,
+                      stage_since=since, scored_at=pd.Timestamp(now), run_id=run_id)[SCORE_COLUMNS]
+    with engine.begin() as conn:
+        write_frame(conn, t.customer_scores, out, keys=["customer_id"], update=SCORE_COLUMNS[1:])
+        write_frame(conn, t.stage_transitions, moves)
+    clock["write"] = time.perf_counter() - mark
+    counts = stage.value_counts()
+    segments = metrics["rfm_segment"].value_counts()
+    return ScoreReport(as_of, len(f), {s: int(counts.get(s, 0)) for s in rules.names},
+                       {k: int(v) for k, v in segments.items()}, len(moves), purchases.id, fitted, clock)

@@ -1,0 +1,74 @@
+"""Shared flow plumbing: settings, the task runner, dispatch fan-out, and the final state."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.futures import wait
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from clm_core.settings import load_settings, redact
+from tasks.context import Target
+from tasks.dispatch import dispatch_chunk, due_count, plan_chunks
+
+
+def target() -> Target:
+    return Target.from_settings(load_settings())
+
+
+def task_runner() -> Any:
+    """Threads by default; a Dask cluster when ``[orchestration] task_runner = "dask"`` or
+    ``CLM_TASK_RUNNER=dask`` (``dask_address`` / ``CLM_DASK_ADDRESS`` names an existing
+    cluster, otherwise a local one is started)."""
+    section = load_settings().section("orchestration")
+    kind = os.environ.get("CLM_TASK_RUNNER") or section.get("task_runner", "threads")
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        address = os.environ.get("CLM_DASK_ADDRESS") or section.get("dask_address")
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": int(section.get("dask_workers", 2)),
+                                              "threads_per_worker": 1, "processes": True})
+    # Bounded: Prefect's default thread pool is unbounded.
+    return ThreadPoolTaskRunner(max_workers=int(section.get("max_workers", 4)))
+
+
+def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int, max_chunks: int) -> dict[str, Any]:
+    """Fan out dispatch chunks over what is due now; waits for all of them."""
+    n = plan_chunks(due_count(tgt, now), chunk_size, max_chunks)
+    futures = [dispatch_chunk.submit(tgt, chunk=i, limit=chunk_size, now=now) for i in range(n)]
+    wait(futures)
+    totals: dict[str, Any] = {"halted": {}}
+    for f in futures:
+        if f.state.is_completed():
+            for k, v in f.result().items():
+                if isinstance(v, int):
+                    totals[k] = totals.get(k, 0) + v
+            totals["halted"].update(f.result().get("halted", {}))
+        else:
+            totals["chunks_failed"] = totals.get("chunks_failed", 0) + 1
+    return totals
+
+
+def final_state(report: dict[str, Any], dispatched: dict[str, Any], what: str = "run") -> State:
+    """Failed when any send failed for good, a provider halted its channel, or a dispatch
+    chunk crashed; decided after all other work is done."""
+    failed = int(report.get("failed", 0))
+    parts = []
+    if failed:
+        parts.append(f"{failed} sends failed for good (see the clm-failed-sends artifact)")
+    for channel, why in sorted(dispatched.get("halted", {}).items()):
+        parts.append(f"channel {channel} halted, its messages wait: {redact(str(why))}")
+    if dispatched.get("chunks_failed"):
+        parts.append(f"{dispatched['chunks_failed']} dispatch chunks crashed")
+    if parts:
+        message = "; ".join(parts)
+        get_run_logger().error(message)  # also in the run's logs, for operators and alerts
+        return Failed(message=message)
+    return Completed(message=f"{what} completed: {report.get('sent', 0)} sent, "
+                             f"{report.get('created', 0)} messages planned")

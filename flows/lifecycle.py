@@ -1,0 +1,49 @@
+"""The daily evaluation: fit if stale, score, stages, journeys, dispatch what is due, report."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import State
+
+from clm_core.db.engine import make_engine
+from clm_core.runs import record_run, utcnow
+from flows.common import dispatch_due, final_state, target, task_runner
+from tasks.journeys import plan_journeys
+from tasks.lifecycle import fit_is_stale, fit_models, score_customers
+from tasks.report import publish_summary
+
+
+@flow(name="lifecycle", log_prints=False, task_runner=task_runner())
+def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_age_days: float = 7.0,
+              dispatch: bool = True, dispatch_chunk_size: int = 2000,
+              dispatch_max_chunks: int = 8) -> State:
+    """Evaluate every customer and send what is due.
+
+    ``as_of`` (default: the newest order's day) is the scoring date; ``now`` (default: the
+    current time) is the journeys' and dispatcher's clock, settable for backfills and demos.
+    """
+    log = get_run_logger()
+    tgt = target()
+    engine = make_engine(tgt.database_url)
+    started = utcnow()
+    since = min(started, now) if now else started
+    with record_run(engine, "lifecycle", flow_run_id=str(flow_run.id or "") or None) as run:
+        if fit_is_stale(tgt, fit_max_age_days, as_of):
+            fit = fit_models(tgt, as_of=as_of, run_id=run.id)
+            log.info("fitted %s: %s", fit["model"], fit["params"])
+        scored = score_customers(tgt, as_of, run.id)
+        log.info("scored %s customers as of %s: %s", scored["customers"], scored["as_of"], scored["stages"])
+        planned = plan_journeys(tgt, now)
+        log.info("journeys: %s", planned["written"])
+        sent = dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}
+        report = publish_summary(tgt.database_url, since, "Lifecycle run")
+        run.summary = {"scored": scored["customers"], "transitions": scored["transitions"],
+                       "planned": planned["written"], "dispatch": sent, "failed": report["failed"]}
+        state = final_state(report, sent, "lifecycle")
+        if state.is_failed():
+            run.status = "failed"
+    engine.dispose()
+    return state

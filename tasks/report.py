@@ -1,0 +1,47 @@
+"""The run's report in the Prefect UI: summary and failed-sends artifacts, failure events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from clm_core.db.engine import make_engine
+from clm_core.reporting import failed_sends, summarize, summary_markdown
+
+FAILED_EVENT = "clm.send.failed"
+MAX_EVENTS = 5000  # per run; the summary event carries the full count
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE)
+def publish_summary(database_url: str, since: datetime, title: str) -> dict[str, Any]:
+    """Markdown summary, table of every failed send, and one event per failed send."""
+    engine = make_engine(database_url)
+    try:
+        summary = summarize(engine, since=since)
+        failures = failed_sends(engine, since=since)
+    finally:
+        engine.dispose()
+    create_markdown_artifact(summary_markdown(summary, title), key="clm-summary",
+                             description=f"{title}: stages, transitions, messages, models")
+    columns = ["customer", "journey", "step", "channel", "provider", "status", "error", "attempts", "at"]
+    create_table_artifact([{k: f[k] for k in columns} for f in failures] or
+                          [{k: "" for k in columns}], key="clm-failed-sends",
+                          description=f"{len(failures)} failed sends" if failures else "no failed sends")
+    for f in failures[:MAX_EVENTS]:
+        emit_event(event=FAILED_EVENT,
+                   resource={"prefect.resource.id": f"clm.message.{f['message']}",
+                             "clm.journey": f["journey"], "clm.channel": f["channel"],
+                             "clm.provider": f["provider"]},
+                   payload={"customer": f["customer"], "step": f["step"], "status": f["status"],
+                            "error": f["error"], "attempts": f["attempts"]})
+    if failures:
+        emit_event(event="clm.run.failed-sends", resource={"prefect.resource.id": "clm.outbox"},
+                   payload={"count": len(failures)})
+    return {"failed": len(failures), "stages": summary.stages, "by_status": summary.by_status,
+            "created": sum(summary.created.values()),
+            "sent": sum(n for (_, _, s), n in summary.outcomes.items() if s == "sent")}

@@ -1,0 +1,141 @@
+"""Scoring on a real database: hand-computed customers, transitions, and CDNOW's stages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from clm_core.cli import cli
+from clm_core.db import tables as t
+from clm_core.ingest.cdnow import import_cdnow
+from clm_core.lifecycle.fitting import ModelFit, store_fit
+from clm_core.lifecycle.pipeline import LifecycleConfig, score
+from clm_core.lifecycle.stages import load_rules
+from tests.test_lifecycle_rules import REPO, STAGES
+
+AS_OF = date(2024, 6, 30)
+BG = {"r": 0.5, "alpha": 10.0, "a": 0.5, "b": 2.0}  # per day
+GG = {"p": 6.0, "q": 4.0, "v": 15.0}
+
+# customer: [(day, amount), ...]; "P" never ordered; L's July order is after the as-of date.
+ORDERS = {
+    "P": [],
+    "N": [("2024-06-20", 30.0)],
+    "R": [("2024-05-20", 25.0)],
+    "C": [("2024-04-01", 50.0)],
+    "A": [("2024-01-01 09:00", 10.0), ("2024-01-01 17:30", 20.0), ("2024-06-25", 40.0)],
+    "B": [("2024-06-10", 15.0), ("2024-06-20", 35.0)],
+    "L": [(d, 20.0) for d in ("2024-05-01", "2024-05-15", "2024-06-01", "2024-06-15", "2024-06-29",
+                              "2024-07-02")],
+}
+
+
+def seed(engine: sa.Engine) -> dict[str, int]:
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.customers), [{"external_id": k, "signed_up_at": datetime(2023, 1, 1)}
+                                              for k in ORDERS])
+        ids = dict(conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all())
+        conn.execute(sa.insert(t.orders), [
+            {"external_id": f"{k}-{i}", "customer_id": ids[k], "ordered_at": datetime.fromisoformat(d),
+             "amount": a} for k, rows in ORDERS.items() for i, (d, a) in enumerate(rows)])
+        for model, params in (("bgnbd", BG), ("gamma_gamma", GG)):
+            store_fit(conn, ModelFit(model, params, -1.0, 7, 0.0, 0.0, "day", AS_OF))
+    return ids
+
+
+def add_order(engine: sa.Engine, customer_id: int, when: str, amount: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.orders).values(external_id=f"extra-{when}", customer_id=customer_id,
+                                                ordered_at=datetime.fromisoformat(when), amount=amount))
+
+
+def scores(engine: sa.Engine) -> dict[int, dict]:
+    with engine.connect() as conn:
+        return {r["customer_id"]: dict(r) for r in conn.execute(sa.select(t.customer_scores)).mappings()}
+
+
+def transitions(engine: sa.Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(
+            t.stage_transitions.c.customer_id, t.stage_transitions.c.from_stage,
+            t.stage_transitions.c.to_stage, t.stage_transitions.c.as_of).order_by(t.stage_transitions.c.id))]
+
+
+def p_alive_by_hand(x: int, tx: float, T: float) -> float:
+    r, alpha, a, b = BG["r"], BG["alpha"], BG["a"], BG["b"]
+    return 1 / (1 + a / (b + x - 1) * ((alpha + T) / (alpha + tx)) ** (r + x))
+
+
+def test_hand_computed_customers(engine: sa.Engine) -> None:
+    ids = seed(engine)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
+    report = score(engine, config, AS_OF)
+    assert not report.fitted and report.customers == 7
+    s = {k: scores(engine)[v] for k, v in ids.items()}
+    # A: two orders on 1 Jan are one purchase day; 176 days to 25 Jun; 181 days old.
+    assert (s["A"]["n_orders"], s["A"]["purchase_days"], s["A"]["frequency"]) == (3, 2, 1)
+    assert (s["A"]["recency"], s["A"]["T"], s["A"]["monetary_value"]) == (176, 181, 40)
+    assert s["A"]["total_spend"] == 70 and s["A"]["avg_order_value"] == pytest.approx(70 / 3)
+    assert s["A"]["days_since_last_order"] == 5
+    assert s["A"]["p_alive"] == pytest.approx(p_alive_by_hand(1, 176, 181))
+    # L: the July order is after the as-of date and ignored.
+    assert (s["L"]["n_orders"], s["L"]["frequency"], s["L"]["recency"], s["L"]["T"]) == (5, 4, 59, 60)
+    assert s["L"]["p_alive"] == pytest.approx(p_alive_by_hand(4, 59, 60))
+    assert s["B"]["p_alive"] == pytest.approx(p_alive_by_hand(1, 10, 20))
+    # One-time buyers are alive for BG/NBD; their stage follows the store's rhythm instead:
+    # median gap of repeat buyers A 176, L 59/4 = 14.75, B 10 -> 14.75 days.
+    assert s["N"]["p_alive"] == 1.0 and s["N"]["frequency"] == 0 and s["N"]["monetary_value"] == 0
+    gg_mean = GG["p"] * GG["v"] / (GG["q"] - 1)
+    assert s["N"]["expected_aov"] == pytest.approx(gg_mean)
+    w = GG["p"] * 1 / (GG["p"] * 1 + GG["q"] - 1)
+    assert s["A"]["expected_aov"] == pytest.approx((1 - w) * gg_mean + w * 40)
+    assert s["P"]["p_alive"] is None and s["P"]["n_orders"] == 0 and s["P"]["rfm_segment"] is None
+    stages = {k: v["stage"] for k, v in s.items()}
+    assert stages == {"P": "prospect", "N": "new", "R": "at_risk", "C": "churned", "A": "active",
+                      "B": "active", "L": "loyal"}
+    assert all(v["stage_since"] == datetime(2024, 6, 30) for v in s.values())
+    assert report.transitions == 7
+    assert {(c, f, to) for c, f, to, _ in transitions(engine)} == {
+        (ids[k], None, v) for k, v in stages.items()}
+
+
+def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(engine: sa.Engine) -> None:
+    ids = seed(engine)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
+    score(engine, config, AS_OF)
+    before = scores(engine)
+    again = score(engine, config, AS_OF)
+    assert again.transitions == 0 and len(transitions(engine)) == 7
+    assert {k: v["stage"] for k, v in scores(engine).items()} == {k: v["stage"] for k, v in before.items()}
+    # C was churned; buying again makes it reactivated, and it stays so when re-scored that day.
+    add_order(engine, ids["C"], "2024-07-20", 30.0)
+    score(engine, config, date(2024, 7, 31))
+    c = scores(engine)[ids["C"]]
+    assert (c["stage"], c["stage_since"]) == ("reactivated", datetime(2024, 7, 31))
+    assert (ids["C"], "churned", "reactivated", date(2024, 7, 31)) in transitions(engine)
+    n = len(transitions(engine))
+    assert score(engine, config, date(2024, 7, 31)).transitions == 0
+    assert len(transitions(engine)) == n and scores(engine)[ids["C"]]["stage"] == "reactivated"
+
+
+def test_every_default_stage_is_reached_on_cdnow(engine: sa.Engine) -> None:
+    import_cdnow(engine, prospects=300)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
+    url = engine.url.render_as_string(hide_password=False)
+    seen: set[str] = set()
+    for as_of in ("1997-03-31", "1997-09-30", "1998-06-30"):
+        result = CliRunner().invoke(cli, ["--database", url, "--project", str(REPO), "score",
+                                          "--as-of", as_of])
+        assert result.exit_code == 0, result.output
+        with engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(t.customer_scores.c.stage, sa.func.count())
+                                       .group_by(t.customer_scores.c.stage)).all())
+        for stage, n in counts.items():
+            assert f"{stage} " in result.output and f"{n:,}" in result.output
+        seen |= set(counts)
+    assert seen == set(STAGES)
+    assert "no stored fit: fitted the models first" not in result.output  # only the first run fits
+    assert load_rules(config.rules).names == STAGES

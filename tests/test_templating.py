@@ -1,0 +1,93 @@
+"""Template rendering: locale fallback, sandbox, undefined variables, CSS inlining, SMS cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clm_core.errors import TemplateRenderError
+from clm_core.templating import TemplateStore, locale_chain, sample_context, sms_cost
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TemplateStore:
+    write(tmp_path, "_layouts/email.html.j2",
+          "<html><head><style>.cta{color:#c00}</style></head><body>{% block body %}{% endblock %}"
+          "<p><a href=\"{{ links.unsubscribe }}\">Unsubscribe</a></p></body></html>")
+    write(tmp_path, "hello/en/subject.txt.j2", "Hello\n {{ customer.first_name }}!")
+    write(tmp_path, "hello/en/body.html.j2", "{% extends '_layouts/email.html.j2' %}"
+          "{% block body %}<p class=\"cta\">{{ customer.name }} & co</p>{% endblock %}")
+    write(tmp_path, "hello/en/body.txt.j2", "Hi {{ customer.name }}")
+    write(tmp_path, "hello/zh/subject.txt.j2", "你好 {{ customer.first_name }}")
+    write(tmp_path, "hello/zh/body.html.j2", "<p>{{ customer.name }}</p>")
+    write(tmp_path, "hello/zh/body.txt.j2", "{{ customer.name }}")
+    write(tmp_path, "nudge/en/sms.txt.j2", "{{ customer.first_name }}, {{ coupon.value }}% off: "
+          "{{ coupon.code }}. Reply STOP to opt out")
+    write(tmp_path, "evil/en/sms.txt.j2", "{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    write(tmp_path, "typo/en/sms.txt.j2", "Hi\n{{ customer.frist_name }}")
+    return TemplateStore(tmp_path, default_locale="en")
+
+
+def test_email_renders_with_inlined_css_and_escaping(store: TemplateStore) -> None:
+    ctx = sample_context("en")
+    ctx["customer"]["name"] = "<b>Alex</b>"
+    mail = store.render_email("hello", "en-US", ctx)
+    assert mail.locale == "en"
+    assert mail.subject == "Hello Alex!"
+    assert 'style="color: #c00;"' in mail.html and "<style>" not in mail.html
+    assert "&lt;b&gt;Alex&lt;/b&gt; &amp; co" in mail.html
+    assert ctx["links"]["unsubscribe"] in mail.html
+    assert mail.text == "Hi <b>Alex</b>\n"  # plain text is not HTML-escaped
+
+
+def test_locale_falls_back_to_language_then_default(store: TemplateStore) -> None:
+    assert store.render_email("hello", "zh-CN", sample_context("zh-CN")).locale == "zh"
+    assert store.render_email("hello", "de-DE", sample_context("de-DE")).locale == "en"
+    assert locale_chain("zh-CN", "en") == ["zh-CN", "zh", "en"]
+
+
+def test_sandbox_blocks_python_internals(store: TemplateStore) -> None:
+    with pytest.raises(TemplateRenderError, match="sandbox") as info:
+        store.render_sms("evil", "en", sample_context())
+    assert "evil/en/sms.txt.j2:1" in str(info.value)
+
+
+def test_undefined_variable_names_file_and_line(store: TemplateStore) -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        store.render_sms("typo", "en", sample_context())
+    assert "typo/en/sms.txt.j2:2" in str(info.value)
+    assert "frist_name" in str(info.value)
+
+
+def test_missing_template_suggests_a_name(store: TemplateStore) -> None:
+    with pytest.raises(TemplateRenderError, match="did you mean 'nudge'"):
+        store.render_sms("nudgee", "en", sample_context())
+    assert store.names("sms") == ["evil", "nudge", "typo"]
+    assert store.names("email") == ["hello"]
+
+
+def test_sms_reports_encoding_and_segments(store: TemplateStore) -> None:
+    sms = store.render_sms("nudge", "en", sample_context())
+    assert sms.text.startswith("Alex, 15% off: CLM-7K3Q-9XWD")
+    assert (sms.encoding, sms.segments) == ("GSM-7", 1)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a" * 160, ("GSM-7", 160, 1)),
+    ("a" * 161, ("GSM-7", 161, 2)),
+    ("a" * 306, ("GSM-7", 306, 2)),
+    ("a" * 307, ("GSM-7", 307, 3)),
+    ("€" * 80, ("GSM-7", 160, 1)),  # extension characters count twice
+    ("你" * 70, ("UCS-2", 70, 1)),
+    ("你" * 71, ("UCS-2", 71, 2)),
+    ("a" * 60 + "😀", ("UCS-2", 62, 1)),  # an emoji is two UTF-16 units
+])
+def test_sms_cost(text: str, expected: tuple[str, int, int]) -> None:
+    assert sms_cost(text) == expected
