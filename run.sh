@@ -13,12 +13,12 @@ STAMP="$VENV/.installed"
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install -qq --upgrade pip
   fi
   # Reinstall when the dependency list changes.
   local want; want=$(sha256sum pyproject.toml | cut -d' ' -f1)
   if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e ".[test]"
     echo "$want" > "$STAMP"
   fi
 }
@@ -42,7 +42,7 @@ case "$cmd" in
     setup
     start_postgres
     # Two workers: the machines have two cores; each worker gets its own databases.
-    exec "$VENV/bin/python" -m pytest -n 2 "$@" ;;
+    exec "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@" ;;
   clm) setup; exec "$VENV/bin/clm" "$@" ;;
   bench) setup; start_postgres; name=$1; shift; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;

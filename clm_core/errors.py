@@ -8,6 +8,7 @@
     │                             carries every problem found, each with file:line:column
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
     ├── TemplateRenderError       a template failed to render (undefined variable, sandbox)
+    ├── TokenError                an unsubscribe token is malformed, altered or foreign
     └── ProviderError             a provider call failed; raised from the transport error
         ├── TransientProviderError    retry later (timeouts, 429, 5xx); may carry retry_after
         └── PermanentProviderError    never retry this message
@@ -71,6 +72,10 @@ class ModelFitError(ClmError):
 
 class TemplateRenderError(ClmError):
     """A template could not be rendered for a customer."""
+
+
+class TokenError(ClmError):
+    """A signed token (unsubscribe link) failed verification."""
 
 
 class ProviderError(ClmError):

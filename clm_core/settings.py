@@ -128,6 +128,10 @@ def secret(name: str, env: dict[str, str] | None = None) -> str:
             _SECRET_VALUES.add(value)
         return value
     block = name.lower().replace("_", "-")
+    if not env.get("PREFECT_API_URL"):
+        # Without a server, a block look-up would start Prefect's ephemeral API just to fail.
+        raise ConfigError(f"secret {name} is not set: export {name} (or, with a Prefect server, "
+                          f"create the Prefect Secret block {block!r})")
     try:  # Prefect is optional here: clm_core does not depend on a running server.
         from prefect.blocks.system import Secret
 

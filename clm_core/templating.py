@@ -101,6 +101,7 @@ class TemplateStore:
         self.env.filters["money"] = _money
         self.env.filters["date"] = _date
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
+        self._present: dict[tuple[str, str, str], bool] = {}
 
     def locales(self, name: str) -> list[str]:
         d = self.root / name
@@ -116,7 +117,11 @@ class TemplateStore:
                       and (channel is None or self.exists(p.name, channel)))
 
     def _has(self, name: str, locale: str, channel: str) -> bool:
-        return all((self.root / name / locale / part).is_file() for part in PARTS[channel])
+        key = (name, locale, channel)
+        if key not in self._present:  # every render asks: look at the disk once per store
+            self._present[key] = all((self.root / name / locale / part).is_file()
+                                     for part in PARTS[channel])
+        return self._present[key]
 
     def resolve_locale(self, name: str, locale: str | None, channel: str) -> str:
         for candidate in locale_chain(locale, self.default_locale):

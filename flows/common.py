@@ -6,11 +6,12 @@ import os
 from datetime import datetime
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.futures import wait
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from clm_core.settings import load_settings
+from clm_core.settings import load_settings, redact
 from tasks.context import Target
 from tasks.dispatch import dispatch_chunk, due_count, plan_chunks
 
@@ -37,32 +38,37 @@ def task_runner() -> Any:
     return ThreadPoolTaskRunner(max_workers=int(section.get("max_workers", 4)))
 
 
-def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int, max_chunks: int) -> dict[str, int]:
+def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int, max_chunks: int) -> dict[str, Any]:
     """Fan out dispatch chunks over what is due now; waits for all of them."""
     n = plan_chunks(due_count(tgt, now), chunk_size, max_chunks)
     futures = [dispatch_chunk.submit(tgt, chunk=i, limit=chunk_size, now=now) for i in range(n)]
     wait(futures)
-    totals: dict[str, int] = {}
+    totals: dict[str, Any] = {"halted": {}}
     for f in futures:
-        state = f.state
-        if state.is_completed():
+        if f.state.is_completed():
             for k, v in f.result().items():
                 if isinstance(v, int):
                     totals[k] = totals.get(k, 0) + v
+            totals["halted"].update(f.result().get("halted", {}))
         else:
             totals["chunks_failed"] = totals.get("chunks_failed", 0) + 1
     return totals
 
 
-def final_state(report: dict[str, Any], extra_failures: int = 0, what: str = "run") -> State:
-    """Failed when any send failed for good (or a chunk crashed), after all other work."""
+def final_state(report: dict[str, Any], dispatched: dict[str, Any], what: str = "run") -> State:
+    """Failed when any send failed for good, a provider halted its channel, or a dispatch
+    chunk crashed; decided after all other work is done."""
     failed = int(report.get("failed", 0))
     parts = []
     if failed:
         parts.append(f"{failed} sends failed for good (see the clm-failed-sends artifact)")
-    if extra_failures:
-        parts.append(f"{extra_failures} dispatch chunks crashed")
+    for channel, why in sorted(dispatched.get("halted", {}).items()):
+        parts.append(f"channel {channel} halted, its messages wait: {redact(str(why))}")
+    if dispatched.get("chunks_failed"):
+        parts.append(f"{dispatched['chunks_failed']} dispatch chunks crashed")
     if parts:
-        return Failed(message="; ".join(parts))
+        message = "; ".join(parts)
+        get_run_logger().error(message)  # also in the run's logs, for operators and alerts
+        return Failed(message=message)
     return Completed(message=f"{what} completed: {report.get('sent', 0)} sent, "
                              f"{report.get('created', 0)} messages planned")

@@ -24,7 +24,7 @@ def dispatch(now: datetime | None = None, chunk_size: int = 2000, max_chunks: in
         sent = dispatch_due(tgt, now, chunk_size, max_chunks)
         report = publish_summary(tgt.database_url, since, "Dispatch run")
         run.summary = {"dispatch": sent, "failed": report["failed"]}
-        state = final_state(report, sent.get("chunks_failed", 0), "dispatch")
+        state = final_state(report, sent, "dispatch")
         if state.is_failed():
             run.status = "failed"
     engine.dispose()

@@ -31,7 +31,7 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
     started = utcnow()
     since = min(started, now) if now else started
     with record_run(engine, "lifecycle", flow_run_id=str(flow_run.id or "") or None) as run:
-        if fit_is_stale(tgt, fit_max_age_days):
+        if fit_is_stale(tgt, fit_max_age_days, as_of):
             fit = fit_models(tgt, as_of=as_of, run_id=run.id)
             log.info("fitted %s: %s", fit["model"], fit["params"])
         scored = score_customers(tgt, as_of, run.id)
@@ -42,7 +42,7 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         report = publish_summary(tgt.database_url, since, "Lifecycle run")
         run.summary = {"scored": scored["customers"], "transitions": scored["transitions"],
                        "planned": planned["written"], "dispatch": sent, "failed": report["failed"]}
-        state = final_state(report, sent.get("chunks_failed", 0), "lifecycle")
+        state = final_state(report, sent, "lifecycle")
         if state.is_failed():
             run.status = "failed"
     engine.dispose()

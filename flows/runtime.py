@@ -17,8 +17,10 @@ def configure(project_dir: str | Path | None = None) -> None:
     root = Path(project_dir or os.environ.get("CLM_PROJECT_DIR") or Path.cwd())
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_HOME", str(root / ".clm" / "prefect"))
+        # Prefect does not create its home: the ephemeral server then cannot open its database.
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
-    # The ephemeral server's own background services are not needed for a single run.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+    # The first start migrates Prefect's own database: slow on a busy two-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

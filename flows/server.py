@@ -43,11 +43,14 @@ def running_server(port: int | None = None, home: Path | None = None,
     """Start ``prefect server start`` on 127.0.0.1; yields the API URL."""
     port = port or free_port()
     home = home or Path(tempfile.mkdtemp(prefix="clm-prefect-server-"))
+    home.mkdir(parents=True, exist_ok=True)
     log = open(home / "server.log", "wb")
+    api = f"http://127.0.0.1:{port}/api"
+    # The UI asks this URL for its data; by default it would ask port 4200.
+    env = server_env(home) | {"PREFECT_UI_API_URL": api}
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:

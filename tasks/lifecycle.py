@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clm_core.db import tables as t
-from clm_core.lifecycle.pipeline import LifecycleConfig, fit, score
+from clm_core.lifecycle.pipeline import LifecycleConfig, fit, latest_order_date, score
 from clm_core.runs import utcnow
 from tasks.context import Target, opened
 
@@ -26,11 +26,20 @@ def fit_models(target: Target, as_of: date | None = None, holdout_end: date | No
 
 
 @task(name="fit-if-stale", cache_policy=NO_CACHE)
-def fit_is_stale(target: Target, max_age_days: float) -> bool:
-    """True when there is no fit or the newest is older than ``max_age_days``."""
+def fit_is_stale(target: Target, max_age_days: float, as_of: date | None = None) -> bool:
+    """True when there is no fit, the newest was made more than ``max_age_days`` ago, or its
+    data ends more than ``max_age_days`` before the scoring date."""
+    mf = t.model_fits
     with opened(target) as (_, engine), engine.connect() as conn:
-        newest: datetime | None = conn.scalar(sa.select(sa.func.max(t.model_fits.c.fitted_at)))
-    return newest is None or utcnow() - newest > timedelta(days=max_age_days)
+        newest = conn.execute(sa.select(mf.c.fitted_at, mf.c.window_end)
+                              .order_by(mf.c.id.desc()).limit(1)).first()
+        if newest is None:
+            return True
+        if as_of is None:
+            as_of = latest_order_date(engine)
+    age = timedelta(days=max_age_days)
+    return utcnow() - newest.fitted_at > age or \
+        abs(datetime.combine(as_of, datetime.min.time()) - newest.window_end) > age
 
 
 @task(name="score-customers", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)

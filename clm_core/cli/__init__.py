@@ -9,8 +9,9 @@ import click
 
 from clm_core.cli.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
 
-# Modules that add commands: each defines ``register(cli: click.Group) -> None``.
-COMMAND_MODULES = ["db", "data", "demo", "ops", "lifecycle"]
+# Modules that add commands: each defines ``register(cli: click.Group) -> None``. Short names
+# are in clm_core.cli; dotted ones (the Prefect commands) live beside the flows.
+COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows.commands"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +29,7 @@ def cli(ctx: click.Context, database_url: str | None, project_dir: str | None) -
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"clm_core.cli.{_name}").register(cli)
+    importlib.import_module(_name if "." in _name else f"clm_core.cli.{_name}").register(cli)
 
 
 def main() -> None:

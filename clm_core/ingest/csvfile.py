@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clm_core.errors import DataImportError
@@ -17,12 +18,28 @@ from clm_core.suggest import did_you_mean
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "gbk", "gb18030", "latin-1")
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """A record with the wrong number of fields, its cells fitted to the header's width (the
+    surplus joined into the last cell), so the rejects file keeps what it said."""
+
+    row: int
+    reason: str
+    cells: tuple[str, ...]
+
+    @classmethod
+    def of(cls, row: int, cells: list[str], width: int, delimiter: str) -> "Malformed":
+        fitted = cells[: width - 1] + [delimiter.join(cells[width - 1:])] if len(cells) > width \
+            else cells + [""] * (width - len(cells))
+        return cls(row, f"expected {width} fields, found {len(cells)}", tuple(fitted))
+
+
 @dataclass
 class RawTable:
-    frame: pd.DataFrame  # one column per mapped field (stripped text, None when empty)
+    frame: pd.DataFrame  # one column per mapped field (stripped text, missing when empty)
     extra: pd.DataFrame  # unmapped columns, kept as custom attributes
     rows: pd.Series  # spreadsheet row number of each record (the header is row 1)
-    malformed: list[tuple[int, str]]  # (row, reason) for records that could not be split
+    malformed: list[Malformed]  # records with the wrong number of fields
     encoding: str
     source_columns: list[str]
     original: pd.DataFrame  # every source column, for the rejects file
@@ -98,36 +115,120 @@ def read_table(path: Path, entity: Entity, *, encoding: str = "auto",
     text, used = decode(path, encoding)
     if not text.strip():
         raise DataImportError(f"{path}: the file is empty")
+    body_at = _header_end(text)
     if delimiter is None:
-        first = text.split("\n", 1)[0]
-        delimiter = max([",", ";", "\t", "|"], key=first.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader)
+        delimiter = max([",", ";", "\t", "|"], key=text[:body_at].count)
+    header = next(csv.reader([text[:body_at].rstrip("\r\n")], delimiter=delimiter))
     columns = resolve_columns(entity, header, mapping or {}, path)
-    width = len(header)
-    records: list[list[str]] = []
-    rows: list[int] = []
-    malformed: list[tuple[int, str]] = []
-    try:
-        for n, record in enumerate(reader, start=2):
-            if len(record) == width:
-                records.append(record)
-                rows.append(n)
-            elif not any(cell.strip() for cell in record):
-                continue  # blank line
-            else:
-                malformed.append((n, f"expected {width} fields, found {len(record)}"))
-    except csv.Error as exc:
-        raise DataImportError(f"{path}: line {reader.line_num}: {exc}") from exc
-    original = pd.DataFrame(records, columns=_unique(header), dtype=object)
-    stripped = original.apply(lambda s: s.str.strip()).replace("", None)
+    parsed = _split_fast(text, body_at, delimiter, len(header))
+    if parsed is None:
+        parsed = _split_exact(text, body_at, delimiter, len(header), path)
+    original, rows, malformed = parsed
+    original.columns = _unique(header)
+    stripped = _stripped(original, text, delimiter)
     frame = pd.DataFrame({name: stripped.iloc[:, idx] for name, idx in columns.items()},
                          index=stripped.index)
-    extra_idx = [i for i in range(width) if i not in columns.values()]
+    extra_idx = [i for i in range(len(header)) if i not in columns.values()]
     extra = stripped.iloc[:, extra_idx]
     extra.columns = [normalize_header(header[i]) or f"column_{i + 1}" for i in extra_idx]
     return RawTable(frame, extra, pd.Series(rows, index=stripped.index), malformed, used,
                     header, original)
+
+
+Split = tuple[pd.DataFrame, np.ndarray, list[Malformed]]  # records, row numbers, malformed
+
+
+def _header_end(text: str) -> int:
+    """Offset just past the header line (a header never spans lines)."""
+    end = re.search(r"\r\n|\n|\r", text)
+    return len(text) if end is None else end.end()
+
+
+def _split_fast(text: str, body_at: int, delimiter: str, width: int) -> Split | None:
+    """pandas' C parser, with field counts per line taken from the raw text. Only for files
+    without quotes or bare carriage returns, where every line is one record; otherwise None."""
+    body = text[body_at:]
+    if '"' in body or ("\r" in body and "\r\n" not in body):
+        return None
+    if not body.strip():
+        return pd.DataFrame(columns=range(width), dtype=object), np.array([], dtype=np.int64), []
+    raw = np.frombuffer(body.encode("utf-8"), dtype=np.uint8)
+    ends = np.flatnonzero(raw == ord("\n"))
+    if len(raw) and raw[-1] != ord("\n"):
+        ends = np.append(ends, len(raw))
+    starts = np.r_[0, ends[:-1] + 1]
+    delims = np.flatnonzero(raw == ord(delimiter))
+    fields = np.searchsorted(delims, ends) - np.searchsorted(delims, starts) + 1
+    lines = np.arange(2, len(ends) + 2)
+    frame = pd.read_csv(io.StringIO(body), sep=delimiter, header=None, names=range(width),
+                        dtype=str, na_values=[""], keep_default_na=False, skip_blank_lines=False,
+                        quoting=csv.QUOTE_NONE, on_bad_lines="skip", engine="c")
+    kept = fields <= width  # lines the parser returns; longer ones it skips
+    if len(frame) != int(kept.sum()):
+        return None
+    blank = _blank_lines(raw, starts, ends, fields)
+    good = (fields == width) & ~blank
+    bad = ~good & ~blank
+    malformed = [Malformed.of(int(lines[i]), _line(raw, starts[i], ends[i]).rstrip("\r")
+                              .split(delimiter), width, delimiter) for i in np.flatnonzero(bad)]
+    frame = frame[good[kept]].reset_index(drop=True)
+    return frame, lines[good], malformed
+
+
+def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                 fields: np.ndarray) -> np.ndarray:
+    """Lines with nothing but white space (only one-field lines can be; there are few)."""
+    blank = np.zeros(len(starts), dtype=bool)
+    for i in np.flatnonzero(fields == 1):
+        blank[i] = not _line(raw, starts[i], ends[i]).strip()
+    return blank
+
+
+def _line(raw: np.ndarray, start: int, end: int) -> str:
+    return raw[start:end].tobytes().decode("utf-8")
+
+
+def _split_exact(text: str, body_at: int, delimiter: str, width: int, path: Path) -> Split:
+    """Python's csv module: quoted fields, delimiters and line breaks inside quotes."""
+    reader = csv.reader(io.StringIO(text[body_at:], newline=""), delimiter=delimiter)
+    try:
+        records = list(reader)
+    except csv.Error as exc:
+        raise DataImportError(f"{path}: line {reader.line_num + 1}: {exc}") from exc
+    records_ok, rows, malformed = [], [], []
+    for n, record in enumerate(records, start=2):
+        if len(record) == width:
+            records_ok.append(record)
+            rows.append(n)
+        elif any(cell.strip() for cell in record):
+            malformed.append(Malformed.of(n, record, width, delimiter))
+    frame = pd.DataFrame(records_ok, columns=range(width), dtype=object).replace("", None)
+    return frame, np.array(rows, dtype=np.int64), malformed
+
+
+def _has_edge_space(text: str, delimiter: str) -> bool:
+    """Whether white space touches a delimiter, quote or line end anywhere (one vectorised
+    pass over the bytes; cells then need stripping)."""
+    if "\u3000" in text or "\xa0" in text:  # ideographic and no-break spaces: just strip
+        return True
+    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    spaces = np.flatnonzero((raw == ord(" ")) | ((raw == ord("\t")) & (delimiter != "\t")))
+    if not len(spaces):
+        return False
+    edge = np.zeros(256, dtype=bool)
+    edge[[ord(delimiter), ord('"'), ord("\n"), ord("\r")]] = True
+    padded = np.r_[ord("\n"), raw, ord("\n")]  # the text's ends count as line ends
+    return bool((edge[padded[spaces]] | edge[padded[spaces + 2]]).any())
+
+
+def _stripped(original: pd.DataFrame, text: str, delimiter: str) -> pd.DataFrame:
+    """Cells without surrounding white space, missing when empty (as they are read).
+    Stripping every cell costs seconds on big files, so it only happens when some white space
+    sits at a cell's edge."""
+    if not _has_edge_space(text, delimiter):
+        return original
+    out = original.astype(object).apply(lambda s: s.str.strip())
+    return out.where(out.notna() & (out != ""), None)
 
 
 def _unique(header: list[str]) -> list[str]:

@@ -147,7 +147,8 @@ class SyntheticReport:
         if self.first_order is not None:
             out.append(f"  orders from {self.first_order:%Y-%m-%d} to {self.last_order:%Y-%m-%d}")
         if self.written:
-            out.append("  new or changed rows: " + ", ".join(f"{k} {v:,}" for k, v in self.written.items()))
+            out.append("  new or changed rows: "
+                       + ", ".join(f"{k} {v:,}" for k, v in self.written.items()))
         out.append(f"  in {self.seconds:.1f}s")
         return out
 
@@ -168,15 +169,20 @@ def write_csv(directory: str | Path, n_customers: int, seed: int = 0,
     Times carry an explicit UTC offset, so any ``--timezone`` imports them the same."""
     started = time.perf_counter()
     customers, orders = generate_frames(n_customers, seed, params)
+    save_csv(directory, customers, orders)
+    report = _report(customers, orders)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def save_csv(directory: str | Path, customers: pd.DataFrame, orders: pd.DataFrame) -> None:
+    """Frames from ``generate_frames`` as ``customers.csv`` and ``orders.csv``."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     people = customers.drop(columns=["attributes"])
     people.to_csv(out / "customers.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
     orders.rename(columns={"customer_external_id": "customer_id"}).to_csv(
         out / "orders.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
-    report = _report(customers, orders)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
@@ -189,7 +195,8 @@ def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
     with engine.begin() as conn:
         report.written["customers"] = write_frame(
             conn, t.customers, customers, keys=["external_id"],
-            update=[c for c in customers.columns if c != "external_id"], touch="updated_at")
+            update=[c for c in customers.columns if c != "external_id"], touch="updated_at",
+            bulk=True)
         rows = pd.read_sql(sa.select(t.customers.c.id, t.customers.c.external_id)
                            .where(t.customers.c.external_id.like(f"{PREFIX}-%")), conn)
         ids = pd.Series(rows["id"].to_numpy(), index=rows["external_id"].to_numpy())
@@ -197,6 +204,6 @@ def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
         frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
         report.written["orders"] = write_frame(
             conn, t.orders, frame, keys=["external_id"],
-            update=["customer_id", "ordered_at", "amount", "currency", "quantity"])
+            update=["customer_id", "ordered_at", "amount", "currency", "quantity"], bulk=True)
     report.seconds = time.perf_counter() - started
     return report

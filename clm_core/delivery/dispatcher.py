@@ -1,0 +1,382 @@
+"""The outbox dispatcher: claim due messages in batches, re-check consent and suppression,
+issue coupons first, render, send through the channel's provider, and commit every outcome.
+
+Several lanes (claim -> prepare -> send -> commit loops) run at once in one event loop, so one
+batch's slow provider calls overlap the next batch's database work. Database calls run in
+threads; provider calls are async (httpx). Every outcome is committed before its batch counts
+as done; a crash leaves claimed rows that ``outbox.recover_expired`` resolves safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from clm_core.db import tables as t
+from clm_core.delivery import outbox
+from clm_core.delivery.config import DeliveryConfig
+from clm_core.delivery.context import BatchData, Recommender, load_batch, render_context
+from clm_core.delivery.model import Outbound, Outcome, Provider, SendResult
+from clm_core.delivery.outbox import Outcome as Row
+from clm_core.delivery.providers import build_provider
+from clm_core.delivery.unsubscribe import one_click_headers
+from clm_core.errors import TemplateRenderError
+from clm_core.runs import utcnow
+from clm_core.settings import Settings, redact
+from clm_core.templating import RenderedEmail, TemplateStore
+
+log = logging.getLogger("clm.delivery")
+
+ADDRESS = {"email": "email", "sms": "phone"}
+MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
+CONSENT = {"email": 0, "sms": 1}
+
+
+@dataclass
+class DispatchReport:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    retried: int = 0  # rescheduled after a transient failure
+    released: int = 0  # handed back untouched (provider halted)
+    recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
+    lost_leases: int = 0  # outcomes another dispatcher had already resolved
+    halted: dict[str, str] = field(default_factory=dict)  # channel -> why
+    errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
+    elapsed: float = 0.0
+
+    def count(self, rows: list[Row]) -> None:
+        for r in rows:
+            if r.error_code and r.status != "sent":
+                self.errors[f"{r.provider or ''} {r.error_code}".strip()] += 1
+            if r.status == "pending":
+                if r.reason == "provider_halted":
+                    self.released += 1
+                else:
+                    self.retried += 1
+            else:
+                setattr(self, r.status, getattr(self, r.status) + 1)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed else 0.0
+
+    def summary(self) -> str:
+        text = (f"claimed {self.claimed:,}: sent {self.sent:,}, failed {self.failed:,}, "
+                f"unknown {self.unknown:,}, skipped {self.skipped:,}, retry later {self.retried:,}")
+        if self.recovered.requeued or self.recovered.unknown:
+            text += (f"; expired leases: {self.recovered.requeued:,} requeued, "
+                     f"{self.recovered.unknown:,} marked unknown")
+        text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
+        if self.errors:
+            text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+        return text
+
+
+def coupon_code(key: bytes, message_key: str) -> str:
+    """A code derived from the message key with the secret: stable across retries (so issuing
+    is idempotent) and not guessable from the key."""
+    digest = hmac.new(key, b"coupon:" + message_key.encode(), hashlib.sha256).digest()
+    raw = base64.b32encode(digest).decode()[:8]
+    return f"CLM-{raw[:4]}-{raw[4:]}"
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, settings: Settings, config: DeliveryConfig,
+                 templates: TemplateStore | None = None, *, signing_key: bytes,
+                 owner: str | None = None, providers: dict[str, Provider] | None = None,
+                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
+                 throttle: Callable[[str, int], Awaitable[None]] | None = None):
+        """``throttle(provider, n)`` is awaited before each provider request of ``n`` messages:
+        the flows pass one that takes slots from Prefect global rate limits shared by every
+        worker; each provider's own token bucket still applies within this process."""
+        self.reader = self.writer = engine
+        self.throttle = throttle
+        self.settings, self.config = settings, config
+        self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
+        self.key = signing_key
+        self.owner = owner or f"dispatch-{uuid.uuid4().hex[:12]}"
+        self._given_providers = providers
+        self.providers: dict[str, Provider] = {}
+        self.clock, self.rng = clock, rng or random.Random()
+        self.lease = timedelta(seconds=config.lease_seconds)
+        self.store = {"name": config.store_name, "url": config.store_url}
+        self.recommender: Recommender | None = None
+        self.report = DispatchReport()
+        self._claims = 0
+
+    # --- the run ------------------------------------------------------------------------
+
+    async def run(self, limit: int | None = None, wait: float = 0.0) -> DispatchReport:
+        """Send what is due; keep going while more becomes due within ``wait`` seconds."""
+        started = time.perf_counter()
+        self._remaining = limit if limit is not None else float("inf")
+        self._wait = wait
+        self.providers = self._given_providers or {
+            ch: build_provider(cfg) for ch, cfg in self.config.channels.items()}
+        self.writer = outbox.writer_engine(self.reader)
+        try:
+            self.recommender = await asyncio.to_thread(Recommender, self.reader)
+            await self._recover()
+            await asyncio.gather(*(self._lane() for _ in range(max(1, self.config.lanes))))
+        finally:
+            if self._given_providers is None:
+                await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+            if self.writer is not self.reader:
+                self.writer.dispose()
+            self.report.elapsed = time.perf_counter() - started
+        return self.report
+
+    async def _recover(self) -> None:
+        idempotent = [ch for ch, p in self.providers.items() if p.idempotent]
+        got = await asyncio.to_thread(outbox.recover_expired, self.writer, self.clock(), idempotent)
+        self.report.recovered.requeued += got.requeued
+        self.report.recovered.unknown += got.unknown
+        if got.unknown:
+            log.warning("%d messages were being sent when their dispatcher stopped: marked unknown",
+                        got.unknown)
+
+    async def _lane(self) -> None:
+        while self._remaining > 0:
+            n = int(min(self.config.batch_size, self._remaining))
+            self._remaining -= n
+            # Each claim has its own lease token, so a lane never acts on rows that another
+            # lane (even of this process) re-claimed after their lease ran out.
+            self._claims += 1
+            owner = f"{self.owner}-{self._claims}"
+            rows = await asyncio.to_thread(outbox.claim, self.writer, owner, n, self.clock(),
+                                           self.lease, list(self.report.halted))
+            self._remaining += n - len(rows)
+            if not rows:
+                if await self._idle():
+                    continue
+                return
+            self.report.claimed += len(rows)
+            await self._process(rows, owner)
+
+    async def _idle(self) -> bool:
+        """Nothing due now: wait for what becomes due within the wait window, if anything."""
+        if self._wait <= 0:
+            return False
+        await self._recover()
+        nxt = await asyncio.to_thread(outbox.next_due, self.reader, list(self.report.halted))
+        if nxt is None:
+            return False
+        delay = (nxt - self.clock()).total_seconds()
+        if delay > self._wait:
+            return False
+        await asyncio.sleep(min(max(delay, 0.05), 1.0))
+        return True
+
+    # --- one batch ----------------------------------------------------------------------
+
+    async def _process(self, rows: list[dict[str, Any]], owner: str) -> None:
+        data = await asyncio.to_thread(load_batch, self.reader, rows, self.recommender)
+        outcomes: list[Row] = []
+        ready = []
+        for row in rows:
+            skip = self._precheck(row, data)
+            if skip is not None:
+                outcomes.append(skip)
+            else:
+                ready.append(row)
+        coupon_failures = await self._issue_coupons([r for r in ready if r["coupon"]], data)
+        outcomes += coupon_failures.values()
+        messages: list[tuple[dict[str, Any], Outbound]] = []
+        for row in ready:
+            if row["id"] in coupon_failures:
+                continue
+            try:
+                messages.append((row, self._render(row, data)))
+            except TemplateRenderError as exc:
+                outcomes.append(Row(row["id"], "failed", "render_error", error_code="template",
+                                    error_message=redact(str(exc))[:1000]))
+        by_channel: dict[str, list[tuple[dict[str, Any], Outbound]]] = {}
+        for row, msg in messages:
+            by_channel.setdefault(row["channel"], []).append((row, msg))
+        await self._commit(outcomes, owner)  # skipped, coupon and render failures
+        await asyncio.gather(*(self._send(ch, items, owner, [r["id"] for r in rows])
+                               for ch, items in by_channel.items()))
+
+    def _precheck(self, row: dict[str, Any], data: BatchData) -> Row | None:
+        """Consent and suppression, checked again just before sending."""
+        channel = row["channel"]
+        customer = data.customers.get(row["customer_id"])
+        if channel not in self.config.channels:
+            return Row(row["id"], "failed", "unknown_channel", error_code="channel",
+                       error_message=f"no provider configured for channel {channel!r}")
+        if customer is None:
+            return Row(row["id"], "skipped", "customer_missing")
+        if channel in ADDRESS:
+            address = customer[ADDRESS[channel]]
+            if not address:
+                return Row(row["id"], "skipped", f"no_{ADDRESS[channel]}")
+            if not data.consent[row["customer_id"]][CONSENT[channel]]:
+                return Row(row["id"], "skipped", "no_consent")
+            if (channel, address) in data.suppressed:
+                return Row(row["id"], "skipped", "suppressed")
+        return None
+
+    async def _issue_coupons(self, rows: list[dict[str, Any]], data: BatchData) -> dict[int, Row]:
+        """Issue each step's coupon before its message, idempotently on the message key."""
+        todo = [r for r in rows if r["idempotency_key"] not in data.coupons]
+        if not todo:
+            return {}
+        provider = self.providers["coupon"]
+        now = self.clock()
+        specs: dict[str, dict[str, Any]] = {}
+        batch = []
+        for r in todo:
+            spec = r["coupon"] or {}
+            days = spec.get("expires_in_days")
+            # From the row's creation, so a retried request carries identical parameters.
+            expires = (r["created_at"] + timedelta(days=float(days))) if days else None
+            specs[r["idempotency_key"]] = {
+                "code": coupon_code(self.key, r["idempotency_key"]), "kind": spec.get("kind", "percent"),
+                "value": spec.get("value", 0), "currency": spec.get("currency") or self.settings.currency,
+                "expires_at": expires}
+            batch.append(Outbound(key=r["idempotency_key"], to=data.customers[r["customer_id"]]["external_id"],
+                                  channel="coupon", data={
+                                      **specs[r["idempotency_key"]],
+                                      "expires_at": int(expires.timestamp()) if expires else None,
+                                      "customer": data.customers[r["customer_id"]]["external_id"]}))
+        results = await self._provider_send(provider, batch)
+        failures: dict[int, Row] = {}
+        issued = []
+        for r, res in zip(todo, results):
+            if res.outcome is Outcome.SENT:
+                spec = specs[r["idempotency_key"]]
+                issued.append({"code": spec["code"], "idempotency_key": r["idempotency_key"],
+                               "customer_id": r["customer_id"], "message_id": r["id"],
+                               "provider": provider.name, "provider_ref": res.provider_message_id,
+                               "kind": spec["kind"], "value": spec["value"], "currency": spec["currency"],
+                               "expires_at": spec["expires_at"], "status": "issued", "created_at": now})
+                data.coupons[r["idempotency_key"]] = spec
+            else:
+                failures[r["id"]] = self._outcome(r, res, provider, prefix="coupon_")
+        if issued:
+            await asyncio.to_thread(self._store_coupons, issued)
+        return failures
+
+    def _store_coupons(self, rows: list[dict[str, Any]]) -> None:
+        with self.writer.begin() as conn:
+            outbox.insert_ignore(conn, t.coupons, rows, ["idempotency_key"])
+
+    def _render(self, row: dict[str, Any], data: BatchData) -> Outbound:
+        customer = data.customers[row["customer_id"]]
+        tags = list(row["tags"] or [])
+        channel = row["channel"]
+        context = render_context(row, data, key=self.key, public_base_url=self.settings.public_base_url,
+                                 store=self.store)
+        if channel == "webhook":
+            return Outbound(key=row["idempotency_key"], to=customer["external_id"], channel=channel,
+                            template=row["template"], tags=tags,
+                            data={k: context[k] for k in ("customer", "coupon", "journey")})
+        rendered = self.templates.render(row["template"], channel, customer["locale"], context)
+        msg = Outbound(key=row["idempotency_key"], to=customer[ADDRESS[channel]], channel=channel,
+                       template=row["template"], tags=tags, text=rendered.text)
+        if isinstance(rendered, RenderedEmail):
+            msg.subject, msg.html = rendered.subject, rendered.html
+            if "transactional" not in tags:  # marketing email: RFC 8058 one-click unsubscribe
+                msg.headers = one_click_headers(context["links"]["unsubscribe"])
+        else:
+            msg.data = {"segments": rendered.segments, "encoding": rendered.encoding}
+        return msg
+
+    async def _provider_send(self, provider: Provider, batch: list[Outbound]) -> list[SendResult]:
+        if self.throttle is not None:
+            await self.throttle(provider.name, len(batch))
+        return await provider.send(batch)
+
+    async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]], owner: str,
+                    batch_ids: list[int]) -> None:
+        """Send in waves of what the provider takes at once; each wave is marked ``sending``
+        just before and its outcomes committed right after, so a crash leaves at most one wave
+        per lane whose fate is unknown."""
+        provider = self.providers[channel]
+        step = max(1, provider.max_batch)
+        wave = max(step, provider.concurrency, MIN_WAVE)
+        for start in range(0, len(items), wave):
+            part = items[start:start + wave]
+            if channel in self.report.halted:
+                await self._commit([self._halted(row, None, provider) for row, _ in part], owner)
+                continue
+            held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
+                                           [r["id"] for r, _ in part], batch_ids, self.clock(),
+                                           self.lease)
+            self.report.lost_leases += len(part) - len(held)
+            part = [(r, msg) for r, msg in part if r["id"] in held]
+            chunks = [part[i:i + step] for i in range(0, len(part), step)]
+            results: list[SendResult] = []
+            for got in await asyncio.gather(*(self._provider_send(provider, [m for _, m in c])
+                                              for c in chunks)):
+                results += got
+            await self._commit([self._outcome(row, res, provider, address=msg.to)
+                                for (row, msg), res in zip(part, results)], owner)
+
+    async def _commit(self, outcomes: list[Row], owner: str) -> None:
+        if not outcomes:
+            return
+        updated = await asyncio.to_thread(outbox.record, self.writer, owner, outcomes, self.clock())
+        self.report.lost_leases += len(outcomes) - updated
+        self.report.count(outcomes)
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> timedelta:
+        """Exponential backoff with full jitter around it, never sooner than Retry-After."""
+        base = min(self.config.backoff_max, self.config.backoff_base * 2 ** max(0, attempts - 1))
+        delay = base * self.rng.uniform(0.5, 1.5)
+        return timedelta(seconds=max(delay, retry_after or 0.0))
+
+    def _halted(self, row: dict[str, Any], res: SendResult | None, provider: Provider) -> Row:
+        if res is not None and row["channel"] not in self.report.halted:
+            self.report.halted[row["channel"]] = f"{provider.name}: {res.code}: {res.message}"
+            log.error("provider %s refuses all sends (%s): channel %s stopped for this run",
+                      provider.name, res.code, row["channel"])
+        return Row(row["id"], "pending", "provider_halted", provider=provider.name,
+                   error_code=res.code if res else None,
+                   error_message=redact(res.message or "")[:1000] if res else None,
+                   send_after=self.clock() + timedelta(seconds=self.config.backoff_base))
+
+    def _outcome(self, row: dict[str, Any], res: SendResult, provider: Provider, prefix: str = "",
+                 address: str | None = None) -> Row:
+        now = self.clock()
+        common = {"provider": provider.name, "error_code": res.code,
+                  "error_message": redact(res.message or "")[:1000] or None}
+        if res.outcome is Outcome.SENT:
+            return Row(row["id"], "sent", "sent", provider=provider.name,
+                       provider_message_id=res.provider_message_id, sent_at=now)
+        if res.halt:
+            return self._halted(row, res, provider)
+        if res.outcome is Outcome.REJECTED:
+            suppress = None
+            if address and row["channel"] in ADDRESS:
+                suppress = (row["channel"], address, row["customer_id"], res.suppress or "invalid")
+            return Row(row["id"], "failed", f"{prefix}recipient_{res.suppress or 'rejected'}",
+                       suppress=suppress, **common)
+        if res.outcome is Outcome.PERMANENT:
+            return Row(row["id"], "failed", f"{prefix}permanent_error", **common)
+        # Transient.
+        if res.ambiguous and not provider.idempotent:
+            return Row(row["id"], "unknown", f"{prefix}outcome_unknown", **common)
+        if row["attempts"] >= self.config.max_attempts:
+            return Row(row["id"], "failed", f"{prefix}retries_exhausted", **common)
+        return Row(row["id"], "pending", f"{prefix}retry_scheduled",
+                   send_after=now + self._backoff(row["attempts"], res.retry_after), **common)
+

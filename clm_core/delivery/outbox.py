@@ -1,0 +1,234 @@
+"""The outbox state machine, in SQL: claim, mark sending, record outcomes, recover leases.
+
+    pending/deferred (send_after <= now)
+        -> claimed (lease_owner, lease_expires_at, attempts + 1; reason 'claimed')
+        -> claimed, reason 'sending' (just before the provider call)
+        -> sent | failed | skipped | unknown | pending again with a later send_after
+
+A lease that runs out is resolved by ``recover_expired``: a message whose send had not started
+goes back to pending; one whose send had started is resent only where the provider honours our
+idempotency key, otherwise it becomes ``unknown`` for an operator (never resent silently). The
+owner of a lease may still record its real outcome over ``unknown``.
+
+On PostgreSQL the claim is ``FOR UPDATE SKIP LOCKED``, so dispatchers never claim the same
+row; on SQLite every write transaction here is ``BEGIN IMMEDIATE`` (one writer at a time).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+
+from clm_core.db import tables as t
+from clm_core.db.engine import make_engine
+
+m = t.messages
+P = ParamSpec("P")
+R = TypeVar("R")
+DUE = ("pending", "deferred")
+
+CLAIM_COLUMNS = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.journey, m.c.step_id,
+                 m.c.channel, m.c.template, m.c.coupon, m.c.tags, m.c.attempts, m.c.created_at)
+
+
+_RETRY_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def retrying(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a write transaction again when the database aborted it for a deadlock (PostgreSQL
+    updates rows of concurrent claims in different orders) or a busy SQLite file; an aborted
+    transaction changed nothing, so running it again is safe."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(8):
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.OperationalError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                busy = "database is locked" in str(exc.orig)
+                if attempt == 7 or not (code in _RETRY_CODES or busy):
+                    raise
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def writer_engine(engine: Engine) -> Engine:
+    """An engine for the outbox's write transactions: on SQLite each one is ``BEGIN IMMEDIATE``,
+    so a claim takes the write lock before it reads (no lost upgrade between processes)."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    writer = make_engine(engine.url.render_as_string(hide_password=False))
+
+    @sa.event.listens_for(writer, "connect")
+    def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(writer, "begin")
+    def _begin_immediate(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return writer
+
+
+@retrying
+def claim(engine: Engine, owner: str, limit: int, now: datetime, lease: timedelta,
+          exclude_channels: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` due messages for ``owner``; returns their rows."""
+    due = (sa.select(m.c.id)
+           .where(m.c.status.in_(DUE), m.c.send_after <= now)
+           .order_by(m.c.send_after, m.c.id)
+           .limit(limit))
+    excluded = list(exclude_channels)
+    if excluded:
+        due = due.where(m.c.channel.not_in(excluded))
+    if engine.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = (sa.update(m)
+            .where(m.c.id.in_(due.scalar_subquery()))
+            .values(status="claimed", reason="claimed", lease_owner=owner,
+                    lease_expires_at=now + lease, attempts=m.c.attempts + 1, updated_at=now)
+            .returning(*CLAIM_COLUMNS))
+    with engine.begin() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    rows.sort(key=lambda r: r["id"])
+    return rows
+
+
+@retrying
+def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
+                 now: datetime, lease: timedelta) -> set[int]:
+    """From here on the provider may have the messages ``ids``: a lost lease is no longer safe
+    to resend on a provider without idempotency. Renews the lease of the whole claimed batch;
+    returns the ids still held, and only those may be sent (the others' lease ran out and
+    another dispatcher may have them)."""
+    if not ids:
+        return set()
+    mine = sa.and_(m.c.lease_owner == owner, m.c.status == "claimed")
+    with engine.begin() as conn:
+        held = conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), mine)
+                            .values(reason="sending", lease_expires_at=now + lease, updated_at=now)
+                            .returning(m.c.id))
+        got = {r[0] for r in held}
+        conn.execute(sa.update(m).where(m.c.id.in_(list(batch_ids)), mine)
+                     .values(lease_expires_at=now + lease))
+    return got
+
+
+@dataclass
+class Outcome:
+    """The new state of one claimed message (``send_after`` None keeps the old one)."""
+
+    id: int
+    status: str
+    reason: str
+    provider: str | None = None
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    sent_at: datetime | None = None
+    send_after: datetime | None = None
+    suppress: tuple[str, str, int, str] | None = None  # channel, address, customer_id, reason
+
+
+@retrying
+def record(engine: Engine, owner: str, outcomes: Sequence[Outcome], now: datetime) -> int:
+    """Commit outcomes (and suppressions) in one transaction; returns rows updated. Rows whose
+    lease this owner lost to a resend are left alone; ``unknown`` ones get the real outcome."""
+    if not outcomes:
+        return 0
+    params = [{"_id": o.id, "_owner": owner, "_status": o.status, "_reason": o.reason,
+               "_send_after": o.send_after, "_provider": o.provider,
+               "_pmid": o.provider_message_id, "_code": o.error_code,
+               "_msg": o.error_message, "_sent_at": o.sent_at} for o in outcomes]
+    stmt = (sa.update(m)
+            .where(m.c.id == sa.bindparam("_id"), m.c.lease_owner == sa.bindparam("_owner"),
+                   sa.or_(m.c.status == "claimed", m.c.status == "unknown"))
+            .values(status=sa.bindparam("_status"), reason=sa.bindparam("_reason"),
+                    send_after=sa.func.coalesce(sa.bindparam("_send_after", type_=sa.DateTime()),
+                                                m.c.send_after),
+                    provider=sa.bindparam("_provider"), provider_message_id=sa.bindparam("_pmid"),
+                    error_code=sa.bindparam("_code"), error_message=sa.bindparam("_msg"),
+                    sent_at=sa.bindparam("_sent_at", type_=sa.DateTime()),
+                    lease_owner=None, lease_expires_at=None, updated_at=now))
+    suppressions = [{"channel": c, "address": a, "customer_id": cid, "reason": r,
+                     "source": o.provider, "created_at": now}
+                    for o in outcomes if o.suppress for c, a, cid, r in [o.suppress]]
+    with engine.begin() as conn:
+        updated = conn.execute(stmt, params).rowcount
+        if suppressions:
+            insert_ignore(conn, t.suppressions, suppressions, ["channel", "address"])
+    return updated
+
+
+def insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
+                  keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING on either backend."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+@dataclass
+class Recovered:
+    requeued: int = 0
+    unknown: int = 0
+
+
+@retrying
+def recover_expired(engine: Engine, now: datetime, idempotent_channels: Iterable[str]) -> Recovered:
+    """Resolve claims whose lease ran out without an outcome (the dispatcher died or hung)."""
+    expired = sa.and_(m.c.status == "claimed", m.c.lease_expires_at < now)
+    safe = sa.or_(m.c.reason != "sending", m.c.channel.in_(list(idempotent_channels)))
+    with engine.begin() as conn:
+        requeued = conn.execute(sa.update(m).where(expired, safe).values(
+            status="pending", reason="lease_expired_requeued", lease_owner=None,
+            lease_expires_at=None, updated_at=now)).rowcount
+        unknown = conn.execute(sa.update(m).where(expired, m.c.reason == "sending").values(
+            status="unknown", reason="lease_expired_while_sending", error_code="lease_expired",
+            error_message="the dispatcher stopped while sending; the provider may or may not have "
+                          "accepted this message and does not deduplicate, so it is not resent "
+                          "automatically (check the provider, then `clm dispatch --retry-unknown`)",
+            lease_expires_at=None, updated_at=now)).rowcount
+    return Recovered(requeued, unknown)
+
+
+@retrying
+def requeue(engine: Engine, now: datetime, status: str = "unknown",
+            ids: Sequence[int] | None = None) -> int:
+    """An operator's decision: send ``unknown`` messages again (after checking the provider),
+    or ``failed`` ones after fixing the cause (a revoked key, a broken template). Attempts
+    restart; consent and suppressions are checked again before sending."""
+    if status not in ("unknown", "failed"):
+        raise ValueError(f"only unknown or failed messages can be requeued, not {status!r}")
+    cond = m.c.status == status
+    if ids is not None:
+        cond = sa.and_(cond, m.c.id.in_(list(ids)))
+    with engine.begin() as conn:
+        return conn.execute(sa.update(m).where(cond).values(
+            status="pending", reason=f"operator_retry_{status}", send_after=now, attempts=0,
+            lease_owner=None, updated_at=now)).rowcount
+
+
+def next_due(engine: Engine, exclude_channels: Iterable[str] = ()) -> datetime | None:
+    """When the next message becomes due, or a lease runs out (None: nothing left to do)."""
+    excluded = list(exclude_channels)
+    due = sa.select(sa.func.min(m.c.send_after)).where(m.c.status.in_(DUE))
+    if excluded:
+        due = due.where(m.c.channel.not_in(excluded))
+    lease = sa.select(sa.func.min(m.c.lease_expires_at)).where(m.c.status == "claimed")
+    with engine.connect() as conn:
+        times = [conn.scalar(due), conn.scalar(lease)]
+    times = [x for x in times if x is not None]
+    return min(times) if times else None

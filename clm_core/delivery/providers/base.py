@@ -1,0 +1,172 @@
+"""What every HTTP adapter shares: a pooled ``httpx.AsyncClient``, a concurrency cap, a rate
+limit, transport errors and HTTP statuses mapped to outcomes, and secret redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from clm_core.delivery.model import Outbound, Outcome, SendResult
+from clm_core.settings import redact as redact_known
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One provider's resolved settings. ``secrets`` hold credential values (never logged)."""
+
+    name: str
+    kind: str
+    base_url: str
+    timeout: float = 10.0
+    connect_timeout: float = 5.0
+    concurrency: int = 16
+    rate_per_second: float = 0.0  # 0: unlimited
+    idempotent: bool = False
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+class RateLimiter:
+    """Token bucket: at most ``rate`` acquisitions per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, n: int = 1) -> None:
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= n or self.tokens >= self.capacity:
+                    self.tokens -= n
+                    return
+                await asyncio.sleep((n - self.tokens) / self.rate)
+
+
+def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``
+    (epoch seconds), whichever the provider sent."""
+    now = time.time() if now is None else now
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("x-ratelimit-reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - now)
+        except ValueError:
+            return None
+    return None
+
+
+def redact(text: str, secrets: dict[str, str]) -> str:
+    """``text`` with every known secret and this provider's credentials replaced by ``***``,
+    for messages that reach logs or the database."""
+    text = redact_known(text)
+    for value in secrets.values():
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+# Raised before any byte reached the provider: resending is always safe.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class HttpProvider:
+    """Base of the HTTP adapters. Subclasses implement ``send_one`` (or ``send`` for batches)."""
+
+    kind = "http"
+    max_batch = 1
+
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None):
+        self.config = config
+        self.name = config.name
+        self.idempotent = config.idempotent
+        self.concurrency = config.concurrency
+        self.client = httpx.AsyncClient(
+            base_url=config.base_url,
+            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+            limits=httpx.Limits(max_connections=config.concurrency,
+                                max_keepalive_connections=config.concurrency),
+            transport=transport,
+            headers={"User-Agent": "clm/0.1"},
+        )
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._bucket = RateLimiter(config.rate_per_second)
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    async def send_one(self, message: Outbound) -> SendResult:
+        raise NotImplementedError
+
+    async def send(self, batch: list[Outbound]) -> list[SendResult]:
+        return list(await asyncio.gather(*(self.send_one(m) for m in batch)))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.config.secrets)
+
+    async def request(self, keys: list[str], method: str, url: str,
+                      **kwargs: Any) -> httpx.Response | list[SendResult]:
+        """One HTTP call under the concurrency cap and rate limit. Transport errors come back as
+        transient results for ``keys`` (ambiguous when the request may have been received)."""
+        async with self._slots:
+            await self._bucket.acquire()
+            try:
+                return await self.client.request(method, url, **kwargs)
+            except _NOT_SENT as exc:
+                return self._transport_failure(keys, exc, ambiguous=False)
+            except httpx.HTTPError as exc:
+                return self._transport_failure(keys, exc, ambiguous=True)
+
+    def _transport_failure(self, keys: list[str], exc: Exception, *, ambiguous: bool) -> list[SendResult]:
+        code = type(exc).__name__
+        text = self.redact(f"{self.name}: {code}" + (f": {exc}" if str(exc) else ""))
+        return [SendResult(k, Outcome.TRANSIENT, code=code.lower(), message=text[:500],
+                           ambiguous=ambiguous) for k in keys]
+
+    def classify_status(self, key: str, response: httpx.Response, code: str | None = None,
+                        message: str | None = None) -> SendResult:
+        """The generic rule for a failed HTTP response: 429 and 5xx are transient (honouring
+        Retry-After / X-RateLimit-Reset), any other status is permanent."""
+        status = response.status_code
+        text = self.redact(f"{self.name}: HTTP {status}" + (f": {message}" if message else ""))[:500]
+        if status == 429 or status >= 500:
+            wait = retry_after_seconds(response.headers)
+            return SendResult(key, Outcome.TRANSIENT, code=code or str(status), message=text,
+                              retry_after=wait)
+        return SendResult(key, Outcome.PERMANENT, code=code or str(status), message=text)
+
+    @staticmethod
+    def json_or_empty(response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}

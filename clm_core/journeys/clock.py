@@ -1,0 +1,109 @@
+"""Local-time arithmetic for many customers at once: grouped by time zone, never per customer.
+
+All inputs and outputs are naive UTC ``datetime64[ns]`` Series; each customer's wall clock comes
+from their IANA zone. Wall-clock results that do not exist (spring-forward gap) move forward to
+the first valid instant; ambiguous ones (fall-back) take the first occurrence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import time
+from functools import lru_cache
+from zoneinfo import available_timezones
+
+import numpy as np
+import pandas as pd
+
+NS_PER_MINUTE = 60 * 10**9
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def clean_zones(tz: pd.Series, default: str) -> pd.Series:
+    """Customers' zones with missing or unknown names replaced by ``default``."""
+    tz = tz.astype(object).where(tz.notna(), default)
+    names = pd.unique(tz)
+    bad = [n for n in names if n not in _zones()]
+    return tz.replace(dict.fromkeys(bad, default)) if bad else tz
+
+
+def _minutes(t: time) -> int:
+    return t.hour * 60 + t.minute
+
+
+def _to_local(utc: pd.Series, zone: str) -> pd.Series:
+    return utc.dt.tz_localize("UTC").dt.tz_convert(zone).dt.tz_localize(None)
+
+
+def _from_local(local: pd.Series, zone: str, first: bool) -> pd.Series:
+    aware = local.dt.tz_localize(zone, nonexistent="shift_forward",
+                                 ambiguous=np.full(len(local), first))
+    return aware.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def _by_zone(utc: pd.Series, tz: pd.Series, fn) -> pd.Series:  # type: ignore[no-untyped-def]
+    """Apply ``fn`` (local wall clock -> later local wall clock) per zone; back to UTC.
+
+    An ambiguous result takes its first occurrence unless that lies before the input."""
+    out = pd.Series(pd.NaT, index=utc.index, dtype="datetime64[ns]")
+    for zone, idx in tz.groupby(tz, sort=False).groups.items():
+        part = utc.loc[idx]
+        local = fn(_to_local(part, str(zone)))
+        first = _from_local(local, str(zone), True)
+        later = first < part
+        if later.any():
+            first[later] = _from_local(local[later], str(zone), False)
+        out.loc[idx] = first.to_numpy()
+    return out
+
+
+def in_window(utc: pd.Series, tz: pd.Series, start: time, end: time) -> pd.Series:
+    """True where the local time of day lies in [start, end) (the window may wrap midnight)."""
+    out = pd.Series(False, index=utc.index)
+    s, e = _minutes(start), _minutes(end)
+    for zone, idx in tz.groupby(tz, sort=False).groups.items():
+        local = _to_local(utc.loc[idx], str(zone))
+        m = local.dt.hour * 60 + local.dt.minute
+        out.loc[idx] = ((m >= s) & (m < e)) if s < e else ((m >= s) | (m < e))
+    return out
+
+
+def after_window(utc: pd.Series, tz: pd.Series, start: time, end: time) -> pd.Series:
+    """For times inside the local window [start, end): the next local ``end``; others unchanged."""
+    inside = in_window(utc, tz, start, end)
+    if not inside.any():
+        return utc.copy()
+    e = _minutes(end)
+
+    def shift(local: pd.Series) -> pd.Series:
+        day = local.dt.normalize()
+        target = day + pd.Timedelta(minutes=e)
+        return target.where(target > local, target + pd.Timedelta(days=1))
+
+    out = utc.copy()
+    out.loc[inside] = _by_zone(utc[inside], tz[inside], shift)
+    return out
+
+
+def next_local_time(utc: pd.Series, tz: pd.Series, at: time,
+                    weekdays: Iterable[int] | None = None) -> pd.Series:
+    """The first instant at or after ``utc`` whose local time is ``at`` on an allowed weekday
+    (0 = Monday)."""
+    allowed = np.zeros(7, dtype=bool)
+    allowed[list(weekdays) if weekdays is not None else range(7)] = True
+    # days to add from each weekday to reach the next allowed one (0 if allowed)
+    ahead = np.array([next(k for k in range(7) if allowed[(d + k) % 7]) for d in range(7)])
+    minutes = _minutes(at)
+
+    def shift(local: pd.Series) -> pd.Series:
+        day = local.dt.normalize()
+        target = day + pd.Timedelta(minutes=minutes)
+        target = target.where(target >= local, target + pd.Timedelta(days=1))
+        extra = ahead[target.dt.day_of_week.to_numpy()]
+        return target + pd.to_timedelta(extra, unit="D")
+
+    return _by_zone(utc, tz, shift)

@@ -1,0 +1,472 @@
+"""One evaluation of all journeys at time ``now``: a pure function from a ``Snapshot`` of the
+database to a ``Plan`` of enrollment changes and outbox messages.
+
+Order of work, each step vectorised over customers (loops run over journeys and steps only):
+
+1. enrollments of edited journeys follow the journey's ``on_edit`` policy;
+2. active enrollments reach goals (converted) or lose the audience (exited);
+3. due enrollments advance step by step (waits, branches, splits, sends, exits) until each one
+   waits for a later time or ends; the sends of each round pass the contact policy together;
+4. customers who trigger a journey enter it, subject to the audience and the re-entry policy,
+   draw their holdout from a stable hash, and advance at once (someone who finished in step 3
+   may re-enter here, so a second run at the same time finds nothing left to do);
+5. each customer's latest enrollment remembers when they stopped matching the trigger (for
+   re-entry on rematch).
+
+Nothing here touches the database, so ``clm plan`` and the scheduled run share every decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from clm_core.journeys import clock, hashing
+from clm_core.journeys.loader import END, CompiledJourney
+from clm_core.journeys.model import (WEEKDAYS, BranchStep, ExitStep, Goal, ProjectPolicy,
+                                     SendStep, SplitStep, WaitStep)
+from clm_core.journeys.policy import ContactPolicy, rules_for
+
+ACTIVE = "active"
+DONE = ("completed", "exited", "converted")
+ENROLLMENT_COLUMNS = ["id", "journey", "journey_version", "customer_id", "entry_seq", "status",
+                      "is_control", "variant", "current_step", "step_due_at", "entered_at",
+                      "exited_at", "exit_reason", "converted_at", "goal", "trigger_at",
+                      "unmatched_at"]
+TIME_COLUMNS = ["step_due_at", "entered_at", "exited_at", "converted_at", "trigger_at",
+                "unmatched_at"]
+MESSAGE_COLUMNS = ["idempotency_key", "enrollment_id", "customer_id", "journey",
+                   "journey_version", "step_id", "channel", "template", "coupon", "tags",
+                   "status", "reason", "send_after"]
+
+
+def _ts(s: pd.Series) -> pd.Series:
+    return pd.to_datetime(s).astype("datetime64[ns]")
+
+
+def message_keys(msgs: pd.DataFrame) -> pd.Series:
+    """The outbox key of each message: journey, version, step and enrollment."""
+    return (msgs["journey"] + "/v" + msgs["journey_version"].astype(str) + "/" + msgs["step_id"]
+            + "/e" + msgs["enrollment_id"].astype(str))
+
+
+def empty_enrollments() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype=object) for c in ENROLLMENT_COLUMNS})
+    for c in TIME_COLUMNS:
+        df[c] = df[c].astype("datetime64[ns]")
+    return df.astype({"id": "int64", "journey_version": "int64", "customer_id": "int64",
+                      "entry_seq": "int64", "is_control": bool})
+
+
+@dataclass
+class Snapshot:
+    """What one evaluation reads.
+
+    customers: index customer_id; the condition fields plus ``tz`` and, per channel,
+      consent_email/consent_sms, email/phone and suppressed_email/suppressed_sms.
+    enrollments: the latest enrollment per (journey, customer), ENROLLMENT_COLUMNS.
+    transitions: customer_id, from_stage, to_stage, transitioned_at (recent ones).
+    events: customer_id, event_type, occurred_at (recent ones).
+    orders: customer_id, ordered_at, amount (since the oldest active enrollment).
+    ledger: customer_id, channel, tags, at: messages planned or sent (for caps).
+    """
+
+    customers: pd.DataFrame
+    enrollments: pd.DataFrame = field(default_factory=empty_enrollments)
+    transitions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"customer_id": pd.Series(dtype="int64"), "from_stage": pd.Series(dtype=object),
+         "to_stage": pd.Series(dtype=object), "transitioned_at": pd.Series(dtype="datetime64[ns]")}))
+    events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"customer_id": pd.Series(dtype="int64"), "event_type": pd.Series(dtype=object),
+         "occurred_at": pd.Series(dtype="datetime64[ns]")}))
+    orders: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"customer_id": pd.Series(dtype="int64"), "ordered_at": pd.Series(dtype="datetime64[ns]"),
+         "amount": pd.Series(dtype=float)}))
+    ledger: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"customer_id": pd.Series(dtype="int64"), "channel": pd.Series(dtype=object),
+         "tags": pd.Series(dtype=object), "at": pd.Series(dtype="datetime64[ns]")}))
+
+
+@dataclass
+class Plan:
+    """The outcome of one evaluation: enrollments created or changed, messages to write."""
+
+    now: pd.Timestamp
+    enrollments: pd.DataFrame  # ENROLLMENT_COLUMNS + is_new; new ones have negative ids
+    messages: pd.DataFrame  # MESSAGE_COLUMNS (+ enrollment_id negative for new enrollments)
+    entered: pd.DataFrame  # journey, customer_id, is_control of new enrollments
+
+
+class _Run:
+    def __init__(self, journeys: Sequence[CompiledJourney], snap: Snapshot, now: pd.Timestamp,
+                 policy: ProjectPolicy):
+        self.now = now
+        self.by_key = {j.key: j for j in journeys}
+        latest: dict[str, CompiledJourney] = {}
+        for j in journeys:
+            if j.name not in latest or j.version > latest[j.name].version:
+                latest[j.name] = j
+        self.latest = latest
+        self.running = {n for n, j in latest.items() if j.spec.status == "active"}
+        self.snap = snap
+        self.cust = snap.customers
+        self.policy = policy
+        enr = snap.enrollments.copy()
+        for c in TIME_COLUMNS:
+            enr[c] = _ts(enr[c])
+        enr["is_new"] = False
+        enr["changed"] = False
+        self.enr = enr.reset_index(drop=True)
+        self.contact = ContactPolicy(rules_for(latest.values(), policy.caps, policy.quiet_hours),
+                                     self.cust, snap.ledger, self.now)
+        self.messages: list[pd.DataFrame] = []
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _set(self, idx: pd.Index | np.ndarray, **values: object) -> None:
+        if len(idx) == 0:
+            return
+        for k, v in values.items():
+            self.enr.loc[idx, k] = v.to_numpy() if isinstance(v, pd.Series) else v
+        self.enr.loc[idx, "changed"] = True
+
+    def _end(self, idx: pd.Index, status: str, reason: str) -> None:
+        self._set(idx, status=status, exit_reason=reason, exited_at=self.now, current_step=None,
+                  step_due_at=pd.NaT)
+
+    def _rows(self, idx: pd.Index) -> pd.DataFrame:
+        """Customer rows for enrollments ``idx`` (index aligned with idx)."""
+        rows = self.cust.reindex(self.enr.loc[idx, "customer_id"].to_numpy())
+        rows.index = idx
+        return rows
+
+    def _active(self, journey: str | None = None) -> pd.Series:
+        m = self.enr["status"] == ACTIVE
+        return m & (self.enr["journey"] == journey) if journey else m
+
+    # --- 1. versions ------------------------------------------------------------------------
+
+    def versions(self) -> None:
+        for name in self.running:
+            latest = self.latest[name]
+            old = self._active(name) & (self.enr["journey_version"] != latest.version)
+            idx = self.enr.index[old]
+            if not len(idx):
+                continue
+            rule = latest.spec.on_edit
+            if rule == "drain":
+                self._end(idx, "exited", "drained")
+            elif rule == "move":
+                known = self.enr.loc[idx, "current_step"].isin([*latest.spec.step_ids(), END])
+                self._set(idx[known.to_numpy()], journey_version=latest.version)
+                self._end(idx[~known.to_numpy()], "exited", "step_removed")
+            else:
+                kept = [v for (n, v) in self.by_key if n == name]
+                have = self.enr.loc[idx, "journey_version"].isin(kept).to_numpy(bool)
+                self._end(idx[~have], "exited", "version_missing")
+
+    # --- 2. goals and audience -------------------------------------------------------------
+
+    def goals(self) -> None:
+        for (name, version), idx in self.enr[self._active()].groupby(
+                ["journey", "journey_version"]).groups.items():
+            if name not in self.running or (name, version) not in self.by_key:
+                continue
+            j = self.by_key[(name, version)]
+            missing = ~self.enr.loc[idx, "customer_id"].isin(self.cust.index)
+            self._end(idx[missing.to_numpy()], "exited", "no_scores")
+            idx = idx[~missing.to_numpy()]
+            if not len(idx):
+                continue
+            rows = self._rows(idx)
+            entered = self.enr.loc[idx, "entered_at"]
+            first = pd.Series(pd.NaT, index=idx, dtype="datetime64[ns]")
+            which = pd.Series(None, index=idx, dtype=object)
+            for goal in j.spec.goals:
+                hit = self._goal_time(goal, j, idx, rows, entered)
+                better = hit.notna() & (first.isna() | (hit < first))
+                first[better] = hit[better]
+                which[better] = goal.id
+            reached = first.notna() & self.enr.loc[idx, "goal"].isna()
+            r_idx = idx[reached.to_numpy()]
+            self._set(r_idx, goal=which[r_idx], converted_at=first[r_idx])
+            if j.spec.exit_on_goal:
+                self._end(r_idx, "converted", "goal")
+            if j.audience is not None and j.spec.exit_when_audience_lost:
+                still = self._active()[idx].to_numpy()
+                lost = ~j.audience.mask(rows).to_numpy(bool) & still
+                self._end(idx[lost], "exited", "left_audience")
+
+    def _goal_time(self, goal: Goal, j: CompiledJourney, idx: pd.Index, rows: pd.DataFrame,
+                   entered: pd.Series) -> pd.Series:
+        out = pd.Series(pd.NaT, index=idx, dtype="datetime64[ns]")
+        if goal.condition is not None:
+            out[j.goal_conditions[goal.id].mask(rows).to_numpy(bool)] = self.now
+            return out
+        if goal.stage is not None:
+            since = _ts(rows["stage_since"]).fillna(self.now)
+            ok = rows["stage"].isin(goal.stage) & (since > entered)
+            out[ok.to_numpy(bool)] = since[ok]
+            return out
+        if goal.order is not None:
+            src = self.snap.orders
+            src = src[src["amount"] >= goal.order.min_amount].rename(columns={"ordered_at": "t"})
+        else:
+            src = self.snap.events
+            src = src[src["event_type"] == goal.event.type].rename(columns={"occurred_at": "t"})
+        left = pd.DataFrame({"row": idx, "customer_id": self.enr.loc[idx, "customer_id"].to_numpy(),
+                             "entered": entered.to_numpy()})
+        hits = left.merge(src[["customer_id", "t"]], on="customer_id")
+        hits = hits[(hits["t"] > hits["entered"]) & (hits["t"] <= self.now)]
+        first = hits.groupby("row")["t"].min()
+        out[first.index] = first.to_numpy()
+        return out
+
+    # --- 4. entries -------------------------------------------------------------------------
+
+    def _triggers(self, j: CompiledJourney) -> pd.DataFrame:
+        """customer_id and trigger_at of customers who trigger ``j`` now."""
+        entry = j.spec.entry
+        since = self.now - entry.within
+        if entry.stage is not None:
+            tr = self.snap.transitions
+            ok = (tr["to_stage"] == entry.stage.to) & (tr["transitioned_at"] > since) \
+                & (tr["transitioned_at"] <= self.now)
+            if entry.stage.from_:
+                ok &= tr["from_stage"].isin(entry.stage.from_)
+            hit = tr[ok].groupby("customer_id")["transitioned_at"].max()
+            hit = hit[hit.index.isin(self.cust.index)]
+            still = self.cust.loc[hit.index, "stage"] == entry.stage.to  # not moved on since
+            hit = hit[still.to_numpy(bool)]
+            return pd.DataFrame({"customer_id": hit.index.to_numpy(), "trigger_at": hit.to_numpy()})
+        if entry.event is not None:
+            ev = self.snap.events
+            ok = (ev["event_type"] == entry.event.type) & (ev["occurred_at"] > since) \
+                & (ev["occurred_at"] <= self.now)
+            hit = ev[ok].groupby("customer_id")["occurred_at"].max()
+            hit = hit[hit.index.isin(self.cust.index)]
+            return pd.DataFrame({"customer_id": hit.index.to_numpy(), "trigger_at": hit.to_numpy()})
+        ids = self.cust.index[j.segment.mask(self.cust).to_numpy(bool)]
+        return pd.DataFrame({"customer_id": ids.to_numpy(),
+                             "trigger_at": np.full(len(ids), self.now.to_datetime64())})
+
+    def enter(self) -> None:
+        new_frames = []
+        next_id = -1
+        for name in sorted(self.running):
+            j = self.latest[name]
+            cand = self._triggers(j)
+            if j.audience is not None and len(cand):
+                rows = self.cust.loc[cand["customer_id"].to_numpy()]
+                cand = cand[j.audience.mask(rows).to_numpy(bool)]
+            if cand.empty:
+                continue
+            prev = self.enr[self.enr["journey"] == name].set_index("customer_id")
+            last = prev.reindex(cand["customer_id"].to_numpy())
+            last.index = cand.index
+            first_time = last["status"].isna()
+            policy = j.spec.entry.reentry
+            again = last["status"].isin(DONE)
+            fresh_trigger = cand["trigger_at"] > last["trigger_at"].fillna(pd.Timestamp.min)
+            if policy.policy == "once":
+                again &= False
+            elif policy.policy == "rematch":
+                if j.spec.entry.segment is not None:
+                    again &= last["unmatched_at"].notna()
+                else:
+                    again &= fresh_trigger
+                if policy.min_gap is not None:
+                    again &= (self.now - last["exited_at"]) >= policy.min_gap
+            else:
+                again &= (self.now - last["entered_at"]) >= policy.every
+                if j.spec.entry.segment is None:
+                    again &= fresh_trigger
+            ok = (first_time | again).to_numpy(bool)
+            cand, last = cand[ok], last[ok]
+            if cand.empty:
+                continue
+            ids = cand["customer_id"].to_numpy()
+            control = hashing.uniform(ids, j.spec.holdout.salt or j.name) < j.spec.holdout.percent / 100
+            control |= hashing.uniform(ids, self.policy.global_control_salt) \
+                < self.policy.global_control_percent / 100
+            n = len(cand)
+            new = pd.DataFrame({
+                "id": np.arange(next_id, next_id - n, -1), "journey": name,
+                "journey_version": j.version, "customer_id": ids,
+                "entry_seq": last["entry_seq"].fillna(0).astype("int64").to_numpy() + 1,
+                "status": ACTIVE, "is_control": control, "variant": None,
+                "current_step": j.first_step, "step_due_at": self.now, "entered_at": self.now,
+                "exited_at": pd.NaT, "exit_reason": None, "converted_at": pd.NaT, "goal": None,
+                "trigger_at": cand["trigger_at"].to_numpy(), "unmatched_at": pd.NaT,
+                "is_new": True, "changed": True})
+            next_id -= n
+            new_frames.append(new)
+        if new_frames:
+            new = pd.concat(new_frames, ignore_index=True)
+            for c in TIME_COLUMNS:
+                new[c] = _ts(new[c])
+            self.enr = pd.concat([self.enr, new], ignore_index=True)
+
+    # --- 3. steps ---------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        e = self.enr
+        due = (e["status"] == ACTIVE) & e["journey"].isin(self.running) & (e["step_due_at"] <= self.now)
+        todo = e.index[due.to_numpy(bool)]
+        limit = max((len(j.spec.steps) for j in self.by_key.values()), default=0) + 2
+        for _ in range(limit):
+            if not len(todo):
+                break
+            todo = self._round(todo)
+
+    def _round(self, todo: pd.Index) -> pd.Index:
+        e = self.enr
+        keep: list[pd.Index] = []
+        sends: list[tuple[CompiledJourney, SendStep, pd.Index]] = []
+        groups = e.loc[todo].groupby(["journey", "journey_version", "current_step"], sort=False).groups
+        for (name, version, step_id), idx in groups.items():
+            j = self.by_key.get((name, version))
+            if j is None:
+                continue
+            if step_id == END:
+                self._end(idx, "completed", "completed")
+                continue
+            step = j.steps_by_id[step_id]
+            nxt = j.successor[step_id]
+            if isinstance(step, WaitStep):
+                due = self._wait_until(step, idx)
+                self._set(idx, current_step=step.goto or nxt, step_due_at=due)
+                keep.append(idx[(due <= self.now).to_numpy()])
+            elif isinstance(step, BranchStep):
+                rows = self._rows(idx)
+                target = pd.Series(step.else_ or nxt, index=idx, dtype=object)
+                open_ = pd.Series(True, index=idx)
+                for cond, goto in j.cases[step_id]:
+                    hit = open_ & cond.mask(rows)
+                    target[hit] = goto
+                    open_ &= ~hit
+                self._set(idx, current_step=target)
+                keep.append(idx)
+            elif isinstance(step, SplitStep):
+                ids = e.loc[idx, "customer_id"].to_numpy()
+                choice = hashing.pick(ids, f"{name}/{step_id}", [v.weight for v in step.split])
+                self._set(idx, current_step=pd.Series([v.goto for v in step.split], dtype=object)
+                          .to_numpy()[choice],
+                          variant=pd.Series([v.variant for v in step.split], dtype=object)
+                          .to_numpy()[choice])
+                keep.append(idx)
+            elif isinstance(step, ExitStep):
+                self._end(idx, "completed", step.exit.reason)
+            else:
+                sends.append((j, step, idx))
+        if sends:
+            keep.append(self._send(sends))
+        return keep[0].append(keep[1:]) if keep else pd.Index([])
+
+    def _wait_until(self, step: WaitStep, idx: pd.Index) -> pd.Series:
+        spec = step.spec
+        t = self.enr.loc[idx, "step_due_at"].astype("datetime64[ns]")
+        if spec.duration is not None:
+            t = t + spec.duration
+        if spec.until is not None:
+            days = [WEEKDAYS.index(d) for d in spec.weekdays] if spec.weekdays else None
+            t = clock.next_local_time(t, self._rows(idx)["tz"], spec.until, days)
+        return t
+
+    def _send(self, sends: list[tuple[CompiledJourney, SendStep, pd.Index]]) -> pd.Index:
+        e = self.enr
+        parts = []
+        for j, step, idx in sends:
+            tags = sorted(set(j.spec.tags) | set(step.send.tags))
+            coupon = step.send.coupon.model_dump(exclude_none=True) if step.send.coupon else None
+            parts.append(pd.DataFrame({
+                "row": idx, "enrollment_id": e.loc[idx, "id"].to_numpy(),
+                "customer_id": e.loc[idx, "customer_id"].to_numpy(), "journey": j.name,
+                "journey_version": j.version, "step_id": step.id, "channel": step.send.channel,
+                "template": step.send.template, "coupon": [coupon] * len(idx),
+                "tags": [tags] * len(idx), "is_control": e.loc[idx, "is_control"].to_numpy(bool),
+                "next": step.goto or j.successor[step.id]}))
+        msgs = pd.concat(parts, ignore_index=True)
+        decided = self.contact.apply(msgs)
+        msgs = msgs.join(decided)
+        msgs["idempotency_key"] = message_keys(msgs)
+        self.messages.append(msgs)
+        end = msgs["end_enrollment"].to_numpy(bool)
+        for reason, part in msgs[end].groupby("reason"):
+            self._end(pd.Index(part["row"]), "exited", str(reason))
+        go = msgs[~end]
+        sent = go["status"] != "skipped"
+        gi = pd.Index(go["row"])
+        cursor = e.loc[gi, "step_due_at"].to_numpy()
+        cursor = np.where(sent.to_numpy(), go["send_after"].to_numpy(), cursor)
+        # a deferred send moves the rest of the journey to its time; skipped ones go on now
+        cursor = np.maximum(cursor, self.now.to_datetime64())
+        self._set(gi, current_step=go["next"].to_numpy(), step_due_at=cursor)
+        return gi[cursor <= self.now.to_datetime64()]
+
+    # --- 5. re-entry memory -----------------------------------------------------------------
+
+    def unmatched(self) -> None:
+        for name in self.running:
+            j = self.latest[name]
+            if j.spec.entry.reentry.policy != "rematch" or j.spec.entry.event is not None:
+                continue
+            done = (self.enr["journey"] == name) & self.enr["unmatched_at"].isna()
+            idx = self.enr.index[done]
+            if not len(idx):
+                continue
+            rows = self._rows(idx)
+            if j.segment is not None:
+                matching = j.segment.mask(rows).to_numpy(bool)
+            else:
+                matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
+            self._set(idx[~matching], unmatched_at=self.now)
+
+    # --- result -----------------------------------------------------------------------------
+
+    def result(self) -> Plan:
+        e = self.enr[self.enr["changed"]].drop(columns=["changed"])
+        if self.messages:
+            m = pd.concat(self.messages, ignore_index=True)[MESSAGE_COLUMNS]
+        else:
+            m = pd.DataFrame({c: pd.Series(dtype=object) for c in MESSAGE_COLUMNS})
+        entered = e.loc[e["is_new"], ["journey", "customer_id", "is_control"]]
+        return Plan(self.now, e.reset_index(drop=True), m, entered.reset_index(drop=True))
+
+
+def prepare_customers(customers: pd.DataFrame, now: pd.Timestamp, default_tz: str) -> pd.DataFrame:
+    """Add what the engine derives: ``tz`` (valid IANA zone), ``days_in_stage``, and
+    suppression flags (False when absent)."""
+    df = customers.copy()
+    df["customer_id"] = df.index
+    df["tz"] = clock.clean_zones(df["timezone"] if "timezone" in df else
+                                 pd.Series(None, index=df.index, dtype=object), default_tz)
+    if "stage_since" in df:
+        df["days_in_stage"] = (now - _ts(df["stage_since"])).dt.total_seconds() / 86400
+    for ch in ("email", "sms"):
+        if f"suppressed_{ch}" not in df:
+            df[f"suppressed_{ch}"] = False
+    return df
+
+
+def plan(journeys: Sequence[CompiledJourney], snapshot: Snapshot, now: pd.Timestamp | str,
+         policy: ProjectPolicy | None = None, default_tz: str = "UTC") -> Plan:
+    """Decide everything one evaluation at ``now`` would do (pure: writes nothing).
+
+    ``journeys`` holds the current definition of each journey (the highest version wins) and
+    any older versions that enrollments still follow.
+    """
+    now = pd.Timestamp(now)
+    now = (now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now).as_unit("ns")
+    snapshot = replace(snapshot, customers=prepare_customers(snapshot.customers, now, default_tz))
+    run = _Run(journeys, snapshot, now, policy or ProjectPolicy())
+    run.versions()
+    run.goals()
+    run.advance()  # first those already in, so anyone who finishes now may re-enter below
+    run.enter()
+    run.advance()
+    run.unmatched()
+    return run.result()

@@ -1,0 +1,51 @@
+"""One evaluation against the database: load journeys and customers, plan, and (unless a dry
+run) write the plan, all in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from clm_core.db import tables as t
+from clm_core.journeys.engine import Plan, plan
+from clm_core.journeys.loader import CompiledJourney
+from clm_core.journeys.store import (Written, load_journeys, load_previous, load_snapshot,
+                                     project_policy, sync_versions, write_plan)
+from clm_core.settings import Settings
+
+
+@dataclass
+class Evaluation:
+    plan: Plan
+    journeys: list[CompiledJourney]
+    versions: dict[str, str]  # journey -> new | changed | same
+    written: Written | None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def evaluate(db: Engine, settings: Settings, now: datetime | None = None,
+             dry_run: bool = False) -> Evaluation:
+    """Enroll, advance and plan messages for every active journey at ``now`` (default: now)."""
+    now = pd.Timestamp(now or utcnow()).as_unit("ns").to_pydatetime()
+    policy = project_policy(settings.section("journeys"))
+    journeys = [j for j in load_journeys(settings.journeys_dir, policy) if j.spec.status != "draft"]
+    with db.begin() as conn:
+        versions = sync_versions(conn, journeys, now, write=not dry_run)
+        current = {j.key for j in journeys}
+        e = t.journey_enrollments
+        in_use = conn.execute(sa.select(e.c.journey, e.c.journey_version).distinct()
+                              .where(e.c.status == "active")).all()
+        previous = load_previous(conn, [(r[0], r[1]) for r in in_use if (r[0], r[1]) not in current
+                                        and r[0] in {j.name for j in journeys}], policy)
+        everything = journeys + previous
+        snap = load_snapshot(conn, everything, now, policy)
+        result = plan(everything, snap, now, policy, settings.default_timezone)
+        written = None if dry_run else write_plan(conn, result)
+    return Evaluation(result, journeys, versions, written)

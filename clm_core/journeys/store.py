@@ -1,0 +1,297 @@
+"""The engine's edges: read a Snapshot from the database, write a Plan back idempotently, and
+keep journey versions.
+
+Writes are safe to repeat: enrollments are unique on (journey, customer, entry_seq) and messages
+on their idempotency key, both inserted with ON CONFLICT DO NOTHING, so running an evaluation
+twice at the same time (or two racing runs) creates nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
+from clm_core.errors import Problem, SpecError
+from clm_core.journeys.engine import (ENROLLMENT_COLUMNS, TIME_COLUMNS, Plan, Snapshot,
+                                      empty_enrollments, message_keys)
+from clm_core.journeys.fields import FIELDS
+from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
+from clm_core.journeys.model import ProjectPolicy
+from clm_core.yamlspec import parse_yaml, problems_from_pydantic
+
+LEDGER_STATUSES = ("pending", "deferred", "claimed", "sent", "unknown")
+NOT_JOURNEYS = {"lifecycle.yaml"}  # the stage rules live next to the journeys
+
+
+def journey_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml")
+                  if p.name not in NOT_JOURNEYS and not p.name.startswith("_"))
+
+
+def project_policy(section: dict) -> ProjectPolicy:
+    """The ``[journeys]`` section of clm.toml as a ProjectPolicy (SpecError when invalid)."""
+    from pydantic import ValidationError
+
+    from clm_core.yamlspec import Locator
+
+    try:
+        return ProjectPolicy.model_validate(section)
+    except ValidationError as exc:
+        raise SpecError(problems_from_pydantic(exc, Locator("clm.toml [journeys]", {}),
+                                               ProjectPolicy)) from None
+
+
+def duplicate_name(j: CompiledJourney, seen: dict[str, str]) -> list[Problem]:
+    """A problem if another file already uses ``j``'s name (``seen``: name -> file)."""
+    if j.name not in seen:
+        seen[j.name] = j.file
+        return []
+    line, col = parse_yaml(j.source, j.file)[1].at(("name",))
+    return [Problem(j.file, line, col, f"journey name {j.name!r} is already used by "
+                    f"{seen[j.name]}; names must be unique")]
+
+
+def load_journeys(directory: Path, policy: ProjectPolicy) -> list[CompiledJourney]:
+    """Every journey file, compiled; all problems of all files raised together."""
+    out: list[CompiledJourney] = []
+    problems = []
+    seen: dict[str, str] = {}
+    for path in journey_files(directory):
+        try:
+            j = load_journey(path, policy)
+        except SpecError as exc:
+            problems += exc.problems
+            continue
+        problems += duplicate_name(j, seen)
+        out.append(j)
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+def _hash(j: CompiledJourney) -> str:
+    """Content hash without the status, so pausing a journey does not make a new version."""
+    import hashlib
+
+    dump = j.spec.model_dump(mode="json", by_alias=True, exclude={"status"})
+    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
+
+
+def sync_versions(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
+                  write: bool = True) -> dict[str, str]:
+    """Give each journey its version number: the stored one when the content is unchanged,
+    the next one otherwise (stored when ``write``). Returns {journey: 'new'|'changed'|'same'}."""
+    v = t.journey_versions
+    rows = conn.execute(sa.select(v.c.journey, v.c.version, v.c.content_hash)
+                        .where(v.c.journey.in_([j.name for j in journeys]))
+                        .order_by(v.c.journey, v.c.version)).all()
+    latest = {r.journey: (r.version, r.content_hash) for r in rows}
+    outcome = {}
+    for j in journeys:
+        h = _hash(j)
+        version, stored = latest.get(j.name, (0, None))
+        if stored == h:
+            j.version, outcome[j.name] = version, "same"
+            continue
+        j.version, outcome[j.name] = version + 1, ("changed" if stored else "new")
+        if write and j.spec.status != "draft":  # a racing run may store the same version
+            write_frame(conn, v, pd.DataFrame([{
+                "journey": j.name, "version": j.version, "content_hash": h, "status": j.spec.status,
+                "definition": {"source": j.source, "file": j.file}, "created_at": now}]),
+                keys=["journey", "version"])
+    return outcome
+
+
+def load_previous(conn: Connection, keys: Iterable[tuple[str, int]],
+                  policy: ProjectPolicy) -> list[CompiledJourney]:
+    """Older versions that enrollments still follow (on_edit: stay)."""
+    v = t.journey_versions
+    out = []
+    for name, version in set(keys):
+        row = conn.execute(sa.select(v.c.definition).where(v.c.journey == name,
+                                                           v.c.version == int(version))).first()
+        if row is None:
+            continue
+        try:
+            j = parse_journey(row.definition["source"], f"{name} v{version}", policy)
+        except SpecError:  # an old version the current fields no longer accept: let it drain
+            continue
+        j.version = int(version)
+        out.append(j)
+    return out
+
+
+# --- snapshot ---------------------------------------------------------------------------------
+
+def _frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    """A query's rows as a DataFrame, fast: times come back raw (text on SQLite) and are parsed
+    in one vectorised pass per column instead of one Python call per value."""
+    times = []
+    cols = []
+    for col in query.selected_columns:
+        if isinstance(col.type, (sa.DateTime, sa.Date)):
+            times.append(col.name)
+            col = sa.type_coerce(col, sa.String).label(col.name)
+        cols.append(col)
+    result = conn.execute(query.with_only_columns(*cols))
+    keys = list(result.keys())
+    rows = result.fetchall()
+    df = pd.DataFrame({k: list(v) for k, v in zip(keys, zip(*rows))} if rows else
+                      {k: [] for k in keys})
+    for name in times:
+        df[name] = pd.to_datetime(df[name], format="ISO8601").astype("datetime64[ns]")
+    return df
+
+
+def _times(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
+    for c in cols:
+        if c in df:
+            df[c] = pd.to_datetime(df[c], format="ISO8601").astype("datetime64[ns]")
+    return df
+
+
+# what the engine itself reads besides the journeys' conditions
+ENGINE_FIELDS = ("stage", "stage_since", "timezone", "consent_email", "consent_sms", "email", "phone")
+
+
+def load_customers(conn: Connection, fields: Iterable[str] | None = None) -> pd.DataFrame:
+    """Scored customers with the given condition fields (default: all) and the contact fields,
+    indexed by customer_id."""
+    c, s = t.customers, t.customer_scores
+    wanted = [n for n in FIELDS if n in set(fields or FIELDS) | set(ENGINE_FIELDS)]
+    cols = []
+    for name in wanted:
+        col = s.c.get(name) if name in s.c else c.c.get(name)
+        if col is None:  # derived by the engine (days_in_stage, customer_id)
+            continue
+        cols.append(col)
+    df = _frame(conn, sa.select(s.c.customer_id, *cols)
+                .select_from(s.join(c, c.c.id == s.c.customer_id)))
+    sup = _frame(conn, sa.select(t.suppressions.c.channel, t.suppressions.c.address))
+    for ch, addr in (("email", "email"), ("sms", "phone")):
+        df[f"suppressed_{ch}"] = df[addr].isin(sup.loc[sup["channel"] == ch, "address"])
+    return df.set_index("customer_id")
+
+
+def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
+                  policy: ProjectPolicy) -> Snapshot:
+    names = sorted({j.name for j in journeys})
+    e = t.journey_enrollments
+    latest = sa.select(e.c.journey, e.c.customer_id, sa.func.max(e.c.entry_seq).label("seq")) \
+        .where(e.c.journey.in_(names)).group_by(e.c.journey, e.c.customer_id).subquery()
+    cols = [e.c[c] for c in ENROLLMENT_COLUMNS if c in e.c] + [e.c.state]
+    enr = _frame(conn, sa.select(*cols).join(latest, sa.and_(
+        e.c.journey == latest.c.journey, e.c.customer_id == latest.c.customer_id,
+        e.c.entry_seq == latest.c.seq)))
+    if enr.empty:
+        enr = empty_enrollments()
+    else:
+        state = enr.pop("state").map(lambda s: s if isinstance(s, dict) else json.loads(s or "{}"))
+        enr["trigger_at"] = state.map(lambda s: s.get("trigger_at"))
+        enr["unmatched_at"] = state.map(lambda s: s.get("unmatched_at"))
+        enr = _times(enr, TIME_COLUMNS)
+        enr["is_control"] = enr["is_control"].astype(bool)
+    active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
+    within = max((j.spec.entry.within for j in journeys), default=pd.Timedelta(days=7))
+    since = now - within
+    if pd.notna(active_since):
+        since = min(since, active_since.to_pydatetime())
+    tr = t.stage_transitions
+    transitions = _times(_frame(conn, sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage,
+                                                tr.c.transitioned_at)
+                                .where(tr.c.transitioned_at > now - within,
+                                       tr.c.transitioned_at <= now)), ["transitioned_at"])
+    types = {j.spec.entry.event.type for j in journeys if j.spec.entry.event} | {
+        g.event.type for j in journeys for g in j.spec.goals if g.event}
+    ev = t.events
+    events = _times(_frame(conn, sa.select(ev.c.customer_id, ev.c.event_type, ev.c.occurred_at)
+                           .where(ev.c.event_type.in_(sorted(types)), ev.c.occurred_at > since,
+                                  ev.c.occurred_at <= now)), ["occurred_at"])
+    o = t.orders
+    wants_orders = pd.notna(active_since) and any(g.order for j in journeys for g in j.spec.goals)
+    orders = _times(_frame(conn, sa.select(o.c.customer_id, o.c.ordered_at, o.c.amount)
+                           .where(o.c.ordered_at > (active_since.to_pydatetime() if wants_orders else now),
+                                  o.c.ordered_at <= now)), ["ordered_at"])
+    orders["amount"] = orders["amount"].astype(float)
+    m = t.messages
+    windows = [c.window for c in policy.caps] + [c.window for j in journeys
+                                                 for c in j.spec.contact_policy.caps]
+    horizon = now - max(windows, default=pd.Timedelta(days=7))
+    at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
+    ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, m.c.tags, at.label("at"))
+                           .where(m.c.status.in_(LEDGER_STATUSES), at > horizon)), ["at"])
+    ledger["tags"] = ledger["tags"].map(lambda v: json.loads(v) if isinstance(v, str) else (v or []))
+    if len(transitions) == 0:
+        transitions = Snapshot(pd.DataFrame()).transitions
+    fields = set().union(*(j.fields for j in journeys)) if journeys else set()
+    return Snapshot(customers=load_customers(conn, fields), enrollments=enr, transitions=transitions,
+                    events=events, orders=orders, ledger=ledger)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+@dataclass
+class Written:
+    enrollments_created: int
+    enrollments_updated: int
+    messages_created: int
+
+
+def _state(df: pd.DataFrame) -> list[dict]:
+    def iso(s: pd.Series) -> list[str | None]:
+        text = pd.to_datetime(s).dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+        return [t if ok else None for t, ok in zip(text.tolist(), s.notna().tolist())]
+
+    return [{"trigger_at": a, "unmatched_at": b}
+            for a, b in zip(iso(df["trigger_at"]), iso(df["unmatched_at"]))]
+
+
+def write_plan(conn: Connection, plan: Plan) -> Written:
+    """Store a plan; repeating it (or racing another run) adds nothing."""
+    e = plan.enrollments
+    stored = [c for c in ENROLLMENT_COLUMNS if c in t.journey_enrollments.c and c != "id"]
+    new, old = e[e["is_new"]], e[~e["is_new"]]
+    created = updated = 0
+    ids = pd.Series(dtype="int64")
+    if len(new):
+        frame = new[stored].copy()
+        frame["state"] = _state(new)
+        created = write_frame(conn, t.journey_enrollments, frame,
+                              keys=["journey", "customer_id", "entry_seq"])
+        je = t.journey_enrollments
+        back = _frame(conn, sa.select(je.c.id, je.c.journey, je.c.customer_id, je.c.entry_seq)
+                      .where(je.c.entered_at == plan.now.to_pydatetime()))
+        keyed = new[["id", "journey", "customer_id", "entry_seq"]].merge(
+            back, on=["journey", "customer_id", "entry_seq"], suffixes=("_tmp", ""))
+        ids = pd.Series(keyed["id"].to_numpy(), index=keyed["id_tmp"].to_numpy())
+    if len(old):
+        frame = old[["id", *stored]].copy()
+        frame["state"] = _state(old)
+        updated = write_frame(conn, t.journey_enrollments, frame, keys=["id"],
+                              update=[*stored, "state"])
+    msgs = plan.messages.copy()
+    if msgs.empty:
+        return Written(created, updated, 0)
+    temp = msgs["enrollment_id"] < 0
+    if temp.any():
+        msgs.loc[temp, "enrollment_id"] = msgs.loc[temp, "enrollment_id"].map(ids)
+        msgs = msgs[msgs["enrollment_id"].notna()]
+        msgs["enrollment_id"] = msgs["enrollment_id"].astype("int64")
+        msgs["idempotency_key"] = message_keys(msgs)
+    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
+    msgs["created_at"] = np.datetime64(stamp, "ns")
+    msgs["updated_at"] = msgs["created_at"]
+    n = write_frame(conn, t.messages, msgs, keys=["idempotency_key"])
+    return Written(created, updated, n)

@@ -1,0 +1,88 @@
+"""Bulk writes: the index-rebuilding path gives the same table, indexes and constraints."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from clm_core.db import bulk
+from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
+
+
+def _orders(n: int, customers: list[int], amount: float = 10.0) -> pd.DataFrame:
+    return pd.DataFrame({
+        "external_id": [f"o{i}" for i in range(n)],
+        "customer_id": [customers[i % len(customers)] for i in range(n)],
+        "ordered_at": pd.date_range("2024-01-01", periods=n, freq="h").astype("datetime64[us]"),
+        "amount": [amount + i for i in range(n)], "quantity": pd.array([None] + [1] * (n - 1), "Int64")})
+
+
+def _indexes(conn: sa.Connection) -> set[str]:
+    return {ix["name"] for ix in sa.inspect(conn).get_indexes("orders")}
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_bulk_upsert_inserts_updates_and_keeps_indexes_and_keys(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, rebuild: bool) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1 if rebuild else 10**9)
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": ["a", "b", "c"]}))
+        indexes = _indexes(conn)
+        ids = conn.scalars(sa.select(t.customers.c.id)).all()
+    update = ["customer_id", "ordered_at", "amount", "quantity"]
+    with engine.begin() as conn:
+        assert write_frame(conn, t.orders, _orders(20, ids), keys=["external_id"], update=update,
+                           bulk=True) == 20
+    with engine.begin() as conn:
+        assert write_frame(conn, t.orders, _orders(20, ids), keys=["external_id"], update=update,
+                           bulk=True) == 0
+        changed = _orders(25, ids)
+        changed.loc[3, "amount"] = 99.5
+        assert write_frame(conn, t.orders, changed, keys=["external_id"], update=update,
+                           bulk=True) == 6  # five new, one changed
+    with engine.connect() as conn:
+        stored = pd.read_sql(sa.select(t.orders).order_by(t.orders.c.id), conn)
+        assert _indexes(conn) == indexes
+    assert len(stored) == 25 and stored.loc[3, "amount"] == 99.5
+    assert stored["quantity"].isna().tolist() == [True] + [False] * 24
+    assert pd.to_datetime(stored["ordered_at"]).iloc[1] == pd.Timestamp("2024-01-01 01:00")
+    # The foreign key is back in force after the rebuild.
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        orphan = _orders(1, ids).assign(external_id="orphan", customer_id=max(ids) + 1)
+        write_frame(conn, t.orders, orphan, keys=["external_id"], bulk=True)
+
+
+def test_a_failed_bulk_write_rolls_back_the_dropped_indexes(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1)
+    with engine.connect() as conn:
+        indexes = _indexes(conn)
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": ["a", "b", "c"]}))
+        ids = conn.scalars(sa.select(t.customers.c.id)).all()
+    bad = _orders(5, ids).assign(amount=-1.0)  # violates the amount check
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        # The first statement of its transaction: the dropped indexes must still come back.
+        write_frame(conn, t.orders, bad, keys=["external_id"], bulk=True)
+    with engine.connect() as conn:
+        assert _indexes(conn) == indexes
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.orders)) == 0
+
+
+def test_duplicate_keys_into_an_empty_table_still_fail(engine: sa.Engine,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The unique constraint is dropped for the load and must be enforced when it comes back.
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1)
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": ["a"]}))
+        ids = conn.scalars(sa.select(t.customers.c.id)).all()
+    twice = pd.concat([_orders(3, ids), _orders(3, ids)], ignore_index=True)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        write_frame(conn, t.orders, twice, keys=["external_id"], bulk=True)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.orders)) == 0
+        assert "uq_orders_external_id" in {
+            c["name"] for c in sa.inspect(conn).get_unique_constraints("orders")} | {
+            ix["name"] for ix in sa.inspect(conn).get_indexes("orders") if ix["unique"]}

@@ -1,0 +1,144 @@
+"""The dispatcher end to end against the sandbox, on SQLite and PostgreSQL: coupons first,
+render contexts, consent and suppression re-checks, opt-outs, render errors, lease recovery."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from clm_core.db import tables as t
+from clm_core.delivery import outbox
+from clm_core.delivery.testing import seed_outbox, write_templates
+from clm_core.delivery.unsubscribe import verify_token
+from clm_core.runs import utcnow
+from tests.delivery_fixtures import KEY, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
+
+COUPON = {"kind": "percent", "value": 15, "expires_in_days": 14}
+
+
+def add_orders(engine: sa.Engine, customer_ids: list[int]) -> None:
+    """Customer 1 bought A and B; others bought A, B, C together: C is what goes with A and B."""
+    now = utcnow()
+    with engine.begin() as conn:
+        for n, cid in enumerate(customer_ids, start=1):
+            conn.execute(sa.insert(t.orders).values(id=n, external_id=f"o{n}", customer_id=cid,
+                                                    ordered_at=now, amount=30))
+            skus = ["A", "B"] if n == 1 else ["A", "B", "C"]
+            conn.execute(sa.insert(t.order_items), [
+                {"order_id": n, "line_no": i, "sku": s, "product_name": f"Album {s}", "quantity": 1}
+                for i, s in enumerate(skus)])
+
+
+def test_email_with_coupon_recommendations_and_unsubscribe(tmp_path: Path, db_url: str,
+                                                          engine: sa.Engine, sandbox) -> None:
+    root = project(tmp_path, db_url, sandbox)
+    keys = seed_outbox(engine, 5, channel="email", coupon=COUPON)
+    add_orders(engine, [1, 2, 3])
+
+    report = dispatch(root, engine)
+    assert (report.sent, report.failed) == (5, 0)
+    with engine.connect() as conn:
+        coupons = {r.idempotency_key: r for r in conn.execute(sa.select(t.coupons))}
+    assert set(coupons) == set(keys) and len({c.code for c in coupons.values()}) == 5
+    first = next(d for d in sandbox.store.deliveries if d["api"] == "sendgrid" and d["key"] == keys[0])
+    assert coupons[keys[0]].code in first["text"] and "15% off" in first["text"]
+    assert "Album C" in first["html"] and "Album A" not in first["html"]  # co-purchased, not owned
+    assert 'style="color: #333' in first["html"]  # CSS inlined
+    assert first["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = first["headers"]["List-Unsubscribe"].strip("<>")
+    assert url.startswith("https://") and url in first["text"]
+    claim = verify_token(KEY, url.rsplit("/", 1)[1])
+    assert (claim.channel, claim.customer) == ("email", "m-cust-0000001")
+    promo = [d for d in sandbox.store.deliveries if d["api"] == "stripe"]
+    assert len(promo) == 5 and {d["code"] for d in promo} == {c.code for c in coupons.values()}
+
+    # A second run finds nothing due: nothing is sent or issued again.
+    again = dispatch(root, engine)
+    assert again.claimed == 0 and sandbox.store.stats()["duplicates"] == 0
+
+
+def test_consent_suppression_and_opt_out(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+    root = project(tmp_path, db_url, sandbox)
+    seed_outbox(engine, 4, channel="sms", prefix="a")
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.customers).where(t.customers.c.id == 1).values(consent_sms=False))
+        conn.execute(sa.insert(t.suppressions).values(channel="sms", address="+12025550002",
+                                                      reason="unsubscribed", created_at=utcnow()))
+    sandbox.store.set_faults({"optout": ["+12025550003"]})
+    dispatch(root, engine)
+    got = {r["customer_id"]: (r["status"], r["reason"]) for r in rows(engine)}
+    assert got == {1: ("skipped", "no_consent"), 2: ("skipped", "suppressed"),
+                   3: ("failed", "recipient_opted_out"), 4: ("sent", "sent")}
+    with engine.connect() as conn:
+        sup = conn.execute(sa.select(t.suppressions).where(t.suppressions.c.address == "+12025550003")).one()
+    assert (sup.channel, sup.reason, sup.source, sup.customer_id) == ("sms", "opted_out", "twilio", 3)
+    assert [d["to"] for d in sandbox.store.deliveries] == ["+12025550004"]
+
+
+def test_render_error_fails_that_message_only(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+    root = project(tmp_path, db_url, sandbox)
+    write_templates(root / "templates", {"broken/en/sms.txt.j2": "Hi\n{{ customer.nickname }}"})
+    seed_outbox(engine, 2, channel="sms", prefix="b")
+    seed_outbox(engine, 1, channel="sms", prefix="c", template="broken")
+    dispatch(root, engine)
+    final = rows(engine)
+    assert [r["status"] for r in final] == ["sent", "sent", "failed"]
+    bad = final[2]
+    assert bad["reason"] == "render_error" and "broken/en/sms.txt.j2:2" in bad["error_message"]
+    assert "nickname" in bad["error_message"]
+
+
+def test_locale_fallback_and_transactional(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+    root = project(tmp_path, db_url, sandbox)
+    seed_outbox(engine, 1, channel="email", locale="zh-CN", prefix="z")
+    [fr_key] = seed_outbox(engine, 1, channel="email", locale="fr", prefix="f")
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.messages).where(t.messages.c.idempotency_key == fr_key)
+                     .values(tags=["transactional"]))
+    dispatch(root, engine)
+    zh, fr = sorted(sandbox.store.deliveries, key=lambda d: d["key"])[::-1]
+    assert "好久不见" in zh["subject"] and "List-Unsubscribe" in zh["headers"]
+    assert fr["subject"].startswith("We miss you") and "List-Unsubscribe" not in fr["headers"]
+
+
+def test_expired_leases_resolved_safely(db_url: str, engine: sa.Engine) -> None:
+    seed_outbox(engine, 6, channel="sms", prefix="l")
+    seed_outbox(engine, 2, channel="webhook", prefix="w")
+    now = utcnow()
+    writer = outbox.writer_engine(engine)
+    claimed = outbox.claim(writer, "dead", 10, now, timedelta(seconds=5))
+    assert len(claimed) == 8 and outbox.claim(writer, "other", 10, now, timedelta(seconds=5)) == []
+    sms_ids = [r["id"] for r in claimed if r["channel"] == "sms"]
+    hook_ids = [r["id"] for r in claimed if r["channel"] == "webhook"]
+    held = outbox.mark_sending(writer, "dead", sms_ids[:3] + hook_ids, [r["id"] for r in claimed],
+                               now, timedelta(seconds=5))
+    assert held == set(sms_ids[:3] + hook_ids)
+
+    assert outbox.recover_expired(writer, now + timedelta(seconds=1), ["webhook"]).requeued == 0
+    got = outbox.recover_expired(writer, now + timedelta(seconds=6), ["webhook"])
+    assert (got.requeued, got.unknown) == (5, 3)  # 3 never sent + 2 idempotent resend; 3 unknown
+    by_id = {r["id"]: r for r in rows(engine)}
+    assert all(by_id[i]["status"] == "unknown" for i in sms_ids[:3])
+    assert all(by_id[i]["status"] == "pending" for i in sms_ids[3:] + hook_ids)
+
+    # The old owner still reports its real outcome over ``unknown``; a stranger cannot.
+    assert outbox.record(writer, "stranger", [outbox.Outcome(sms_ids[0], "sent", "sent")], now) == 0
+    assert outbox.record(writer, "dead", [outbox.Outcome(sms_ids[0], "sent", "sent")], now) == 1
+    # An operator may requeue the remaining unknowns after checking the provider.
+    assert outbox.requeue(writer, now, "unknown") == 2
+    assert Counter(r["status"] for r in rows(engine)) == {"pending": 7, "sent": 1}
+
+
+def test_provider_halt_keeps_messages_pending(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+    root = project(tmp_path, db_url, sandbox, sms="aliyun")
+    seed_outbox(engine, 3, channel="sms", prefix="h")
+    env = {"ALIYUN_ACCESS_KEY_ID": "sandbox-access_key_id", "ALIYUN_ACCESS_KEY_SECRET": "not-the-secret"}
+    report = dispatch(root, engine, env=env)
+    assert "SignatureDoesNotMatch" in report.halted["sms"]
+    final = rows(engine)
+    assert {(r["status"], r["reason"]) for r in final} == {("pending", "provider_halted")}
+    assert not sandbox.store.deliveries
+    assert "not-the-secret" not in str(final) and "not-the-secret" not in report.halted["sms"]

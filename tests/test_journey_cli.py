@@ -1,0 +1,77 @@
+"""The marketer's commands on the shipped journeys and the CDNOW demo data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from clm_core.cli import cli
+from clm_core.db import tables as t
+from clm_core.ingest.cdnow import import_cdnow
+from tests.conftest import REPO
+
+SAMPLES = sorted(p.stem for p in (REPO / "journeys").glob("*.yaml") if p.stem != "lifecycle")
+AS_OF = "1997-03-31"  # late in CDNOW's acquisition quarter: every stage has customers
+
+
+def _project(tmp_path: Path) -> Path:
+    for d in ("journeys", "templates"):
+        shutil.copytree(REPO / d, tmp_path / d)
+    return tmp_path
+
+
+def test_sample_journeys_validate_clean() -> None:
+    result = CliRunner().invoke(cli, ["--project", str(REPO), "validate", "--strict"])
+    assert result.exit_code == 0, result.output
+    assert "0 error(s), 0 warning(s)" in result.output
+    assert set(SAMPLES) == {"welcome", "second_purchase", "loyalty_reward", "at_risk", "winback",
+                            "prospect_nurture"}
+
+
+def test_plan_on_cdnow_is_non_empty_for_every_journey(engine: sa.Engine, db_url: str,
+                                                      tmp_path: Path) -> None:
+    import_cdnow(engine, sample=True, prospects=300)
+    project = _project(tmp_path)
+    for step in (["fit", "--as-of", AS_OF], ["score", "--as-of", AS_OF]):
+        done = CliRunner().invoke(cli, ["--database", db_url, "--project", str(project), *step])
+        assert done.exit_code == 0, done.output
+    out = tmp_path / "plan.csv"
+    result = CliRunner().invoke(cli, ["--database", db_url, "--project", str(project), "plan",
+                                      "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "dry run" in result.output
+    table = pd.read_csv(out)
+    msgs = table[table["kind"] == "message"]
+    per_journey = msgs.groupby("journey").size()
+    assert set(per_journey.index) == set(SAMPLES), per_journey
+    assert (per_journey > 0).all()
+    # sensible: control customers are never pending, quiet hours defer somebody, consent skips
+    assert set(msgs["status"]) <= {"pending", "deferred", "skipped"}
+    assert (msgs.loc[msgs["status"] == "deferred", "reason"] == "quiet_hours").any()
+    assert (msgs.loc[msgs["status"] == "skipped", "reason"] == "control_group").any()
+    assert msgs["customer"].str.startswith("cdnow-").all()
+    with engine.connect() as conn:  # a dry run
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.messages)) == 0
+    # preview renders a real customer's messages in their locale
+    zh = table.loc[(table["kind"] == "message") & (table["journey"] == "winback"), "customer"]
+    with engine.connect() as conn:
+        locales = dict(conn.execute(sa.select(t.customers.c.external_id, t.customers.c.locale)
+                                    .where(t.customers.c.external_id.in_(list(zh)))).all())
+    who = next(c for c, loc in locales.items() if loc == "zh-CN")
+    shown = CliRunner().invoke(cli, ["--database", db_url, "--project", str(project), "preview",
+                                     "winback", "--customer", who])
+    assert shown.exit_code == 0, shown.output
+    assert "拒收请回复R" in shown.output and "PREVIEW-CODE" in shown.output
+
+
+def test_preview_unknown_step_says_what_exists(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    import_cdnow(engine, sample=True)
+    result = CliRunner().invoke(cli, ["--database", db_url, "--project", str(_project(tmp_path)),
+                                      "preview", "winback", "--customer", "cdnow-00001",
+                                      "--step", "ofer"])
+    assert result.exit_code == 1
+    assert "no send step 'ofer' (did you mean 'offer'?)" in result.output
