@@ -152,9 +152,6 @@ class ScoreReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-WRITE_CHUNK = 200_000  # rows per bulk write: bounds the memory of the DBAPI rows
-
-
 def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
           rules: StageRules | None = None, run_id: str | None = None) -> ScoreReport:
     """Score every customer as of ``as_of`` and record stage changes; fits first if needed."""
@@ -195,11 +192,11 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
         as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage, stage_since=since,
         scored_at=pd.Timestamp(now), run_id=run_id)[SCORE_COLUMNS]
     del view
+    # bulk: other writers wait for this transaction (a scoring run is the only writer of scores).
     with engine.begin() as conn:
-        for lo in range(0, len(out), WRITE_CHUNK):
-            write_frame(conn, t.customer_scores, out.iloc[lo:lo + WRITE_CHUNK], keys=["customer_id"],
-                        update=SCORE_COLUMNS[1:])
-        write_frame(conn, t.stage_transitions, moves)
+        write_frame(conn, t.customer_scores, out, keys=["customer_id"], update=SCORE_COLUMNS[1:],
+                    bulk=True)
+        write_frame(conn, t.stage_transitions, moves, bulk=True)
     clock["write"] = time.perf_counter() - mark
     counts = stage.value_counts()
     return ScoreReport(as_of, n_customers, {s: int(counts.get(s, 0)) for s in rules.names},
