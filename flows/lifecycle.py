@@ -12,18 +12,21 @@ from clm_core.db.engine import make_engine
 from clm_core.runs import record_run, utcnow
 from flows.common import dispatch_due, final_state, target, task_runner
 from tasks.journeys import plan_journeys
-from tasks.lifecycle import fit_is_stale, fit_models, score_customers
+from tasks.lifecycle import (fit_is_stale, fit_models, merge_reports, score_chunk, score_customers,
+                             score_population)
 from tasks.report import publish_summary
 
 
 @flow(name="lifecycle", log_prints=False, task_runner=task_runner())
 def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_age_days: float = 7.0,
               dispatch: bool = True, dispatch_chunk_size: int = 2000,
-              dispatch_max_chunks: int = 8) -> State:
+              dispatch_max_chunks: int = 8, score_chunks: int = 1) -> State:
     """Evaluate every customer and send what is due.
 
     ``as_of`` (default: the newest order's day) is the scoring date; ``now`` (default: the
     current time) is the journeys' and dispatcher's clock, settable for backfills and demos.
+    ``score_chunks`` > 1 scores customer id ranges as separate tasks (on a Dask cluster, in
+    parallel) against shared store-level statistics; the results are the same as one pass.
     """
     log = get_run_logger()
     tgt = target()
@@ -34,7 +37,12 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         if fit_is_stale(tgt, fit_max_age_days, as_of):
             fit = fit_models(tgt, as_of=as_of, run_id=run.id)
             log.info("fitted %s: %s", fit["model"], fit["params"])
-        scored = score_customers(tgt, as_of, run.id)
+        if score_chunks > 1:
+            shared, ranges = score_population(tgt, as_of, run.id, score_chunks)
+            futures = [score_chunk.submit(tgt, shared, ids, run.id) for ids in ranges]
+            scored = merge_reports([f.result() for f in futures])
+        else:
+            scored = score_customers(tgt, as_of, run.id)
         log.info("scored %s customers as of %s: %s", scored["customers"], scored["as_of"], scored["stages"])
         planned = plan_journeys(tgt, now)
         log.info("journeys: %s", planned["written"])

@@ -10,7 +10,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clm_core.db import tables as t
-from clm_core.lifecycle.pipeline import LifecycleConfig, fit, latest_order_date, score
+from clm_core.lifecycle.pipeline import (LifecycleConfig, Population, ScoreReport, customer_ranges,
+                                         fit, latest_order_date, population, score)
 from clm_core.runs import utcnow
 from tasks.context import Target, opened
 
@@ -42,11 +43,47 @@ def fit_is_stale(target: Target, max_age_days: float, as_of: date | None = None)
         abs(datetime.combine(as_of, datetime.min.time()) - newest.window_end) > age
 
 
-@task(name="score-customers", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def score_customers(target: Target, as_of: date | None, run_id: str | None) -> dict[str, Any]:
-    """Features, scores, RFM, stages and transitions; safe to retry (scores upsert, and the
-    transition diff against the stored stage records nothing twice)."""
-    with opened(target) as (settings, engine):
-        r = score(engine, LifecycleConfig.from_settings(settings), as_of=as_of, run_id=run_id)
+def _report(r: ScoreReport) -> dict[str, Any]:
     return {"as_of": r.as_of.isoformat(), "customers": r.customers, "stages": r.stages,
             "segments": r.segments, "transitions": r.transitions, "seconds": r.seconds}
+
+
+@task(name="score-customers", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+def score_customers(target: Target, as_of: date | None, run_id: str | None) -> dict[str, Any]:
+    """Features, scores, RFM, stages and transitions of every customer in one vectorised pass;
+    safe to retry (scores upsert, and the transition diff against the stored stage records
+    nothing twice)."""
+    with opened(target) as (settings, engine):
+        return _report(score(engine, LifecycleConfig.from_settings(settings), as_of=as_of, run_id=run_id))
+
+
+@task(name="score-population", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+def score_population(target: Target, as_of: date | None, run_id: str | None,
+                     chunks: int) -> tuple[Population, list[tuple[int, int]]]:
+    """What the chunks share (fits, store rhythm, RFM rank tables) and their id ranges."""
+    with opened(target) as (settings, engine):
+        shared = population(engine, LifecycleConfig.from_settings(settings), as_of, run_id)
+        return shared, customer_ranges(engine, chunks)
+
+
+@task(name="score-chunk", task_run_name="score-customers-{ids[0]}-{ids[1]}", cache_policy=NO_CACHE,
+      retries=1, retry_delay_seconds=10)
+def score_chunk(target: Target, shared: Population, ids: tuple[int, int],
+                run_id: str | None) -> dict[str, Any]:
+    """One id range, scored against the shared population; retry-safe like the whole run."""
+    with opened(target) as (settings, engine):
+        return _report(score(engine, LifecycleConfig.from_settings(settings), run_id=run_id,
+                             ids=ids, shared=shared))
+
+
+def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chunks' reports as one."""
+    out: dict[str, Any] = {"as_of": parts[0]["as_of"], "customers": 0, "stages": {}, "segments": {},
+                           "transitions": 0, "seconds": {}}
+    for p in parts:
+        out["customers"] += p["customers"]
+        out["transitions"] += p["transitions"]
+        for key in ("stages", "segments", "seconds"):
+            for k, v in p[key].items():
+                out[key][k] = out[key].get(k, 0) + v
+    return out

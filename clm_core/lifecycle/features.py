@@ -45,7 +45,7 @@ WITH a AS (
            MIN(o.ordered_at) AS first_order_at, MAX(o.ordered_at) AS last_order_at,
            SUM(o.amount) AS total_spend
     FROM orders o
-    WHERE o.ordered_at < :end AND o.status NOT IN ({not_purchases})
+    WHERE o.ordered_at < :end AND o.status NOT IN ({not_purchases}){order_range}
     GROUP BY o.customer_id
 )
 SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
@@ -59,7 +59,7 @@ SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
 FROM customers c
 LEFT JOIN a ON a.customer_id = c.id
 LEFT JOIN customer_scores s ON s.customer_id = c.id
-WHERE a.customer_id IS NOT NULL OR c.signed_up_at IS NULL OR c.signed_up_at < :end
+WHERE (a.customer_id IS NOT NULL OR c.signed_up_at IS NULL OR c.signed_up_at < :end){customer_range}
 ORDER BY c.id
 """
 
@@ -69,10 +69,12 @@ CUSTOMER_COLUMNS = {"country": "string", "locale": "string", "timezone": "string
                     "consent_email": "bool", "consent_sms": "bool"}
 
 
-def _sql(dialect: str, customer_columns: Iterable[str] = ()) -> str:
+def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = False) -> str:
     d = _DIALECT["postgresql" if dialect == "postgresql" else "sqlite"]
     extra = "".join(f" c.{name}," for name in CUSTOMER_COLUMNS if name in set(customer_columns))
-    return _SQL.format(**d, not_purchases=_NOT_PURCHASES_SQL, customer_columns=extra)
+    return _SQL.format(**d, not_purchases=_NOT_PURCHASES_SQL, customer_columns=extra,
+                       order_range=" AND o.customer_id >= :lo AND o.customer_id < :hi" if ranged else "",
+                       customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "")
 
 
 def day_end(as_of: date) -> datetime:
@@ -117,12 +119,18 @@ class Features:
 
 
 def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
-                      customer_columns: Iterable[str] = ()) -> Features:
+                      customer_columns: Iterable[str] = (), ids: tuple[int, int] | None = None,
+                      typical_gap: float | None = None) -> Features:
     """One row per customer (prospects included) with order metrics and lifetimes' summary,
-    plus the named ``CUSTOMER_COLUMNS``."""
+    plus the named ``CUSTOMER_COLUMNS``.
+
+    ``ids``: only customers with ``lo <= id < hi`` (a chunk); ``typical_gap``: the store's
+    rhythm computed over every customer, which one chunk cannot compute for itself.
+    """
     if time_unit not in UNIT_DAYS:
         raise ValueError(f"time unit must be one of {', '.join(UNIT_DAYS)}, got {time_unit!r}")
-    raw = _fetch(conn, _sql(conn.dialect.name, customer_columns), _params(as_of))
+    params = _params(as_of) | ({"lo": ids[0], "hi": ids[1]} if ids else {})
+    raw = _fetch(conn, _sql(conn.dialect.name, customer_columns, ranged=ids is not None), params)
     unit = UNIT_DAYS[time_unit]
     f = pd.DataFrame({"customer_id": raw["customer_id"].astype("int64")})
     n_orders = pd.to_numeric(raw["n_orders"]).astype("float64")
@@ -156,7 +164,7 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
     f["previous_stage"] = raw["previous_stage"].astype(object)
     f["previous_stage_since"] = _timestamps(raw["previous_stage_since"])
     f["days_in_stage"] = _days(today - f["previous_stage_since"])
-    gap = typical_gap_days(span, repeats)
+    gap = typical_gap_days(span, repeats) if typical_gap is None else typical_gap
     f["typical_gap_days"] = gap
     return Features(f, as_of, time_unit, gap)
 

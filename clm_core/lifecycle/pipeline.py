@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -17,7 +19,7 @@ from clm_core.db.bulk import write_frame
 from clm_core.errors import ConfigError, ModelFitError
 from clm_core.lifecycle.features import UNIT_DAYS, customer_features, holdout_purchases
 from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, fit_models, latest_fits, store_fit
-from clm_core.lifecycle.rfm import rfm
+from clm_core.lifecycle.rfm import rfm, rfm_population
 from clm_core.lifecycle.scoring import calibration_holdout_table, score_frame
 from clm_core.lifecycle.stages import StageRules, load_rules
 from clm_core.lifecycle.transitions import diff, rules_view
@@ -152,34 +154,101 @@ class ScoreReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
-          rules: StageRules | None = None, run_id: str | None = None) -> ScoreReport:
-    """Score every customer as of ``as_of`` and record stage changes; fits first if needed."""
-    rules = rules or config.load_rules()
-    as_of = as_of or latest_order_date(engine)
-    clock: dict[str, float] = {}
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class Population:
+    """What every chunk of one scoring run shares: the fits and the store-level statistics
+    (the purchase rhythm and the RFM rank tables) that no chunk can compute alone."""
+
+    as_of: date
+    purchases: ModelFit
+    spend: ModelFit
+    typical_gap_days: float
+    rfm: dict[str, np.ndarray]
+    fitted: bool
+
+
+def _fits(engine: Engine, config: LifecycleConfig, features: Callable[[str], pd.DataFrame],
+          as_of: date, run_id: str | None) -> tuple[ModelFit, ModelFit, bool]:
+    """The latest stored fits, or new ones stored now when there are none."""
     with engine.connect() as conn:
         fits = latest_fits(conn)
-    fitted = fits is None
-    unit = fits[0].time_unit if fits else config.time_unit
+    if fits is not None:
+        return fits[0], fits[1], False
+    purchases, spend = fit_models(features(config.time_unit), as_of=as_of, time_unit=config.time_unit,
+                                  model=config.model, penalizer=config.penalizer)
+    with engine.begin() as conn:
+        for fitted_model in (purchases, spend):
+            store_fit(conn, fitted_model, run_id)
+    return purchases, spend, True
+
+
+def population(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
+               run_id: str | None = None) -> Population:
+    """The shared part of a chunked scoring run (fits first if there is no fit)."""
+    as_of = as_of or latest_order_date(engine)
+    cache: dict[str, pd.DataFrame] = {}
+
+    def features(unit: str) -> pd.DataFrame:
+        if unit not in cache:
+            with engine.connect() as conn:
+                cache[unit] = customer_features(conn, as_of, unit).frame
+        return cache[unit]
+
+    purchases, spend, fitted = _fits(engine, config, features, as_of, run_id)
+    f = features(purchases.time_unit)
+    return Population(as_of, purchases, spend, float(f["typical_gap_days"].iloc[0]) if len(f)
+                      else float("nan"), rfm_population(f), fitted)
+
+
+def customer_ranges(engine: Engine, chunks: int) -> list[tuple[int, int]]:
+    """``chunks`` id ranges [lo, hi) holding about as many customers each."""
     with engine.connect() as conn:
-        f = customer_features(conn, as_of, unit, customer_columns=rules.fields).frame
-        clock["features"] = time.perf_counter() - start
-        if fits is None:
-            fits = fit_models(f, as_of=as_of, time_unit=unit, model=config.model,
-                              penalizer=config.penalizer)
-            with engine.begin() as wconn:
-                for fitted_model in fits:
-                    store_fit(wconn, fitted_model, run_id)
-            clock["fit"] = time.perf_counter() - start - clock["features"]
-        mark = time.perf_counter()
-        purchases, spend = fits
-        scores = score_frame(f, purchases.model, purchases.params, spend.params, unit,
-                             config.discount_rate)
-        view = rules_view(conn, pd.concat([f, scores, rfm(f)], axis=1), as_of)
-        del f, scores
-        clock["scores"] = time.perf_counter() - mark
+        ids = np.array([r[0] for r in conn.execute(sa.select(t.customers.c.id).order_by(t.customers.c.id))])
+    if not len(ids):
+        return []
+    cuts = np.unique(ids[np.linspace(0, len(ids), max(1, chunks) + 1, dtype=int)[:-1]])
+    bounds = [*cuts.tolist(), int(ids[-1]) + 1]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
+          rules: StageRules | None = None, run_id: str | None = None,
+          ids: tuple[int, int] | None = None, shared: Population | None = None) -> ScoreReport:
+    """Score every customer as of ``as_of`` and record stage changes; fits first if needed.
+
+    A chunk: ``ids`` = (lo, hi) scores the customers with lo <= id < hi against ``shared``
+    (from ``population``), giving exactly what the whole run gives those customers.
+    """
+    if ids is not None and shared is None:
+        raise ValueError("a chunk (ids) needs the shared population of its run")
+    rules = rules or config.load_rules()
+    as_of = shared.as_of if shared else (as_of or latest_order_date(engine))
+    clock: dict[str, float] = {}
+    start = time.perf_counter()
+    cache: dict[str, pd.DataFrame] = {}
+
+    def features(unit: str) -> pd.DataFrame:
+        if unit not in cache:
+            with engine.connect() as conn:
+                cache[unit] = customer_features(
+                    conn, as_of, unit, customer_columns=rules.fields, ids=ids,
+                    typical_gap=shared.typical_gap_days if shared else None).frame
+        return cache[unit]
+
+    if shared is not None:
+        purchases, spend, fitted = shared.purchases, shared.spend, False
+    else:
+        purchases, spend, fitted = _fits(engine, config, features, as_of, run_id)
+    f = features(purchases.time_unit)
+    clock["features"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    scores = score_frame(f, purchases.model, purchases.params, spend.params, purchases.time_unit,
+                         config.discount_rate)
+    with engine.connect() as conn:
+        view = rules_view(conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1),
+                          as_of)
+    del f, scores, cache
+    clock["scores"] = time.perf_counter() - mark
     mark = time.perf_counter()
     stage = rules.assign(view)
     now = utcnow()
@@ -192,7 +261,8 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
         as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage, stage_since=since,
         scored_at=pd.Timestamp(now), run_id=run_id)[SCORE_COLUMNS]
     del view
-    # bulk: other writers wait for this transaction (a scoring run is the only writer of scores).
+    # bulk: other writers wait for this transaction (a scoring run is the only writer of
+    # scores; its chunks take turns).
     with engine.begin() as conn:
         write_frame(conn, t.customer_scores, out, keys=["customer_id"], update=SCORE_COLUMNS[1:],
                     bulk=True)

@@ -39,26 +39,43 @@ def _segment_grid() -> np.ndarray:
 SEGMENT_GRID = _segment_grid()
 
 
-def quintile_score(values: pd.Series, higher_is_better: bool = True) -> pd.Series:
-    """1..5 by rank; ties take the lowest rank of their group; NaN stays NaN."""
+def quintile_score(values: pd.Series, higher_is_better: bool = True,
+                   population: np.ndarray | None = None) -> pd.Series:
+    """1..5 by rank; ties take the lowest rank of their group; NaN stays NaN.
+
+    ``population``: the sorted values of every customer (see ``rfm_population``), when
+    ``values`` are one chunk of them; the ranks are then the same as over the whole store.
+    """
     v = values if higher_is_better else -values
-    rank = v.rank(method="min", na_option="keep")
-    n = int(v.notna().sum())
+    if population is None:
+        rank = v.rank(method="min", na_option="keep")
+        n = int(v.notna().sum())
+    else:
+        # The lowest rank of a tie group is one more than the count of smaller values.
+        rank = pd.Series(np.searchsorted(population, v.to_numpy(float), side="left") + 1.0,
+                         index=v.index).where(v.notna())
+        n = len(population)
     score = 1 + np.floor(5 * (rank - 1) / max(n, 1))
     return score.clip(1, 5).astype("Int16")
 
 
-def rfm(features: pd.DataFrame) -> pd.DataFrame:
-    """r_score, f_score, m_score and rfm_segment for customers with purchases."""
+def _rfm_inputs(features: pd.DataFrame) -> dict[str, pd.Series]:
+    """Oriented so that higher is better: recency counts against."""
     buyers = features["n_orders"] > 0
-    recency = features["days_since_last_order"].where(buyers)
-    frequency = features["purchase_days"].where(buyers)
-    monetary = features["total_spend"].where(buyers)
-    out = pd.DataFrame({
-        "r_score": quintile_score(recency, higher_is_better=False),
-        "f_score": quintile_score(frequency),
-        "m_score": quintile_score(monetary),
-    }, index=features.index)
+    return {"r_score": -features["days_since_last_order"].where(buyers),
+            "f_score": features["purchase_days"].where(buyers).astype("float64"),
+            "m_score": features["total_spend"].where(buyers)}
+
+
+def rfm_population(features: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every buyer's sorted R, F and M inputs: what chunks rank against."""
+    return {k: np.sort(v.dropna().to_numpy(float)) for k, v in _rfm_inputs(features).items()}
+
+
+def rfm(features: pd.DataFrame, population: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """r_score, f_score, m_score and rfm_segment for customers with purchases."""
+    out = pd.DataFrame({k: quintile_score(v, population=population[k] if population else None)
+                        for k, v in _rfm_inputs(features).items()}, index=features.index)
     r = out["r_score"].fillna(0).to_numpy(int)
     f = out["f_score"].fillna(0).to_numpy(int)
     out["rfm_segment"] = pd.Series(SEGMENT_GRID[r, f], index=features.index, dtype=object)
