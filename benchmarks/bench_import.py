@@ -154,9 +154,9 @@ def _print(results: list[dict[str, Any]], n_orders: int, load: tuple[float, floa
             for name, (wall, cpu, peak) in imp["stages"].items():
                 print(f"{'':<22}{name:<10}{'':>11}{wall:>8.1f}{cpu:>7.1f}{'':>9}"
                       f"{imp['rows'] / wall if wall else 0:>10,.0f}{peak:>9,.0f}")
-    print(f"\n| database | orders | seconds | rows/s | CPU s (client + db) | peak MB "
-          f"| customers import s | same orders again s | naive baseline s (extrapolated) "
-          f"| speed-up |")
+    print("\n| database | orders | seconds | rows/s | CPU s (client + db) | peak MB "
+          "| customers import s | same orders again s | naive baseline s (extrapolated) "
+          "| speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         cust, orders, again = r["imports"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from clm_core.db.bulk import write_frame
 from clm_core.ingest.csvfile import RawTable, read_table
 from clm_core.ingest.fields import ENTITIES, Entity
 from clm_core.ingest.validate import check_column
+from clm_core.runs import utcnow
 
 
 @dataclass
@@ -57,10 +58,6 @@ class ImportReport:
         if self.rejects_file:
             out.append(f"  bad rows written to {self.rejects_file}")
         return out
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def validate_table(raw: RawTable, entity: Entity, *, region: str, tz: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -239,7 +236,7 @@ def import_csv(engine: Engine, entity_name: str, path: str | Path, *, encoding: 
         problems = pd.concat([problems, _dedupe(clean, keys, raw, problems.index.unique())])
         good = clean.drop(index=problems.index.unique())
     with stage("write"), engine.begin() as conn:
-        late = _write(conn, entity, good, raw.extra, report, now or _utcnow())
+        late = _write(conn, entity, good, raw.extra, report, now or utcnow())
     problems = pd.concat([problems, late])
     report.rejected = problems.index.nunique() + len(raw.malformed)
     if report.rejected:

@@ -4,7 +4,7 @@ run) write the plan, all in one transaction."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pandas as pd
 import sqlalchemy as sa
@@ -15,6 +15,7 @@ from clm_core.journeys.engine import Plan, plan
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.store import (Written, load_journeys, load_previous, load_snapshot,
                                      project_policy, sync_versions, write_plan)
+from clm_core.runs import utcnow
 from clm_core.settings import Settings
 
 
@@ -24,10 +25,6 @@ class Evaluation:
     journeys: list[CompiledJourney]
     versions: dict[str, str]  # journey -> new | changed | same
     written: Written | None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def evaluate(db: Engine, settings: Settings, now: datetime | None = None,

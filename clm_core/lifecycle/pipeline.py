@@ -247,7 +247,8 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     with engine.connect() as conn:
         view = rules_view(conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1),
                           as_of)
-    del f, scores, cache
+    del f, scores
+    cache.clear()  # the chunk's features are not needed past this point
     clock["scores"] = time.perf_counter() - mark
     mark = time.perf_counter()
     stage = rules.assign(view)
