@@ -11,14 +11,12 @@ import secrets
 import socket
 import time
 from datetime import datetime
-
 from typing import Any
 
 import click
 
 from clm_core.cli.context import App, pass_app
 from clm_core.db.engine import describe
-
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 TIME = click.DateTime(formats=["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"])

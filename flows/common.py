@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.futures import wait
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from clm_core.db.engine import make_engine
+from clm_core.runs import Run, record_run, utcnow
 from clm_core.settings import load_settings, redact
 from tasks.context import Target
 from tasks.dispatch import dispatch_chunk, due_count, plan_chunks
+from tasks.report import publish_summary
 
 
 def target() -> Target:
@@ -72,3 +78,28 @@ def final_state(report: dict[str, Any], dispatched: dict[str, Any], what: str = 
         return Failed(message=message)
     return Completed(message=f"{what} completed: {report.get('sent', 0)} sent, "
                              f"{report.get('created', 0)} messages planned")
+
+
+@contextmanager
+def recorded_run(kind: str, now: datetime | None) -> Iterator[tuple[Target, Run, datetime]]:
+    """The flow's target, its ``runs`` row, and the time its report counts from (the run's
+    start, or ``now`` when a backfill's clock is earlier)."""
+    tgt = target()
+    engine = make_engine(tgt.database_url)
+    started = utcnow()
+    try:
+        with record_run(engine, kind, flow_run_id=str(flow_run.id or "") or None) as run:
+            yield tgt, run, min(started, now) if now else started
+    finally:
+        engine.dispose()
+
+
+def report_and_finish(tgt: Target, run: Run, since: datetime, dispatched: dict[str, Any],
+                      what: str, summary: dict[str, Any]) -> State:
+    """Publish the run's artifacts, record its summary, and decide its final state."""
+    report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run")
+    run.summary = {**summary, "dispatch": dispatched, "failed": report["failed"]}
+    state = final_state(report, dispatched, what)
+    if state.is_failed():
+        run.status = "failed"
+    return state

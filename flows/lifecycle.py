@@ -5,16 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect.states import State
 
-from clm_core.db.engine import make_engine
-from clm_core.runs import record_run, utcnow
-from flows.common import dispatch_due, final_state, target, task_runner
+from flows.common import dispatch_due, recorded_run, report_and_finish, task_runner
 from tasks.journeys import plan_journeys
 from tasks.lifecycle import (fit_is_stale, fit_models, merge_reports, score_chunk, score_customers,
                              score_population)
-from tasks.report import publish_summary
 
 
 @flow(name="lifecycle", log_prints=False, task_runner=task_runner())
@@ -29,11 +25,7 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
     parallel) against shared store-level statistics; the results are the same as one pass.
     """
     log = get_run_logger()
-    tgt = target()
-    engine = make_engine(tgt.database_url)
-    started = utcnow()
-    since = min(started, now) if now else started
-    with record_run(engine, "lifecycle", flow_run_id=str(flow_run.id or "") or None) as run:
+    with recorded_run("lifecycle", now) as (tgt, run, since):
         if fit_is_stale(tgt, fit_max_age_days, as_of):
             fit = fit_models(tgt, as_of=as_of, run_id=run.id)
             log.info("fitted %s: %s", fit["model"], fit["params"])
@@ -47,11 +39,6 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         planned = plan_journeys(tgt, now)
         log.info("journeys: %s", planned["written"])
         sent = dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}
-        report = publish_summary(tgt.database_url, since, "Lifecycle run")
-        run.summary = {"scored": scored["customers"], "transitions": scored["transitions"],
-                       "planned": planned["written"], "dispatch": sent, "failed": report["failed"]}
-        state = final_state(report, sent, "lifecycle")
-        if state.is_failed():
-            run.status = "failed"
-    engine.dispose()
-    return state
+        return report_and_finish(tgt, run, since, sent, "lifecycle",
+                                 {"scored": scored["customers"], "transitions": scored["transitions"],
+                                  "planned": planned["written"]})

@@ -29,8 +29,7 @@ def publish_summary(database_url: str, since: datetime, title: str) -> dict[str,
     create_markdown_artifact(summary_markdown(summary, title), key="clm-summary",
                              description=f"{title}: stages, transitions, messages, models")
     columns = ["customer", "journey", "step", "channel", "provider", "status", "error", "attempts", "at"]
-    create_table_artifact([{k: f[k] for k in columns} for f in failures] or
-                          [{k: "" for k in columns}], key="clm-failed-sends",
+    create_table_artifact([{k: f[k] for k in columns} for f in failures], key="clm-failed-sends",
                           description=f"{len(failures)} failed sends" if failures else "no failed sends")
     for f in failures[:MAX_EVENTS]:
         emit_event(event=FAILED_EVENT,
