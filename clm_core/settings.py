@@ -15,6 +15,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -116,28 +117,37 @@ def redact(text: str) -> str:
     return text
 
 
+# Where secrets come from besides the environment. The orchestration layer adds the Prefect
+# Secret block look-up here (``flows.runtime``), so the domain never imports Prefect itself.
+SecretSource = Callable[[str], "str | None"]
+_SECRET_SOURCES: list[tuple[Callable[[str], str], SecretSource]] = []
+
+
+def add_secret_source(describe: Callable[[str], str], source: SecretSource) -> None:
+    """Register a fallback look-up, ``source(NAME) -> value or None``; ``describe(NAME)`` says
+    how to provide a secret that way (it is shown in the error when none is set)."""
+    if all(src is not source for _, src in _SECRET_SOURCES):
+        _SECRET_SOURCES.append((describe, source))
+
+
 def secret(name: str, env: dict[str, str] | None = None) -> str:
-    """A secret from the environment, or from a Prefect Secret block named ``clm-<name>``.
+    """A secret from the environment, or from a registered source (a Prefect Secret block).
 
     The error names the variable, never a value; the value is remembered for ``redact``.
     """
     env = os.environ if env is None else env
     value = env.get(name)
-    if value:
-        if len(value) >= 6:  # short values would redact ordinary words
-            _SECRET_VALUES.add(value)
-        return value
-    block = name.lower().replace("_", "-")
-    if not env.get("PREFECT_API_URL"):
-        # Without a server, a block look-up would start Prefect's ephemeral API just to fail.
-        raise ConfigError(f"secret {name} is not set: export {name} (or, with a Prefect server, "
-                          f"create the Prefect Secret block {block!r})")
-    try:  # Prefect is optional here: clm_core does not depend on a running server.
-        from prefect.blocks.system import Secret
-
-        value = str(Secret.load(block, _sync=True).get())  # type: ignore[call-arg]
-    except Exception:
-        raise ConfigError(f"secret {name} is not set: export {name} or create the Prefect "
-                          f"Secret block {block!r}") from None
-    _SECRET_VALUES.add(value)
+    if not value:
+        for _, source in _SECRET_SOURCES:
+            try:
+                value = source(name)
+            except Exception:  # a source that cannot answer is a source without the secret
+                value = None
+            if value:
+                break
+    if not value:
+        hints = "".join(f" or {describe(name)}" for describe, _ in _SECRET_SOURCES)
+        raise ConfigError(f"secret {name} is not set: export {name}{hints}")
+    if len(value) >= 6:  # short values would redact ordinary words
+        _SECRET_VALUES.add(value)
     return value

@@ -49,7 +49,7 @@ def shared_throttle(config: DeliveryConfig, use_limits: bool) -> Callable[[str, 
     """Take slots from the Prefect global rate limit of each provider that has a rate (made by
     ``clm limits``); strict, so a missing limit fails the chunk instead of running unthrottled.
     Without a Prefect server there is nothing to share: each provider's own bucket applies."""
-    from flows.limits import limit_name
+    from tasks.limits import limit_name
 
     limited = {cfg.name for cfg in config.channels.values() if cfg.rate_per_second}
     if not use_limits or not limited:

@@ -49,7 +49,7 @@ def dispatch(root: Path, engine: sa.Engine, *, limit: int | None = None, wait: f
 
 def clm(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``clm dispatch ...`` (or any command) in its own process."""
-    return subprocess.Popen([sys.executable, "-m", "clm_core.cli", "--project", str(root), *args],
+    return subprocess.Popen([sys.executable, "-m", "clm", "--project", str(root), *args],
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from clm_core.cli import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.db.engine import make_engine
 

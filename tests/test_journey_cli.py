@@ -9,7 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from clm_core.cli import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.ingest.cdnow import import_cdnow
 from tests.conftest import REPO

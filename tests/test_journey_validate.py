@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clm_core.cli import cli
+from clm import cli
 
 CORPUS = Path(__file__).parent / "journeys_broken"
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter
 from lifetimes.utils import _customer_lifetime_value
 
-from clm_core.cli import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.errors import ModelFitError
 from clm_core.ingest.cdnow import import_cdnow, read_cdnow

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from clm_core.cli import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.ingest.cdnow import import_cdnow
 from clm_core.lifecycle.fitting import ModelFit, store_fit

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from clm_core.cli import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.reporting import failed_sends, summarize, summary_markdown
 from clm_core.runs import record_run

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 
-from clm_core.cli import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.ingest.synthetic import SyntheticParams, generate_frames, load_synthetic
 

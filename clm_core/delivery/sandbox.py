@@ -574,7 +574,7 @@ def spawn(port: int = 0, smtp_port: int = -1) -> tuple[Any, str]:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "clm_core.cli", "sandbox", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "clm", "sandbox", "--port", str(port),
                              "--smtp-port", str(smtp_port)], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

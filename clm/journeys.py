@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 from clm_core.errors import ClmError
 
 

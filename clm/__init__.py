@@ -1,4 +1,9 @@
-"""The ``clm`` command. Each area registers its commands from its own module."""
+"""The ``clm`` command: the application layer.
+
+It sits above everything else: it may import ``clm_core`` (the domain), ``tasks`` and ``flows``
+(the Prefect orchestration), while ``clm_core`` imports none of them and ``tasks`` never imports
+``flows``. Each area registers its commands from its own module here.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ import sys
 
 import click
 
-from clm_core.cli.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
+from clm.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
 
-# Modules that add commands: each defines ``register(cli: click.Group) -> None``. Short names
-# are in clm_core.cli; dotted ones (the Prefect commands) live beside the flows.
-COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows.commands"]
+# Modules of this package that add commands: each defines ``register(cli: click.Group) -> None``.
+# ``flows`` holds the commands that run Prefect flows (demo, run, limits).
+COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,13 +28,13 @@ COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "fl
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, project_dir: str | None) -> None:
     """CLM: customer lifecycle stages, CLV, journeys and reliable delivery."""
-    from clm_core.cli.context import App
+    from clm.context import App
 
     ctx.obj = App(database_url=database_url, project_dir=project_dir)
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(_name if "." in _name else f"clm_core.cli.{_name}").register(cli)
+    importlib.import_module(f"clm.{_name}").register(cli)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import sqlalchemy as sa
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 from clm_core.db import tables as t
 from clm_core.db.engine import describe
 

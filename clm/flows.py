@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 from clm_core.db.engine import describe
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
@@ -144,7 +144,7 @@ def register(cli: click.Group) -> None:
     def limits(app: App) -> None:
         """Create or update the Prefect global rate limits of each provider (shared by every
         flow run and worker). Needs a Prefect server (PREFECT_API_URL)."""
-        from flows.limits import apply_limits
+        from tasks.limits import apply_limits
 
         for name, limit, decay in apply_limits(app.settings):
             click.echo(f"{name}: {limit} slots, {decay}/s")

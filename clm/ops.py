@@ -6,7 +6,7 @@ import json
 
 import click
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 
 
 def register(cli: click.Group) -> None:

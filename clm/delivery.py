@@ -9,7 +9,7 @@ import time
 
 import click
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 
 
 def register(cli: click.Group) -> None:

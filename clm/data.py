@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 from clm_core.ingest.csvfile import ENCODINGS
 
 

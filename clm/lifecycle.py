@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 import click
 
-from clm_core.cli.context import App, pass_app
+from clm.context import App, pass_app
 
 
 class _Date(click.ParamType):

@@ -1,0 +1,3 @@
+from clm import main
+
+main()

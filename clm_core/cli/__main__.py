@@ -1,3 +1,0 @@
-from clm_core.cli import main
-
-main()
