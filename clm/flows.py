@@ -125,16 +125,31 @@ def register(cli: click.Group) -> None:
                    f"PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start  (UI: flow run, Artifacts tab)")
 
     @cli.command("run")
-    @click.option("--as-of", type=DATE, help="Scoring date (default: the newest order's day).")
-    @click.option("--now", type=TIME, help="Journey and dispatch clock (default: now, UTC).")
+    @click.option("--as-of", type=DATE, help="Scoring date (default: the newest order's day, "
+                  "never after --now's day).")
+    @click.option("--now", type=TIME, help="Journey and dispatch clock, UTC (default: the end of "
+                  "the --as-of day when that day is over, else the current time).")
+    @click.option("--fit", "fit_id", type=click.IntRange(1), metavar="ID",
+                  help="Score with this fit (default: the newest whose data ends on or before "
+                       "the as-of day; refitted when none is fresh enough).")
     @click.option("--no-dispatch", is_flag=True, help="Plan messages but send nothing.")
     @pass_app
-    def run_(app: App, as_of: datetime | None, now: datetime | None, no_dispatch: bool) -> None:
-        """Run the `lifecycle` flow now against the configured database."""
+    def run_(app: App, as_of: datetime | None, now: datetime | None, fit_id: int | None,
+             no_dispatch: bool) -> None:
+        """Run the `lifecycle` flow now against the configured database.
+
+        Prints the as-of day and the clock it runs with, and why each was chosen."""
+        from clm_core.lifecycle.pipeline import latest_order_date
+        from clm_core.runclock import resolve
+
         os.environ.setdefault("CLM_PROJECT_DIR", str(app.settings.project_dir))
         os.environ["CLM_DATABASE_URL"] = app.settings.database_url
-        app.engine  # migrate before the flow starts  # noqa: B018
-        state = _run_lifecycle(as_of=as_of.date() if as_of else None, now=now, dispatch=not no_dispatch)
+        engine = app.engine  # migrate before the flow starts
+        clock = resolve(as_of, now, lambda: latest_order_date(engine))
+        for line in clock.describe():
+            click.echo(line)
+        state = _run_lifecycle(as_of=clock.as_of, now=clock.now, fit_id=fit_id,
+                               dispatch=not no_dispatch)
         _print_state(state)
         if not state.is_completed():
             raise SystemExit(1)
