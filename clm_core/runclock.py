@@ -64,6 +64,11 @@ def normalize_as_of(value: date | datetime | str | pd.Timestamp | None) -> date 
     return moment.date() if moment is not None else None
 
 
+# Beyond this many days between the as-of day and now, stage-triggered journeys (entry window:
+# 7 days by default) cannot see the run's stage changes: say so.
+STALE_DAYS = 7
+
+
 def day_start(day: date) -> datetime:
     """Midnight at the start of ``day``: the time a scoring as of ``day`` stamps its stage
     changes with (like ``stage_since``)."""
@@ -80,8 +85,14 @@ class RunClock:
     now_reason: str
 
     def describe(self) -> list[str]:
-        return [f"as of {self.as_of:%Y-%m-%d}: {self.as_of_reason}",
-                f"now {self.now:%Y-%m-%d %H:%M:%S} UTC: {self.now_reason}"]
+        lines = [f"as of {self.as_of:%Y-%m-%d}: {self.as_of_reason}",
+                 f"now {self.now:%Y-%m-%d %H:%M:%S} UTC: {self.now_reason}"]
+        gap = (self.now - day_start(self.as_of)).days
+        if gap > STALE_DAYS:
+            lines.append(f"note: now is {gap:,} days after the as-of day, so the stage changes "
+                         f"found as of it are older than a journey's entry window (default "
+                         f"7 days) and enter nobody; give --now or a later --as-of")
+        return lines
 
 
 def resolve(as_of: date | datetime | str | None, now: datetime | date | str | None,

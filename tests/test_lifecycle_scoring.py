@@ -180,3 +180,36 @@ def test_a_comeback_noticed_after_90_days_is_not_reactivated(engine: sa.Engine) 
     score(engine, config, date(2024, 10, 31))  # 122 days after the comeback
     assert scores(engine)[ids["C"]]["stage"] != "reactivated"
     assert not [r for r in transitions(engine) if r[2] == "reactivated"]
+
+
+def test_scoring_uses_the_newest_fit_that_does_not_look_ahead(engine: sa.Engine) -> None:
+    """A fit on data after the as-of day is never used for it; --fit chooses one, and the
+    command says which fit it used and why."""
+    seed(engine)
+    with engine.begin() as conn:  # a later fit, on data up to the end of the year
+        later = store_fit(conn, ModelFit("bgnbd", {**BG, "a": 0.05}, -1.0, 7, 0.0, 0.0, "day",
+                                         date(2024, 12, 31)))
+        store_fit(conn, ModelFit("gamma_gamma", GG, -1.0, 7, 0.0, 0.0, "day", date(2024, 12, 31)))
+    with engine.connect() as conn:
+        first = conn.scalar(sa.select(sa.func.min(t.model_fits.c.id)))
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650)
+    report = score(engine, config, AS_OF)
+    assert (report.fit_id, report.fitted) == (first, False)
+    assert {v["fit_id"] for v in scores(engine).values()} == {first}
+    assert report.fit_reason == f"the newest fit whose data ends on or before {AS_OF}"
+    # From 2024-12-31 on, the later fit is the newest usable one.
+    assert score(engine, config, date(2025, 1, 15)).fit_id == later
+
+    url = engine.url.render_as_string(hide_password=False)
+
+    def run(*args: str) -> object:
+        return CliRunner().invoke(cli, ["--database", url, "--project", str(REPO), "score", *args])
+
+    result = run("--as-of", "2024-06-30", "--fit", str(later))
+    assert result.exit_code == 1 and "would look ahead" in result.output
+    assert "Traceback" not in result.output
+    result = run("--as-of", "2024-12-31", "--fit", str(first))
+    assert result.exit_code == 0, result.output
+    assert f"fit {first} (orders up to 2024-06-30): chosen with --fit" in result.output
+    assert {v["fit_id"] for v in scores(engine).values()} == {first}
+    assert run("--fit", "999").exit_code == 1
