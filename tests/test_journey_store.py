@@ -155,3 +155,23 @@ def test_stored_trigger_times_of_any_precision_read_back(engine: sa.Engine, db_u
             for s in states} == {"2026-11-23T15:00:00.000000", "2026-11-23T14:59:59.876543"}
     later = evaluate(engine, settings, NOW + timedelta(days=2))
     assert later.written.messages_created == 4
+
+
+def test_order_goals_count_purchases_only(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    """A cancelled, refunded or pending order is no conversion, as it is no purchase for the
+    features; a completed one is."""
+    settings = _welcome(engine, db_url, tmp_path, 5)
+    evaluate(engine, settings, NOW)
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(sa.select(t.customers.c.id)).scalars())
+    placed = NOW + timedelta(hours=2)
+    statuses = ["cancelled", "refunded", "pending", "completed"]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.orders), [
+            {"external_id": f"o-{i}", "customer_id": cid, "ordered_at": placed, "amount": 20,
+             "status": status} for i, (cid, status) in enumerate(zip(ids, statuses))])
+    evaluate(engine, settings, NOW + timedelta(hours=3))
+    e = t.journey_enrollments
+    with engine.connect() as conn:
+        converted = dict(conn.execute(sa.select(e.c.customer_id, e.c.goal)).all())
+    assert converted == {ids[0]: None, ids[1]: None, ids[2]: None, ids[3]: "ordered", ids[4]: None}
