@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 
 import pandas as pd
 
@@ -47,10 +47,11 @@ def normalize_now(value: datetime | date | str | pd.Timestamp | None) -> datetim
         if pd.isna(value):
             return None
         value = value.to_pydatetime()
-    if not isinstance(value, datetime):  # a date
+    if not isinstance(value, datetime):
+        assert isinstance(value, date)
         return datetime.combine(value, time.min)
     if value.tzinfo is not None and value.utcoffset() is not None:
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return value.replace(tzinfo=None)
 
 

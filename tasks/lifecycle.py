@@ -8,8 +8,15 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from clm_core.lifecycle.pipeline import (LifecycleConfig, Population, ScoreReport, customer_ranges,
-                                         fit, population, score)
+from clm_core.lifecycle.pipeline import (
+    LifecycleConfig,
+    Population,
+    ScoreReport,
+    customer_ranges,
+    fit,
+    population,
+    score,
+)
 from tasks.context import Target, opened
 
 

@@ -71,7 +71,7 @@ def test_masks_follow_three_valued_logic(node: dict[str, Any], rows: list[dict])
     cond = compile_condition(node, FIELDS, LOC)
     expected = [kleene(node, r) for r in rows]
     assert cond.mask(df).tolist() == [e is True for e in expected]
-    holds, known = cond.truth(df)
+    _, known = cond.truth(df)
     assert known.tolist() == [e is not None for e in expected]
     # not: true and false swap, unknown stays unknown, so c and not c never both match ...
     negated = compile_condition({"not": node}, FIELDS, LOC).mask(df)

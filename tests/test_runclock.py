@@ -3,7 +3,7 @@ as-of day and the time it runs with."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -19,7 +19,7 @@ UTC_10 = datetime(1997, 4, 1, 10, 0)
 
 @pytest.mark.parametrize("value", [
     UTC_10,
-    datetime(1997, 4, 1, 10, 0, tzinfo=timezone.utc),
+    datetime(1997, 4, 1, 10, 0, tzinfo=UTC),
     datetime(1997, 4, 1, 18, 0, tzinfo=ZoneInfo("Asia/Shanghai")),  # as the Prefect UI sends it
     datetime(1997, 4, 1, 5, 0, tzinfo=timezone(timedelta(hours=-5))),
     pd.Timestamp("1997-04-01T12:00+02:00"),

@@ -22,8 +22,14 @@ from sqlalchemy.engine import Connection
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import Problem, SpecError
-from clm_core.journeys.engine import (ENROLLMENT_COLUMNS, TIME_COLUMNS, Plan, Snapshot,
-                                      empty_enrollments, message_keys)
+from clm_core.journeys.engine import (
+    ENROLLMENT_COLUMNS,
+    TIME_COLUMNS,
+    Plan,
+    Snapshot,
+    empty_enrollments,
+    message_keys,
+)
 from clm_core.journeys.fields import FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy

@@ -153,7 +153,9 @@ def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int
         n_customers=fit.n_customers,
         diagnostics={**(fit.diagnostics or {}), "fit_seconds": round(fit.seconds, 3)},
         recorded_at=utcnow(), run_id=run_id))
-    fit.id = int(result.inserted_primary_key[0])
+    key = result.inserted_primary_key
+    assert key is not None
+    fit.id = int(key[0])
     return fit.id
 
 
@@ -225,10 +227,10 @@ def choose_fits(conn: Connection, as_of: date, fit_id: int | None = None,
         return FitChoice(None, None, f"the newest usable fit ({purchases.id}) ends "
                                      f"{purchases.window_end}, more than {max_age_days:g} days "
                                      f"before {as_of}")
-    spend = _partner(conn, purchases, row["run_id"])
-    if spend is None:
+    partner = _partner(conn, purchases, row["run_id"])
+    if partner is None:
         return FitChoice(None, None, f"fit {purchases.id} has no gamma_gamma fit beside it")
-    return FitChoice(purchases, spend,
+    return FitChoice(purchases, partner,
                      f"the newest fit whose data ends on or before {as_of}")
 
 

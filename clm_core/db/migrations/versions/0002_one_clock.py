@@ -9,8 +9,8 @@ stage began (``stage_since``), which is not always the scoring day (a comeback p
 Revision ID: 0002
 Revises: 0001_foundation
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0002"
 down_revision = "0001_foundation"
