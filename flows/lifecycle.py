@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date, datetime
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from clm_core.delivery.dispatcher import DispatchReport
 from flows.common import dispatch_due, recorded_run, report_and_finish, task_runner
 from tasks.journeys import plan_journeys
 from tasks.lifecycle import (fit_is_stale, fit_models, merge_reports, score_chunk, score_customers,
@@ -35,10 +37,11 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
             scored = merge_reports([f.result() for f in futures])
         else:
             scored = score_customers(tgt, as_of, run.id)
-        log.info("scored %s customers as of %s: %s", scored["customers"], scored["as_of"], scored["stages"])
+        log.info("scored %s customers as of %s: %s", scored.customers, scored.as_of, scored.stages)
         planned = plan_journeys(tgt, now)
-        log.info("journeys: %s", planned["written"])
-        sent = dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}
+        log.info("journeys: %s", planned)
+        sent = (dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch
+                else DispatchReport())
         return report_and_finish(tgt, run, since, sent, "lifecycle",
-                                 {"scored": scored["customers"], "transitions": scored["transitions"],
-                                  "planned": planned["written"]})
+                                 {"scored": scored.customers, "transitions": scored.transitions,
+                                  "planned": asdict(planned)})
