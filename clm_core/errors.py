@@ -9,10 +9,13 @@
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
     ├── TemplateRenderError       a template failed to render (undefined variable, sandbox)
     ├── TokenError                an unsubscribe token is malformed, altered or foreign
-    └── ProviderError             a provider call failed; raised from the transport error
-        ├── TransientProviderError    retry later (timeouts, 429, 5xx); may carry retry_after
-        └── PermanentProviderError    never retry this message
-            └── RecipientRejectedError  opted out or invalid: the address is suppressed
+    └── ProviderError             a provider refuses every send for now (revoked key, balance):
+        │                         the channel stopped, its messages wait
+        └── ThrottleError         no slot of the shared rate limit could be taken (the limit
+                                  is missing or the orchestrator refused): nothing was sent
+
+Per-message provider outcomes (sent, transient, permanent, rejected) are not exceptions: an
+adapter returns them as ``clm_core.delivery.model.SendResult`` for every message in a batch.
 
 Errors from libraries are translated at the boundary with ``raise ... from exc`` so callers
 only need to know this tree. Messages say what went wrong and where, and never carry secrets.
@@ -79,24 +82,8 @@ class TokenError(ClmError):
 
 
 class ProviderError(ClmError):
-    """A provider call did not succeed."""
-
-    def __init__(self, message: str, *, code: str | None = None):
-        self.code = code
-        super().__init__(message)
+    """Sending stopped because a provider refuses every request for now."""
 
 
-class TransientProviderError(ProviderError):
-    """Worth retrying later; ``retry_after`` is in seconds when the provider said."""
-
-    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
-        self.retry_after = retry_after
-        super().__init__(message, code=code)
-
-
-class PermanentProviderError(ProviderError):
-    """Retrying will not help."""
-
-
-class RecipientRejectedError(PermanentProviderError):
-    """The recipient opted out or the address is invalid: suppress it."""
+class ThrottleError(ProviderError):
+    """A slot of a shared provider rate limit could not be taken; nothing was sent."""

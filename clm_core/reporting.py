@@ -35,6 +35,14 @@ class RunSummary:
     def failed(self) -> int:
         return sum(n for (_, _, s), n in self.outcomes.items() if s in FINAL_FAILURES)
 
+    @property
+    def sent(self) -> int:
+        return sum(n for (_, _, s), n in self.outcomes.items() if s == "sent")
+
+    @property
+    def planned(self) -> int:
+        return sum(self.created.values())
+
 
 def _stage_key(stage: str) -> tuple[int, str]:
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)

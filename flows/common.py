@@ -15,7 +15,9 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from clm_core.db.engine import make_engine
+from clm_core.delivery.dispatcher import DispatchReport
 from clm_core.lifecycle.pipeline import latest_order_date
+from clm_core.reporting import RunSummary
 from clm_core.runclock import RunClock, normalize_now, resolve
 from clm_core.runs import Run, record_run, utcnow
 from clm_core.settings import load_settings, redact
@@ -46,40 +48,37 @@ def task_runner() -> Any:
     return ThreadPoolTaskRunner(max_workers=int(section.get("max_workers", 4)))
 
 
-def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int, max_chunks: int) -> dict[str, Any]:
+def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int,
+                 max_chunks: int) -> DispatchReport:
     """Fan out dispatch chunks over what is due now; waits for all of them."""
     n = plan_chunks(due_count(tgt, now), chunk_size, max_chunks)
     futures = [dispatch_chunk.submit(tgt, chunk=i, limit=chunk_size, now=now) for i in range(n)]
     wait(futures)
-    totals: dict[str, Any] = {"halted": {}}
+    total = DispatchReport()
     for f in futures:
         if f.state.is_completed():
-            for k, v in f.result().items():
-                if isinstance(v, int):
-                    totals[k] = totals.get(k, 0) + v
-            totals["halted"].update(f.result().get("halted", {}))
+            total.merge(f.result())
         else:
-            totals["chunks_failed"] = totals.get("chunks_failed", 0) + 1
-    return totals
+            total.chunks_failed += 1
+    return total
 
 
-def final_state(report: dict[str, Any], dispatched: dict[str, Any], what: str = "run") -> State:
+def final_state(report: RunSummary, dispatched: DispatchReport, what: str = "run") -> State:
     """Failed when any send failed for good, a provider halted its channel, or a dispatch
     chunk crashed; decided after all other work is done."""
-    failed = int(report.get("failed", 0))
     parts = []
-    if failed:
-        parts.append(f"{failed} sends failed for good (see the clm-failed-sends artifact)")
-    for channel, why in sorted(dispatched.get("halted", {}).items()):
+    if report.failed:
+        parts.append(f"{report.failed} sends failed for good (see the clm-failed-sends artifact)")
+    for channel, why in sorted(dispatched.halted.items()):
         parts.append(f"channel {channel} halted, its messages wait: {redact(str(why))}")
-    if dispatched.get("chunks_failed"):
-        parts.append(f"{dispatched['chunks_failed']} dispatch chunks crashed")
+    if dispatched.chunks_failed:
+        parts.append(f"{dispatched.chunks_failed} dispatch chunks crashed")
     if parts:
         message = "; ".join(parts)
         get_run_logger().error(message)  # also in the run's logs, for operators and alerts
         return Failed(message=message)
-    return Completed(message=f"{what} completed: {report.get('sent', 0)} sent, "
-                             f"{report.get('created', 0)} messages planned")
+    return Completed(message=f"{what} completed: {report.sent} sent, "
+                             f"{report.planned} messages planned")
 
 
 def run_clock(as_of: date | datetime | None, now: datetime | None) -> RunClock:
@@ -106,12 +105,12 @@ def recorded_run(kind: str, now: datetime | None) -> Iterator[tuple[Target, Run,
         engine.dispose()
 
 
-def report_and_finish(tgt: Target, run: Run, since: datetime, dispatched: dict[str, Any],
+def report_and_finish(tgt: Target, run: Run, since: datetime, dispatched: DispatchReport,
                       what: str, summary: dict[str, Any]) -> State:
     """Publish the run's artifacts, record its summary, and decide its final state."""
     report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run",
                              recorded_since=run.started_at)
-    run.summary = {**summary, "dispatch": dispatched, "failed": report["failed"]}
+    run.summary = {**summary, "dispatch": dispatched.totals(), "failed": report.failed}
     state = final_state(report, dispatched, what)
     if state.is_failed():
         run.status = "failed"

@@ -3,11 +3,13 @@ dispatch what is due, report."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date, datetime
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from clm_core.delivery.dispatcher import DispatchReport
 from flows.common import dispatch_due, recorded_run, report_and_finish, run_clock, task_runner
 from tasks.journeys import plan_journeys
 from tasks.lifecycle import merge_reports, score_chunk, score_customers, score_population
@@ -43,14 +45,15 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None,
             scored = merge_reports([f.result() for f in futures])
         else:
             scored = score_customers(tgt, clock.as_of, run.id, fit_id, fit_max_age_days)
-        log.info("fit %s (orders up to %s): %s", scored["fit_id"], scored["fit_window_end"],
-                 scored["fit_reason"])
-        log.info("scored %s customers as of %s: %s", scored["customers"], scored["as_of"], scored["stages"])
+        log.info("fit %s (orders up to %s): %s", scored.fit_id, scored.fit_window_end,
+                 scored.fit_reason)
+        log.info("scored %s customers as of %s: %s", scored.customers, scored.as_of, scored.stages)
         planned = plan_journeys(tgt, clock.now)
-        log.info("journeys: %s", planned["written"])
-        sent = dispatch_due(tgt, clock.now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}
+        log.info("journeys: %s", planned)
+        sent = (dispatch_due(tgt, clock.now, dispatch_chunk_size, dispatch_max_chunks) if dispatch
+                else DispatchReport())
         return report_and_finish(tgt, run, since, sent, "lifecycle",
                                  {"as_of": clock.as_of.isoformat(), "now": clock.now.isoformat(),
-                                  "fit_id": scored["fit_id"], "scored": scored["customers"],
-                                  "transitions": scored["transitions"],
-                                  "planned": planned["written"]})
+                                  "fit_id": scored.fit_id, "scored": scored.customers,
+                                  "transitions": scored.transitions,
+                                  "planned": asdict(planned)})

@@ -13,17 +13,18 @@ import math
 import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.asyncio import rate_limit
+from prefect.concurrency.asyncio import (AcquireConcurrencySlotTimeoutError,
+                                         ConcurrencySlotAcquisitionError, rate_limit)
 
 from clm_core.db import tables as t
 from clm_core.delivery.config import DeliveryConfig, RedactSecrets, load_delivery_config
-from clm_core.delivery.dispatcher import Dispatcher
+from clm_core.delivery.dispatcher import DispatchReport, Dispatcher
 from clm_core.delivery.unsubscribe import signing_key
+from clm_core.errors import ThrottleError
 from clm_core.runs import utcnow
 from tasks.context import Target, opened
 
@@ -45,9 +46,12 @@ def plan_chunks(due: int, chunk_size: int, max_chunks: int) -> int:
     return min(max_chunks, max(1, math.ceil(due / max(1, chunk_size)))) if due else 0
 
 
-def shared_throttle(config: DeliveryConfig, use_limits: bool) -> Callable[[str, int], Awaitable[None]] | None:
-    """Take slots from the Prefect global rate limit of each provider that has a rate (made by
-    ``clm limits``); strict, so a missing limit fails the chunk instead of running unthrottled.
+def shared_throttle(config: DeliveryConfig,
+                    use_limits: bool) -> Callable[[str], Awaitable[None]] | None:
+    """Take one slot of the Prefect global rate limit of a provider that has a rate (made by
+    ``clm limits``) before each request to it: a request never asks for more slots than the
+    limit has, whatever it carries (Prefect refuses such a request outright). Strict, so a
+    missing limit stops the channel (its messages wait) instead of running unthrottled.
     Without a Prefect server there is nothing to share: each provider's own bucket applies."""
     from tasks.limits import limit_name
 
@@ -55,23 +59,27 @@ def shared_throttle(config: DeliveryConfig, use_limits: bool) -> Callable[[str, 
     if not use_limits or not limited:
         return None
 
-    async def throttle(provider: str, n: int) -> None:
-        if provider in limited:
-            await rate_limit(limit_name(provider), occupy=n, strict=True)
+    async def throttle(provider: str) -> None:
+        if provider not in limited:
+            return
+        try:
+            await rate_limit(limit_name(provider), occupy=1, strict=True)
+        except (ConcurrencySlotAcquisitionError, AcquireConcurrencySlotTimeoutError) as exc:
+            raise ThrottleError(f"rate limit {limit_name(provider)!r}: {exc} "
+                                "(run `clm limits` against this Prefect server)") from exc
 
     return throttle
 
 
 @task(name="dispatch-chunk", task_run_name="dispatch-chunk-{chunk}", cache_policy=NO_CACHE)
 async def dispatch_chunk(target: Target, chunk: int, limit: int,
-                         now: datetime | None = None) -> dict[str, Any]:
+                         now: datetime | None = None) -> DispatchReport:
     """Claim, send and record up to ``limit`` due messages."""
     with opened(target) as (settings, engine):
         config = load_delivery_config(settings)
         clock = (lambda: now) if now is not None else utcnow
+        throttle = shared_throttle(config, bool(os.environ.get("PREFECT_API_URL")))
         dispatcher = Dispatcher(engine, settings, config, signing_key=signing_key(settings),
                                 clock=clock, owner=f"chunk-{chunk}-{utcnow():%H%M%S%f}",
-                                throttle=shared_throttle(config, bool(os.environ.get("PREFECT_API_URL"))))
-        report = await dispatcher.run(limit=limit)
-    return {k: getattr(report, k) for k in ("claimed", "sent", "failed", "unknown", "skipped", "retried")} \
-        | {"halted": dict(report.halted)}
+                                throttle=throttle)
+        return await dispatcher.run(limit=limit)

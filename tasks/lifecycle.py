@@ -30,23 +30,17 @@ def fit_models(target: Target, as_of: date | None = None, holdout_end: date | No
         return report.as_dict()
 
 
-def _report(r: ScoreReport) -> dict[str, Any]:
-    return {"as_of": r.as_of.isoformat(), "customers": r.customers, "stages": r.stages,
-            "segments": r.segments, "transitions": r.transitions, "seconds": r.seconds,
-            "fit_id": r.fit_id, "fit_reason": r.fit_reason,
-            "fit_window_end": r.fit_window_end.isoformat() if r.fit_window_end else None}
-
-
 @task(name="score-customers", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
 def score_customers(target: Target, as_of: date | None, run_id: str | None,
-                    fit_id: int | None = None, max_fit_age_days: float | None = None) -> dict[str, Any]:
+                    fit_id: int | None = None, max_fit_age_days: float | None = None,
+                    ) -> ScoreReport:
     """Features, scores, RFM, stages and transitions of every customer in one vectorised pass,
     with the fit chosen as ``clm score`` chooses it (refitted when none is fresh enough); safe
     to retry (scores upsert, and the transition diff against the stored stage records nothing
     twice)."""
     with opened(target) as (settings, engine):
-        return _report(score(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
-                             run_id=run_id, fit_id=fit_id, max_fit_age_days=max_fit_age_days))
+        return score(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
+                     run_id=run_id, fit_id=fit_id, max_fit_age_days=max_fit_age_days)
 
 
 @task(name="score-population", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
@@ -63,22 +57,24 @@ def score_population(target: Target, as_of: date | None, run_id: str | None, chu
 @task(name="score-chunk", task_run_name="score-customers-{ids[0]}-{ids[1]}", cache_policy=NO_CACHE,
       retries=1, retry_delay_seconds=10)
 def score_chunk(target: Target, shared: Population, ids: tuple[int, int],
-                run_id: str | None) -> dict[str, Any]:
+                run_id: str | None) -> ScoreReport:
     """One id range, scored against the shared population; retry-safe like the whole run."""
     with opened(target) as (settings, engine):
-        return _report(score(engine, LifecycleConfig.from_settings(settings), run_id=run_id,
-                             ids=ids, shared=shared))
+        return score(engine, LifecycleConfig.from_settings(settings), run_id=run_id, ids=ids,
+                     shared=shared)
 
 
-def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The chunks' reports as one."""
-    out: dict[str, Any] = {"as_of": parts[0]["as_of"], "customers": 0, "stages": {}, "segments": {},
-                           "transitions": 0, "seconds": {},
-                           **{k: parts[0][k] for k in ("fit_id", "fit_reason", "fit_window_end")}}
+def merge_reports(parts: list[ScoreReport]) -> ScoreReport:
+    """The chunks' reports as one (they share the run's date and fits)."""
+    out = ScoreReport(as_of=parts[0].as_of, customers=0, stages={}, segments={}, transitions=0,
+                      fit_id=parts[0].fit_id, fitted=any(p.fitted for p in parts),
+                      fit_reason=parts[0].fit_reason, fit_window_end=parts[0].fit_window_end)
     for p in parts:
-        out["customers"] += p["customers"]
-        out["transitions"] += p["transitions"]
-        for key in ("stages", "segments", "seconds"):
-            for k, v in p[key].items():
-                out[key][k] = out[key].get(k, 0) + v
+        out.customers += p.customers
+        out.transitions += p.transitions
+        for mine, theirs in ((out.stages, p.stages), (out.segments, p.segments)):
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+        for k, sec in p.seconds.items():
+            out.seconds[k] = out.seconds.get(k, 0.0) + sec
     return out

@@ -23,7 +23,7 @@ def wanted_limits(settings: Settings) -> dict[str, tuple[int, float]]:
     for cfg in load_delivery_config(settings).channels.values():
         rate = float(cfg.rate_per_second or 0)
         if rate > 0:
-            # One second of burst; a dispatch sub-batch occupies one slot per message.
+            # One second of burst; every request to the provider takes one slot.
             out[limit_name(cfg.name)] = (max(1, int(rate)), rate)
     return out
 

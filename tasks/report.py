@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from clm_core.db.engine import make_engine
-from clm_core.reporting import failed_sends, summarize, summary_markdown
+from clm_core.reporting import RunSummary, failed_sends, summarize, summary_markdown
 
 FAILED_EVENT = "clm.send.failed"
 MAX_EVENTS = 5000  # per run; the summary event carries the full count
@@ -19,7 +17,7 @@ MAX_EVENTS = 5000  # per run; the summary event carries the full count
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
 def publish_summary(database_url: str, since: datetime, title: str,
-                    recorded_since: datetime | None = None) -> dict[str, Any]:
+                    recorded_since: datetime | None = None) -> RunSummary:
     """Markdown summary, table of every failed send, and one event per failed send.
 
     ``since``: the run's clock at its start (outcomes); ``recorded_since``: the wall clock at
@@ -45,6 +43,4 @@ def publish_summary(database_url: str, since: datetime, title: str,
     if failures:
         emit_event(event="clm.run.failed-sends", resource={"prefect.resource.id": "clm.outbox"},
                    payload={"count": len(failures)})
-    return {"failed": len(failures), "stages": summary.stages, "by_status": summary.by_status,
-            "created": sum(summary.created.values()),
-            "sent": sum(n for (_, _, s), n in summary.outcomes.items() if s == "sent")}
+    return summary

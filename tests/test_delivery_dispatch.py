@@ -4,7 +4,7 @@ render contexts, consent and suppression re-checks, opt-outs, render errors, lea
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -125,8 +125,8 @@ def test_expired_leases_resolved_safely(db_url: str, engine: sa.Engine) -> None:
     assert all(by_id[i]["status"] == "pending" for i in sms_ids[3:] + hook_ids)
 
     # The old owner still reports its real outcome over ``unknown``; a stranger cannot.
-    assert outbox.record(writer, "stranger", [outbox.Outcome(sms_ids[0], "sent", "sent")], now) == 0
-    assert outbox.record(writer, "dead", [outbox.Outcome(sms_ids[0], "sent", "sent")], now) == 1
+    assert outbox.record(writer, "stranger", [outbox.Resolution(sms_ids[0], "sent", "sent")], now) == 0
+    assert outbox.record(writer, "dead", [outbox.Resolution(sms_ids[0], "sent", "sent")], now) == 1
     # An operator may requeue the remaining unknowns after checking the provider.
     assert outbox.requeue(writer, now, "unknown") == 2
     assert Counter(r["status"] for r in rows(engine)) == {"pending": 7, "sent": 1}
@@ -142,3 +142,77 @@ def test_provider_halt_keeps_messages_pending(tmp_path: Path, db_url: str, engin
     assert {(r["status"], r["reason"]) for r in final} == {("pending", "provider_halted")}
     assert not sandbox.store.deliveries
     assert "not-the-secret" not in str(final) and "not-the-secret" not in report.halted["sms"]
+
+
+def test_halted_channel_spends_no_attempts(tmp_path: Path, db_url: str, engine: sa.Engine,
+                                           sandbox) -> None:
+    """Three runs against a revoked key leave attempts untouched; after the key is fixed a 429
+    is one attempt, not the last (max_attempts 3)."""
+    root = project(tmp_path, db_url, sandbox, sms="aliyun", max_attempts=3, backoff_base=0,
+                   backoff_max=0)
+    seed_outbox(engine, 3, channel="sms", prefix="o")
+    bad = {"ALIYUN_ACCESS_KEY_ID": "sandbox-access_key_id", "ALIYUN_ACCESS_KEY_SECRET": "revoked"}
+    for _ in range(3):
+        report = dispatch(root, engine, env=bad)
+        assert report.released == 3 and "SignatureDoesNotMatch" in report.halted["sms"]
+    assert {(r["status"], r["reason"], r["attempts"]) for r in rows(engine)} == {
+        ("pending", "provider_halted", 0)}
+    sandbox.store.set_faults({"rate_429": 1.0, "apis": ["aliyun"]})
+    dispatch(root, engine)
+    assert {(r["status"], r["attempts"]) for r in rows(engine)} == {("pending", 1)}
+    sandbox.store.set_faults({})
+    dispatch(root, engine)
+    assert {(r["status"], r["attempts"]) for r in rows(engine)} == {("sent", 2)}
+
+
+QUIET_JOURNEY = """
+name: winback
+status: active
+entry:
+  stage: {to: at_risk}
+contact_policy:
+  quiet_hours_window: {start: "22:00", end: "07:30"}
+steps:
+  - id: email_1
+    send: {channel: email, template: winback}
+"""
+
+
+def test_retry_due_in_quiet_hours_waits_for_their_end(tmp_path: Path, db_url: str,
+                                                      engine: sa.Engine, sandbox) -> None:
+    """Backoff moved a retry to 22:30 local time: when it comes due it is deferred to 07:30 (the
+    journey's quiet hours), without spending an attempt, and sent then. A first attempt that
+    planning scheduled is not second-guessed."""
+    import asyncio
+
+    from clm_core.delivery.config import load_delivery_config
+    from clm_core.delivery.dispatcher import Dispatcher
+    from clm_core.settings import load_settings
+
+    root = project(tmp_path, db_url, sandbox)
+    retry, first = seed_outbox(engine, 2, channel="email", prefix="q")
+    late = (utcnow() + timedelta(days=1)).replace(hour=22, minute=30, second=0, microsecond=0)
+    m = t.messages
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.journey_versions).values(
+            journey="winback", version=1, content_hash="x", status="active", created_at=late,
+            definition={"source": QUIET_JOURNEY, "file": "winback.yaml"}))
+        conn.execute(sa.update(m).where(m.c.idempotency_key == retry).values(
+            attempts=1, reason="retry_scheduled", error_code="429"))
+    settings = load_settings(root)
+
+    def run(at: datetime) -> None:
+        asyncio.run(Dispatcher(engine, settings, load_delivery_config(settings), signing_key=KEY,
+                               clock=lambda: at).run())
+
+    run(late)
+    final = {r["idempotency_key"]: r for r in rows(engine)}
+    assert (final[retry]["status"], final[retry]["reason"], final[retry]["attempts"]) == (
+        "deferred", "quiet_hours", 1)
+    assert final[retry]["send_after"] == (late + timedelta(days=1)).replace(hour=7, minute=30)
+    assert final[first]["status"] == "sent"
+    assert retry not in sandbox.store.delivered
+    run(late + timedelta(hours=9))
+    final = {r["idempotency_key"]: r for r in rows(engine)}
+    assert (final[retry]["status"], final[retry]["attempts"]) == ("sent", 2)
+    assert sandbox.store.delivered[retry] == 1

@@ -175,3 +175,37 @@ def test_order_goals_count_purchases_only(engine: sa.Engine, db_url: str, tmp_pa
     with engine.connect() as conn:
         converted = dict(conn.execute(sa.select(e.c.customer_id, e.c.goal)).all())
     assert converted == {ids[0]: None, ids[1]: None, ids[2]: None, ids[3]: "ordered", ids[4]: None}
+
+
+def test_longest_names_plan_keys_that_fit_the_column(engine: sa.Engine, db_url: str,
+                                                    tmp_path: Path) -> None:
+    """A journey name and step ids of the longest allowed length (64) plan messages on both
+    databases (the key column is String(128)); keys stay distinct and stable."""
+    name, hello, nudge = "w" * 64, "h" * 63 + "1", "h" * 63 + "2"
+    text = (WELCOME.replace("name: welcome", f"name: {name}").replace("id: hello", f"id: {hello}")
+            .replace("id: nudge", f"id: {nudge}"))
+    settings = project(tmp_path, db_url, {name: text})
+    ids = store_customers(engine, customers_frame(5, timezone="UTC"), NOW)
+    store_transitions(engine, ids, "new", NOW - timedelta(days=1))
+    assert evaluate(engine, settings, NOW).written.messages_created == 5
+    evaluate(engine, settings, NOW + timedelta(days=2))
+    with engine.connect() as conn:
+        keys = pd.read_sql(sa.select(t.messages.c.idempotency_key, t.messages.c.step_id), conn)
+    assert len(keys) == 10 and keys["idempotency_key"].is_unique
+    assert keys["idempotency_key"].str.len().max() <= t.messages.c.idempotency_key.type.length
+    assert keys.groupby("step_id")["idempotency_key"].apply(
+        lambda k: k.str.replace(r"/e\d+$", "", regex=True).nunique()).to_dict() == {hello: 1, nudge: 1}
+
+
+def test_message_keys_are_bounded_whatever_the_names() -> None:
+    from clm_core.journeys.engine import KEY_MAX, message_keys
+
+    msgs = pd.DataFrame({"journey": ["j" * 500, "j" * 500, "short"],
+                         "journey_version": [2**31 - 1, 2**31 - 1, 3],
+                         "step_id": ["s" * 300 + "a", "s" * 300 + "b", "hello"],
+                         "enrollment_id": [2**63 - 1, 2**63 - 1, 7]})
+    keys = message_keys(msgs)
+    assert keys.str.len().max() <= KEY_MAX
+    assert keys.is_unique  # distinct long names stay distinct
+    assert keys.iloc[2] == "short/v3/hello/e7"  # short names are kept as they are
+    assert keys.iloc[0].startswith("j" * 23 + "~")

@@ -39,6 +39,8 @@ EXPECTED = {
     "bad_step_id.yaml": (8, 5, "String should match pattern"),
     "two_actions.yaml": (10, 5, "a step does one thing; this one has send and wait"),
     "zero_weight.yaml": (10, 22, "weight: Input should be greater than 0"),
+    "long_journey_name.yaml": (1, 1, "name: String should have at most 64 characters"),
+    "long_step_id.yaml": (8, 5, "id: String should have at most 64 characters"),
 }
 
 

@@ -16,7 +16,9 @@ caller's transaction, so a failure rolls the indexes and constraints back with t
 
 from __future__ import annotations
 
+import csv
 import json
+from decimal import Decimal
 from collections.abc import Iterator, Sequence
 from typing import Any
 from contextlib import contextmanager
@@ -59,7 +61,12 @@ def _column(col: sa.Column, s: pd.Series) -> list[object]:
         return [None if v is None else v[:10] for v in _datetimes_as_text(s)]
     if isinstance(s.dtype, np.dtype) and s.dtype.kind in "iub":
         return s.tolist()
-    return s.to_numpy(dtype=object, na_value=None).tolist()
+    values = s.to_numpy(dtype=object, na_value=None).tolist()
+    if isinstance(col.type, sa.Numeric) and s.dtype == object:
+        # sqlite3 cannot bind Decimal; its repr as a float is what SQLAlchemy stores there,
+        # and PostgreSQL parses the same text back into the exact NUMERIC(12, 2).
+        return [float(v) if isinstance(v, Decimal) else v for v in values]
+    return values
 
 
 def _columns(table: sa.Table, df: pd.DataFrame) -> list[list[object]]:
@@ -140,7 +147,7 @@ def _raw(conn: Connection) -> Any:
 
 
 def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> None:
-    """COPY the frame into ``target`` as csv text (None becomes an empty field: NULL), in
+    """COPY the frame into ``target`` as csv text (None becomes an unquoted empty field: NULL), in
     chunks, so that the server parses one chunk while the next is formatted here."""
     sql = f"COPY {target} ({_quoted(df.columns)}) FROM STDIN WITH (FORMAT csv)"
     with _translated(conn, sql), _raw(conn).cursor() as cur:
@@ -148,7 +155,19 @@ def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> N
             for start in range(0, len(df), COPY_CHUNK_ROWS):
                 part = df.iloc[start:start + COPY_CHUNK_ROWS]
                 frame = pd.DataFrame(dict(zip(part.columns, _columns(table, part))), dtype=object)
-                copy.write(frame.to_csv(index=False, header=False))
+                copy.write(_csv(frame))
+
+
+# In COPY's csv format an unquoted empty field is NULL and a quoted one is an empty string.
+# pandas quotes every text field (NULLs included) under QUOTE_NONNUMERIC, so NULLs are written
+# as a quoted NUL character, which no PostgreSQL text can hold, and then unquoted to nothing.
+_NULL_MARK = "\x00"
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    text = frame.to_csv(index=False, header=False, quoting=csv.QUOTE_NONNUMERIC,
+                        na_rep=_NULL_MARK)
+    return text.replace(f'"{_NULL_MARK}"', "")
 
 
 def _load_table(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -30,10 +31,12 @@ from clm_core.delivery import outbox
 from clm_core.delivery.config import DeliveryConfig
 from clm_core.delivery.context import BatchData, Recommender, load_batch, render_context
 from clm_core.delivery.model import Outbound, Outcome, Provider, SendResult
-from clm_core.delivery.outbox import Outcome as Row
+from clm_core.delivery.outbox import Resolution
 from clm_core.delivery.providers import build_provider
+from clm_core.delivery.quiet import QuietHoursCheck
 from clm_core.delivery.unsubscribe import one_click_headers
 from clm_core.errors import TemplateRenderError
+from clm_core.journeys.store import project_policy
 from clm_core.runs import utcnow
 from clm_core.settings import Settings, redact
 from clm_core.templating import RenderedEmail, TemplateStore
@@ -47,6 +50,8 @@ CONSENT = {"email": 0, "sms": 1}
 
 @dataclass
 class DispatchReport:
+    """What one dispatcher (or, merged, every dispatch chunk of a run) did."""
+
     claimed: int = 0
     sent: int = 0
     failed: int = 0
@@ -54,13 +59,35 @@ class DispatchReport:
     skipped: int = 0
     retried: int = 0  # rescheduled after a transient failure
     released: int = 0  # handed back untouched (provider halted)
+    deferred: int = 0  # retries due inside quiet hours, moved to their end
     recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
     lost_leases: int = 0  # outcomes another dispatcher had already resolved
     halted: dict[str, str] = field(default_factory=dict)  # channel -> why
     errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
     elapsed: float = 0.0
+    chunks_failed: int = 0  # dispatch chunks that crashed (merged reports of a flow run)
 
-    def count(self, rows: list[Row]) -> None:
+    def merge(self, other: DispatchReport) -> None:
+        """Add another dispatcher's report to this one (chunks ran side by side: the elapsed
+        time is the longest, not the sum)."""
+        for name in ("claimed", "sent", "failed", "unknown", "skipped", "retried", "released",
+                     "deferred", "lost_leases", "chunks_failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.recovered.requeued += other.recovered.requeued
+        self.recovered.unknown += other.recovered.unknown
+        self.halted.update(other.halted)
+        self.errors.update(other.errors)
+        self.elapsed = max(self.elapsed, other.elapsed)
+
+    def totals(self) -> dict[str, Any]:
+        """The counts, as stored in the run's summary (JSON)."""
+        return {"claimed": self.claimed, "sent": self.sent, "failed": self.failed,
+                "unknown": self.unknown, "skipped": self.skipped, "retried": self.retried,
+                "released": self.released, "deferred": self.deferred,
+                "halted": dict(self.halted),
+                "chunks_failed": self.chunks_failed}
+
+    def count(self, rows: list[Resolution]) -> None:
         for r in rows:
             if r.error_code and r.status != "sent":
                 self.errors[f"{r.provider or ''} {r.error_code}".strip()] += 1
@@ -79,6 +106,10 @@ class DispatchReport:
     def summary(self) -> str:
         text = (f"claimed {self.claimed:,}: sent {self.sent:,}, failed {self.failed:,}, "
                 f"unknown {self.unknown:,}, skipped {self.skipped:,}, retry later {self.retried:,}")
+        if self.deferred:
+            text += f", deferred past quiet hours {self.deferred:,}"
+        if self.released:
+            text += f", waiting for a halted channel {self.released:,}"
         if self.recovered.requeued or self.recovered.unknown:
             text += (f"; expired leases: {self.recovered.requeued:,} requeued, "
                      f"{self.recovered.unknown:,} marked unknown")
@@ -101,10 +132,11 @@ class Dispatcher:
                  templates: TemplateStore | None = None, *, signing_key: bytes,
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
-                 throttle: Callable[[str, int], Awaitable[None]] | None = None):
-        """``throttle(provider, n)`` is awaited before each provider request of ``n`` messages:
-        the flows pass one that takes slots from Prefect global rate limits shared by every
-        worker; each provider's own token bucket still applies within this process."""
+                 throttle: Callable[[str], Awaitable[None]] | None = None):
+        """``throttle(provider)`` is awaited before each HTTP request (SMTP transaction) to
+        ``provider``, however many messages the request carries: the flows pass one that takes
+        a slot of a Prefect global rate limit shared by every worker, so the limit counts what
+        the provider counts. Each provider's own token bucket still applies in this process."""
         self.reader = self.writer = engine
         self.throttle = throttle
         self.settings, self.config = settings, config
@@ -119,6 +151,8 @@ class Dispatcher:
         self.recommender: Recommender | None = None
         self.report = DispatchReport()
         self._claims = 0
+        self.quiet = QuietHoursCheck(engine, project_policy(settings.section("journeys")),
+                                     settings.default_timezone)
 
     # --- the run ------------------------------------------------------------------------
 
@@ -129,6 +163,9 @@ class Dispatcher:
         self._wait = wait
         self.providers = self._given_providers or {
             ch: build_provider(cfg) for ch, cfg in self.config.channels.items()}
+        if self.throttle is not None:
+            for provider in self.providers.values():
+                provider.gate = functools.partial(self.throttle, provider.name)
         self.writer = outbox.writer_engine(self.reader)
         try:
             self.recommender = await asyncio.to_thread(Recommender, self.reader)
@@ -186,8 +223,23 @@ class Dispatcher:
     # --- one batch ----------------------------------------------------------------------
 
     async def _process(self, rows: list[dict[str, Any]], owner: str) -> None:
+        keeper = asyncio.create_task(self._keep_lease([r["id"] for r in rows], owner))
+        try:
+            await self._process_claimed(rows, owner)
+        finally:
+            keeper.cancel()
+
+    async def _keep_lease(self, ids: list[int], owner: str) -> None:
+        """Renew the batch's lease every third of it while the batch is worked on (waiting
+        for rate-limit slots can take longer than one lease); a dead dispatcher stops renewing,
+        so its claims still run out."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            await asyncio.to_thread(outbox.renew, self.writer, owner, ids, self.clock(), self.lease)
+
+    async def _process_claimed(self, rows: list[dict[str, Any]], owner: str) -> None:
         data = await asyncio.to_thread(load_batch, self.reader, rows, self.recommender)
-        outcomes: list[Row] = []
+        outcomes: list[Resolution] = []
         ready = []
         for row in rows:
             skip = self._precheck(row, data)
@@ -195,6 +247,15 @@ class Dispatcher:
                 outcomes.append(skip)
             else:
                 ready.append(row)
+        quiet = await asyncio.to_thread(
+            self.quiet.deferrals, ready,
+            {r["customer_id"]: data.customers[r["customer_id"]]["timezone"] for r in ready},
+            self.clock())
+        if quiet:
+            # A retry that backoff moved into quiet hours waits for their end (not an attempt).
+            outcomes += [Resolution(i, "deferred", "quiet_hours", send_after=until, attempted=False)
+                         for i, until in quiet.items()]
+            ready = [r for r in ready if r["id"] not in quiet]
         coupon_failures = await self._issue_coupons([r for r in ready if r["coupon"]], data)
         outcomes += coupon_failures.values()
         messages: list[tuple[dict[str, Any], Outbound]] = []
@@ -204,7 +265,7 @@ class Dispatcher:
             try:
                 messages.append((row, self._render(row, data)))
             except TemplateRenderError as exc:
-                outcomes.append(Row(row["id"], "failed", "render_error", error_code="template",
+                outcomes.append(Resolution(row["id"], "failed", "render_error", error_code="template",
                                     error_message=redact(str(exc))[:1000]))
         by_channel: dict[str, list[tuple[dict[str, Any], Outbound]]] = {}
         for row, msg in messages:
@@ -213,26 +274,26 @@ class Dispatcher:
         await asyncio.gather(*(self._send(ch, items, owner, [r["id"] for r in rows])
                                for ch, items in by_channel.items()))
 
-    def _precheck(self, row: dict[str, Any], data: BatchData) -> Row | None:
+    def _precheck(self, row: dict[str, Any], data: BatchData) -> Resolution | None:
         """Consent and suppression, checked again just before sending."""
         channel = row["channel"]
         customer = data.customers.get(row["customer_id"])
         if channel not in self.config.channels:
-            return Row(row["id"], "failed", "unknown_channel", error_code="channel",
+            return Resolution(row["id"], "failed", "unknown_channel", error_code="channel",
                        error_message=f"no provider configured for channel {channel!r}")
         if customer is None:
-            return Row(row["id"], "skipped", "customer_missing")
+            return Resolution(row["id"], "skipped", "customer_missing")
         if channel in ADDRESS:
             address = customer[ADDRESS[channel]]
             if not address:
-                return Row(row["id"], "skipped", f"no_{ADDRESS[channel]}")
+                return Resolution(row["id"], "skipped", f"no_{ADDRESS[channel]}")
             if not data.consent[row["customer_id"]][CONSENT[channel]]:
-                return Row(row["id"], "skipped", "no_consent")
+                return Resolution(row["id"], "skipped", "no_consent")
             if (channel, address) in data.suppressed:
-                return Row(row["id"], "skipped", "suppressed")
+                return Resolution(row["id"], "skipped", "suppressed")
         return None
 
-    async def _issue_coupons(self, rows: list[dict[str, Any]], data: BatchData) -> dict[int, Row]:
+    async def _issue_coupons(self, rows: list[dict[str, Any]], data: BatchData) -> dict[int, Resolution]:
         """Issue each step's coupon before its message, idempotently on the message key."""
         todo = [r for r in rows if r["idempotency_key"] not in data.coupons]
         if not todo:
@@ -256,7 +317,7 @@ class Dispatcher:
                                       "expires_at": int(expires.timestamp()) if expires else None,
                                       "customer": data.customers[r["customer_id"]]["external_id"]}))
         results = await self._provider_send(provider, batch)
-        failures: dict[int, Row] = {}
+        failures: dict[int, Resolution] = {}
         issued = []
         for r, res in zip(todo, results):
             if res.outcome is Outcome.SENT:
@@ -299,8 +360,6 @@ class Dispatcher:
         return msg
 
     async def _provider_send(self, provider: Provider, batch: list[Outbound]) -> list[SendResult]:
-        if self.throttle is not None:
-            await self.throttle(provider.name, len(batch))
         return await provider.send(batch)
 
     async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]], owner: str,
@@ -329,7 +388,7 @@ class Dispatcher:
             await self._commit([self._outcome(row, res, provider, address=msg.to)
                                 for (row, msg), res in zip(part, results)], owner)
 
-    async def _commit(self, outcomes: list[Row], owner: str) -> None:
+    async def _commit(self, outcomes: list[Resolution], owner: str) -> None:
         if not outcomes:
             return
         updated = await asyncio.to_thread(outbox.record, self.writer, owner, outcomes, self.clock())
@@ -344,23 +403,25 @@ class Dispatcher:
         delay = base * self.rng.uniform(0.5, 1.5)
         return timedelta(seconds=max(delay, retry_after or 0.0))
 
-    def _halted(self, row: dict[str, Any], res: SendResult | None, provider: Provider) -> Row:
+    def _halted(self, row: dict[str, Any], res: SendResult | None, provider: Provider) -> Resolution:
         if res is not None and row["channel"] not in self.report.halted:
             self.report.halted[row["channel"]] = f"{provider.name}: {res.code}: {res.message}"
             log.error("provider %s refuses all sends (%s): channel %s stopped for this run",
                       provider.name, res.code, row["channel"])
-        return Row(row["id"], "pending", "provider_halted", provider=provider.name,
-                   error_code=res.code if res else None,
-                   error_message=redact(res.message or "")[:1000] if res else None,
-                   send_after=self.clock() + timedelta(seconds=self.config.backoff_base))
+        # Not an attempt: the provider refused the channel as a whole, not this message.
+        return Resolution(row["id"], "pending", "provider_halted", provider=provider.name,
+                          error_code=res.code if res else None,
+                          error_message=redact(res.message or "")[:1000] if res else None,
+                          send_after=self.clock() + timedelta(seconds=self.config.backoff_base),
+                          attempted=False)
 
     def _outcome(self, row: dict[str, Any], res: SendResult, provider: Provider, prefix: str = "",
-                 address: str | None = None) -> Row:
+                 address: str | None = None) -> Resolution:
         now = self.clock()
         common = {"provider": provider.name, "error_code": res.code,
                   "error_message": redact(res.message or "")[:1000] or None}
         if res.outcome is Outcome.SENT:
-            return Row(row["id"], "sent", "sent", provider=provider.name,
+            return Resolution(row["id"], "sent", "sent", provider=provider.name,
                        provider_message_id=res.provider_message_id, sent_at=now)
         if res.halt:
             return self._halted(row, res, provider)
@@ -368,15 +429,15 @@ class Dispatcher:
             suppress = None
             if address and row["channel"] in ADDRESS:
                 suppress = (row["channel"], address, row["customer_id"], res.suppress or "invalid")
-            return Row(row["id"], "failed", f"{prefix}recipient_{res.suppress or 'rejected'}",
+            return Resolution(row["id"], "failed", f"{prefix}recipient_{res.suppress or 'rejected'}",
                        suppress=suppress, **common)
         if res.outcome is Outcome.PERMANENT:
-            return Row(row["id"], "failed", f"{prefix}permanent_error", **common)
+            return Resolution(row["id"], "failed", f"{prefix}permanent_error", **common)
         # Transient.
         if res.ambiguous and not provider.idempotent:
-            return Row(row["id"], "unknown", f"{prefix}outcome_unknown", **common)
+            return Resolution(row["id"], "unknown", f"{prefix}outcome_unknown", **common)
         if row["attempts"] >= self.config.max_attempts:
-            return Row(row["id"], "failed", f"{prefix}retries_exhausted", **common)
-        return Row(row["id"], "pending", f"{prefix}retry_scheduled",
+            return Resolution(row["id"], "failed", f"{prefix}retries_exhausted", **common)
+        return Resolution(row["id"], "pending", f"{prefix}retry_scheduled",
                    send_after=now + self._backoff(row["attempts"], res.retry_after), **common)
 

@@ -10,12 +10,19 @@ it only to a provider that honours an idempotency key.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+# Awaited before every request a provider makes (one slot of a shared rate limit); raises
+# ``clm_core.errors.ThrottleError`` when no slot can be had, and then nothing is sent.
+Gate = Callable[[], Awaitable[None]]
+
 
 class Outcome(str, Enum):
+    """How one message fared at the provider."""
+
     SENT = "sent"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
@@ -64,6 +71,7 @@ class Provider(Protocol):
     idempotent: bool
     max_batch: int  # messages per request
     concurrency: int  # requests in flight at once
+    gate: Gate | None  # awaited before each request: a shared rate limit across workers
 
     async def send(self, batch: list[Outbound]) -> list[SendResult]: ...
 

@@ -37,8 +37,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 DUE = ("pending", "deferred")
 
-CLAIM_COLUMNS = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.journey, m.c.step_id,
-                 m.c.channel, m.c.template, m.c.coupon, m.c.tags, m.c.attempts, m.c.created_at)
+CLAIM_COLUMNS = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.journey, m.c.journey_version,
+                 m.c.step_id, m.c.channel, m.c.template, m.c.coupon, m.c.tags, m.c.attempts,
+                 m.c.created_at)
 
 
 _RETRY_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
@@ -127,8 +128,20 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
     return got
 
 
+@retrying
+def renew(engine: Engine, owner: str, ids: Sequence[int], now: datetime, lease: timedelta) -> int:
+    """Extend the lease of the claimed ``ids`` this owner still holds: a batch that waits for
+    rate-limit slots (or issues many coupons) stays its owner's while it makes progress."""
+    if not ids:
+        return 0
+    with engine.begin() as conn:
+        return int(conn.execute(sa.update(m).where(
+            m.c.id.in_(list(ids)), m.c.lease_owner == owner, m.c.status == "claimed")
+            .values(lease_expires_at=now + lease)).rowcount)
+
+
 @dataclass
-class Outcome:
+class Resolution:
     """The new state of one claimed message (``send_after`` None keeps the old one)."""
 
     id: int
@@ -141,10 +154,13 @@ class Outcome:
     sent_at: datetime | None = None
     send_after: datetime | None = None
     suppress: tuple[str, str, int, str] | None = None  # channel, address, customer_id, reason
+    # False when the provider never acted on the message (its channel is halted: a revoked
+    # key, no rate-limit slot): the claim gives its attempt back, so an outage spends none.
+    attempted: bool = True
 
 
 @retrying
-def record(engine: Engine, owner: str, outcomes: Sequence[Outcome], now: datetime) -> int:
+def record(engine: Engine, owner: str, outcomes: Sequence[Resolution], now: datetime) -> int:
     """Commit outcomes (and suppressions) in one transaction; returns rows updated. Rows whose
     lease this owner lost to a resend are left alone; ``unknown`` ones get the real outcome."""
     if not outcomes:
@@ -152,7 +168,8 @@ def record(engine: Engine, owner: str, outcomes: Sequence[Outcome], now: datetim
     params = [{"_id": o.id, "_owner": owner, "_status": o.status, "_reason": o.reason,
                "_send_after": o.send_after, "_provider": o.provider,
                "_pmid": o.provider_message_id, "_code": o.error_code,
-               "_msg": o.error_message, "_sent_at": o.sent_at} for o in outcomes]
+               "_msg": o.error_message, "_sent_at": o.sent_at,
+               "_undo": 0 if o.attempted else 1} for o in outcomes]
     stmt = (sa.update(m)
             .where(m.c.id == sa.bindparam("_id"), m.c.lease_owner == sa.bindparam("_owner"),
                    sa.or_(m.c.status == "claimed", m.c.status == "unknown"))
@@ -162,6 +179,7 @@ def record(engine: Engine, owner: str, outcomes: Sequence[Outcome], now: datetim
                     provider=sa.bindparam("_provider"), provider_message_id=sa.bindparam("_pmid"),
                     error_code=sa.bindparam("_code"), error_message=sa.bindparam("_msg"),
                     sent_at=sa.bindparam("_sent_at", type_=sa.DateTime()),
+                    attempts=m.c.attempts - sa.bindparam("_undo", type_=sa.Integer()),
                     lease_owner=None, lease_expires_at=None, updated_at=now))
     suppressions = [{"channel": c, "address": a, "customer_id": cid, "reason": r,
                      "source": o.provider, "created_at": now}

@@ -18,6 +18,7 @@ Nothing here touches the database, so ``clm plan`` and the scheduled run share e
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -47,10 +48,28 @@ def _ts(s: pd.Series) -> pd.Series:
     return pd.to_datetime(s).astype("datetime64[ns]")
 
 
+# Names longer than this go into the outbox key as a prefix and a hash, so the key is at most
+# 40 + 2 + 10 (version) + 1 + 40 + 2 + 20 (enrollment id) = 115 characters: it fits the
+# String(128) column on PostgreSQL whatever the names (shorter names are kept as they are).
+KEY_PART_MAX = 40
+KEY_MAX = 128
+
+
+def key_part(name: str) -> str:
+    """``name`` itself when short; else its first characters, ``~`` and 16 hex digits of its
+    BLAKE2b hash (distinct names stay distinct; the key still shows what it is about)."""
+    if len(name) <= KEY_PART_MAX:
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+    return f"{name[:KEY_PART_MAX - 17]}~{digest}"
+
+
 def message_keys(msgs: pd.DataFrame) -> pd.Series:
     """The outbox key of each message: journey, version, step and enrollment."""
-    return (msgs["journey"] + "/v" + msgs["journey_version"].astype(str) + "/" + msgs["step_id"]
-            + "/e" + msgs["enrollment_id"].astype(str))
+    parts = {c: msgs[c].map({v: key_part(str(v)) for v in pd.unique(msgs[c])})
+             for c in ("journey", "step_id")}
+    return (parts["journey"] + "/v" + msgs["journey_version"].astype(str) + "/"
+            + parts["step_id"] + "/e" + msgs["enrollment_id"].astype(str))
 
 
 def empty_enrollments() -> pd.DataFrame:

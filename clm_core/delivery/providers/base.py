@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from clm_core.delivery.model import Outbound, Outcome, SendResult
+from clm_core.delivery.model import Gate, Outbound, Outcome, SendResult
+from clm_core.errors import ThrottleError
 from clm_core.settings import redact as redact_known
 
 
@@ -90,6 +91,21 @@ def redact(text: str, secrets: dict[str, str]) -> str:
     return text
 
 
+async def pass_gate(gate: Gate | None, keys: list[str], provider: str) -> list[SendResult]:
+    """Take one slot of the shared rate limit for one request. Without a slot nothing is sent:
+    the messages come back transient and not ambiguous, with ``halt`` (every later request
+    would be refused the same way), so they wait for the next run and keep their attempts."""
+    if gate is None:
+        return []
+    try:
+        await gate()
+    except ThrottleError as exc:
+        text = redact_known(f"{provider}: {exc}")[:500]
+        return [SendResult(k, Outcome.TRANSIENT, code="rate_limit", message=text, halt=True)
+                for k in keys]
+    return []
+
+
 # Raised before any byte reached the provider: resending is always safe.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -115,6 +131,7 @@ class HttpProvider:
         )
         self._slots = asyncio.Semaphore(config.concurrency)
         self._bucket = RateLimiter(config.rate_per_second)
+        self.gate: Gate | None = None
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -137,6 +154,9 @@ class HttpProvider:
         """One HTTP call under the concurrency cap and rate limit. Transport errors come back as
         transient results for ``keys`` (ambiguous when the request may have been received)."""
         async with self._slots:
+            refused = await pass_gate(self.gate, keys, self.name)
+            if refused:
+                return refused
             await self._bucket.acquire()
             try:
                 return await self.client.request(method, url, **kwargs)

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from clm_core.delivery.model import Outbound, Outcome, SendResult
-from clm_core.delivery.providers.base import ProviderConfig, redact
+from clm_core.delivery.model import Gate, Outbound, Outcome, SendResult
+from clm_core.delivery.providers.base import ProviderConfig, pass_gate, redact
 
 INVALID_RECIPIENT = {550, 551, 553}
 
@@ -49,6 +49,7 @@ class SmtpProvider:
         self.starttls = bool(config.option("starttls", False))
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         self._slots = asyncio.Semaphore(config.concurrency)
+        self.gate: Gate | None = None
 
     async def _connection(self) -> aiosmtplib.SMTP:
         while not self._idle.empty():
@@ -71,6 +72,9 @@ class SmtpProvider:
 
     async def send_one(self, m: Outbound) -> SendResult:
         async with self._slots:
+            refused = await pass_gate(self.gate, [m.key], self.name)
+            if refused:
+                return refused[0]
             try:
                 conn = await self._connection()
             except (aiosmtplib.SMTPException, OSError) as exc:
