@@ -44,8 +44,6 @@ _FAKE = [
 ]
 URL_ATTRIBUTES = ("href", "src", "background", "action")
 _ATTR = re.compile(r"""\b(href|src|background|action)\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
-# Tags whose text is never shown; links inside are not checked.
-_SKIP_CONTENT = ("style", "script")
 
 
 def _masked(source: str) -> str:
@@ -107,21 +105,14 @@ def is_absolute(url: str) -> bool:
 
 
 class _Links(HTMLParser):
+    """URL attributes of start tags (the text of <style> and <script> is never parsed as tags)."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.found: list[tuple[str, str, str]] = []  # (tag, attribute, value)
-        self._skip = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP_CONTENT:
-            self._skip += 1
-        for name, value in attrs:
-            if name in URL_ATTRIBUTES and not self._skip:
-                self.found.append((tag, name, value or ""))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_CONTENT and self._skip:
-            self._skip -= 1
+        self.found += [(tag, name, value or "") for name, value in attrs if name in URL_ATTRIBUTES]
 
 
 def links(rendered_html: str) -> list[tuple[str, str, str]]:
@@ -136,8 +127,10 @@ def bad_links(rendered_html: str) -> list[tuple[str, str, str]]:
     return [link for link in links(rendered_html) if not is_absolute(link[2])]
 
 
-def sources(store: TemplateStore, path: str) -> list[str]:
-    """``path`` and every template it extends, includes or imports (paths in the store)."""
+def sources(store: TemplateStore, path: str, cache: dict[str, list[str]] | None = None) -> list[str]:
+    """``path`` and every template it extends, includes or imports (paths in the store).
+    ``cache`` keeps each file's direct references between calls."""
+    refs = {} if cache is None else cache
     seen: list[str] = []
     todo = [path]
     while todo:
@@ -145,11 +138,13 @@ def sources(store: TemplateStore, path: str) -> list[str]:
         if p in seen or not (store.root / p).is_file():
             continue
         seen.append(p)
-        try:
-            tree = store.env.parse((store.root / p).read_text(encoding="utf-8"))
-        except jinja2.TemplateSyntaxError:
-            continue
-        todo += [r for r in meta.find_referenced_templates(tree) if r]
+        if p not in refs:
+            try:
+                tree = store.env.parse((store.root / p).read_text(encoding="utf-8"))
+                refs[p] = [r for r in meta.find_referenced_templates(tree) if r]
+            except jinja2.TemplateSyntaxError:
+                refs[p] = []
+        todo += refs[p]
     return seen
 
 
@@ -161,10 +156,11 @@ def _attributes(source: str) -> Iterator[tuple[int, int, str, str]]:
 
 
 def locate_link(store: TemplateStore, path: str, attribute: str, value: str,
-                context: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
+                context: Mapping[str, Any], cache: dict[str, list[str]] | None = None
+                ) -> tuple[str, int | None, int | None]:
     """(file, line, column) of the attribute that rendered as ``value``: a literal value is
     compared as written, one with placeholders is rendered alone with the same context."""
-    for p in sources(store, path):
+    for p in sources(store, path, cache):
         source = (store.root / p).read_text(encoding="utf-8")
         for line, col, attr, raw in _attributes(source):
             if attr != attribute:
@@ -191,9 +187,10 @@ def source_problems(store: TemplateStore, path: str) -> list[Problem]:
     return fake_placeholders(source, str(file)) + text_outside_blocks(store.env, source, str(file))
 
 
-def template_files(store: TemplateStore, name: str, locale: str, parts: tuple[str, ...]) -> list[str]:
+def template_files(store: TemplateStore, name: str, locale: str, parts: tuple[str, ...],
+                   cache: dict[str, list[str]] | None = None) -> list[str]:
     """Every file one variant renders from, its layouts and macros included."""
     files: list[str] = []
     for part in parts:
-        files += [p for p in sources(store, f"{name}/{locale}/{part}") if p not in files]
+        files += [p for p in sources(store, f"{name}/{locale}/{part}", cache) if p not in files]
     return files

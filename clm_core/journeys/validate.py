@@ -118,13 +118,13 @@ class TemplateChecks:
         self.configured_urls = {settings.public_base_url, self.store_ctx["url"]}
         self._checked: set[str] = set()
         self._flagged: set[tuple[str, int | None]] = set()  # lines with a source problem
+        self._refs: dict[str, list[str]] = {}  # template -> templates it references
 
     def locales(self, name: str) -> list[str]:
         have = set(self.store.locales(name))
         return sorted(have | {self.settings.default_locale} | set(self.counts))
 
-    def journey(self, j: CompiledJourney) -> list[Problem]:
-        loc = parse_yaml(j.source, j.file)[1]
+    def journey(self, j: CompiledJourney, loc: Locator) -> list[Problem]:
         problems: list[Problem] = []
         for i, step in enumerate(j.spec.steps):
             if isinstance(step, SendStep):
@@ -179,7 +179,7 @@ class TemplateChecks:
 
     def _sources(self, name: str, variant: str, channel: str) -> list[Problem]:
         problems = []
-        for f in tc.template_files(self.store, name, variant, PARTS[channel]):
+        for f in tc.template_files(self.store, name, variant, PARTS[channel], self._refs):
             if f not in self._checked:
                 self._checked.add(f)
                 found = tc.source_problems(self.store, f)
@@ -194,7 +194,7 @@ class TemplateChecks:
             if value in self.configured_urls:
                 continue  # config_problems names the setting
             file, line, col = tc.locate_link(self.store, f"{name}/{variant}/body.html.j2", attr,
-                                             value, ctx)
+                                             value, ctx, self._refs)
             if (file, line) in self._flagged:
                 continue  # the source check already explained this line
             problems.append(Problem(file, line, col, f"<{tag} {attr}={value!r}> in {what} is not "
@@ -217,9 +217,8 @@ class TemplateChecks:
         return problems
 
 
-def _unknown_stages(j: CompiledJourney, stages: list[str], rules: str) -> list[Problem]:
+def _unknown_stages(j: CompiledJourney, loc: Locator, stages: list[str], rules: str) -> list[Problem]:
     """Errors for stages the rules do not define (a journey entering on one never starts)."""
-    loc = parse_yaml(j.source, j.file)[1]
     return [loc.problem(path, f"unknown stage {name!r}{did_you_mean(name, stages)}; the stages "
                         f"in {rules} are {', '.join(stages)}")
             for name, path in stage_refs(j.spec) if name not in stages]
@@ -268,5 +267,6 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
         names, rules = stages_for(f.resolve().parent)
         problems += duplicate_name(j, seen)
         problems += [w for w in j.warnings if not w.message.startswith("unknown stage ")]
-        problems += _unknown_stages(j, names, rules) + checks.journey(j)
+        loc = parse_yaml(j.source, j.file)[1]
+        problems += _unknown_stages(j, loc, names, rules) + checks.journey(j, loc)
     return list(dict.fromkeys(problems))
