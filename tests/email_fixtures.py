@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,7 +35,7 @@ def sample_project(root: Path, *, store_url: str = "https://shop.example.org/",
     return root
 
 
-def add_customers(engine: sa.Engine, people: list[tuple[str, str, str | None]]) -> None:
+def add_customers(engine: sa.Engine, people: Sequence[tuple[str, str, str | None]]) -> None:
     with engine.begin() as conn:
         conn.execute(t.customers.insert(), [
             {"external_id": ext, "name": name, "locale": locale, "email": f"{ext}@example.com",

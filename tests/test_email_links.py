@@ -8,13 +8,13 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
 
 from clm_core.journeys import template_checks as tc
-from tests.email_fixtures import (CUSTOMERS, add_customers, email_steps, preview_all,
-                                  sample_project)
+from tests.email_fixtures import CUSTOMERS, add_customers, email_steps, preview_all, sample_project
 
 SHOP = "https://shop.example.org/"
 BASE = "https://clm.example.org"
@@ -40,9 +40,9 @@ def test_every_preview_links_to_absolute_configured_urls(tmp_path: Path, db_url:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     """Answers every GET with a small page and records the path."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         type(self).seen.append(self.path)
         body = b"<!doctype html><title>ok</title><p>ok</p>"
         self.send_response(200)
@@ -51,7 +51,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -50,8 +50,8 @@ MUTATIONS = {
                       "journeys/welcome.yaml:9:11", "unknown stage 'nwe' (did you mean 'new'?)"),
     "unclosed bracket": ("journeys/welcome.yaml", "stage: {to: new}", "stage: {to: new",
                          "journeys/welcome.yaml:10:9",
-                         "while parsing a flow mapping that started at line 9, column 10 "
-                         "(is its '}' missing?)"),
+                         ("while parsing a flow mapping that started at line 9, column 10 "
+                          "(is its '}' missing?)")),
     "relative shop URL": ("clm.toml", 'store_url = "https://shop.example.org/"',
                           'store_url = "shop.example.org"', "clm.toml:6",
                           "store_url 'shop.example.org' is not an absolute http(s) URL"),

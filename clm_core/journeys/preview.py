@@ -15,8 +15,13 @@ from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.model import SendStep
 from clm_core.settings import Settings
 from clm_core.suggest import did_you_mean
-from clm_core.templating import (RenderedEmail, RenderedSms, TemplateStore, configured_store,
-                                 sample_context)
+from clm_core.templating import (
+    RenderedEmail,
+    RenderedSms,
+    TemplateStore,
+    configured_store,
+    sample_context,
+)
 
 SCORE_FIELDS = ("stage", "rfm_segment", "p_alive", "clv_12m", "expected_purchases_90d", "n_orders",
                 "total_spend", "avg_order_value", "last_order_at", "days_since_last_order")

@@ -33,7 +33,7 @@ from clm_core.templating import TemplateStore
 # An expression is masked only when it is well formed and brace-free inside, so a broken one such
 # as ``{{ links.shop }">`` stays visible to the checks below.
 _JINJA = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}|\{#.*?#\}|\{%.*?%\}"
-                    r"|\{\{[^{}]*\}\}", re.S)
+                    r"|\{\{[^{}]*\}\}", re.DOTALL)
 # A name with an optional filter; never ':' or ';', so CSS rules such as "{ margin: 0 }" pass.
 _NAME = r"\s*[A-Za-z_][\w.]*(?:\s*\|[^{}:;\n]*)?\s*"
 _FAKE = [
@@ -43,7 +43,8 @@ _FAKE = [
     (re.compile(r"(?<![{$])\{" + _NAME + r"\}(?!\})"), "single braces are not a placeholder"),
 ]
 URL_ATTRIBUTES = ("href", "src", "background", "action")
-_ATTR = re.compile(r"""\b(href|src|background|action)\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
+_ATTR = re.compile(r"""\b(href|src|background|action)\s*=\s*(?:"([^"]*)"|'([^']*)')""",
+                   re.IGNORECASE)
 
 
 def _masked(source: str) -> str:
@@ -170,8 +171,8 @@ def locate_link(store: TemplateStore, path: str, attribute: str, value: str,
             else:
                 try:
                     got = store.env.from_string(raw).render(dict(context))
-                except Exception:  # a macro call or the like: not this one, try the others
-                    continue
+                except (jinja2.TemplateError, TypeError, ValueError, AttributeError):
+                    continue  # a macro call or the like: not renderable alone, try the others
             if html.unescape(got).strip() == value.strip():
                 return str(store.root / p), line, col
     return str(store.root / path), None, None

@@ -33,7 +33,13 @@ from clm_core.journeys.model import ProjectPolicy, SendStep
 from clm_core.journeys.store import NOT_JOURNEYS, duplicate_name, journey_files
 from clm_core.settings import CONFIG_FILE, Settings
 from clm_core.suggest import did_you_mean
-from clm_core.templating import PARTS, RenderedEmail, TemplateStore, configured_store, sample_context
+from clm_core.templating import (
+    PARTS,
+    RenderedEmail,
+    TemplateStore,
+    configured_store,
+    sample_context,
+)
 from clm_core.yamlspec import Locator, parse_yaml
 
 RULES_FILE = "lifecycle.yaml"
