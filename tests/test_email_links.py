@@ -5,6 +5,7 @@ leads to the shop."""
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,9 @@ def test_every_preview_links_to_absolute_configured_urls(tmp_path: Path, db_url:
         hrefs = {value for tag, attr, value in found if tag == "a"}
         assert SHOP in hrefs, (f, hrefs)  # the main button
         assert f"{BASE}/u/preview" in hrefs and f"{BASE}/p/preview" in hrefs, (f, hrefs)
-        assert "{" not in html.split("</style>")[-1], f  # no placeholder left in the body
+        body = html.split("</style>")[-1]
+        assert "{" not in body, f  # no placeholder left
+        assert not re.search(r"\bNone\b", body), f  # these customers have no scores yet
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
