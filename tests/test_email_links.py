@@ -81,7 +81,7 @@ def test_every_email_in_chromium_has_working_links_and_a_main_button_to_the_shop
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
+                                   reason="playwright is not installed (pip install -e .[e2e])")
     server, seen = recorder
     root = sample_project(tmp_path / "shop", store_url=f"{server}/shop",
                           public_base_url=f"{server}/clm", database_url=db_url)

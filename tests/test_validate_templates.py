@@ -103,3 +103,14 @@ def test_a_locale_with_customers_but_no_variant_is_a_warning_with_the_count(
            "variant: 3 customer(s) with locale fr would get the en one" in warnings, result.output
     assert not any("locale en " in x or "locale zh-CN" in x for x in warnings), result.output
     assert validate(root, "--strict").exit_code == 1
+
+
+def test_an_incomplete_locale_variant_is_an_error(tmp_path: Path) -> None:
+    root = sample_project(tmp_path / "shop")
+    fr = root / "templates" / "welcome_thanks" / "fr"
+    fr.mkdir()
+    (fr / "subject.txt.j2").write_text("Merci, {{ customer.first_name }} !")
+    result = validate(root)
+    assert result.exit_code == 1, result.output
+    assert f"{root}/journeys/welcome.yaml:21:28: error: template 'welcome_thanks' (fr) has no " \
+           "body.html.j2, body.txt.j2, so fr customers get the en variant" in result.output
