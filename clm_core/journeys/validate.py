@@ -125,6 +125,7 @@ class TemplateChecks:
         self._checked: set[str] = set()
         self._flagged: set[tuple[str, int | None]] = set()  # lines with a source problem
         self._refs: dict[str, list[str]] = {}  # template -> templates it references
+        self._linked: set[tuple[str, int | None, int | None, str]] = set()  # bad links reported
 
     def locales(self, name: str) -> list[str]:
         have = set(self.store.locales(name))
@@ -201,8 +202,9 @@ class TemplateChecks:
                 continue  # config_problems names the setting
             file, line, col = tc.locate_link(self.store, f"{name}/{variant}/body.html.j2", attr,
                                              value, ctx, self._refs)
-            if (file, line) in self._flagged:
-                continue  # the source check already explained this line
+            if (file, line) in self._flagged or (file, line, col, value) in self._linked:
+                continue  # explained already: by the source check, or for another locale
+            self._linked.add((file, line, col, value))
             problems.append(Problem(file, line, col, f"<{tag} {attr}={value!r}> in {what} is not "
                                     "an absolute http(s) or mailto: URL after rendering; a mail "
                                     "client cannot follow it"))
