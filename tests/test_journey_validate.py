@@ -14,8 +14,9 @@ CORPUS = Path(__file__).parent / "journeys_broken"
 
 # file -> (line, column, part of the message)
 EXPECTED = {
-    "yaml_syntax.yaml": (10, 7, "YAML syntax: expected ',' or '}', but got ':'; while parsing a "
-                         "flow mapping that started at line 9, column 11 (is its '}' missing?)"),
+    "yaml_syntax.yaml": (10, 7, ("YAML syntax: expected ',' or '}', but got ':'; while parsing a "
+                                 "flow mapping that started at line 9, column 11 (is its '}' "
+                                 "missing?)")),
     "misspelled_top_key.yaml": (7, 1, "unknown key 'stpes' (did you mean 'steps'?)"),
     "misspelled_step_key.yaml": (9, 5, "unknown key 'sned' (did you mean 'send'?)"),
     "wrong_type.yaml": (7, 1, "priority: Input should be a valid integer"),
