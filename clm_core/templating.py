@@ -27,6 +27,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from clm_core.errors import TemplateRenderError
+from clm_core.settings import Settings
 
 EMAIL_PARTS = ("subject.txt.j2", "body.html.j2", "body.txt.j2")
 SMS_PARTS = ("sms.txt.j2",)
@@ -189,10 +190,40 @@ def _suggest(name: str, names: list[str]) -> str:
     return did_you_mean(name, names)
 
 
+SAMPLE_BASE_URL = "https://clm.example.com"
+SAMPLE_STORE = {"name": "Example Records", "url": "https://shop.example.com/"}
+
+
+def configured_store(settings: Settings) -> dict[str, str]:
+    """The store as messages show it (``[delivery] store_name`` and ``store_url``), the same
+    values the dispatcher puts in ``store`` and ``links.shop``."""
+    from clm_core.delivery.config import DeliveryConfig
+
+    section = settings.section("delivery")
+    return {"name": str(section.get("store_name", DeliveryConfig.store_name)),
+            "url": str(section.get("store_url", DeliveryConfig.store_url))}
+
+
+def sample_links(public_base_url: str, store_url: str, token: str = "sample-token") -> dict[str, str]:
+    """``links`` as the dispatcher builds them, for a made-up token."""
+    from clm_core.delivery.unsubscribe import unsubscribe_url
+
+    return {"unsubscribe": unsubscribe_url(public_base_url, token),
+            "preferences": f"{public_base_url.rstrip('/')}/p/{token}", "shop": store_url}
+
+
 def sample_context(locale: str = "en", *, with_coupon: bool = True, now: datetime | None = None,
-                   journey: str = "sample", step: str = "step") -> dict[str, Any]:
-    """A realistic context for validation and previews (every documented variable set)."""
+                   journey: str = "sample", step: str = "step",
+                   store: dict[str, str] | None = None,
+                   public_base_url: str = SAMPLE_BASE_URL, token: str = "sample-token"
+                   ) -> dict[str, Any]:
+    """A realistic context for validation and previews (every documented variable set).
+
+    ``store`` and ``public_base_url`` come from the project's configuration when there is one, so
+    the links a check or a preview shows are the ones customers would get.
+    """
     now = now or datetime(2026, 1, 15, 10, 0)
+    store = dict(store or SAMPLE_STORE)
     zh = locale.startswith("zh")
     name = "王芳" if zh else "Alex Morgan"
     return {
@@ -210,9 +241,7 @@ def sample_context(locale: str = "en", *, with_coupon: bool = True, now: datetim
         "recommendations": [{"sku": "CD-JAZ-001", "name": "Jazz Album No. 1"},
                             {"sku": "CD-ROC-004", "name": "Rock Album No. 4"},
                             {"sku": "CD-POP-002", "name": "Pop Album No. 2"}],
-        "links": {"unsubscribe": "https://clm.example.com/u/sample-token",
-                  "preferences": "https://clm.example.com/p/sample-token",
-                  "shop": "https://shop.example.com/"},
-        "store": {"name": "Example Records", "url": "https://shop.example.com/"},
+        "links": sample_links(public_base_url, store["url"], token),
+        "store": store,
         "journey": {"name": journey, "step": step},
     }

@@ -72,16 +72,31 @@ def _plain(node: Any) -> Any:
     return node
 
 
+_CLOSERS = {"flow mapping": "'}'", "flow sequence": "']'", "quoted scalar": "closing quote"}
+
+
+def _syntax_problem(exc: MarkedYAMLError, file: str) -> Problem:
+    """Located where the parser noticed, naming where the construct began: an unclosed bracket
+    is only noticed lines later, at the next thing that cannot be inside it."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    what = exc.problem or exc.context or "invalid YAML"
+    start = exc.context_mark
+    if exc.problem and exc.context and start is not None:
+        what += f"; {exc.context} that started at line {start.line + 1}, column {start.column + 1}"
+        closer = next((c for kind, c in _CLOSERS.items() if kind in exc.context), None)
+        if closer and (start.line, start.column) != (mark.line, mark.column):  # type: ignore[union-attr]
+            what += f" (is its {closer} missing?)"
+    return Problem(file, line, col, f"YAML syntax: {what}")
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, Locator]:
     """Plain Python data and its Locator; a syntax error raises a located SpecError."""
     yaml = YAML(typ="rt")
     try:
         root = yaml.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        what = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
-        raise SpecError([Problem(file, line, col, f"YAML syntax: {what}")]) from None
+        raise SpecError([_syntax_problem(exc, file)]) from None
     except Exception as exc:  # ruamel raises a few unmarked errors (e.g. bad unicode)
         raise SpecError([Problem(file, None, None, f"YAML: {exc}")]) from None
     return _plain(root), Locator(file, root)

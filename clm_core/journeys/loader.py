@@ -146,6 +146,17 @@ def load_journey(path: str | Path, policy: ProjectPolicy | None = None) -> Compi
     return parse_journey(text, str(p), policy)
 
 
+def stage_refs(spec: Journey) -> list[tuple[str, tuple[Any, ...]]]:
+    """(stage name, key path) of every stage a journey names, in its entry and its goals."""
+    refs: list[tuple[str, tuple[Any, ...]]] = []
+    if spec.entry.stage:
+        refs.append((spec.entry.stage.to, ("entry", "stage", "to")))
+        refs += [(s, ("entry", "stage", "from", i)) for i, s in enumerate(spec.entry.stage.from_ or [])]
+    for i, goal in enumerate(spec.goals):
+        refs += [(s, ("goals", i, "stage", k)) for k, s in enumerate(goal.stage or [])]
+    return refs
+
+
 def _compile(j: CompiledJourney, data: dict[str, Any], loc: Locator,
              policy: ProjectPolicy) -> list[Problem]:
     spec = j.spec
@@ -160,10 +171,6 @@ def _compile(j: CompiledJourney, data: dict[str, Any], loc: Locator,
         j.audience = cond(spec.audience, ("audience",))
     if spec.entry.segment is not None:
         j.segment = cond(spec.entry.segment, ("entry", "segment"))
-    stage_refs: list[tuple[str, tuple[Any, ...]]] = []
-    if spec.entry.stage:
-        stage_refs.append((spec.entry.stage.to, ("entry", "stage", "to")))
-        stage_refs += [(s, ("entry", "stage", "from", i)) for i, s in enumerate(spec.entry.stage.from_ or [])]
     goal_ids: set[str] = set()
     for i, goal in enumerate(spec.goals):
         if goal.id in goal_ids:
@@ -173,8 +180,7 @@ def _compile(j: CompiledJourney, data: dict[str, Any], loc: Locator,
             c = cond(goal.condition, ("goals", i, "condition"))
             if c is not None:
                 j.goal_conditions[goal.id] = c
-        stage_refs += [(s, ("goals", i, "stage", k)) for k, s in enumerate(goal.stage or [])]
-    for name, path in stage_refs:
+    for name, path in stage_refs(spec):
         if name not in STAGES:
             problems.append(loc.problem(path, f"unknown stage {name!r}{did_you_mean(name, STAGES)}; "
                                         f"stages: {', '.join(STAGES)}", "warning"))

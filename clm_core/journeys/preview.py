@@ -15,7 +15,13 @@ from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.model import SendStep
 from clm_core.settings import Settings
 from clm_core.suggest import did_you_mean
-from clm_core.templating import RenderedEmail, RenderedSms, TemplateStore, sample_context
+from clm_core.templating import (
+    RenderedEmail,
+    RenderedSms,
+    TemplateStore,
+    configured_store,
+    sample_context,
+)
 
 SCORE_FIELDS = ("stage", "rfm_segment", "p_alive", "clv_12m", "expected_purchases_90d", "n_orders",
                 "total_spend", "avg_order_value", "last_order_at", "days_since_last_order")
@@ -65,16 +71,14 @@ def preview(db: Engine, settings: Settings, journey: CompiledJourney, customer_r
     for step in steps:
         ctx = sample_context(customer["locale"] or settings.default_locale,
                              with_coupon=step.send.coupon is not None, journey=journey.name,
-                             step=step.id, now=now)
+                             step=step.id, now=now, store=configured_store(settings),
+                             public_base_url=settings.public_base_url, token="preview")
         ctx["customer"], ctx["scores"] = customer, scores
         coupon = step.send.coupon
         if coupon is not None:
             ctx["coupon"] = {"code": "PREVIEW-CODE", "kind": coupon.kind, "value": coupon.value,
                              "currency": coupon.currency or settings.currency,
                              "expires_at": now + timedelta(days=coupon.expires_in_days or 30)}
-        base = settings.public_base_url.rstrip("/")
-        ctx["links"] = {"unsubscribe": f"{base}/u/preview", "preferences": f"{base}/p/preview",
-                        "shop": ctx["store"]["url"]}
         rendered = store.render(step.send.template, step.send.channel, customer["locale"], ctx)
         out.append(Preview(step.id, step.send.channel, step.send.template, rendered))
     return out
