@@ -28,7 +28,10 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
     with recorded_run("lifecycle", now) as (tgt, run, since):
         if fit_is_stale(tgt, fit_max_age_days, as_of):
             fit = fit_models(tgt, as_of=as_of, run_id=run.id)
-            log.info("fitted %s: %s", fit["model"], fit["params"])
+            if fit["model"] is None:
+                log.info("no fit: %s", fit["not_fitted"])
+            else:
+                log.info("fitted %s: %s", fit["model"], fit["params"])
         if score_chunks > 1:
             shared, ranges = score_population(tgt, as_of, run.id, score_chunks)
             futures = [score_chunk.submit(tgt, shared, ids, run.id) for ids in ranges]

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clm_core.db import tables as t
+from clm_core.errors import NotEnoughHistoryError
 from clm_core.lifecycle.pipeline import (LifecycleConfig, Population, ScoreReport, customer_ranges,
                                          fit, latest_order_date, population, score)
 from clm_core.runs import utcnow
@@ -21,8 +22,11 @@ def fit_models(target: Target, as_of: date | None = None, holdout_end: date | No
                run_id: str | None = None) -> dict[str, Any]:
     """Fit BG/NBD (or the configured model) and Gamma-Gamma; a rerun only adds a fit row."""
     with opened(target) as (settings, engine):
-        report = fit(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
-                     holdout_end=holdout_end, run_id=run_id)
+        try:
+            report = fit(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
+                         holdout_end=holdout_end, run_id=run_id)
+        except NotEnoughHistoryError as exc:  # scoring goes on without the models
+            return {"model": None, "not_fitted": str(exc)}
         return report.as_dict()
 
 
@@ -45,7 +49,8 @@ def fit_is_stale(target: Target, max_age_days: float, as_of: date | None = None)
 
 def _report(r: ScoreReport) -> dict[str, Any]:
     return {"as_of": r.as_of.isoformat(), "customers": r.customers, "stages": r.stages,
-            "segments": r.segments, "transitions": r.transitions, "seconds": r.seconds}
+            "segments": r.segments, "transitions": r.transitions, "seconds": r.seconds,
+            "no_model": r.no_model}
 
 
 @task(name="score-customers", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
@@ -79,7 +84,7 @@ def score_chunk(target: Target, shared: Population, ids: tuple[int, int],
 def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The chunks' reports as one."""
     out: dict[str, Any] = {"as_of": parts[0]["as_of"], "customers": 0, "stages": {}, "segments": {},
-                           "transitions": 0, "seconds": {}}
+                           "transitions": 0, "seconds": {}, "no_model": parts[0].get("no_model")}
     for p in parts:
         out["customers"] += p["customers"]
         out["transitions"] += p["transitions"]
