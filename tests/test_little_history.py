@@ -68,7 +68,9 @@ def test_five_customer_store_scores_without_a_model_and_plans_welcome(db_url: st
         engine.dispose()
     assert scores["stage"].to_dict() == {"s1": "new", "s2": "new", "s3": "new", "s4": "new",
                                          "s5": "prospect"}
-    assert scores[["p_alive", "expected_purchases_30d", "clv_12m", "expected_aov"]].isna().all().all()
+    model = ["p_alive", "expected_purchases_30d", "expected_purchases_90d", "clv_12m",
+             "expected_aov"]
+    assert scores[model].isna().all().all()
     assert scores["fit_id"].isna().all()
     assert (scores.loc["s1", "n_orders"], scores.loc["s1", "total_spend"]) == (1, 21.0)
 

@@ -67,7 +67,8 @@ class ImportReport:
         warned = f", {self.warned} kept with warnings" if self.warned else ""
         out = [f"{self.entity} from {self.file} ({self.encoding}): {self.rows_read} rows read, "
                f"{self.imported} imported ({self.inserted} new, {self.updated} updated, "
-               f"{self.unchanged} unchanged), {self.rejected} rejected{warned} in {self.seconds:.1f}s"]
+               f"{self.unchanged} unchanged), {self.rejected} rejected{warned} "
+               f"in {self.seconds:.1f}s"]
         if self.unknown_columns:
             where = (f"kept in {ENTITIES[self.entity].extra_column}"
                      if ENTITIES[self.entity].extra_column else "not imported")

@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from clm_core.lifecycle.history import Rhythm
+from clm_core.lifecycle.history import DEFAULT_RHYTHM, Rhythm
 
 UNIT_DAYS = {"day": 1.0, "week": 7.0}
 FETCH_CHUNK = 200_000
@@ -122,7 +122,8 @@ class Features:
 
 def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
                       customer_columns: Iterable[str] = (), ids: tuple[int, int] | None = None,
-                      typical_gap: float | None = None, rhythm: Rhythm = Rhythm()) -> Features:
+                      typical_gap: float | None = None,
+                      rhythm: Rhythm = DEFAULT_RHYTHM) -> Features:
     """One row per customer (prospects included) with order metrics and lifetimes' summary,
     plus the named ``CUSTOMER_COLUMNS``.
 

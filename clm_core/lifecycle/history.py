@@ -47,6 +47,9 @@ class Rhythm:
         return float(np.median(span_days[has] / repeats[has]))
 
 
+DEFAULT_RHYTHM = Rhythm()
+
+
 @dataclass(frozen=True)
 class Shortfall:
     """Why no model can be fitted yet, and how far the store is from it."""
