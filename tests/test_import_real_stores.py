@@ -207,3 +207,12 @@ def test_encoding_detection(run: Run, query, tmp_path: Path, encoding: str, text
     assert f"({expected}): 2 rows read, 2 imported" in res.output
     names = query(sa.select(t.customers.c.name).order_by(t.customers.c.external_id))["name"]
     assert names.tolist() == [line.split(text[11])[1] for line in text.splitlines()[1:]]
+
+
+def test_events_with_an_empty_id_cell_import_once(run: Run, query, tmp_path: Path) -> None:
+    events = write(tmp_path / "e.csv", "event_id,customer_id,type,timestamp\n"
+                   ",c1,page_view,2024-01-01 10:00\ne2,c1,page_view,2024-01-01 11:00\n")
+    for _ in range(2):
+        res = run("import", "events", str(events))
+        assert res.exit_code == 0, res.output
+    assert count(query, t.events) == 2 and "2 imported (0 new" in res.output

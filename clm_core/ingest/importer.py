@@ -105,7 +105,7 @@ def _listing(items: list[str], total: int | None = None) -> str:
 
 
 @dataclass
-class Checked:
+class Validated:
     """A validated table: clean values, problems by row, and the cells dropped to empty."""
 
     clean: pd.DataFrame
@@ -114,7 +114,7 @@ class Checked:
 
 
 def validate_table(raw: RawTable, entity: Entity, *, region: str, tz: str,
-                   strict: bool = False) -> Checked:
+                   strict: bool = False) -> Validated:
     """Clean every column. A bad required value is an error; a bad optional one a warning,
     its cell emptied (an error too with ``strict``)."""
     clean = pd.DataFrame(index=raw.frame.index)
@@ -132,7 +132,7 @@ def validate_table(raw: RawTable, entity: Entity, *, region: str, tz: str,
                 values = values.mask(bad, False) if values.dtype == bool else values.mask(bad)
                 dropped[name] = bad[bad].index
         clean[name] = values
-    return Checked(clean, _problems(*problems), dropped)
+    return Validated(clean, _problems(*problems), dropped)
 
 
 def _problems(*frames: pd.DataFrame) -> pd.DataFrame:
@@ -253,8 +253,12 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
         if entity.name == "orders":
             df["status"] = df["status"].fillna("completed") if "status" in df else "completed"
         keys = ["external_id"]
-        if entity.name == "events" and "external_id" not in df.columns:
-            df.insert(0, "external_id", _event_ids(df))
+        if entity.name == "events":  # an event without an id gets one from its content
+            if "external_id" not in df.columns:
+                df.insert(0, "external_id", _event_ids(df))
+            elif df["external_id"].isna().any():
+                df["external_id"] = df["external_id"].fillna(
+                    _event_ids(df.drop(columns="external_id")))
     else:  # order items
         orders = pd.read_sql(sa.select(t.orders.c.id, t.orders.c.external_id), conn)
         mapping = pd.Series(orders["id"].to_numpy(), index=orders["external_id"].to_numpy())
@@ -399,10 +403,12 @@ def import_csv(engine: Engine, entity_name: str, path: str | Path, *, encoding: 
 def _currencies(clean: pd.DataFrame, raw: RawTable, report: ImportReport) -> None:
     """Every order gets a currency: the file's, else the one its amount names (``¥88``), else
     the store's; orders in another currency are counted for the summary."""
-    named = amount_currencies(raw.frame["amount"])
     given = clean["currency"] if "currency" in clean else pd.Series(None, index=clean.index,
                                                                     dtype=object)
-    clean["currency"] = given.fillna(named).fillna(report.currency or np.nan)
+    missing = given.isna()
+    if missing.any():
+        given = given.fillna(amount_currencies(raw.frame.loc[missing, "amount"]))
+    clean["currency"] = given.fillna(report.currency or np.nan)
     if report.currency:
         other = clean["currency"].dropna()
         other = other[other != report.currency]

@@ -161,6 +161,7 @@ def amount_currencies(raw: pd.Series) -> pd.Series:
     """The currency each amount names by its sign or code (None when it names none)."""
     out = pd.Series(None, index=raw.index, dtype=object)
     text = raw.dropna().astype(str)
+    text = text[pd.to_numeric(text, errors="coerce").isna()]  # plain numbers name nothing
     for pattern, code in _AMOUNT_CURRENCY:
         hit = text.str.contains(pattern, regex=True)
         out[hit[hit].index] = out[hit[hit].index].fillna(code)
