@@ -23,21 +23,29 @@ def _csv_command(group: click.Group, entity: str, cmd_name: str) -> None:
     @group.command(cmd_name, help=f"Import {entity.replace('_', ' ')} from a CSV file.")
     @click.argument("file", type=click.Path(dir_okay=False))
     @click.option("--encoding", type=click.Choice(ENCODINGS), default="auto", show_default=True,
-                  help="auto: UTF-8 (with or without BOM), else GB18030.")
+                  help="auto: UTF-16 with BOM, UTF-8 (with or without BOM), GBK/GB18030, "
+                  "else Windows-1252.")
     @click.option("--map", "mapping", multiple=True, metavar="FIELD=COLUMN",
                   help="Read FIELD from COLUMN (repeatable).")
-    @click.option("--region", help="Country for phone numbers without +code (default: settings).")
+    @click.option("--region", help="Country of phone numbers written without +code, e.g. CN "
+                  "(default: settings default_region).")
     @click.option("--timezone", "tz", help="Time zone of times without an offset (default: settings).")
-    @click.option("--rejects", type=click.Path(dir_okay=False), help="Where to write bad rows "
-                  "(default: ./rejects-<file>.csv).")
+    @click.option("--rejects", type=click.Path(dir_okay=False), help="Where to write rows with "
+                  "problems (default: <file>-rejects.csv next to the file).")
+    @click.option("--strict", is_flag=True, help="Reject a row for a bad optional field too "
+                  "(default: drop the field with a warning and keep the row).")
+    @click.option("--strict-columns", is_flag=True, help="Refuse a file with columns that match "
+                  "no field (default: list them and keep them as attributes).")
     @pass_app
     def command(app: App, file: str, encoding: str, mapping: tuple[str, ...], region: str | None,
-                tz: str | None, rejects: str | None) -> None:
+                tz: str | None, rejects: str | None, strict: bool, strict_columns: bool) -> None:
         from clm_core.ingest.importer import import_csv
 
         report = import_csv(app.engine, entity, file, encoding=encoding, mapping=_parse_map(mapping),
                             region=region or app.settings.default_region,
-                            tz=tz or app.settings.default_timezone, rejects=rejects)
+                            tz=tz or app.settings.default_timezone, rejects=rejects,
+                            strict=strict, strict_columns=strict_columns,
+                            currency=app.settings.currency)
         for line in report.lines():
             click.echo(line)
 

@@ -54,13 +54,14 @@ def register(cli: click.Group) -> None:
         would be created, deferred or skipped and why. Changes nothing."""
         from clm_core.journeys.report import decisions, summary_lines
         from clm_core.journeys.run import evaluate
+        from clm_core.spreadsheet import safe_cells
 
         result = evaluate(app.engine, app.settings, _at(at), dry_run=True)
         for line in summary_lines(result):
             click.echo(line)
         if csv_path:
             table = decisions(app.engine, result.plan)
-            table.to_csv(csv_path, index=False)
+            safe_cells(table).to_csv(csv_path, index=False)  # customer data: no formulas
             click.echo(f"{len(table):,} decisions written to {csv_path}")
 
     @cli.command()

@@ -104,11 +104,17 @@ def register(cli: click.Group) -> None:
         with record_run(app.engine, "score") as run:
             r = score(app.engine, config, as_of=as_of, rules=rules, run_id=run.id, fit_id=fit_id)
             run.summary = {"as_of": r.as_of.isoformat(), "customers": r.customers, "fit_id": r.fit_id,
-                           "stages": r.stages, "transitions": r.transitions}
+                           "stages": r.stages, "transitions": r.transitions,
+                           "no_model": r.no_model}
         click.echo(fit_line(r))
-        click.echo(f"scored {r.customers:,} customers as of {r.as_of} with fit {r.fit_id}; "
+        model = f"fit {r.fit_id}" if r.fit_id is not None else "no CLV model yet"
+        click.echo(f"scored {r.customers:,} customers as of {r.as_of} with {model}; "
                    f"{r.transitions:,} stage changes recorded "
                    f"({sum(r.seconds.values()):.1f} s)")
+        if r.no_model:
+            click.echo(f"{r.no_model}. Stages that need no model (prospect, new, one-time "
+                       "buyers by the store's rhythm) are assigned; P(alive), expected "
+                       "purchases and CLV stay empty until the models can be fitted.")
         width = max(len(s) for s in [*r.stages, *r.segments, "stage"])
         click.echo(f"\n{'stage':<{width}}  customers")
         for name, n in r.stages.items():

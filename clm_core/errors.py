@@ -7,6 +7,7 @@
     ├── SpecError                 a marketer's file (stage rules, journey, template) is invalid;
     │                             carries every problem found, each with file:line:column
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
+    │   └── NotEnoughHistoryError     too few customers or repeat buyers to fit yet
     ├── TemplateRenderError       a template failed to render (undefined variable, sandbox)
     ├── TokenError                an unsubscribe token is malformed, altered or foreign
     └── ProviderError             a provider refuses every send for now (revoked key, balance):
@@ -71,6 +72,11 @@ class SpecError(ClmError):
 
 class ModelFitError(ClmError):
     """A model could not be fitted; the message says what to try."""
+
+
+class NotEnoughHistoryError(ModelFitError):
+    """The store has too few customers or repeat buyers for a fit; scoring goes on without
+    the models (``lifecycle.history``)."""
 
 
 class TemplateRenderError(ClmError):

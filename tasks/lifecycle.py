@@ -8,15 +8,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from clm_core.lifecycle.pipeline import (
-    LifecycleConfig,
-    Population,
-    ScoreReport,
-    customer_ranges,
-    fit,
-    population,
-    score,
-)
+from clm_core.errors import NotEnoughHistoryError
+from clm_core.lifecycle.pipeline import (LifecycleConfig, Population, ScoreReport, customer_ranges,
+                                         fit, population, score)
 from tasks.context import Target, opened
 
 
@@ -25,8 +19,11 @@ def fit_models(target: Target, as_of: date | None = None, holdout_end: date | No
                run_id: str | None = None) -> dict[str, Any]:
     """Fit BG/NBD (or the configured model) and Gamma-Gamma; a rerun only adds a fit row."""
     with opened(target) as (settings, engine):
-        report = fit(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
-                     holdout_end=holdout_end, run_id=run_id)
+        try:
+            report = fit(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
+                         holdout_end=holdout_end, run_id=run_id)
+        except NotEnoughHistoryError as exc:  # scoring goes on without the models
+            return {"model": None, "not_fitted": str(exc)}
         return report.as_dict()
 
 
@@ -68,7 +65,8 @@ def merge_reports(parts: list[ScoreReport]) -> ScoreReport:
     """The chunks' reports as one (they share the run's date and fits)."""
     out = ScoreReport(as_of=parts[0].as_of, customers=0, stages={}, segments={}, transitions=0,
                       fit_id=parts[0].fit_id, fitted=any(p.fitted for p in parts),
-                      fit_reason=parts[0].fit_reason, fit_window_end=parts[0].fit_window_end)
+                      fit_reason=parts[0].fit_reason, fit_window_end=parts[0].fit_window_end,
+                      no_model=parts[0].no_model)
     for p in parts:
         out.customers += p.customers
         out.transitions += p.transitions

@@ -66,10 +66,10 @@ c6,Fay Wu,fay@example.com,(202) 555-0188,zh-cn,2024/02/03 10:00
 def test_mixed_file_imports_the_good_rows_and_rejects_each_bad_one(run: Run, query, tmp_path: Path) -> None:
     rejects = tmp_path / "bad.csv"
     res = run("import", "customers", str(write(tmp_path / "c.csv", CUSTOMERS)),
-              "--rejects", str(rejects))
+              "--rejects", str(rejects), "--strict")
     assert res.exit_code == 0, res.output
     assert "8 rows read, 2 imported (2 new, 0 updated, 0 unchanged), 6 rejected" in res.output
-    assert f"bad rows written to {rejects}" in res.output
+    assert f"rows with problems written to {rejects}" in res.output
 
     stored = query(sa.select(t.customers).order_by(t.customers.c.external_id))
     assert stored["external_id"].tolist() == ["c1", "c6"]
@@ -80,9 +80,10 @@ def test_mixed_file_imports_the_good_rows_and_rejects_each_bad_one(run: Run, que
     assert pd.Timestamp(c6["signed_up_at"]) == pd.Timestamp("2024-02-03 10:00")
 
     bad = pd.read_csv(rejects, encoding="utf-8-sig", dtype=str, keep_default_na=False)
-    assert bad.columns.tolist()[:3] == ["row", "column", "reason"]
+    assert bad.columns.tolist()[:4] == ["row", "severity", "column", "reason"]
     by_row = bad.set_index("row")
     assert by_row.index.tolist() == ["3", "4", "5", "6", "7", "8"]
+    assert set(by_row["severity"]) == {"error"}
     expect = {"3": ("email", "invalid email 'bob@'"),
               "4": ("phone", "invalid phone '12345'"),
               "5": ("external_id", "required value is missing"),
@@ -94,7 +95,25 @@ def test_mixed_file_imports_the_good_rows_and_rejects_each_bad_one(run: Run, que
         assert reason in by_row.loc[row, "reason"]
     # The original cells come along, so the file can be fixed and imported again.
     assert by_row.loc["3", "customer_id"] == "c2" and by_row.loc["3", "email"] == "bob@"
-    assert by_row.loc["8"].iloc[2:].tolist() == ["c5", "Eve Fox", "eve@example.com", "", "en", ""]
+    assert by_row.loc["8"].iloc[3:].tolist() == ["c5", "Eve Fox", "eve@example.com", "", "en", ""]
+
+
+def test_without_strict_bad_optional_fields_are_dropped_and_the_rows_kept(run: Run, query,
+                                                                         tmp_path: Path) -> None:
+    rejects = tmp_path / "bad.csv"
+    res = run("import", "customers", str(write(tmp_path / "c.csv", CUSTOMERS)),
+              "--rejects", str(rejects))
+    assert res.exit_code == 0, res.output
+    assert "8 rows read, 5 imported (5 new, 0 updated, 0 unchanged), 3 rejected, " \
+           "3 kept with warnings" in res.output
+    stored = query(sa.select(t.customers).order_by(t.customers.c.external_id)).set_index("external_id")
+    assert stored.index.tolist() == ["c1", "c2", "c3", "c4", "c6"]
+    assert pd.isna(stored.loc["c2", "email"]) and stored.loc["c2", "phone"] == "+12025550144"
+    assert pd.isna(stored.loc["c3", "phone"]) and stored.loc["c3", "email"] == "cid@example.com"
+    assert pd.isna(stored.loc["c4", "signed_up_at"])
+    by_row = pd.read_csv(rejects, encoding="utf-8-sig", dtype=str).set_index("row")
+    assert by_row["severity"].to_dict() == {"3": "warning", "4": "warning", "5": "error",
+                                            "6": "warning", "7": "error", "8": "error"}
 
 
 ORDERS = """\
@@ -114,21 +133,25 @@ def test_orders_file_rejects_bad_rows_and_creates_unknown_customers(run: Run, qu
     rejects = tmp_path / "rej.csv"
     res = run("import", "orders", str(write(tmp_path / "o.csv", ORDERS)), "--rejects", str(rejects))
     assert res.exit_code == 0, res.output
-    assert "8 rows read, 2 imported (2 new, 0 updated, 0 unchanged), 6 rejected" in res.output
-    assert "2 customers created from customer ids" in res.output
+    assert "8 rows read, 3 imported (3 new, 0 updated, 0 unchanged), 5 rejected, " \
+           "1 kept with warnings" in res.output
+    assert "2 customers created from this file's customer ids, with no contact details and " \
+           "no consent (c1, c9)" in res.output
     orders = query(sa.select(t.orders.c.external_id, t.orders.c.amount, t.orders.c.quantity,
-                             t.orders.c.status, t.customers.c.external_id.label("customer"))
+                             t.orders.c.status, t.orders.c.currency,
+                             t.customers.c.external_id.label("customer"))
                    .join(t.customers).order_by(t.orders.c.external_id))
-    assert orders.to_dict("list") == {"external_id": ["o1", "o5"], "amount": [19.9, 1204.5],
-                                      "quantity": [1, 2], "status": ["completed"] * 2,
-                                      "customer": ["c1", "c9"]}
+    orders["quantity"] = orders["quantity"].astype("Int64")
+    assert orders.astype(object).where(orders.notna(), None).to_dict("list") == {
+        "external_id": ["o1", "o5", "o7"], "amount": [19.9, 1204.5, 5.0], "quantity": [1, 2, None],
+        "status": ["completed"] * 3, "currency": ["USD"] * 3, "customer": ["c1", "c9", "c9"]}
     bad = pd.read_csv(rejects, encoding="utf-8-sig", dtype=str).set_index("row")
     assert bad.loc["3", "column"] == "amount" and "must be >= 0" in bad.loc["3", "reason"]
     assert bad.loc["4", "column"] == "ordered_at"
     assert bad.loc["5", "column"] == "customer_external_id"
     assert bad.loc["6", "column"] == "external_id"
     assert "not a number: 'abc'" in bad.loc["8", "reason"]
-    assert "whole number" in bad.loc["9", "reason"]
+    assert "whole number" in bad.loc["9", "reason"] and bad.loc["9", "severity"] == "warning"
     # Customers named only by rejected rows are not created.
     assert sorted(query(sa.select(t.customers.c.external_id))["external_id"]) == ["c1", "c9"]
 
@@ -148,16 +171,19 @@ def test_gbk_file_with_chinese_headers_and_names(run: Run, query, tmp_path: Path
     res = run("import", "customers", str(path), "--encoding", encoding, "--region", "CN",
               "--timezone", "Asia/Shanghai", "--rejects", str(rejects))
     assert res.exit_code == 0, res.output
-    assert f"({'gb18030' if encoding == 'auto' else encoding})" in res.output
-    assert "3 rows read, 2 imported" in res.output and "1 rejected" in res.output
+    assert f"({'gbk' if encoding == 'auto' else encoding})" in res.output
+    assert "3 rows read, 3 imported" in res.output and "1 kept with warnings" in res.output
     stored = query(sa.select(t.customers).order_by(t.customers.c.external_id))
-    assert stored["name"].tolist() == ["王伟", "李娜"]
-    assert stored["phone"].tolist() == ["+8613812345678", "+8613912345678"]
+    assert stored["name"].tolist() == ["王伟", "李娜", "张敏"]
+    assert stored["phone"].tolist() == ["+8613812345678", "+8613912345678", "+8613812345679"]
+    assert pd.isna(stored["email"].iloc[2])
     # Naive times are Shanghai time, stored as UTC.
     assert pd.to_datetime(stored["signed_up_at"]).tolist() == [
-        pd.Timestamp("2024-03-04 16:00"), pd.Timestamp("2024-03-06 01:30")]
+        pd.Timestamp("2024-03-04 16:00"), pd.Timestamp("2024-03-06 01:30"),
+        pd.Timestamp("2024-03-06 16:00")]
     bad = pd.read_csv(rejects, encoding="utf-8-sig", dtype=str)
     assert bad["row"].tolist() == ["4"] and bad["姓名"].tolist() == ["张敏"]
+    assert bad["severity"].tolist() == ["warning"]
     assert "invalid email '不是邮箱'" in bad["reason"].iloc[0]
 
 
@@ -235,7 +261,7 @@ def test_fatal_errors_exit_1_with_a_clear_message_and_import_nothing(run: Run, q
 
     assert "Traceback" not in res.output
     assert count(query, t.customers) == 0 and count(query, t.orders) == 0
-    assert not list(Path.cwd().glob("rejects-*.csv"))
+    assert not list(Path.cwd().glob("*rejects*.csv"))
 
 
 def test_naive_times_are_read_in_the_given_time_zone(run: Run, query, tmp_path: Path) -> None:
@@ -258,11 +284,11 @@ def test_naive_times_are_read_in_the_given_time_zone(run: Run, query, tmp_path: 
     assert bad["row"].tolist() == ["6"] and "ambiguous local time" in bad["reason"].iloc[0]
 
 
-def test_rejects_go_to_the_working_directory_by_default(run: Run, tmp_path: Path) -> None:
+def test_rejects_go_next_to_the_input_by_default(run: Run, tmp_path: Path) -> None:
     write(tmp_path / "shop.csv", "customer_id,email\nz1,nope\n")
     res = run("import", "customers", "shop.csv")
     assert res.exit_code == 0
-    assert (tmp_path / "rejects-shop.csv").is_file()
+    assert (tmp_path / "shop-rejects.csv").is_file()
 
 
 def test_order_items_and_events(run: Run, query, tmp_path: Path) -> None:

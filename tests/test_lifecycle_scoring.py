@@ -19,6 +19,8 @@ from tests.test_lifecycle_rules import REPO, STAGES
 AS_OF = date(2024, 6, 30)
 BG = {"r": 0.5, "alpha": 10.0, "a": 0.5, "b": 2.0}  # per day
 GG = {"p": 6.0, "q": 4.0, "v": 15.0}
+# The store's own rhythm from its three repeat buyers (not the default of a younger store).
+CONFIG = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", rhythm_min_buyers=3)
 
 # customer: [(day, amount), ...]; "P" never ordered; L's July order is after the as-of date.
 ORDERS = {
@@ -72,7 +74,7 @@ def p_alive_by_hand(x: int, tx: float, T: float) -> float:
 
 def test_hand_computed_customers(engine: sa.Engine) -> None:
     ids = seed(engine)
-    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
+    config = CONFIG
     report = score(engine, config, AS_OF)
     assert not report.fitted and report.customers == 8
     s = {k: scores(engine)[v] for k, v in ids.items()}
@@ -105,7 +107,8 @@ def test_hand_computed_customers(engine: sa.Engine) -> None:
 
 def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(engine: sa.Engine) -> None:
     ids = seed(engine)
-    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=365)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=365,
+                             rhythm_min_buyers=3)
     score(engine, config, AS_OF)
     before = scores(engine)
     again = score(engine, config, AS_OF)

@@ -48,6 +48,7 @@ customers = sa.Table(
     sa.Column("phone", sa.String(16), index=True),  # E.164
     sa.Column("locale", sa.String(16)),  # BCP 47, e.g. en, zh-CN
     sa.Column("timezone", sa.String(64)),  # IANA; NULL means the settings default
+    sa.Column("city", sa.String(100)),
     sa.Column("country", sa.String(2)),
     sa.Column("consent_email", sa.Boolean, nullable=False, server_default=sa.false()),
     _ts("consent_email_at"),
@@ -69,6 +70,8 @@ orders = sa.Table(
     sa.Column("currency", sa.String(3)),
     sa.Column("quantity", sa.Integer),
     sa.Column("status", sa.String(16), nullable=False, server_default="completed"),
+    # The code the customer redeemed, as the shop recorded it (coupon attribution joins on it).
+    sa.Column("coupon_code", sa.String(64), index=True),
     sa.CheckConstraint("amount >= 0", name="amount_non_negative"),
 )
 sa.Index("ix_orders_customer_ordered", orders.c.customer_id, orders.c.ordered_at)

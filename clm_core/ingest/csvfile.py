@@ -15,8 +15,13 @@ from clm_core.errors import DataImportError
 from clm_core.ingest.fields import Entity
 from clm_core.suggest import did_you_mean
 
-ENCODINGS = ("auto", "utf-8", "utf-8-sig", "gbk", "gb18030", "latin-1")
-
+ENCODINGS = ("auto", "utf-8", "utf-8-sig", "utf-16", "gbk", "gb18030", "big5", "cp1252",
+             "latin-1")
+# Share of a file's non-ASCII characters that must be common simplified Chinese (GB2312) for
+# bytes that decode as GBK to be read as GBK: Western text in a single-byte code page decodes
+# as GBK too, but into rare characters.
+_GBK_COMMON_SHARE = 0.9
+_SAMPLE_CHARS = 200_000
 
 @dataclass(frozen=True)
 class Malformed:
@@ -43,31 +48,86 @@ class RawTable:
     encoding: str
     source_columns: list[str]
     original: pd.DataFrame  # every source column, for the rejects file
+    unknown_columns: list[str]  # source columns that match no field, as written in the header
 
 
 def decode(path: Path, encoding: str) -> tuple[str, str]:
-    """The file's text and the encoding used. ``auto``: UTF-8 (BOM or not), else GB18030."""
+    """The file's text and the encoding used.
+
+    ``auto`` tries, in order: a UTF-16 byte order mark (Excel's "Unicode text"), UTF-8 (with or
+    without BOM), GBK when the text it gives is common simplified Chinese, GB18030, and last
+    Windows-1252 (Western European spreadsheets), which decodes anything.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataImportError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    candidates = ["utf-8-sig", "gb18030"] if encoding == "auto" else [encoding]
-    for enc in candidates:
+    if encoding == "auto":
+        return _detect(data)
+    try:
+        text = data.decode(encoding)
+    except LookupError as exc:
+        raise DataImportError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}") from exc
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataImportError(f"{path}: cannot decode as {encoding} (byte {exc.start}, line {line}); "
+                              "try --encoding auto, or gb18030 for Chinese spreadsheet exports") from exc
+    return _without_bom(text), "utf-8" if encoding == "utf-8-sig" else encoding
+
+
+def _without_bom(text: str) -> str:
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _detect(data: bytes) -> tuple[str, str]:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
-            text = data.decode(enc)
-            return (text[1:] if text.startswith("\ufeff") else text), (
-                "utf-8" if enc == "utf-8-sig" else enc)
-        except UnicodeDecodeError as exc:
-            last = exc
-        except LookupError as exc:
-            raise DataImportError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}") from exc
-    line = data[: last.start].count(b"\n") + 1
-    raise DataImportError(f"{path}: cannot decode as {encoding} (byte {last.start}, line {line}); "
-                          "try --encoding gb18030 for Chinese spreadsheet exports") from last
+            return _without_bom(data.decode("utf-16")), "utf-16"
+        except UnicodeDecodeError:
+            pass
+    try:
+        return _without_bom(data.decode("utf-8-sig")), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("gbk")
+        if _common_chinese(text):
+            return text, "gbk"
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("gb18030")
+        if _common_chinese(text):
+            return text, "gb18030"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:  # the five bytes cp1252 leaves undefined
+        return data.decode("latin-1"), "latin-1"
+
+
+def _common_chinese(text: str) -> bool:
+    """Whether the non-ASCII characters (of a sample) are mostly common simplified Chinese
+    or full-width punctuation, as in a real Chinese export."""
+    rare = 0
+    chars = [c for c in set(text[:_SAMPLE_CHARS]) if ord(c) > 127]
+    for c in chars:
+        try:
+            c.encode("gb2312")
+        except UnicodeEncodeError:
+            rare += 1
+    return not chars or rare <= (1 - _GBK_COMMON_SHARE) * len(chars)
+
+
+_UNIT_SUFFIX = re.compile(r"\s*[(（\[【][^)）\]】]*[)）\]】]\s*$")
 
 
 def normalize_header(name: str) -> str:
-    return re.sub(r"[\s\-./]+", "_", name.strip().lower()).strip("_")
+    """Lower case, a unit in brackets dropped (``金额(元)``, ``Amount (USD)``), runs of spaces
+    and punctuation as ``_``."""
+    name = _UNIT_SUFFIX.sub("", name.strip()) or name
+    return re.sub(r"[\s\-./:：、]+", "_", name.strip().lower()).strip("_")
 
 
 def resolve_columns(entity: Entity, header: list[str], mapping: dict[str, str],
@@ -132,7 +192,7 @@ def read_table(path: Path, entity: Entity, *, encoding: str = "auto",
     extra = stripped.iloc[:, extra_idx]
     extra.columns = [normalize_header(header[i]) or f"column_{i + 1}" for i in extra_idx]
     return RawTable(frame, extra, pd.Series(rows, index=stripped.index), malformed, used,
-                    header, original)
+                    header, original, [header[i] or f"column {i + 1}" for i in extra_idx])
 
 
 Split = tuple[pd.DataFrame, np.ndarray, list[Malformed]]  # records, row numbers, malformed
@@ -221,14 +281,21 @@ def _has_edge_space(text: str, delimiter: str) -> bool:
     return bool((edge[padded[spaces]] | edge[padded[spaces + 2]]).any())
 
 
+_QUOTED_FORMULA = re.compile(r"^'(?=[=+\-@\t\r])")
+
+
 def _stripped(original: pd.DataFrame, text: str, delimiter: str) -> pd.DataFrame:
-    """Cells without surrounding white space, missing when empty (as they are read).
-    Stripping every cell costs seconds on big files, so it only happens when some white space
-    sits at a cell's edge."""
-    if not _has_edge_space(text, delimiter):
-        return original
-    out = original.astype(object).apply(lambda s: s.str.strip())
-    return out.where(out.notna() & (out != ""), None)
+    """Cells without surrounding white space, missing when empty (as they are read), and
+    without the apostrophe a rejects file puts before ``= + - @`` (so a fixed rejects file
+    imports as it was written). Both cost seconds on big files, so they happen only when the
+    text has such a cell edge or apostrophe."""
+    out = original
+    if _has_edge_space(text, delimiter):
+        out = out.astype(object).apply(lambda s: s.str.strip())
+        out = out.where(out.notna() & (out != ""), None)
+    if re.search(r"'[=+\-@]", text):
+        out = out.astype(object).apply(lambda s: s.str.replace(_QUOTED_FORMULA, "", regex=True))
+    return out
 
 
 def _unique(header: list[str]) -> list[str]:

@@ -20,8 +20,46 @@ from clm_core.ingest.fields import Field
 
 Checked = tuple[pd.Series, pd.Series]  # (clean values, reason or None)
 
-_TRUE = {"1", "true", "t", "yes", "y", "on", "x", "是", "√", "ja", "oui", "si", "sí"}
-_FALSE = {"0", "false", "f", "no", "n", "off", "否", "×", "nein", "non", ""}
+_TRUE = {"1", "true", "t", "yes", "y", "on", "x", "是", "√", "ja", "oui", "si", "sí", "同意",
+         "已同意", "订阅", "已订阅", "接受", "允许", "对", "有"}
+_FALSE = {"0", "false", "f", "no", "n", "off", "否", "×", "nein", "non", "", "不同意", "未同意",
+          "退订", "已退订", "未订阅", "不订阅", "拒绝", "不允许", "不接受", "无"}
+
+# Order states as stores write them, by what they mean here: only ``completed`` orders are
+# purchases (see ``lifecycle.features.NOT_PURCHASES``). Keys are lower case with spaces and
+# hyphens as ``_``. Shopify, WooCommerce and Chinese store back-ends (Youzan, Taobao) included.
+ORDER_STATUSES = {
+    **dict.fromkeys((
+        "completed", "complete", "paid", "processing", "shipped", "fulfilled", "delivered",
+        "closed_won", "success", "successful", "done", "partially_refunded", "已完成", "完成",
+        "已付款", "已支付", "待发货", "已发货", "待收货", "已收货", "已签收", "交易成功",
+        "交易完成", "部分退款"), "completed"),
+    **dict.fromkeys((
+        "cancelled", "canceled", "void", "voided", "cancel", "已取消", "取消", "交易关闭",
+        "已关闭", "已作废"), "cancelled"),
+    **dict.fromkeys((
+        "refunded", "returned", "refund", "已退款", "退款成功", "已退货", "全额退款"), "refunded"),
+    **dict.fromkeys((
+        "pending", "unpaid", "on_hold", "authorized", "awaiting_payment", "partially_paid",
+        "draft", "待付款", "未付款", "等待付款", "待支付", "未支付"), "pending"),
+    **dict.fromkeys(("failed", "declined", "支付失败", "付款失败"), "failed"),
+}
+# Currency names and signs that are not ISO 4217 codes. A bare yen sign is read as yuan: the
+# stores that write it in a currency column are Chinese ones.
+_CURRENCY_NAMES = {
+    "rmb": "CNY", "人民币": "CNY", "元": "CNY", "¥": "CNY", "￥": "CNY", "cn¥": "CNY",
+    "$": "USD", "us$": "USD", "美元": "USD", "€": "EUR", "欧元": "EUR", "£": "GBP",
+    "英镑": "GBP", "日元": "JPY", "円": "JPY", "港币": "HKD", "港元": "HKD", "hk$": "HKD",
+    "新台币": "TWD", "台币": "TWD", "nt$": "TWD", "韩元": "KRW", "₩": "KRW", "澳元": "AUD",
+    "a$": "AUD", "加元": "CAD", "c$": "CAD", "新加坡元": "SGD", "s$": "SGD",
+}
+# The currency an amount's own sign or code names ("¥88", "12元", "USD 5"); ambiguous ones
+# (a bare "$") name none.
+_AMOUNT_CURRENCY = [(re.compile(p), code) for p, code in (
+    (r"[¥￥元]|^\s*(?:CNY|RMB)|(?:CNY|RMB)\s*$", "CNY"), (r"€|^\s*EUR|EUR\s*$", "EUR"),
+    (r"£|^\s*GBP|GBP\s*$", "GBP"), (r"US\$|^\s*USD|USD\s*$", "USD"))]
+# A mainland Chinese mobile number written without its country code.
+_CN_MOBILE = re.compile(r"(?:\+?86)?1[3-9]\d{9}")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?(?:[-_](?:[A-Za-z]{2}|\d{3}))?")
 _MONEY_NOISE = re.compile(r"[\s,$€£¥￥]|^(?:USD|EUR|GBP|CNY|RMB)|(?:USD|EUR|GBP|CNY|RMB|元)$")
 
@@ -84,6 +122,50 @@ def _phone_checker(region: str) -> Callable[[str], tuple[object, str | None]]:
             return None, f"invalid phone {v!r}: not a valid number (default region {region})"
         return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164), None
     return check
+
+
+def known_region(region: str) -> str | None:
+    """The region code in upper case if phonenumbers knows it, else None."""
+    code = region.strip().upper()
+    return code if code in phonenumbers.SUPPORTED_REGIONS else None
+
+
+def chinese_mobiles(refused: pd.Series) -> int:
+    """How many of the refused phones are mainland Chinese mobile numbers (11 digits starting
+    with 1): the sign of a Chinese file read with another default region."""
+    refused = refused.dropna().astype(str)
+    if refused.empty:
+        return 0
+    digits = refused.str.replace(r"[\s\-().]", "", regex=True)
+    return int(digits.str.fullmatch(_CN_MOBILE).fillna(False).sum())
+
+
+def _order_status(v: str) -> tuple[object, str | None]:
+    key = re.sub(r"[\s\-]+", "_", v.strip().lower())
+    if key in ORDER_STATUSES:
+        return ORDER_STATUSES[key], None
+    return None, (f"unknown order status {v!r} (read as completed; known: completed, paid, "
+                  "shipped, cancelled, refunded, pending, failed and their Chinese names)")
+
+
+def _currency(v: str) -> tuple[object, str | None]:
+    key = v.strip()
+    if key.lower() in _CURRENCY_NAMES:
+        return _CURRENCY_NAMES[key.lower()], None
+    if re.fullmatch(r"[A-Za-z]{3}", key):
+        return key.upper(), None
+    return None, f"not a currency code such as USD or CNY: {v!r}"
+
+
+def amount_currencies(raw: pd.Series) -> pd.Series:
+    """The currency each amount names by its sign or code (None when it names none)."""
+    out = pd.Series(None, index=raw.index, dtype=object)
+    text = raw.dropna().astype(str)
+    text = text[pd.to_numeric(text, errors="coerce").isna()]  # plain numbers name nothing
+    for pattern, code in _AMOUNT_CURRENCY:
+        hit = text.str.contains(pattern, regex=True)
+        out[hit[hit].index] = out[hit[hit].index].fillna(code)
+    return out
 
 
 def _locale(v: str) -> tuple[object, str | None]:
@@ -224,6 +306,10 @@ def check_column(field: Field, raw: pd.Series, *, region: str, tz: str) -> Check
         clean, reason = _by_distinct(raw, _phone_checker(region))
     elif kind == "timezone":
         clean, reason = _by_distinct(raw, _timezone)
+    elif kind == "order_status":
+        clean, reason = _by_distinct(raw, _order_status)
+    elif kind == "currency":
+        clean, reason = _by_distinct(raw, _currency)
     elif kind == "datetime":
         clean, reason = parse_datetimes(raw, tz)
     elif kind in ("money", "int"):

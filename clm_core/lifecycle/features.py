@@ -23,6 +23,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from clm_core.lifecycle.history import DEFAULT_RHYTHM, Rhythm
+
 UNIT_DAYS = {"day": 1.0, "week": 7.0}
 FETCH_CHUNK = 200_000
 # Orders in these states are not purchases.
@@ -147,12 +149,14 @@ class Features:
 
 def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
                       customer_columns: Iterable[str] = (), ids: tuple[int, int] | None = None,
-                      typical_gap: float | None = None) -> Features:
+                      typical_gap: float | None = None,
+                      rhythm: Rhythm = DEFAULT_RHYTHM) -> Features:
     """One row per customer (prospects included) with order metrics and lifetimes' summary,
     plus the named ``CUSTOMER_COLUMNS``.
 
     ``ids``: only customers with ``lo <= id < hi`` (a chunk); ``typical_gap``: the store's
-    rhythm computed over every customer, which one chunk cannot compute for itself.
+    rhythm computed over every customer, which one chunk cannot compute for itself;
+    ``rhythm``: how that is measured (with its default for a store with few repeat buyers).
     """
     if time_unit not in UNIT_DAYS:
         raise ValueError(f"time unit must be one of {', '.join(UNIT_DAYS)}, got {time_unit!r}")
@@ -194,18 +198,9 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
     if "first_order_in_stage_at" in raw:
         f["first_order_in_stage_at"] = _timestamps(raw["first_order_in_stage_at"])
         f["days_since_first_order_in_stage"] = _days(today - f["first_order_in_stage_at"].dt.normalize())
-    gap = typical_gap_days(span, repeats) if typical_gap is None else typical_gap
+    gap = rhythm.of(span, repeats) if typical_gap is None else typical_gap
     f["typical_gap_days"] = gap
     return Features(f, as_of, time_unit, gap)
-
-
-def typical_gap_days(span_days: pd.Series, repeats: pd.Series) -> float:
-    """The store's purchase rhythm: median over repeat buyers of their mean days between
-    purchase days (NaN when nobody bought twice)."""
-    has = repeats > 0
-    if not has.any():
-        return float("nan")
-    return float(np.median(span_days[has] / repeats[has]))
 
 
 def holdout_purchases(conn: Connection, calibration_end: date, holdout_end: date) -> pd.Series:

@@ -16,9 +16,10 @@ from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from clm_core.errors import ConfigError, ModelFitError
+from clm_core.errors import ConfigError, ModelFitError, NotEnoughHistoryError
 from clm_core.lifecycle.features import UNIT_DAYS, customer_features, holdout_purchases
 from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, choose_fits, fit_models, store_fit
+from clm_core.lifecycle.history import DEFAULT_GAP_DAYS, Rhythm, shortfall, without_model
 from clm_core.lifecycle.rfm import rfm, rfm_population
 from clm_core.lifecycle.scoring import calibration_holdout_table, score_frame
 from clm_core.lifecycle.stages import StageRules, load_rules
@@ -46,20 +47,36 @@ class LifecycleConfig:
     rules: Path | None = None  # default: journeys/lifecycle.yaml
     # A scoring refits when the newest fit's data ends more than this before its as-of day.
     fit_max_age_days: float = 7.0
+    default_gap_days: float = DEFAULT_GAP_DAYS  # the rhythm until there are enough repeat buyers
+    rhythm_min_buyers: int = Rhythm.min_buyers
+
+    @property
+    def rhythm(self) -> Rhythm:
+        return Rhythm(self.default_gap_days, self.rhythm_min_buyers)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LifecycleConfig":
         raw = dict(settings.section("lifecycle"))
-        keys = ("model", "time_unit", "penalizer", "discount_rate", "rules", "fit_max_age_days")
+        keys = ("model", "time_unit", "penalizer", "discount_rate", "rules", "fit_max_age_days",
+                "default_gap_days", "rhythm_min_buyers")
         unknown = set(raw) - set(keys)
         if unknown:
             raise ConfigError(f"unknown keys in [lifecycle]: {', '.join(sorted(unknown))}; valid: "
-                              f"{', '.join(keys)}")
+                              + ", ".join(keys))
+        try:
+            gap = float(raw.get("default_gap_days", cls.default_gap_days))
+            buyers = int(raw.get("rhythm_min_buyers", cls.rhythm_min_buyers))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("[lifecycle] default_gap_days must be a number of days and "
+                              "rhythm_min_buyers a whole number") from exc
+        if gap <= 0 or buyers < 1:
+            raise ConfigError("[lifecycle] default_gap_days must be > 0 and rhythm_min_buyers >= 1")
         cfg = cls(model=str(raw.get("model", cls.model)),
                   time_unit=str(raw.get("time_unit", cls.time_unit)),
                   penalizer=float(raw.get("penalizer", cls.penalizer)),
                   discount_rate=float(raw.get("discount_rate", cls.discount_rate)),
                   fit_max_age_days=float(raw.get("fit_max_age_days", cls.fit_max_age_days)),
+                  default_gap_days=gap, rhythm_min_buyers=buyers,
                   rules=settings.project_dir / raw["rules"] if raw.get("rules")
                   else settings.journeys_dir / "lifecycle.yaml")
         if cfg.model not in PURCHASE_MODELS:
@@ -134,6 +151,10 @@ def fit(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     with engine.connect() as conn:
         features = customer_features(conn, as_of, unit).frame
         holdout = holdout_purchases(conn, as_of, holdout_end) if holdout_end else None
+    short = shortfall(features)
+    if short is not None:
+        raise NotEnoughHistoryError(f"{short.message()}; scoring works without them meanwhile "
+                                    "(clm score), with the model fields left empty")
     purchases, spend = fit_models(features, as_of=as_of, time_unit=unit, model=config.model,
                                   penalizer=config.penalizer, holdout_end=holdout_end)
     table = None
@@ -160,6 +181,7 @@ class ScoreReport:
     seconds: dict[str, float] = field(default_factory=dict)
     fit_reason: str = ""  # why this fit: chosen, the newest usable one, or fitted now (and why)
     fit_window_end: date | None = None
+    no_model: str | None = None  # why the model fields are empty (too little history)
 
 
 @dataclass(frozen=True)
@@ -168,24 +190,30 @@ class Population:
     (the purchase rhythm and the RFM rank tables) that no chunk can compute alone."""
 
     as_of: date
-    purchases: ModelFit
-    spend: ModelFit
+    purchases: ModelFit | None  # None: too little history for a fit yet
+    spend: ModelFit | None
     typical_gap_days: float
     rfm: dict[str, np.ndarray]
     fitted: bool
     fit_reason: str = ""
+    no_model: str | None = None  # why there is no fit yet
 
 
 def _fits(engine: Engine, config: LifecycleConfig, features: Callable[[str], pd.DataFrame],
           as_of: date, run_id: str | None, fit_id: int | None = None,
-          max_age_days: float | None = None) -> tuple[ModelFit, ModelFit, bool, str]:
+          max_age_days: float | None = None,
+          ) -> tuple[ModelFit | None, ModelFit | None, bool, str]:
     """The fits to score as of ``as_of`` with (``choose_fits``), or new ones fitted on the
-    orders up to ``as_of`` and stored now when none is usable; with the reason."""
+    orders up to ``as_of`` and stored now when none is usable; with the reason. (None, None)
+    while the store has too little history for a fit (see ``history``)."""
     age = config.fit_max_age_days if max_age_days is None else max_age_days
     with engine.connect() as conn:
         choice = choose_fits(conn, as_of, fit_id, age)
     if choice.purchases is not None and choice.spend is not None:
         return choice.purchases, choice.spend, False, choice.reason
+    short = shortfall(features(config.time_unit))
+    if short is not None:
+        return None, None, False, short.message()
     purchases, spend = fit_models(features(config.time_unit), as_of=as_of, time_unit=config.time_unit,
                                   model=config.model, penalizer=config.penalizer)
     with engine.begin() as conn:
@@ -204,14 +232,16 @@ def population(engine: Engine, config: LifecycleConfig, as_of: date | None = Non
     def features(unit: str) -> pd.DataFrame:
         if unit not in cache:
             with engine.connect() as conn:
-                cache[unit] = customer_features(conn, as_of, unit).frame
+                cache[unit] = customer_features(conn, as_of, unit, rhythm=config.rhythm).frame
         return cache[unit]
 
     purchases, spend, fitted, why = _fits(engine, config, features, as_of, run_id, fit_id,
                                           max_fit_age_days)
-    f = features(purchases.time_unit)
+    f = features(purchases.time_unit if purchases else config.time_unit)
+    short = shortfall(f) if purchases is None else None
     return Population(as_of, purchases, spend, float(f["typical_gap_days"].iloc[0]) if len(f)
-                      else float("nan"), rfm_population(f), fitted, why)
+                      else float("nan"), rfm_population(f), fitted, why,
+                      short.message() if short else None)
 
 
 def customer_ranges(engine: Engine, chunks: int) -> list[tuple[int, int]]:
@@ -250,7 +280,8 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
             with engine.connect() as conn:
                 cache[unit] = customer_features(
                     conn, as_of, unit, customer_columns=rules.fields, ids=ids,
-                    typical_gap=shared.typical_gap_days if shared else None).frame
+                    typical_gap=shared.typical_gap_days if shared else None,
+                    rhythm=config.rhythm).frame
         return cache[unit]
 
     if shared is not None:
@@ -258,11 +289,17 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     else:
         purchases, spend, fitted, why = _fits(engine, config, features, as_of, run_id, fit_id,
                                               max_fit_age_days)
-    f = features(purchases.time_unit)
+    f = features(purchases.time_unit if purchases else config.time_unit)
     clock["features"] = time.perf_counter() - start
     mark = time.perf_counter()
-    scores = score_frame(f, purchases.model, purchases.params, spend.params, purchases.time_unit,
-                         config.discount_rate)
+    no_model = None
+    if purchases is None or spend is None:
+        scores = without_model(f.index)
+        short = shortfall(f) if shared is None else None
+        no_model = short.message() if short else shared.no_model if shared else None
+    else:
+        scores = score_frame(f, purchases.model, purchases.params, spend.params,
+                             purchases.time_unit, config.discount_rate)
     with engine.connect() as conn:
         view = rules_view(conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1),
                           as_of)
@@ -278,8 +315,8 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     segments = view["rfm_segment"].value_counts()
     n_customers = len(view)
     out = view[[c for c in SCORE_COLUMNS if c in view.columns]].assign(
-        as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage, stage_since=since,
-        recorded_at=pd.Timestamp(recorded), run_id=run_id)[SCORE_COLUMNS]
+        as_of=pd.Timestamp(as_of), fit_id=purchases.id if purchases else None, stage=stage,
+        stage_since=since, recorded_at=pd.Timestamp(recorded), run_id=run_id)[SCORE_COLUMNS]
     del view
     # bulk: other writers wait for this transaction (a scoring run is the only writer of
     # scores; its chunks take turns).
@@ -290,5 +327,6 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     clock["write"] = time.perf_counter() - mark
     counts = stage.value_counts()
     return ScoreReport(as_of, n_customers, {s: int(counts.get(s, 0)) for s in rules.names},
-                       {k: int(v) for k, v in segments.items()}, len(moves), purchases.id, fitted, clock,
-                       why, purchases.window_end)
+                       {k: int(v) for k, v in segments.items()}, len(moves),
+                       purchases.id if purchases else None, fitted, clock, why,
+                       purchases.window_end if purchases else None, no_model)
