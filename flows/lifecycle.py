@@ -16,13 +16,15 @@ from tasks.lifecycle import (fit_is_stale, fit_models, merge_reports, score_chun
 @flow(name="lifecycle", log_prints=False, task_runner=task_runner())
 def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_age_days: float = 7.0,
               dispatch: bool = True, dispatch_chunk_size: int = 2000,
-              dispatch_max_chunks: int = 8, score_chunks: int = 1) -> State:
+              dispatch_max_chunks: int = 8, score_chunks: int = 1, simulated: bool = False) -> State:
     """Evaluate every customer and send what is due.
 
     ``as_of`` (default: the newest order's day) is the scoring date; ``now`` (default: the
     current time) is the journeys' and dispatcher's clock, settable for backfills and demos.
     ``score_chunks`` > 1 scores customer id ranges as separate tasks (on a Dask cluster, in
     parallel) against shared store-level statistics; the results are the same as one pass.
+    ``simulated`` marks a run on a simulated clock (the demo, a replay): the run records its
+    as-of date and clock, and ``clm run`` continues from them.
     """
     log = get_run_logger()
     with recorded_run("lifecycle", now) as (tgt, run, since):
@@ -41,4 +43,6 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         sent = dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}
         return report_and_finish(tgt, run, since, sent, "lifecycle",
                                  {"scored": scored["customers"], "transitions": scored["transitions"],
-                                  "planned": planned["written"]})
+                                  "planned": planned["written"], "as_of": scored["as_of"],
+                                  "now": (now or since).isoformat(sep=" ", timespec="minutes"),
+                                  "simulated": simulated})
