@@ -212,7 +212,7 @@ def register(cli: click.Group) -> None:
                 if mine and mine["finished_at"] else time.perf_counter() - started)
         click.echo(f"took       {took:.1f}s (run {run.id[:8]} in `clm status`, with each "
                    "weekly lifecycle run)")
-        click.echo(f"next       clm status | clm run (the next day on this clock: as of "
-                   f"{last + timedelta(days=1)}) | clm preview welcome --customer cdnow-00001 | "
+        click.echo(f"next       clm status | clm sandbox & clm run (the next day on this clock: "
+                   f"as of {last + timedelta(days=1)}) | clm preview welcome --customer cdnow-00001 | "
                    f"PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start (the UI)")
         finish(app, state)

@@ -41,8 +41,10 @@ class RunClock:
 
     def lines(self) -> list[str]:
         as_of = f"{self.as_of}" if self.as_of else "(no orders yet)"
-        return [f"as of      {as_of}: {self.why_as_of}",
-                f"now        {self.now:%Y-%m-%d %H:%M} UTC: {self.why_now}"]
+        if self.why_as_of == self.why_now:
+            return [f"as of {as_of}, now {self.now:%Y-%m-%d %H:%M} UTC: {self.why_now}"]
+        return [f"as of {as_of}: {self.why_as_of}",
+                f"now   {self.now:%Y-%m-%d %H:%M} UTC: {self.why_now}"]
 
 
 def simulated_steps(start: date, steps: int, every: timedelta, hour: int,
@@ -82,11 +84,10 @@ def choose(engine: Engine, as_of: date | None, now: datetime | None) -> RunClock
     if last and last.get("simulated") and last.get("as_of") and last.get("now"):
         prev_as_of = date.fromisoformat(str(last["as_of"]))
         prev_now = datetime.fromisoformat(str(last["now"]))
-        why = (f"the last run was on a simulated clock (as of {prev_as_of}, "
-               f"now {prev_now:%Y-%m-%d %H:%M}); this run is the next day on it")
+        why = (f"the next day on the simulated clock of the last run (as of {prev_as_of}, "
+               f"now {prev_now:%Y-%m-%d %H:%M}); --as-of and --now to choose")
         return RunClock(as_of or prev_as_of + STEP, now or prev_now + STEP, True,
-                        "given (--as-of)" if as_of else why + "; --as-of to choose",
-                        "given (--now)" if now else why + "; --now to choose")
+                        "given (--as-of)" if as_of else why, "given (--now)" if now else why)
     clock = now or utcnow()
     why_now = "given (--now)" if now else "the wall clock (--now to choose)"
     if as_of:

@@ -110,7 +110,9 @@ def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | N
     try:
         ZoneInfo(settings.default_timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"default_timezone {settings.default_timezone!r} is not an IANA time zone") from exc
+        where = "CLM_DEFAULT_TIMEZONE" if env.get("CLM_DEFAULT_TIMEZONE") else f"{config_path}: [clm]"
+        raise ConfigError(f"{where} default_timezone {settings.default_timezone!r} is not an IANA "
+                          "time zone (e.g. Asia/Shanghai, America/New_York, UTC)") from exc
     return settings
 
 
