@@ -88,7 +88,7 @@ def register(cli: click.Group) -> None:
         otherwise the newest order's day and the wall clock. The dates and the reason are
         printed first.
         """
-        from clm_core.runclock import choose
+        from clm_core.simclock import choose
 
         preflight(app, dispatch=not no_dispatch)
         clock = choose(app.engine, as_of.date() if as_of else None, now)

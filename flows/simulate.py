@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from clm_core.runclock import simulated_steps
+from clm_core.simclock import simulated_steps
 from flows.common import target
 from flows.lifecycle import lifecycle
 

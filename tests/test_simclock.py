@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from clm_core.db import tables as t
 from clm_core.journeys.outcomes import newcombe, reason_words, wilson
-from clm_core.runclock import choose, simulated_steps
+from clm_core.simclock import choose, simulated_steps
 
 
 def test_simulated_steps_run_the_next_morning_in_the_store_time_zone() -> None:
