@@ -89,7 +89,7 @@ def database_run(url: str, customers: pd.DataFrame, transitions: pd.DataFrame, j
         scores = customers[["stage", "stage_since", "n_orders", "purchase_days",
                             "days_since_last_order", "clv_12m", "p_alive", "rfm_segment"]].copy()
         scores.insert(0, "customer_id", customers.index.to_numpy())
-        scores["as_of"], scores["scored_at"] = NOW.normalize(), NOW
+        scores["as_of"], scores["recorded_at"] = NOW.normalize(), NOW
         write_frame(conn, t.customer_scores, scores)
         tr = transitions.copy()
         tr["as_of"] = NOW.normalize()

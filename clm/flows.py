@@ -79,25 +79,28 @@ def register(cli: click.Group) -> None:
     @cli.command("run")
     @click.option("--as-of", type=DATE, help="Scoring date (default: see below).")
     @click.option("--now", type=TIME, help="Journey and dispatch clock, UTC (default: see below).")
+    @click.option("--fit", "fit_id", type=click.IntRange(1), metavar="ID",
+                  help="Score with this fit (default: the newest whose data ends on or before "
+                       "the as-of day; refitted when none is fresh enough).")
     @click.option("--no-dispatch", is_flag=True, help="Plan messages but send nothing.")
     @pass_app
-    def run_(app: App, as_of: datetime | None, now: datetime | None, no_dispatch: bool) -> None:
+    def run_(app: App, as_of: datetime | None, now: datetime | None, fit_id: int | None,
+             no_dispatch: bool) -> None:
         """Run the `lifecycle` flow now against the configured database.
 
-        Without --as-of/--now: after a simulated run (clm demo) the next day on that clock;
-        otherwise the newest order's day and the wall clock. The dates and the reason are
-        printed first.
+        Prints the as-of day and the clock it runs with, and why: given; after a simulated run
+        (clm demo), the next day on that clock; else the newest order's day (never after the
+        clock) and the wall clock.
         """
         from clm_core.simclock import choose
 
         preflight(app, dispatch=not no_dispatch)
-        clock = choose(app.engine, as_of.date() if as_of else None, now)
-        for line in clock.lines():
+        clock, simulated = choose(app.engine, as_of, now)
+        for line in clock.describe():
             click.echo(line)
         lifecycle = load_flow(app, "lifecycle", "lifecycle")
-        # A live run keeps the wall clock (None): its dispatcher sees retries come due.
-        state = lifecycle(as_of=clock.as_of, now=clock.now if now or clock.simulated else None,
-                          dispatch=not no_dispatch, simulated=clock.simulated, return_state=True)
+        state = lifecycle(as_of=clock.as_of, now=clock.now, fit_id=fit_id,
+                          dispatch=not no_dispatch, simulated=simulated, return_state=True)
         finish(app, state)
 
     @cli.command("limits")

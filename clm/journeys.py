@@ -12,18 +12,12 @@ from clm_core.errors import ClmError
 
 
 def _at(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    import pandas as pd
+    from clm_core.runclock import normalize_now
 
     try:
-        ts = pd.Timestamp(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a time (use e.g. 2026-11-24T09:00)",
-                                 param_hint="--at") from exc
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts.to_pydatetime()
+        return normalize_now(value)
+    except ClmError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from exc
 
 
 def register(cli: click.Group) -> None:

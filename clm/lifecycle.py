@@ -47,6 +47,14 @@ def _print_fit(report: object) -> None:
                        f"{row['predicted']:>10.3f}")
 
 
+def fit_line(r: object) -> str:
+    """Which fit a scoring used, and why."""
+    from clm_core.lifecycle.pipeline import ScoreReport
+
+    assert isinstance(r, ScoreReport)
+    return f"fit {r.fit_id} (orders up to {r.fit_window_end}): {r.fit_reason}"
+
+
 def register(cli: click.Group) -> None:
     @cli.command("fit")
     @click.option("--as-of", type=DATE, help="Fit on orders up to this day (default: the newest order's day).")
@@ -78,20 +86,26 @@ def register(cli: click.Group) -> None:
 
     @cli.command("score")
     @click.option("--as-of", type=DATE, help="Score as of this day (default: the newest order's day).")
+    @click.option("--fit", "fit_id", type=click.IntRange(1), metavar="ID",
+                  help="Score with this fit (default: the newest whose data ends on or before "
+                       "the as-of day; refitted when none ends within [lifecycle] "
+                       "fit_max_age_days of it).")
     @pass_app
-    def score_cmd(app: App, as_of: date | None) -> None:
+    def score_cmd(app: App, as_of: date | None, fit_id: int | None) -> None:
         """Score every customer (P(alive), CLV, RFM) and assign lifecycle stages."""
-        from clm_core.lifecycle.pipeline import LifecycleConfig, score
+        from clm_core.lifecycle.pipeline import LifecycleConfig, latest_order_date, score
         from clm_core.runs import record_run
 
         config = LifecycleConfig.from_settings(app.settings)
         rules = config.load_rules()  # fail on bad rules before any work
+        if as_of is None:
+            as_of = latest_order_date(app.engine)
+            click.echo(f"as of {as_of}: the newest order's day")
         with record_run(app.engine, "score") as run:
-            r = score(app.engine, config, as_of=as_of, rules=rules, run_id=run.id)
-            run.summary = {"as_of": r.as_of.isoformat(), "customers": r.customers,
+            r = score(app.engine, config, as_of=as_of, rules=rules, run_id=run.id, fit_id=fit_id)
+            run.summary = {"as_of": r.as_of.isoformat(), "customers": r.customers, "fit_id": r.fit_id,
                            "stages": r.stages, "transitions": r.transitions}
-        if r.fitted:
-            click.echo(f"no stored fit: fitted the models first (fit id {r.fit_id})")
+        click.echo(fit_line(r))
         click.echo(f"scored {r.customers:,} customers as of {r.as_of} with fit {r.fit_id}; "
                    f"{r.transitions:,} stage changes recorded "
                    f"({sum(r.seconds.values()):.1f} s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import click
@@ -14,7 +15,8 @@ def _clock(summary: dict[str, Any]) -> str:
     """The run's logical time, when it recorded one (lifecycle runs, the demo)."""
     if summary.get("as_of") and summary.get("now"):
         kind = " simulated" if summary.get("simulated") else ""
-        return f"  as of {summary['as_of']}, clock {summary['now']}{kind}"
+        now = datetime.fromisoformat(str(summary["now"]))
+        return f"  as of {summary['as_of']}, clock {now:%Y-%m-%d %H:%M}{kind}"
     if summary.get("start") and summary.get("weeks"):
         return f"  simulated {summary['weeks']} weeks from {summary['start']}"
     return ""

@@ -11,8 +11,14 @@ A condition is YAML data, never code::
     {all: [...]}, {any: [...]}, {not: {...}}
 
 Compilation checks every field name (with "did you mean"), operator and value type against the
-fields on offer and reports every problem with its file:line:column at once. A missing value
-(NaN/None) never satisfies a comparison; only ``exists: false`` matches it.
+fields on offer and reports every problem with its file:line:column at once.
+
+Missing values follow three-valued (Kleene) logic. A comparison with a missing value (NaN/None,
+on either side) is *unknown*, neither true nor false; only ``exists`` is always known.
+``not`` turns true into false and false into true, and leaves unknown unknown; ``all`` is false
+when any part is false, true when all are true, unknown otherwise; ``any`` is true when any part
+is true, false when all are false, unknown otherwise. A condition matches only where it is
+true, so ``{not: {field: p_alive, lt: 0.3}}`` does not match a prospect without ``p_alive``.
 """
 
 from __future__ import annotations
@@ -50,9 +56,15 @@ class FieldRef:
 
 
 class Condition:
-    """A compiled condition: ``mask(df)`` is a boolean Series aligned with ``df``."""
+    """A compiled condition: ``mask(df)`` is a boolean Series aligned with ``df``, True where
+    the condition holds; ``truth(df)`` gives (holds, known) for three-valued logic."""
 
     def mask(self, df: pd.DataFrame) -> pd.Series:
+        holds, known = self.truth(df)
+        return holds & known
+
+    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        """(value, known): where ``known`` is False the value is unknown (and ``value`` False)."""
         raise NotImplementedError
 
     @property
@@ -76,12 +88,12 @@ class Compare(Condition):
             return other * self.value.times if self.value.times != 1.0 else other
         return self.value
 
-    def mask(self, df: pd.DataFrame) -> pd.Series:
+    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         s = df[self.field]
         present = s.notna()
         op = self.op
         if op == "exists":
-            return present if self.value else ~present
+            return (present if self.value else ~present), pd.Series(True, index=df.index)
         v = self._operand(df)
         if op in ("in", "not_in"):
             hit = s.isin(list(v))
@@ -97,10 +109,9 @@ class Compare(Condition):
         else:
             out = {"eq": s.__eq__, "ne": s.__ne__, "lt": s.__lt__, "lte": s.__le__,
                    "gt": s.__gt__, "gte": s.__ge__}[op](v)
-        out = pd.Series(out, index=df.index).fillna(False).astype(bool) & present
-        if isinstance(v, pd.Series):
-            out &= v.notna()
-        return out
+        known = present & v.notna() if isinstance(v, pd.Series) else present
+        out = pd.Series(out, index=df.index).fillna(False).astype(bool) & known
+        return out, known
 
 
 @dataclass(frozen=True)
@@ -111,20 +122,27 @@ class AllOf(Condition):
     def fields(self) -> set[str]:
         return set().union(*(c.fields for c in self.children))
 
-    def mask(self, df: pd.DataFrame) -> pd.Series:
-        out = pd.Series(True, index=df.index)
+    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        all_true = pd.Series(True, index=df.index)
+        any_false = pd.Series(False, index=df.index)
         for c in self.children:
-            out &= c.mask(df)
-        return out
+            holds, known = c.truth(df)
+            all_true &= holds & known
+            any_false |= ~holds & known
+        # known: false as soon as one part is false, true only when every part is true
+        return all_true, all_true | any_false
 
 
 @dataclass(frozen=True)
 class AnyOf(AllOf):
-    def mask(self, df: pd.DataFrame) -> pd.Series:
-        out = pd.Series(False, index=df.index)
+    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        any_true = pd.Series(False, index=df.index)
+        all_false = pd.Series(True, index=df.index)
         for c in self.children:
-            out |= c.mask(df)
-        return out
+            holds, known = c.truth(df)
+            any_true |= holds & known
+            all_false &= ~holds & known
+        return any_true, any_true | all_false
 
 
 @dataclass(frozen=True)
@@ -135,8 +153,9 @@ class Not(Condition):
     def fields(self) -> set[str]:
         return self.child.fields
 
-    def mask(self, df: pd.DataFrame) -> pd.Series:
-        return ~self.child.mask(df)
+    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        holds, known = self.child.truth(df)
+        return ~holds & known, known  # not unknown is unknown
 
 
 class _Compiler:

@@ -40,8 +40,11 @@ def _stage_key(stage: str) -> tuple[int, str]:
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
 
 
-def summarize(engine: Engine, since: datetime | None = None) -> RunSummary:
-    """Stages now; transitions, messages created and send outcomes since ``since``."""
+def summarize(engine: Engine, since: datetime | None = None,
+              recorded_since: datetime | None = None) -> RunSummary:
+    """Stages now; transitions, messages created and send outcomes since ``since`` (the run's
+    clock). ``recorded_since`` (the wall clock) picks the transitions and messages written
+    since then instead: a backfill writes rows dated in the past."""
     m, tr, cs, mf = t.messages, t.stage_transitions, t.customer_scores, t.model_fits
     out = RunSummary(since)
     with engine.connect() as conn:
@@ -49,12 +52,15 @@ def summarize(engine: Engine, since: datetime | None = None) -> RunSummary:
             sa.select(cs.c.stage, sa.func.count()).group_by(cs.c.stage))),
             key=lambda kv: _stage_key(kv[0])))
         q = sa.select(tr.c.from_stage, tr.c.to_stage, sa.func.count()).group_by(tr.c.from_stage, tr.c.to_stage)
-        if since is not None:
+        if recorded_since is not None:
+            q = q.where(tr.c.recorded_at >= recorded_since)
+        elif since is not None:
             q = q.where(tr.c.transitioned_at >= since)
         out.transitions = {(a, b): n for a, b, n in conn.execute(q)}
         group = (sa.func.coalesce(m.c.journey, "(none)"), m.c.channel, m.c.status)
         q = sa.select(*group, sa.func.count()).group_by(*group)
-        created = q.where(m.c.created_at >= since) if since is not None else q
+        created = (q.where(m.c.recorded_at >= recorded_since) if recorded_since is not None
+                   else q.where(m.c.created_at >= since) if since is not None else q)
         out.created = {(j, c, s): n for j, c, s, n in conn.execute(created)}
         done = q.where(m.c.status.in_(("sent", *FINAL_FAILURES)))
         if since is not None:
@@ -65,7 +71,7 @@ def summarize(engine: Engine, since: datetime | None = None) -> RunSummary:
         for row in conn.execute(sa.select(mf).join(latest, mf.c.id == latest.c.id).order_by(mf.c.model)):
             out.models.append({"model": row.model, "params": row.params, "log_likelihood": row.log_likelihood,
                                "time_unit": row.time_unit, "window_end": row.window_end,
-                               "fitted_at": row.fitted_at, "n_customers": row.n_customers})
+                               "recorded_at": row.recorded_at, "n_customers": row.n_customers})
     return out
 
 
@@ -125,5 +131,5 @@ def summary_markdown(s: RunSummary, title: str = "CLM run summary") -> str:
                     [[f["model"], ", ".join(f"{k}={v:.4g}" for k, v in (f["params"] or {}).items()
                                             if isinstance(v, (int, float))),
                       f"{f['log_likelihood']:.1f}" if f["log_likelihood"] is not None else "",
-                      f["window_end"], f["fitted_at"]] for f in s.models])
+                      f["window_end"], f["recorded_at"]] for f in s.models])
     return "\n".join(lines)

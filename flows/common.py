@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from prefect import get_run_logger
@@ -15,6 +15,8 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from clm_core.db.engine import make_engine
+from clm_core.lifecycle.pipeline import latest_order_date
+from clm_core.runclock import RunClock, normalize_now, resolve
 from clm_core.runs import Run, record_run, utcnow
 from clm_core.settings import load_settings, redact
 from tasks.context import Target
@@ -80,13 +82,23 @@ def final_state(report: dict[str, Any], dispatched: dict[str, Any], what: str = 
                              f"{report.get('created', 0)} messages planned")
 
 
+def run_clock(as_of: date | datetime | None, now: datetime | None) -> RunClock:
+    """The run's as-of day and now, resolved as every entry point resolves them."""
+    engine = make_engine(target().database_url)
+    try:
+        return resolve(as_of, now, lambda: latest_order_date(engine))
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def recorded_run(kind: str, now: datetime | None) -> Iterator[tuple[Target, Run, datetime]]:
     """The flow's target, its ``runs`` row, and the time its report counts from (the run's
-    start, or ``now`` when a backfill's clock is earlier)."""
+    start, or ``now`` when a backfill's clock is earlier; an aware ``now`` counts in UTC)."""
     tgt = target()
     engine = make_engine(tgt.database_url)
     started = utcnow()
+    now = normalize_now(now)
     try:
         with record_run(engine, kind, flow_run_id=str(flow_run.id or "") or None) as run:
             yield tgt, run, min(started, now) if now else started
@@ -97,7 +109,8 @@ def recorded_run(kind: str, now: datetime | None) -> Iterator[tuple[Target, Run,
 def report_and_finish(tgt: Target, run: Run, since: datetime, dispatched: dict[str, Any],
                       what: str, summary: dict[str, Any]) -> State:
     """Publish the run's artifacts, record its summary, and decide its final state."""
-    report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run")
+    report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run",
+                             recorded_since=run.started_at)
     run.summary = {**summary, "dispatch": dispatched, "failed": report["failed"]}
     state = final_state(report, dispatched, what)
     if state.is_failed():

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Any
 
-import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from clm_core.db import tables as t
 from clm_core.lifecycle.pipeline import (LifecycleConfig, Population, ScoreReport, customer_ranges,
-                                         fit, latest_order_date, population, score)
-from clm_core.runs import utcnow
+                                         fit, population, score)
 from tasks.context import Target, opened
 
 
@@ -26,43 +23,33 @@ def fit_models(target: Target, as_of: date | None = None, holdout_end: date | No
         return report.as_dict()
 
 
-@task(name="fit-if-stale", cache_policy=NO_CACHE)
-def fit_is_stale(target: Target, max_age_days: float, as_of: date | None = None) -> bool:
-    """True when there is no fit, the newest was made more than ``max_age_days`` ago, or its
-    data ends more than ``max_age_days`` before the scoring date."""
-    mf = t.model_fits
-    with opened(target) as (_, engine), engine.connect() as conn:
-        newest = conn.execute(sa.select(mf.c.fitted_at, mf.c.window_end)
-                              .order_by(mf.c.id.desc()).limit(1)).first()
-        if newest is None:
-            return True
-        if as_of is None:
-            as_of = latest_order_date(engine)
-    age = timedelta(days=max_age_days)
-    return utcnow() - newest.fitted_at > age or \
-        abs(datetime.combine(as_of, datetime.min.time()) - newest.window_end) > age
-
-
 def _report(r: ScoreReport) -> dict[str, Any]:
     return {"as_of": r.as_of.isoformat(), "customers": r.customers, "stages": r.stages,
-            "segments": r.segments, "transitions": r.transitions, "seconds": r.seconds}
+            "segments": r.segments, "transitions": r.transitions, "seconds": r.seconds,
+            "fit_id": r.fit_id, "fit_reason": r.fit_reason,
+            "fit_window_end": r.fit_window_end.isoformat() if r.fit_window_end else None}
 
 
 @task(name="score-customers", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def score_customers(target: Target, as_of: date | None, run_id: str | None) -> dict[str, Any]:
-    """Features, scores, RFM, stages and transitions of every customer in one vectorised pass;
-    safe to retry (scores upsert, and the transition diff against the stored stage records
-    nothing twice)."""
+def score_customers(target: Target, as_of: date | None, run_id: str | None,
+                    fit_id: int | None = None, max_fit_age_days: float | None = None) -> dict[str, Any]:
+    """Features, scores, RFM, stages and transitions of every customer in one vectorised pass,
+    with the fit chosen as ``clm score`` chooses it (refitted when none is fresh enough); safe
+    to retry (scores upsert, and the transition diff against the stored stage records nothing
+    twice)."""
     with opened(target) as (settings, engine):
-        return _report(score(engine, LifecycleConfig.from_settings(settings), as_of=as_of, run_id=run_id))
+        return _report(score(engine, LifecycleConfig.from_settings(settings), as_of=as_of,
+                             run_id=run_id, fit_id=fit_id, max_fit_age_days=max_fit_age_days))
 
 
 @task(name="score-population", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def score_population(target: Target, as_of: date | None, run_id: str | None,
-                     chunks: int) -> tuple[Population, list[tuple[int, int]]]:
+def score_population(target: Target, as_of: date | None, run_id: str | None, chunks: int,
+                     fit_id: int | None = None, max_fit_age_days: float | None = None,
+                     ) -> tuple[Population, list[tuple[int, int]]]:
     """What the chunks share (fits, store rhythm, RFM rank tables) and their id ranges."""
     with opened(target) as (settings, engine):
-        shared = population(engine, LifecycleConfig.from_settings(settings), as_of, run_id)
+        shared = population(engine, LifecycleConfig.from_settings(settings), as_of, run_id,
+                            fit_id, max_fit_age_days)
         return shared, customer_ranges(engine, chunks)
 
 
@@ -79,7 +66,8 @@ def score_chunk(target: Target, shared: Population, ids: tuple[int, int],
 def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The chunks' reports as one."""
     out: dict[str, Any] = {"as_of": parts[0]["as_of"], "customers": 0, "stages": {}, "segments": {},
-                           "transitions": 0, "seconds": {}}
+                           "transitions": 0, "seconds": {},
+                           **{k: parts[0][k] for k in ("fit_id", "fit_reason", "fit_window_end")}}
     for p in parts:
         out["customers"] += p["customers"]
         out["transitions"] += p["transitions"]

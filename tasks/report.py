@@ -18,11 +18,15 @@ MAX_EVENTS = 5000  # per run; the summary event carries the full count
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
-def publish_summary(database_url: str, since: datetime, title: str) -> dict[str, Any]:
-    """Markdown summary, table of every failed send, and one event per failed send."""
+def publish_summary(database_url: str, since: datetime, title: str,
+                    recorded_since: datetime | None = None) -> dict[str, Any]:
+    """Markdown summary, table of every failed send, and one event per failed send.
+
+    ``since``: the run's clock at its start (outcomes); ``recorded_since``: the wall clock at
+    its start (transitions and messages it wrote)."""
     engine = make_engine(database_url)
     try:
-        summary = summarize(engine, since=since)
+        summary = summarize(engine, since=since, recorded_since=recorded_since)
         failures = failed_sends(engine, since=since)
     finally:
         engine.dispose()

@@ -63,7 +63,7 @@ def store_customers(engine: sa.Engine, df: pd.DataFrame, as_of: datetime) -> pd.
             "n_orders": df["n_orders"].to_numpy(), "clv_12m": df["clv_12m"].to_numpy(),
             "p_alive": df["p_alive"].to_numpy(), "rfm_segment": df["rfm_segment"].to_numpy(),
             "stage": df["stage"].to_numpy(), "stage_since": df["stage_since"].to_numpy(),
-            "scored_at": pd.Timestamp(as_of)})
+            "recorded_at": pd.Timestamp(as_of)})
         write_frame(conn, t.customer_scores, scores, keys=["customer_id"],
                     update=[c for c in scores.columns if c != "customer_id"])
     return db_ids

@@ -47,7 +47,8 @@ def mask(text: str, df: pd.DataFrame) -> list[bool]:
     ("{field: vip, eq: true}", [True, False, False, True]),
     ("{field: last, gte: 2024-01-01}", [True, True, False, False]),
     ("{field: dsl, gt: {field: gap, times: 2}}", [True, False, False, False]),
-    ("{not: {field: p_alive, lt: 0.5}}", [False, True, True, True]),
+    # missing p_alive is unknown, and not unknown stays unknown: no match
+    ("{not: {field: p_alive, lt: 0.5}}", [False, True, False, True]),
     ("{all: [{field: vip, eq: true}, {field: n_orders, gt: 1}]}", [False, False, False, True]),
     ("{any: [{field: stage, eq: loyal}, {field: dsl, lt: 2}]}", [False, True, False, True]),
 ])

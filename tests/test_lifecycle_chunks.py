@@ -22,7 +22,7 @@ def stored(engine: sa.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
         moves = pd.read_sql(sa.select(t.stage_transitions.c.customer_id, t.stage_transitions.c.from_stage,
                                       t.stage_transitions.c.to_stage)
                             .order_by(t.stage_transitions.c.customer_id), conn)
-    return scores.drop(columns=["scored_at", "run_id"]), moves
+    return scores.drop(columns=["recorded_at", "run_id"]), moves
 
 
 def test_chunks_score_like_one_pass(engine: sa.Engine) -> None:

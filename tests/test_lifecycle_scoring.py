@@ -105,17 +105,18 @@ def test_hand_computed_customers(engine: sa.Engine) -> None:
 
 def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(engine: sa.Engine) -> None:
     ids = seed(engine)
-    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=365)
     score(engine, config, AS_OF)
     before = scores(engine)
     again = score(engine, config, AS_OF)
     assert again.transitions == 0 and len(transitions(engine)) == 8
     assert {k: v["stage"] for k, v in scores(engine).items()} == {k: v["stage"] for k, v in before.items()}
-    # C was churned; buying again makes it reactivated, and it stays so when re-scored that day.
+    # C was churned; buying again makes it reactivated from that purchase on, and it stays so
+    # when re-scored that day.
     add_order(engine, ids["C"], "2024-07-20", 30.0)
     score(engine, config, date(2024, 7, 31))
     c = scores(engine)[ids["C"]]
-    assert (c["stage"], c["stage_since"]) == ("reactivated", datetime(2024, 7, 31))
+    assert (c["stage"], c["stage_since"]) == ("reactivated", datetime(2024, 7, 20))
     assert (ids["C"], "churned", "reactivated", date(2024, 7, 31)) in transitions(engine)
     # Only a purchase reactivates: D, churned too, did not buy and stays churned.
     assert scores(engine)[ids["D"]]["stage"] == "churned"
@@ -140,6 +141,42 @@ def test_every_default_stage_is_reached_on_cdnow(engine: sa.Engine) -> None:
         for stage, n in counts.items():
             assert f"{stage} " in result.output and f"{n:,}" in result.output
         seen |= set(counts)
+        # each as-of day is later than every stored fit's data by more than a week: refit
+        assert f"fitted now on orders up to {as_of}" in result.output
     assert seen == set(STAGES)
-    assert "no stored fit: fitted the models first" not in result.output  # only the first run fits
     assert load_rules(config.rules).names == STAGES
+
+
+def test_reactivated_lasts_90_days_from_the_comeback_purchase(engine: sa.Engine) -> None:
+    """With rare scoring, the scoring that notices a comeback may come long after it: the 90
+    days count from the purchase, not from that scoring."""
+    ids = seed(engine)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650)
+    score(engine, config, AS_OF)  # C and D churned as of 2024-06-30
+    assert {scores(engine)[ids[k]]["stage"] for k in "CD"} == {"churned"}
+    add_order(engine, ids["C"], "2024-07-05", 30.0)  # C comes back early in the quarter
+    add_order(engine, ids["D"], "2024-09-20", 30.0)  # D comes back late in it
+    score(engine, config, date(2024, 9, 30))  # the next (quarterly) scoring notices both
+    s = scores(engine)
+    # D bought 10 days ago: reactivated since that purchase.
+    assert (s[ids["D"]]["stage"], s[ids["D"]]["stage_since"]) == ("reactivated", datetime(2024, 9, 20))
+    # C's comeback was 87 days ago: reactivated, but only for three more days.
+    assert (s[ids["C"]]["stage"], s[ids["C"]]["stage_since"]) == ("reactivated", datetime(2024, 7, 5))
+    score(engine, config, date(2024, 10, 15))
+    s = scores(engine)
+    assert s[ids["C"]]["stage"] != "reactivated"  # 102 days after the purchase
+    assert s[ids["D"]]["stage"] == "reactivated"  # 25 days after its purchase
+    # A rerun of that day restores the stage before it and reaches the same answer.
+    before = {k: v["stage"] for k, v in scores(engine).items()}
+    assert score(engine, config, date(2024, 10, 15)).transitions == 0
+    assert {k: v["stage"] for k, v in scores(engine).items()} == before
+
+
+def test_a_comeback_noticed_after_90_days_is_not_reactivated(engine: sa.Engine) -> None:
+    ids = seed(engine)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650)
+    score(engine, config, AS_OF)
+    add_order(engine, ids["C"], "2024-07-01", 30.0)
+    score(engine, config, date(2024, 10, 31))  # 122 days after the comeback
+    assert scores(engine)[ids["C"]]["stage"] != "reactivated"
+    assert not [r for r in transitions(engine) if r[2] == "reactivated"]

@@ -20,7 +20,7 @@ def seed(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.insert(t.customers), [{"external_id": f"c{i}", "name": f"C{i}"} for i in range(1, 5)])
         conn.execute(sa.insert(t.customer_scores), [
-            {"customer_id": i, "as_of": T0.date(), "stage": s, "scored_at": T0}
+            {"customer_id": i, "as_of": T0.date(), "stage": s, "recorded_at": T0}
             for i, s in ((1, "new"), (2, "loyal"), (3, "loyal"), (4, "churned"))])
         conn.execute(sa.insert(t.stage_transitions), [
             {"customer_id": 2, "from_stage": "active", "to_stage": "loyal", "transitioned_at": T0, "as_of": T0.date()},
@@ -42,7 +42,7 @@ def seed(engine: sa.Engine) -> None:
              "created_at": T0 - timedelta(days=3), "updated_at": T0 - timedelta(days=3)}])
         conn.execute(sa.insert(t.model_fits).values(
             model="bgnbd", params={"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
-            log_likelihood=-9582.4, time_unit="week", window_end=T0, n_customers=2357, fitted_at=T0))
+            log_likelihood=-9582.4, time_unit="week", window_end=T0, n_customers=2357, recorded_at=T0))
 
 
 def test_summary_counts_since_run_start(engine: sa.Engine) -> None:

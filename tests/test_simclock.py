@@ -1,4 +1,4 @@
-"""The clock a run chooses and says why; the steps of a simulated clock; the demo's figures."""
+"""A simulated clock: its steps, and runs that continue it; the demo's figures."""
 
 from __future__ import annotations
 
@@ -35,43 +35,35 @@ def _lifecycle_run(conn: sa.Connection, run_id: str, started: datetime,
                                           status="completed", summary=summary))
 
 
-def test_a_live_store_uses_the_newest_order_and_the_wall_clock(engine: sa.Engine) -> None:
-    clock = choose(engine, None, None)
-    assert clock.as_of is None and "no orders yet" in clock.lines()[0]
+def test_a_live_store_resolves_the_clock_as_every_entry_point_does(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         _order(conn, "2026-11-20 15:00")
-    clock = choose(engine, None, None)
-    assert clock.as_of == date(2026, 11, 20) and not clock.simulated
-    assert "the newest order's day" in clock.why_as_of and "the wall clock" in clock.why_now
-    given = choose(engine, date(2026, 11, 1), datetime(2026, 11, 2, 9, 0))
-    assert (given.as_of, given.now, given.why_as_of) == (date(2026, 11, 1),
-                                                         datetime(2026, 11, 2, 9, 0), "given (--as-of)")
-
-
-def test_a_run_never_scores_after_its_clock(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        _order(conn, "1998-06-30 12:00")
-    clock = choose(engine, None, datetime(1997, 5, 1, 10, 0))
-    assert clock.as_of == date(1997, 5, 1)
-    assert "after the clock" in clock.why_as_of
+    clock, simulated = choose(engine, None, None)
+    assert clock.as_of == date(2026, 11, 20) and not simulated
+    assert "the newest order's day" in clock.as_of_reason and "the wall clock" in clock.now_reason
+    given, simulated = choose(engine, date(2026, 11, 1), datetime(2026, 11, 2, 9, 0))
+    assert (given.as_of, given.now, given.as_of_reason, simulated) == \
+        (date(2026, 11, 1), datetime(2026, 11, 2, 9, 0), "given", False)
 
 
 def test_after_a_simulation_the_next_run_continues_its_clock(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         _order(conn, "1998-06-30 12:00")
         _lifecycle_run(conn, "a", datetime(2026, 11, 29, 10, 0),
-                       {"as_of": "1997-04-07", "now": "1997-04-08 10:00", "simulated": True})
-    clock = choose(engine, None, None)
-    assert (clock.as_of, clock.now, clock.simulated) == (date(1997, 4, 8),
-                                                         datetime(1997, 4, 9, 10, 0), True)
-    assert clock.lines() == ["as of 1997-04-08, now 1997-04-09 10:00 UTC: the next day on the "
-                             "simulated clock of the last run (as of 1997-04-07, now "
-                             "1997-04-08 10:00); --as-of and --now to choose"]
+                       {"as_of": "1997-04-07", "now": "1997-04-08T10:00:00", "simulated": True})
+    clock, simulated = choose(engine, None, None)
+    assert (clock.as_of, clock.now, simulated) == (date(1997, 4, 8), datetime(1997, 4, 9, 10, 0), True)
+    why = ("the next day on the simulated clock of the last run (as of 1997-04-07, now "
+           "1997-04-08 10:00); --as-of and --now to choose")
+    assert clock.describe() == [f"as of 1997-04-08: {why}", f"now 1997-04-09 10:00:00 UTC: {why}"]
+    given, simulated = choose(engine, None, datetime(1997, 4, 20, 8, 0))
+    assert (given.as_of, given.now, given.now_reason, simulated) == \
+        (date(1997, 4, 8), datetime(1997, 4, 20, 8, 0), "given", True)
     # A later live run ends the simulation: the store is back on the wall clock.
     with engine.begin() as conn:
         _lifecycle_run(conn, "b", datetime(2026, 11, 29, 11, 0),
-                       {"as_of": "1998-06-30", "now": "2026-11-29 11:00", "simulated": False})
-    assert not choose(engine, None, None).simulated
+                       {"as_of": "1998-06-30", "now": "2026-11-29T11:00:00"})
+    assert choose(engine, None, None)[1] is False
 
 
 def test_conversion_intervals_match_published_values() -> None:

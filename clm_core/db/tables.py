@@ -1,7 +1,8 @@
 """The schema, as SQLAlchemy Core tables (one metadata; migrations follow it).
 
 Conventions: surrogate integer ids, natural keys (``external_id``) unique; times are naive UTC
-``DateTime``; money is ``Numeric(12, 2)``; free-form data is JSON (JSONB on PostgreSQL).
+``DateTime``; a row's times follow the run's logical clock (as-of, now) and only ``recorded_at``
+holds the wall clock (when the row was written), so reruns and backfills write the same rows; money is ``Numeric(12, 2)``; free-form data is JSON (JSONB on PostgreSQL).
 Status columns are short strings so both databases read the same.
 """
 
@@ -24,6 +25,11 @@ Money = sa.Numeric(12, 2)
 
 def _ts(name: str, **kw: object) -> sa.Column:
     return sa.Column(name, sa.DateTime(), **kw)  # type: ignore[arg-type]
+
+
+def _recorded_at() -> sa.Column:
+    """When the row was written, by the wall clock (every other time is the run's clock)."""
+    return _ts("recorded_at", nullable=False, server_default=sa.func.current_timestamp())
 
 
 def _customer_fk(nullable: bool = False) -> sa.Column:
@@ -106,7 +112,7 @@ model_fits = sa.Table(
     _ts("holdout_end"),
     sa.Column("n_customers", sa.Integer, nullable=False),
     sa.Column("diagnostics", Json),  # e.g. the calibration/holdout table
-    _ts("fitted_at", nullable=False),
+    _recorded_at(),
     sa.Column("run_id", sa.String(64)),
 )
 
@@ -138,7 +144,7 @@ customer_scores = sa.Table(
     sa.Column("rfm_segment", sa.String(32), index=True),
     sa.Column("stage", sa.String(32), index=True),
     _ts("stage_since"),
-    _ts("scored_at", nullable=False),
+    _recorded_at(),
     sa.Column("run_id", sa.String(64)),
 )
 
@@ -148,9 +154,11 @@ stage_transitions = sa.Table(
     _customer_fk(),
     sa.Column("from_stage", sa.String(32)),  # NULL for a customer's first stage
     sa.Column("to_stage", sa.String(32), nullable=False),
-    _ts("transitioned_at", nullable=False),
+    _ts("transitioned_at", nullable=False),  # the scoring's as-of day (00:00)
     sa.Column("as_of", sa.Date, nullable=False),
+    _ts("stage_since"),  # when the new stage began: the as-of day, or e.g. a comeback purchase
     sa.Column("run_id", sa.String(64)),
+    _recorded_at(),
 )
 sa.Index("ix_stage_transitions_as_of_to", stage_transitions.c.as_of, stage_transitions.c.to_stage)
 
@@ -186,6 +194,7 @@ journey_enrollments = sa.Table(
     _ts("converted_at"),
     sa.Column("goal", sa.String(64)),
     sa.Column("state", Json),  # per-enrollment engine state (split choices, visited steps)
+    _recorded_at(),
     sa.UniqueConstraint("journey", "customer_id", "entry_seq"),
 )
 sa.Index("ix_journey_enrollments_status_due", journey_enrollments.c.status,
@@ -222,6 +231,7 @@ messages = sa.Table(
     _ts("updated_at", nullable=False),
     _ts("sent_at"),
     sa.Column("flow_run_id", sa.String(64)),
+    _recorded_at(),
 )
 sa.Index("ix_messages_status_send_after", messages.c.status, messages.c.send_after)
 

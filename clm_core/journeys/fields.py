@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from clm_core.db import tables as t
 
 _SKIP = {"customer_id", "fit_id", "run_id", "id", "external_id", "attributes", "created_at",
-         "updated_at", "scored_at"}
+         "updated_at", "recorded_at"}
 # Known stage names for "did you mean" hints on entry and goals.
 STAGES = ("prospect", "new", "active", "loyal", "at_risk", "churned", "reactivated")
 

@@ -15,6 +15,7 @@ from clm_core.journeys.engine import Plan, plan
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.store import (Written, load_journeys, load_previous, load_snapshot,
                                      project_policy, sync_versions, write_plan)
+from clm_core.runclock import normalize_now
 from clm_core.runs import utcnow
 from clm_core.settings import Settings
 
@@ -30,7 +31,7 @@ class Evaluation:
 def evaluate(db: Engine, settings: Settings, now: datetime | None = None,
              dry_run: bool = False) -> Evaluation:
     """Enroll, advance and plan messages for every active journey at ``now`` (default: now)."""
-    now = pd.Timestamp(now or utcnow()).as_unit("ns").to_pydatetime()
+    now = pd.Timestamp(normalize_now(now) or utcnow()).as_unit("ns").to_pydatetime()
     policy = project_policy(settings.section("journeys"))
     journeys = [j for j in load_journeys(settings.journeys_dir, policy) if j.spec.status != "draft"]
     with db.begin() as conn:

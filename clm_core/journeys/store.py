@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ from clm_core.journeys.engine import (ENROLLMENT_COLUMNS, TIME_COLUMNS, Plan, Sn
 from clm_core.journeys.fields import FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy
+from clm_core.lifecycle.features import NOT_PURCHASES
+from clm_core.runs import utcnow
 from clm_core.yamlspec import parse_yaml, problems_from_pydantic
 
 LEDGER_STATUSES = ("pending", "deferred", "claimed", "sent", "unknown")
@@ -221,9 +223,11 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
                                   ev.c.occurred_at <= now)), ["occurred_at"])
     o = t.orders
     wants_orders = pd.notna(active_since) and any(g.order for j in journeys for g in j.spec.goals)
+    # Order goals count purchases only, as the features do (not cancelled, refunded, pending).
     orders = _times(_frame(conn, sa.select(o.c.customer_id, o.c.ordered_at, o.c.amount)
                            .where(o.c.ordered_at > (active_since.to_pydatetime() if wants_orders else now),
-                                  o.c.ordered_at <= now)), ["ordered_at"])
+                                  o.c.ordered_at <= now, o.c.status.not_in(NOT_PURCHASES))),
+                    ["ordered_at"])
     orders["amount"] = orders["amount"].astype(float)
     m = t.messages
     windows = [c.window for c in policy.caps] + [c.window for j in journeys
@@ -265,9 +269,11 @@ def write_plan(conn: Connection, plan: Plan) -> Written:
     new, old = e[e["is_new"]], e[~e["is_new"]]
     created = updated = 0
     ids = pd.Series(dtype="int64")
+    recorded = np.datetime64(utcnow(), "ns")  # the wall clock, only ever as recorded_at
     if len(new):
         frame = new[stored].copy()
         frame["state"] = _state(new)
+        frame["recorded_at"] = recorded
         created = write_frame(conn, t.journey_enrollments, frame,
                               keys=["journey", "customer_id", "entry_seq"])
         je = t.journey_enrollments
@@ -290,8 +296,9 @@ def write_plan(conn: Connection, plan: Plan) -> Written:
         msgs = msgs[msgs["enrollment_id"].notna()]
         msgs["enrollment_id"] = msgs["enrollment_id"].astype("int64")
         msgs["idempotency_key"] = message_keys(msgs)
-    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
-    msgs["created_at"] = np.datetime64(stamp, "ns")
+    # A message is created at the run's now (a backfill's past time, too).
+    msgs["created_at"] = plan.now.to_datetime64()
     msgs["updated_at"] = msgs["created_at"]
+    msgs["recorded_at"] = recorded
     n = write_frame(conn, t.messages, msgs, keys=["idempotency_key"])
     return Written(created, updated, n)

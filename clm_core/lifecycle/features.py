@@ -55,14 +55,33 @@ SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
            WHERE o.customer_id = a.customer_id AND o.ordered_at >= a.first_order_at
              AND o.ordered_at < {next_day} AND o.status NOT IN ({not_purchases})
        ) ELSE a.total_spend END AS first_day_spend,
-       s.stage AS previous_stage, s.stage_since AS previous_stage_since
+       s.stage AS previous_stage, s.stage_since AS previous_stage_since{in_stage}
 FROM customers c
 LEFT JOIN a ON a.customer_id = c.id
-LEFT JOIN customer_scores s ON s.customer_id = c.id
+LEFT JOIN customer_scores s ON s.customer_id = c.id{rerun}
 WHERE (a.customer_id IS NOT NULL OR c.signed_up_at IS NULL OR c.signed_up_at < :end){customer_range}
 ORDER BY c.id
 """
 
+
+# The first purchase after the stored stage began (e.g. a churned customer's comeback). On a
+# rerun of an as-of day that already has transitions, "the stored stage" is the one before
+# that day (as ``transitions.rules_view`` restores it): when the latest earlier transition's
+# stage began, or nothing when there is none. One index range lookup per customer, so it is
+# computed only when the rules use it.
+_IN_STAGE = """,
+       (SELECT MIN(o.ordered_at) FROM orders o
+        WHERE o.customer_id = c.id AND o.ordered_at < :end AND o.status NOT IN ({not_purchases})
+          AND o.ordered_at > CASE WHEN r.customer_id IS NULL THEN s.stage_since ELSE r.since END
+       ) AS first_order_in_stage_at"""
+_RERUN = """
+LEFT JOIN (
+    SELECT DISTINCT st.customer_id, (SELECT b.stage_since FROM stage_transitions b
+                                     WHERE b.customer_id = st.customer_id AND b.as_of < st.as_of
+                                     ORDER BY b.as_of DESC, b.id DESC LIMIT 1) AS since
+    FROM stage_transitions st WHERE st.as_of = :day
+) r ON r.customer_id = c.id"""
+IN_STAGE_FIELDS = {"first_order_in_stage_at", "days_since_first_order_in_stage"}
 
 # Customer columns stage rules may use; fetched only when the rules use them.
 CUSTOMER_COLUMNS = {"country": "string", "locale": "string", "timezone": "string",
@@ -71,8 +90,12 @@ CUSTOMER_COLUMNS = {"country": "string", "locale": "string", "timezone": "string
 
 def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = False) -> str:
     d = _DIALECT["postgresql" if dialect == "postgresql" else "sqlite"]
-    extra = "".join(f" c.{name}," for name in CUSTOMER_COLUMNS if name in set(customer_columns))
+    wanted = set(customer_columns)
+    extra = "".join(f" c.{name}," for name in CUSTOMER_COLUMNS if name in wanted)
+    in_stage = bool(wanted & IN_STAGE_FIELDS)
     return _SQL.format(**d, not_purchases=_NOT_PURCHASES_SQL, customer_columns=extra,
+                       in_stage=_IN_STAGE.format(not_purchases=_NOT_PURCHASES_SQL) if in_stage else "",
+                       rerun=_RERUN if in_stage else "",
                        order_range=" AND o.customer_id >= :lo AND o.customer_id < :hi" if ranged else "",
                        customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "")
 
@@ -83,11 +106,15 @@ def day_end(as_of: date) -> datetime:
 
 
 def _params(as_of: date) -> dict[str, object]:
-    return {"end": day_end(as_of)}
+    return {"end": day_end(as_of), "day": as_of}
 
 
 def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFrame:
     stmt = sa.text(sql).bindparams(sa.bindparam("end", type_=sa.DateTime()))
+    if ":day" in sql:
+        stmt = stmt.bindparams(sa.bindparam("day", type_=sa.Date()))
+    else:
+        params = {k: v for k, v in params.items() if k != "day"}
     result = conn.execute(stmt, params)
     columns = list(result.keys())
     # Plain DBAPI tuples (a DataFrame from SQLAlchemy Row objects is many times slower), in
@@ -164,6 +191,9 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
     f["previous_stage"] = raw["previous_stage"].astype(object)
     f["previous_stage_since"] = _timestamps(raw["previous_stage_since"])
     f["days_in_stage"] = _days(today - f["previous_stage_since"])
+    if "first_order_in_stage_at" in raw:
+        f["first_order_in_stage_at"] = _timestamps(raw["first_order_in_stage_at"])
+        f["days_since_first_order_in_stage"] = _days(today - f["first_order_in_stage_at"].dt.normalize())
     gap = typical_gap_days(span, repeats) if typical_gap is None else typical_gap
     f["typical_gap_days"] = gap
     return Features(f, as_of, time_unit, gap)

@@ -12,7 +12,7 @@ import io
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from clm_core.db import tables as t
-from clm_core.errors import ModelFitError
+from clm_core.errors import ConfigError, ModelFitError
+from clm_core.runs import utcnow
 
 MIN_CUSTOMERS = 20  # below this, no fit is meaningful
 MIN_REPEAT_CUSTOMERS = 10  # Gamma-Gamma fits repeat buyers only
@@ -143,7 +144,6 @@ def _window_start(summary: pd.DataFrame) -> datetime | None:
 
 
 def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int:
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
     result = conn.execute(t.model_fits.insert().values(
         model=fit.model, params=fit.params, log_likelihood=fit.log_likelihood,
         penalizer=fit.penalizer, time_unit=fit.time_unit, window_start=fit.window_start,
@@ -152,9 +152,84 @@ def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int
                      if fit.holdout_end else None),
         n_customers=fit.n_customers,
         diagnostics={**(fit.diagnostics or {}), "fit_seconds": round(fit.seconds, 3)},
-        fitted_at=now, run_id=run_id))
+        recorded_at=utcnow(), run_id=run_id))
     fit.id = int(result.inserted_primary_key[0])
     return fit.id
+
+
+def _model_fit(row: Any) -> ModelFit:
+    return ModelFit(
+        row["model"], {k: float(v) for k, v in row["params"].items()}, row["log_likelihood"],
+        row["n_customers"], row["penalizer"], float((row["diagnostics"] or {}).get("fit_seconds", 0)),
+        row["time_unit"], row["window_end"].date(), row["window_start"],
+        row["holdout_end"].date() if row["holdout_end"] else None, row["diagnostics"], row["id"])
+
+
+def _partner(conn: Connection, fit: ModelFit, run_id: str | None) -> ModelFit | None:
+    """The fit stored beside ``fit`` (the spend model of a purchase model or the reverse):
+    same data window, same run when known, the nearest id."""
+    mf = t.model_fits
+    models = ("gamma_gamma",) if fit.model in PURCHASE_MODELS else PURCHASE_MODELS
+    end = datetime.combine(fit.window_end, datetime.min.time())
+    q = sa.select(mf).where(mf.c.model.in_(models), mf.c.window_end == end)
+    if run_id is not None:
+        q = q.order_by(sa.case((mf.c.run_id == run_id, 0), else_=1))
+    row = conn.execute(q.order_by(sa.func.abs(mf.c.id - int(fit.id or 0)))
+                       .limit(1)).mappings().first()
+    return _model_fit(row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class FitChoice:
+    """The fits a scoring uses, and why: ``None`` fits mean none qualifies (fit first)."""
+
+    purchases: ModelFit | None
+    spend: ModelFit | None
+    reason: str
+
+
+def choose_fits(conn: Connection, as_of: date, fit_id: int | None = None,
+                max_age_days: float | None = None) -> FitChoice:
+    """The fits to score as of ``as_of`` with: ``fit_id`` when given, else the newest fit whose
+    data window ends on or before ``as_of`` (a later one would look ahead), as long as its
+    window ends at most ``max_age_days`` before ``as_of`` (None: any age)."""
+    mf = t.model_fits
+    day = datetime.combine(as_of, datetime.min.time())
+    if fit_id is not None:
+        row = conn.execute(sa.select(mf).where(mf.c.id == fit_id)).mappings().first()
+        if row is None:
+            raise ConfigError(f"there is no fit {fit_id}: `clm status` lists the models, "
+                              "`clm fit` makes one")
+        if row["window_end"] > day:
+            raise ConfigError(f"fit {fit_id} was fitted on orders up to "
+                              f"{row['window_end']:%Y-%m-%d}, after the as-of day {as_of}: scoring "
+                              "with it would look ahead; choose an earlier fit or a later --as-of")
+        chosen = _model_fit(row)
+        other = _partner(conn, chosen, row["run_id"])
+        if other is None:
+            raise ConfigError(f"fit {fit_id} ({chosen.model}) has no companion "
+                              f"{'gamma_gamma' if chosen.model in PURCHASE_MODELS else 'purchase'} "
+                              "fit on the same data window; run `clm fit`")
+        purchases, spend = (chosen, other) if chosen.model in PURCHASE_MODELS else (other, chosen)
+        return FitChoice(purchases, spend, "chosen with --fit")
+    row = conn.execute(sa.select(mf).where(mf.c.model.in_(PURCHASE_MODELS), mf.c.window_end <= day)
+                       .order_by(mf.c.window_end.desc(), mf.c.id.desc()).limit(1)).mappings().first()
+    if row is None:
+        later = conn.scalar(sa.select(sa.func.count()).select_from(mf).where(mf.c.window_end > day))
+        why = (f"every stored fit uses orders after {as_of}" if later
+               else "there is no stored fit")
+        return FitChoice(None, None, why)
+    purchases = _model_fit(row)
+    if max_age_days is not None and day - datetime.combine(purchases.window_end, datetime.min.time()) \
+            > timedelta(days=max_age_days):
+        return FitChoice(None, None, f"the newest usable fit ({purchases.id}) ends "
+                                     f"{purchases.window_end}, more than {max_age_days:g} days "
+                                     f"before {as_of}")
+    spend = _partner(conn, purchases, row["run_id"])
+    if spend is None:
+        return FitChoice(None, None, f"fit {purchases.id} has no gamma_gamma fit beside it")
+    return FitChoice(purchases, spend,
+                     f"the newest fit whose data ends on or before {as_of}")
 
 
 def latest_fits(conn: Connection) -> tuple[ModelFit, ModelFit] | None:
@@ -162,13 +237,9 @@ def latest_fits(conn: Connection) -> tuple[ModelFit, ModelFit] | None:
     found: dict[str, ModelFit] = {}
     for kind, models in (("purchases", PURCHASE_MODELS), ("spend", ("gamma_gamma",))):
         row = conn.execute(sa.select(t.model_fits).where(t.model_fits.c.model.in_(models))
-                           .order_by(t.model_fits.c.fitted_at.desc(), t.model_fits.c.id.desc())
+                           .order_by(t.model_fits.c.id.desc())
                            .limit(1)).mappings().first()
         if row is None:
             return None
-        found[kind] = ModelFit(
-            row["model"], {k: float(v) for k, v in row["params"].items()}, row["log_likelihood"],
-            row["n_customers"], row["penalizer"], float((row["diagnostics"] or {}).get("fit_seconds", 0)),
-            row["time_unit"], row["window_end"].date(), row["window_start"],
-            row["holdout_end"].date() if row["holdout_end"] else None, row["diagnostics"], row["id"])
+        found[kind] = _model_fit(row)
     return found["purchases"], found["spend"]

@@ -18,7 +18,7 @@ from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import ConfigError, ModelFitError
 from clm_core.lifecycle.features import UNIT_DAYS, customer_features, holdout_purchases
-from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, fit_models, latest_fits, store_fit
+from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, choose_fits, fit_models, store_fit
 from clm_core.lifecycle.rfm import rfm, rfm_population
 from clm_core.lifecycle.scoring import calibration_holdout_table, score_frame
 from clm_core.lifecycle.stages import StageRules, load_rules
@@ -31,7 +31,7 @@ SCORE_COLUMNS = [
     "last_order_at", "total_spend", "avg_order_value", "days_since_last_order", "frequency",
     "recency", "T", "monetary_value", "p_alive", "expected_purchases_30d", "expected_purchases_90d",
     "expected_aov", "clv_12m", "r_score", "f_score", "m_score", "rfm_segment", "stage",
-    "stage_since", "scored_at", "run_id",
+    "stage_since", "recorded_at", "run_id",
 ]
 
 
@@ -44,24 +44,30 @@ class LifecycleConfig:
     penalizer: float = 0.0
     discount_rate: float = 0.10  # annual, for CLV
     rules: Path | None = None  # default: journeys/lifecycle.yaml
+    # A scoring refits when the newest fit's data ends more than this before its as-of day.
+    fit_max_age_days: float = 7.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LifecycleConfig":
         raw = dict(settings.section("lifecycle"))
-        unknown = set(raw) - {"model", "time_unit", "penalizer", "discount_rate", "rules"}
+        keys = ("model", "time_unit", "penalizer", "discount_rate", "rules", "fit_max_age_days")
+        unknown = set(raw) - set(keys)
         if unknown:
             raise ConfigError(f"unknown keys in [lifecycle]: {', '.join(sorted(unknown))}; valid: "
-                              "model, time_unit, penalizer, discount_rate, rules")
+                              f"{', '.join(keys)}")
         cfg = cls(model=str(raw.get("model", cls.model)),
                   time_unit=str(raw.get("time_unit", cls.time_unit)),
                   penalizer=float(raw.get("penalizer", cls.penalizer)),
                   discount_rate=float(raw.get("discount_rate", cls.discount_rate)),
+                  fit_max_age_days=float(raw.get("fit_max_age_days", cls.fit_max_age_days)),
                   rules=settings.project_dir / raw["rules"] if raw.get("rules")
                   else settings.journeys_dir / "lifecycle.yaml")
         if cfg.model not in PURCHASE_MODELS:
             raise ConfigError(f"[lifecycle] model {cfg.model!r}: use one of {', '.join(PURCHASE_MODELS)}")
         if cfg.time_unit not in UNIT_DAYS:
             raise ConfigError(f"[lifecycle] time_unit {cfg.time_unit!r}: use one of {', '.join(UNIT_DAYS)}")
+        if cfg.fit_max_age_days < 0:
+            raise ConfigError("[lifecycle] fit_max_age_days must be >= 0 (days)")
         if cfg.penalizer < 0 or not -1 < cfg.discount_rate < 10:
             raise ConfigError("[lifecycle] penalizer must be >= 0 and discount_rate a yearly rate such as 0.1")
         return cfg
@@ -152,6 +158,8 @@ class ScoreReport:
     fit_id: int | None
     fitted: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    fit_reason: str = ""  # why this fit: chosen, the newest usable one, or fitted now (and why)
+    fit_window_end: date | None = None
 
 
 @dataclass(frozen=True)
@@ -165,25 +173,30 @@ class Population:
     typical_gap_days: float
     rfm: dict[str, np.ndarray]
     fitted: bool
+    fit_reason: str = ""
 
 
 def _fits(engine: Engine, config: LifecycleConfig, features: Callable[[str], pd.DataFrame],
-          as_of: date, run_id: str | None) -> tuple[ModelFit, ModelFit, bool]:
-    """The latest stored fits, or new ones stored now when there are none."""
+          as_of: date, run_id: str | None, fit_id: int | None = None,
+          max_age_days: float | None = None) -> tuple[ModelFit, ModelFit, bool, str]:
+    """The fits to score as of ``as_of`` with (``choose_fits``), or new ones fitted on the
+    orders up to ``as_of`` and stored now when none is usable; with the reason."""
+    age = config.fit_max_age_days if max_age_days is None else max_age_days
     with engine.connect() as conn:
-        fits = latest_fits(conn)
-    if fits is not None:
-        return fits[0], fits[1], False
+        choice = choose_fits(conn, as_of, fit_id, age)
+    if choice.purchases is not None and choice.spend is not None:
+        return choice.purchases, choice.spend, False, choice.reason
     purchases, spend = fit_models(features(config.time_unit), as_of=as_of, time_unit=config.time_unit,
                                   model=config.model, penalizer=config.penalizer)
     with engine.begin() as conn:
         for fitted_model in (purchases, spend):
             store_fit(conn, fitted_model, run_id)
-    return purchases, spend, True
+    return purchases, spend, True, f"fitted now on orders up to {as_of}: {choice.reason}"
 
 
 def population(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
-               run_id: str | None = None) -> Population:
+               run_id: str | None = None, fit_id: int | None = None,
+               max_fit_age_days: float | None = None) -> Population:
     """The shared part of a chunked scoring run (fits first if there is no fit)."""
     as_of = as_of or latest_order_date(engine)
     cache: dict[str, pd.DataFrame] = {}
@@ -194,10 +207,11 @@ def population(engine: Engine, config: LifecycleConfig, as_of: date | None = Non
                 cache[unit] = customer_features(conn, as_of, unit).frame
         return cache[unit]
 
-    purchases, spend, fitted = _fits(engine, config, features, as_of, run_id)
+    purchases, spend, fitted, why = _fits(engine, config, features, as_of, run_id, fit_id,
+                                          max_fit_age_days)
     f = features(purchases.time_unit)
     return Population(as_of, purchases, spend, float(f["typical_gap_days"].iloc[0]) if len(f)
-                      else float("nan"), rfm_population(f), fitted)
+                      else float("nan"), rfm_population(f), fitted, why)
 
 
 def customer_ranges(engine: Engine, chunks: int) -> list[tuple[int, int]]:
@@ -213,8 +227,12 @@ def customer_ranges(engine: Engine, chunks: int) -> list[tuple[int, int]]:
 
 def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
           rules: StageRules | None = None, run_id: str | None = None,
-          ids: tuple[int, int] | None = None, shared: Population | None = None) -> ScoreReport:
-    """Score every customer as of ``as_of`` and record stage changes; fits first if needed.
+          ids: tuple[int, int] | None = None, shared: Population | None = None,
+          fit_id: int | None = None, max_fit_age_days: float | None = None) -> ScoreReport:
+    """Score every customer as of ``as_of`` and record stage changes.
+
+    The fits: ``fit_id`` when given, else the newest whose data ends on or before ``as_of`` and
+    at most ``max_fit_age_days`` (default: the config's) before it; fitted first when none is.
 
     A chunk: ``ids`` = (lo, hi) scores the customers with lo <= id < hi against ``shared``
     (from ``population``), giving exactly what the whole run gives those customers.
@@ -236,9 +254,10 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
         return cache[unit]
 
     if shared is not None:
-        purchases, spend, fitted = shared.purchases, shared.spend, False
+        purchases, spend, fitted, why = shared.purchases, shared.spend, False, shared.fit_reason
     else:
-        purchases, spend, fitted = _fits(engine, config, features, as_of, run_id)
+        purchases, spend, fitted, why = _fits(engine, config, features, as_of, run_id, fit_id,
+                                              max_fit_age_days)
     f = features(purchases.time_unit)
     clock["features"] = time.perf_counter() - start
     mark = time.perf_counter()
@@ -252,15 +271,15 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     clock["scores"] = time.perf_counter() - mark
     mark = time.perf_counter()
     stage = rules.assign(view)
-    now = utcnow()
-    moves, since = diff(view, stage, as_of, now, run_id)
+    recorded = utcnow()  # the wall clock, kept only as recorded_at
+    moves, since = diff(view, stage, as_of, run_id, rules.since_of(view, stage), recorded)
     clock["stages"] = time.perf_counter() - mark
     mark = time.perf_counter()
     segments = view["rfm_segment"].value_counts()
     n_customers = len(view)
     out = view[[c for c in SCORE_COLUMNS if c in view.columns]].assign(
         as_of=pd.Timestamp(as_of), fit_id=purchases.id, stage=stage, stage_since=since,
-        scored_at=pd.Timestamp(now), run_id=run_id)[SCORE_COLUMNS]
+        recorded_at=pd.Timestamp(recorded), run_id=run_id)[SCORE_COLUMNS]
     del view
     # bulk: other writers wait for this transaction (a scoring run is the only writer of
     # scores; its chunks take turns).
@@ -271,4 +290,5 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     clock["write"] = time.perf_counter() - mark
     counts = stage.value_counts()
     return ScoreReport(as_of, n_customers, {s: int(counts.get(s, 0)) for s in rules.names},
-                       {k: int(v) for k, v in segments.items()}, len(moves), purchases.id, fitted, clock)
+                       {k: int(v) for k, v in segments.items()}, len(moves), purchases.id, fitted, clock,
+                       why, purchases.window_end)

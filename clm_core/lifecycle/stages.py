@@ -8,7 +8,14 @@
           any:
             - {field: p_alive, lt: 0.25}
             - {field: days_since_last_order, gt: {field: typical_gap_days, times: 4}}
+      - name: reactivated
+        since: first_order_in_stage_at   # the stage begins with the comeback purchase
+        when: ...
       - name: active            # no ``when``: everyone not matched above (last stage only)
+
+A stage begins on the as-of day of the scoring that assigns it, unless ``since`` names a
+datetime metric that says when it really began (never later than the as-of day); ``stage_since``
+and ``days_in_stage`` count from there.
 
 Conditions use the shared condition language (``clm_core.conditions``) over the metrics in
 ``METRICS``; every problem in the file is reported at once with file:line:column.
@@ -37,10 +44,10 @@ METRICS: dict[str, str] = {
         "days_since_first_order", "days_since_last_order", "days_since_signup", "frequency",
         "recency", "T", "monetary_value", "typical_gap_days", "p_alive", "expected_purchases_30d",
         "expected_purchases_90d", "expected_aov", "clv_12m", "r_score", "f_score", "m_score",
-        "days_in_stage"), "number"),
+        "days_in_stage", "days_since_first_order_in_stage"), "number"),
     **dict.fromkeys(("rfm_segment", "previous_stage"), "string"),
-    **dict.fromkeys(("first_order_at", "last_order_at", "signed_up_at", "previous_stage_since"),
-                    "datetime"),
+    **dict.fromkeys(("first_order_at", "last_order_at", "signed_up_at", "previous_stage_since",
+                     "first_order_in_stage_at"), "datetime"),
     **CUSTOMER_COLUMNS,
 }
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -51,6 +58,7 @@ class _StageModel(BaseModel):
     name: str
     description: str | None = None
     when: Any = None
+    since: str | None = None
 
 
 class _RulesModel(BaseModel):
@@ -63,6 +71,7 @@ class Stage:
     name: str
     description: str | None
     condition: Condition | None  # None: everyone not matched by an earlier stage
+    since: str | None = None  # datetime metric: when the stage began (None: the as-of day)
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,17 @@ class StageRules:
 
     @property
     def fields(self) -> set[str]:
-        return set().union(*(s.condition.fields for s in self.stages if s.condition))
+        return set().union(*(s.condition.fields for s in self.stages if s.condition),
+                           {s.since for s in self.stages if s.since})
+
+    def since_of(self, metrics: pd.DataFrame, stage: pd.Series) -> pd.Series:
+        """When each customer's assigned stage began, for stages with ``since`` (NaT else)."""
+        out = pd.Series(pd.NaT, index=metrics.index, dtype="datetime64[ns]")
+        for s in self.stages:
+            if s.since:
+                hit = (stage == s.name).to_numpy(bool)
+                out[hit] = pd.to_datetime(metrics.loc[hit, s.since]).astype("datetime64[ns]")
+        return out
 
     def assign(self, metrics: pd.DataFrame) -> pd.Series:
         """Stage per row (None where no stage matches)."""
@@ -133,7 +152,14 @@ def compile_rules(data: Any, loc: Locator) -> StageRules:
         else:
             cond, found = collect_problems(s.when, METRICS, loc, path + ("when",))
             problems += found
-        stages.append(Stage(s.name, s.description, cond))
+        if s.since is not None and METRICS.get(s.since) != "datetime":
+            from clm_core.suggest import did_you_mean
+
+            dated = sorted(k for k, v in METRICS.items() if v == "datetime")
+            problems.append(loc.problem(path + ("since",), f"'since' names a datetime metric; "
+                                        f"{s.since!r} is not one{did_you_mean(s.since, dated)} "
+                                        f"(choose from {', '.join(dated)})"))
+        stages.append(Stage(s.name, s.description, cond, s.since))
     problems += _stage_values(model, loc, set(seen))
     if problems:
         raise SpecError(problems)

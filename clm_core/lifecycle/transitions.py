@@ -3,7 +3,13 @@
 The stored stage lives in ``customer_scores`` (with ``stage_since``); every change becomes a
 ``stage_transitions`` row. Scoring the same as-of date again records nothing new: the stage
 rules then see the stage the customer had *before* that date (the ``from_stage`` of the
-transition already recorded for it), so they reach the same answer.
+transition already recorded for it, and when it began), so they reach the same answer.
+
+A transition follows the run's clock, never the wall clock: it is dated the as-of day
+(``transitioned_at`` = its midnight, like ``stage_since``), so a backfill or a rerun writes the
+same rows as the live run did; the wall clock goes to ``recorded_at`` only. A new stage begins
+on the as-of day unless its rule says otherwise (``since``: e.g. ``reactivated`` begins with
+the comeback purchase).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from clm_core.db import tables as t
+from clm_core.runs import utcnow
 
 
 def rules_view(conn: Connection, features: pd.DataFrame, as_of: date) -> pd.DataFrame:
@@ -30,8 +37,9 @@ def rules_view(conn: Connection, features: pd.DataFrame, as_of: date) -> pd.Data
     # before it, and when that stage began (the date of the transition into it).
     st = t.stage_transitions
     before = st.alias("before")
-    began = (sa.select(sa.func.max(before.c.as_of))
+    began = (sa.select(sa.func.coalesce(before.c.stage_since, before.c.as_of))
              .where(before.c.customer_id == st.c.customer_id, before.c.as_of < st.c.as_of)
+             .order_by(before.c.as_of.desc(), before.c.id.desc()).limit(1)
              .scalar_subquery())
     earlier = pd.read_sql(sa.select(st.c.customer_id, st.c.from_stage, began.label("since"))
                           .where(st.c.as_of == as_of).order_by(st.c.id), conn)
@@ -46,22 +54,33 @@ def rules_view(conn: Connection, features: pd.DataFrame, as_of: date) -> pd.Data
     return out
 
 
-def diff(view: pd.DataFrame, stage: pd.Series, as_of: date, now: datetime,
-         run_id: str | None) -> tuple[pd.DataFrame, pd.Series]:
-    """Transition rows for customers whose stage changed, and the new ``stage_since``."""
+def diff(view: pd.DataFrame, stage: pd.Series, as_of: date, run_id: str | None,
+         began: pd.Series | None = None,
+         recorded_at: datetime | None = None) -> tuple[pd.DataFrame, pd.Series]:
+    """Transition rows for customers whose stage changed, and the new ``stage_since``.
+
+    ``began``: when each customer's assigned stage began, where its rule says (NaT: the as-of
+    day); ``recorded_at``: the wall clock at writing (default: now).
+    """
     stored = view["stored_stage"]
     changed = (stage.notna() & (stored.isna() | (stage != stored))).to_numpy()
     since = pd.Series(pd.to_datetime(view["stored_since"]).to_numpy(), index=view.index)
     start = pd.Timestamp(as_of)
-    since[changed] = start
+    new_since = pd.Series(start, index=view.index)
+    if began is not None:
+        b = pd.to_datetime(began)
+        new_since = b.where(b.notna() & (b <= start), start).astype("datetime64[ns]")
+    since[changed] = new_since[changed]
     rows = pd.DataFrame({
         "customer_id": view["customer_id"].to_numpy()[changed],
         "from_stage": stored.to_numpy()[changed],
         "to_stage": stage.to_numpy()[changed],
-        "transitioned_at": now,
+        "transitioned_at": start,
         "as_of": start,
+        "stage_since": new_since.to_numpy()[changed],
         "run_id": run_id,
+        "recorded_at": pd.Timestamp(recorded_at or utcnow()),
     })
-    rows["transitioned_at"] = pd.to_datetime(rows["transitioned_at"])
-    rows["as_of"] = pd.to_datetime(rows["as_of"])
+    for col in ("transitioned_at", "as_of", "stage_since", "recorded_at"):
+        rows[col] = pd.to_datetime(rows[col]).astype("datetime64[ns]")
     return rows, since
