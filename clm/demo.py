@@ -79,8 +79,12 @@ def _start_sandbox(app: App, faults: str | None) -> tuple[Any, str]:
 
 def tell(app: App, first: date, weeks: int) -> None:
     """The store owner's account of the simulation, from the database."""
-    from clm_core.journeys.outcomes import (journey_outcomes, reason_words, sent_examples,
-                                            simulated_steps)
+    from clm_core.journeys.outcomes import (
+        journey_outcomes,
+        reason_words,
+        sent_examples,
+        simulated_steps,
+    )
     from clm_core.journeys.store import load_journeys, project_policy
     from clm_core.reporting import summarize
 

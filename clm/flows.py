@@ -57,7 +57,7 @@ def failure(state: Any) -> str:
     """Why a flow run failed, in one line: the CLM error that stopped it, or its message."""
     try:
         result = state.result(raise_on_failure=False)
-    except Exception as exc:  # the result itself could not be read
+    except Exception as exc:  # noqa: BLE001  (a result that cannot be read is the cause)
         result = exc
     if isinstance(result, ClmError):
         return str(result)

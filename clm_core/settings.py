@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,7 +56,7 @@ class Settings:
         """A config-file section such as ``[delivery]`` or ``[lifecycle]`` ({} if absent)."""
         return self.sections.get(name, {})
 
-    def with_database(self, url: str) -> "Settings":
+    def with_database(self, url: str) -> Settings:
         return replace(self, database_url=normalize_database_url(url))
 
 
