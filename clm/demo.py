@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import click
 
 from clm.context import App, pass_app
-from clm.flows import DATE, finish, load_flow, preflight
+from clm.flows import DATE, call_flow, finish, load_flow, preflight
 from clm_core.errors import ConfigError
 
 START = "1997-03-31"  # the CDNOW cohort's first quarter has ended: every buyer is known
@@ -200,7 +200,7 @@ def register(cli: click.Group) -> None:
                        f"{settings.default_timezone} ...")
             simulate = load_flow(app, "simulate", "simulate")
             try:
-                state = simulate(start=first, steps=weeks, return_state=True)
+                state = call_flow(simulate, start=first, steps=weeks)
             finally:
                 stats = server.store.stats() if server else None
                 if server:

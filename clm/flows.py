@@ -53,6 +53,20 @@ def load_flow(app: App, module: str, name: str) -> Any:
     return flow
 
 
+def call_flow(flow: Any, **params: Any) -> Any:
+    """Run ``flow`` and return its final state; Prefect's local API failing to start (it
+    migrates its database on first use, slow on a busy machine) becomes one clear error."""
+    try:
+        return flow(return_state=True, **params)
+    except RuntimeError as exc:
+        if "ephemeral Prefect API" not in str(exc):
+            raise
+        wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
+        raise ClmError(f"Prefect's local API did not start within {wait} s (a busy machine?): "
+                       "run the command again, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_"
+                       "SECONDS, or start `prefect server start` and set PREFECT_API_URL") from exc
+
+
 def failure(state: Any) -> str:
     """Why a flow run failed, in one line: the CLM error that stopped it, or its message."""
     try:
@@ -99,8 +113,8 @@ def register(cli: click.Group) -> None:
         for line in clock.describe():
             click.echo(line)
         lifecycle = load_flow(app, "lifecycle", "lifecycle")
-        state = lifecycle(as_of=clock.as_of, now=clock.now, fit_id=fit_id,
-                          dispatch=not no_dispatch, simulated=simulated, return_state=True)
+        state = call_flow(lifecycle, as_of=clock.as_of, now=clock.now, fit_id=fit_id,
+                          dispatch=not no_dispatch, simulated=simulated)
         finish(app, state)
 
     @cli.command("limits")
