@@ -15,19 +15,23 @@ import click
 from clm.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modules)
 
 # Modules of this package that add commands: each defines ``register(cli: click.Group) -> None``.
-# ``flows`` holds the commands that run Prefect flows (demo, run, limits).
-COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows"]
+# ``flows`` and ``demo`` hold the commands that run Prefect flows (run, limits, demo).
+COMMAND_MODULES = ["project", "db", "data", "ops", "lifecycle", "journeys", "delivery", "flows", "demo"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database", "database_url", envvar="CLM_DATABASE_URL", metavar="URL",
-              help="Database URL (default: CLM_DATABASE_URL, clm.toml, or ./clm.db).")
+              help="Database URL (default: CLM_DATABASE_URL, clm.toml, or clm.db in the project).")
 @click.option("--project", "project_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Project directory with clm.toml, journeys/ and templates/ (default: cwd).")
+              help="Project directory with clm.toml, journeys/ and templates/ (default: the "
+                   "current directory or the nearest parent with clm.toml; CLM_PROJECT_DIR).")
 @click.version_option(package_name="clm")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, project_dir: str | None) -> None:
-    """CLM: customer lifecycle stages, CLV, journeys and reliable delivery."""
+    """CLM: customer lifecycle stages, CLV, journeys and reliable delivery.
+
+    Start with `clm init DIR` (a new store's project), then `cd DIR && clm demo`.
+    """
     from clm.context import App
 
     ctx.obj = App(database_url=database_url, project_dir=project_dir)

@@ -1,134 +1,98 @@
-"""``clm demo``, ``clm run`` and ``clm limits``: the commands that run Prefect flows.
+"""``clm run`` and ``clm limits``, and what every command that runs a Prefect flow shares.
 
 They live beside the flows, not in clm_core, which never imports Prefect. Prefect is imported
-only inside the commands, after ``flows.runtime.configure`` has set its environment.
+only inside the commands, after ``flows.runtime.configure`` has set its environment. Before a
+flow starts, the project is checked (stage rules, journeys, providers, the signing key) so a
+mistake fails at once with one line, not minutes later inside a task; Prefect's own console
+output goes to the project's log file, and the command prints one line for the outcome.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-import secrets
-import socket
-import time
 from datetime import datetime
 from typing import Any
 
 import click
 
 from clm.context import App, pass_app
-from clm_core.db.engine import describe
+from clm.logs import divert_prefect_console
+from clm_core.errors import ClmError
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 TIME = click.DateTime(formats=["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"])
 
 
-def ensure_signing_key(app: App) -> str | None:
-    """The embedded default needs an HMAC key for unsubscribe links: keep a local one in
-    ``.clm/secret-key`` (mode 0600, git-ignored). Returns its path when it is used."""
-    name = app.settings.secret_key_env
-    if os.environ.get(name):
-        return None
-    path = app.settings.project_dir / ".clm" / "secret-key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    os.environ[name] = path.read_text().strip()
-    return str(path)
+def preflight(app: App, dispatch: bool) -> None:
+    """Everything a flow would read from the project, read now: ClmError on the first problem
+    (bad clm.toml, missing or invalid stage rules or journeys, unknown provider, no key)."""
+    from clm_core.delivery.config import load_delivery_config
+    from clm_core.delivery.unsubscribe import signing_key
+    from clm_core.journeys.store import load_journeys, project_policy
+    from clm_core.lifecycle.pipeline import LifecycleConfig
+
+    settings = app.settings
+    LifecycleConfig.from_settings(settings).load_rules()
+    load_journeys(settings.journeys_dir, project_policy(settings.section("journeys")))
+    load_delivery_config(settings)
+    if dispatch:
+        signing_key(settings)
 
 
-def _port_open(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((parts.hostname or "127.0.0.1", parts.port or 80)) == 0
-
-
-def _run_lifecycle(**params: Any) -> Any:
+def load_flow(app: App, module: str, name: str) -> Any:
+    """The flow ``name`` of ``flows.<module>``, with Prefect set up for this project and its
+    console output diverted to the log file."""
+    os.environ["CLM_PROJECT_DIR"] = str(app.settings.project_dir)
+    os.environ["CLM_DATABASE_URL"] = app.settings.database_url
     from flows.runtime import configure
 
-    configure()
-    from flows.lifecycle import lifecycle
+    configure(app.settings.project_dir)
+    flow = getattr(importlib.import_module(f"flows.{module}"), name)
+    divert_prefect_console(app.log_path)
+    return flow
 
-    return lifecycle(return_state=True, **params)
+
+def call_flow(flow: Any, **params: Any) -> Any:
+    """Run ``flow`` and return its final state; Prefect's local API failing to start (it
+    migrates its database on first use, slow on a busy machine) becomes one clear error."""
+    try:
+        return flow(return_state=True, **params)
+    except RuntimeError as exc:
+        if "ephemeral Prefect API" not in str(exc):
+            raise
+        wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
+        raise ClmError(f"Prefect's local API did not start within {wait} s (a busy machine?): "
+                       "run the command again, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_"
+                       "SECONDS, or start `prefect server start` and set PREFECT_API_URL") from exc
 
 
-def _print_state(state: Any) -> None:
-    colour = "green" if state.is_completed() else "red"
-    click.secho(f"flow run {state.state_details.flow_run_id}: {state.type.value}: {state.message}", fg=colour)
+def failure(state: Any) -> str:
+    """Why a flow run failed, in one line: the CLM error that stopped it, or its message."""
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001  (a result that cannot be read is the cause)
+        result = exc
+    if isinstance(result, ClmError):
+        return str(result)
+    return str(state.message or state.type.value)
+
+
+def finish(app: App, state: Any) -> None:
+    """Print the run's outcome; a failed run exits 1 with one line and the log's path."""
+    run_id = state.state_details.flow_run_id
+    if state.is_completed():
+        click.secho(f"flow run {run_id}: {state.message}", fg="green")
+        return
+    click.secho(f"error: flow run {run_id} {state.type.value.lower()}: {failure(state)} "
+                f"(details in {app.log_path})", fg="red", err=True)
+    raise SystemExit(1)
 
 
 def register(cli: click.Group) -> None:
-    @cli.command()
-    @click.option("--sample", is_flag=True, help="The 2,357-customer CDNOW sample (faster).")
-    @click.option("--as-of", type=DATE, default="1997-03-31", show_default=True,
-                  help="Score the store as it stood on this day. The default, the end of the "
-                       "CDNOW cohort's first quarter, has customers in every stage and journey.")
-    @click.option("--faults", metavar="JSON", help='Sandbox faults to show failure handling, e.g. '
-                  '\'{"rate_400": 0.05, "apis": ["sendgrid"]}\'.')
-    @pass_app
-    def demo(app: App, sample: bool, as_of: datetime, faults: str | None) -> None:
-        """The whole job on the embedded default: CDNOW data, fit, score, journeys, sends to the
-        local sandbox providers, all through the real `lifecycle` Prefect flow."""
-        import json
-
-        from clm_core.delivery.config import load_delivery_config
-        from clm_core.delivery.sandbox import SandboxServer
-        from clm_core.ingest.cdnow import import_cdnow
-        from clm_core.reporting import summarize
-
-        started = time.perf_counter()
-        os.environ.setdefault("CLM_PROJECT_DIR", str(app.settings.project_dir))
-        click.echo(f"database   {describe(app.settings.database_url)}")
-        key_file = ensure_signing_key(app)
-        if key_file:
-            click.echo(f"signing    local key in {key_file} (set {app.settings.secret_key_env} in production)")
-        report = import_cdnow(app.engine, sample=sample, prospects=300)
-        click.echo(f"data       CDNOW{' sample' if sample else ''}: {report.customers:,} customers + "
-                   f"{report.prospects} prospects, {report.orders:,} orders, {report.items:,} order lines")
-        sandbox_url = load_delivery_config(app.settings).provider("email").base_url
-        server = None
-        if _port_open(sandbox_url):
-            click.echo(f"providers  using the sandbox already running at {sandbox_url}")
-        else:
-            from urllib.parse import urlsplit
-
-            u = urlsplit(sandbox_url)
-            server = SandboxServer(u.hostname or "127.0.0.1", u.port or 8025, None)
-            if faults:
-                server.store.set_faults(json.loads(faults))
-            server.start()
-            click.echo(f"providers  sandbox at {server.url} (SendGrid, Twilio, Stripe ... over HTTP)")
-        click.echo(f"flow       running the `lifecycle` flow on Prefect's ephemeral API, scoring "
-                   f"as of {as_of:%Y-%m-%d} ...")
-        flow_started = time.perf_counter()
-        try:
-            state = _run_lifecycle(as_of=as_of.date())
-        finally:
-            stats = server.store.stats() if server else None
-            if server:
-                server.stop()
-        flow_seconds = time.perf_counter() - flow_started
-        s = summarize(app.engine)
-        click.echo("")
-        click.echo("stages     " + ", ".join(f"{k} {v:,}" for k, v in s.stages.items()))
-        click.echo("outbox     " + ", ".join(f"{k} {v:,}" for k, v in sorted(s.by_status.items())))
-        for (journey, channel, status), n in sorted(s.created.items()):
-            click.echo(f"  {journey:<18} {channel:<6} {status:<9} {n:>7,}")
-        if stats:
-            click.echo(f"sandbox    {stats['requests']:,} requests received, {stats['duplicates']} duplicate sends")
-        _print_state(state)
-        click.echo(f"done in {time.perf_counter() - started:.1f}s (flow {flow_seconds:.1f}s)")
-        click.echo("next       clm status | clm plan | clm preview JOURNEY --customer ID | "
-                   f"PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start  (UI: flow run, Artifacts tab)")
-
     @cli.command("run")
-    @click.option("--as-of", type=DATE, help="Scoring date (default: the newest order's day, "
-                  "never after --now's day).")
-    @click.option("--now", type=TIME, help="Journey and dispatch clock, UTC (default: the end of "
-                  "the --as-of day when that day is over, else the current time).")
+    @click.option("--as-of", type=DATE, help="Scoring date (default: see below).")
+    @click.option("--now", type=TIME, help="Journey and dispatch clock, UTC (default: see below).")
     @click.option("--fit", "fit_id", type=click.IntRange(1), metavar="ID",
                   help="Score with this fit (default: the newest whose data ends on or before "
                        "the as-of day; refitted when none is fresh enough).")
@@ -138,21 +102,20 @@ def register(cli: click.Group) -> None:
              no_dispatch: bool) -> None:
         """Run the `lifecycle` flow now against the configured database.
 
-        Prints the as-of day and the clock it runs with, and why each was chosen."""
-        from clm_core.lifecycle.pipeline import latest_order_date
-        from clm_core.runclock import resolve
+        Prints the as-of day and the clock it runs with, and why: given; after a simulated run
+        (clm demo), the next day on that clock; else the newest order's day (never after the
+        clock) and the wall clock.
+        """
+        from clm_core.simclock import choose
 
-        os.environ.setdefault("CLM_PROJECT_DIR", str(app.settings.project_dir))
-        os.environ["CLM_DATABASE_URL"] = app.settings.database_url
-        engine = app.engine  # migrate before the flow starts
-        clock = resolve(as_of, now, lambda: latest_order_date(engine))
+        preflight(app, dispatch=not no_dispatch)
+        clock, simulated = choose(app.engine, as_of, now)
         for line in clock.describe():
             click.echo(line)
-        state = _run_lifecycle(as_of=clock.as_of, now=clock.now, fit_id=fit_id,
-                               dispatch=not no_dispatch)
-        _print_state(state)
-        if not state.is_completed():
-            raise SystemExit(1)
+        lifecycle = load_flow(app, "lifecycle", "lifecycle")
+        state = call_flow(lifecycle, as_of=clock.as_of, now=clock.now, fit_id=fit_id,
+                          dispatch=not no_dispatch, simulated=simulated)
+        finish(app, state)
 
     @cli.command("limits")
     @pass_app
@@ -163,5 +126,3 @@ def register(cli: click.Group) -> None:
 
         for name, limit, decay in apply_limits(app.settings):
             click.echo(f"{name}: {limit} slots, {decay}/s")
-
-

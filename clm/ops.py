@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from typing import Any
 
 import click
 
 from clm.context import App, pass_app
+
+
+def _clock(summary: dict[str, Any]) -> str:
+    """The run's logical time, when it recorded one (lifecycle runs, the demo)."""
+    if summary.get("as_of") and summary.get("now"):
+        kind = " simulated" if summary.get("simulated") else ""
+        now = datetime.fromisoformat(str(summary["now"]))
+        return f"  as of {summary['as_of']}, clock {now:%Y-%m-%d %H:%M}{kind}"
+    if summary.get("start") and summary.get("weeks"):
+        return f"  simulated {summary['weeks']} weeks from {summary['start']}"
+    return ""
 
 
 def register(cli: click.Group) -> None:
@@ -17,7 +30,8 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @pass_app
     def status(app: App, n_runs: int, n_failed: int, as_json: bool) -> None:
-        """Last runs, outbox counts by status, and the latest failed sends."""
+        """Last runs (how long each took, and the as-of date and clock it ran on), outbox
+        counts by status, and the latest failed sends."""
         from clm_core.reporting import failed_sends, summarize
         from clm_core.runs import last_runs
 
@@ -36,6 +50,7 @@ def register(cli: click.Group) -> None:
             took = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
             click.echo(f"  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['kind']:<10} {r['status']:<10}"
                        f"{f'{took:8.1f}s' if took is not None else '   running'}"
+                       f"{_clock(r.get('summary') or {})}"
                        f"{'  flow run ' + r['flow_run_id'] if r['flow_run_id'] else ''}")
         click.echo("Outbox: " + (", ".join(f"{k} {v:,}" for k, v in sorted(summary.by_status.items()))
                                  or "empty"))

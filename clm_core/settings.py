@@ -2,8 +2,9 @@
 
 Precedence, highest first: environment variables (``CLM_DATABASE_URL``, ``CLM_<FIELD>``), the
 project config file (``clm.toml`` in the project directory, or the file named by ``CLM_CONFIG``),
-then the defaults below. The project directory is ``CLM_PROJECT_DIR`` or the working directory;
-it holds ``journeys/`` and ``templates/``.
+then the defaults below. The project directory is ``CLM_PROJECT_DIR``, else the nearest directory
+from the working directory upwards that holds ``clm.toml`` (as git finds its repository), else
+the working directory; it holds ``journeys/`` and ``templates/``.
 
 Secrets are never read from the config file: it names the environment variables (or Prefect
 Secret blocks) that hold them, so the file can be committed.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,7 +56,7 @@ class Settings:
         """A config-file section such as ``[delivery]`` or ``[lifecycle]`` ({} if absent)."""
         return self.sections.get(name, {})
 
-    def with_database(self, url: str) -> "Settings":
+    def with_database(self, url: str) -> Settings:
         return replace(self, database_url=normalize_database_url(url))
 
 
@@ -67,13 +68,23 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def find_project(start: Path) -> Path | None:
+    """The nearest directory from ``start`` upwards that holds ``clm.toml``, or None."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / CONFIG_FILE).is_file():
+            return directory
+    return None
+
+
 _SIMPLE = {f.name for f in fields(Settings)} - {"project_dir", "database_url", "sections"}
 
 
 def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Resolve settings from defaults, the config file and the environment."""
     env = dict(os.environ if env is None else env)
-    root = Path(project_dir or env.get("CLM_PROJECT_DIR") or Path.cwd()).resolve()
+    root = Path(project_dir or env.get("CLM_PROJECT_DIR") or find_project(Path.cwd())
+                or Path.cwd()).resolve()
     config_path = Path(env["CLM_CONFIG"]) if env.get("CLM_CONFIG") else root / CONFIG_FILE
     data: dict[str, Any] = {}
     if config_path.is_file():
@@ -99,7 +110,9 @@ def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | N
     try:
         ZoneInfo(settings.default_timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"default_timezone {settings.default_timezone!r} is not an IANA time zone") from exc
+        where = "CLM_DEFAULT_TIMEZONE" if env.get("CLM_DEFAULT_TIMEZONE") else f"{config_path}: [clm]"
+        raise ConfigError(f"{where} default_timezone {settings.default_timezone!r} is not an IANA "
+                          "time zone (e.g. Asia/Shanghai, America/New_York, UTC)") from exc
     return settings
 
 
@@ -130,8 +143,9 @@ def add_secret_source(describe: Callable[[str], str], source: SecretSource) -> N
         _SECRET_SOURCES.append((describe, source))
 
 
-def secret(name: str, env: dict[str, str] | None = None) -> str:
-    """A secret from the environment, or from a registered source (a Prefect Secret block).
+def secret(name: str, env: dict[str, str] | None = None, file: Path | None = None) -> str:
+    """A secret from the environment, or from a registered source (a Prefect Secret block),
+    or else from ``file`` (a project's generated key, readable by its owner only).
 
     The error names the variable, never a value; the value is remembered for ``redact``.
     """
@@ -145,8 +159,12 @@ def secret(name: str, env: dict[str, str] | None = None) -> str:
                 value = None
             if value:
                 break
+    if not value and file is not None and file.is_file():
+        value = file.read_text(encoding="utf-8").strip()
     if not value:
         hints = "".join(f" or {describe(name)}" for describe, _ in _SECRET_SOURCES)
+        if file is not None:
+            hints += f" or keep it in {file} (mode 0600)"
         raise ConfigError(f"secret {name} is not set: export {name}{hints}")
     if len(value) >= 6:  # short values would redact ordinary words
         _SECRET_VALUES.add(value)

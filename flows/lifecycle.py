@@ -19,7 +19,7 @@ from tasks.lifecycle import merge_reports, score_chunk, score_customers, score_p
 def lifecycle(as_of: date | None = None, now: datetime | None = None,
               fit_max_age_days: float | None = None, fit_id: int | None = None,
               dispatch: bool = True, dispatch_chunk_size: int = 2000,
-              dispatch_max_chunks: int = 8, score_chunks: int = 1) -> State:
+              dispatch_max_chunks: int = 8, score_chunks: int = 1, simulated: bool = False) -> State:
     """Evaluate every customer and send what is due.
 
     One clock for the whole run (``clm_core.runclock.resolve``, which says why): ``as_of`` is
@@ -31,7 +31,8 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None,
     most ``fit_max_age_days`` (default: ``[lifecycle] fit_max_age_days``) before it, refitting
     when there is none. ``score_chunks`` > 1 scores customer id ranges as separate tasks (on a
     Dask cluster, in parallel) against shared store-level statistics; the results are the same
-    as one pass.
+    as one pass. ``simulated`` marks a run on a simulated clock (the demo, a replay): it is
+    recorded with the run, and ``clm run`` continues that clock.
     """
     log = get_run_logger()
     clock = run_clock(as_of, now)
@@ -56,4 +57,4 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None,
                                  {"as_of": clock.as_of.isoformat(), "now": clock.now.isoformat(),
                                   "fit_id": scored.fit_id, "scored": scored.customers,
                                   "transitions": scored.transitions,
-                                  "planned": asdict(planned)})
+                                  "planned": asdict(planned), "simulated": simulated})

@@ -23,6 +23,7 @@ Run = Callable[..., Result]
 @pytest.fixture
 def run(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
     monkeypatch.chdir(tmp_path)  # where rejects files go by default
+    (tmp_path / "clm.toml").write_text("[clm]\n")  # a project: commands need one
 
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(cli, ["--database", db_url, *args])

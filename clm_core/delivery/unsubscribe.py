@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from clm_core.errors import TokenError
 from clm_core.settings import Settings, secret
@@ -36,9 +39,32 @@ def _mac(key: bytes, payload: bytes) -> bytes:
     return hmac.new(key, VERSION.encode() + b"." + payload, hashlib.sha256).digest()[:20]
 
 
+def key_file(settings: Settings) -> Path:
+    """Where a project keeps its generated signing key (git-ignored, mode 0600)."""
+    return settings.project_dir / ".clm" / "secret-key"
+
+
 def signing_key(settings: Settings) -> bytes:
-    """The HMAC key, from the environment variable named by ``secret_key_env``."""
-    return secret(settings.secret_key_env).encode()
+    """The HMAC key: the environment variable named by ``secret_key_env`` (or its Prefect
+    Secret block), else the project's generated key file. One key for every command of a
+    project, so links signed by ``clm demo`` verify in ``clm run``, ``clm dispatch`` and the
+    web service."""
+    return secret(settings.secret_key_env, file=key_file(settings)).encode()
+
+
+def ensure_key_file(settings: Settings) -> Path | None:
+    """Generate the project's key file unless a key is already configured; returns the file
+    when the project's key is the one in use (None when the environment provides it)."""
+    if os.environ.get(settings.secret_key_env):
+        return None
+    path = key_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created with owner-only permissions from the start, not chmod-ed afterwards.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path
 
 
 def make_token(key: bytes, channel: str, customer: str) -> str:

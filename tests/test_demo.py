@@ -1,0 +1,77 @@
+"""``clm demo`` in a new project, as a user runs it, then ``clm status`` and ``clm run``.
+
+One subprocess chain on SQLite with the CDNOW sample and two simulated weeks: the demo exits 0
+without a traceback and tells what happened; ``clm status`` shows the same runs and durations;
+``clm run`` right after continues the demo's clock and signs with the demo's key (no
+CLM_SECRET_KEY in the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.test_project import clm
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
+    assert clm(tmp_path, "init", "shop").returncode == 0
+    shop = tmp_path / "shop"
+    toml = shop / "clm.toml"
+    # Its own sandbox port: other demos may run on this machine.
+    toml.write_text(toml.read_text().replace('# sandbox_url = "http://127.0.0.1:8025"',
+                                             f'sandbox_url = "http://127.0.0.1:{free_port()}"'))
+
+    demo = clm(shop, "demo", "--sample", "--weeks", "2", timeout=900)
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    assert "Traceback" not in out
+    for heading in ("Week by week", "Customers by stage now", "What each journey did",
+                    "For example, what was sent to whom and why", "0 duplicate sends"):
+        assert heading in out, heading
+    key = shop / ".clm" / "secret-key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    weeks = re.findall(r"^  (1997-\d\d-\d\d)  (1997-\d\d-\d\d \d\d:\d\d) .* (\d+\.\d)s$", demo.stdout,
+                       re.MULTILINE)
+    assert [w[:2] for w in weeks] == [("1997-03-31", "1997-04-01 10:00"),
+                                      ("1997-04-07", "1997-04-08 10:00")]
+    took = float(re.search(r"^took\s+(\d+\.\d)s", demo.stdout, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+    status = clm(shop, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    runs = json.loads(status.stdout)["runs"]
+    recorded = {}
+    for r in runs:
+        seconds = (_t(r["finished_at"]) - _t(r["started_at"])).total_seconds()
+        recorded.setdefault(r["kind"], []).append((r["summary"] or {}, f"{seconds:.1f}"))
+    assert recorded["demo"][0][1] == f"{took:.1f}"
+    lifecycle = sorted((s["as_of"], f"{_t(s['now']):%Y-%m-%d %H:%M}", secs)
+                       for s, secs in recorded["lifecycle"])
+    assert lifecycle == [(a, n, secs) for a, n, secs in weeks]
+    text = clm(shop, "status").stdout
+    assert "as of 1997-04-07, clock 1997-04-08 10:00 simulated" in text
+
+    run = clm(shop, "run", timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert run.stdout.startswith("as of 1997-04-08: the next day on the simulated clock"), run.stdout
+    assert "\nnow 1997-04-09 10:00:00 UTC: the next day on the simulated clock" in run.stdout
+    assert "CLM_SECRET_KEY" not in run.stdout + run.stderr
+    assert not subprocess.run(["grep", "-rl", key.read_text().strip(), str(shop / ".clm" / "logs"),
+                               str(shop / "clm.db")], capture_output=True, check=False).stdout, \
+        "the key never appears in logs or the database"
+
+
+def _t(value: str):  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    return datetime.fromisoformat(value)
