@@ -16,13 +16,13 @@ def register(cli: click.Group) -> None:
     @click.option("--host", default="127.0.0.1", show_default=True,
                   help="Interface to listen on (behind a reverse proxy: keep 127.0.0.1).")
     @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-    @click.option("--grace", default=10.0, show_default=True, type=float, metavar="SECONDS",
+    @click.option("--grace", default=10, show_default=True, type=click.IntRange(0), metavar="SECONDS",
                   help="On SIGTERM/SIGINT, wait this long for requests in flight to finish.")
     @click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,
                   help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.")
     @click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True)
     @pass_app
-    def serve(app: App, host: str, port: int, grace: float, proxy_headers: bool,
+    def serve(app: App, host: str, port: int, grace: int, proxy_headers: bool,
               forwarded_allow_ips: str) -> None:
         """Run the web service on uvicorn: one-click unsubscribe, preferences, click tracking,
         provider callbacks and a health check (GET /healthz)."""

@@ -117,14 +117,15 @@ def _subject(customer_id: int | None, channel: str, topic: str | None,
 
 
 def _latest(conn: sa.Connection, customer_id: int | None, channel: str, topic: str | None,
-            address: str | None) -> sa.Row[Any] | None:
+            address: str | None) -> Any:
+    """The current row (id, action, source, occurred_at) for the subject, or None."""
     return conn.execute(sa.select(L.c.id, L.c.action, L.c.source, L.c.occurred_at)
                         .where(_subject(customer_id, channel, topic, address))
                         .order_by(L.c.occurred_at.desc(), L.c.id.desc()).limit(1)).first()
 
 
 def _sync_channel(conn: sa.Connection, customer_id: int | None, channel: str,
-                  address: str | None, latest: sa.Row[Any] | None, new_id: int, source: str,
+                  address: str | None, latest: Any, new_id: int, source: str,
                   action: str) -> None:
     """Consent column and suppressions after a channel-level row (see the module docstring)."""
     if latest is None:

@@ -62,9 +62,9 @@ def _set(conn: sa.Connection, sub: Subscriber, claims: Claims, *, channel: str,
     """Record one choice unless it is already the current state; True when a row was written."""
     now_granted = (ledger.current_consent(conn, sub.customer_id, channel) if topic is None
                    else ledger.topic_choice(conn, sub.customer_id, channel, topic))
-    if now_granted == granted:
-        if not (source == "unsubscribe" and _opt_out_missing(conn, sub, channel)):
-            return False
+    if now_granted == granted and not (source == "unsubscribe"
+                                       and _opt_out_missing(conn, sub, channel)):
+        return False
     head = ledger.head_id(conn, sub.customer_id, channel, topic)
     key = f"{source}:{claims.token_id}:{channel}:{topic or '*'}:after:{head}"
     return ledger.record_change(

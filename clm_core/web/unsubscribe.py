@@ -59,7 +59,7 @@ def routes(web: Web) -> list[BaseRoute]:
                             store=store, title_key="invalid_title", body_key="invalid_body",
                             status=400)
 
-    def links(request: Request) -> dict[str, str]:
+    def links(request: Request) -> dict[str, Any]:
         token = request.path_params["token"]
         return {"action": f"/u/{token}", "preferences": f"/p/{token}"}
 
