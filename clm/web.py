@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 import click
@@ -26,11 +25,9 @@ def register(cli: click.Group) -> None:
               forwarded_allow_ips: str) -> None:
         """Run the web service on uvicorn: one-click unsubscribe, preferences, click tracking,
         provider callbacks and a health check (GET /healthz)."""
-        import uvicorn
-
         from clm_core.delivery.config import RedactSecrets
-        from clm_core.errors import ConfigError
         from clm_core.web.app import create_app
+        from clm_core.web.serving import serve_forever
 
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -42,16 +39,6 @@ def register(cli: click.Group) -> None:
         asgi = create_app(app.settings, app.engine)
         click.echo(f"clm serve: http://{host}:{port} (public_base_url "
                    f"{app.settings.public_base_url})", err=True)
-        server = uvicorn.Server(uvicorn.Config(
-            asgi, host=host, port=port, access_log=False, log_level="warning",
-            proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
-            timeout_graceful_shutdown=grace, server_header=False))
-        # uvicorn stops accepting, drains requests in flight, runs the shutdown, then re-raises
-        # the signal it caught under the handlers it found. With these no-op handlers that
-        # re-raise ends nothing, so a requested stop exits 0 rather than "killed by SIGTERM".
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        server.run()
-        if not server.started:
-            raise ConfigError(f"clm serve could not listen on {host}:{port} (in use?)")
+        serve_forever(asgi, host, port, grace=grace, proxy_headers=proxy_headers,
+                      forwarded_allow_ips=forwarded_allow_ips)
         click.echo("clm serve: stopped", err=True)
