@@ -9,7 +9,9 @@
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
     │   └── NotEnoughHistoryError     too few customers or repeat buyers to fit yet
     ├── TemplateRenderError       a template failed to render (undefined variable, sandbox)
-    ├── TokenError                an unsubscribe token is malformed, altered or foreign
+    ├── TokenError                a signed token (unsubscribe, preferences, click) is malformed,
+    │                             altered, expired or signed with a key this service does not hold
+    ├── ConsentError              a consent change names an unknown channel, action or source
     └── ProviderError             a provider refuses every send for now (revoked key, balance):
         │                         the channel stopped, its messages wait
         └── ThrottleError         no slot of the shared rate limit could be taken (the limit
@@ -84,7 +86,11 @@ class TemplateRenderError(ClmError):
 
 
 class TokenError(ClmError):
-    """A signed token (unsubscribe link) failed verification."""
+    """A signed token (unsubscribe, preferences or click link) failed verification."""
+
+
+class ConsentError(ClmError):
+    """A consent change that the ledger cannot record as given (unknown channel, action, source)."""
 
 
 class ProviderError(ClmError):

@@ -205,11 +205,11 @@ def configured_store(settings: Settings) -> dict[str, str]:
 
 
 def sample_links(public_base_url: str, store_url: str, token: str = "sample-token") -> dict[str, str]:
-    """``links`` as the dispatcher builds them, for a made-up token."""
-    from clm_core.delivery.unsubscribe import unsubscribe_url
-
-    return {"unsubscribe": unsubscribe_url(public_base_url, token),
-            "preferences": f"{public_base_url.rstrip('/')}/p/{token}", "shop": store_url}
+    """``links`` as the dispatcher builds them (``delivery.unsubscribe.subscription_links``),
+    for a made-up token."""
+    base = public_base_url.rstrip("/")
+    return {"unsubscribe": f"{base}/u/{token}", "preferences": f"{base}/p/{token}",
+            "shop": store_url}
 
 
 def sample_context(locale: str = "en", *, with_coupon: bool = True, now: datetime | None = None,
