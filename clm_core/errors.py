@@ -9,6 +9,8 @@
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
     ├── TemplateRenderError       a template failed to render (undefined variable, sandbox)
     ├── TokenError                an unsubscribe token is malformed, altered or foreign
+    ├── CallbackError             a provider callback cannot be used (answered 400)
+    │   └── SignatureError        its signature is missing or wrong (answered 401)
     └── ProviderError             a provider call failed; raised from the transport error
         ├── TransientProviderError    retry later (timeouts, 429, 5xx); may carry retry_after
         └── PermanentProviderError    never retry this message
@@ -76,6 +78,14 @@ class TemplateRenderError(ClmError):
 
 class TokenError(ClmError):
     """A signed token (unsubscribe link) failed verification."""
+
+
+class CallbackError(ClmError):
+    """A provider callback is malformed; nothing of it is stored."""
+
+
+class SignatureError(CallbackError):
+    """A provider callback's signature (or path token) is missing or does not verify."""
 
 
 class ProviderError(ClmError):

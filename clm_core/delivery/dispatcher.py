@@ -10,6 +10,7 @@ as done; a crash leaves claimed rows that ``outbox.recover_expired`` resolves sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import hmac
@@ -32,8 +33,12 @@ from clm_core.delivery.context import BatchData, Recommender, load_batch, render
 from clm_core.delivery.model import Outbound, Outcome, Provider, SendResult
 from clm_core.delivery.outbox import Outcome as Row
 from clm_core.delivery.providers import build_provider
+from clm_core.delivery.providers.sms import content_digest
 from clm_core.delivery.unsubscribe import one_click_headers
 from clm_core.errors import TemplateRenderError
+from clm_core.feedback import guard
+from clm_core.feedback.config import WebhookConfig, load_webhook_config
+from clm_core.feedback.guard import GuardReport
 from clm_core.runs import utcnow
 from clm_core.settings import Settings, redact
 from clm_core.templating import RenderedEmail, TemplateStore
@@ -43,6 +48,7 @@ log = logging.getLogger("clm.delivery")
 ADDRESS = {"email": "email", "sms": "phone"}
 MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
 CONSENT = {"email": 0, "sms": 1}
+_NO_GATE = contextlib.nullcontext()
 
 
 @dataclass
@@ -57,6 +63,7 @@ class DispatchReport:
     recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
     lost_leases: int = 0  # outcomes another dispatcher had already resolved
     halted: dict[str, str] = field(default_factory=dict)  # channel -> why
+    deliverability: GuardReport | None = None  # complaint and bounce rates at the start
     errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
     elapsed: float = 0.0
 
@@ -85,6 +92,8 @@ class DispatchReport:
         text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
         if self.errors:
             text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+        if self.deliverability and self.deliverability.warnings:
+            text += "; deliverability: " + "; ".join(self.deliverability.warnings)
         return text
 
 
@@ -101,12 +110,14 @@ class Dispatcher:
                  templates: TemplateStore | None = None, *, signing_key: bytes,
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
-                 throttle: Callable[[str, int], Awaitable[None]] | None = None):
+                 throttle: Callable[[str, int], Awaitable[None]] | None = None,
+                 guard: WebhookConfig | None = None):
         """``throttle(provider, n)`` is awaited before each provider request of ``n`` messages:
         the flows pass one that takes slots from Prefect global rate limits shared by every
         worker; each provider's own token bucket still applies within this process."""
         self.reader = self.writer = engine
         self.throttle = throttle
+        self.guard = guard if guard is not None else load_webhook_config(settings, config)
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
@@ -119,6 +130,7 @@ class Dispatcher:
         self.recommender: Recommender | None = None
         self.report = DispatchReport()
         self._claims = 0
+        self._gates: dict[str, asyncio.Lock] = {}
 
     # --- the run ------------------------------------------------------------------------
 
@@ -132,6 +144,7 @@ class Dispatcher:
         self.writer = outbox.writer_engine(self.reader)
         try:
             self.recommender = await asyncio.to_thread(Recommender, self.reader)
+            await self._check_deliverability()
             await self._recover()
             await asyncio.gather(*(self._lane() for _ in range(max(1, self.config.lanes))))
         finally:
@@ -141,6 +154,17 @@ class Dispatcher:
                 self.writer.dispose()
             self.report.elapsed = time.perf_counter() - started
         return self.report
+
+    async def _check_deliverability(self) -> None:
+        """Complaint and bounce rates first: a channel over the limit, or halted before and
+        not resumed, sends nothing in this run (its messages stay pending)."""
+        report = await asyncio.to_thread(guard.check, self.writer, self.config, self.guard,
+                                         self.clock())
+        self.report.deliverability = report
+        for warning in report.warnings:
+            log.warning("deliverability: %s", warning)
+        for channel, why in (await asyncio.to_thread(guard.halted, self.writer)).items():
+            self.report.halted.setdefault(channel, why)
 
     async def _recover(self) -> None:
         idempotent = [ch for ch, p in self.providers.items() if p.idempotent]
@@ -310,22 +334,33 @@ class Dispatcher:
         per lane whose fate is unknown."""
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
-        wave = max(step, provider.concurrency, MIN_WAVE)
+        # A provider that deduplicates takes waves big enough to keep database round trips
+        # few; for one that does not, a wave is what it really has in flight (its concurrency),
+        # and the lanes take turns, so a crash leaves at most that many messages unknown.
+        if provider.idempotent:
+            wave = max(step, provider.concurrency, MIN_WAVE)
+        else:
+            wave = step * max(1, provider.concurrency)
+        gate = self._gates.setdefault(channel, asyncio.Lock())
         for start in range(0, len(items), wave):
             part = items[start:start + wave]
             if channel in self.report.halted:
                 await self._commit([self._halted(row, None, provider) for row, _ in part], owner)
                 continue
-            held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
-                                           [r["id"] for r, _ in part], batch_ids, self.clock(),
-                                           self.lease)
-            self.report.lost_leases += len(part) - len(held)
-            part = [(r, msg) for r, msg in part if r["id"] in held]
-            chunks = [part[i:i + step] for i in range(0, len(part), step)]
-            results: list[SendResult] = []
-            for got in await asyncio.gather(*(self._provider_send(provider, [m for _, m in c])
-                                              for c in chunks)):
-                results += got
+            digests = ({r["id"]: content_digest(msg.to, msg.text or "") for r, msg in part}
+                       if channel == "sms" else None)
+            async with (gate if not provider.idempotent else _NO_GATE):
+                held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
+                                               [r["id"] for r, _ in part], batch_ids,
+                                               self.clock(), self.lease, digests)
+                self.report.lost_leases += len(part) - len(held)
+                part = [(r, msg) for r, msg in part if r["id"] in held]
+                chunks = [part[i:i + step] for i in range(0, len(part), step)]
+                results: list[SendResult] = []
+                for got in await asyncio.gather(*(self._provider_send(provider,
+                                                                      [m for _, m in c])
+                                                  for c in chunks)):
+                    results += got
             await self._commit([self._outcome(row, res, provider, address=msg.to)
                                 for (row, msg), res in zip(part, results)], owner)
 

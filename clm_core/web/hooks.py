@@ -1,0 +1,222 @@
+"""Provider callback routes: verify as the provider signs, parse, store and apply in one
+transaction, then answer. Routes are thin; the work is in ``clm_core.feedback``.
+
+    POST /hooks/sendgrid              SendGrid Event Webhook (ECDSA-signed JSON array)
+    POST /hooks/mailgun               Mailgun webhooks (HMAC-signed, one event per request)
+    POST /hooks/twilio/status         Twilio status callbacks (X-Twilio-Signature)
+    POST /hooks/twilio/inbound        Twilio inbound SMS (X-Twilio-Signature), answers TwiML
+    GET|POST /hooks/aliyun/{token}    Aliyun SmsReport and SmsUp pushes (unguessable path)
+
+Answers: 401 for a bad signature or path, 400 for a malformed body, 413 for a body over the
+limit (each with nothing stored), 200 only after the events are committed. A database failure
+is a 5xx, which every provider retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import xml.sax.saxutils
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from clm_core.errors import CallbackError, SignatureError
+from clm_core.feedback import events as ev
+from clm_core.feedback import signatures as sig
+from clm_core.feedback.config import WebhookConfig
+from clm_core.feedback.events import ProviderEvent
+from clm_core.feedback.ingest import IngestReport, SuppressFn, ingest, suppress_rows
+from clm_core.runs import utcnow
+
+log = logging.getLogger("clm.web.hooks")
+
+# Called inside the ingest transaction with the inbound SMS stored for the first time; returns
+# the confirmation text to reply with (at most one), or None.
+InboundFn = Callable[[sa.Connection, list[ProviderEvent]], str | None]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class Webhooks:
+    engine: Engine
+    config: WebhookConfig
+    public_base_url: str | None = None
+    suppress: SuppressFn = suppress_rows
+    inbound: InboundFn | None = None
+
+    def __post_init__(self) -> None:
+        self.sendgrid_key = (sig.load_sendgrid_key(self.config.sendgrid_public_key)
+                             if self.config.sendgrid_public_key else None)
+        self.tokens = sig.TokenMemory(self.config.mailgun_max_age)
+
+    def routes(self) -> list[BaseRoute]:
+        out: list[BaseRoute] = []
+        if self.sendgrid_key is not None:
+            out.append(Route("/hooks/sendgrid", self.sendgrid, methods=["POST"]))
+        if self.config.mailgun_signing_key:
+            out.append(Route("/hooks/mailgun", self.mailgun, methods=["POST"]))
+        if self.config.twilio_auth_token:
+            out += [Route("/hooks/twilio/status", self.twilio_status, methods=["POST"]),
+                    Route("/hooks/twilio/inbound", self.twilio_inbound, methods=["POST"])]
+        if self.config.aliyun_path_token:
+            out.append(Route("/hooks/aliyun/{token}", self.aliyun, methods=["GET", "POST"]))
+        missing = self.config.missing()
+        if missing:
+            log.warning("no callback route for %s: no verification secret configured "
+                        "([webhooks] in clm.toml)", ", ".join(missing))
+        return out
+
+    # --- shared ----------------------------------------------------------------------------
+
+    async def _handle(self, request: Request,
+                      parse: Callable[[bytes], list[ProviderEvent]],
+                      answer: Callable[[IngestReport, str | None], Response],
+                      on_reject: Callable[[], None] | None = None) -> Response:
+        try:
+            body = await _body(request, self.config.max_body_bytes)
+        except _TooLarge:
+            return PlainTextResponse("body too large\n", status_code=413)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
+            events = parse(body)
+        except SignatureError as exc:
+            log.warning("%s %s: 401: %s", request.method, request.url.path, exc)
+            return PlainTextResponse("signature verification failed\n", status_code=401)
+        except CallbackError as exc:
+            log.warning("%s %s: 400: %s", request.method, request.url.path, exc)
+            if on_reject is not None:
+                on_reject()
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        reply: list[str | None] = [None]
+
+        def on_new(conn: sa.Connection, new: list[ProviderEvent], _links: Any) -> None:
+            inbound = [e for e in new if e.kind == "inbound"]
+            if inbound and self.inbound is not None:
+                reply[0] = self.inbound(conn, inbound)
+
+        try:
+            report = await asyncio.to_thread(ingest, self.engine, events, utcnow(),
+                                             soft_bounce_limit=self.config.soft_bounce_limit,
+                                             suppress=self.suppress, on_new=on_new)
+        except Exception:
+            if on_reject is not None:
+                on_reject()
+            raise
+        return answer(report, reply[0])
+
+    @staticmethod
+    def _ok(report: IngestReport, _reply: str | None) -> Response:
+        return JSONResponse({"received": report.received, "stored": report.stored})
+
+    # --- providers -------------------------------------------------------------------------
+
+    async def sendgrid(self, request: Request) -> Response:
+        signature = request.headers.get("x-twilio-email-event-webhook-signature")
+        timestamp = request.headers.get("x-twilio-email-event-webhook-timestamp")
+        assert self.sendgrid_key is not None
+
+        def parse(body: bytes) -> list[ProviderEvent]:
+            sig.verify_sendgrid(self.sendgrid_key, signature, timestamp, body)  # type: ignore[arg-type]
+            return ev.parse_sendgrid(body)
+
+        return await self._handle(request, parse, self._ok)
+
+    async def mailgun(self, request: Request) -> Response:
+        token: list[str] = []
+
+        def parse(body: bytes) -> list[ProviderEvent]:
+            block, event = ev.mailgun_signature_block(body)
+            parts = [str(block.get(k, "")) for k in ("timestamp", "token", "signature")]
+            sig.verify_mailgun(self.config.mailgun_signing_key or "", *parts,
+                               now=sig.now_seconds(), max_age=self.config.mailgun_max_age,
+                               memory=self.tokens)
+            token.append(parts[1])
+            return [ev.parse_mailgun(event)]
+
+        def forget() -> None:  # nothing stored: the provider's retry may carry the same token
+            for t_ in token:
+                self.tokens.forget(t_)
+
+        return await self._handle(request, parse, self._ok, on_reject=forget)
+
+    def _twilio_form(self, request: Request, body: bytes) -> dict[str, str]:
+        items = ev.parse_form(body)
+        given = request.headers.get("x-twilio-signature")
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        urls = [str(request.url)]
+        if self.public_base_url:
+            urls.insert(0, self.public_base_url.rstrip("/") + path)
+        for url in urls:  # behind a proxy Twilio signed the public URL
+            try:
+                sig.verify_twilio(self.config.twilio_auth_token or "", url, items, given)
+                return dict(items)
+            except SignatureError:
+                continue
+        raise SignatureError("X-Twilio-Signature missing or does not match")
+
+    async def twilio_status(self, request: Request) -> Response:
+        query = dict(request.query_params)
+
+        def parse(body: bytes) -> list[ProviderEvent]:
+            return [ev.parse_twilio_status(self._twilio_form(request, body), query, utcnow())]
+
+        return await self._handle(request, parse, self._ok)
+
+    async def twilio_inbound(self, request: Request) -> Response:
+        def parse(body: bytes) -> list[ProviderEvent]:
+            return [ev.parse_twilio_inbound(self._twilio_form(request, body), utcnow())]
+
+        def answer(_report: IngestReport, reply: str | None) -> Response:
+            inner = f"<Message>{xml.sax.saxutils.escape(reply)}</Message>" if reply else ""
+            return Response(f'<?xml version="1.0" encoding="UTF-8"?><Response>{inner}</Response>',
+                            media_type="application/xml")
+
+        return await self._handle(request, parse, answer)
+
+    async def aliyun(self, request: Request) -> Response:
+        try:
+            sig.verify_path_token(self.config.aliyun_path_token or "", request.path_params["token"])
+        except SignatureError:
+            return PlainTextResponse("not found\n", status_code=404)
+        if request.method == "GET":  # Aliyun's connectivity check
+            return JSONResponse({"code": 0, "msg": "成功"})
+
+        def parse(body: bytes) -> list[ProviderEvent]:
+            try:
+                items = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                items = None  # the report parser says what is wrong
+            if isinstance(items, list) and items and all(
+                    isinstance(i, dict) and "content" in i for i in items):
+                return ev.parse_aliyun_inbound(body)
+            return ev.parse_aliyun_reports(body)
+
+        def answer(_report: IngestReport, _reply: str | None) -> Response:
+            return JSONResponse({"code": 0, "msg": "接收成功"})
+
+        return await self._handle(request, parse, answer)
