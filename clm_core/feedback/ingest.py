@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -120,16 +120,20 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
     """Position in ``events`` -> {message_id, customer_id, ...} for those that link."""
     keys = sorted({e.message_key for e in events if e.message_key})
     by_key: dict[str, dict[str, Any]] = {}
-    cols = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.channel, m.c.provider_message_id)
+    c = t.customers
+    # The customer's address on file is the one to suppress: providers write numbers their own
+    # way (Aliyun drops +86, so a US and a Chinese number can look alike).
+    cols = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.channel, m.c.provider_message_id,
+            sa.case((m.c.channel == "sms", c.c.phone), else_=c.c.email).label("address"))
+    base = sa.select(*cols).join(c, c.c.id == m.c.customer_id)
     for start in range(0, len(keys), 500):
-        for r in conn.execute(sa.select(*cols).where(m.c.idempotency_key.in_(keys[start:start + 500]))):
+        for r in conn.execute(base.where(m.c.idempotency_key.in_(keys[start:start + 500]))):
             by_key[r.idempotency_key] = dict(r._mapping)
     pmids = sorted({e.provider_message_id for e in events
                     if e.provider_message_id and (not e.message_key or e.message_key not in by_key)})
     by_pmid: dict[str, dict[str, Any]] = {}
     for start in range(0, len(pmids), 500):
-        for r in conn.execute(sa.select(*cols).where(
-                m.c.provider_message_id.in_(pmids[start:start + 500]))):
+        for r in conn.execute(base.where(m.c.provider_message_id.in_(pmids[start:start + 500]))):
             by_pmid[r.provider_message_id] = dict(r._mapping)
     links = {}
     for i, ev in enumerate(events):
@@ -137,7 +141,6 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
         if hit is not None and hit["channel"] == ev.channel:
             links[i] = hit
     # Events with no message (inbound SMS, an unsubscribe from an old mail): by address.
-    c = t.customers
     for channel, column in ADDRESS.items():
         wanted = sorted({e.address for i, e in enumerate(events)
                          if i not in links and e.channel == channel and e.address})
@@ -148,7 +151,7 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
                 found[r[1]] = r[0]
         for i, ev in enumerate(events):
             if i not in links and ev.channel == channel and ev.address in found:
-                links[i] = {"id": None, "customer_id": found[ev.address]}
+                links[i] = {"id": None, "customer_id": found[ev.address], "address": ev.address}
     return links
 
 
@@ -207,7 +210,8 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
         rows = [{"provider": e.provider, "event_id": e.event_id, "kind": e.kind,
                  "channel": e.channel, "occurred_at": e.occurred_at, "recorded_at": recorded_at,
                  "message_id": links.get(i, {}).get("id"),
-                 "customer_id": links.get(i, {}).get("customer_id"), "address": e.address,
+                 "customer_id": links.get(i, {}).get("customer_id"),
+                 "address": links.get(i, {}).get("address") or e.address,
                  "permanent": e.permanent, "machine": e.machine, "code": e.code,
                  "detail": e.detail or None} for i, e in enumerate(unique)]
         new_ids = _insert_new(conn, rows)
@@ -224,6 +228,9 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
         for j, ev in enumerate(new):
             link = new_links.get(j, {})
             mid, cid = link.get("id"), link.get("customer_id")
+            if link.get("address"):
+                ev = replace(ev, address=link["address"])
+                new[j] = ev
             if ev.address:
                 customers.setdefault(ev.address, cid)
             status = status_of(ev)
