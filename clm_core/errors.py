@@ -8,7 +8,9 @@
     │                             carries every problem found, each with file:line:column
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
     ├── TemplateRenderError       a template failed to render (undefined variable, sandbox)
-    ├── TokenError                an unsubscribe token is malformed, altered or foreign
+    ├── TokenError                a signed token (unsubscribe, preferences, click) is malformed,
+    │                             altered, expired or signed with a key this service does not hold
+    ├── ConsentError              a consent change names an unknown channel, action or source
     ├── CallbackError             a provider callback cannot be used (answered 400)
     │   └── SignatureError        its signature is missing or wrong (answered 401)
     └── ProviderError             a provider call failed; raised from the transport error
@@ -77,7 +79,11 @@ class TemplateRenderError(ClmError):
 
 
 class TokenError(ClmError):
-    """A signed token (unsubscribe link) failed verification."""
+    """A signed token (unsubscribe, preferences or click link) failed verification."""
+
+
+class ConsentError(ClmError):
+    """A consent change that the ledger cannot record as given (unknown channel, action, source)."""
 
 
 class CallbackError(ClmError):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from clm_core.db import tables as t
 from clm_core.delivery import outbox
 from clm_core.delivery.testing import seed_outbox, write_templates
-from clm_core.delivery.unsubscribe import verify_token
+from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.runs import utcnow
 from tests.delivery_fixtures import KEY, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
 
@@ -50,7 +50,7 @@ def test_email_with_coupon_recommendations_and_unsubscribe(tmp_path: Path, db_ur
     assert first["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = first["headers"]["List-Unsubscribe"].strip("<>")
     assert url.startswith("https://") and url in first["text"]
-    claim = verify_token(KEY, url.rsplit("/", 1)[1])
+    claim = Keyring.single(KEY).verify(url.rsplit("/", 1)[1], SUBSCRIPTION, utcnow())
     assert (claim.channel, claim.customer) == ("email", "m-cust-0000001")
     promo = [d for d in sandbox.store.deliveries if d["api"] == "stripe"]
     assert len(promo) == 5 and {d["code"] for d in promo} == {c.code for c in coupons.values()}

@@ -4,6 +4,7 @@ forged; no credential reaches a log line, an error or the database after a run w
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 
 from clm_core.db import tables as t
 from clm_core.delivery.testing import seed_outbox, write_templates
-from clm_core.delivery.unsubscribe import make_token, verify_token
+from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.errors import TemplateRenderError, TokenError
 from clm_core.templating import TemplateStore, sample_context
 from tests.delivery_fixtures import KEY, clm, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
@@ -41,17 +42,21 @@ def test_evil_template_fails_its_message_clearly(tmp_path: Path, db_url: str, en
 
 
 def test_unsubscribe_token_round_trip_and_tampering() -> None:
-    token = make_token(KEY, "email", "cdnow-00042")
-    claim = verify_token(KEY, token)
-    assert (claim.channel, claim.customer) == ("email", "cdnow-00042")
-    body, sig = token.split(".")
-    forged_body = make_token(KEY, "email", "cdnow-00043").split(".")[0]
-    for bad in [forged_body + "." + sig,  # someone else's customer id, same signature
-                body + "." + sig[:-2] + ("AA" if not sig.endswith("AA") else "BB"),  # altered signature
-                make_token(b"another-installation-key", "email", "cdnow-00042"),  # foreign key
-                body, "", "a.b.c", token + "x"]:
+    now = datetime(2026, 11, 1)
+    ring = Keyring.single(KEY)
+    token = ring.sign(SUBSCRIPTION, "email", "cdnow-00042", now)
+    claim = ring.verify(token, SUBSCRIPTION, now)
+    assert (claim.channel, claim.customer, claim.key_id) == ("email", "cdnow-00042", "k1")
+    kid, body, sig = token.split(".")
+    forged_body = ring.sign(SUBSCRIPTION, "email", "cdnow-00043", now).split(".")[1]
+    for bad in [f"{kid}.{forged_body}.{sig}",  # someone else's customer id, same signature
+                f"{kid}.{body}.{sig[:-2]}{'AA' if not sig.endswith('AA') else 'BB'}",  # altered
+                Keyring.single(b"another-installation-key").sign(
+                    SUBSCRIPTION, "email", "cdnow-00042", now),  # foreign key, same key id
+                Keyring.single(KEY, "k9").sign(SUBSCRIPTION, "email", "cdnow-00042", now),
+                body, "", "a.b.c", token + "x", token.replace(".", "..", 1)]:
         with pytest.raises(TokenError):
-            verify_token(KEY, bad)
+            ring.verify(bad, SUBSCRIPTION, now)
 
 
 SECRET_ENV = {"SENDGRID_API_KEY": "SG.super-secret-sendgrid-key-0001",

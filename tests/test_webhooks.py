@@ -26,6 +26,8 @@ from clm_core.errors import SignatureError
 from clm_core.feedback import signatures as sig
 from clm_core.feedback.config import WebhookConfig
 from clm_core.runs import utcnow
+from clm_core.settings import Settings
+from clm_core.web.app import create_app
 from clm_core.web.hooks import Webhooks
 from tests.web_fixtures import serving
 
@@ -172,9 +174,14 @@ def db_state(engine: sa.Engine, keys: list[str]) -> tuple[Counter[str], Counter[
     return status, engagement, suppressed, stored
 
 
-def served(engine: sa.Engine, **kw: Any) -> Any:
-    hooks = Webhooks(engine, config(**kw))
-    return serving(Starlette(routes=hooks.routes()))
+@pytest.fixture
+def served(engine: sa.Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``clm serve``'s app (every area) with the test secrets in the environment."""
+    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", sig.public_key_b64(PRIVATE))
+    monkeypatch.setenv("MAILGUN_WEBHOOK_SIGNING_KEY", MAILGUN_KEY)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+    monkeypatch.setenv("ALIYUN_CALLBACK_TOKEN", ALIYUN_TOKEN)
+    return lambda: serving(create_app(settings, engine))
 
 
 # --- SendGrid ---------------------------------------------------------------------------------
@@ -207,13 +214,13 @@ def post_sendgrid(client: httpx.Client, url: str, items: list[dict[str, Any]],
         "X-Twilio-Email-Event-Webhook-Signature": signature})
 
 
-def test_sendgrid_batch_of_1000_replayed_and_shuffled(engine: sa.Engine) -> None:
+def test_sendgrid_batch_of_1000_replayed_and_shuffled(engine: sa.Engine, served: Any) -> None:
     plan = make_plan(engine, "email", "sendgrid", 1000, EMAIL_SCENARIOS)
     items = [sendgrid_event(msg, kind) for msg, kind in plan.events]
     assert len(items) == 1000
     keys = [msg["key"] for msg in plan.messages]
     rng = random.Random(1)
-    with served(engine) as url, httpx.Client(timeout=30) as client:
+    with served() as url, httpx.Client(timeout=30) as client:
         # Forged first: nothing may be stored.
         assert post_sendgrid(client, url, items[:100], forge=True).status_code == 401
         assert db_state(engine, keys)[3] == 0
@@ -265,13 +272,13 @@ MAILGUN_SCENARIOS = {**EMAIL_SCENARIOS,
                                   False)}
 
 
-def test_mailgun_events_replayed_and_shuffled(engine: sa.Engine) -> None:
+def test_mailgun_events_replayed_and_shuffled(engine: sa.Engine, served: Any) -> None:
     plan = make_plan(engine, "email", "mailgun", 200, MAILGUN_SCENARIOS, seed=11)
     ids = [uuid.uuid4().hex[:22] for _ in plan.events]
     keys = [msg["key"] for msg in plan.messages]
     headers = {"Content-Type": "application/json"}
     msg0, kind0 = plan.events[0]
-    with served(engine) as url, httpx.Client(timeout=30) as client:
+    with served() as url, httpx.Client(timeout=30) as client:
         forged = mailgun_body(msg0, kind0, key="not-the-key")
         assert client.post(url + "/hooks/mailgun", content=forged, headers=headers).status_code == 401
         stale = mailgun_body(msg0, kind0, age=3600)
@@ -325,12 +332,12 @@ def twilio_post(client: httpx.Client, url: str, msg: dict[str, Any], kind: str,
         "X-Twilio-Signature": sig.twilio_signature(token, target, form.items())})
 
 
-def test_twilio_status_callbacks_replayed_and_shuffled(engine: sa.Engine) -> None:
+def test_twilio_status_callbacks_replayed_and_shuffled(engine: sa.Engine, served: Any) -> None:
     plan = make_plan(engine, "sms", "twilio", 200, SMS_SCENARIOS, seed=5)
     keys = [msg["key"] for msg in plan.messages]
     want_status, _, want_suppressed = plan.expected(SMS_SCENARIOS)
     want_status = Counter({k: v for k, v in want_status.items()})
-    with served(engine) as url, httpx.Client(timeout=30) as client:
+    with served() as url, httpx.Client(timeout=30) as client:
         msg0, kind0 = plan.events[0]
         assert twilio_post(client, url, msg0, kind0, token="wrong").status_code == 401
         assert db_state(engine, keys)[3] == 0
@@ -364,11 +371,11 @@ ALIYUN_SCENARIOS: dict[str, tuple[list[str], str, int, int, bool]] = {
 }
 
 
-def test_aliyun_reports_replayed_and_shuffled(engine: sa.Engine) -> None:
+def test_aliyun_reports_replayed_and_shuffled(engine: sa.Engine, served: Any) -> None:
     plan = make_plan(engine, "sms", "aliyun", 300, ALIYUN_SCENARIOS, seed=13)
     keys = [msg["key"] for msg in plan.messages]
     items = [aliyun_report(msg, kind) for msg, kind in plan.events]
-    with served(engine) as url, httpx.Client(timeout=30) as client:
+    with served() as url, httpx.Client(timeout=30) as client:
         wrong = client.post(f"{url}/hooks/aliyun/guessed", json=items[:50])
         assert wrong.status_code == 404
         assert client.post(f"{url}/hooks/aliyun/{ALIYUN_TOKEN}",
@@ -391,7 +398,63 @@ def test_aliyun_reports_replayed_and_shuffled(engine: sa.Engine) -> None:
 
 
 def test_oversized_body_is_refused_and_stores_nothing(engine: sa.Engine) -> None:
-    with served(engine, max_body_bytes=1000) as url, httpx.Client() as client:
+    hooks = Webhooks(engine, config(max_body_bytes=1000))
+    with serving(Starlette(routes=hooks.routes())) as url, httpx.Client() as client:
         r = client.post(url + "/hooks/sendgrid", content=b"[" + b" " * 2000 + b"]")
         assert r.status_code == 413
     assert db_state(engine, [])[3] == 0
+
+
+# --- inbound SMS ---------------------------------------------------------------------------------
+
+def twilio_inbound(client: httpx.Client, url: str, sender: str, text: str, sid: str,
+                   token: str = TWILIO_TOKEN) -> httpx.Response:
+    form = {"MessageSid": sid, "From": sender, "To": "+15005550006", "Body": text,
+            "NumSegments": "1"}
+    target = url + "/hooks/twilio/inbound"
+    return client.post(target, content=urlencode(form).encode(), headers={
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": sig.twilio_signature(token, target, form.items())})
+
+
+def sms_consent(engine: sa.Engine, phone: str) -> tuple[bool, bool, int]:
+    with engine.connect() as conn:
+        consent = conn.scalar(sa.select(t.customers.c.consent_sms).where(t.customers.c.phone == phone))
+        suppressed = conn.scalar(sa.select(sa.func.count()).where(
+            t.suppressions.c.channel == "sms", t.suppressions.c.address == phone))
+        rows = conn.scalar(sa.select(sa.func.count()).select_from(t.consent_ledger).where(
+            t.consent_ledger.c.address == phone))
+    return bool(consent), bool(suppressed), int(rows or 0)
+
+
+def test_twilio_inbound_stop_and_start_replayed(engine: sa.Engine, served: Any) -> None:
+    seed_outbox(engine, 1, channel="sms", prefix="in")
+    with engine.connect() as conn:
+        phone = conn.scalar(sa.select(t.customers.c.phone))
+    with served() as url, httpx.Client(timeout=30) as client:
+        assert twilio_inbound(client, url, phone, "STOP", "SMstop1", token="forged").status_code == 401
+        assert sms_consent(engine, phone) == (True, False, 0)
+        first = twilio_inbound(client, url, phone, " stop ", "SMstop1")
+        assert first.status_code == 200 and "<Message>" in first.text  # one confirmation
+        again = twilio_inbound(client, url, phone, " stop ", "SMstop1")  # redelivered
+        assert again.status_code == 200 and "<Message>" not in again.text
+        assert sms_consent(engine, phone) == (False, True, 1)
+        assert "<Message>" in twilio_inbound(client, url, phone, "START", "SMstart1").text
+        twilio_inbound(client, url, phone, "START", "SMstart1")
+        assert sms_consent(engine, phone) == (True, False, 2)
+        plain = twilio_inbound(client, url, phone, "please don't stop", "SMtext1")
+        assert plain.status_code == 200 and "<Message>" not in plain.text
+    assert sms_consent(engine, phone) == (True, False, 2)
+
+
+def test_aliyun_inbound_td_withdraws_once(engine: sa.Engine, served: Any) -> None:
+    seed_outbox(engine, 1, channel="sms", prefix="ali-in")
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.customers).values(phone="+8613800138000"))
+    item = {"phone_number": "13800138000", "content": "ＴＤ", "send_time": "2026-11-29 10:00:00",
+            "dest_code": "1069", "sequence_id": 12345}
+    with served() as url, httpx.Client(timeout=30) as client:
+        for _ in range(3):
+            r = client.post(f"{url}/hooks/aliyun/{ALIYUN_TOKEN}", json=[item])
+            assert r.json() == {"code": 0, "msg": "接收成功"}
+    assert sms_consent(engine, "+8613800138000") == (False, True, 1)

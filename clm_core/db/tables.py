@@ -304,3 +304,25 @@ runs = sa.Table(
     sa.Column("summary", Json),
     sa.Column("flow_run_id", sa.String(64)),
 )
+
+# --- consent ----------------------------------------------------------------------------------
+
+consent_ledger = sa.Table(
+    "consent_ledger", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    # NULL when nobody matches the address (a STOP from an unknown number still suppresses it).
+    _customer_fk(nullable=True),
+    sa.Column("channel", sa.String(16), nullable=False),  # email | sms
+    sa.Column("topic", sa.String(64)),  # NULL: the whole channel
+    sa.Column("action", sa.String(16), nullable=False),  # granted | withdrawn
+    # import, unsubscribe, preferences, inbound_sms, bounce, complaint, provider_unsubscribe, operator
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("address", sa.String(254)),  # the email or phone the change applies to
+    _ts("occurred_at", nullable=False),  # when it happened (the event's own time)
+    _ts("recorded_at", nullable=False),  # wall clock of the insert
+    sa.Column("evidence_key", sa.String(200), nullable=False, unique=True),  # replay -> no-op
+    sa.Column("evidence", Json),  # provider event id, token id, minimal request metadata
+    sa.Column("wording_version", sa.String(64)),
+)
+sa.Index("ix_consent_ledger_subject", consent_ledger.c.customer_id, consent_ledger.c.channel,
+         consent_ledger.c.topic, consent_ledger.c.occurred_at)

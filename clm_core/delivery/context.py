@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
-from clm_core.delivery.unsubscribe import make_token, unsubscribe_url
+from clm_core.consent.ledger import withdrawn_topics
+from clm_core.consent.tokens import Keyring
+from clm_core.delivery.unsubscribe import subscription_links
 
 SCORE_FIELDS = ("stage", "rfm_segment", "p_alive", "clv_12m", "expected_purchases_90d", "n_orders",
                 "total_spend", "avg_order_value", "last_order_at", "days_since_last_order")
@@ -98,6 +101,7 @@ class BatchData:
     scores: dict[int, dict[str, Any]]
     consent: dict[int, tuple[bool, bool]]  # (email, sms)
     suppressed: set[tuple[str, str]]  # (channel, address)
+    withdrawn_topics: dict[int, set[tuple[str, str]]]  # customer -> (channel, topic) opted out
     coupons: dict[str, dict[str, Any]]  # by message idempotency key
     recommendations: dict[int, list[dict[str, str]]]
 
@@ -114,6 +118,7 @@ def load_batch(engine: Engine, rows: Sequence[dict[str, Any]], recommender: Reco
         addresses = [a for a in pd.concat([people["email"], people["phone"]]).dropna().unique()]
         suppressed = {(ch, a) for ch, a in conn.execute(
             sa.select(sup.c.channel, sup.c.address).where(sup.c.address.in_(addresses)))} if addresses else set()
+        topics = withdrawn_topics(conn, ids)
         coupons = {r.idempotency_key: dict(r._mapping) for r in conn.execute(
             sa.select(cp.c.idempotency_key, cp.c.code, cp.c.kind, cp.c.value, cp.c.currency,
                       cp.c.expires_at).where(cp.c.idempotency_key.in_(keys)))}
@@ -127,15 +132,16 @@ def load_batch(engine: Engine, rows: Sequence[dict[str, Any]], recommender: Reco
     score_map = {int(r["customer_id"]): {f: _clean(r[f]) for f in SCORE_FIELDS}
                  for r in scores.to_dict("records")}
     recs = recommender.for_customers(ids) if recommender else {}
-    return BatchData(customers, score_map, consent, suppressed, coupons, recs)
+    return BatchData(customers, score_map, consent, suppressed, topics, coupons, recs)
 
 
-def render_context(row: dict[str, Any], data: BatchData, *, key: bytes, public_base_url: str,
-                   store: dict[str, str]) -> dict[str, Any]:
+def render_context(row: dict[str, Any], data: BatchData, *, keyring: Keyring, issued_at: datetime,
+                   public_base_url: str, store: dict[str, str]) -> dict[str, Any]:
     """The template context for one outbox row (the contract in ``clm_core.templating``)."""
     cid = row["customer_id"]
     customer = data.customers[cid]
-    token = make_token(key, row["channel"], customer["external_id"])
+    links = subscription_links(keyring, public_base_url, row["channel"], customer["external_id"],
+                               issued_at)
     coupon = data.coupons.get(row["idempotency_key"])
     return {
         "customer": customer,
@@ -144,9 +150,7 @@ def render_context(row: dict[str, Any], data: BatchData, *, key: bytes, public_b
             "code": coupon["code"], "kind": coupon["kind"], "value": _number(coupon["value"]),
             "currency": coupon["currency"], "expires_at": coupon["expires_at"]},
         "recommendations": data.recommendations.get(cid, []),
-        "links": {"unsubscribe": unsubscribe_url(public_base_url, token),
-                  "preferences": f"{public_base_url.rstrip('/')}/p/{token}",
-                  "shop": store["url"]},
+        "links": {**links, "shop": store["url"]},
         "store": store,
         "journey": {"name": row["journey"], "step": row["step_id"]},
     }

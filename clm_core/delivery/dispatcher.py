@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from clm_core.consent.tokens import CLICK, Keyring, load_keyring
 from clm_core.db import tables as t
 from clm_core.delivery import outbox
 from clm_core.delivery.config import DeliveryConfig
@@ -42,6 +43,7 @@ from clm_core.feedback.guard import GuardReport
 from clm_core.runs import utcnow
 from clm_core.settings import Settings, redact
 from clm_core.templating import RenderedEmail, TemplateStore
+from clm_core.tracking import load_tracking_config, rewrite_links
 
 log = logging.getLogger("clm.delivery")
 
@@ -111,16 +113,19 @@ class Dispatcher:
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  throttle: Callable[[str, int], Awaitable[None]] | None = None,
-                 guard: WebhookConfig | None = None):
+                 keyring: Keyring | None = None, guard: WebhookConfig | None = None):
         """``throttle(provider, n)`` is awaited before each provider request of ``n`` messages:
         the flows pass one that takes slots from Prefect global rate limits shared by every
-        worker; each provider's own token bucket still applies within this process."""
+        worker; each provider's own token bucket still applies within this process.
+        ``keyring`` signs the links in messages (default: ``[tokens]`` of the settings)."""
         self.reader = self.writer = engine
         self.throttle = throttle
         self.guard = guard if guard is not None else load_webhook_config(settings, config)
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
+        self.keyring = keyring or load_keyring(settings)
+        self.tracking = load_tracking_config(settings)
         self.owner = owner or f"dispatch-{uuid.uuid4().hex[:12]}"
         self._given_providers = providers
         self.providers: dict[str, Provider] = {}
@@ -254,6 +259,9 @@ class Dispatcher:
                 return Row(row["id"], "skipped", "no_consent")
             if (channel, address) in data.suppressed:
                 return Row(row["id"], "skipped", "suppressed")
+            opted_out = data.withdrawn_topics.get(row["customer_id"], set())
+            if any((channel, tag) in opted_out for tag in row["tags"] or ()):
+                return Row(row["id"], "skipped", "no_consent_topic")
         return None
 
     async def _issue_coupons(self, rows: list[dict[str, Any]], data: BatchData) -> dict[int, Row]:
@@ -305,8 +313,8 @@ class Dispatcher:
         customer = data.customers[row["customer_id"]]
         tags = list(row["tags"] or [])
         channel = row["channel"]
-        context = render_context(row, data, key=self.key, public_base_url=self.settings.public_base_url,
-                                 store=self.store)
+        context = render_context(row, data, keyring=self.keyring, issued_at=self.clock(),
+                                 public_base_url=self.settings.public_base_url, store=self.store)
         if channel == "webhook":
             return Outbound(key=row["idempotency_key"], to=customer["external_id"], channel=channel,
                             template=row["template"], tags=tags,
@@ -316,11 +324,19 @@ class Dispatcher:
                        template=row["template"], tags=tags, text=rendered.text)
         if isinstance(rendered, RenderedEmail):
             msg.subject, msg.html = rendered.subject, rendered.html
+            if self.tracking.tracks(row["journey"]) and msg.html:
+                msg.html = self._track_clicks(msg.html, row, customer["external_id"])
             if "transactional" not in tags:  # marketing email: RFC 8058 one-click unsubscribe
                 msg.headers = one_click_headers(context["links"]["unsubscribe"])
         else:
             msg.data = {"segments": rendered.segments, "encoding": rendered.encoding}
         return msg
+
+    def _track_clicks(self, body: str, row: dict[str, Any], customer: str) -> str:
+        base = self.settings.public_base_url.rstrip("/")
+        issued = self.clock()
+        return rewrite_links(body, lambda url: f"{base}/c/" + self.keyring.sign(
+            CLICK, row["channel"], customer, issued, message=row["idempotency_key"], url=url), base)
 
     async def _provider_send(self, provider: Provider, batch: list[Outbound]) -> list[SendResult]:
         if self.throttle is not None:

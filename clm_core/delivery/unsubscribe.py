@@ -1,68 +1,30 @@
-"""Signed unsubscribe tokens and the RFC 8058 one-click headers.
+"""Unsubscribe and preferences links in messages, and the RFC 8058 one-click headers.
 
-A token is ``base64url(payload).base64url(HMAC-SHA256(key, payload))`` where the payload names
-the channel and the customer's external id. It carries no expiry: an unsubscribe link must keep
-working. Altering any byte, or signing with another key, fails verification.
+The links carry a subscription token (``clm_core.consent.tokens``: signed with a key id, so
+keys rotate without breaking links already sent) and point at ``public_base_url``, where
+``clm serve`` answers them (``clm_core.web.unsubscribe``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-from dataclasses import dataclass
+from datetime import datetime
 
-from clm_core.errors import TokenError
+from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.settings import Settings, secret
-
-VERSION = "u1"
-
-
-@dataclass(frozen=True)
-class UnsubscribeClaim:
-    channel: str
-    customer: str  # external id
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, VERSION.encode() + b"." + payload, hashlib.sha256).digest()[:20]
 
 
 def signing_key(settings: Settings) -> bytes:
-    """The HMAC key, from the environment variable named by ``secret_key_env``."""
+    """The current HMAC key, from the environment variable named by ``secret_key_env``."""
     return secret(settings.secret_key_env).encode()
 
 
-def make_token(key: bytes, channel: str, customer: str) -> str:
-    payload = f"{channel}:{customer}".encode()
-    return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
-
-
-def verify_token(key: bytes, token: str) -> UnsubscribeClaim:
-    """The claim in ``token``; TokenError if it is malformed, altered or signed with another key."""
-    try:
-        body, sig = token.split(".")
-        payload, mac = _unb64(body), _unb64(sig)
-    except ValueError:
-        raise TokenError("unsubscribe token is malformed") from None
-    if not hmac.compare_digest(mac, _mac(key, payload)):
-        raise TokenError("unsubscribe token signature does not match")
-    channel, sep, customer = payload.decode("utf-8", "replace").partition(":")
-    if not sep or not customer:
-        raise TokenError("unsubscribe token payload is malformed")
-    return UnsubscribeClaim(channel, customer)
-
-
-def unsubscribe_url(base_url: str, token: str) -> str:
-    return f"{base_url.rstrip('/')}/u/{token}"
+def subscription_links(keyring: Keyring, base_url: str, channel: str, customer: str,
+                       issued_at: datetime) -> dict[str, str]:
+    """``unsubscribe`` (``/u/TOKEN``) and ``preferences`` (``/p/TOKEN``) for one customer and
+    channel; ``issued_at`` is the sending run's clock (tokens expire relative to it)."""
+    token = keyring.sign(SUBSCRIPTION, channel, customer, issued_at)
+    base = base_url.rstrip("/")
+    return {"unsubscribe": f"{base}/u/{token}", "preferences": f"{base}/p/{token}"}
 
 
 def one_click_headers(url: str) -> dict[str, str]:

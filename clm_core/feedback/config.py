@@ -37,7 +37,7 @@ class WebhookConfig:
     aliyun_path_token: str | None = None
     mailgun_max_age: float = 600.0  # seconds a Mailgun timestamp may be away from now
     soft_bounce_limit: int = 3  # soft bounces of one address before it is suppressed
-    max_body_bytes: int = 2_000_000  # SendGrid batches reach 768 KB
+    max_body_bytes: int = 1_048_576  # SendGrid batches reach 768 KB
     # Deliverability guard (clm_core.feedback.guard).
     complaint_warn: float = 0.001
     complaint_halt: float = 0.003

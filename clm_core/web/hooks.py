@@ -20,6 +20,7 @@ import logging
 import xml.sax.saxutils
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,19 +29,69 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from clm_core.errors import CallbackError, SignatureError
+from clm_core.consent import keywords, ledger
+from clm_core.consent.config import load_consent_config
+from clm_core.delivery.config import DeliveryConfig, load_delivery_config
+from clm_core.errors import CallbackError, ConfigError, SignatureError
 from clm_core.feedback import events as ev
 from clm_core.feedback import signatures as sig
-from clm_core.feedback.config import WebhookConfig
+from clm_core.feedback.config import WebhookConfig, load_webhook_config
 from clm_core.feedback.events import ProviderEvent
-from clm_core.feedback.ingest import IngestReport, SuppressFn, ingest, suppress_rows
+from clm_core.feedback.ingest import IngestReport, Suppression, SuppressFn, ingest, suppress_rows
 from clm_core.runs import utcnow
+from clm_core.web.app import Web
 
 log = logging.getLogger("clm.web.hooks")
 
 # Called inside the ingest transaction with the inbound SMS stored for the first time; returns
 # the confirmation text to reply with (at most one), or None.
 InboundFn = Callable[[sa.Connection, list[ProviderEvent]], str | None]
+
+
+# The ledger's source for each suppression reason of a provider event.
+LEDGER_SOURCE = {"bounced": "bounce", "soft_bounced": "bounce", "invalid": "bounce",
+                 "complained": "complaint", "unsubscribed": "provider_unsubscribe",
+                 "opted_out": "provider_unsubscribe"}
+
+
+def suppress_through_ledger(conn: sa.Connection, rows: list[Suppression] | Any,
+                            now: datetime) -> None:
+    """Hard bounces, complaints and provider unsubscribes withdraw the channel in the consent
+    ledger (which adds the suppression), with the provider event as evidence; the evidence
+    key makes a replay a no-op."""
+    for s in rows:
+        ledger.record_change(
+            conn, customer_id=s.customer_id, channel=s.channel, action="withdrawn",
+            source=LEDGER_SOURCE[s.reason], occurred_at=s.occurred_at, address=s.address,
+            evidence_key=f"{s.provider}:{s.event_id}",
+            evidence={"provider": s.provider, "provider_event_id": s.event_id,
+                      "reason": s.reason}, recorded_at=now)
+
+
+def routes(web: Web) -> list[BaseRoute]:
+    """The callback routes of ``clm serve`` (see ``clm_core.web.app``)."""
+    delivery: DeliveryConfig | None
+    try:
+        delivery = load_delivery_config(web.settings)
+    except ConfigError as exc:  # the web service runs without a usable [delivery] too
+        log.warning("webhooks: [delivery] unusable (%s): sandbox defaults do not apply", exc)
+        delivery = None
+    consent = load_consent_config(web.settings)
+    store = str(web.settings.section("delivery").get("store_name", DeliveryConfig.store_name))
+
+    def inbound(conn: sa.Connection, new: list[ProviderEvent]) -> str | None:
+        reply = None
+        for e in new:
+            got = keywords.apply_inbound(conn, phone=e.address or "", text=e.detail.get("text", ""),
+                                         received_at=e.occurred_at, event_id=e.event_id,
+                                         provider=e.provider, config=consent, store=store)
+            reply = reply or got.reply
+        return reply
+
+    hooks = Webhooks(web.writer, load_webhook_config(web.settings, delivery),
+                     public_base_url=web.base_url, suppress=suppress_through_ledger,
+                     inbound=inbound)
+    return hooks.routes()
 
 
 class _TooLarge(Exception):

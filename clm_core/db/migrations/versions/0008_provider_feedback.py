@@ -1,14 +1,14 @@
 """Provider feedback: callback events, message delivery status, persistent channel halts.
 
 Revision ID: 0008
-Revises: 0001_foundation
+Revises: 0004
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 revision = "0008"
-down_revision = "0001_foundation"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,228 @@
+"""The consent ledger: every change of consent or suppression is one append-only row.
+
+A row says who (customer, or only the address when nobody matches it), which channel and
+optionally which topic, ``granted`` or ``withdrawn``, the source (where the change came from),
+when it happened (``occurred_at``, the event's own time) and when it was written
+(``recorded_at``, wall clock), the evidence and the wording version the person saw.
+
+Current consent derives from the ledger: for a (customer, channel, topic) the row with the
+latest ``occurred_at`` wins (ties: the later insert). A change that arrives late, with an older
+``occurred_at`` than the current row, is recorded but does not change the current state, so
+events apply in the order they happened, not the order they arrived. Without any channel row
+the customer's imported consent column stands.
+
+What dispatch reads stays in step with the ledger, in the same transaction as the insert:
+
+- ``customers.consent_<channel>`` (and ``consent_<channel>_at``) mirror the current
+  channel-level state;
+- a withdrawal from a customer's or provider's signal (unsubscribe, STOP, bounce, complaint,
+  provider unsubscribe) adds a ``suppressions`` row for the address; a later grant lifts only
+  opt-out suppressions (``unsubscribed``, ``opted_out``), never a bounce or a complaint.
+
+Idempotency: every row has an ``evidence_key`` (a provider event id, or a token id plus the
+state it acted on), unique in the table; recording the same key again is a no-op, so a
+provider's retry or a second click changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from clm_core.db import tables as t
+from clm_core.errors import ConsentError
+from clm_core.runs import utcnow
+
+L = t.consent_ledger
+ACTIONS = ("granted", "withdrawn")
+SOURCES = ("import", "unsubscribe", "preferences", "inbound_sms", "bounce", "complaint",
+           "provider_unsubscribe", "operator")
+ADDRESS_COLUMN = {"email": "email", "sms": "phone"}
+# Withdrawals that also suppress the address, and the suppression's reason.
+SUPPRESSING = {"unsubscribe": "unsubscribed", "inbound_sms": "opted_out", "bounce": "bounced",
+               "complaint": "complained", "provider_unsubscribe": "unsubscribed"}
+# Facts about the address rather than the person's wish: they suppress even when they arrive
+# after a newer grant, and no grant lifts them.
+ADDRESS_FACTS = ("bounce", "complaint")
+LIFTED_BY_GRANT = ("unsubscribed", "opted_out")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A row that was written, and the channel state after it."""
+
+    id: int
+    customer_id: int | None
+    channel: str
+    topic: str | None
+    action: str
+    current: bool  # the derived consent for (customer, channel, topic) after this row
+
+
+def record_change(conn: sa.Connection, *, customer_id: int | None, channel: str, action: str,
+                  source: str, occurred_at: datetime, evidence_key: str,
+                  evidence: Mapping[str, Any] | None = None, topic: str | None = None,
+                  address: str | None = None, wording_version: str | None = None,
+                  recorded_at: datetime | None = None) -> Recorded | None:
+    """Append one change and bring the consent columns and suppressions in line with it.
+
+    Returns None when ``evidence_key`` is already in the ledger (a replay: nothing changes).
+    Runs inside the caller's transaction, so the caller's own writes (an event row, a message
+    status) commit together with it or not at all.
+    """
+    _check(channel, action, source, customer_id, address)
+    if address is None and customer_id is not None:
+        address = conn.scalar(sa.select(t.customers.c[ADDRESS_COLUMN[channel]])
+                              .where(t.customers.c.id == customer_id))
+    values = {"customer_id": customer_id, "channel": channel, "topic": topic, "action": action,
+              "source": source, "address": address, "occurred_at": occurred_at,
+              "recorded_at": recorded_at or utcnow(), "evidence_key": evidence_key[:200],
+              "evidence": dict(evidence or {}), "wording_version": wording_version}
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    new_id = conn.scalar(dialect_insert(L).values(**values)
+                         .on_conflict_do_nothing(index_elements=["evidence_key"]).returning(L.c.id))
+    if new_id is None:
+        return None
+    latest = _latest(conn, customer_id, channel, topic, address)
+    current = latest is not None and latest.action == "granted"
+    if topic is None:
+        _sync_channel(conn, customer_id, channel, address, latest, new_id, source, action)
+    return Recorded(int(new_id), customer_id, channel, topic, action, current)
+
+
+def _check(channel: str, action: str, source: str, customer_id: int | None,
+           address: str | None) -> None:
+    if channel not in ADDRESS_COLUMN:
+        raise ConsentError(f"consent channel {channel!r} is not one of {', '.join(ADDRESS_COLUMN)}")
+    if action not in ACTIONS:
+        raise ConsentError(f"consent action {action!r} is not one of {', '.join(ACTIONS)}")
+    if source not in SOURCES:
+        raise ConsentError(f"consent source {source!r} is not one of {', '.join(SOURCES)}")
+    if customer_id is None and not address:
+        raise ConsentError("a consent change needs a customer or an address")
+
+
+def _subject(customer_id: int | None, channel: str, topic: str | None,
+             address: str | None) -> sa.ColumnElement[bool]:
+    who = L.c.customer_id == customer_id if customer_id is not None else sa.and_(
+        L.c.customer_id.is_(None), L.c.address == address)
+    what = L.c.topic.is_(None) if topic is None else L.c.topic == topic
+    return sa.and_(who, L.c.channel == channel, what)
+
+
+def _latest(conn: sa.Connection, customer_id: int | None, channel: str, topic: str | None,
+            address: str | None) -> sa.Row[Any] | None:
+    return conn.execute(sa.select(L.c.id, L.c.action, L.c.source, L.c.occurred_at)
+                        .where(_subject(customer_id, channel, topic, address))
+                        .order_by(L.c.occurred_at.desc(), L.c.id.desc()).limit(1)).first()
+
+
+def _sync_channel(conn: sa.Connection, customer_id: int | None, channel: str,
+                  address: str | None, latest: sa.Row[Any] | None, new_id: int, source: str,
+                  action: str) -> None:
+    """Consent column and suppressions after a channel-level row (see the module docstring)."""
+    if latest is None:
+        return
+    granted = latest.action == "granted"
+    now = utcnow()
+    if customer_id is not None:
+        c = t.customers
+        conn.execute(sa.update(c).where(c.c.id == customer_id).values(
+            {f"consent_{channel}": granted,
+             f"consent_{channel}_at": latest.occurred_at if granted else None,
+             "updated_at": now}))
+    if not address:
+        return
+    sup = t.suppressions
+    is_current = latest.id == new_id
+    if action == "withdrawn" and source in SUPPRESSING and (is_current or source in ADDRESS_FACTS):
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(dialect_insert(sup).values(
+            channel=channel, address=address, customer_id=customer_id,
+            reason=SUPPRESSING[source], source=source, created_at=now,
+        ).on_conflict_do_nothing(index_elements=["channel", "address"]))
+    elif granted and is_current:
+        conn.execute(sa.delete(sup).where(sup.c.channel == channel, sup.c.address == address,
+                                          sup.c.reason.in_(LIFTED_BY_GRANT)))
+
+
+def head_id(conn: sa.Connection, customer_id: int, channel: str, topic: str | None = None) -> int:
+    """Id of the current row for (customer, channel, topic), 0 if none: a state-relative part
+    of an evidence key, so the same token acts once per state it finds."""
+    latest = _latest(conn, customer_id, channel, topic, None)
+    return int(latest.id) if latest is not None else 0
+
+
+def current_consent(conn: sa.Connection, customer_id: int, channel: str,
+                    topic: str | None = None) -> bool:
+    """Whether the customer currently consents to ``channel`` (and ``topic``, if given).
+
+    A topic needs the channel: withdrawing a channel withdraws all its topics; a topic with no
+    row of its own follows the channel.
+    """
+    latest = _latest(conn, customer_id, channel, None, None)
+    if latest is not None:
+        granted = latest.action == "granted"
+    else:
+        granted = bool(conn.scalar(sa.select(t.customers.c[f"consent_{channel}"])
+                                   .where(t.customers.c.id == customer_id)))
+    if not granted or topic is None:
+        return granted
+    row = _latest(conn, customer_id, channel, topic, None)
+    return row is None or row.action == "granted"
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """One customer's consent per channel and the topics they withdrew from, per channel."""
+
+    channels: dict[str, bool]
+    withdrawn_topics: dict[str, set[str]]
+
+    def allows(self, channel: str, topic: str | None = None) -> bool:
+        if not self.channels.get(channel, False):
+            return False
+        return topic is None or topic not in self.withdrawn_topics.get(channel, set())
+
+
+def consent_state(conn: sa.Connection, customer_id: int) -> ConsentState:
+    c = t.customers
+    row = conn.execute(sa.select(c.c.consent_email, c.c.consent_sms)
+                       .where(c.c.id == customer_id)).first()
+    channels = {ch: current_consent(conn, customer_id, ch) for ch in ADDRESS_COLUMN} if row else {}
+    topics = withdrawn_topics(conn, [customer_id]).get(customer_id, set())
+    by_channel: dict[str, set[str]] = {}
+    for ch, topic in topics:
+        by_channel.setdefault(ch, set()).add(topic)
+    return ConsentState(channels, by_channel)
+
+
+def withdrawn_topics(conn: sa.Connection,
+                     customer_ids: Iterable[int]) -> dict[int, set[tuple[str, str]]]:
+    """(channel, topic) pairs each customer currently withdrew from, for a batch of customers:
+    one query, the latest row per (customer, channel, topic)."""
+    ids = list(customer_ids)
+    if not ids:
+        return {}
+    rank = sa.func.row_number().over(partition_by=(L.c.customer_id, L.c.channel, L.c.topic),
+                                     order_by=(L.c.occurred_at.desc(), L.c.id.desc()))
+    ranked = (sa.select(L.c.customer_id, L.c.channel, L.c.topic, L.c.action, rank.label("n"))
+              .where(L.c.customer_id.in_(ids), L.c.topic.is_not(None)).subquery())
+    out: dict[int, set[tuple[str, str]]] = {}
+    for cid, channel, topic in conn.execute(
+            sa.select(ranked.c.customer_id, ranked.c.channel, ranked.c.topic)
+            .where(ranked.c.n == 1, ranked.c.action == "withdrawn")):
+        out.setdefault(int(cid), set()).add((channel, topic))
+    return out
+
+
+def history(conn: sa.Connection, customer_id: int) -> list[dict[str, Any]]:
+    """Every ledger row of a customer, oldest first (for explain-style output and audits)."""
+    return [dict(r._mapping) for r in conn.execute(
+        sa.select(L).where(L.c.customer_id == customer_id).order_by(L.c.occurred_at, L.c.id))]

@@ -1,0 +1,142 @@
+"""The consent ledger on both databases: append-only rows, replays as no-ops, current consent
+derived by event time, consent columns and suppressions kept in step."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from clm_core.consent import ledger
+from clm_core.db import tables as t
+from clm_core.errors import ConsentError
+
+T0 = datetime(2026, 11, 1, 12, 0)
+
+
+def add_customer(engine: sa.Engine, ext: str = "c-1", *, email: str | None = "ann@example.com",
+                 phone: str | None = "+12025550101", consent: bool = True) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(sa.insert(t.customers).values(
+            external_id=ext, name="Ann Lee", email=email, phone=phone, locale="en",
+            consent_email=consent, consent_sms=consent,
+            consent_email_at=T0 if consent else None).returning(t.customers.c.id)).scalar_one())
+
+
+def change(engine: sa.Engine, cid: int | None, channel: str, action: str, source: str,
+           at: datetime, key: str, **kw: object) -> ledger.Recorded | None:
+    with engine.begin() as conn:
+        return ledger.record_change(conn, customer_id=cid, channel=channel, action=action,
+                                    source=source, occurred_at=at, evidence_key=key,
+                                    evidence={"event": key}, **kw)  # type: ignore[arg-type]
+
+
+def customer(engine: sa.Engine, cid: int) -> dict[str, object]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(t.customers).where(t.customers.c.id == cid)).one()._mapping)
+
+
+def suppressions(engine: sa.Engine) -> set[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        return {(r.channel, r.address, r.reason) for r in conn.execute(sa.select(t.suppressions))}
+
+
+def ledger_rows(engine: sa.Engine) -> list[dict[str, object]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(t.consent_ledger)
+                                                        .order_by(t.consent_ledger.c.id))]
+
+
+def test_unsubscribe_withdraws_suppresses_and_a_replay_is_a_no_op(engine: sa.Engine) -> None:
+    cid = add_customer(engine)
+    got = change(engine, cid, "email", "withdrawn", "unsubscribe", T0 + timedelta(days=1), "u:tok1")
+    assert got is not None and got.current is False
+    assert change(engine, cid, "email", "withdrawn", "unsubscribe", T0 + timedelta(days=1),
+                  "u:tok1") is None
+    rows = ledger_rows(engine)
+    assert len(rows) == 1
+    assert rows[0]["address"] == "ann@example.com" and rows[0]["evidence"] == {"event": "u:tok1"}
+    assert rows[0]["recorded_at"] is not None
+    assert customer(engine, cid)["consent_email"] is False
+    assert customer(engine, cid)["consent_email_at"] is None
+    assert customer(engine, cid)["consent_sms"] is True  # other channel untouched
+    assert suppressions(engine) == {("email", "ann@example.com", "unsubscribed")}
+    with engine.connect() as conn:
+        assert ledger.current_consent(conn, cid, "email") is False
+        assert ledger.current_consent(conn, cid, "sms") is True
+
+
+def test_a_late_older_event_does_not_undo_a_newer_one(engine: sa.Engine) -> None:
+    cid = add_customer(engine)
+    change(engine, cid, "sms", "withdrawn", "inbound_sms", T0 + timedelta(hours=2), "sms-stop")
+    # A START that happened before the STOP arrives afterwards: recorded, but the STOP stands.
+    late = change(engine, cid, "sms", "granted", "inbound_sms", T0 + timedelta(hours=1), "sms-start")
+    assert late is not None and late.current is False
+    assert customer(engine, cid)["consent_sms"] is False
+    assert suppressions(engine) == {("sms", "+12025550101", "opted_out")}
+    # A START after the STOP restores consent and lifts the opt-out suppression.
+    change(engine, cid, "sms", "granted", "inbound_sms", T0 + timedelta(hours=3), "sms-start-2")
+    assert customer(engine, cid)["consent_sms"] is True
+    assert customer(engine, cid)["consent_sms_at"] == T0 + timedelta(hours=3)
+    assert suppressions(engine) == set()
+    assert len(ledger_rows(engine)) == 3
+
+
+def test_a_grant_never_lifts_a_bounce_or_complaint(engine: sa.Engine) -> None:
+    cid = add_customer(engine)
+    change(engine, cid, "email", "withdrawn", "bounce", T0 + timedelta(hours=1), "sg-evt-1")
+    change(engine, cid, "email", "granted", "preferences", T0 + timedelta(hours=2), "pref-1")
+    assert customer(engine, cid)["consent_email"] is True
+    assert suppressions(engine) == {("email", "ann@example.com", "bounced")}
+    # A complaint that arrives late still suppresses: it is a fact about the address.
+    cid2 = add_customer(engine, "c-2", email="bob@example.com", phone=None)
+    change(engine, cid2, "email", "granted", "operator", T0 + timedelta(hours=5), "op-1")
+    change(engine, cid2, "email", "withdrawn", "complaint", T0 + timedelta(hours=4), "sg-evt-2")
+    assert ("email", "bob@example.com", "complained") in suppressions(engine)
+
+
+def test_topics_follow_the_channel_and_can_be_withdrawn_alone(engine: sa.Engine) -> None:
+    cid = add_customer(engine)
+    change(engine, cid, "email", "withdrawn", "preferences", T0 + timedelta(hours=1), "p1",
+           topic="offers")
+    with engine.connect() as conn:
+        assert ledger.current_consent(conn, cid, "email") is True
+        assert ledger.current_consent(conn, cid, "email", "offers") is False
+        assert ledger.current_consent(conn, cid, "email", "news") is True
+        assert ledger.withdrawn_topics(conn, [cid]) == {cid: {("email", "offers")}}
+        state = ledger.consent_state(conn, cid)
+    assert state.allows("email") and not state.allows("email", "offers")
+    assert customer(engine, cid)["consent_email"] is True  # a topic row leaves the column alone
+    assert suppressions(engine) == set()
+    change(engine, cid, "email", "withdrawn", "operator", T0 + timedelta(hours=2), "op")
+    with engine.connect() as conn:
+        assert ledger.current_consent(conn, cid, "email", "news") is False
+
+
+def test_without_rows_the_imported_column_stands(engine: sa.Engine) -> None:
+    yes, no = add_customer(engine, "c-yes"), add_customer(engine, "c-no", email="n@example.com",
+                                                           consent=False)
+    with engine.connect() as conn:
+        assert ledger.current_consent(conn, yes, "email") is True
+        assert ledger.current_consent(conn, no, "email") is False
+        assert ledger.head_id(conn, yes, "email") == 0
+
+
+def test_a_stop_from_an_unknown_number_suppresses_the_number(engine: sa.Engine) -> None:
+    change(engine, None, "sms", "withdrawn", "inbound_sms", T0, "tw-1", address="+12025559999")
+    assert suppressions(engine) == {("sms", "+12025559999", "opted_out")}
+    change(engine, None, "sms", "granted", "inbound_sms", T0 + timedelta(minutes=1), "tw-2",
+           address="+12025559999")
+    assert suppressions(engine) == set()
+
+
+@pytest.mark.parametrize("field,value", [("channel", "fax"), ("action", "maybe"),
+                                         ("source", "guess")])
+def test_unknown_values_are_refused_and_nothing_is_written(engine: sa.Engine, field: str,
+                                                           value: str) -> None:
+    cid = add_customer(engine)
+    args = {"channel": "email", "action": "withdrawn", "source": "operator", field: value}
+    with pytest.raises(ConsentError, match=value):
+        change(engine, cid, args["channel"], args["action"], args["source"], T0, "k")
+    assert ledger_rows(engine) == []
