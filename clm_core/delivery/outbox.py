@@ -126,10 +126,10 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
         got = {r[0] for r in held}
         conn.execute(sa.update(m).where(m.c.id.in_(list(batch_ids)), mine)
                      .values(lease_expires_at=now + lease))
-        if digests:
+        marked = [{"_id": i, "_digest": d} for i, d in (digests or {}).items() if i in got]
+        if marked:
             conn.execute(sa.update(m).where(m.c.id == sa.bindparam("_id"))
-                         .values(content_digest=sa.bindparam("_digest")),
-                         [{"_id": i, "_digest": d} for i, d in digests.items() if i in got])
+                         .values(content_digest=sa.bindparam("_digest")), marked)
     return got
 
 
