@@ -56,6 +56,8 @@ def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int, max_chunks:
                 if isinstance(v, int):
                     totals[k] = totals.get(k, 0) + v
             totals["halted"].update(f.result().get("halted", {}))
+            # Every chunk checks the same rates at its start; the first one's are kept.
+            totals.setdefault("deliverability", f.result().get("deliverability"))
         else:
             totals["chunks_failed"] = totals.get("chunks_failed", 0) + 1
     return totals
@@ -97,7 +99,8 @@ def recorded_run(kind: str, now: datetime | None) -> Iterator[tuple[Target, Run,
 def report_and_finish(tgt: Target, run: Run, since: datetime, dispatched: dict[str, Any],
                       what: str, summary: dict[str, Any]) -> State:
     """Publish the run's artifacts, record its summary, and decide its final state."""
-    report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run")
+    report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run",
+                             deliverability=dispatched.get("deliverability"))
     run.summary = {**summary, "dispatch": dispatched, "failed": report["failed"]}
     state = final_state(report, dispatched, what)
     if state.is_failed():

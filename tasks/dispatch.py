@@ -74,4 +74,5 @@ async def dispatch_chunk(target: Target, chunk: int, limit: int,
                                 throttle=shared_throttle(config, bool(os.environ.get("PREFECT_API_URL"))))
         report = await dispatcher.run(limit=limit)
     return {k: getattr(report, k) for k in ("claimed", "sent", "failed", "unknown", "skipped", "retried")} \
-        | {"halted": dict(report.halted)}
+        | {"halted": dict(report.halted),
+           "deliverability": report.deliverability.as_dict() if report.deliverability else None}

@@ -146,3 +146,22 @@ def check(engine: Engine, delivery: DeliveryConfig, config: WebhookConfig,
                                         f"{config.complaint_halt:.1%}: {r.describe()}", now):
             halted_now.append(r.channel)
     return GuardReport(found, warnings, halted_now)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The deliverability section of a run summary (``GuardReport.as_dict()``)."""
+    rows = report.get("rates") or []
+    lines = ["## Deliverability", ""]
+    if not rows:
+        return "\n".join(lines + ["No sends in the window yet.", ""])
+    lines += ["| channel | domain | sent | complaints | rate | hard bounces | rate | verdict |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['channel']} | {r['domain']} | {r['sent']:,} | {r['complaints']:,} | "
+                     f"{r['complaint_rate']:.2%} | {r['hard_bounces']:,} | "
+                     f"{r['bounce_rate']:.2%} | {r['verdict']} |")
+    for w in report.get("warnings") or []:
+        lines.append(f"\n**Warning:** {w}")
+    for ch in report.get("halted") or []:
+        lines.append(f"\n**Halted:** channel {ch} (resume with `clm resume {ch}`)")
+    return "\n".join(lines) + "\n"
