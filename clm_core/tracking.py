@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 
 from clm_core.consent.tokens import Claims
 from clm_core.db import tables as t
+from clm_core.delivery.outbox import retrying
 from clm_core.errors import ConfigError
 from clm_core.settings import Settings
 
@@ -107,6 +108,7 @@ class Click:
     recorded: bool  # False when the customer or message no longer exists
 
 
+@retrying
 def record_click(engine: Engine, claims: Claims, *, user_agent: str | None, clicked_at: datetime,
                  config: TrackingConfig) -> Click:
     """One ``events`` row for a click on a tracked link, linked to its message."""

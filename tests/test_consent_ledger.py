@@ -140,3 +140,29 @@ def test_unknown_values_are_refused_and_nothing_is_written(engine: sa.Engine, fi
     with pytest.raises(ConsentError, match=value):
         change(engine, cid, args["channel"], args["action"], args["source"], T0, "k")
     assert ledger_rows(engine) == []
+
+
+def test_a_reimport_never_undoes_a_later_withdrawal(engine: sa.Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from clm_core.ingest.importer import import_csv
+
+    csv = tmp_path / "customers.csv"
+    csv.write_text("external_id,email,consent_email,consent_email_at\n"
+                   "c-1,ann@example.com,yes,2026-10-01T00:00\n"
+                   "c-2,bob@example.com,yes,2026-10-01T00:00\n", encoding="utf-8")
+    import_csv(engine, "customers", csv)
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all())
+    change(engine, ids["c-1"], "email", "withdrawn", "unsubscribe", T0, "u:1")  # after the file
+    change(engine, ids["c-2"], "email", "withdrawn", "preferences", T0, "p:2")
+    import_csv(engine, "customers", csv)  # the store's export still says yes, as of October
+    assert customer(engine, ids["c-1"])["consent_email"] is False
+    assert customer(engine, ids["c-2"])["consent_email"] is False
+    # The store recorded a new opt-in after the withdrawal: the import grants, with a ledger row.
+    csv.write_text("external_id,email,consent_email,consent_email_at\n"
+                   "c-2,bob@example.com,yes,2026-11-20T00:00\n", encoding="utf-8")
+    import_csv(engine, "customers", csv)
+    assert customer(engine, ids["c-2"])["consent_email"] is True
+    rows = [(r["customer_id"], r["source"], r["action"]) for r in ledger_rows(engine)]
+    assert rows[-1] == (ids["c-2"], "import", "granted") and len(rows) == 3
+    import_csv(engine, "customers", csv)
+    assert len(ledger_rows(engine)) == 3

@@ -92,11 +92,12 @@ def apply_inbound(conn: sa.Connection, *, phone: str, text: str, received_at: da
     action = "withdrawn" if keyword.kind == "withdraw" else "granted"
     evidence = {"provider": provider, "provider_event_id": event_id, "keyword": keyword.keyword}
     written = 0
-    for who in people or [None]:
+    ids: list[int | None] = [int(p.id) for p in people] or [None]
+    for cid in ids:
         got = ledger.record_change(
-            conn, customer_id=who.id if who is not None else None, channel="sms", action=action,
+            conn, customer_id=cid, channel="sms", action=action,
             source="inbound_sms", occurred_at=received_at, address=phone,
-            evidence_key=f"{provider}:{event_id}:{who.id if who is not None else phone}",
+            evidence_key=f"{provider}:{event_id}:{cid if cid is not None else phone}",
             evidence=evidence, wording_version=config.wording_version)
         written += got is not None
     reply = config.sms_reply("stop" if action == "withdrawn" else "start", locale, store)

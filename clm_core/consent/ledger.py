@@ -117,14 +117,15 @@ def _subject(customer_id: int | None, channel: str, topic: str | None,
 
 
 def _latest(conn: sa.Connection, customer_id: int | None, channel: str, topic: str | None,
-            address: str | None) -> sa.Row[Any] | None:
+            address: str | None) -> Any:
+    """The current row (id, action, source, occurred_at) for the subject, or None."""
     return conn.execute(sa.select(L.c.id, L.c.action, L.c.source, L.c.occurred_at)
                         .where(_subject(customer_id, channel, topic, address))
                         .order_by(L.c.occurred_at.desc(), L.c.id.desc()).limit(1)).first()
 
 
 def _sync_channel(conn: sa.Connection, customer_id: int | None, channel: str,
-                  address: str | None, latest: sa.Row[Any] | None, new_id: int, source: str,
+                  address: str | None, latest: Any, new_id: int, source: str,
                   action: str) -> None:
     """Consent column and suppressions after a channel-level row (see the module docstring)."""
     if latest is None:
@@ -172,8 +173,11 @@ def current_consent(conn: sa.Connection, customer_id: int, channel: str,
     else:
         granted = bool(conn.scalar(sa.select(t.customers.c[f"consent_{channel}"])
                                    .where(t.customers.c.id == customer_id)))
-    if not granted or topic is None:
-        return granted
+    return granted and (topic is None or topic_choice(conn, customer_id, channel, topic))
+
+
+def topic_choice(conn: sa.Connection, customer_id: int, channel: str, topic: str) -> bool:
+    """The customer's own choice for a topic, whatever the channel: True unless withdrawn."""
     row = _latest(conn, customer_id, channel, topic, None)
     return row is None or row.action == "granted"
 
@@ -184,6 +188,10 @@ class ConsentState:
 
     channels: dict[str, bool]
     withdrawn_topics: dict[str, set[str]]
+
+    def wants(self, channel: str, topic: str) -> bool:
+        """The topic's own choice, shown on the preferences page even while the channel is off."""
+        return topic not in self.withdrawn_topics.get(channel, set())
 
     def allows(self, channel: str, topic: str | None = None) -> bool:
         if not self.channels.get(channel, False):
@@ -226,3 +234,41 @@ def history(conn: sa.Connection, customer_id: int) -> list[dict[str, Any]]:
     """Every ledger row of a customer, oldest first (for explain-style output and audits)."""
     return [dict(r._mapping) for r in conn.execute(
         sa.select(L).where(L.c.customer_id == customer_id).order_by(L.c.occurred_at, L.c.id))]
+
+
+def after_import(conn: sa.Connection) -> int:
+    """Reconcile consent columns an import just overwrote with the ledger; returns customers
+    touched.
+
+    An import writes the store's consent flags straight into the columns. Where that turned a
+    channel back on for someone whose latest ledger row withdrew it, the later of the two wins:
+    a withdrawal after the file's consent time stands (the column is turned off again, so a
+    re-import never undoes an unsubscribe or a STOP), while consent the store recorded after
+    the withdrawal (the person opted in again at checkout) becomes an ``import`` row.
+    """
+    touched = 0
+    c = t.customers
+    for channel in ADDRESS_COLUMN:
+        flag, at = c.c[f"consent_{channel}"], c.c[f"consent_{channel}_at"]
+        later = L.alias("later")
+        newer = sa.exists().where(
+            later.c.customer_id == L.c.customer_id, later.c.channel == L.c.channel,
+            later.c.topic.is_(None),
+            sa.or_(later.c.occurred_at > L.c.occurred_at,
+                   sa.and_(later.c.occurred_at == L.c.occurred_at, later.c.id > L.c.id)))
+        rows = conn.execute(
+            sa.select(c.c.id, at.label("consent_at"), L.c.occurred_at)
+            .select_from(c.join(L, L.c.customer_id == c.c.id))
+            .where(flag, L.c.channel == channel, L.c.topic.is_(None), L.c.action == "withdrawn",
+                   ~newer)).all()
+        for row in rows:
+            touched += 1
+            if row.consent_at is not None and row.consent_at > row.occurred_at:
+                record_change(conn, customer_id=row.id, channel=channel, action="granted",
+                              source="import", occurred_at=row.consent_at,
+                              evidence_key=f"import:{channel}:{row.id}:{row.consent_at.isoformat()}",
+                              evidence={"consent_at_in_file": row.consent_at.isoformat()})
+            else:
+                conn.execute(sa.update(c).where(c.c.id == row.id).values(
+                    {f"consent_{channel}": False, f"consent_{channel}_at": None}))
+    return touched

@@ -60,9 +60,11 @@ def _set(conn: sa.Connection, sub: Subscriber, claims: Claims, *, channel: str,
          topic: str | None, granted: bool, source: str, now: datetime,
          evidence: Mapping[str, Any], wording_version: str) -> bool:
     """Record one choice unless it is already the current state; True when a row was written."""
-    if ledger.current_consent(conn, sub.customer_id, channel, topic) == granted:
-        if not (source == "unsubscribe" and _opt_out_missing(conn, sub, channel)):
-            return False
+    now_granted = (ledger.current_consent(conn, sub.customer_id, channel) if topic is None
+                   else ledger.topic_choice(conn, sub.customer_id, channel, topic))
+    if now_granted == granted and not (source == "unsubscribe"
+                                       and _opt_out_missing(conn, sub, channel)):
+        return False
     head = ledger.head_id(conn, sub.customer_id, channel, topic)
     key = f"{source}:{claims.token_id}:{channel}:{topic or '*'}:after:{head}"
     return ledger.record_change(
@@ -102,16 +104,14 @@ def save_preferences(engine: Engine, claims: Claims, choices: Mapping[tuple[str,
                      *, now: datetime, evidence: Mapping[str, Any],
                      wording_version: str) -> Changed:
     """Apply the preferences form: ``choices[(channel, topic or None)] = wanted``. Only what
-    differs from the current state is written; channel rows go first, so a topic choice is
-    judged against the channel as just saved."""
+    differs from the current state is written. A topic's choice is its own (it applies while
+    its channel is on), so it is kept and shown even while the channel is off."""
     with engine.begin() as conn:
         sub = find_subscriber(conn, claims.customer)
         if sub is None:
             return Changed(None, 0)
         rows = 0
-        for (channel, topic), wanted in sorted(choices.items(), key=lambda kv: kv[0][1] or ""):
-            if topic is not None and not ledger.current_consent(conn, sub.customer_id, channel):
-                continue  # topics of a channel that is off stay as they were
+        for (channel, topic), wanted in choices.items():
             rows += _set(conn, sub, claims, channel=channel, topic=topic, granted=wanted,
                          source="preferences", now=now, evidence=evidence,
                          wording_version=wording_version)

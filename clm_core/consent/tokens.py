@@ -29,7 +29,7 @@ import hmac
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clm_core.errors import ConfigError, TokenError
@@ -53,7 +53,7 @@ def _unb64(text: str) -> bytes:
 
 def _epoch(at: datetime) -> int:
     """Naive datetimes are UTC (the schema's convention)."""
-    aware = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    aware = at if at.tzinfo else at.replace(tzinfo=UTC)
     return int(aware.timestamp())
 
 
@@ -86,7 +86,7 @@ class Keyring:
             raise ConfigError(f"[tokens] key_id {self.key_id!r} has no key")
 
     @classmethod
-    def single(cls, key: bytes, key_id: str = "k1") -> "Keyring":
+    def single(cls, key: bytes, key_id: str = "k1") -> Keyring:
         return cls(key_id, {key_id: key})
 
     @property
@@ -124,7 +124,7 @@ class Keyring:
             raise TokenError("the link's signature does not match")
         try:
             claims = json.loads(_unb64(payload))
-            issued = datetime.fromtimestamp(int(claims["i"]), timezone.utc).replace(tzinfo=None)
+            issued = datetime.fromtimestamp(int(claims["i"]), UTC).replace(tzinfo=None)
             got_kind, channel, customer = str(claims["k"]), str(claims["ch"]), str(claims["c"])
         except (ValueError, KeyError, TypeError):
             raise TokenError("the link's content is malformed") from None
@@ -174,7 +174,7 @@ def csrf_token(keyring: Keyring, token_id: str, now: datetime) -> str:
 def check_csrf(keyring: Keyring, value: str, token_id: str, now: datetime) -> bool:
     try:
         kid, at, mac = value.split(".")
-        issued = datetime.fromtimestamp(int(at), timezone.utc).replace(tzinfo=None)
+        issued = datetime.fromtimestamp(int(at), UTC).replace(tzinfo=None)
         given = _unb64(mac)
     except (ValueError, OverflowError, OSError):
         return False

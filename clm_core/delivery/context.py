@@ -21,9 +21,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from clm_core.db import tables as t
 from clm_core.consent.ledger import withdrawn_topics
 from clm_core.consent.tokens import Keyring
+from clm_core.db import tables as t
 from clm_core.delivery.unsubscribe import subscription_links
 
 SCORE_FIELDS = ("stage", "rfm_segment", "p_alive", "clv_12m", "expected_purchases_90d", "n_orders",

@@ -19,6 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from clm_core.consent.ledger import after_import
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.ingest.csvfile import RawTable, read_table
@@ -176,6 +177,8 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
     touch = "updated_at" if table is t.customers else None
     changed = write_frame(conn, table, df, keys=keys or None, update=update or None, touch=touch,
                           bulk=True)
+    if table is t.customers:
+        after_import(conn)  # the consent ledger's withdrawals outrank older flags in the file
     report.inserted = _count(conn, table) - before
     report.updated = changed - report.inserted
     report.imported = len(df)

@@ -59,7 +59,7 @@ def routes(web: Web) -> list[BaseRoute]:
                             store=store, title_key="invalid_title", body_key="invalid_body",
                             status=400)
 
-    def links(request: Request) -> dict[str, str]:
+    def links(request: Request) -> dict[str, Any]:
         token = request.path_params["token"]
         return {"action": f"/u/{token}", "preferences": f"/p/{token}"}
 
@@ -108,9 +108,9 @@ def routes(web: Web) -> list[BaseRoute]:
             if not address:
                 continue
             channels.append({
-                "field": f"ch_{ch}", "checked": sub.state.allows(ch),
+                "field": f"ch_{ch}", "checked": sub.state.allows(ch), "legend": text[f"legend_{ch}"],
                 "label": text[f"channel_{ch}"].format(address=mask_address(address)),
-                "topics": [{"field": f"topic_{ch}_{tp}", "checked": sub.state.allows(ch, tp),
+                "topics": [{"field": f"topic_{ch}_{tp}", "checked": sub.state.wants(ch, tp),
                             "label": consent.label(tp, locale)} for tp in consent.topics]})
         return page("preferences.html", locale, store=store, title=text["preferences_title"],
                     intro=text["preferences_intro"].format(store=store), channels=channels,
@@ -179,10 +179,11 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _same_origin(request: Request, base_url: str) -> bool:
-    """No Origin header (old browsers, some privacy settings): the CSRF token decides alone.
+    """No Origin, or ``Origin: null`` (what browsers send for a form on a page with
+    ``Referrer-Policy: no-referrer``, as these pages have): the CSRF token decides alone.
     Otherwise it must be this service, as the public URL or as the request's own host."""
     origin = request.headers.get("origin")
-    if not origin:
+    if not origin or origin == "null":
         return True
     host = urlsplit(origin).netloc
     return host in {urlsplit(base_url).netloc, request.headers.get("host", "")}
