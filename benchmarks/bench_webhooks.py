@@ -34,11 +34,11 @@ os.environ.setdefault("CLM_SECRET_KEY", "benchmark-secret-key")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
-from clm_core.db import tables as t  # noqa: E402
-from clm_core.db.engine import make_engine  # noqa: E402
-from clm_core.delivery.testing import seed_outbox, write_project  # noqa: E402
-from clm_core.feedback import signatures as sig  # noqa: E402
-from clm_core.testing import DatabaseFactory, postgres_reachable  # noqa: E402
+from clm_core.db import tables as t
+from clm_core.db.engine import make_engine
+from clm_core.delivery.testing import seed_outbox, write_project
+from clm_core.feedback import signatures as sig
+from clm_core.testing import DatabaseFactory, postgres_reachable
 
 BARE_APP = '''
 import json, sys

@@ -357,5 +357,12 @@ def field_types(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-__all__ = ["Condition", "FieldRef", "TYPES", "OPERATORS", "compile_condition",
-           "collect_problems", "field_types"]
+__all__ = [
+    "OPERATORS",
+    "TYPES",
+    "Condition",
+    "FieldRef",
+    "collect_problems",
+    "compile_condition",
+    "field_types",
+]

@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from clm.__init__ import cli
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.delivery.config import load_delivery_config
 from clm_core.delivery.testing import seed_outbox

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,7 @@ from clm_core.db import tables as t
 from clm_core.delivery.sandbox import SandboxServer
 from clm_core.delivery.testing import seed_outbox
 from tests.delivery_fixtures import dispatch, project
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.web_server import free_port
 
 
 class Serve:
@@ -38,7 +32,7 @@ class Serve:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
 
-    def start(self) -> "Serve":
+    def start(self) -> Serve:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "clm", "--project", str(self.root), "serve", "--port",
              str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

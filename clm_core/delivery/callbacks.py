@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -59,7 +59,7 @@ class CallbackSettings:
     aliyun_path_token: str = SANDBOX_ALIYUN_TOKEN
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "CallbackSettings":
+    def from_spec(cls, spec: dict[str, Any]) -> CallbackSettings:
         names = {f.name for f in fields(cls)}
         unknown = set(spec) - names
         if unknown:
@@ -79,7 +79,7 @@ class _Post:
 
 
 def _beijing(ts: float) -> str:
-    return (datetime.fromtimestamp(ts, timezone.utc) + timedelta(hours=8)).strftime(
+    return (datetime.fromtimestamp(ts, UTC) + timedelta(hours=8)).strftime(
         "%Y-%m-%d %H:%M:%S")
 
 

@@ -10,8 +10,8 @@ as done; a crash leaves claimed rows that ``outbox.recover_expired`` resolves sa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging

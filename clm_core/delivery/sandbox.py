@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -456,8 +456,8 @@ class SandboxApp:
         page = int(q.get("Page", 0))
 
         def stamp(value: str) -> float:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(
-                tzinfo=timezone.utc).timestamp()
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
         with self.store.lock:
             rows = [d for d in self.store.deliveries if d["api"] == "twilio"
@@ -468,8 +468,8 @@ class SandboxApp:
         fmt = "%a, %d %b %Y %H:%M:%S +0000"
         messages = [{"sid": d["message_id"], "to": d["to"], "from": d.get("sender"),
                      "body": d["text"], "status": "delivered", "num_segments": "1",
-                     "date_created": datetime.fromtimestamp(d["at"], timezone.utc).strftime(fmt),
-                     "date_sent": datetime.fromtimestamp(d["at"], timezone.utc).strftime(fmt)}
+                     "date_created": datetime.fromtimestamp(d["at"], UTC).strftime(fmt),
+                     "date_sent": datetime.fromtimestamp(d["at"], UTC).strftime(fmt)}
                     for d in chosen]
         more = (page + 1) * size < len(rows)
         following = {k: v for k, v in q.items() if k != "Page"} | {"Page": str(page + 1)}
@@ -579,7 +579,7 @@ class SandboxServer:
     def smtp_url(self) -> str:
         return f"smtp://{self.host}:{self.smtp_port}"
 
-    def start(self) -> "SandboxServer":
+    def start(self) -> SandboxServer:
         import socket
 
         import uvicorn
@@ -621,7 +621,7 @@ class SandboxServer:
             if self._thread is not None:
                 self._thread.join(timeout=10)
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -76,7 +76,7 @@ def load_webhook_config(settings: Settings, delivery: DeliveryConfig | None,
     section: dict[str, Any] = settings.section("webhooks")
     unknown = set(section) - _KEYS
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown)
         raise ConfigError(f"[webhooks] unknown key {key!r}{did_you_mean(key, sorted(_KEYS))}")
     twilio = [p for p in (delivery.channels.values() if delivery else []) if p.kind == "twilio"]
     numbers = {k: section[k] for k in ("mailgun_max_age", "soft_bounce_limit", "max_body_bytes",

@@ -228,7 +228,7 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
         for j, ev in enumerate(new):
             link = new_links.get(j, {})
             mid, cid = link.get("id"), link.get("customer_id")
-            if link.get("address"):
+            if link.get("address") and link["address"] != ev.address:
                 ev = replace(ev, address=link["address"])
                 new[j] = ev
             if ev.address:

@@ -27,8 +27,16 @@ import pandas as pd
 from clm_core.journeys import clock, hashing
 from clm_core.journeys.fields import ENGAGEMENT_EVENTS
 from clm_core.journeys.loader import END, CompiledJourney
-from clm_core.journeys.model import (WEEKDAYS, BranchStep, ExitStep, Goal, ProjectPolicy,
-                                     SendStep, SplitStep, WaitStep)
+from clm_core.journeys.model import (
+    WEEKDAYS,
+    BranchStep,
+    ExitStep,
+    Goal,
+    ProjectPolicy,
+    SendStep,
+    SplitStep,
+    WaitStep,
+)
 from clm_core.journeys.policy import ContactPolicy, rules_for
 
 ACTIVE = "active"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,14 @@ from sqlalchemy.engine import Connection
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import Problem, SpecError
-from clm_core.journeys.engine import (ENROLLMENT_COLUMNS, TIME_COLUMNS, Plan, Snapshot,
-                                      empty_enrollments, message_keys)
+from clm_core.journeys.engine import (
+    ENROLLMENT_COLUMNS,
+    TIME_COLUMNS,
+    Plan,
+    Snapshot,
+    empty_enrollments,
+    message_keys,
+)
 from clm_core.journeys.fields import ENGAGEMENT_EVENTS, ENGAGEMENT_LOOKBACK_DAYS, FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy
@@ -294,7 +300,7 @@ def write_plan(conn: Connection, plan: Plan) -> Written:
         msgs = msgs[msgs["enrollment_id"].notna()]
         msgs["enrollment_id"] = msgs["enrollment_id"].astype("int64")
         msgs["idempotency_key"] = message_keys(msgs)
-    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
+    stamp = datetime.now(UTC).replace(tzinfo=None)
     msgs["created_at"] = np.datetime64(stamp, "ns")
     msgs["updated_at"] = msgs["created_at"]
     n = write_frame(conn, t.messages, msgs, keys=["idempotency_key"])

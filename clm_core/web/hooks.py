@@ -37,7 +37,7 @@ from clm_core.feedback import events as ev
 from clm_core.feedback import signatures as sig
 from clm_core.feedback.config import WebhookConfig, load_webhook_config
 from clm_core.feedback.events import ProviderEvent
-from clm_core.feedback.ingest import IngestReport, Suppression, SuppressFn, ingest, suppress_rows
+from clm_core.feedback.ingest import IngestReport, SuppressFn, Suppression, ingest, suppress_rows
 from clm_core.runs import utcnow
 from clm_core.web.app import Web
 
