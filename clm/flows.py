@@ -60,6 +60,37 @@ def _print_state(state: Any) -> None:
     click.secho(f"flow run {state.state_details.flow_run_id}: {state.type.value}: {state.message}", fg=colour)
 
 
+def _drain_callbacks(server: Any, timeout: float = 60.0) -> None:
+    """Wait until the sandbox has posted every callback it owes (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while server.store.callbacks.snapshot()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _feedback_line(app: App) -> str:
+    """What the providers reported back: delivery statuses, engagement, suppressions."""
+    import sqlalchemy as sa
+
+    from clm_core.db import tables as t
+
+    with app.engine.connect() as conn:
+        status = dict(conn.execute(sa.select(t.messages.c.delivery_status, sa.func.count())
+                                   .where(t.messages.c.delivery_status.is_not(None))
+                                   .group_by(t.messages.c.delivery_status)).all())
+        events = dict(conn.execute(sa.select(t.events.c.event_type, sa.func.count())
+                                   .where(t.events.c.event_type.in_(("opened", "clicked")))
+                                   .group_by(t.events.c.event_type)).all())
+        kinds = dict(conn.execute(sa.select(t.provider_events.c.kind, sa.func.count())
+                                  .where(t.provider_events.c.kind.in_(
+                                      ("complained", "unsubscribed")))
+                                  .group_by(t.provider_events.c.kind)).all())
+    parts = [f"{k} {status.get(k, 0):,}" for k in ("delivered", "bounced", "deferred",
+                                                   "undelivered")]
+    parts += [f"{k} {events.get(k, 0):,}" for k in ("opened", "clicked")]
+    parts += [f"{k} {kinds.get(k, 0):,}" for k in ("unsubscribed", "complained")]
+    return ", ".join(parts)
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--sample", is_flag=True, help="The 2,357-customer CDNOW sample (faster).")
@@ -78,6 +109,8 @@ def register(cli: click.Group) -> None:
         from clm_core.delivery.sandbox import SandboxServer
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.reporting import summarize
+        from clm_core.web.app import create_app
+        from clm_core.web.background import serving
 
         started = time.perf_counter()
         os.environ.setdefault("CLM_PROJECT_DIR", str(app.settings.project_dir))
@@ -105,7 +138,14 @@ def register(cli: click.Group) -> None:
                    f"as of {as_of:%Y-%m-%d} ...")
         flow_started = time.perf_counter()
         try:
-            state = _run_lifecycle(as_of=as_of.date())
+            with serving(create_app(app.settings, app.engine)) as web_url:
+                if server:  # the sandbox reports back as providers do, signed
+                    server.store.callbacks.configure({"url": web_url, "seed": 7,
+                                                      "delay_seconds": 0.5})
+                    click.echo(f"web        callbacks to {web_url}/hooks/... (clm serve's app)")
+                state = _run_lifecycle(as_of=as_of.date())
+                if server:
+                    _drain_callbacks(server)
         finally:
             stats = server.store.stats() if server else None
             if server:
@@ -119,6 +159,7 @@ def register(cli: click.Group) -> None:
             click.echo(f"  {journey:<18} {channel:<6} {status:<9} {n:>7,}")
         if stats:
             click.echo(f"sandbox    {stats['requests']:,} requests received, {stats['duplicates']} duplicate sends")
+        click.echo("feedback   " + _feedback_line(app))
         _print_state(state)
         click.echo(f"done in {time.perf_counter() - started:.1f}s (flow {flow_seconds:.1f}s)")
         click.echo("next       clm status | clm plan | clm preview JOURNEY --customer ID | "
