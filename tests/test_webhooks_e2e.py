@@ -37,7 +37,7 @@ class Serve:
             [sys.executable, "-m", "clm", "--project", str(self.root), "serve", "--port",
              str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ})
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine starts slowly
         while True:
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:

@@ -133,25 +133,30 @@ def mailgun_signature_block(body: bytes) -> tuple[dict[str, Any], dict[str, Any]
     return sig, event
 
 
+def _object(item: dict[str, Any], name: str) -> dict[str, Any]:
+    """A nested object, or {} when it is absent or not an object (optional parts)."""
+    value = item.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def parse_mailgun(event: dict[str, Any]) -> ProviderEvent:
     where = "Mailgun event-data"
     name = _need(event, "event", where)
     eid = _need(event, "id", where)
     ts = _need(event, "timestamp", where, (int, float))
     kind = _MAILGUN.get(name, "other")
-    status = event.get("delivery-status") if isinstance(event.get("delivery-status"), dict) else {}
+    status = _object(event, "delivery-status")
     if name == "failed" and event.get("severity") == "temporary":
         permanent = False
     else:
         permanent = kind in ("bounced",)
-    variables = event.get("user-variables") if isinstance(event.get("user-variables"), dict) else {}
-    message = event.get("message") if isinstance(event.get("message"), dict) else {}
-    headers = message.get("headers") if isinstance(message.get("headers"), dict) else {}
-    mid = headers.get("message-id")
-    detail = {k: _short(event[k]) for k in ("reason", "url", "severity") if k in event}
+    variables = _object(event, "user-variables")
+    mid = _object(_object(event, "message"), "headers").get("message-id")
+    detail: dict[str, Any] = {k: _short(event[k]) for k in ("reason", "url", "severity")
+                              if k in event}
     if status.get("message"):
         detail["status"] = _short(status.get("message"))
-    client = event.get("client-info") if isinstance(event.get("client-info"), dict) else {}
+    client = _object(event, "client-info")
     return ProviderEvent(
         "mailgun", f"{eid}:{name}"[:100], kind, _utc(float(ts)), "email",
         message_key=_short(variables.get("clm_key"), 128),

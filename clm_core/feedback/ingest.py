@@ -146,9 +146,9 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
                          if i not in links and e.channel == channel and e.address})
         found: dict[str, int] = {}
         for start in range(0, len(wanted), 500):
-            for r in conn.execute(sa.select(c.c.id, c.c[column]).where(
+            for cid, address in conn.execute(sa.select(c.c.id, c.c[column]).where(
                     c.c[column].in_(wanted[start:start + 500])).order_by(c.c.id.desc())):
-                found[r[1]] = r[0]
+                found[address] = cid
         for i, ev in enumerate(events):
             if i not in links and ev.channel == channel and ev.address in found:
                 links[i] = {"id": None, "customer_id": found[ev.address], "address": ev.address}
@@ -188,7 +188,7 @@ def _soft_bounce_suppressions(conn: sa.Connection, events: list[ProviderEvent],
             if e.kind == "bounced" and not e.permanent and e.address}
     if not soft or limit <= 0:
         return []
-    counts = dict(conn.execute(
+    counts: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
         sa.select(pe.c.address, sa.func.count()).where(
             pe.c.address.in_(sorted(soft)), pe.c.kind == "bounced", pe.c.permanent.is_(False))
         .group_by(pe.c.address)).all())

@@ -90,7 +90,8 @@ def routes(web: Web) -> list[BaseRoute]:
 
     hooks = Webhooks(web.writer, load_webhook_config(web.settings, delivery),
                      public_base_url=web.base_url, suppress=suppress_through_ledger,
-                     inbound=inbound)
+                     inbound=inbound, in_use=frozenset(
+                         p.kind for p in (delivery.channels.values() if delivery else [])))
     return hooks.routes()
 
 
@@ -118,6 +119,7 @@ class Webhooks:
     public_base_url: str | None = None
     suppress: SuppressFn = suppress_rows
     inbound: InboundFn | None = None
+    in_use: frozenset[str] = frozenset({"sendgrid", "mailgun", "twilio", "aliyun"})  # to warn about
 
     def __post_init__(self) -> None:
         self.sendgrid_key = (sig.load_sendgrid_key(self.config.sendgrid_public_key)
@@ -135,7 +137,7 @@ class Webhooks:
                     Route("/hooks/twilio/inbound", self.twilio_inbound, methods=["POST"])]
         if self.config.aliyun_path_token:
             out.append(Route("/hooks/aliyun/{token}", self.aliyun, methods=["GET", "POST"]))
-        missing = self.config.missing()
+        missing = [p for p in self.config.missing() if p in self.in_use]
         if missing:
             log.warning("no callback route for %s: no verification secret configured "
                         "([webhooks] in clm.toml)", ", ".join(missing))
