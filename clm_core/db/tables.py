@@ -231,6 +231,7 @@ messages = sa.Table(
     sa.Column("content_digest", sa.String(64)),
 )
 sa.Index("ix_messages_status_send_after", messages.c.status, messages.c.send_after)
+sa.Index("ix_messages_sent_at", messages.c.sent_at)  # the deliverability guard's window
 
 coupons = sa.Table(
     "coupons", metadata,

@@ -20,6 +20,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("delivery_status", sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column("delivery_at", sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column("content_digest", sa.String(length=64), nullable=True))
+    op.create_index("ix_messages_sent_at", "messages", ["sent_at"])
     op.create_table(
         "provider_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -64,6 +65,7 @@ def downgrade() -> None:
     op.drop_index("ix_provider_events_kind_time", table_name="provider_events")
     op.drop_index("ix_provider_events_message_id", table_name="provider_events")
     op.drop_table("provider_events")
+    op.drop_index("ix_messages_sent_at", table_name="messages")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_column("content_digest")
         batch_op.drop_column("delivery_at")
