@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import click
 
@@ -42,6 +43,19 @@ def register(cli: click.Group) -> None:
             server.stop()
 
     @cli.command()
+    @click.argument("channel", type=click.Choice(["email", "sms", "coupon", "webhook"]))
+    @pass_app
+    def resume(app: App, channel: str) -> None:
+        """Resume a channel the deliverability guard halted (after dealing with the cause:
+        complaints usually mean mail people did not ask for)."""
+        from clm_core.feedback.guard import resume as resume_channel
+
+        if resume_channel(app.engine, channel):
+            click.echo(f"channel {channel} resumed")
+        else:
+            click.echo(f"channel {channel} was not halted")
+
+    @cli.command()
     @click.option("--limit", type=int, help="Send at most this many messages.")
     @click.option("--wait", default=0.0, show_default=True, type=float, metavar="SECONDS",
                   help="Keep running while retries or deferred messages come due within this time.")
@@ -51,10 +65,13 @@ def register(cli: click.Group) -> None:
                   help="First requeue every message that failed for good (after fixing the cause).")
     @click.option("--retry-unknown", is_flag=True,
                   help="First requeue every message marked unknown (after checking the provider).")
+    @click.option("--reconcile", is_flag=True,
+                  help="First settle unknown messages from provider callbacks and the provider's "
+                       "list of sent messages: sent, or requeued when the provider never got them.")
     @click.option("-v", "--verbose", is_flag=True)
     @pass_app
     def dispatch(app: App, limit: int | None, wait: float, batch_size: int | None, lanes: int | None,
-                 retry_failed: bool, retry_unknown: bool, verbose: bool) -> None:
+                 retry_failed: bool, retry_unknown: bool, reconcile: bool, verbose: bool) -> None:
         """Send due messages from the outbox: claim, check consent, issue coupons, render, send,
         record each outcome; retry transient failures with backoff."""
         from dataclasses import replace
@@ -77,14 +94,37 @@ def register(cli: click.Group) -> None:
         for status, wanted in (("failed", retry_failed), ("unknown", retry_unknown)):
             if wanted:
                 click.echo(f"requeued {outbox.requeue(engine, utcnow(), status):,} {status} messages")
+        if reconcile:
+            click.echo(asyncio.run(_reconcile(engine, config)).summary())
         dispatcher = Dispatcher(engine, app.settings, config, signing_key=signing_key(app.settings))
         with record_run(engine, "dispatch") as run:
             report = asyncio.run(dispatcher.run(limit=limit, wait=wait))
             run.summary = {k: getattr(report, k) for k in
                            ("claimed", "sent", "failed", "unknown", "skipped", "retried")}
+            if report.deliverability is not None:
+                run.summary["deliverability"] = report.deliverability.as_dict()
             if report.halted:
                 run.status = "failed"
         click.echo(report.summary())
         if report.halted:
             raise ProviderError("stopped sending: " + "; ".join(
                 f"{ch}: {why}" for ch, why in report.halted.items()))
+
+
+async def _reconcile(engine: Any, config: Any) -> Any:
+    """Expired leases first (they become unknown), then settle what can be settled."""
+    from datetime import timedelta
+
+    from clm_core.delivery import outbox
+    from clm_core.delivery.providers import build_provider
+    from clm_core.delivery.reconcile import reconcile
+    from clm_core.runs import utcnow
+
+    providers = {ch: build_provider(cfg) for ch, cfg in config.channels.items()
+                 if ch in ("email", "sms")}
+    try:
+        idempotent = [ch for ch, p in providers.items() if p.idempotent]
+        await asyncio.to_thread(outbox.recover_expired, engine, utcnow(), idempotent)
+        return await reconcile(engine, providers, utcnow(), timedelta(seconds=config.lease_seconds))
+    finally:
+        await asyncio.gather(*(p.aclose() for p in providers.values()))

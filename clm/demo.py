@@ -155,6 +155,37 @@ def tell(app: App, first: date, weeks: int) -> None:
                        f"({e.customer}): {why} on {e.entered_at:%Y-%m-%d}{stage}")
 
 
+def _drain_callbacks(server: Any, timeout: float = 60.0) -> None:
+    """Wait until the sandbox has posted every callback it owes (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while server.store.callbacks.snapshot()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _feedback_line(app: App) -> str:
+    """What the providers reported back: delivery statuses, engagement, suppressions."""
+    import sqlalchemy as sa
+
+    from clm_core.db import tables as t
+
+    with app.engine.connect() as conn:
+        status = dict(conn.execute(sa.select(t.messages.c.delivery_status, sa.func.count())
+                                   .where(t.messages.c.delivery_status.is_not(None))
+                                   .group_by(t.messages.c.delivery_status)).all())
+        events = dict(conn.execute(sa.select(t.events.c.event_type, sa.func.count())
+                                   .where(t.events.c.event_type.in_(("opened", "clicked")))
+                                   .group_by(t.events.c.event_type)).all())
+        kinds = dict(conn.execute(sa.select(t.provider_events.c.kind, sa.func.count())
+                                  .where(t.provider_events.c.kind.in_(
+                                      ("complained", "unsubscribed")))
+                                  .group_by(t.provider_events.c.kind)).all())
+    parts = [f"{k} {status.get(k, 0):,}" for k in ("delivered", "bounced", "deferred",
+                                                   "undelivered")]
+    parts += [f"{k} {events.get(k, 0):,}" for k in ("opened", "clicked")]
+    parts += [f"{k} {kinds.get(k, 0):,}" for k in ("unsubscribed", "complained")]
+    return ", ".join(parts)
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--sample", is_flag=True, help="The 2,357-customer CDNOW sample (faster).")
@@ -174,6 +205,8 @@ def register(cli: click.Group) -> None:
         from clm_core.delivery.unsubscribe import ensure_key_file
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.runs import last_runs, record_run
+        from clm_core.web.app import create_app
+        from clm_core.web.background import serving
 
         started = time.perf_counter()
         settings = app.settings
@@ -200,7 +233,16 @@ def register(cli: click.Group) -> None:
                        f"{settings.default_timezone} ...")
             simulate = load_flow(app, "simulate", "simulate")
             try:
-                state = call_flow(simulate, start=first, steps=weeks)
+                # clm serve's app answers the sandbox's signed callbacks, as in production
+                with serving(create_app(settings, app.engine)) as web_url:
+                    if server:
+                        server.store.callbacks.configure({"url": web_url, "seed": 7,
+                                                          "delay_seconds": 0.5})
+                        click.echo(f"web        provider callbacks to {web_url}/hooks/... "
+                                   "(the app `clm serve` runs)")
+                    state = call_flow(simulate, start=first, steps=weeks)
+                    if server:
+                        _drain_callbacks(server)
             finally:
                 stats = server.store.stats() if server else None
                 if server:
@@ -211,6 +253,7 @@ def register(cli: click.Group) -> None:
         if stats:
             click.echo(f"\nsandbox    {stats['requests']:,} provider requests received, "
                        f"{stats['duplicates']} duplicate sends")
+        click.echo("feedback   " + _feedback_line(app))
         mine = next((r for r in last_runs(app.engine, 50) if r["id"] == run.id), None)
         took = ((mine["finished_at"] - mine["started_at"]).total_seconds()
                 if mine and mine["finished_at"] else time.perf_counter() - started)

@@ -38,9 +38,12 @@ def register(cli: click.Group) -> None:
         runs = last_runs(app.engine, n_runs)
         summary = summarize(app.engine)
         failures = failed_sends(app.engine, limit=n_failed) if n_failed else []
+        rates, halted = _deliverability(app)
         if as_json:
             click.echo(json.dumps({"runs": runs, "outbox": summary.by_status, "stages": summary.stages,
-                                   "failed_sends": failures}, default=str, indent=2))
+                                   "failed_sends": failures,
+                                   "deliverability": [r.as_dict() for r in rates],
+                                   "halted": halted}, default=str, indent=2))
             return
         click.echo("Last runs:")
         for r in runs or [{}]:
@@ -56,9 +59,35 @@ def register(cli: click.Group) -> None:
                                  or "empty"))
         if summary.stages:
             click.echo("Stages: " + ", ".join(f"{k} {v:,}" for k, v in summary.stages.items()))
+        if rates:
+            click.echo("Deliverability (complaints / hard bounces over the guard window):")
+            for r in rates:
+                click.echo(f"  {r.describe()}  [{r.verdict}]")
+        for channel, why in halted.items():
+            click.echo(f"HALTED {channel}: {why}")
         if failures:
             click.echo(f"Latest failed sends ({len(failures)} shown):")
             for f in failures:
                 click.echo(f"  {f['at']}  {f['customer']}  {f['journey']}/{f['step']}  {f['channel']} "
                            f"via {f['provider'] or '?'}  {f['status']}: {f['error']}  "
                            f"({f['attempts']} attempts)")
+
+
+def _deliverability(app: App) -> tuple[list[Any], dict[str, str]]:
+    """Complaint and hard-bounce rates per channel and sending domain, and halted channels."""
+    from datetime import timedelta
+
+    from clm_core.delivery.config import load_delivery_config
+    from clm_core.errors import ConfigError
+    from clm_core.feedback import guard
+    from clm_core.feedback.config import load_webhook_config
+    from clm_core.runs import utcnow
+
+    try:
+        delivery = load_delivery_config(app.settings)
+    except ConfigError:
+        return [], guard.halted(app.engine)
+    config = load_webhook_config(app.settings, delivery)
+    window = timedelta(days=config.guard_window_days)
+    return (guard.rates(app.engine, delivery, utcnow(), window, config),
+            guard.halted(app.engine))

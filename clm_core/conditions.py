@@ -9,6 +9,11 @@ A condition is YAML data, never code::
     {field: tags, contains: vip}                    # substring or list member
     {field: days_since_last_order, gt: {field: typical_gap_days, times: 2}}  # another column
     {all: [...]}, {any: [...]}, {not: {...}}
+    {event: opened, within: 3d}                     # an engagement event in the last 3 days
+
+``{event: X, within: D}`` is shorthand for ``{field: days_since_X, lte: D in days}``; it needs
+the field ``days_since_X`` on offer (journeys derive ``days_since_opened`` and
+``days_since_clicked`` from the events that provider callbacks record).
 
 Compilation checks every field name (with "did you mean"), operator and value type against the
 fields on offer and reports every problem with its file:line:column at once.
@@ -193,7 +198,34 @@ class _Compiler:
             return (AllOf if key == "all" else AnyOf)(tuple(kids))  # type: ignore[arg-type]
         return self.leaf(node, path)
 
+    def event(self, node: dict[str, Any], path: tuple[str | int, ...]) -> Condition | None:
+        from clm_core.journeys.model import parse_duration
+
+        name, extra = node["event"], sorted(set(node) - {"event", "within"})
+        events = sorted(f.removeprefix("days_since_") for f in self.fields
+                        if f.startswith("days_since_"))
+        if extra:
+            self.fail(path + (extra[0],), f"unknown key {extra[0]!r} in an event condition; "
+                                          "it takes 'event' and 'within' (e.g. within: 3d)")
+            return None
+        if not isinstance(name, str) or f"days_since_{name}" not in self.fields:
+            self.fail(path + ("event",), f"unknown event {name!r}"
+                      f"{did_you_mean(str(name), events)}; events on offer: "
+                      f"{', '.join(events) or 'none'}")
+            return None
+        if "within" not in node:
+            self.fail(path, f"event condition on {name!r} needs 'within' (e.g. within: 3d)")
+            return None
+        try:
+            days = parse_duration(node["within"]).total_seconds() / 86400
+        except ValueError as exc:
+            self.fail(path + ("within",), str(exc))
+            return None
+        return Compare(f"days_since_{name}", "lte", days)
+
     def leaf(self, node: dict[str, Any], path: tuple[str | int, ...]) -> Condition | None:
+        if "event" in node and "field" not in node:
+            return self.event(node, path)
         if "field" not in node:
             unknown = next(iter(node))
             self.fail(path + (unknown,), f"unknown key {unknown!r}"
@@ -344,5 +376,12 @@ def field_types(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-__all__ = ["Condition", "FieldRef", "TYPES", "OPERATORS", "compile_condition",
-           "collect_problems", "field_types"]
+__all__ = [
+    "OPERATORS",
+    "TYPES",
+    "Condition",
+    "FieldRef",
+    "collect_problems",
+    "compile_condition",
+    "field_types",
+]

@@ -12,6 +12,8 @@
     ├── TokenError                a signed token (unsubscribe, preferences, click) is malformed,
     │                             altered, expired or signed with a key this service does not hold
     ├── ConsentError              a consent change names an unknown channel, action or source
+    ├── CallbackError             a provider callback cannot be used (answered 400)
+    │   └── SignatureError        its signature is missing or wrong (answered 401)
     └── ProviderError             a provider refuses every send for now (revoked key, balance):
         │                         the channel stopped, its messages wait
         └── ThrottleError         no slot of the shared rate limit could be taken (the limit
@@ -91,6 +93,14 @@ class TokenError(ClmError):
 
 class ConsentError(ClmError):
     """A consent change that the ledger cannot record as given (unknown channel, action, source)."""
+
+
+class CallbackError(ClmError):
+    """A provider callback is malformed; nothing of it is stored."""
+
+
+class SignatureError(CallbackError):
+    """A provider callback's signature (or path token) is missing or does not verify."""
 
 
 class ProviderError(ClmError):

@@ -109,7 +109,9 @@ def report_and_finish(tgt: Target, run: Run, since: datetime, dispatched: Dispat
                       what: str, summary: dict[str, Any]) -> State:
     """Publish the run's artifacts, record its summary, and decide its final state."""
     report = publish_summary(tgt.database_url, since, f"{what.capitalize()} run",
-                             recorded_since=run.started_at)
+                             recorded_since=run.started_at,
+                             deliverability=(dispatched.deliverability.as_dict()
+                                             if dispatched.deliverability else None))
     run.summary = {**summary, "dispatch": dispatched.totals(), "failed": report.failed}
     state = final_state(report, dispatched, what)
     if state.is_failed():

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from clm_core.db.engine import make_engine
+from clm_core.feedback import guard
 from clm_core.reporting import RunSummary, failed_sends, summarize, summary_markdown
 
 FAILED_EVENT = "clm.send.failed"
@@ -17,8 +18,10 @@ MAX_EVENTS = 5000  # per run; the summary event carries the full count
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
 def publish_summary(database_url: str, since: datetime, title: str,
-                    recorded_since: datetime | None = None) -> RunSummary:
-    """Markdown summary, table of every failed send, and one event per failed send.
+                    recorded_since: datetime | None = None,
+                    deliverability: dict[str, Any] | None = None) -> RunSummary:
+    """Markdown summary (with complaint and bounce rates), table of every failed send, one
+    event per failed send, and an event per deliverability warning or halted channel.
 
     ``since``: the run's clock at its start (outcomes); ``recorded_since``: the wall clock at
     its start (transitions and messages it wrote)."""
@@ -28,7 +31,17 @@ def publish_summary(database_url: str, since: datetime, title: str,
         failures = failed_sends(engine, since=since)
     finally:
         engine.dispose()
-    create_markdown_artifact(summary_markdown(summary, title), key="clm-summary",
+    text = summary_markdown(summary, title)
+    if deliverability:
+        text += "\n" + guard.markdown(deliverability)
+        for warning in deliverability.get("warnings") or []:
+            emit_event(event="clm.deliverability.warning", resource={
+                "prefect.resource.id": "clm.deliverability"}, payload={"warning": warning})
+        for channel in deliverability.get("halted") or []:
+            emit_event(event="clm.channel.halted", resource={
+                "prefect.resource.id": f"clm.channel.{channel}"},
+                payload={"reason": "complaint rate over the limit", "resume": f"clm resume {channel}"})
+    create_markdown_artifact(text, key="clm-summary",
                              description=f"{title}: stages, transitions, messages, models")
     columns = ["customer", "journey", "step", "channel", "provider", "status", "error", "attempts", "at"]
     create_table_artifact([{k: f[k] for k in columns} for f in failures], key="clm-failed-sends",

@@ -235,8 +235,16 @@ messages = sa.Table(
     _ts("sent_at"),
     sa.Column("flow_run_id", sa.String(64)),
     _recorded_at(),
+    # What the provider reported after accepting: delivered | bounced | deferred | undelivered,
+    # applied by meaning (a late 'delivered' never undoes 'bounced'); the time is the event's.
+    sa.Column("delivery_status", sa.String(16)),
+    _ts("delivery_at"),
+    # sha256 of recipient and text, set when sending starts: finds the message again in a
+    # provider's list of sent messages when its outcome is unknown.
+    sa.Column("content_digest", sa.String(64)),
 )
 sa.Index("ix_messages_status_send_after", messages.c.status, messages.c.send_after)
+sa.Index("ix_messages_sent_at", messages.c.sent_at)  # the deliverability guard's window
 
 coupons = sa.Table(
     "coupons", metadata,
@@ -265,6 +273,37 @@ suppressions = sa.Table(
     sa.Column("source", sa.String(64)),  # provider name, unsubscribe link, import
     _ts("created_at", nullable=False),
     sa.UniqueConstraint("channel", "address"),
+)
+
+provider_events = sa.Table(
+    "provider_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),  # sendgrid | mailgun | twilio | aliyun
+    sa.Column("event_id", sa.String(100), nullable=False),  # the provider's id: dedupes retries
+    # accepted delivered deferred bounced undelivered opened clicked complained unsubscribed
+    # inbound other (clm_core.feedback.events)
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    _ts("occurred_at", nullable=False),  # the provider's time of the event
+    _ts("recorded_at", nullable=False),  # wall clock at ingestion
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="SET NULL"),
+              index=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="SET NULL")),
+    sa.Column("address", sa.String(254)),
+    sa.Column("permanent", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("machine", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("code", sa.String(64)),
+    sa.Column("detail", Json),
+    sa.UniqueConstraint("provider", "event_id"),
+)
+sa.Index("ix_provider_events_kind_time", provider_events.c.kind, provider_events.c.occurred_at)
+sa.Index("ix_provider_events_address_kind", provider_events.c.address, provider_events.c.kind)
+
+channel_halts = sa.Table(
+    "channel_halts", metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    _ts("halted_at", nullable=False),
 )
 
 # --- operations -------------------------------------------------------------------------------

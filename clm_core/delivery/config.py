@@ -79,7 +79,8 @@ def _credentials(name: str, kind: str, raw: dict[str, Any], base_url: str,
     return values
 
 
-def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict[str, str]) -> ProviderConfig:
+def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict[str, str],
+              public_base_url: str | None = None) -> ProviderConfig:
     kind = str(raw.get("kind", name))
     if kind not in KINDS:
         raise ConfigError(f"[delivery.providers.{name}] kind {kind!r} is unknown"
@@ -88,6 +89,8 @@ def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict
     base_url = str(raw.get("base_url", default_url))
     options = {k: v for k, v in raw.items() if k not in _PROVIDER_KEYS and not k.endswith("_env")}
     options.setdefault("from", section.get("from_email", "CLM Store <shop@example.com>"))
+    if kind == "twilio" and public_base_url:
+        options.setdefault("status_callback", public_base_url.rstrip("/") + "/hooks/twilio/status")
     try:
         return ProviderConfig(
             name=name, kind=kind, base_url=base_url,
@@ -115,7 +118,8 @@ def load_delivery_config(settings: Settings, env: dict[str, str] | None = None) 
         if name not in tables and name not in KINDS:
             raise ConfigError(f"[delivery] {channel} = {name!r} names no provider"
                               f"{did_you_mean(name, sorted({*tables, *KINDS}))}")
-        channels[channel] = _provider(name, tables.get(name, {}), section, env)
+        channels[channel] = _provider(name, tables.get(name, {}), section, env,
+                                      settings.public_base_url)
     try:
         config = DeliveryConfig(
             channels=channels,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -34,9 +35,13 @@ from clm_core.delivery.context import BatchData, Recommender, load_batch, render
 from clm_core.delivery.model import Outbound, Outcome, Provider, SendResult
 from clm_core.delivery.outbox import Resolution
 from clm_core.delivery.providers import build_provider
+from clm_core.delivery.providers.sms import content_digest
 from clm_core.delivery.quiet import QuietHoursCheck
 from clm_core.delivery.unsubscribe import one_click_headers
 from clm_core.errors import TemplateRenderError
+from clm_core.feedback import guard
+from clm_core.feedback.config import WebhookConfig, load_webhook_config
+from clm_core.feedback.guard import GuardReport
 from clm_core.journeys.store import project_policy
 from clm_core.runs import utcnow
 from clm_core.settings import Settings, redact
@@ -48,6 +53,7 @@ log = logging.getLogger("clm.delivery")
 ADDRESS = {"email": "email", "sms": "phone"}
 MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
 CONSENT = {"email": 0, "sms": 1}
+_NO_GATE = contextlib.nullcontext()
 
 
 @dataclass
@@ -65,6 +71,7 @@ class DispatchReport:
     recovered: outbox.Recovered = field(default_factory=outbox.Recovered)
     lost_leases: int = 0  # outcomes another dispatcher had already resolved
     halted: dict[str, str] = field(default_factory=dict)  # channel -> why
+    deliverability: GuardReport | None = None  # complaint and bounce rates at the start
     errors: Counter[str] = field(default_factory=Counter)  # "provider code" of every failure
     elapsed: float = 0.0
     chunks_failed: int = 0  # dispatch chunks that crashed (merged reports of a flow run)
@@ -78,6 +85,8 @@ class DispatchReport:
         self.recovered.requeued += other.recovered.requeued
         self.recovered.unknown += other.recovered.unknown
         self.halted.update(other.halted)
+        # Every chunk checks the same rates at its start; the first one's are kept.
+        self.deliverability = self.deliverability or other.deliverability
         self.errors.update(other.errors)
         self.elapsed = max(self.elapsed, other.elapsed)
 
@@ -86,8 +95,9 @@ class DispatchReport:
         return {"claimed": self.claimed, "sent": self.sent, "failed": self.failed,
                 "unknown": self.unknown, "skipped": self.skipped, "retried": self.retried,
                 "released": self.released, "deferred": self.deferred,
-                "halted": dict(self.halted),
-                "chunks_failed": self.chunks_failed}
+                "halted": dict(self.halted), "chunks_failed": self.chunks_failed,
+                "deliverability": (self.deliverability.as_dict() if self.deliverability
+                                   else None)}
 
     def count(self, rows: list[Resolution]) -> None:
         for r in rows:
@@ -118,6 +128,8 @@ class DispatchReport:
         text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
         if self.errors:
             text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+        if self.deliverability and self.deliverability.warnings:
+            text += "; deliverability: " + "; ".join(self.deliverability.warnings)
         return text
 
 
@@ -135,7 +147,7 @@ class Dispatcher:
                  owner: str | None = None, providers: dict[str, Provider] | None = None,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  throttle: Callable[[str], Awaitable[None]] | None = None,
-                 keyring: Keyring | None = None):
+                 keyring: Keyring | None = None, guard: WebhookConfig | None = None):
         """``throttle(provider)`` is awaited before each HTTP request (SMTP transaction) to
         ``provider``, however many messages the request carries: the flows pass one that takes
         a slot of a Prefect global rate limit shared by every worker, so the limit counts what
@@ -143,6 +155,7 @@ class Dispatcher:
         ``keyring`` signs the links in messages (default: ``[tokens]`` of the settings)."""
         self.reader = self.writer = engine
         self.throttle = throttle
+        self.guard = guard if guard is not None else load_webhook_config(settings, config)
         self.settings, self.config = settings, config
         self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
         self.key = signing_key
@@ -159,6 +172,7 @@ class Dispatcher:
         self._claims = 0
         self.quiet = QuietHoursCheck(engine, project_policy(settings.section("journeys")),
                                      settings.default_timezone)
+        self._gates: dict[str, asyncio.Lock] = {}
 
     # --- the run ------------------------------------------------------------------------
 
@@ -175,6 +189,7 @@ class Dispatcher:
         self.writer = outbox.writer_engine(self.reader)
         try:
             self.recommender = await asyncio.to_thread(Recommender, self.reader)
+            await self._check_deliverability()
             await self._recover()
             await asyncio.gather(*(self._lane() for _ in range(max(1, self.config.lanes))))
         finally:
@@ -184,6 +199,17 @@ class Dispatcher:
                 self.writer.dispose()
             self.report.elapsed = time.perf_counter() - started
         return self.report
+
+    async def _check_deliverability(self) -> None:
+        """Complaint and bounce rates first: a channel over the limit, or halted before and
+        not resumed, sends nothing in this run (its messages stay pending)."""
+        report = await asyncio.to_thread(guard.check, self.writer, self.config, self.guard,
+                                         self.clock())
+        self.report.deliverability = report
+        for warning in report.warnings:
+            log.warning("deliverability: %s", warning)
+        for channel, why in (await asyncio.to_thread(guard.halted, self.writer)).items():
+            self.report.halted.setdefault(channel, why)
 
     async def _recover(self) -> None:
         idempotent = [ch for ch, p in self.providers.items() if p.idempotent]
@@ -386,22 +412,33 @@ class Dispatcher:
         per lane whose fate is unknown."""
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
-        wave = max(step, provider.concurrency, MIN_WAVE)
+        # A provider that deduplicates takes waves big enough to keep database round trips
+        # few; for one that does not, a wave is what it really has in flight (its concurrency),
+        # and the lanes take turns, so a crash leaves at most that many messages unknown.
+        if provider.idempotent:
+            wave = max(step, provider.concurrency, MIN_WAVE)
+        else:
+            wave = step * max(1, provider.concurrency)
+        gate = self._gates.setdefault(channel, asyncio.Lock())
         for start in range(0, len(items), wave):
             part = items[start:start + wave]
             if channel in self.report.halted:
                 await self._commit([self._halted(row, None, provider) for row, _ in part], owner)
                 continue
-            held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
-                                           [r["id"] for r, _ in part], batch_ids, self.clock(),
-                                           self.lease)
-            self.report.lost_leases += len(part) - len(held)
-            part = [(r, msg) for r, msg in part if r["id"] in held]
-            chunks = [part[i:i + step] for i in range(0, len(part), step)]
-            results: list[SendResult] = []
-            for got in await asyncio.gather(*(self._provider_send(provider, [m for _, m in c])
-                                              for c in chunks)):
-                results += got
+            digests = ({r["id"]: content_digest(msg.to, msg.text or "") for r, msg in part}
+                       if channel == "sms" else None)
+            async with (gate if not provider.idempotent else _NO_GATE):
+                held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
+                                               [r["id"] for r, _ in part], batch_ids,
+                                               self.clock(), self.lease, digests)
+                self.report.lost_leases += len(part) - len(held)
+                part = [(r, msg) for r, msg in part if r["id"] in held]
+                chunks = [part[i:i + step] for i in range(0, len(part), step)]
+                results: list[SendResult] = []
+                for got in await asyncio.gather(*(self._provider_send(provider,
+                                                                      [m for _, m in c])
+                                                  for c in chunks)):
+                    results += got
             await self._commit([self._outcome(row, res, provider, address=msg.to)
                                 for (row, msg), res in zip(part, results)], owner)
 

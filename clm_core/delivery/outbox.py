@@ -110,11 +110,13 @@ def claim(engine: Engine, owner: str, limit: int, now: datetime, lease: timedelt
 
 @retrying
 def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
-                 now: datetime, lease: timedelta) -> set[int]:
+                 now: datetime, lease: timedelta,
+                 digests: dict[int, str] | None = None) -> set[int]:
     """From here on the provider may have the messages ``ids``: a lost lease is no longer safe
     to resend on a provider without idempotency. Renews the lease of the whole claimed batch;
     returns the ids still held, and only those may be sent (the others' lease ran out and
-    another dispatcher may have them)."""
+    another dispatcher may have them). ``digests`` (id -> content digest) are stored with the
+    mark, so a message whose outcome becomes unknown can be found in the provider's list."""
     if not ids:
         return set()
     mine = sa.and_(m.c.lease_owner == owner, m.c.status == "claimed")
@@ -125,6 +127,10 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
         got = {r[0] for r in held}
         conn.execute(sa.update(m).where(m.c.id.in_(list(batch_ids)), mine)
                      .values(lease_expires_at=now + lease))
+        marked = [{"_id": i, "_digest": d} for i, d in (digests or {}).items() if i in got]
+        if marked:
+            conn.execute(sa.update(m).where(m.c.id == sa.bindparam("_id"))
+                         .values(content_digest=sa.bindparam("_digest")), marked)
     return got
 
 

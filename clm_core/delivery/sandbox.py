@@ -8,7 +8,11 @@ generic ``POST /coupons`` and ``POST /webhook``; SMTP on a second port (aiosmtpd
 
 Control (JSON): ``GET /_sandbox/requests?api=&offset=&limit=``, ``GET /_sandbox/stats`` (counts,
 duplicates), ``GET /_sandbox/deliveries?key=``, ``POST /_sandbox/faults`` and
-``POST /_sandbox/reset``.
+``POST /_sandbox/reset``. Callbacks (``clm_core.delivery.callbacks``): ``POST
+/_sandbox/callbacks`` sets the web service URL and the event rates, ``GET
+/_sandbox/callbacks?ids=1`` shows what was posted and acknowledged, ``POST /_sandbox/inbound``
+({api, from, body}) makes a customer send an SMS. Twilio's message list (``GET
+.../Messages.json?To=&DateSent>=``) lists what the sandbox accepted, for reconciliation.
 
 Faults are drawn per request before it is accepted, so a faulted request delivers nothing:
 ``rate_429`` (with ``Retry-After``), ``rate_500``, ``rate_timeout`` (answer only after
@@ -32,15 +36,17 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from clm_core.delivery.callbacks import CallbackSender
 from clm_core.delivery.providers.sms import aliyun_signature
 
 FAULT_KEYS = {"rate_400", "rate_401", "rate_429", "rate_500", "rate_timeout", "rate_drop", "rate_accept_then_timeout",
@@ -75,6 +81,7 @@ class SandboxStore:
         self.lock = threading.Lock()
         self.faults = Faults()
         self.rng = random.Random()
+        self.callbacks = CallbackSender()
         self.reset()
 
     def reset(self) -> None:
@@ -84,6 +91,7 @@ class SandboxStore:
             self.delivered: Counter[str] = Counter()
             self.replays = 0
             self.saved: dict[tuple[str, str], tuple[int, Any, dict[str, str]]] = {}
+        self.callbacks.reset()
 
     def set_faults(self, spec: dict[str, Any]) -> Faults:
         unknown = set(spec) - FAULT_KEYS
@@ -136,7 +144,8 @@ class SandboxStore:
             if key:
                 self.delivered[key] += 1
             self.deliveries.append({"api": api, "key": key, "at": time.time(), **record})
-            return True
+        self.callbacks.on_delivery(api, key, record)
+        return True
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -205,6 +214,7 @@ class SandboxApp:
             Route("/v3/mail/send", self.sendgrid, methods=["POST"]),
             Route("/v3/{domain}/messages", self.mailgun, methods=["POST"]),
             Route("/2010-04-01/Accounts/{sid}/Messages.json", self.twilio, methods=["POST"]),
+            Route("/2010-04-01/Accounts/{sid}/Messages.json", self.twilio_list, methods=["GET"]),
             Route("/", self.aliyun, methods=["POST", "GET"]),
             Route("/v1/coupons", self.stripe, methods=["POST"]),
             Route("/v1/promotion_codes", self.stripe, methods=["POST"]),
@@ -215,6 +225,8 @@ class SandboxApp:
             Route("/_sandbox/stats", self.get_stats),
             Route("/_sandbox/faults", self.faults, methods=["GET", "POST"]),
             Route("/_sandbox/reset", self.reset, methods=["POST"]),
+            Route("/_sandbox/callbacks", self.callbacks, methods=["GET", "POST"]),
+            Route("/_sandbox/inbound", self.inbound, methods=["POST"]),
         ])
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -356,7 +368,8 @@ class SandboxApp:
         sid = "SM" + uuid.uuid4().hex
         segments = 1 if len(text) <= 160 else -(-len(text) // 153)
         self.store.deliver("twilio", request.headers.get("idempotency-key"), to=to, text=text,
-                           message_id=sid)
+                           message_id=sid, sender=form.get("From") or form.get("MessagingServiceSid"),
+                           status_callback=form.get("StatusCallback") or None)
         return await self._finish(request, 201, {"sid": sid, "status": "queued", "to": to,
                                                  "body": text, "num_segments": str(segments)})
 
@@ -430,7 +443,59 @@ class SandboxApp:
                            payload=data, signature=request.headers.get("x-clm-signature"), message_id=rid)
         return await self._finish(request, 200, {"ok": True}, {"X-Request-ID": rid})
 
+    async def twilio_list(self, request: Request) -> Response:
+        """Twilio's message list: newest first, filtered by ``To`` and ``DateSent>=`` /
+        ``DateSent<=`` (ISO dates or times, UTC), paged by ``PageSize`` and ``Page``."""
+        if not request.headers.get("authorization"):
+            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401},
+                                status_code=401)
+        q = request.query_params
+        to = q.get("To")
+        lo, hi = q.get("DateSent>="), q.get("DateSent<=")
+        size = min(1000, int(q.get("PageSize", 50)))
+        page = int(q.get("Page", 0))
+
+        def stamp(value: str) -> float:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+        with self.store.lock:
+            rows = [d for d in self.store.deliveries if d["api"] == "twilio"
+                    and (to is None or d["to"] == to)
+                    and (lo is None or d["at"] >= stamp(lo)) and (hi is None or d["at"] <= stamp(hi))]
+        rows.sort(key=lambda d: d["at"], reverse=True)
+        chosen = rows[page * size:(page + 1) * size]
+        fmt = "%a, %d %b %Y %H:%M:%S +0000"
+        messages = [{"sid": d["message_id"], "to": d["to"], "from": d.get("sender"),
+                     "body": d["text"], "status": "delivered", "num_segments": "1",
+                     "date_created": datetime.fromtimestamp(d["at"], UTC).strftime(fmt),
+                     "date_sent": datetime.fromtimestamp(d["at"], UTC).strftime(fmt)}
+                    for d in chosen]
+        more = (page + 1) * size < len(rows)
+        following = {k: v for k, v in q.items() if k != "Page"} | {"Page": str(page + 1)}
+        return JSONResponse({"messages": messages, "page": page, "page_size": size,
+                             "next_page_uri": f"{request.url.path}?{urlencode(following)}"
+                                              if more else None})
+
     # --- control ----------------------------------------------------------------------------
+
+    async def callbacks(self, request: Request) -> Response:
+        sender = self.store.callbacks
+        if request.method == "POST":
+            try:
+                sender.configure(json.loads(await request.body() or b"{}"))
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(sender.snapshot(with_ids=request.query_params.get("ids") == "1"))
+
+    async def inbound(self, request: Request) -> Response:
+        try:
+            data = json.loads(await request.body() or b"{}")
+            self.store.callbacks.inbound(str(data.get("api", "twilio")), str(data["from"]),
+                                         str(data["body"]), str(data.get("to", "+15005550006")))
+        except (ValueError, TypeError, KeyError) as exc:
+            return JSONResponse({"error": f"inbound needs api, from, body: {exc}"}, status_code=400)
+        return JSONResponse({"queued": True})
 
     async def list_requests(self, request: Request) -> Response:
         api = request.query_params.get("api")
@@ -514,7 +579,7 @@ class SandboxServer:
     def smtp_url(self) -> str:
         return f"smtp://{self.host}:{self.smtp_port}"
 
-    def start(self) -> "SandboxServer":
+    def start(self) -> SandboxServer:
         import socket
 
         import uvicorn
@@ -548,6 +613,7 @@ class SandboxServer:
         return self
 
     def stop(self) -> None:
+        self.store.callbacks.stop()
         if self._smtp is not None:
             self._smtp.stop()
         if self._server is not None:
@@ -555,7 +621,7 @@ class SandboxServer:
             if self._thread is not None:
                 self._thread.join(timeout=10)
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

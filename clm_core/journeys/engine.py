@@ -26,9 +26,18 @@ import numpy as np
 import pandas as pd
 
 from clm_core.journeys import clock, hashing
+from clm_core.journeys.fields import ENGAGEMENT_EVENTS
 from clm_core.journeys.loader import END, CompiledJourney
-from clm_core.journeys.model import (WEEKDAYS, BranchStep, ExitStep, Goal, ProjectPolicy,
-                                     SendStep, SplitStep, WaitStep)
+from clm_core.journeys.model import (
+    WEEKDAYS,
+    BranchStep,
+    ExitStep,
+    Goal,
+    ProjectPolicy,
+    SendStep,
+    SplitStep,
+    WaitStep,
+)
 from clm_core.journeys.policy import ContactPolicy, rules_for
 
 ACTIVE = "active"
@@ -471,6 +480,16 @@ def prepare_customers(customers: pd.DataFrame, now: pd.Timestamp, default_tz: st
     return df
 
 
+def add_engagement(customers: pd.DataFrame, events: pd.DataFrame, now: pd.Timestamp) -> None:
+    """``days_since_opened`` / ``days_since_clicked``: from the latest such event up to now."""
+    for kind in ENGAGEMENT_EVENTS:
+        ev = events[(events["event_type"] == kind) & (events["occurred_at"] <= now)]
+        last = ev.groupby("customer_id")["occurred_at"].max()
+        customers[f"days_since_{kind}"] = (
+            (now - customers.index.map(last).astype("datetime64[ns]")).total_seconds() / 86400
+            if len(last) else float("nan"))
+
+
 def plan(journeys: Sequence[CompiledJourney], snapshot: Snapshot, now: pd.Timestamp | str,
          policy: ProjectPolicy | None = None, default_tz: str = "UTC") -> Plan:
     """Decide everything one evaluation at ``now`` would do (pure: writes nothing).
@@ -480,7 +499,9 @@ def plan(journeys: Sequence[CompiledJourney], snapshot: Snapshot, now: pd.Timest
     """
     now = pd.Timestamp(now)
     now = (now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now).as_unit("ns")
-    snapshot = replace(snapshot, customers=prepare_customers(snapshot.customers, now, default_tz))
+    customers = prepare_customers(snapshot.customers, now, default_tz)
+    add_engagement(customers, snapshot.events, now)
+    snapshot = replace(snapshot, customers=customers)
     run = _Run(journeys, snapshot, now, policy or ProjectPolicy())
     run.versions()
     run.goals()

@@ -29,5 +29,10 @@ def _columns(table: sa.Table) -> dict[str, str]:
 
 # Derived columns the engine adds to every customer row.
 DERIVED = {"days_in_stage": "number", "customer_id": "number"}
+# Days since the customer's latest engagement event of each kind (none in the look-back: NaN,
+# which no comparison matches); written by provider callbacks and tracked clicks.
+ENGAGEMENT_EVENTS = ("opened", "clicked")
+ENGAGEMENT_LOOKBACK_DAYS = 90
+DERIVED.update({f"days_since_{e}": "number" for e in ENGAGEMENT_EVENTS})
 
 FIELDS: dict[str, str] = {**_columns(t.customers), **_columns(t.customer_scores), **DERIVED}

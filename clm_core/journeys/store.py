@@ -30,7 +30,7 @@ from clm_core.journeys.engine import (
     empty_enrollments,
     message_keys,
 )
-from clm_core.journeys.fields import FIELDS
+from clm_core.journeys.fields import ENGAGEMENT_EVENTS, ENGAGEMENT_LOOKBACK_DAYS, FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy
 from clm_core.lifecycle.features import NOT_PURCHASES
@@ -224,9 +224,13 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     types = {j.spec.entry.event.type for j in journeys if j.spec.entry.event} | {
         g.event.type for j in journeys for g in j.spec.goals if g.event}
     ev = t.events
+    used = set().union(*(j.fields for j in journeys)) if journeys else set()
+    engaged = sorted(e for e in ENGAGEMENT_EVENTS if f"days_since_{e}" in used)
+    lookback = now - pd.Timedelta(days=ENGAGEMENT_LOOKBACK_DAYS)
+    wanted = sa.or_(sa.and_(ev.c.event_type.in_(sorted(types)), ev.c.occurred_at > since),
+                    sa.and_(ev.c.event_type.in_(engaged), ev.c.occurred_at > lookback))
     events = _times(_frame(conn, sa.select(ev.c.customer_id, ev.c.event_type, ev.c.occurred_at)
-                           .where(ev.c.event_type.in_(sorted(types)), ev.c.occurred_at > since,
-                                  ev.c.occurred_at <= now)), ["occurred_at"])
+                           .where(wanted, ev.c.occurred_at <= now)), ["occurred_at"])
     o = t.orders
     wants_orders = pd.notna(active_since) and any(g.order for j in journeys for g in j.spec.goals)
     # Order goals count purchases only, as the features do (not cancelled, refunded, pending).

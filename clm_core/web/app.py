@@ -45,7 +45,7 @@ from clm_core.settings import Settings, redact
 access_log = logging.getLogger("clm.web.access")
 
 # Area modules whose routes make up the app, in order.
-AREAS = ["unsubscribe", "clicks"]
+AREAS = ["unsubscribe", "clicks", "hooks"]
 DEFAULT_MAX_BODY = 1024 * 1024
 
 

@@ -8,14 +8,15 @@ import hashlib
 import hmac
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
 from clm_core.delivery.model import Outbound, Outcome, SendResult
 from clm_core.delivery.providers.base import HttpProvider, ProviderConfig, retry_after_seconds
+from clm_core.errors import ProviderError
 
 # Twilio error codes: opted out / invalid number (suppress), unroutable (permanent), rate limit.
 TWILIO_REJECTED = {"21610": "opted_out", "21211": "invalid", "21614": "invalid"}
@@ -32,9 +33,14 @@ class TwilioProvider(HttpProvider):
         self.auth = httpx.BasicAuth(self.sid, config.secrets["auth_token"])
         self.sender = config.option("from", "+15005550006")
         self.service_sid = config.option("messaging_service_sid")
+        # Status callbacks come back to this URL with the message key in its query, which ties
+        # each callback to its outbox message (and settles messages whose outcome is unknown).
+        self.status_callback: str | None = config.option("status_callback")
 
     async def send_one(self, m: Outbound) -> SendResult:
         form = {"To": m.to, "Body": m.text or ""}
+        if self.status_callback:
+            form["StatusCallback"] = status_callback_url(self.status_callback, m.key)
         if self.service_sid:
             form["MessagingServiceSid"] = self.service_sid
         else:
@@ -59,6 +65,38 @@ class TwilioProvider(HttpProvider):
         result = self.classify_status(m.key, response, code=code, message=message)
         result.halt = response.status_code in (401, 403) or code == "20003"
         return result
+
+    async def list_sent(self, to: str, since: datetime) -> list[dict[str, str]]:
+        """Twilio's message list for one recipient since a time (all pages). Raises
+        ProviderError when the list cannot be read: reconciliation then settles nothing."""
+        path = f"/2010-04-01/Accounts/{self.sid}/Messages.json"
+        params: dict[str, str | int] | None = {
+            "To": to, "DateSent>=": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "PageSize": 1000}
+        out: list[dict[str, str]] = []
+        url: str | None = path
+        while url:
+            try:
+                response = await self.client.get(url, params=params, auth=self.auth)
+            except httpx.HTTPError as exc:
+                raise ProviderError(self.redact(f"{self.name}: message list: {type(exc).__name__}"))\
+                    from exc
+            if response.status_code != 200:
+                raise ProviderError(self.redact(
+                    f"{self.name}: message list: HTTP {response.status_code}"),
+                    code=str(response.status_code))
+            body = self.json_or_empty(response)
+            out += [m for m in body.get("messages") or [] if isinstance(m, dict)]
+            url, params = body.get("next_page_uri"), None
+        return out
+
+
+def status_callback_url(base: str, key: str) -> str:
+    return f"{base}{'&' if '?' in base else '?'}{urlencode({'clm_key': key})}"
+
+
+def content_digest(to: str, text: str) -> str:
+    """What identifies a sent SMS in a provider's message list: recipient and text."""
+    return hashlib.sha256(f"{to}\n{text}".encode()).hexdigest()
 
 
 def percent_encode(value: str) -> str:
@@ -100,7 +138,7 @@ class AliyunSmsProvider(HttpProvider):
             "Action": "SendSms", "Version": "2017-05-25", "Format": "JSON", "RegionId": "cn-hangzhou",
             "AccessKeyId": self.key_id, "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0",
             "SignatureNonce": uuid.uuid4().hex,
-            "Timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "PhoneNumbers": aliyun_number(m.to), "SignName": self.sign_name,
             "TemplateCode": self.template_codes.get(m.template or "", m.template or ""),
             "TemplateParam": json.dumps({k: str(v) for k, v in
