@@ -78,6 +78,7 @@ def build_store(engine: sa.Engine, n_treated: int, n_control: int, p_treated: fl
             "reason": np.where(control, "control_group", None),
             "send_after": ENTERED, "created_at": ENTERED, "updated_at": ENTERED,
             "sent_at": np.where(control, pd.NaT, pd.Timestamp(ENTERED + timedelta(minutes=5)))})
+        msg["send_after"] = ENTERED + timedelta(minutes=5)
         msg["sent_at"] = pd.to_datetime(msg["sent_at"])
         write_frame(conn, t.messages, msg)
         treated_ids = ids[~control]

@@ -218,13 +218,15 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
                           now: datetime) -> None:
     m, cp = t.messages, t.coupons
     en_ids = sa.select(t.journey_enrollments.c.id).scalar_subquery()
+    # a message's logical time is its planned send time (``send_after``, on the run's clock);
+    # ``sent_at`` records when the provider call happened
     msgs = read_frame(conn, sa.select(m.c.id.label("message_id"), m.c.enrollment_id, m.c.step_id,
-                                      m.c.channel, m.c.sent_at)
-                      .where(m.c.status == "sent", m.c.enrollment_id.in_(en_ids), m.c.sent_at <= now))
+                                      m.c.channel, m.c.send_after.label("sent_at"))
+                      .where(m.c.status == "sent", m.c.enrollment_id.in_(en_ids), m.c.send_after <= now))
     msgs = msgs[msgs["enrollment_id"].isin(enr.index)]
     enr["messages_sent"] = msgs.groupby("enrollment_id").size().reindex(enr.index, fill_value=0)
     # last touch: the last message sent at or before the first order in the window
-    lt = msgs.merge(enr[["first_order_at"]], left_on="enrollment_id", right_index=True)
+    lt = msgs.merge(enr[["first_order_at"]], left_on="enrollment_id", right_index=True).reset_index(drop=True)
     lt = lt[lt["sent_at"] <= lt["first_order_at"]].sort_values(["enrollment_id", "sent_at", "message_id"])
     last = lt.groupby("enrollment_id").tail(1).set_index("enrollment_id")
     enr["last_touch_step"] = last["step_id"].reindex(enr.index)
@@ -236,7 +238,7 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
     enr["coupons_issued"] = coupons.groupby("enrollment_id").size().reindex(enr.index, fill_value=0)
     used = coupons.merge(orders[orders["coupon_code"].notna()], left_on="code", right_on="coupon_code")
     used = used.merge(enr[["customer_id", "entered_at"]], left_on="enrollment_id", right_index=True,
-                      suffixes=("", "_enr"))
+                      suffixes=("", "_enr")).reset_index(drop=True)
     used = used[(used["customer_id"] == used["customer_id_enr"]) & (used["ordered_at"] > used["entered_at"])]
     value = used["value"].astype(float)
     used = used.assign(cost=np.where(used["kind"] == "percent", used["amount"] * value / 100,

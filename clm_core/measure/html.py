@@ -70,6 +70,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "coupon_cost": {"en": "Coupon cost", "zh-CN": "优惠券成本"},
     "net_incr": {"en": "Net incremental revenue [95% CI]", "zh-CN": "净增量收入 [95% CI]"},
     "verdict": {"en": "Verdict", "zh-CN": "结论"},
+    "verdicts": {"en": "Verdicts", "zh-CN": "结论说明"},
+    "call_better": {"en": "treated better", "zh-CN": "实验组更好"},
+    "call_worse": {"en": "treated worse", "zh-CN": "实验组更差"},
+    "call_inconclusive": {"en": "no winner", "zh-CN": "无胜出"},
+    "call_too_small": {"en": "too few", "zh-CN": "样本不足"},
+    "call_no_control": {"en": "no control", "zh-CN": "无对照组"},
+    "step": {"en": "Step", "zh-CN": "步骤"},
+    "window_revenue": {"en": "Revenue in window", "zh-CN": "窗口内收入"},
     "methods": {"en": "Methods", "zh-CN": "方法"},
     "pending": {"en": "enrollments with open conversion windows are left out",
                 "zh-CN": "个转化窗口尚未结束的报名未计入"},
@@ -138,7 +146,7 @@ def _charts(d: ReportData, locale: str) -> dict[str, Markup]:
         out["transitions"] = charts.heatmap(
             [f or t("first_stage", locale) for f in froms], tos,
             lambda i, j: float(d.transitions.get((froms[i] or None, tos[j]), 0)), t("transitions", locale),
-            row_title="→", col_title="")
+            )
     out["clv_hist"] = charts.histogram(d.clv_hist, t("clv_dist", locale))
     if d.rfm_grid:
         out["rfm_grid"] = charts.heatmap(
@@ -169,6 +177,29 @@ def _charts(d: ReportData, locale: str) -> dict[str, Markup]:
     return {k: Markup(v) for k, v in out.items()}  # noqa: S704 (built with escaped labels)
 
 
+def verdict_text(c: Any, which: str, locale: str) -> str:
+    """A comparison's verdict in the report's language (the English text is the reference)."""
+    v = c.verdict if which == "conversion" else c.revenue_verdict
+    if locale == "en":
+        return str(v.text)
+    if which == "conversion":
+        what, diff, lo, hi = "转化率", c.conversion.diff * 100, *(x * 100 for x in c.conversion.diff_ci)
+        f = "{:+.1f} 个百分点".format
+    else:
+        what, diff, (lo, hi) = "人均收入", c.revenue.diff, c.revenue.diff_ci
+        f = "{:+,.2f}".format
+    head = f"{c.label} {what}："
+    more = (f"按当前分组比例，约需再增加 {v.more_customers:,} 名客户才能检测到这一大小的差异（{f(diff)}）"
+            if v.more_customers else "未观察到差异")
+    return head + {
+        "no_control": "没有对照组，无法衡量提升。",
+        "too_small": f"样本太少，无法判断（实验组 {c.treated:,}，对照组 {c.control:,}，每组至少 30）；{more}。",
+        "better": f"实验组优于对照组 {f(diff)}（95% 区间 {f(lo)} 至 {f(hi)}）。",
+        "worse": f"实验组差于对照组 {f(diff)}（95% 区间 {f(lo)} 至 {f(hi)}）。",
+        "inconclusive": f"无胜出：95% 区间 {f(lo)} 至 {f(hi)} 包含零；{more}。",
+    }.get(v.call, str(v.text))
+
+
 def _stage_key(s: str) -> tuple[int, str]:
     return (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s)
 
@@ -179,7 +210,8 @@ def render(d: ReportData, locale: str = "en") -> str:
         raise ValueError(f"locale {locale!r}: use one of {', '.join(LOCALES)}")
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(
         enabled_extensions=("html", "j2"), default_for_string=True), trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(t=lambda key: t(key, locale), pct=pct, money=money, ci=ci, isfinite=math.isfinite)
+    env.globals.update(t=lambda key: t(key, locale), pct=pct, money=money, ci=ci, isfinite=math.isfinite,
+                       verdict=lambda c, which: verdict_text(c, which, locale))
     comparisons = d.lift.comparisons
     return env.get_template("report.html.j2").render(
         d=d, locale=locale, charts=_charts(d, locale), comparisons=comparisons,

@@ -35,6 +35,17 @@ from clm_core.measure import stats
 from clm_core.measure.attribution import purchases_filter, read
 
 
+def label(scope: str, journey: str | None, step: str | None, variant: str | None) -> str:
+    """How a comparison is named in tables and verdicts."""
+    if scope == "program":
+        return "Program vs global control"
+    if scope == "step":
+        return f"{journey} · step {step}"
+    if scope == "variant":
+        return f"{journey} · variant {variant}"
+    return str(journey)
+
+
 @dataclass(frozen=True)
 class Rates:
     converted_t: int
@@ -84,9 +95,7 @@ class Comparison:
 
     @property
     def label(self) -> str:
-        if self.scope == "program":
-            return "program vs global control"
-        return "/".join(x for x in (self.journey, self.step, self.variant) if x)
+        return label(self.scope, self.journey, self.step, self.variant)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,8 +168,7 @@ def compare(scope: str, converted: np.ndarray, revenue: np.ndarray, control: np.
     inc = w.diff * n_t
     inc_ci = (w.low * n_t, w.high * n_t)
     var = (lambda p: p * (1 - p))
-    name = {"program": "Program vs global control"}.get(scope, "/".join(
-        x for x in (journey, step, variant) if x))
+    name = label(scope, journey, step, variant)
     more = stats.more_needed(var(p_t), var(p_c), p_t - p_c, n_t, n_c) \
         if n_t and n_c else None
     v = stats.verdict(f"{name} conversion", n_t, n_c, (p_t - p_c) * 100, lo * 100, hi * 100, more,
