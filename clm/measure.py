@@ -117,7 +117,11 @@ def print_story(story: Any) -> None:
             click.echo(f"  from fit {f['id']}: {f['model']} on {f['n_customers']:,} customers, orders "
                        f"to {_d(f['window_end'])} (time unit {f['time_unit']}), params "
                        + ", ".join(f"{k} {v:.4g}" for k, v in f["params"].items()))
-        click.secho(f"Stage: {story.stage} (since {_d(sc['stage_since'])})", bold=True)
+        click.secho(f"Stage: {story.stage} (since {_d(sc['stage_since'])}); rules tried in order, "
+                    "first match wins:", bold=True)
+        if story.rules_stage != story.stage:
+            click.secho(f"  note: on the data as it is now the rules give {story.rules_stage}; the "
+                        "store changed since it was scored (run clm score again)", fg="yellow")
         for r in story.rules:
             click.echo(f"  {'MATCHED' if r.matched else 'no match':<8} {r.stage}")
             for line in check_text(r.check):
@@ -133,7 +137,7 @@ def print_story(story: Any) -> None:
                     + (f", goal {e['goal']} at {_d(e['converted_at'])}" if e["goal"] else ""), bold=True)
         for m in e["messages"]:
             click.echo(f"  {m['step_id']:<14} {m['channel']:<5} {m['status']:<9} "
-                       f"{_d(m['sent_at'] or m['send_after'])}  {m['why']}")
+                       f"{_d(m['send_after'])}  {m['why']}")
         a = e["attribution"]
         if a:
             click.echo(f"  attribution to {_d(a['window_end'])}: goal {a['goal'] or '—'}"

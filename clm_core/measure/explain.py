@@ -47,6 +47,7 @@ class Story:
     fit: dict[str, Any] | None
     stage: str | None
     rules: list[RuleTrace] = field(default_factory=list)
+    rules_stage: str | None = None  # what the rules give on today's data for the same as-of date
     history: list[dict[str, Any]] = field(default_factory=list)
     enrollments: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -193,7 +194,7 @@ def _why(msg: dict[str, Any]) -> str:
     if code in _WHY and status in ("skipped", "deferred"):
         return f"{status}: {_WHY[code]}" + (f" ({detail})" if detail else "")
     if status == "sent":
-        return "sent: every check passed" + (f" ({reason})" if reason else "")
+        return "sent: every check passed" + (f" ({reason})" if reason and reason != "sent" else "")
     if status in ("failed", "unknown"):
         return f"{status}: {msg.get('error_code') or reason or 'provider error'}"
     return f"{status}" + (f": {reason}" if reason else "")
@@ -229,6 +230,7 @@ def explain(engine: Engine, config: LifecycleConfig, ref: str, rules: StageRules
         row, _ = rules_values(engine, config, rules, pd.Timestamp(scores.as_of).date(), cid)
         if len(row):
             story.rules = rule_traces(rules, row.reset_index(drop=True))
+            story.rules_stage = next((r.stage for r in story.rules if r.matched), None)
     return story
 
 
@@ -238,6 +240,8 @@ def check_text(check: dict[str, Any] | None) -> list[str]:
         return ["(no condition: takes everyone not matched above)"]
 
     def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
         if isinstance(v, float):
             return f"{v:.4g}"
         if isinstance(v, (datetime, pd.Timestamp)):

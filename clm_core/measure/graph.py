@@ -49,8 +49,13 @@ def _value(v: Any) -> str:
 
 
 def _label(text: str) -> str:
-    """Mermaid node text in quotes: quotes and angle brackets as entity codes."""
-    return '"' + text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;") + '"'
+    """Mermaid node text in quotes: quotes and angle brackets as entity codes; the line breaks
+    this module writes (``BR``) become ``<br/>``."""
+    safe = text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    return '"' + safe.replace(BR, "<br/>") + '"'
+
+
+BR = "\x00"  # a line break inside a label (escaping leaves it alone)
 
 
 def _node_id(step_id: str) -> str:
@@ -72,22 +77,22 @@ def mermaid(j: CompiledJourney, counts: dict[str, int] | None = None) -> str:
         trig = "segment: " + condition_text(entry.segment)
     start = f"{j.name}: {trig}"
     if "entered" in counts:
-        start += f"<br/>entered {counts['entered']:,}"
+        start += BR + f"entered {counts['entered']:,}"
     if j.spec.holdout.percent:
-        start += f"<br/>holdout {j.spec.holdout.percent:g}%"
+        start += BR + f"holdout {j.spec.holdout.percent:g}%"
     lines.append(f"  start([{_label(start)}])")
     lines.append(f"  start --> {_node_id(j.first_step)}")
     ended = False
     for step in j.spec.steps:
         nid = _node_id(step.id)
         reached = counts.get(f"step:{step.id}")
-        extra = f"<br/>reached {reached:,}" if reached is not None else ""
+        extra = BR + f"reached {reached:,}" if reached is not None else ""
         nxt = j.successor[step.id]
         if isinstance(step, SendStep):
             coupon = ""
             if step.send.coupon is not None:
                 c = step.send.coupon
-                coupon = f"<br/>coupon {c.value:g}{'%' if c.kind == 'percent' else ' ' + (c.currency or '')}"
+                coupon = BR + f"coupon {c.value:g}{'%' if c.kind == 'percent' else ' ' + (c.currency or '')}"
             lines.append(f"  {nid}[{_label(f'{step.id}: send {step.send.channel} {step.send.template}{coupon}{extra}')}]")
             goto = step.goto or nxt
             lines.append(f"  {nid} --> {'finish' if goto == END else _node_id(goto)}")
@@ -119,7 +124,7 @@ def mermaid(j: CompiledJourney, counts: dict[str, int] | None = None) -> str:
         elif isinstance(step, ExitStep):
             lines.append(f"  {nid}([{_label(f'{step.id}: exit ({step.exit.reason}){extra}')}])")
     goals = ", ".join(g.id for g in j.spec.goals) or "any order"
-    conv = f"<br/>converted {counts['converted']:,}" if "converted" in counts else ""
+    conv = BR + f"converted {counts['converted']:,}" if "converted" in counts else ""
     lines.append(f"  goal[/{_label(f'goal: {goals}{conv}')}/]")
     lines.append("  start -. " + _label(f"within {format_duration(j.spec.conversion_window)}")
                  + " .-> goal")
