@@ -28,18 +28,9 @@ def _money(x: float | None) -> str:
 
 
 def _ensure_attribution(app: App) -> None:
-    """Build the attribution table once if enrollments exist and it was never built."""
-    import sqlalchemy as sa
+    from clm_core.measure.publish import ensure_attribution
 
-    from clm_core.db import tables as t
-    from clm_core.journeys.store import project_policy
-    from clm_core.measure.attribution import rebuild
-
-    with app.engine.connect() as conn:
-        built = conn.execute(sa.select(sa.func.count()).select_from(t.attributions)).scalar()
-        entered = conn.execute(sa.select(sa.func.count()).select_from(t.journey_enrollments)).scalar()
-    if entered and not built:
-        rebuild(app.engine, policy=project_policy(app.settings.section("journeys")))
+    ensure_attribution(app.engine, app.settings)
 
 
 def _load_journey(app: App, name: str) -> Any:
@@ -218,14 +209,9 @@ def register(cli: click.Group) -> None:
     def report(app: App, since: Any, out: str, locale: str, as_json: bool) -> None:
         """Write the store report: one self-contained HTML file (lifecycle, value, churn,
         journeys and lift, model check, deliverability) that opens offline."""
-        from clm_core.journeys.store import journey_files, project_policy
-        from clm_core.journeys.loader import load_journey
-        from clm_core.measure.html import write_report
+        from clm_core.measure.publish import build_report
 
-        _ensure_attribution(app)
-        policy = project_policy(app.settings.section("journeys"))
-        journeys = [load_journey(p, policy) for p in journey_files(app.settings.journeys_dir)]
-        path, summary = write_report(app.engine, out, _since(since), locale, journeys)
+        path, summary = build_report(app.engine, app.settings, out, _since(since), locale)
         if as_json:
             click.echo(json.dumps({"path": str(path), **summary}, indent=2, default=str))
         else:

@@ -11,18 +11,22 @@ from flows.common import dispatch_due, recorded_run, report_and_finish, task_run
 from tasks.journeys import plan_journeys
 from tasks.lifecycle import (fit_is_stale, fit_models, merge_reports, score_chunk, score_customers,
                              score_population)
+from tasks.measure import attribute, publish_report
 
 
 @flow(name="lifecycle", log_prints=False, task_runner=task_runner())
 def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_age_days: float = 7.0,
               dispatch: bool = True, dispatch_chunk_size: int = 2000,
-              dispatch_max_chunks: int = 8, score_chunks: int = 1) -> State:
+              dispatch_max_chunks: int = 8, score_chunks: int = 1,
+              report_path: str | None = None) -> State:
     """Evaluate every customer and send what is due.
 
     ``as_of`` (default: the newest order's day) is the scoring date; ``now`` (default: the
     current time) is the journeys' and dispatcher's clock, settable for backfills and demos.
     ``score_chunks`` > 1 scores customer id ranges as separate tasks (on a Dask cluster, in
     parallel) against shared store-level statistics; the results are the same as one pass.
+    Attribution is rebuilt for ``now`` after dispatch; with ``report_path`` the store report
+    is written there and its summary published as the ``clm-report`` artifact.
     """
     log = get_run_logger()
     with recorded_run("lifecycle", now) as (tgt, run, since):
@@ -39,6 +43,11 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         planned = plan_journeys(tgt, now)
         log.info("journeys: %s", planned["written"])
         sent = dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}
+        attributed = attribute(tgt, now, run.id)
+        log.info("attribution: %s", attributed)
+        if report_path:
+            written = publish_report(tgt, report_path)
+            log.info("report written to %s", written["path"])
         return report_and_finish(tgt, run, since, sent, "lifecycle",
                                  {"scored": scored["customers"], "transitions": scored["transitions"],
                                   "planned": planned["written"]})

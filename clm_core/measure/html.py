@@ -5,6 +5,7 @@ journey names) passes through Jinja2's autoescaping; charts escape their own lab
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,8 @@ def render(d: ReportData, locale: str = "en") -> str:
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(
         enabled_extensions=("html", "j2"), default_for_string=True), trim_blocks=True, lstrip_blocks=True)
     env.globals.update(t=lambda key: t(key, locale), pct=pct, money=money, ci=ci, isfinite=math.isfinite,
-                       verdict=lambda c, which: verdict_text(c, which, locale))
+                       verdict=lambda c, which: verdict_text(c, which, locale),
+                       jnum=lambda x: json.dumps(x if math.isfinite(x) else None))
     comparisons = d.lift.comparisons
     return env.get_template("report.html.j2").render(
         d=d, locale=locale, charts=_charts(d, locale), comparisons=comparisons,
