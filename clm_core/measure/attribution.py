@@ -236,7 +236,10 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
                          .join(m, m.c.id == cp.c.message_id).where(m.c.enrollment_id.in_(en_ids)))
     coupons = coupons[coupons["enrollment_id"].isin(enr.index)]
     enr["coupons_issued"] = coupons.groupby("enrollment_id").size().reindex(enr.index, fill_value=0)
-    used = coupons.merge(orders[orders["coupon_code"].notna()], left_on="code", right_on="coupon_code")
+    coded = orders[orders["coupon_code"].notna()]
+    # empty frames come back with guessed dtypes: compare codes as text
+    used = coupons.astype({"code": "string"}).merge(coded.astype({"coupon_code": "string"}),
+                                                    left_on="code", right_on="coupon_code")
     used = used.merge(enr[["customer_id", "entered_at"]], left_on="enrollment_id", right_index=True,
                       suffixes=("", "_enr")).reset_index(drop=True)
     used = used[(used["customer_id"] == used["customer_id_enr"]) & (used["ordered_at"] > used["entered_at"])]
