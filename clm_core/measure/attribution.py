@@ -110,7 +110,7 @@ def global_control(customer_ids: np.ndarray, policy: ProjectPolicy) -> np.ndarra
 def compute(conn: Connection, now: datetime, policy: ProjectPolicy | None = None,
             run_id: str | None = None) -> pd.DataFrame:
     """The attribution rows (``COLUMNS``) for every enrollment that entered by ``now``."""
-    policy = policy or ProjectPolicy()
+    policy = policy or ProjectPolicy.model_validate({})
     now_ts = pd.Timestamp(now)
     e = t.journey_enrollments
     enr = read_frame(conn, sa.select(

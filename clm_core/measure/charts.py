@@ -59,7 +59,7 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], xlabels: Sequenc
     left, right, top, bottom = 56, 150, 10, 30
     pw, ph = width - left - right, height - top - bottom
     values = [v for _, ys in series for v in ys if v is not None and math.isfinite(v)]
-    hi = ymax if ymax is not None else (max(values) if values else 1) or 1
+    hi = float(ymax if ymax is not None else max(values, default=1.0)) or 1.0
     n = len(xlabels)
 
     def x(i: int) -> float:
@@ -80,11 +80,11 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], xlabels: Sequenc
         c = color(name, s)
         dash = ' stroke-dasharray="5,4"' if name in dashed else ""
         path, pen = [], "M"
-        for i, v in enumerate(ys):
-            if v is None or not math.isfinite(v):
+        for i, val in enumerate(ys):
+            if val is None or not math.isfinite(val):
                 pen = "M"
                 continue
-            path.append(f"{pen}{x(i):.1f},{y(v):.1f}")
+            path.append(f"{pen}{x(i):.1f},{y(val):.1f}")
             pen = "L"
         if path:
             body.append(f'<path d="{" ".join(path)}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')

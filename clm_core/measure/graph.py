@@ -10,8 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from clm_core.journeys.loader import END, CompiledJourney
-from clm_core.journeys.model import (BranchStep, ExitStep, SendStep, SplitStep, WaitStep,
-                                     format_duration)
+from clm_core.journeys.model import (
+    BranchStep,
+    ExitStep,
+    SendStep,
+    SplitStep,
+    WaitStep,
+    format_duration,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection

@@ -42,22 +42,23 @@ def summary_markdown(path: Path, summary: dict[str, Any]) -> str:
     def money(x: Any) -> str:
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.2f}"
 
+    share = summary.get("clv_top10_share")
+    top10 = f"{share:.0%}" if share is not None and math.isfinite(share) else "n/a"
     lines = [f"# Store report as of {summary.get('as_of') or '?'}", "",
              f"HTML report: `{path}`", "",
              f"- customers: {summary['customers']:,}",
              "- stages: " + ", ".join(f"{k} {v:,}" for k, v in summary["stages"].items()),
-             f"- 12-month CLV total: {money(summary['clv_total'])}; top 10% hold "
-             + (f"{summary['clv_top10_share']:.0%}" if summary.get("clv_top10_share") is not None
-                else "n/a"),
-             f"- revenue at risk: {money(summary['revenue_at_risk'])} "
-             f"({summary['customers_at_risk']:,} customers at risk)", "",
-             "| journey | treated | control | conversion lift (pts) | 95% interval | net incremental revenue | verdict |",
+             f"- 12-month CLV total: {money(summary['clv_total'])}; top 10% hold {top10}",
+             (f"- revenue at risk: {money(summary['revenue_at_risk'])} "
+              f"({summary['customers_at_risk']:,} customers at risk)"), "",
+             ("| journey | treated | control | conversion lift (pts) | 95% interval "
+              "| net incremental revenue | verdict |"),
              "|---|---:|---:|---:|---|---:|---|"]
     for j in summary["journeys"]:
         lo, hi = j["conversion_lift_ci"]
         ok = all(isinstance(x, float) and math.isfinite(x) for x in (j["conversion_lift"], lo, hi))
         lines.append(f"| {j['comparison']} | {j['treated']:,} | {j['control']:,} | "
-                     + (f"{j['conversion_lift'] * 100:+.1f} | [{lo * 100:+.1f}, {hi * 100:+.1f}]" if ok
-                        else "n/a | n/a")
+                     + (f"{j['conversion_lift'] * 100:+.1f} | [{lo * 100:+.1f}, {hi * 100:+.1f}]"
+                        if ok else "n/a | n/a")
                      + f" | {money(j['net_incremental_revenue'])} | {j['verdict']} |")
     return "\n".join(lines) + "\n"

@@ -295,7 +295,7 @@ def _deliverability(conn: Connection, since: datetime | None) -> list[dict[str, 
     q = sa.select(m.c.channel, sa.func.count()).where(m.c.status == "sent").group_by(m.c.channel)
     if since is not None:
         q = q.where(m.c.sent_at >= since)
-    sent = dict(conn.execute(q).all())
+    sent: dict[str, int] = {str(c): int(n) for c, n in conn.execute(q)}
     channel = sa.func.coalesce(ev.c.properties["channel"].as_string(), "email")
     eq = sa.select(channel, ev.c.event_type, sa.func.count()).where(
         ev.c.event_type.in_(BOUNCE_EVENTS + COMPLAINT_EVENTS)).group_by(channel, ev.c.event_type)
@@ -305,20 +305,20 @@ def _deliverability(conn: Connection, since: datetime | None) -> list[dict[str, 
     for ch, kind, n in conn.execute(eq):
         key = "bounced" if kind in BOUNCE_EVENTS else "complained"
         events[(ch, key)] = events.get((ch, key), 0) + int(n)
-    failed = dict(conn.execute(sa.select(m.c.channel, sa.func.count()).where(
-        m.c.status == "failed").group_by(m.c.channel)).all())
+    failed: dict[str, int] = {str(c): int(n) for c, n in conn.execute(sa.select(
+        m.c.channel, sa.func.count()).where(m.c.status == "failed").group_by(m.c.channel))}
     uq = sa.select(sp.c.channel, sa.func.count()).where(sp.c.reason.in_(UNSUBSCRIBE_REASONS)).group_by(sp.c.channel)
     if since is not None:
         uq = uq.where(sp.c.created_at >= since)
-    unsub = dict(conn.execute(uq).all())
+    unsub: dict[str, int] = {str(c): int(n) for c, n in conn.execute(uq)}
     out = []
     for ch in sorted(set(sent) | set(failed) | set(unsub) | {c for c, _ in events}):
         n = int(sent.get(ch, 0))
-        row = {"channel": ch, "sent": n, "failed": int(failed.get(ch, 0)),
-               "bounced": events.get((ch, "bounced"), 0), "complained": events.get((ch, "complained"), 0),
-               "unsubscribed": int(unsub.get(ch, 0))}
+        counts = {"sent": n, "failed": failed.get(ch, 0), "bounced": events.get((ch, "bounced"), 0),
+                  "complained": events.get((ch, "complained"), 0), "unsubscribed": unsub.get(ch, 0)}
+        row: dict[str, Any] = {"channel": ch, **counts}
         for k in ("bounced", "complained", "unsubscribed"):
-            row[f"{k}_rate"] = row[k] / n if n else math.nan
+            row[f"{k}_rate"] = counts[k] / n if n else math.nan
         out.append(row)
     return out
 
