@@ -213,7 +213,7 @@ def _churn_by(conn: Connection) -> dict[str, list[dict[str, Any]]]:
         for interval, part in df.groupby(band, observed=True):
             n = len(part)
             out["first_order_value"].append({
-                "key": f"{interval.left:,.0f}–{interval.right:,.0f}", "customers": n,
+                "key": f"{max(interval.left, 0):,.0f}–{interval.right:,.0f}", "customers": n,
                 "churned": float(part["stage"].isin(CHURNED).mean()),
                 "at_risk": float(part["stage"].isin(AT_RISK).mean()), "clv_at_risk": math.nan})
     return out
