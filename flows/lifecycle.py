@@ -13,13 +13,15 @@ from clm_core.delivery.dispatcher import DispatchReport
 from flows.common import dispatch_due, recorded_run, report_and_finish, run_clock, task_runner
 from tasks.journeys import plan_journeys
 from tasks.lifecycle import merge_reports, score_chunk, score_customers, score_population
+from tasks.measure import attribute, publish_report
 
 
 @flow(name="lifecycle", log_prints=False, task_runner=task_runner())
 def lifecycle(as_of: date | None = None, now: datetime | None = None,
               fit_max_age_days: float | None = None, fit_id: int | None = None,
               dispatch: bool = True, dispatch_chunk_size: int = 2000,
-              dispatch_max_chunks: int = 8, score_chunks: int = 1, simulated: bool = False) -> State:
+              dispatch_max_chunks: int = 8, score_chunks: int = 1, simulated: bool = False,
+              report_path: str | None = None) -> State:
     """Evaluate every customer and send what is due.
 
     One clock for the whole run (``clm_core.runclock.resolve``, which says why): ``as_of`` is
@@ -33,6 +35,8 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None,
     Dask cluster, in parallel) against shared store-level statistics; the results are the same
     as one pass. ``simulated`` marks a run on a simulated clock (the demo, a replay): it is
     recorded with the run, and ``clm run`` continues that clock.
+    Attribution is rebuilt for ``now`` after dispatch; with ``report_path`` the store report
+    is written there and its summary published as the ``clm-report`` artifact.
     """
     log = get_run_logger()
     clock = run_clock(as_of, now)
@@ -53,6 +57,11 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None,
         log.info("journeys: %s", planned)
         sent = (dispatch_due(tgt, clock.now, dispatch_chunk_size, dispatch_max_chunks) if dispatch
                 else DispatchReport())
+        attributed = attribute(tgt, clock.now, run.id)
+        log.info("attribution: %s", attributed)
+        if report_path:
+            written = publish_report(tgt, report_path)
+            log.info("report written to %s", written["path"])
         return report_and_finish(tgt, run, since, sent, "lifecycle",
                                  {"as_of": clock.as_of.isoformat(), "now": clock.now.isoformat(),
                                   "fit_id": scored.fit_id, "scored": scored.customers,

@@ -255,3 +255,18 @@ def test_a_backfill_enters_stage_journeys_and_two_runs_write_the_same_rows(
         if a_recorded:  # the wall clock did differ: only recorded_at shows it
             assert a_recorded != b_recorded, table.name
 
+
+
+def test_lifecycle_writes_the_report_and_publishes_its_summary(store: sa.Engine, tmp_path: Path) -> None:
+    from flows.lifecycle import lifecycle
+
+    out = tmp_path / "report.html"
+    state = lifecycle(report_path=str(out), return_state=True)
+    assert state.is_completed(), state.message
+    assert out.exists() and "<svg" in out.read_text(encoding="utf-8")
+    summary = artifacts(state.state_details.flow_run_id)["clm-report"]
+    assert str(out.resolve()) in summary and "# Store report as of" in summary
+    with store.connect() as conn:
+        attributed = conn.scalar(sa.select(sa.func.count()).select_from(t.attributions))
+        entered = conn.scalar(sa.select(sa.func.count()).select_from(t.journey_enrollments))
+    assert attributed == entered

@@ -203,6 +203,42 @@ journey_enrollments = sa.Table(
 sa.Index("ix_journey_enrollments_status_due", journey_enrollments.c.status,
          journey_enrollments.c.step_due_at)
 
+# --- measurement ------------------------------------------------------------------------------
+
+attributions = sa.Table(
+    "attributions", metadata,
+    # one row per enrollment (treated and control), rebuilt from the tables above by
+    # clm_core.measure.attribution; nothing else writes it
+    sa.Column("enrollment_id", sa.Integer,
+              sa.ForeignKey("journey_enrollments.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("journey", sa.String(100), nullable=False, index=True),
+    sa.Column("journey_version", sa.Integer, nullable=False),
+    _customer_fk(),
+    sa.Column("is_control", sa.Boolean, nullable=False),
+    sa.Column("global_control", sa.Boolean, nullable=False),
+    sa.Column("variant", sa.String(64)),
+    _ts("entered_at", nullable=False),
+    _ts("window_end", nullable=False),  # entered_at + the journey's conversion window
+    sa.Column("window_complete", sa.Boolean, nullable=False),  # window_end <= measured_at
+    sa.Column("goal", sa.String(64)),
+    _ts("goal_at"),
+    sa.Column("orders", sa.Integer, nullable=False),
+    sa.Column("revenue", sa.Float, nullable=False),
+    sa.Column("pre_revenue", sa.Float, nullable=False),  # same length window before entry
+    sa.Column("messages_sent", sa.Integer, nullable=False),
+    sa.Column("coupons_issued", sa.Integer, nullable=False),
+    sa.Column("coupons_redeemed", sa.Integer, nullable=False),
+    sa.Column("coupon_cost", sa.Float, nullable=False),
+    sa.Column("delivered", sa.Integer, nullable=False),
+    sa.Column("opened", sa.Integer, nullable=False),
+    sa.Column("clicked", sa.Integer, nullable=False),
+    # last-touch view (secondary): the last message sent before the first order in the window
+    sa.Column("last_touch_step", sa.String(64)),
+    sa.Column("last_touch_channel", sa.String(16)),
+    _ts("measured_at", nullable=False),  # the logical time the attribution was computed for
+    sa.Column("run_id", sa.String(64)),
+)
+
 # --- delivery ---------------------------------------------------------------------------------
 
 messages = sa.Table(

@@ -350,6 +350,9 @@ class Journey(Spec):
     exit_when_audience_lost: bool = True
     goals: list[Goal] = Field(default_factory=list)
     exit_on_goal: bool = True
+    conversion_window: Duration = Field(
+        default=timedelta(days=14), json_schema_extra={"default": "14d"},
+        description="how long after entry an order counts for the journey in attribution and lift")
     holdout: Holdout = Field(default_factory=Holdout)
     contact_policy: ContactPolicy = Field(default_factory=ContactPolicy)
     on_edit: Literal["stay", "move", "drain"] = Field(

@@ -143,7 +143,7 @@ def load_previous(conn: Connection, keys: Iterable[tuple[str, int]],
 
 # --- snapshot ---------------------------------------------------------------------------------
 
-def _frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
+def read_frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
     """A query's rows as a DataFrame, fast: times come back raw (text on SQLite) and are parsed
     in one vectorised pass per column instead of one Python call per value."""
     times = []
@@ -161,6 +161,9 @@ def _frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
     for name in times:
         df[name] = pd.to_datetime(df[name], format="ISO8601").astype("datetime64[ns]")
     return df
+
+
+_frame = read_frame
 
 
 def _times(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:

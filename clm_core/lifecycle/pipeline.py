@@ -255,6 +255,34 @@ def customer_ranges(engine: Engine, chunks: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _rules_frame(engine: Engine, config: LifecycleConfig, f: pd.DataFrame,
+                 purchases: ModelFit | None, spend: ModelFit | None, as_of: date,
+                 shared: Population | None) -> pd.DataFrame:
+    """Features + model scores + RFM + previous stage: every value a stage rule reads (the
+    model fields empty while the store has too little history for a fit)."""
+    if purchases is None or spend is None:
+        scores = without_model(f.index)
+    else:
+        scores = score_frame(f, purchases.model, purchases.params, spend.params,
+                             purchases.time_unit, config.discount_rate)
+    with engine.connect() as conn:
+        return rules_view(conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1),
+                          as_of)
+
+
+def rules_values(engine: Engine, config: LifecycleConfig, rules: StageRules, as_of: date,
+                 customer_id: int) -> tuple[pd.DataFrame, Population]:
+    """The one-row frame the stage rules saw for ``customer_id`` when scored as of ``as_of``
+    (computed again by the same code, against the same store-wide statistics)."""
+    shared = population(engine, config, as_of)
+    with engine.connect() as conn:
+        unit = shared.purchases.time_unit if shared.purchases else config.time_unit
+        f = customer_features(conn, as_of, unit, customer_columns=rules.fields,
+                              ids=(customer_id, customer_id + 1),
+                              typical_gap=shared.typical_gap_days, rhythm=config.rhythm).frame
+    return _rules_frame(engine, config, f, shared.purchases, shared.spend, as_of, shared), shared
+
+
 def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
           rules: StageRules | None = None, run_id: str | None = None,
           ids: tuple[int, int] | None = None, shared: Population | None = None,
@@ -294,16 +322,10 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     mark = time.perf_counter()
     no_model = None
     if purchases is None or spend is None:
-        scores = without_model(f.index)
         short = shortfall(f) if shared is None else None
         no_model = short.message() if short else shared.no_model if shared else None
-    else:
-        scores = score_frame(f, purchases.model, purchases.params, spend.params,
-                             purchases.time_unit, config.discount_rate)
-    with engine.connect() as conn:
-        view = rules_view(conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1),
-                          as_of)
-    del f, scores
+    view = _rules_frame(engine, config, f, purchases, spend, as_of, shared)
+    del f
     cache.clear()  # the chunk's features are not needed past this point
     clock["scores"] = time.perf_counter() - mark
     mark = time.perf_counter()

@@ -1,0 +1,122 @@
+"""The store report: self-contained, escaped, in two languages, and equal to ``clm lift --json``
+and ``clm status``; opened in headless Chromium when it is installed."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from clm import cli
+from clm_core.db import tables as t
+from clm_core.lifecycle.pipeline import LifecycleConfig, score
+from clm_core.measure.attribution import rebuild
+from tests.measure_helpers import NOW, build_store
+from tests.test_lifecycle_rules import REPO
+from tests.test_lifecycle_scoring import AS_OF, seed
+
+HOSTILE = "<img src=x>"  # a locale from an import: customer data, never markup
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for k, v in attrs:
+            if k in ("src", "href", "xlink:href", "action", "data") or (v and "url(" in v):
+                self.urls.append((tag, k, v or ""))
+
+
+def _store(engine: sa.Engine) -> None:
+    ids = seed(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.customers).where(t.customers.c.id == ids["A"]).values(locale=HOSTILE))
+    score(engine, LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml"), as_of=AS_OF)
+    build_store(engine, 120, 90, 0.45, 0.25, seed=4)
+    rebuild(engine, NOW)
+
+
+def _cli(engine: sa.Engine, *args: str) -> str:
+    url = engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(cli, ["--database", url, "--project", str(REPO), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_report_is_self_contained_escaped_and_matches_lift_and_status(engine: sa.Engine, tmp_path: Path) -> None:
+    _store(engine)
+    out = tmp_path / "report.html"
+    _cli(engine, "report", "--out", str(out))
+    html = out.read_text(encoding="utf-8")
+    parser = _Links()
+    parser.feed(html)
+    assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
+    assert all(v.startswith("#") for _, k, v in parser.urls if k != "xmlns"), parser.urls
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in html
+    assert HOSTILE not in html and "&lt;img src=x&gt;" in html
+    for section in ("lifecycle", "value", "churn", "journeys", "model", "deliverability"):
+        assert f'<section id="{section}">' in html
+    assert html.count("<svg") >= 6
+    # the same numbers as clm lift --json ...
+    lifted = json.loads(_cli(engine, "lift", "--json"))
+    for c in lifted["comparisons"]:
+        row = (f'data-comparison="{c["label"]}" data-treated="{c["treated"]}" '
+               f'data-control="{c["control"]}" data-lift="{json.dumps(c["conversion"]["diff"])}"')
+        assert row in html.replace("&#39;", "'"), row
+    journey = next(c for c in lifted["comparisons"] if c["scope"] == "journey")
+    assert journey["verdict"]["text"] in html
+    # ... and as clm status
+    status = json.loads(_cli(engine, "status", "--json"))
+    for stage, n in status["stages"].items():
+        assert f'data-stage="{stage}"><b>{n:,}</b>' in html
+
+
+def test_report_in_chinese_and_its_summary(engine: sa.Engine, tmp_path: Path) -> None:
+    _store(engine)
+    out = tmp_path / "zh.html"
+    data = json.loads(_cli(engine, "report", "--out", str(out), "--locale", "zh-CN", "--json"))
+    html = out.read_text(encoding="utf-8")
+    assert '<html lang="zh-CN">' in html and "店铺报告" in html and "生命周期" in html
+    assert "95% 区间" in html  # verdicts in Chinese too
+    assert data["path"] == str(out) and data["customers"] > 0
+    assert data["journeys"][0]["comparison"] == "offer"
+
+
+def test_report_on_an_empty_store_says_so(engine: sa.Engine, tmp_path: Path) -> None:
+    out = tmp_path / "empty.html"
+    _cli(engine, "report", "--out", str(out))
+    html = out.read_text(encoding="utf-8")
+    assert "No enrollment has a complete conversion window yet." in html
+    assert "No fit with a holdout period is stored" in html
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium "
+                    "(apt-get install -y chromium)")
+def test_report_opens_in_chromium_without_console_errors(engine: sa.Engine, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    if engine.dialect.name != "sqlite":
+        pytest.skip("one backend is enough for the browser")
+    _store(engine)
+    out = tmp_path / "report.html"
+    _cli(engine, "report", "--out", str(out))
+    messages: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: messages.append(f"error: {e}"))
+        page.on("request", lambda r: None if r.url.startswith("file:") else messages.append(r.url))
+        page.goto(out.as_uri())
+        assert page.locator("#lift tr").count() > 2
+        assert page.locator("section#churn svg").count() >= 2
+        browser.close()
+    assert messages == []
