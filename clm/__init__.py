@@ -16,7 +16,7 @@ from clm.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modul
 
 # Modules of this package that add commands: each defines ``register(cli: click.Group) -> None``.
 # ``flows`` holds the commands that run Prefect flows (demo, run, limits).
-COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "flows"]
+COMMAND_MODULES = ["db", "data", "ops", "lifecycle", "journeys", "delivery", "loyalty", "flows"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})

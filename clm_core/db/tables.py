@@ -63,6 +63,7 @@ orders = sa.Table(
     sa.Column("currency", sa.String(3)),
     sa.Column("quantity", sa.Integer),
     sa.Column("status", sa.String(16), nullable=False, server_default="completed"),
+    sa.Column("points_redeemed", sa.Integer),  # loyalty points the customer spent on it
     sa.CheckConstraint("amount >= 0", name="amount_non_negative"),
 )
 sa.Index("ix_orders_customer_ordered", orders.c.customer_id, orders.c.ordered_at)
@@ -252,6 +253,49 @@ suppressions = sa.Table(
     sa.Column("source", sa.String(64)),  # provider name, unsubscribe link, import
     _ts("created_at", nullable=False),
     sa.UniqueConstraint("channel", "address"),
+)
+
+# --- loyalty ----------------------------------------------------------------------------------
+
+points_ledger = sa.Table(
+    "points_ledger", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(128), nullable=False, unique=True),  # why the row exists
+    _customer_fk(),
+    sa.Column("kind", sa.String(16), nullable=False),  # earn bonus reverse redeem expire reward adjust
+    sa.Column("points", sa.Integer, nullable=False),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="SET NULL")),
+    _ts("occurred_at", nullable=False),  # the run's clock
+    _ts("expires_at"),
+    sa.Column("reason", sa.String(200)),
+    _ts("recorded_at", nullable=False),  # wall clock
+    sa.Column("run_id", sa.String(64)),
+)
+
+loyalty_status = sa.Table(
+    "loyalty_status", metadata,
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("points_balance", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("points_expiring_30d", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tier", sa.String(32), index=True),
+    _ts("tier_since"),
+    _ts("tier_grace_until"),  # set while the customer qualifies below the tier held
+    sa.Column("points_to_next_tier", sa.Float),  # in the qualifying unit (points or spend)
+    sa.Column("qualifying", sa.Float),
+    _ts("next_expiry_at"),
+    _ts("as_of", nullable=False),
+)
+
+tier_transitions = sa.Table(
+    "tier_transitions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    _customer_fk(),
+    sa.Column("from_tier", sa.String(32)),
+    sa.Column("to_tier", sa.String(32), nullable=False),
+    _ts("transitioned_at", nullable=False),
+    _ts("recorded_at", nullable=False),
+    sa.Column("run_id", sa.String(64)),
 )
 
 # --- operations -------------------------------------------------------------------------------

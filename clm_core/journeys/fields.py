@@ -30,4 +30,9 @@ def _columns(table: sa.Table) -> dict[str, str]:
 # Derived columns the engine adds to every customer row.
 DERIVED = {"days_in_stage": "number", "customer_id": "number"}
 
-FIELDS: dict[str, str] = {**_columns(t.customers), **_columns(t.customer_scores), **DERIVED}
+# Loyalty fields (points_balance, points_expiring_30d, tier, tier_since, points_to_next_tier,
+# ...): empty for customers who are not members.
+LOYALTY = {k: v for k, v in _columns(t.loyalty_status).items() if k not in ("as_of", "qualifying")}
+
+FIELDS: dict[str, str] = {**_columns(t.customers), **_columns(t.customer_scores), **LOYALTY,
+                          **DERIVED}

@@ -13,6 +13,7 @@ from clm_core.errors import Problem, SpecError, TemplateRenderError
 from clm_core.journeys.loader import CompiledJourney, load_journey
 from clm_core.journeys.model import ProjectPolicy, SendStep
 from clm_core.journeys.store import NOT_JOURNEYS, duplicate_name, journey_files
+from clm_core.loyalty.spec import LOYALTY_FILE, load_programme
 from clm_core.settings import Settings
 from clm_core.suggest import did_you_mean
 from clm_core.templating import TemplateStore, sample_context
@@ -34,6 +35,14 @@ def _stage_rules(path: Path) -> list[Problem]:
         return []
     try:
         load_rules(path)
+    except SpecError as exc:
+        return exc.problems
+    return []
+
+
+def _loyalty(path: Path) -> list[Problem]:
+    try:
+        load_programme(path.parent)
     except SpecError as exc:
         return exc.problems
     return []
@@ -91,7 +100,7 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
     seen: dict[str, str] = {}
     for f in files:
         if f.name in NOT_JOURNEYS:
-            problems += _stage_rules(f)
+            problems += _loyalty(f) if f.name == LOYALTY_FILE else _stage_rules(f)
             continue
         try:
             j = load_journey(f, policy)

@@ -1,0 +1,196 @@
+"""The loyalty evaluation's edges: read what it needs, append its ledger rows, keep each
+member's status current, record tier transitions and reward events — all in the caller's
+transaction, so a crash leaves either everything or nothing of one evaluation.
+
+Appends are keyed (``points_ledger.key`` is unique and inserted with ON CONFLICT DO NOTHING),
+so two racing evaluations, or a rerun after a kill -9, add nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
+from clm_core.errors import ConfigError, InputError
+from clm_core.loyalty.ledger import (
+    LEDGER_COLUMNS,
+    STATUS_COLUMNS,
+    Evaluation,
+    Inputs,
+    empty_ledger,
+    evaluate,
+    whole_points,
+)
+from clm_core.loyalty.spec import Programme
+from clm_core.runs import utcnow
+
+REWARD_EVENT = "loyalty_reward"
+
+
+@dataclass
+class Summary:
+    """What one evaluation did, for the command's output and the flow's report."""
+
+    as_of: datetime
+    members: int
+    rows: dict[str, int]  # kind -> rows appended
+    points: dict[str, int]  # kind -> points appended
+    tier_changes: int
+    rewards: int
+    tiers: dict[str, int]  # tier -> members
+
+    def lines(self) -> list[str]:
+        added = ", ".join(f"{k} {self.rows[k]:,} ({self.points[k]:+,} points)"
+                          for k in sorted(self.rows)) or "nothing new"
+        tiers = ", ".join(f"{k} {v:,}" for k, v in self.tiers.items())
+        return [f"loyalty as of {self.as_of:%Y-%m-%d %H:%M}: {self.members:,} members ({tiers})",
+                f"  ledger: {added}",
+                f"  tier changes: {self.tier_changes:,}; rewards issued: {self.rewards:,}"]
+
+
+def _frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    result = conn.execute(query)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _birthday_months(conn: Connection) -> pd.DataFrame:
+    """Birthday month per customer from the ``birthday`` attribute (YYYY-MM-DD or MM-DD)."""
+    c = t.customers
+    df = _frame(conn, sa.select(c.c.id.label("customer_id"), c.c.attributes)
+                .where(c.c.attributes.is_not(None)))
+
+    def month(attrs: object) -> float:
+        if isinstance(attrs, str):
+            attrs = json.loads(attrs)
+        value = str((attrs or {}).get("birthday", "")) if isinstance(attrs, dict) else ""
+        parts = value.split("-")
+        try:
+            m = int(parts[-2]) if len(parts) >= 2 else 0
+        except ValueError:
+            return float("nan")
+        return float(m) if 1 <= m <= 12 else float("nan")
+
+    df["birthday_month"] = df["attributes"].map(month) if not df.empty else []
+    return df[["customer_id", "birthday_month"]]
+
+
+def read_inputs(conn: Connection, prog: Programme, now: datetime) -> Inputs:
+    o = t.orders
+    orders = _frame(conn, sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
+                                    o.c.currency, o.c.status, o.c.points_redeemed)
+                    .where(o.c.ordered_at <= now))
+    orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
+    orders["amount"] = orders["amount"].astype(float)
+    if any(b.sku_prefix for b in prog.bonuses):
+        i = t.order_items
+        skus = _frame(conn, sa.select(i.c.order_id, i.c.sku))
+    else:
+        skus = pd.DataFrame({"order_id": pd.Series(dtype="int64"), "sku": pd.Series(dtype=object)})
+    customers = _birthday_months(conn) if any(b.birthday_month for b in prog.bonuses) else \
+        pd.DataFrame({"customer_id": pd.Series(dtype="int64"),
+                      "birthday_month": pd.Series(dtype=float)})
+    lg = t.points_ledger
+    ledger = _frame(conn, sa.select(*[lg.c[c] for c in LEDGER_COLUMNS]))
+    if ledger.empty:
+        ledger = empty_ledger()
+    for col in ("occurred_at", "expires_at"):
+        ledger[col] = pd.to_datetime(ledger[col])
+    ledger["order_id"] = ledger["order_id"].astype(float)
+    ledger["points"] = ledger["points"].astype("int64")
+    st = t.loyalty_status
+    status = _frame(conn, sa.select(*[st.c[c] for c in STATUS_COLUMNS]))
+    return Inputs(orders, skus, customers, ledger, status)
+
+
+def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
+    recorded = utcnow()
+    if not ev.rows.empty:
+        rows = ev.rows.copy()
+        rows["order_id"] = rows["order_id"].astype("Int64")
+        rows["recorded_at"], rows["run_id"] = recorded, run_id
+        write_frame(conn, t.points_ledger, rows, keys=["key"])
+    if not ev.status.empty:
+        write_frame(conn, t.loyalty_status, ev.status, keys=["customer_id"],
+                    update=[c for c in STATUS_COLUMNS if c != "customer_id"])
+    if not ev.transitions.empty:
+        tr = ev.transitions.copy()
+        tr["recorded_at"], tr["run_id"] = recorded, run_id
+        write_frame(conn, t.tier_transitions, tr)
+    if not ev.rewards.empty:
+        # The event a reward journey enters on; its id is the ledger key, so it exists once.
+        events = pd.DataFrame({
+            "external_id": "loyalty:" + ev.rewards["key"],
+            "customer_id": ev.rewards["customer_id"].astype("int64"),
+            "event_type": REWARD_EVENT, "occurred_at": ev.rewards["occurred_at"],
+            "properties": [{"reward": r, "ledger_key": k}
+                           for r, k in zip(ev.rewards["reward"], ev.rewards["key"])]})
+        write_frame(conn, t.events, events, keys=["external_id"])
+
+
+def run_loyalty(engine: Engine, prog: Programme, now: datetime,
+                run_id: str | None = None) -> Summary:
+    """One evaluation as of ``now`` in one transaction."""
+    with engine.begin() as conn:
+        inp = read_inputs(conn, prog, now)
+        ev = evaluate(prog, inp, pd.Timestamp(now))
+        write_evaluation(conn, ev, run_id)
+    rows = ev.rows.groupby("kind").size().to_dict() if not ev.rows.empty else {}
+    points = ev.rows.groupby("kind")["points"].sum().to_dict() if not ev.rows.empty else {}
+    tiers = ev.status["tier"].value_counts()
+    order = [n for n in prog.tier_names() if n in tiers.index]
+    return Summary(now, len(ev.status), {k: int(v) for k, v in rows.items()},
+                   {k: int(v) for k, v in points.items()}, len(ev.transitions), len(ev.rewards),
+                   {n: int(tiers[n]) for n in order})
+
+
+def adjust(engine: Engine, customer_ref: str, points: float, reason: str, now: datetime,
+           adjustment_id: str | None = None) -> dict[str, object]:
+    """An operator's adjustment: one ``adjust`` row with the reason. ``adjustment_id`` makes a
+    repeated command (a retry after a timeout) a no-op; by default it is derived from the
+    customer, points, reason and time, so the same command at the same ``now`` adds once."""
+    if not reason.strip():
+        raise ConfigError("an adjustment needs a reason (--reason)")
+    try:
+        pts = whole_points(points)
+    except ValueError as exc:
+        raise InputError(f"points {points!r}: {exc}") from None
+    if pts == 0:
+        raise InputError("an adjustment of 0 points changes nothing")
+    c = t.customers
+    with engine.begin() as conn:
+        cid = conn.execute(sa.select(c.c.id).where(c.c.external_id == customer_ref)).scalar()
+        if cid is None and customer_ref.isdigit():
+            cid = conn.execute(sa.select(c.c.id).where(c.c.id == int(customer_ref))).scalar()
+        if cid is None:
+            raise InputError(f"no customer {customer_ref!r} (give the external id or the id)")
+        digest = hashlib.sha256(reason.encode()).hexdigest()[:12]
+        ident = adjustment_id or f"{cid}:{pts}:{now:%Y%m%dT%H%M%S}:{digest}"
+        key = f"adjust:{ident}"[:128]
+        row = pd.DataFrame([{"key": key, "customer_id": cid, "kind": "adjust", "points": pts,
+                             "order_id": None, "occurred_at": now, "expires_at": None,
+                             "reason": reason[:200], "recorded_at": utcnow(), "run_id": None}])
+        added = write_frame(conn, t.points_ledger, row, keys=["key"])
+        lg = t.points_ledger
+        balance = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(lg.c.points), 0))
+                               .where(lg.c.customer_id == cid)).scalar()
+        conn.execute(sa.update(t.loyalty_status).where(t.loyalty_status.c.customer_id == cid)
+                     .values(points_balance=balance))
+    return {"customer_id": cid, "points": pts, "added": bool(added), "balance": int(balance or 0),
+            "key": key}
+
+
+def ledger_of(engine: Engine, customer_id: int) -> pd.DataFrame:
+    lg = t.points_ledger
+    with engine.connect() as conn:
+        return _frame(conn, sa.select(lg.c.key, lg.c.kind, lg.c.points, lg.c.occurred_at,
+                                      lg.c.expires_at, lg.c.reason)
+                      .where(lg.c.customer_id == customer_id)
+                      .order_by(lg.c.occurred_at, lg.c.id))
