@@ -9,8 +9,16 @@ from prefect.states import State
 
 from flows.common import dispatch_due, recorded_run, report_and_finish, task_runner
 from tasks.journeys import plan_journeys
+from tasks.loyalty import evaluate_loyalty
 from tasks.lifecycle import (fit_is_stale, fit_models, merge_reports, score_chunk, score_customers,
                              score_population)
+
+
+def loyalty_clock(now: datetime | None, as_of: str) -> datetime:
+    """The loyalty evaluation's clock: the run's ``now``, else the end of the scoring day."""
+    if now is not None:
+        return now
+    return datetime.combine(date.fromisoformat(str(as_of)[:10]), datetime.max.time())
 
 
 @flow(name="lifecycle", log_prints=False, task_runner=task_runner())
@@ -36,6 +44,10 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None, fit_max_ag
         else:
             scored = score_customers(tgt, as_of, run.id)
         log.info("scored %s customers as of %s: %s", scored["customers"], scored["as_of"], scored["stages"])
+        # Points and tiers before planning, so tier changes and rewards enter journeys today.
+        members = evaluate_loyalty(tgt, loyalty_clock(now, scored["as_of"]), run.id)
+        if members is not None:
+            log.info("; ".join(members.lines()))
         planned = plan_journeys(tgt, now)
         log.info("journeys: %s", planned["written"])
         sent = dispatch_due(tgt, now, dispatch_chunk_size, dispatch_max_chunks) if dispatch else {}

@@ -161,3 +161,34 @@ def test_kill_minus_nine_leaves_the_same_ledger(tmp_path: Path, db_url: str,
         assert status(engine) == status(clean)
     finally:
         clean.dispose()
+
+
+def test_tier_transitions_enter_journeys(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+    """New members enter the welcome journey; only a move from member or silver to gold enters
+    the upgrade journey; the reward event enters the reward journey."""
+    root = project(tmp_path, db_url)
+    for name in ("programme_welcome", "tier_upgrade", "reward_ready"):
+        (root / "journeys" / f"{name}.yaml").write_text(
+            (REPO / "journeys" / f"{name}.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    seed(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.customers).values(consent_email=True,
+                                                   email=sa.literal("x@example.com")))
+        write_frame(conn, t.customer_scores, pd.DataFrame(
+            [{"customer_id": i, "as_of": pd.Timestamp("2025-03-31").date(), "stage": "active",
+              "scored_at": pd.Timestamp("2025-03-31")} for i in range(1, 5)]))
+    run(root, "loyalty", "--now", "2025-03-31 23:00")
+    out = run(root, "plan", "--at", "2025-04-01 10:00")
+    blocks = {b.split()[0]: b for b in out.split("\n\n")[1:]}
+    assert "enter     3 " in blocks["programme_welcome"]  # customers 1, 2, 3 (4 is pending)
+    assert "enter     0 " in blocks["tier_upgrade"]  # customer 2 became gold from no tier
+    assert "enter     1 " in blocks["reward_ready"]  # customer 2's voucher
+    # customer 1 climbs to gold from member a month later: the upgrade journey takes her
+    with engine.begin() as conn:
+        write_frame(conn, t.orders, pd.DataFrame([{
+            "id": 50, "external_id": "o50", "customer_id": 1,
+            "ordered_at": pd.Timestamp("2025-04-20"), "amount": 400.0, "status": "completed"}]))
+    run(root, "loyalty", "--now", "2025-04-30 23:00")
+    out = run(root, "plan", "--at", "2025-05-01 10:00")
+    blocks = {b.split()[0]: b for b in out.split("\n\n")[1:]}
+    assert "enter     1 " in blocks["tier_upgrade"]

@@ -259,17 +259,22 @@ class _Run:
         return pd.DataFrame({"customer_id": ids.to_numpy(),
                              "trigger_at": np.full(len(ids), self.now.to_datetime64())})
 
-    def _tier_triggers(self, to: str, from_: list[str] | None, since: pd.Timestamp) -> pd.DataFrame:
-        """Like a stage trigger, over loyalty tier transitions (still in the tier now)."""
+    def _tier_triggers(self, to: str | None, from_: list[str] | None,
+                       since: pd.Timestamp) -> pd.DataFrame:
+        """Like a stage trigger, over loyalty tier transitions (still in the tier now);
+        ``from: none`` matches a customer's first tier."""
         tr = self.snap.tier_transitions
-        ok = (tr["to_tier"] == to) & (tr["transitioned_at"] > since) \
-            & (tr["transitioned_at"] <= self.now)
+        ok = (tr["transitioned_at"] > since) & (tr["transitioned_at"] <= self.now)
+        if to is not None:
+            ok &= tr["to_tier"] == to
         if from_:
-            ok &= tr["from_tier"].isin(from_)
+            ok &= tr["from_tier"].isin(from_) | (tr["from_tier"].isna() & ("none" in from_))
         hit = tr[ok].groupby("customer_id")["transitioned_at"].max()
         hit = hit[hit.index.isin(self.cust.index)]
         if "tier" in self.cust:
-            hit = hit[(self.cust.loc[hit.index, "tier"] == to).to_numpy(bool)]
+            now_tier = self.cust.loc[hit.index, "tier"]
+            still = now_tier == to if to is not None else now_tier.notna()
+            hit = hit[still.to_numpy(bool)]
         return pd.DataFrame({"customer_id": hit.index.to_numpy(), "trigger_at": hit.to_numpy()})
 
     def enter(self) -> None:
@@ -441,7 +446,8 @@ class _Run:
             if j.segment is not None:
                 matching = j.segment.mask(rows).to_numpy(bool)
             elif j.spec.entry.tier is not None:
-                matching = (rows["tier"] == j.spec.entry.tier.to).to_numpy(bool)
+                to = j.spec.entry.tier.to
+                matching = (rows["tier"] == to if to else rows["tier"].notna()).to_numpy(bool)
             else:
                 matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
             self._set(idx[~matching], unmatched_at=self.now)

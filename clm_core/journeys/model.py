@@ -83,16 +83,23 @@ class StageEntry(Spec):
 
 
 class TierEntry(Spec):
-    """Enter when the customer moves into loyalty tier ``to`` (optionally only from ``from``;
-    a new member comes from no tier)."""
+    """Enter when the customer moves into loyalty tier ``to`` (any tier when omitted),
+    optionally only from the tiers in ``from``, where ``none`` means "was not a member":
+    ``{from: none}`` enters every new member, whatever tier they start in."""
 
-    to: str = Field(min_length=1, max_length=32)
+    to: str | None = Field(None, min_length=1, max_length=32)
     from_: list[str] | None = Field(None, alias="from")
 
     @field_validator("from_", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _something(self) -> TierEntry:
+        if self.to is None and not self.from_:
+            raise ValueError("a tier entry needs 'to' (the tier reached), 'from', or both")
+        return self
 
 
 class EventEntry(Spec):

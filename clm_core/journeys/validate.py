@@ -40,12 +40,41 @@ def _stage_rules(path: Path) -> list[Problem]:
     return []
 
 
+def _programme_tiers(files: list[Path]) -> list[str] | None:
+    """Tier names of the programme beside the checked journeys (None without a valid one)."""
+    for directory in {f.parent for f in files}:
+        try:
+            prog = load_programme(directory)
+        except SpecError:
+            return []  # reported on its own; no tier can be checked against it
+        if prog is not None:
+            return prog.tier_names()
+    return None
+
+
 def _loyalty(path: Path) -> list[Problem]:
     try:
         load_programme(path.parent)
     except SpecError as exc:
         return exc.problems
     return []
+
+
+def tier_problems(j: CompiledJourney, tiers: list[str] | None) -> list[Problem]:
+    """A tier trigger must name a tier of the loyalty programme (and there must be one)."""
+    entry = j.spec.entry.tier
+    if entry is None:
+        return []
+    _, loc = parse_yaml(j.source, j.file)
+    if tiers is None:
+        return [loc.problem(("entry", "tier"), f"entry on a tier, but there is no loyalty "
+                            f"programme ({LOYALTY_FILE} next to the journeys)")]
+    refs = [(entry.to, ("entry", "tier", "to"))] if entry.to else []
+    refs += [(name, ("entry", "tier", "from", i)) for i, name in enumerate(entry.from_ or [])
+             if name != "none"]  # "none": not a member before
+    return [loc.problem(path, f"unknown tier {name!r}{did_you_mean(name, tiers)}; the "
+                        f"programme's tiers: {', '.join(tiers)} (and 'none' in from)")
+            for name, path in refs if name not in tiers]
 
 
 def template_problems(j: CompiledJourney, store: TemplateStore) -> list[Problem]:
@@ -98,6 +127,7 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
         else:
             problems.append(Problem(str(p), None, None, "no such file or directory"))
     seen: dict[str, str] = {}
+    tiers = _programme_tiers(files)
     for f in files:
         if f.name in NOT_JOURNEYS:
             problems += _loyalty(f) if f.name == LOYALTY_FILE else _stage_rules(f)
@@ -108,4 +138,5 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
             problems += exc.problems
             continue
         problems += duplicate_name(j, seen) + j.warnings + template_problems(j, store)
+        problems += tier_problems(j, tiers)
     return problems
