@@ -62,7 +62,7 @@ orders = sa.Table(
     sa.Column("amount", Money, nullable=False),
     sa.Column("currency", sa.String(3)),
     sa.Column("quantity", sa.Integer),
-    sa.Column("status", sa.String(16), nullable=False, server_default="completed"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="completed", index=True),
     sa.Column("points_redeemed", sa.Integer),  # loyalty points the customer spent on it
     sa.CheckConstraint("amount >= 0", name="amount_non_negative"),
 )
@@ -264,7 +264,8 @@ points_ledger = sa.Table(
     _customer_fk(),
     sa.Column("kind", sa.String(16), nullable=False),  # earn bonus reverse redeem expire reward adjust
     sa.Column("points", sa.Integer, nullable=False),
-    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="SET NULL")),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="SET NULL"),
+              index=True),
     _ts("occurred_at", nullable=False),  # the run's clock
     _ts("expires_at"),
     sa.Column("reason", sa.String(200)),
@@ -284,7 +285,19 @@ loyalty_status = sa.Table(
     sa.Column("points_to_next_tier", sa.Float),  # in the qualifying unit (points or spend)
     sa.Column("qualifying", sa.Float),
     _ts("next_expiry_at"),
+    _ts("tier_review_at"),  # when the oldest order of the tier window leaves it
     _ts("as_of", nullable=False),
+)
+sa.Index("ix_loyalty_status_next_expiry_at", loyalty_status.c.next_expiry_at)
+
+# One row: how far the evaluations have got, so the next one reads only what changed.
+loyalty_state = sa.Table(
+    "loyalty_state", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("order_watermark", sa.Integer, nullable=False),  # highest order id evaluated
+    sa.Column("pending_watermark", sa.Integer, nullable=False),  # lowest id then still pending
+    sa.Column("ledger_watermark", sa.Integer, nullable=False),  # highest ledger id after it
+    _ts("last_now", nullable=False),
 )
 
 tier_transitions = sa.Table(

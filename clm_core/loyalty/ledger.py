@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,7 @@ LEDGER_COLUMNS = ["key", "customer_id", "kind", "points", "order_id", "occurred_
                   "expires_at", "reason"]
 STATUS_COLUMNS = ["customer_id", "points_balance", "points_expiring_30d", "tier", "tier_since",
                   "tier_grace_until", "points_to_next_tier", "qualifying", "next_expiry_at",
-                  "as_of"]
-_ROUND = {"down": ROUND_FLOOR, "nearest": ROUND_HALF_UP, "up": ROUND_CEILING}
+                  "tier_review_at", "as_of"]
 
 
 @dataclass
@@ -92,10 +91,18 @@ def typed(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def round_points(values: pd.Series, mode: str) -> pd.Series:
-    """Whole points from exact decimal amounts (float rounding would lose a point at x.5)."""
-    rounding = _ROUND[mode]
-    return values.map(lambda v: int(Decimal(str(v)).to_integral_value(rounding))).astype("int64")
+def scaled_points(cents: np.ndarray, ratio: Fraction, mode: str) -> np.ndarray:
+    """Whole points for amounts in cents times an exact rate, rounded as the programme says.
+
+    Integer arithmetic throughout: float rounding would give 0.29 * 100 = 28.999... and lose a
+    point at every x.5 boundary; Python decimals would be exact but a hundred times slower."""
+    num = cents.astype("int64") * ratio.numerator
+    den = ratio.denominator
+    if mode == "down":
+        return num // den
+    if mode == "up":
+        return -((-num) // den)
+    return (2 * num + den) // (2 * den)  # nearest, halves up
 
 
 def _rows(df: pd.DataFrame, **cols: object) -> pd.DataFrame:
@@ -132,9 +139,22 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
         return empty_ledger()
     tier = earns["customer_id"].map(inp.status.set_index("customer_id")["tier"]) \
         if not inp.status.empty else pd.Series(None, index=earns.index, dtype=object)
-    exact = earns["amount"].map(lambda a: Decimal(str(a))) * prog.earning.points_per_unit \
-        * _tier_multipliers(prog, tier)
-    base = round_points(exact, prog.earning.rounding)
+    mult = _tier_multipliers(prog, tier).to_numpy()
+    cents = np.rint(earns["amount"].to_numpy(float) * 100).astype("int64")
+    rate = Fraction(prog.earning.points_per_unit) / 100
+    mode = prog.earning.rounding
+
+    def points_at(extra: Fraction, rows: np.ndarray) -> np.ndarray:
+        """Points of ``rows`` at their tier multiplier times ``extra``, exactly rounded."""
+        out = np.zeros(int(rows.sum()), dtype="int64")
+        sub_mult, sub_cents = mult[rows], cents[rows]
+        for m in set(sub_mult):
+            at = sub_mult == m
+            out[at] = scaled_points(sub_cents[at], rate * Fraction(m) * extra, mode)
+        return out
+
+    every = np.ones(len(earns), dtype=bool)
+    base = pd.Series(points_at(Fraction(1), every), index=earns.index)
     expires = earns["ordered_at"] + prog.expiry.after if prog.expiry else pd.NaT
     out = [_rows(earns, key="earn:" + earns["id"].astype(str), kind="earn", points=base,
                  order_id=earns["id"].astype(float), occurred_at=earns["ordered_at"],
@@ -146,12 +166,12 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
             sk = inp.skus[inp.skus["sku"].astype(str).str.startswith(b.sku_prefix)]
             hit = earns["id"].isin(sk["order_id"])
         else:
-            hit = earns["amount"].map(lambda a: Decimal(str(a))) >= b.min_amount
+            hit = pd.Series(cents >= int(b.min_amount * 100), index=earns.index)
         hit = hit.fillna(False).astype(bool)
         if not hit.any():
             continue
         sel = earns[hit]
-        pts = (round_points(exact[hit] * (b.multiplier - 1), prog.earning.rounding)
+        pts = (pd.Series(points_at(Fraction(b.multiplier - 1), hit.to_numpy()), index=sel.index)
                if b.multiplier is not None else pd.Series(b.points, index=sel.index))
         ex = expires[hit] if isinstance(expires, pd.Series) else expires
         out.append(_rows(sel, key=f"bonus:{b.id}:" + sel["id"].astype(str), kind="bonus",
@@ -239,17 +259,20 @@ def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.
 
 
 def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
-               now: pd.Timestamp) -> pd.Series:
-    """Spend or points earned over the tier window ending ``now``, per customer."""
+               now: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+    """Spend or points earned over the tier window ending ``now``, per customer, and when the
+    oldest of it leaves the window (the first moment the amount can fall)."""
     start = now - prog.tiers.window
     if prog.tiers.qualify_on == "spend":
         o = orders[~orders["status"].isin(REVERSED + WAITING)
                    & (orders["ordered_at"] > start) & (orders["ordered_at"] <= now)]
-        return o.groupby("customer_id")["amount"].sum().astype(float)
+        by = o.groupby("customer_id")
+        return by["amount"].sum().astype(float), by["ordered_at"].min() + prog.tiers.window
     led = lots(ledger)
     led = led[(led["occurred_at"] > start) & (led["occurred_at"] <= now)
               & led["kind"].isin(EARNING_KINDS)]
-    return led.groupby("customer_id")["points"].sum().astype(float)
+    by = led.groupby("customer_id")
+    return by["points"].sum().astype(float), by["occurred_at"].min() + prog.tiers.window
 
 
 def tiers(prog: Programme, members: pd.Index, qual: pd.Series, stored: pd.DataFrame,
@@ -313,8 +336,12 @@ def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
                                                  "customer_id"])
                               | set(ledger["customer_id"]) | set(inp.status["customer_id"])),
                        name="customer_id", dtype="int64")
-    qual = qualifying(prog, inp.orders, ledger, now)
+    qual, leaves = qualifying(prog, inp.orders, ledger, now)
     status, transitions = tiers(prog, members, qual, inp.status, now)
+    # Only a member above the entry tier can fall, and only when the window loses an order.
+    above = status["tier"] != prog.tiers.levels[0].name
+    review = leaves.astype("datetime64[ns]").reindex(status["customer_id"]).to_numpy()
+    status["tier_review_at"] = np.where(above.to_numpy(), review, np.datetime64("NaT"))
     lot = lots(ledger)
     live = lot[(lot["remaining"] > 0) & lot["expires_at"].notna()]
     soon = live[(live["expires_at"] > now) & (live["expires_at"] <= now + pd.Timedelta(days=30))]

@@ -20,15 +20,8 @@ from sqlalchemy.engine import Connection, Engine
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import ConfigError, InputError
-from clm_core.loyalty.ledger import (
-    LEDGER_COLUMNS,
-    STATUS_COLUMNS,
-    Evaluation,
-    Inputs,
-    empty_ledger,
-    evaluate,
-    whole_points,
-)
+from clm_core.loyalty.ledger import (LEDGER_COLUMNS, REVERSED, STATUS_COLUMNS, WAITING,
+                                     Evaluation, Inputs, empty_ledger, evaluate, whole_points)
 from clm_core.loyalty.spec import Programme
 from clm_core.runs import utcnow
 
@@ -41,6 +34,7 @@ class Summary:
 
     as_of: datetime
     members: int
+    evaluated: int  # customers whose points or tier could have changed (all on a full run)
     rows: dict[str, int]  # kind -> rows appended
     points: dict[str, int]  # kind -> points appended
     tier_changes: int
@@ -51,7 +45,8 @@ class Summary:
         added = ", ".join(f"{k} {self.rows[k]:,} ({self.points[k]:+,} points)"
                           for k in sorted(self.rows)) or "nothing new"
         tiers = ", ".join(f"{k} {v:,}" for k, v in self.tiers.items())
-        return [f"loyalty as of {self.as_of:%Y-%m-%d %H:%M}: {self.members:,} members ({tiers})",
+        return [f"loyalty as of {self.as_of:%Y-%m-%d %H:%M}: {self.members:,} members ({tiers}); "
+                f"{self.evaluated:,} evaluated",
                 f"  ledger: {added}",
                 f"  tier changes: {self.tier_changes:,}; rewards issued: {self.rewards:,}"]
 
@@ -82,23 +77,79 @@ def _birthday_months(conn: Connection) -> pd.DataFrame:
     return df[["customer_id", "birthday_month"]]
 
 
-def read_inputs(conn: Connection, prog: Programme, now: datetime) -> Inputs:
+_IDS = sa.Table("loyalty_ids", sa.MetaData(), sa.Column("customer_id", sa.Integer,
+                                                      primary_key=True),
+                prefixes=["TEMPORARY"])
+
+
+def _only(query: sa.Select, column: sa.ColumnElement, ids: bool) -> sa.Select:
+    """Restrict ``query`` to the customers in the temporary id table (when there is one)."""
+    return query.where(column.in_(sa.select(_IDS.c.customer_id))) if ids else query
+
+
+def changed_customers(conn: Connection, now: datetime) -> list[int] | None:
+    """Customers whose points or tier can differ from what is stored: new or late orders since
+    the last evaluation, pending orders, cancelled or refunded orders not yet reversed, points
+    that expire, grace periods that end, tier windows that lose an order, and adjustments.
+    None (everyone) on the first evaluation or when the clock goes back (a backfill)."""
+    state = conn.execute(sa.select(t.loyalty_state)).first()
+    if state is None or now < state.last_now:
+        return None
+    o, lg, st = t.orders, t.points_ledger, t.loyalty_status
+    rev = lg.alias("rev")
+    earned = lg.alias("earned")
+    parts = [
+        # new orders, and every order from the oldest one that was pending last time (a pending
+        # order that completed since earns now; pending orders are recent, so this is short)
+        sa.select(o.c.customer_id).where(
+            o.c.id >= min(state.order_watermark + 1, state.pending_watermark),
+            o.c.ordered_at <= now),
+        sa.select(o.c.customer_id).where(o.c.ordered_at > state.last_now, o.c.ordered_at <= now),
+        sa.select(o.c.customer_id).where(o.c.status.in_(WAITING), o.c.ordered_at <= now),
+        sa.select(o.c.customer_id)
+        .select_from(o.join(earned, sa.and_(earned.c.order_id == o.c.id,
+                                            earned.c.kind == "earn")))
+        .where(o.c.status.in_(REVERSED),
+               ~sa.exists().where(rev.c.order_id == o.c.id, rev.c.kind == "reverse")),
+        sa.select(st.c.customer_id).where(st.c.next_expiry_at <= now),
+        sa.select(st.c.customer_id).where(st.c.tier_grace_until <= now),
+        sa.select(st.c.customer_id).where(st.c.tier_review_at <= now),
+        sa.select(lg.c.customer_id).where(lg.c.id > state.ledger_watermark),
+    ]
+    found: set[int] = set()
+    for part in parts:
+        found.update(conn.execute(part).scalars())
+    return sorted(found)
+
+
+def read_inputs(conn: Connection, prog: Programme, now: datetime,
+                ids: list[int] | None = None) -> Inputs:
+    """What the evaluation needs, for every customer or only for ``ids``."""
+    only = ids is not None
+    if only:
+        _IDS.create(conn, checkfirst=True)
+        conn.execute(sa.delete(_IDS))
+        if ids:
+            conn.execute(_IDS.insert(), [{"customer_id": i} for i in ids])
     o = t.orders
-    orders = _frame(conn, sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
-                                    o.c.currency, o.c.status, o.c.points_redeemed)
-                    .where(o.c.ordered_at <= now))
+    orders = _frame(conn, _only(sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
+                                          o.c.currency, o.c.status, o.c.points_redeemed)
+                                .where(o.c.ordered_at <= now), o.c.customer_id, only))
     orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
     orders["amount"] = orders["amount"].astype(float)
     if any(b.sku_prefix for b in prog.bonuses):
         i = t.order_items
-        skus = _frame(conn, sa.select(i.c.order_id, i.c.sku))
+        skus = _frame(conn, _only(sa.select(i.c.order_id, i.c.sku)
+                                  .select_from(i.join(o, o.c.id == i.c.order_id)),
+                                  o.c.customer_id, only))
     else:
         skus = pd.DataFrame({"order_id": pd.Series(dtype="int64"), "sku": pd.Series(dtype=object)})
     customers = _birthday_months(conn) if any(b.birthday_month for b in prog.bonuses) else \
         pd.DataFrame({"customer_id": pd.Series(dtype="int64"),
                       "birthday_month": pd.Series(dtype=float)})
     lg = t.points_ledger
-    ledger = _frame(conn, sa.select(*[lg.c[c] for c in LEDGER_COLUMNS]))
+    ledger = _frame(conn, _only(sa.select(*[lg.c[c] for c in LEDGER_COLUMNS]),
+                                lg.c.customer_id, only))
     if ledger.empty:
         ledger = empty_ledger()
     for col in ("occurred_at", "expires_at"):
@@ -106,8 +157,26 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime) -> Inputs:
     ledger["order_id"] = ledger["order_id"].astype(float)
     ledger["points"] = ledger["points"].astype("int64")
     st = t.loyalty_status
-    status = _frame(conn, sa.select(*[st.c[c] for c in STATUS_COLUMNS]))
+    status = _frame(conn, _only(sa.select(*[st.c[c] for c in STATUS_COLUMNS]),
+                                st.c.customer_id, only))
+    if only:
+        _IDS.drop(conn)
     return Inputs(orders, skus, customers, ledger, status)
+
+
+def save_state(conn: Connection, now: datetime) -> None:
+    """Remember how far this evaluation got (ids only grow, so a watermark is exact)."""
+    o, lg, state = t.orders, t.points_ledger, t.loyalty_state
+    order_wm = conn.execute(sa.select(sa.func.coalesce(sa.func.max(o.c.id), 0))
+                            .where(o.c.ordered_at <= now)).scalar()
+    pending_wm = conn.execute(sa.select(sa.func.min(o.c.id))
+                              .where(o.c.status.in_(WAITING))).scalar()
+    ledger_wm = conn.execute(sa.select(sa.func.coalesce(sa.func.max(lg.c.id), 0))).scalar()
+    write_frame(conn, state, pd.DataFrame([{
+        "id": 1, "order_watermark": order_wm, "last_now": now, "ledger_watermark": ledger_wm,
+        "pending_watermark": pending_wm if pending_wm is not None else order_wm + 1}]),
+        keys=["id"], update=["order_watermark", "pending_watermark", "ledger_watermark",
+                             "last_now"])
 
 
 def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
@@ -135,20 +204,27 @@ def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> No
         write_frame(conn, t.events, events, keys=["external_id"])
 
 
-def run_loyalty(engine: Engine, prog: Programme, now: datetime,
-                run_id: str | None = None) -> Summary:
-    """One evaluation as of ``now`` in one transaction."""
+def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | None = None,
+                full: bool = False) -> Summary:
+    """One evaluation as of ``now`` in one transaction: only the customers whose points or tier
+    can have changed since the last one (``full``: everyone; the results are the same)."""
     with engine.begin() as conn:
-        inp = read_inputs(conn, prog, now)
+        if conn.dialect.name == "postgresql":  # one evaluation at a time: watermarks are shared
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
+        ids = None if full else changed_customers(conn, now)
+        inp = read_inputs(conn, prog, now, ids)
         ev = evaluate(prog, inp, pd.Timestamp(now))
         write_evaluation(conn, ev, run_id)
+        save_state(conn, now)
+        st = t.loyalty_status
+        counts = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
+                                   .group_by(st.c.tier)).all())
     rows = ev.rows.groupby("kind").size().to_dict() if not ev.rows.empty else {}
     points = ev.rows.groupby("kind")["points"].sum().to_dict() if not ev.rows.empty else {}
-    tiers = ev.status["tier"].value_counts()
-    order = [n for n in prog.tier_names() if n in tiers.index]
-    return Summary(now, len(ev.status), {k: int(v) for k, v in rows.items()},
-                   {k: int(v) for k, v in points.items()}, len(ev.transitions), len(ev.rewards),
-                   {n: int(tiers[n]) for n in order})
+    order = [n for n in prog.tier_names() if n in counts]
+    return Summary(now, sum(counts.values()), len(ev.status),
+                   {k: int(v) for k, v in rows.items()}, {k: int(v) for k, v in points.items()},
+                   len(ev.transitions), len(ev.rewards), {n: int(counts[n]) for n in order})
 
 
 def adjust(engine: Engine, customer_ref: str, points: float, reason: str, now: datetime,

@@ -33,6 +33,16 @@ def upgrade() -> None:
     sa.UniqueConstraint('key', name=op.f('uq_points_ledger_key'))
     )
     op.create_index(op.f('ix_points_ledger_customer_id'), 'points_ledger', ['customer_id'])
+    op.create_index(op.f('ix_points_ledger_order_id'), 'points_ledger', ['order_id'])
+    op.create_index(op.f('ix_orders_status'), 'orders', ['status'])
+    op.create_table('loyalty_state',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_watermark', sa.Integer(), nullable=False),
+    sa.Column('pending_watermark', sa.Integer(), nullable=False),
+    sa.Column('ledger_watermark', sa.Integer(), nullable=False),
+    sa.Column('last_now', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loyalty_state'))
+    )
     op.create_table('loyalty_status',
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('points_balance', sa.Integer(), server_default='0', nullable=False),
@@ -43,11 +53,13 @@ def upgrade() -> None:
     sa.Column('points_to_next_tier', sa.Float(), nullable=True),
     sa.Column('qualifying', sa.Float(), nullable=True),
     sa.Column('next_expiry_at', sa.DateTime(), nullable=True),
+    sa.Column('tier_review_at', sa.DateTime(), nullable=True),
     sa.Column('as_of', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_loyalty_status_customer_id_customers'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('customer_id', name=op.f('pk_loyalty_status'))
     )
     op.create_index(op.f('ix_loyalty_status_tier'), 'loyalty_status', ['tier'])
+    op.create_index('ix_loyalty_status_next_expiry_at', 'loyalty_status', ['next_expiry_at'])
     op.create_table('tier_transitions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=False),
@@ -65,6 +77,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('tier_transitions')
     op.drop_table('loyalty_status')
+    op.drop_table('loyalty_state')
     op.drop_table('points_ledger')
+    op.drop_index(op.f('ix_orders_status'), table_name='orders')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_column('points_redeemed')
