@@ -75,7 +75,7 @@ def test_hand_computed_rows_balances_and_tiers() -> None:
         "earn:1": 120, "bonus:big:1": 50, "earn:2": 30, "bonus:bday:2": 30,
         "earn:3": 600, "bonus:big:3": 50,
         "earn:5": 80, "earn:6": 10, "redeem:6": -40, "expire:earn:5": -40,
-        "reward:voucher:1": -500,
+        "reward:voucher:2:1": -500,
     }
     st = ev.status.set_index("customer_id")
     assert st["points_balance"].to_dict() == {1: 230, 2: 150, 3: 0 + 10}
@@ -86,7 +86,7 @@ def test_hand_computed_rows_balances_and_tiers() -> None:
     # customer 3's 10 points from 2024-06-01 expire 2025-06-01: not within 30 days of now
     assert st["points_expiring_30d"].to_dict() == {1: 0, 2: 0, 3: 0}
     assert set(ev.transitions["to_tier"]) == {"member", "gold"}
-    assert list(ev.rewards["key"]) == ["reward:voucher:1"]
+    assert list(ev.rewards["key"]) == ["reward:voucher:2:1"]
 
 
 def test_rerun_appends_nothing_and_refund_reverses_later() -> None:
@@ -147,3 +147,16 @@ def test_malformed_files_are_located(text: str, where: str, says: str) -> None:
         parse_programme(text, "loyalty.yaml")
     shown = "\n".join(str(p) for p in err.value.problems)
     assert where in shown and says in shown, shown
+
+
+def test_every_customer_gets_their_own_rewards() -> None:
+    """Two members each buy two rewards: four rows, keys unique per customer."""
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    o = orders([(1, 1, "2025-01-10", 1000.00, "completed", None),
+                (2, 2, "2025-01-11", 1100.00, "completed", None)])
+    ev = evaluate(prog, inputs(o), T("2025-01-31"))
+    rewards = ev.rows[ev.rows["kind"] == "reward"]
+    assert sorted(rewards["key"]) == ["reward:voucher:1:1", "reward:voucher:1:2",
+                                      "reward:voucher:2:1", "reward:voucher:2:2"]
+    assert not ev.rows["key"].duplicated().any()
+    assert ev.status.set_index("customer_id")["points_balance"].to_dict() == {1: 50, 2: 150}

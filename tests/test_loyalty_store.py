@@ -88,13 +88,13 @@ def test_hand_computed_store_through_the_command(tmp_path: Path, db_url: str,
     assert {(k, p) for k, _, _, p, _, _ in first} == {
         ("earn:1", 120), ("bonus:big:1", 50), ("earn:2", 30), ("bonus:bday:2", 30),
         ("earn:3", 600), ("bonus:big:3", 50), ("earn:5", 80), ("earn:6", 10), ("redeem:6", -40),
-        ("expire:earn:5", -40), ("reward:voucher:1", -500)}
+        ("expire:earn:5", -40), ("reward:voucher:2:1", -500)}
     assert status(engine) == {1: (230, "member"), 2: (150, "gold"), 3: (10, "member")}
     # the reward is an event a journey can enter on, recorded once
     with engine.connect() as conn:
         events = conn.execute(sa.select(t.events.c.external_id, t.events.c.customer_id)
                               .where(t.events.c.event_type == "loyalty_reward")).all()
-    assert [tuple(e) for e in events] == [("loyalty:reward:voucher:1", 2)]
+    assert [tuple(e) for e in events] == [("loyalty:reward:voucher:2:1", 2)]
     # a second evaluation at the same time adds nothing
     assert "nothing new" in run(root, "loyalty", "--now", "2025-03-31 23:00")
     assert ledger(engine) == first

@@ -17,7 +17,7 @@ key                            row
 ``redeem:{order}``             points the customer spent on that order (imported with it)
 ``expire:{lot}``               what is left of an earning lot when it expires (oldest points
                                are spent first)
-``reward:{reward}:{n}``        the n-th reward issued: its points debited
+``reward:{reward}:{cust}:{n}`` the customer's n-th reward: its points debited
 ``adjust:{id}``                an operator's adjustment, with a reason
 =============================  ================================================================
 
@@ -220,7 +220,11 @@ def lots(ledger: pd.DataFrame) -> pd.DataFrame:
     adds = debits[debits["points"] > 0]
     earned = pd.concat([earned, adds], ignore_index=True)
     used = (-debits.loc[debits["points"] < 0].groupby("customer_id")["points"].sum())
-    earned = earned.sort_values(["customer_id", "occurred_at", "key"], kind="mergesort")
+    # Oldest first; ties (bonus and earn of one order) by order, then earn before bonus.
+    order = np.lexsort((earned["kind"].eq("bonus").to_numpy(), earned["order_id"].fillna(-1)
+                        .to_numpy(), earned["occurred_at"].to_numpy(),
+                        earned["customer_id"].to_numpy()))
+    earned = earned.iloc[order]
     cum = earned.groupby("customer_id")["points"].cumsum()
     taken = earned["customer_id"].map(used).fillna(0)
     # Remaining of lot i: its points, less the part of the debits that reaches it.
@@ -254,7 +258,8 @@ def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.
     frame = pd.DataFrame({"customer_id": cust})
     frame["k"] = frame.groupby("customer_id").cumcount() + 1 \
         + frame["customer_id"].map(prior).fillna(0).astype("int64")
-    return _rows(frame, key=f"reward:{reward.id}:" + frame["k"].astype(str), kind="reward",
+    return _rows(frame, key=f"reward:{reward.id}:" + frame["customer_id"].astype(str) + ":"
+                 + frame["k"].astype(str), kind="reward",
                  points=-reward.points, occurred_at=now, reason=reward.id)
 
 

@@ -9,7 +9,6 @@ so two racing evaluations, or a rerun after a kill -9, add nothing twice.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,28 +51,33 @@ class Summary:
 
 
 def _frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
-    result = conn.execute(query)
-    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    """Rows as a DataFrame, column by column (building it from Row objects costs ten times
+    more); times arrive as text on SQLite and are parsed in one vectorised pass."""
+    times, cols = [], []
+    for col in query.selected_columns:
+        if isinstance(col.type, (sa.DateTime, sa.Date)):
+            times.append(col.name)
+            col = sa.type_coerce(col, sa.String).label(col.name)
+        cols.append(col)
+    result = conn.execute(query.with_only_columns(*cols))
+    keys = list(result.keys())
+    rows = result.fetchall()
+    df = pd.DataFrame(dict(zip(keys, map(list, zip(*rows)))) if rows else {k: [] for k in keys})
+    for name in times:
+        df[name] = pd.to_datetime(df[name], format="ISO8601").astype("datetime64[ns]")
+    return df
 
 
 def _birthday_months(conn: Connection) -> pd.DataFrame:
-    """Birthday month per customer from the ``birthday`` attribute (YYYY-MM-DD or MM-DD)."""
+    """Birthday month per customer from the ``birthday`` attribute (YYYY-MM-DD or MM-DD);
+    extracted by the database, so customers without one cost nothing."""
     c = t.customers
-    df = _frame(conn, sa.select(c.c.id.label("customer_id"), c.c.attributes)
-                .where(c.c.attributes.is_not(None)))
-
-    def month(attrs: object) -> float:
-        if isinstance(attrs, str):
-            attrs = json.loads(attrs)
-        value = str((attrs or {}).get("birthday", "")) if isinstance(attrs, dict) else ""
-        parts = value.split("-")
-        try:
-            m = int(parts[-2]) if len(parts) >= 2 else 0
-        except ValueError:
-            return float("nan")
-        return float(m) if 1 <= m <= 12 else float("nan")
-
-    df["birthday_month"] = df["attributes"].map(month) if not df.empty else []
+    birthday = c.c.attributes["birthday"].as_string()
+    df = _frame(conn, sa.select(c.c.id.label("customer_id"), birthday.label("birthday"))
+                .where(birthday.is_not(None)))
+    parts = df["birthday"].astype(str).str.split("-")
+    month = pd.to_numeric(parts.str[-2], errors="coerce")
+    df["birthday_month"] = month.where(month.between(1, 12))
     return df[["customer_id", "birthday_month"]]
 
 
@@ -185,7 +189,8 @@ def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> No
         rows = ev.rows.copy()
         rows["order_id"] = rows["order_id"].astype("Int64")
         rows["recorded_at"], rows["run_id"] = recorded, run_id
-        write_frame(conn, t.points_ledger, rows, keys=["key"])
+        # A first evaluation writes the whole history: bulk mode (table locked meanwhile).
+        write_frame(conn, t.points_ledger, rows, keys=["key"], bulk=len(rows) > 50_000)
     if not ev.status.empty:
         write_frame(conn, t.loyalty_status, ev.status, keys=["customer_id"],
                     update=[c for c in STATUS_COLUMNS if c != "customer_id"])
