@@ -9,8 +9,8 @@ measures, each in a fresh process so peak memory is its own:
 - full history: the first evaluation (every earning row, expiries, rewards, tiers);
 - one day: about 0.2% of customers order once more; the next evaluation reads only the
   customers whose points or tier can have changed;
-- naive: the same day evaluated for every member from the whole history (``full=True``); the
-  ledger rows and balances it gives are the same (checked at the end).
+- naive: the same day evaluated for every member from the whole history (``full=True``) on a
+  copy of the store; the ledger rows and balances it gives are the same (checked at the end).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -79,6 +80,26 @@ def one_day_of_orders(engine: sa.Engine, day: pd.Timestamp, share: float, seed: 
     return len(orders)
 
 
+def copy_database(engine: sa.Engine, url: str) -> str:
+    """A copy of the store: the SQLite file, or a PostgreSQL database made from it."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
+        src = Path(engine.url.database or "")
+        dst = src.with_name(src.stem + "-naive.db")
+        shutil.copyfile(src, dst)
+        return f"sqlite:///{dst}"
+    engine.dispose()
+    name = f"{engine.url.database}_naive"
+    admin = sa.create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{engine.url.database}"')
+    admin.dispose()
+    return engine.url.set(database=name).render_as_string(hide_password=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,21 +138,10 @@ def main() -> None:
     day1 = day0 + pd.Timedelta(days=1)
     added = one_day_of_orders(engine, day1.normalize(), 0.002, args.seed)
     print(f"one day: {added:,} new orders", flush=True)
-    # the naive run goes first on a copy of the state, so both start from the same store
-    with engine.connect() as conn:
-        state = pd.read_sql(sa.select(t.loyalty_state), conn)
-    naive = measured(_evaluate, url, day1.to_pydatetime(), True)
-    after_naive = _snapshot(engine)
-    with engine.begin() as conn:  # undo the naive day: its rows are the day's rows
-        conn.execute(t.points_ledger.delete().where(
-            t.points_ledger.c.occurred_at > day0.to_pydatetime()))
-        conn.execute(t.points_ledger.delete().where(
-            t.points_ledger.c.key.in_(sa.select(("earn:" + sa.cast(t.orders.c.id, sa.String)))
-                                      .where(t.orders.c.external_id.like("day-%")))))
-        conn.execute(t.loyalty_state.delete())
-        write_frame(conn, t.loyalty_state, state)
+    copy = copy_database(engine, url)  # the naive way runs on an identical copy
     incremental = measured(_evaluate, url, day1.to_pydatetime(), False)
-    after_inc = _snapshot(engine)
+    naive = measured(_evaluate, copy, day1.to_pydatetime(), True)
+    after_inc, after_naive = _snapshot(engine), _snapshot(open_database(copy))
     print(line("one day, incremental", incremental)
           + f"  {incremental.get('evaluated', 0):,} customers evaluated", flush=True)
     print(line("one day, naive (full)", naive)
