@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -37,23 +36,9 @@ from clm_core.db.engine import make_engine  # noqa: E402
 from clm_core.db.migrate import open_database  # noqa: E402
 from clm_core.ingest.synthetic import load_synthetic  # noqa: E402
 
+from benchmarks.measure import cpu_seconds as _cpu, line, measured, peak_mb as _peak_mb  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _peak_mb() -> float:
-    """Peak resident memory of this process since it started (VmHWM; ``ru_maxrss`` would carry
-    over the parent's peak through fork and exec)."""
-    with open("/proc/self/status") as fh:
-        for row in fh:
-            if row.startswith("VmHWM:"):
-                return int(row.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cpu() -> float:
-    """CPU seconds of this process (database work included: SQLite runs in-process)."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def _clm_run(url: str, as_of: date, out: Any) -> None:
@@ -100,30 +85,6 @@ def _naive_run(url: str, as_of: date, out: Any) -> None:
     steps["scores"] = time.perf_counter() - mark
     out.put({"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "peak_mb": _peak_mb(),
              "steps": steps, "customers": len(s)})
-
-
-def measured(target: Any, *args: Any, timeout: float = 1800) -> dict[str, Any]:
-    """Run ``target`` in a fresh process; its wall time and peak memory."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        return {"seconds": float("inf"), "cpu": float("nan"), "peak_mb": float("nan"),
-                "error": f"over {timeout:.0f} s"}
-    if queue.empty():
-        return {"seconds": float("nan"), "cpu": float("nan"), "peak_mb": float("nan"),
-                "error": f"exit code {proc.exitcode}"}
-    return queue.get()
-
-
-def line(name: str, r: dict[str, Any]) -> str:
-    steps = ", ".join(f"{k} {v:.1f}" for k, v in r.get("steps", {}).items())
-    err = f"  [{r['error']}]" if "error" in r else ""
-    return (f"{name:<22} {r['seconds']:>7.1f} s wall {r['cpu']:>7.1f} s CPU {r['peak_mb']:>7.0f} MB peak"
-            f"   ({steps}){err}")
 
 
 def main() -> None:

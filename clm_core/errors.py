@@ -4,6 +4,7 @@
     ├── ConfigError               bad or missing settings, unknown provider, missing secret
     ├── DatabaseError             schema, migration or connection trouble
     ├── DataImportError           a fatal import problem: nothing was imported
+    ├── InputError                a command's argument is invalid or names nothing that exists
     ├── SpecError                 a marketer's file (stage rules, journey, template) is invalid;
     │                             carries every problem found, each with file:line:column
     ├── ModelFitError             a CLV model did not converge or cannot be fitted
@@ -45,6 +46,10 @@ class DatabaseError(ClmError):
 
 class DataImportError(ClmError):
     """An import cannot go on at all (unreadable file, missing required column)."""
+
+
+class InputError(ClmError):
+    """An argument a person gave is invalid or names nothing that exists (a customer, points)."""
 
 
 @dataclass(frozen=True)

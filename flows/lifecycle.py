@@ -13,6 +13,7 @@ from clm_core.delivery.dispatcher import DispatchReport
 from flows.common import dispatch_due, recorded_run, report_and_finish, run_clock, task_runner
 from tasks.journeys import plan_journeys
 from tasks.lifecycle import merge_reports, score_chunk, score_customers, score_population
+from tasks.loyalty import evaluate_loyalty
 from tasks.measure import attribute, publish_report
 
 
@@ -53,6 +54,10 @@ def lifecycle(as_of: date | None = None, now: datetime | None = None,
         log.info("fit %s (orders up to %s): %s", scored.fit_id, scored.fit_window_end,
                  scored.fit_reason)
         log.info("scored %s customers as of %s: %s", scored.customers, scored.as_of, scored.stages)
+        # Points and tiers before planning, so tier changes and rewards enter journeys today.
+        members = evaluate_loyalty(tgt, clock.now, run.id)
+        if members is not None:
+            log.info("; ".join(members.lines()))
         planned = plan_journeys(tgt, clock.now)
         log.info("journeys: %s", planned)
         sent = (dispatch_due(tgt, clock.now, dispatch_chunk_size, dispatch_max_chunks) if dispatch

@@ -69,9 +69,10 @@ orders = sa.Table(
     sa.Column("amount", Money, nullable=False),
     sa.Column("currency", sa.String(3)),
     sa.Column("quantity", sa.Integer),
-    sa.Column("status", sa.String(16), nullable=False, server_default="completed"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="completed", index=True),
     # The code the customer redeemed, as the shop recorded it (coupon attribution joins on it).
     sa.Column("coupon_code", sa.String(64), index=True),
+    sa.Column("points_redeemed", sa.Integer),  # loyalty points the customer spent on it
     sa.CheckConstraint("amount >= 0", name="amount_non_negative"),
 )
 sa.Index("ix_orders_customer_ordered", orders.c.customer_id, orders.c.ordered_at)
@@ -340,6 +341,62 @@ channel_halts = sa.Table(
     sa.Column("channel", sa.String(16), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     _ts("halted_at", nullable=False),
+)
+
+# --- loyalty ----------------------------------------------------------------------------------
+
+points_ledger = sa.Table(
+    "points_ledger", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(128), nullable=False, unique=True),  # why the row exists
+    _customer_fk(),
+    sa.Column("kind", sa.String(16), nullable=False),  # earn bonus reverse redeem expire reward adjust
+    sa.Column("points", sa.Integer, nullable=False),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="SET NULL"),
+              index=True),
+    _ts("occurred_at", nullable=False),  # the run's clock
+    _ts("expires_at"),
+    sa.Column("reason", sa.String(200)),
+    _ts("recorded_at", nullable=False),  # wall clock
+    sa.Column("run_id", sa.String(64)),
+)
+
+loyalty_status = sa.Table(
+    "loyalty_status", metadata,
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("points_balance", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("points_expiring_30d", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tier", sa.String(32), index=True),
+    _ts("tier_since"),
+    _ts("tier_grace_until"),  # set while the customer qualifies below the tier held
+    sa.Column("points_to_next_tier", sa.Float),  # in the qualifying unit (points or spend)
+    sa.Column("qualifying", sa.Float),
+    _ts("next_expiry_at"),
+    _ts("tier_review_at"),  # when the oldest order of the tier window leaves it
+    _ts("as_of", nullable=False),
+)
+sa.Index("ix_loyalty_status_next_expiry_at", loyalty_status.c.next_expiry_at)
+
+# One row: how far the evaluations have got, so the next one reads only what changed.
+loyalty_state = sa.Table(
+    "loyalty_state", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("order_watermark", sa.Integer, nullable=False),  # highest order id evaluated
+    sa.Column("pending_watermark", sa.Integer, nullable=False),  # lowest id then still pending
+    sa.Column("ledger_watermark", sa.Integer, nullable=False),  # highest ledger id after it
+    _ts("last_now", nullable=False),
+)
+
+tier_transitions = sa.Table(
+    "tier_transitions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    _customer_fk(),
+    sa.Column("from_tier", sa.String(32)),
+    sa.Column("to_tier", sa.String(32), nullable=False),
+    _ts("transitioned_at", nullable=False),
+    _ts("recorded_at", nullable=False),
+    sa.Column("run_id", sa.String(64)),
 )
 
 # --- operations -------------------------------------------------------------------------------

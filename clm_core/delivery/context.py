@@ -12,7 +12,7 @@ is computed once per dispatcher; per batch it is one matrix product.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,9 @@ from clm_core.delivery.unsubscribe import subscription_links
 
 SCORE_FIELDS = ("stage", "rfm_segment", "p_alive", "clv_12m", "expected_purchases_90d", "n_orders",
                 "total_spend", "avg_order_value", "last_order_at", "days_since_last_order")
+# The member's points and tier (None for customers who are not members).
+LOYALTY_FIELDS = ("points_balance", "points_expiring_30d", "next_expiry_at", "tier", "tier_since",
+                  "points_to_next_tier")
 CUSTOMER_FIELDS = ("external_id", "name", "email", "phone", "locale", "timezone", "attributes")
 
 
@@ -104,6 +107,7 @@ class BatchData:
     withdrawn_topics: dict[int, set[tuple[str, str]]]  # customer -> (channel, topic) opted out
     coupons: dict[str, dict[str, Any]]  # by message idempotency key
     recommendations: dict[int, list[dict[str, str]]]
+    loyalty: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_batch(engine: Engine, rows: Sequence[dict[str, Any]], recommender: Recommender | None) -> BatchData:
@@ -119,6 +123,11 @@ def load_batch(engine: Engine, rows: Sequence[dict[str, Any]], recommender: Reco
         suppressed = {(ch, a) for ch, a in conn.execute(
             sa.select(sup.c.channel, sup.c.address).where(sup.c.address.in_(addresses)))} if addresses else set()
         topics = withdrawn_topics(conn, ids)
+        lo = t.loyalty_status
+        loyalty = {int(r.customer_id): {f: _clean(getattr(r, f)) for f in LOYALTY_FIELDS}
+                   for r in conn.execute(sa.select(lo.c.customer_id,
+                                                   *(lo.c[f] for f in LOYALTY_FIELDS))
+                                         .where(lo.c.customer_id.in_(ids)))}
         coupons = {r.idempotency_key: dict(r._mapping) for r in conn.execute(
             sa.select(cp.c.idempotency_key, cp.c.code, cp.c.kind, cp.c.value, cp.c.currency,
                       cp.c.expires_at).where(cp.c.idempotency_key.in_(keys)))}
@@ -132,7 +141,7 @@ def load_batch(engine: Engine, rows: Sequence[dict[str, Any]], recommender: Reco
     score_map = {int(r["customer_id"]): {f: _clean(r[f]) for f in SCORE_FIELDS}
                  for r in scores.to_dict("records")}
     recs = recommender.for_customers(ids) if recommender else {}
-    return BatchData(customers, score_map, consent, suppressed, topics, coupons, recs)
+    return BatchData(customers, score_map, consent, suppressed, topics, coupons, recs, loyalty)
 
 
 def render_context(row: dict[str, Any], data: BatchData, *, keyring: Keyring, issued_at: datetime,
@@ -146,6 +155,7 @@ def render_context(row: dict[str, Any], data: BatchData, *, keyring: Keyring, is
     return {
         "customer": customer,
         "scores": data.scores.get(cid, {f: None for f in SCORE_FIELDS}),
+        "loyalty": data.loyalty.get(cid, {f: None for f in LOYALTY_FIELDS}),
         "coupon": None if coupon is None else {
             "code": coupon["code"], "kind": coupon["kind"], "value": _number(coupon["value"]),
             "currency": coupon["currency"], "expires_at": coupon["expires_at"]},

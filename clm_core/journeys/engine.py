@@ -97,6 +97,7 @@ class Snapshot:
       consent_email/consent_sms, email/phone and suppressed_email/suppressed_sms.
     enrollments: the latest enrollment per (journey, customer), ENROLLMENT_COLUMNS.
     transitions: customer_id, from_stage, to_stage, transitioned_at (recent ones).
+    tier_transitions: customer_id, from_tier, to_tier, transitioned_at (recent ones).
     events: customer_id, event_type, occurred_at (recent ones).
     orders: customer_id, ordered_at, amount (since the oldest active enrollment).
     ledger: customer_id, channel, tags, at: messages planned or sent (for caps).
@@ -107,6 +108,9 @@ class Snapshot:
     transitions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"customer_id": pd.Series(dtype="int64"), "from_stage": pd.Series(dtype=object),
          "to_stage": pd.Series(dtype=object), "transitioned_at": pd.Series(dtype="datetime64[ns]")}))
+    tier_transitions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"customer_id": pd.Series(dtype="int64"), "from_tier": pd.Series(dtype=object),
+         "to_tier": pd.Series(dtype=object), "transitioned_at": pd.Series(dtype="datetime64[ns]")}))
     events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"customer_id": pd.Series(dtype="int64"), "event_type": pd.Series(dtype=object),
          "occurred_at": pd.Series(dtype="datetime64[ns]")}))
@@ -259,6 +263,8 @@ class _Run:
         """customer_id and trigger_at of customers who trigger ``j`` now."""
         entry = j.spec.entry
         since = self.now - entry.within
+        if entry.tier is not None:
+            return self._tier_triggers(entry.tier.to, entry.tier.from_, since)
         if entry.stage is not None:
             tr = self.snap.transitions
             ok = (tr["to_stage"] == entry.stage.to) & (tr["transitioned_at"] > since) \
@@ -280,6 +286,24 @@ class _Run:
         ids = self.cust.index[j.segment.mask(self.cust).to_numpy(bool)]
         return pd.DataFrame({"customer_id": ids.to_numpy(),
                              "trigger_at": np.full(len(ids), self.now.to_datetime64())})
+
+    def _tier_triggers(self, to: str | None, from_: list[str] | None,
+                       since: pd.Timestamp) -> pd.DataFrame:
+        """Like a stage trigger, over loyalty tier transitions (still in the tier now);
+        ``from: none`` matches a customer's first tier."""
+        tr = self.snap.tier_transitions
+        ok = (tr["transitioned_at"] > since) & (tr["transitioned_at"] <= self.now)
+        if to is not None:
+            ok &= tr["to_tier"] == to
+        if from_:
+            ok &= tr["from_tier"].isin(from_) | (tr["from_tier"].isna() & ("none" in from_))
+        hit = tr[ok].groupby("customer_id")["transitioned_at"].max()
+        hit = hit[hit.index.isin(self.cust.index)]
+        if "tier" in self.cust:
+            now_tier = self.cust.loc[hit.index, "tier"]
+            still = now_tier == to if to is not None else now_tier.notna()
+            hit = hit[still.to_numpy(bool)]
+        return pd.DataFrame({"customer_id": hit.index.to_numpy(), "trigger_at": hit.to_numpy()})
 
     def enter(self) -> None:
         new_frames = []
@@ -449,6 +473,9 @@ class _Run:
             rows = self._rows(idx)
             if j.segment is not None:
                 matching = j.segment.mask(rows).to_numpy(bool)
+            elif j.spec.entry.tier is not None:
+                to = j.spec.entry.tier.to
+                matching = (rows["tier"] == to if to else rows["tier"].notna()).to_numpy(bool)
             else:
                 matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
             self._set(idx[~matching], unmatched_at=self.now)

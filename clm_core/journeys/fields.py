@@ -35,4 +35,9 @@ ENGAGEMENT_EVENTS = ("opened", "clicked")
 ENGAGEMENT_LOOKBACK_DAYS = 90
 DERIVED.update({f"days_since_{e}": "number" for e in ENGAGEMENT_EVENTS})
 
-FIELDS: dict[str, str] = {**_columns(t.customers), **_columns(t.customer_scores), **DERIVED}
+# Loyalty fields (points_balance, points_expiring_30d, tier, tier_since, points_to_next_tier,
+# ...): empty for customers who are not members.
+LOYALTY = {k: v for k, v in _columns(t.loyalty_status).items() if k not in ("as_of", "qualifying")}
+
+FIELDS: dict[str, str] = {**_columns(t.customers), **_columns(t.customer_scores), **LOYALTY,
+                          **DERIVED}

@@ -82,6 +82,26 @@ class StageEntry(Spec):
         return [v] if isinstance(v, str) else v
 
 
+class TierEntry(Spec):
+    """Enter when the customer moves into loyalty tier ``to`` (any tier when omitted),
+    optionally only from the tiers in ``from``, where ``none`` means "was not a member":
+    ``{from: none}`` enters every new member, whatever tier they start in."""
+
+    to: str | None = Field(None, min_length=1, max_length=32)
+    from_: list[str] | None = Field(None, alias="from")
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _something(self) -> TierEntry:
+        if self.to is None and not self.from_:
+            raise ValueError("a tier entry needs 'to' (the tier reached), 'from', or both")
+        return self
+
+
 class EventEntry(Spec):
     """Enter when an event of this type is recorded for the customer."""
 
@@ -108,9 +128,10 @@ class Reentry(Spec):
 
 
 class Entry(Spec):
-    """Exactly one trigger: a stage transition, a segment (condition) or an event type."""
+    """Exactly one trigger: a stage or tier transition, a segment (condition) or an event type."""
 
     stage: StageEntry | None = None
+    tier: TierEntry | None = None
     segment: Condition | None = None
     event: EventEntry | None = None
     within: Duration = Field(default=timedelta(days=7), json_schema_extra={"default": "7d"},
@@ -119,15 +140,17 @@ class Entry(Spec):
 
     @model_validator(mode="after")
     def _one_trigger(self) -> Entry:
-        given = [k for k in ("stage", "segment", "event") if getattr(self, k) is not None]
+        given = [k for k in ("stage", "tier", "segment", "event") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("entry needs exactly one trigger: stage, segment or event"
+            raise ValueError("entry needs exactly one trigger: stage, tier, segment or event"
                              + (f" (found {', '.join(given)})" if given else ""))
         return self
 
     @property
     def trigger(self) -> str:
-        return "stage" if self.stage else "segment" if self.segment is not None else "event"
+        if self.stage or self.tier:
+            return "stage" if self.stage else "tier"
+        return "segment" if self.segment is not None else "event"
 
 
 # --- goals ------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from clm_core.runs import utcnow
 from clm_core.yamlspec import parse_yaml, problems_from_pydantic
 
 LEDGER_STATUSES = ("pending", "deferred", "claimed", "sent", "unknown")
-NOT_JOURNEYS = {"lifecycle.yaml"}  # the stage rules live next to the journeys
+NOT_JOURNEYS = {"lifecycle.yaml", "loyalty.yaml"}  # stage rules and the loyalty programme
 
 
 def journey_files(directory: Path) -> list[Path]:
@@ -180,16 +180,18 @@ ENGINE_FIELDS = ("stage", "stage_since", "timezone", "consent_email", "consent_s
 def load_customers(conn: Connection, fields: Iterable[str] | None = None) -> pd.DataFrame:
     """Scored customers with the given condition fields (default: all) and the contact fields,
     indexed by customer_id."""
-    c, s = t.customers, t.customer_scores
+    c, s, lo = t.customers, t.customer_scores, t.loyalty_status
     wanted = [n for n in FIELDS if n in set(fields or FIELDS) | set(ENGINE_FIELDS)]
     cols = []
     for name in wanted:
-        col = s.c.get(name) if name in s.c else c.c.get(name)
+        col = s.c.get(name) if name in s.c else c.c.get(name) if name in c.c else lo.c.get(name)
         if col is None:  # derived by the engine (days_in_stage, customer_id)
             continue
         cols.append(col)
-    df = _frame(conn, sa.select(s.c.customer_id, *cols)
-                .select_from(s.join(c, c.c.id == s.c.customer_id)))
+    joined = s.join(c, c.c.id == s.c.customer_id)
+    if any(col.table is lo for col in cols):  # loyalty fields: empty for non-members
+        joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
+    df = _frame(conn, sa.select(s.c.customer_id, *cols).select_from(joined))
     sup = _frame(conn, sa.select(t.suppressions.c.channel, t.suppressions.c.address))
     for ch, addr in (("email", "email"), ("sms", "phone")):
         df[f"suppressed_{ch}"] = df[addr].isin(sup.loc[sup["channel"] == ch, "address"])
@@ -252,9 +254,19 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     ledger["tags"] = ledger["tags"].map(lambda v: json.loads(v) if isinstance(v, str) else (v or []))
     if len(transitions) == 0:
         transitions = Snapshot(pd.DataFrame()).transitions
+    tt = t.tier_transitions
+    tiers = Snapshot(pd.DataFrame()).tier_transitions
+    if any(j.spec.entry.tier is not None for j in journeys):
+        found = _times(_frame(conn, sa.select(tt.c.customer_id, tt.c.from_tier, tt.c.to_tier,
+                                              tt.c.transitioned_at)
+                              .where(tt.c.transitioned_at > now - within,
+                                     tt.c.transitioned_at <= now)), ["transitioned_at"])
+        tiers = found if len(found) else tiers
     fields = set().union(*(j.fields for j in journeys)) if journeys else set()
+    if any(j.spec.entry.tier is not None for j in journeys):
+        fields.add("tier")  # a tier trigger checks the customer is still in the tier
     return Snapshot(customers=load_customers(conn, fields), enrollments=enr, transitions=transitions,
-                    events=events, orders=orders, ledger=ledger)
+                    tier_transitions=tiers, events=events, orders=orders, ledger=ledger)
 
 
 # --- writing ----------------------------------------------------------------------------------

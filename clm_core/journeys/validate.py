@@ -31,6 +31,7 @@ from clm_core.journeys.fields import STAGES
 from clm_core.journeys.loader import CompiledJourney, load_journey, stage_refs
 from clm_core.journeys.model import ProjectPolicy, SendStep
 from clm_core.journeys.store import NOT_JOURNEYS, duplicate_name, journey_files
+from clm_core.loyalty.spec import LOYALTY_FILE, load_programme
 from clm_core.settings import CONFIG_FILE, Settings
 from clm_core.suggest import did_you_mean
 from clm_core.templating import (
@@ -55,6 +56,43 @@ def _stage_rules(path: Path) -> tuple[list[Problem], list[str] | None]:
         return [], load_rules(path).names
     except SpecError as exc:
         return exc.problems, None
+
+
+def _programme_tiers(files: list[Path]) -> list[str] | None:
+    """Tier names of the programme beside the checked journeys (None without a valid one)."""
+    for directory in {f.parent for f in files}:
+        try:
+            prog = load_programme(directory)
+        except SpecError:
+            return []  # reported on its own; no tier can be checked against it
+        if prog is not None:
+            return prog.tier_names()
+    return None
+
+
+def _loyalty(path: Path) -> list[Problem]:
+    try:
+        load_programme(path.parent)
+    except SpecError as exc:
+        return exc.problems
+    return []
+
+
+def tier_problems(j: CompiledJourney, tiers: list[str] | None) -> list[Problem]:
+    """A tier trigger must name a tier of the loyalty programme (and there must be one)."""
+    entry = j.spec.entry.tier
+    if entry is None:
+        return []
+    _, loc = parse_yaml(j.source, j.file)
+    if tiers is None:
+        return [loc.problem(("entry", "tier"), f"entry on a tier, but there is no loyalty "
+                            f"programme ({LOYALTY_FILE} next to the journeys)")]
+    refs = [(entry.to, ("entry", "tier", "to"))] if entry.to else []
+    refs += [(name, ("entry", "tier", "from", i)) for i, name in enumerate(entry.from_ or [])
+             if name != "none"]  # "none": not a member before
+    return [loc.problem(path, f"unknown tier {name!r}{did_you_mean(name, tiers)}; the "
+                        f"programme's tiers: {', '.join(tiers)} (and 'none' in from)")
+            for name, path in refs if name not in tiers]
 
 
 def customer_locales(settings: Settings) -> dict[str, int] | None:
@@ -263,9 +301,10 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
         return stages[directory]
 
     seen: dict[str, str] = {}
+    tiers = _programme_tiers(files)
     for f in files:
         if f.name in NOT_JOURNEYS:
-            problems += _stage_rules(f)[0]
+            problems += _loyalty(f) if f.name == LOYALTY_FILE else _stage_rules(f)[0]
             continue
         try:
             j = load_journey(f, policy)
@@ -277,4 +316,5 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
         problems += [w for w in j.warnings if not w.message.startswith("unknown stage ")]
         loc = parse_yaml(j.source, j.file)[1]
         problems += _unknown_stages(j, loc, names, rules) + checks.journey(j, loc)
+        problems += tier_problems(j, tiers)
     return list(dict.fromkeys(problems))

@@ -1,0 +1,1 @@
+"""Membership and loyalty: the programme file, the points ledger, balances and tiers."""

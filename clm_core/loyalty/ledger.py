@@ -1,0 +1,371 @@
+"""The points ledger, computed: what rows an evaluation as of ``now`` must append, and the
+balances and tiers that follow. Pure functions over DataFrames; ``clm_core.loyalty.store``
+reads and writes the database.
+
+The ledger is append-only. Every row has a key that names why it exists, so an evaluation that
+runs twice (or again after a crash) finds its rows already there and appends nothing:
+
+=============================  ================================================================
+key                            row
+=============================  ================================================================
+``earn:{order}``               base points of a completed order, at the multiplier of the tier
+                               the customer holds when the order is first evaluated
+``bonus:{rule}:{order}``       a bonus rule that matched the order
+``reverse:{order}``            the order was cancelled or refunded after it earned: minus what
+                               it earned (the balance may go below zero; nothing is clawed back
+                               from rewards already issued)
+``redeem:{order}``             points the customer spent on that order (imported with it)
+``expire:{lot}``               what is left of an earning lot when it expires (oldest points
+                               are spent first)
+``reward:{reward}:{cust}:{n}`` the customer's n-th reward: its points debited
+``adjust:{id}``                an operator's adjustment, with a reason
+=============================  ================================================================
+
+Time follows the run's clock: an earning row carries its order's time, an expiry the lot's
+expiry time, a reversal and a reward the evaluation's ``now``. Nothing after ``now`` is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+
+from clm_core.loyalty.spec import Programme
+
+# Orders in these states never earn; one that earned and moves here is reversed.
+REVERSED = ("cancelled", "canceled", "refunded", "failed")
+WAITING = ("pending",)  # earns once completed
+EARNING_KINDS = ("earn", "bonus")
+LEDGER_COLUMNS = ["key", "customer_id", "kind", "points", "order_id", "occurred_at",
+                  "expires_at", "reason"]
+STATUS_COLUMNS = ["customer_id", "points_balance", "points_expiring_30d", "tier", "tier_since",
+                  "tier_grace_until", "points_to_next_tier", "qualifying", "next_expiry_at",
+                  "tier_review_at", "as_of"]
+
+
+@dataclass
+class Inputs:
+    """What one evaluation reads. Frames may cover all customers or only the affected ones.
+
+    orders: id, customer_id, ordered_at, amount, currency, status, points_redeemed
+    skus: order_id, sku (only needed for sku_prefix bonuses)
+    customers: customer_id, birthday (month 1-12 or NaN)
+    ledger: LEDGER_COLUMNS (existing rows of these customers)
+    status: STATUS_COLUMNS (stored status of these customers)
+    """
+
+    orders: pd.DataFrame
+    skus: pd.DataFrame
+    customers: pd.DataFrame
+    ledger: pd.DataFrame
+    status: pd.DataFrame
+
+
+@dataclass
+class Evaluation:
+    rows: pd.DataFrame  # new ledger rows
+    status: pd.DataFrame  # status of every evaluated member
+    transitions: pd.DataFrame  # customer_id, from_tier, to_tier, transitioned_at
+    rewards: pd.DataFrame  # customer_id, key, reward, occurred_at (one per reward issued)
+
+
+def empty_ledger() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(LEDGER_COLUMNS, [
+        object, "int64", object, "int64", "float64", "datetime64[ns]", "datetime64[ns]",
+        object])})
+
+
+def typed(rows: pd.DataFrame) -> pd.DataFrame:
+    """Ledger rows with one dtype per column (concatenated parts can mix NaT, None, floats)."""
+    out = rows[LEDGER_COLUMNS].copy()
+    for col in ("occurred_at", "expires_at"):
+        out[col] = pd.to_datetime(out[col]).astype("datetime64[ns]")
+    out["order_id"] = pd.to_numeric(out["order_id"]).astype(float)
+    out["points"] = out["points"].astype("int64")
+    out["customer_id"] = out["customer_id"].astype("int64")
+    out["reason"] = out["reason"].astype(object).where(out["reason"].notna(), None)
+    return out
+
+
+def scaled_points(cents: np.ndarray, ratio: Fraction, mode: str) -> np.ndarray:
+    """Whole points for amounts in cents times an exact rate, rounded as the programme says.
+
+    Integer arithmetic throughout: float rounding would give 0.29 * 100 = 28.999... and lose a
+    point at every x.5 boundary; Python decimals would be exact but a hundred times slower."""
+    num = cents.astype("int64") * ratio.numerator
+    den = ratio.denominator
+    if mode == "down":
+        return num // den
+    if mode == "up":
+        return -((-num) // den)
+    return (2 * num + den) // (2 * den)  # nearest, halves up
+
+
+def _rows(df: pd.DataFrame, **cols: object) -> pd.DataFrame:
+    out = pd.DataFrame({"customer_id": df["customer_id"].astype("int64").to_numpy()})
+    for name, value in cols.items():
+        out[name] = value.to_numpy() if isinstance(value, pd.Series) else value
+    for c in LEDGER_COLUMNS:
+        if c not in out:
+            out[c] = None
+    return out[LEDGER_COLUMNS]
+
+
+def _tier_multipliers(prog: Programme, tiers: pd.Series) -> pd.Series:
+    mult = {t.name: t.multiplier for t in prog.tiers.levels}
+    entry = prog.tiers.levels[0].multiplier
+    return tiers.map(lambda t: mult.get(t, entry) if isinstance(t, str) else entry)
+
+
+def _birthday_month(orders: pd.DataFrame, customers: pd.DataFrame) -> pd.Series:
+    month = orders["customer_id"].map(customers.set_index("customer_id")["birthday_month"])
+    return month.eq(orders["ordered_at"].dt.month)
+
+
+def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
+    """earn and bonus rows for completed orders up to ``now`` that have none yet."""
+    o = inp.orders
+    done = set(inp.ledger["key"])
+    earns = o[~o["status"].isin(REVERSED + WAITING) & (o["ordered_at"] <= now)]
+    if prog.earning.currencies:
+        earns = earns[earns["currency"].isna() | earns["currency"].isin(prog.earning.currencies)]
+    keys = "earn:" + earns["id"].astype(str)
+    earns = earns[~keys.isin(done)]
+    if earns.empty:
+        return empty_ledger()
+    tier = earns["customer_id"].map(inp.status.set_index("customer_id")["tier"]) \
+        if not inp.status.empty else pd.Series(None, index=earns.index, dtype=object)
+    mult = _tier_multipliers(prog, tier).to_numpy()
+    cents = np.rint(earns["amount"].to_numpy(float) * 100).astype("int64")
+    rate = Fraction(prog.earning.points_per_unit) / 100
+    mode = prog.earning.rounding
+
+    def points_at(extra: Fraction, rows: np.ndarray) -> np.ndarray:
+        """Points of ``rows`` at their tier multiplier times ``extra``, exactly rounded."""
+        out = np.zeros(int(rows.sum()), dtype="int64")
+        sub_mult, sub_cents = mult[rows], cents[rows]
+        for m in set(sub_mult):
+            at = sub_mult == m
+            out[at] = scaled_points(sub_cents[at], rate * Fraction(m) * extra, mode)
+        return out
+
+    every = np.ones(len(earns), dtype=bool)
+    base = pd.Series(points_at(Fraction(1), every), index=earns.index)
+    expires = earns["ordered_at"] + prog.expiry.after if prog.expiry else pd.NaT
+    out = [_rows(earns, key="earn:" + earns["id"].astype(str), kind="earn", points=base,
+                 order_id=earns["id"].astype(float), occurred_at=earns["ordered_at"],
+                 expires_at=expires)]
+    for b in prog.bonuses:
+        if b.birthday_month:
+            hit = _birthday_month(earns, inp.customers)
+        elif b.sku_prefix:
+            sk = inp.skus[inp.skus["sku"].astype(str).str.startswith(b.sku_prefix)]
+            hit = earns["id"].isin(sk["order_id"])
+        else:
+            hit = pd.Series(cents >= int(b.min_amount * 100), index=earns.index)
+        hit = hit.fillna(False).astype(bool)
+        if not hit.any():
+            continue
+        sel = earns[hit]
+        pts = (pd.Series(points_at(Fraction(b.multiplier - 1), hit.to_numpy()), index=sel.index)
+               if b.multiplier is not None else pd.Series(b.points, index=sel.index))
+        ex = expires[hit] if isinstance(expires, pd.Series) else expires
+        out.append(_rows(sel, key=f"bonus:{b.id}:" + sel["id"].astype(str), kind="bonus",
+                         points=pts, order_id=sel["id"].astype(float),
+                         occurred_at=sel["ordered_at"], expires_at=ex, reason=b.id))
+    rows = pd.concat(out, ignore_index=True)
+    return rows[rows["points"] != 0]
+
+
+def reversal_rows(inp: Inputs, earned: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+    """reverse rows for cancelled/refunded orders whose earnings are not reversed yet."""
+    gone = inp.orders.loc[inp.orders["status"].isin(REVERSED), "id"]
+    led = earned[earned["kind"].isin(EARNING_KINDS) & earned["order_id"].isin(gone)]
+    if led.empty:
+        return empty_ledger()
+    per = led.groupby("order_id").agg(customer_id=("customer_id", "first"),
+                                      points=("points", "sum")).reset_index()
+    per = per[~("reverse:" + per["order_id"].astype("int64").astype(str)).isin(set(earned["key"]))]
+    per = per[per["points"] != 0]
+    return _rows(per, key="reverse:" + per["order_id"].astype("int64").astype(str),
+                 kind="reverse", points=-per["points"], order_id=per["order_id"],
+                 occurred_at=now, reason="order " + per["order_id"].astype("int64").astype(str)
+                 + " cancelled or refunded")
+
+
+def redemption_rows(inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
+    """redeem rows for points spent on orders (imported with the order), once per order."""
+    o = inp.orders
+    if "points_redeemed" not in o:
+        return empty_ledger()
+    spent = o[(o["points_redeemed"].fillna(0) > 0) & (o["ordered_at"] <= now)]
+    spent = spent[~("redeem:" + spent["id"].astype(str)).isin(set(inp.ledger["key"]))]
+    return _rows(spent, key="redeem:" + spent["id"].astype(str), kind="redeem",
+                 points=-spent["points_redeemed"].astype("int64"),
+                 order_id=spent["id"].astype(float), occurred_at=spent["ordered_at"])
+
+
+def lots(ledger: pd.DataFrame) -> pd.DataFrame:
+    """Earning lots (earn and bonus rows net of their order's reversal), oldest first, with
+    what remains of each after every debit so far is taken from the oldest lots first."""
+    earned = ledger[ledger["kind"].isin(EARNING_KINDS)].copy()
+    reversed_orders = set(ledger.loc[ledger["kind"] == "reverse", "order_id"].dropna())
+    earned = earned[~earned["order_id"].isin(reversed_orders)]
+    debits = ledger[~ledger["kind"].isin(EARNING_KINDS + ("reverse",))]
+    # Positive adjustments are lots that never expire; negative ones are debits.
+    adds = debits[debits["points"] > 0]
+    earned = pd.concat([earned, adds], ignore_index=True)
+    used = (-debits.loc[debits["points"] < 0].groupby("customer_id")["points"].sum())
+    # Oldest first; ties (bonus and earn of one order) by order, then earn before bonus.
+    order = np.lexsort((earned["kind"].eq("bonus").to_numpy(), earned["order_id"].fillna(-1)
+                        .to_numpy(), earned["occurred_at"].to_numpy(),
+                        earned["customer_id"].to_numpy()))
+    earned = earned.iloc[order]
+    cum = earned.groupby("customer_id")["points"].cumsum()
+    taken = earned["customer_id"].map(used).fillna(0)
+    # Remaining of lot i: its points, less the part of the debits that reaches it.
+    earned["remaining"] = np.clip(cum - taken, 0, earned["points"]).astype("int64")
+    return earned
+
+
+def expiry_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+    if prog.expiry is None:
+        return empty_ledger()
+    lot = lots(ledger)
+    due = lot[(lot["expires_at"] <= now) & (lot["remaining"] > 0)]
+    due = due[~("expire:" + due["key"]).isin(set(ledger["key"]))]
+    return _rows(due, key="expire:" + due["key"], kind="expire", points=-due["remaining"],
+                 occurred_at=due["expires_at"], reason="expired")
+
+
+def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+    """As many rewards as each balance buys; numbered after those already issued."""
+    if not prog.rewards or prog.status != "active":
+        return empty_ledger()
+    reward = prog.rewards[0]
+    bal = ledger.groupby("customer_id")["points"].sum()
+    n = (bal // reward.points).clip(lower=0).astype("int64")
+    n = n[n > 0]
+    if n.empty:
+        return empty_ledger()
+    prior = ledger[ledger["key"].str.startswith(f"reward:{reward.id}:")] \
+        .groupby("customer_id").size()
+    cust = n.index.repeat(n.to_numpy())
+    frame = pd.DataFrame({"customer_id": cust})
+    frame["k"] = frame.groupby("customer_id").cumcount() + 1 \
+        + frame["customer_id"].map(prior).fillna(0).astype("int64")
+    return _rows(frame, key=f"reward:{reward.id}:" + frame["customer_id"].astype(str) + ":"
+                 + frame["k"].astype(str), kind="reward",
+                 points=-reward.points, occurred_at=now, reason=reward.id)
+
+
+def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
+               now: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+    """Spend or points earned over the tier window ending ``now``, per customer, and when the
+    oldest of it leaves the window (the first moment the amount can fall)."""
+    start = now - prog.tiers.window
+    if prog.tiers.qualify_on == "spend":
+        o = orders[~orders["status"].isin(REVERSED + WAITING)
+                   & (orders["ordered_at"] > start) & (orders["ordered_at"] <= now)]
+        by = o.groupby("customer_id")
+        return by["amount"].sum().astype(float), by["ordered_at"].min() + prog.tiers.window
+    led = lots(ledger)
+    led = led[(led["occurred_at"] > start) & (led["occurred_at"] <= now)
+              & led["kind"].isin(EARNING_KINDS)]
+    by = led.groupby("customer_id")
+    return by["points"].sum().astype(float), by["occurred_at"].min() + prog.tiers.window
+
+
+def tiers(prog: Programme, members: pd.Index, qual: pd.Series, stored: pd.DataFrame,
+          now: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tier per member: up at once, down only after the grace period has run out.
+
+    Returns (status columns tier, tier_since, tier_grace_until, points_to_next_tier,
+    qualifying; transitions)."""
+    levels = prog.tiers.levels
+    mins = np.array([float(t.min) for t in levels])
+    names = np.array([t.name for t in levels], dtype=object)
+    q = qual.reindex(members).fillna(0.0)
+    rank_q = np.searchsorted(mins, q.to_numpy(), side="right") - 1
+    prev = stored.set_index("customer_id").reindex(members) if not stored.empty else \
+        pd.DataFrame(index=members, columns=["tier", "tier_since", "tier_grace_until"])
+    rank_of = {n: i for i, n in enumerate(names)}
+    rank_prev = prev["tier"].map(rank_of).to_numpy(dtype=float)  # NaN for new members
+    grace = pd.to_datetime(prev["tier_grace_until"]).to_numpy()
+    new = np.isnan(rank_prev)
+    up = ~new & (rank_q >= rank_prev)
+    below = ~new & (rank_q < rank_prev)
+    grace_over = below & ~pd.isna(grace) & (grace <= now.to_datetime64())
+    rank = np.where(new | up | grace_over, rank_q, rank_prev).astype(int)
+    grace_until = np.where(below & ~grace_over,
+                           np.where(pd.isna(grace), (now + prog.tiers.grace).to_datetime64(),
+                                    grace), np.datetime64("NaT"))
+    changed = new | (rank != np.nan_to_num(rank_prev, nan=-1))
+    since = np.where(changed, now.to_datetime64(),
+                     pd.to_datetime(prev["tier_since"]).to_numpy())
+    nxt = np.minimum(rank + 1, len(mins) - 1)
+    to_next = np.where(rank + 1 < len(mins), np.maximum(mins[nxt] - q.to_numpy(), 0), np.nan)
+    out = pd.DataFrame({"customer_id": members, "tier": names[rank], "tier_since": since,
+                        "tier_grace_until": pd.to_datetime(grace_until),
+                        "points_to_next_tier": to_next, "qualifying": q.to_numpy()})
+    moved = out[changed].copy()
+    moved["from_tier"] = prev["tier"].reindex(moved["customer_id"]).to_numpy()
+    transitions = pd.DataFrame({"customer_id": moved["customer_id"].to_numpy(),
+                                "from_tier": moved["from_tier"].to_numpy(),
+                                "to_tier": moved["tier"].to_numpy(), "transitioned_at": now})
+    return out.reset_index(drop=True), transitions
+
+
+def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
+    """Every row this evaluation appends, and the resulting status of each member."""
+    ledger = inp.ledger
+    steps = [lambda led: earning_rows(prog, inp, now),
+             lambda led: reversal_rows(inp, led, now),
+             lambda led: redemption_rows(inp, now),
+             lambda led: expiry_rows(prog, led, now),
+             lambda led: reward_rows(prog, led, now)]
+    new_parts = []
+    for step in steps:  # each step sees the rows of the steps before it
+        part = typed(step(ledger))
+        if not part.empty:
+            new_parts.append(part)
+            ledger = pd.concat([ledger, part], ignore_index=True)
+    new = pd.concat(new_parts, ignore_index=True) if new_parts else empty_ledger()
+
+    members = pd.Index(sorted(set(inp.orders.loc[~inp.orders["status"].isin(REVERSED + WAITING)
+                                                 & (inp.orders["ordered_at"] <= now),
+                                                 "customer_id"])
+                              | set(ledger["customer_id"]) | set(inp.status["customer_id"])),
+                       name="customer_id", dtype="int64")
+    qual, leaves = qualifying(prog, inp.orders, ledger, now)
+    status, transitions = tiers(prog, members, qual, inp.status, now)
+    # Only a member above the entry tier can fall, and only when the window loses an order.
+    above = status["tier"] != prog.tiers.levels[0].name
+    review = leaves.astype("datetime64[ns]").reindex(status["customer_id"]).to_numpy()
+    status["tier_review_at"] = np.where(above.to_numpy(), review, np.datetime64("NaT"))
+    lot = lots(ledger)
+    live = lot[(lot["remaining"] > 0) & lot["expires_at"].notna()]
+    soon = live[(live["expires_at"] > now) & (live["expires_at"] <= now + pd.Timedelta(days=30))]
+    status["points_balance"] = status["customer_id"].map(
+        ledger.groupby("customer_id")["points"].sum()).fillna(0).astype("int64")
+    status["points_expiring_30d"] = status["customer_id"].map(
+        soon.groupby("customer_id")["remaining"].sum()).fillna(0).astype("int64")
+    nxt = live[live["expires_at"] > now].groupby("customer_id")["expires_at"].min()
+    status["next_expiry_at"] = nxt.astype("datetime64[ns]").reindex(status["customer_id"]) \
+        .to_numpy()
+    status["as_of"] = now
+    rewards = new[new["kind"] == "reward"][["customer_id", "key", "reason", "occurred_at"]] \
+        .rename(columns={"reason": "reward"})
+    return Evaluation(new.reset_index(drop=True), status[STATUS_COLUMNS], transitions,
+                      rewards.reset_index(drop=True))
+
+
+def whole_points(value: float) -> int:
+    """Points as a whole number for operators' adjustments (``+100``, ``-20``)."""
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError("points are whole numbers")
+    return int(value)
