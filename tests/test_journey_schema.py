@@ -33,3 +33,17 @@ def test_editors_flag_what_the_validator_rejects(name: str) -> None:
     data, _ = load_yaml(CORPUS / "journeys" / name)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))
+
+
+def test_loyalty_schema_is_current_and_accepts_the_sample() -> None:
+    from clm_core.loyalty.spec import SCHEMA_FILE as LOYALTY_SCHEMA
+    from clm_core.loyalty.spec import schema_text as loyalty_schema_text
+
+    path = REPO / "journeys" / LOYALTY_SCHEMA
+    assert path.read_text(encoding="utf-8") == loyalty_schema_text(), \
+        "journeys/loyalty.schema.json is stale: regenerate it from clm_core.loyalty.spec"
+    data, _ = load_yaml(REPO / "journeys" / "loyalty.yaml")
+    jsonschema.validate(data, json.loads(path.read_text()))
+    data["earning"]["roundng"] = "up"  # what the validator rejects, editors flag too
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, json.loads(path.read_text()))
