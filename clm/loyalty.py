@@ -51,13 +51,28 @@ def register(cli: click.Group) -> None:
     @click.option("--now", metavar="TIME", help="Evaluate as of this time (default: the newest "
                   "order's time).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+    @click.option("--report", is_flag=True, help="Print the programme's figures (members per "
+                  "tier over time, liability, redemption rate, the expiry reminder's lift) "
+                  "instead of evaluating.")
     @pass_app
-    def loyalty_cmd(app: App, now: str | None, as_json: bool) -> None:
+    def loyalty_cmd(app: App, now: str | None, as_json: bool, report: bool) -> None:
         """Apply the loyalty programme: earn, bonus, reverse, expire, rewards, tiers."""
         from clm_core.loyalty.store import run_loyalty
         from clm_core.runs import record_run
 
         prog = _programme(app)
+        if report:
+            from dataclasses import asdict
+
+            from clm_core.loyalty.report import loyalty_report
+
+            figures = loyalty_report(app.engine, prog)
+            if as_json:
+                click.echo(json.dumps(asdict(figures), indent=2, default=str))
+            else:
+                for line in figures.lines():
+                    click.echo(line)
+            return
         at, why = _now(app, now)
         with record_run(app.engine, "loyalty") as run:
             summary = run_loyalty(app.engine, prog, at, run_id=run.id)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
@@ -249,3 +250,21 @@ def test_incremental_equals_full_after_random_days(tmp_path: Path, db_url: str,
         assert len(ledger(engine)) > 400
     finally:
         other.dispose()
+
+
+def test_report_figures_of_the_hand_computed_store(tmp_path: Path, db_url: str,
+                                                   engine: sa.Engine) -> None:
+    import json
+
+    root = project(tmp_path, db_url)
+    seed(engine)
+    run(root, "loyalty", "--now", "2025-03-31 23:00")
+    figures = json.loads(run(root, "loyalty", "--report", "--json"))
+    assert figures["members"] == 3 and figures["tiers"] == {"member": 2, "gold": 1}
+    assert figures["points_outstanding"] == 230 + 150 + 10
+    assert figures["liability"] == pytest.approx(3.90)  # 390 points at 0.01
+    assert figures["earned"] == 120 + 50 + 30 + 30 + 600 + 50 + 80 + 10
+    assert figures["used"] == 40 + 500 and figures["expired"] == 40
+    assert figures["redemption_rate"] == pytest.approx(540 / 970)
+    assert figures["tiers_over_time"] == [["2025-03", {"member": 2, "gold": 1}]]
+    assert figures["expiry_lift"] is None  # no attribution yet: said, not invented
