@@ -25,6 +25,7 @@ AS_OF = "1997-03-31"  # late in CDNOW's acquisition quarter: every stage has cus
 def _project(tmp_path: Path) -> Path:
     for d in ("journeys", "templates"):
         shutil.copytree(REPO / d, tmp_path / d)
+    (tmp_path / "clm.toml").write_text("[clm]\n")
     return tmp_path
 
 
