@@ -81,6 +81,7 @@ def test_masks_follow_three_valued_logic(node: dict[str, Any], rows: list[dict])
     assert (cond.mask(df) | negated).tolist() == known.tolist()
 
 
+@settings(max_examples=50, deadline=None)
 @given(frames)
 def test_not_of_a_comparison_with_a_missing_value_never_matches(rows: list[dict]) -> None:
     df = frame(rows)

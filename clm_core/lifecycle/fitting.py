@@ -232,16 +232,3 @@ def choose_fits(conn: Connection, as_of: date, fit_id: int | None = None,
         return FitChoice(None, None, f"fit {purchases.id} has no gamma_gamma fit beside it")
     return FitChoice(purchases, partner,
                      f"the newest fit whose data ends on or before {as_of}")
-
-
-def latest_fits(conn: Connection) -> tuple[ModelFit, ModelFit] | None:
-    """The newest purchase-model fit and the newest Gamma-Gamma fit, if both exist."""
-    found: dict[str, ModelFit] = {}
-    for kind, models in (("purchases", PURCHASE_MODELS), ("spend", ("gamma_gamma",))):
-        row = conn.execute(sa.select(t.model_fits).where(t.model_fits.c.model.in_(models))
-                           .order_by(t.model_fits.c.id.desc())
-                           .limit(1)).mappings().first()
-        if row is None:
-            return None
-        found[kind] = _model_fit(row)
-    return found["purchases"], found["spend"]
