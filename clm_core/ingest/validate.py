@@ -131,13 +131,13 @@ def known_region(region: str) -> str | None:
     return code if code in phonenumbers.SUPPORTED_REGIONS else None
 
 
-def chinese_mobiles(refused: pd.Series) -> int:
-    """How many of the refused phones are mainland Chinese mobile numbers (11 digits starting
-    with 1): the sign of a Chinese file read with another default region."""
-    refused = refused.dropna().astype(str)
-    if refused.empty:
+def chinese_mobiles(phones: pd.Series) -> int:
+    """How many phones are written as mainland Chinese mobile numbers (11 digits starting with
+    1): the sign of a Chinese file read with another default region."""
+    phones = phones.dropna().astype(str)
+    if phones.empty:
         return 0
-    digits = refused.str.replace(r"[\s\-().]", "", regex=True)
+    digits = phones.str.replace(r"[\s\-().]", "", regex=True)
     return int(digits.str.fullmatch(_CN_MOBILE).fillna(False).sum())
 
 
