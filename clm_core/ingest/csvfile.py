@@ -67,11 +67,13 @@ def decode(path: Path, encoding: str) -> tuple[str, str]:
     try:
         text = data.decode(encoding)
     except LookupError as exc:
-        raise DataImportError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}") from exc
+        raise DataImportError(f"unknown encoding {encoding!r}; use one of "
+                              f"{', '.join(ENCODINGS)}") from exc
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise DataImportError(f"{path}: cannot decode as {encoding} (byte {exc.start}, line {line}); "
-                              "try --encoding auto, or gb18030 for Chinese spreadsheet exports") from exc
+        raise DataImportError(f"{path}: cannot decode as {encoding} (byte {exc.start}, line "
+                              f"{line}); try --encoding auto, or gb18030 for Chinese spreadsheet "
+                              "exports") from exc
     return _without_bom(text), "utf-8" if encoding == "utf-8-sig" else encoding
 
 

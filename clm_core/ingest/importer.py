@@ -88,9 +88,9 @@ class ImportReport:
                 out.append(f"  ... and {len(ranked) - _SHOWN} other kinds of problem "
                            "(see the rejects file)")
         if self.chinese_phones:
-            out.append(f"  hint: {self.chinese_phones} refused phones look Chinese (11 digits "
-                       f"starting with 1) but were read with default region {self.region}: "
-                       "import again with --region CN")
+            out.append(f"  hint: {self.chinese_phones} phones look Chinese (11 digits starting "
+                       f"with 1) but were read with default region {self.region}: import again "
+                       "with --region CN")
         for code, n in sorted(self.other_currencies.items()):
             out.append(f"  note: {n} orders in {code}, not the store's currency {self.currency}: "
                        "amounts are not converted")
@@ -376,8 +376,11 @@ def import_csv(engine: Engine, entity_name: str, path: str | Path, *, encoding: 
         errors = problems.index[problems["severity"] == "error"].unique()
         good = clean.drop(index=errors)
         if "phone" in raw.frame and known != "CN":
+            # Refused ones are the evidence; accepted ones may be misread too (13612345678 is
+            # also a valid Texas number), so all of them are counted once there is evidence.
             refused = problems.index[problems["column"] == "phone"].unique()
-            report.chinese_phones = chinese_mobiles(raw.frame.loc[refused, "phone"])
+            if chinese_mobiles(raw.frame.loc[refused, "phone"]):
+                report.chinese_phones = chinese_mobiles(raw.frame["phone"])
     with stage("write"), engine.begin() as conn:
         late = _write(conn, entity, good, raw.extra, report, now or utcnow(), checked.dropped)
     problems = _problems(problems, late)
