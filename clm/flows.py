@@ -60,6 +60,29 @@ def _print_state(state: Any) -> None:
     click.secho(f"flow run {state.state_details.flow_run_id}: {state.type.value}: {state.message}", fg=colour)
 
 
+def _start_web(app: App) -> Any:
+    """The web service beside the sandbox, so the links in the demo's messages answer. Its
+    address becomes ``public_base_url`` unless the project set one."""
+    from clm_core.settings import Settings
+    from clm_core.web.app import create_app
+    from clm_core.web.serving import BackgroundServer
+
+    url = app.settings.public_base_url
+    if url != Settings.public_base_url:
+        click.echo(f"web        links point at the configured {url}")
+        return None
+    port = int(app.settings.section("web").get("demo_port", 8080))
+    local = f"http://127.0.0.1:{port}"
+    os.environ["CLM_PUBLIC_BASE_URL"] = local
+    if _port_open(local):
+        click.echo(f"web        using the web service already running at {local}")
+        return None
+    server = BackgroundServer(create_app(app.settings, app.engine), "127.0.0.1", port).start()
+    click.echo(f"web        clm serve at {server.url}: unsubscribe, preferences and click links "
+               "in the demo's messages")
+    return server
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--sample", is_flag=True, help="The 2,357-customer CDNOW sample (faster).")
@@ -101,6 +124,7 @@ def register(cli: click.Group) -> None:
                 server.store.set_faults(json.loads(faults))
             server.start()
             click.echo(f"providers  sandbox at {server.url} (SendGrid, Twilio, Stripe ... over HTTP)")
+        web = _start_web(app)
         click.echo(f"flow       running the `lifecycle` flow on Prefect's ephemeral API, scoring "
                    f"as of {as_of:%Y-%m-%d} ...")
         flow_started = time.perf_counter()
@@ -110,6 +134,8 @@ def register(cli: click.Group) -> None:
             stats = server.store.stats() if server else None
             if server:
                 server.stop()
+            if web:
+                web.stop()
         flow_seconds = time.perf_counter() - flow_started
         s = summarize(app.engine)
         click.echo("")
