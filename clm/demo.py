@@ -205,6 +205,7 @@ def register(cli: click.Group) -> None:
         from clm_core.delivery.unsubscribe import ensure_key_file
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.runs import last_runs, record_run
+        from clm_core.settings import Settings
         from clm_core.web.app import create_app
         from clm_core.web.background import serving
 
@@ -235,6 +236,11 @@ def register(cli: click.Group) -> None:
             try:
                 # clm serve's app answers the sandbox's signed callbacks, as in production
                 with serving(create_app(settings, app.engine)) as web_url:
+                    if settings.public_base_url == Settings.public_base_url:
+                        # unconfigured: the demo's links point at the service it runs
+                        os.environ["CLM_PUBLIC_BASE_URL"] = web_url
+                        click.echo(f"web        clm serve's app at {web_url}: unsubscribe, "
+                                   "preferences and click links in the demo's messages")
                     if server:
                         server.store.callbacks.configure({"url": web_url, "seed": 7,
                                                           "delay_seconds": 0.5})
