@@ -91,6 +91,29 @@ def _feedback_line(app: App) -> str:
     return ", ".join(parts)
 
 
+def _start_web(app: App) -> Any:
+    """The web service beside the sandbox, so the links in the demo's messages answer. Its
+    address becomes ``public_base_url`` unless the project set one."""
+    from clm_core.settings import Settings
+    from clm_core.web.app import create_app
+    from clm_core.web.serving import BackgroundServer
+
+    url = app.settings.public_base_url
+    if url != Settings.public_base_url:
+        click.echo(f"web        links point at the configured {url}")
+        return None
+    port = int(app.settings.section("web").get("demo_port", 8080))
+    local = f"http://127.0.0.1:{port}"
+    os.environ["CLM_PUBLIC_BASE_URL"] = local
+    if _port_open(local):
+        click.echo(f"web        using the web service already running at {local}")
+        return None
+    server = BackgroundServer(create_app(app.settings, app.engine), "127.0.0.1", port).start()
+    click.echo(f"web        clm serve at {server.url}: unsubscribe, preferences and click links "
+               "in the demo's messages")
+    return server
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--sample", is_flag=True, help="The 2,357-customer CDNOW sample (faster).")
@@ -109,8 +132,6 @@ def register(cli: click.Group) -> None:
         from clm_core.delivery.sandbox import SandboxServer
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.reporting import summarize
-        from clm_core.web.app import create_app
-        from clm_core.web.background import serving
 
         started = time.perf_counter()
         os.environ.setdefault("CLM_PROJECT_DIR", str(app.settings.project_dir))
@@ -134,22 +155,24 @@ def register(cli: click.Group) -> None:
                 server.store.set_faults(json.loads(faults))
             server.start()
             click.echo(f"providers  sandbox at {server.url} (SendGrid, Twilio, Stripe ... over HTTP)")
+        web = _start_web(app)
         click.echo(f"flow       running the `lifecycle` flow on Prefect's ephemeral API, scoring "
                    f"as of {as_of:%Y-%m-%d} ...")
         flow_started = time.perf_counter()
         try:
-            with serving(create_app(app.settings, app.engine)) as web_url:
-                if server:  # the sandbox reports back as providers do, signed
-                    server.store.callbacks.configure({"url": web_url, "seed": 7,
-                                                      "delay_seconds": 0.5})
-                    click.echo(f"web        callbacks to {web_url}/hooks/... (clm serve's app)")
-                state = _run_lifecycle(as_of=as_of.date())
-                if server:
-                    _drain_callbacks(server)
+            if server and web:  # the sandbox reports back as providers do, signed
+                server.store.callbacks.configure({"url": web.url, "seed": 7,
+                                                  "delay_seconds": 0.5})
+                click.echo(f"web        provider callbacks to {web.url}/hooks/...")
+            state = _run_lifecycle(as_of=as_of.date())
+            if server and web:
+                _drain_callbacks(server)
         finally:
             stats = server.store.stats() if server else None
             if server:
                 server.stop()
+            if web:
+                web.stop()
         flow_seconds = time.perf_counter() - flow_started
         s = summarize(app.engine)
         click.echo("")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,17 +60,25 @@ def routes(web: Web) -> list[BaseRoute]:
                             store=store, title_key="invalid_title", body_key="invalid_body",
                             status=400)
 
+    def verified(handler: Callable[[Request, Claims], Awaitable[Response]]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """The handler with the path's token verified; the 400 page when it does not verify."""
+        async def endpoint(request: Request) -> Response:
+            try:
+                claims = verify(request)
+            except TokenError:
+                return invalid(request)
+            return await handler(request, claims)
+        return endpoint
+
     def links(request: Request) -> dict[str, Any]:
         token = request.path_params["token"]
         return {"action": f"/u/{token}", "preferences": f"/p/{token}"}
 
-    async def unsubscribe_page(request: Request) -> Response:
-        try:
-            claims = verify(request)
-        except TokenError:
-            return invalid(request)
+    async def unsubscribe_page(request: Request, claims: Claims) -> Response:
         sub = await run_in_threadpool(subscriptions.load_subscriber, web.engine, claims)
-        locale = pick_locale(sub.locale if sub else request.headers.get("accept-language"))
+        locale = (pick_locale(sub.locale) if sub else
+                  locale_from_accept_language(request.headers.get("accept-language")))
         if sub is None:
             return page("unsubscribe.html", locale, store=store, title=TEXT[locale][
                 "unsubscribe_title"], unknown=True, already=False, question="", **links(request))
@@ -79,11 +88,7 @@ def routes(web: Web) -> list[BaseRoute]:
                     title=TEXT[locale]["unsubscribe_title"], question=question,
                     already=not sub.state.allows(claims.channel), **links(request))
 
-    async def unsubscribe_post(request: Request) -> Response:
-        try:
-            claims = verify(request)
-        except TokenError:
-            return invalid(request)
+    async def unsubscribe_post(request: Request, claims: Claims) -> Response:
         form = await _form(request)
         evidence = {"via": "one_click_post",
                     "one_click": form.get("List-Unsubscribe") == "One-Click",
@@ -117,11 +122,7 @@ def routes(web: Web) -> list[BaseRoute]:
                     csrf=csrf_token(web.keyring, claims.token_id, web.clock()), notice=notice,
                     action=f"/p/{request.path_params['token']}")
 
-    async def preferences_get(request: Request) -> Response:
-        try:
-            claims = verify(request)
-        except TokenError:
-            return invalid(request)
+    async def preferences_get(request: Request, claims: Claims) -> Response:
         sub = await run_in_threadpool(subscriptions.load_subscriber, web.engine, claims)
         if sub is None:
             return message_page(locale_from_accept_language(request.headers.get(
@@ -129,11 +130,7 @@ def routes(web: Web) -> list[BaseRoute]:
                 body_key="unknown_customer", status=200)
         return preferences_page(request, claims, sub)
 
-    async def preferences_post(request: Request) -> Response:
-        try:
-            claims = verify(request)
-        except TokenError:
-            return invalid(request)
+    async def preferences_post(request: Request, claims: Claims) -> Response:
         form = await _form(request)
         sub = await run_in_threadpool(subscriptions.load_subscriber, web.engine, claims)
         locale = pick_locale(sub.locale if sub else None)
@@ -161,10 +158,10 @@ def routes(web: Web) -> list[BaseRoute]:
         return preferences_page(request, claims, after, notice)
 
     return [
-        Route("/u/{token}", unsubscribe_page, methods=["GET"]),
-        Route("/u/{token}", unsubscribe_post, methods=["POST"]),
-        Route("/p/{token}", preferences_get, methods=["GET"]),
-        Route("/p/{token}", preferences_post, methods=["POST"]),
+        Route("/u/{token}", verified(unsubscribe_page), methods=["GET"]),
+        Route("/u/{token}", verified(unsubscribe_post), methods=["POST"]),
+        Route("/p/{token}", verified(preferences_get), methods=["GET"]),
+        Route("/p/{token}", verified(preferences_post), methods=["POST"]),
     ]
 
 
