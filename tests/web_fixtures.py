@@ -1,5 +1,18 @@
 """Serve an ASGI app through uvicorn in a background thread, for tests over real HTTP."""
 
-from clm_core.web.background import serving
+from __future__ import annotations
 
-__all__ = ["serving"]
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from clm_core.web.serving import BackgroundServer
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    server = BackgroundServer(app).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -91,12 +91,12 @@ class CallbackSender:
         self.rng = random.Random()
         self.lock = threading.Condition()
         self.queue: list[_Post] = []
-        self.pending_sendgrid: list[dict[str, Any]] = []
         self.seq = itertools.count()
         self.stats: Counter[str] = Counter()
         self.acked: Counter[tuple[str, str]] = Counter()  # (provider, event id) -> acks
         self.generated: set[tuple[str, str]] = set()
         self.replies: list[dict[str, Any]] = []  # answers to inbound SMS
+        self._in_flight = 0  # events of the post being sent: popped, not yet answered
         self._thread: threading.Thread | None = None
         self._stop = False
         self._client: httpx.Client | None = None
@@ -127,7 +127,6 @@ class CallbackSender:
     def reset(self) -> None:
         with self.lock:
             self.queue.clear()
-            self.pending_sendgrid.clear()
             self.stats.clear()
             self.acked.clear()
             self.generated.clear()
@@ -136,7 +135,7 @@ class CallbackSender:
     def snapshot(self, with_ids: bool = False) -> dict[str, Any]:
         with self.lock:
             out: dict[str, Any] = {
-                "queued": sum(len(p.items) for p in self.queue) + len(self.pending_sendgrid),
+                "queued": sum(len(p.items) for p in self.queue) + self._in_flight,
                 "generated": len(self.generated), "acked_events": len(self.acked),
                 **dict(self.stats)}
             if with_ids:
@@ -312,6 +311,7 @@ class CallbackSender:
                                and self.queue[0].provider == "sendgrid"
                                and self.queue[0].attempts == 0):
                             post.items += heapq.heappop(self.queue).items
+                    self._in_flight = len(post.items)
                 self._post(post)
         finally:
             self._client.close()
@@ -361,6 +361,7 @@ class CallbackSender:
         except httpx.HTTPError as exc:
             ok, status = False, type(exc).__name__
         with self.lock:
+            self._in_flight = 0
             self.stats["posts"] += 1
             self.stats[f"answer_{status}"] += 1
             if ok:

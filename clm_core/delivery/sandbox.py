@@ -456,7 +456,7 @@ class SandboxApp:
         page = int(q.get("Page", 0))
 
         def stamp(value: str) -> float:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            when = datetime.fromisoformat(value)  # Python 3.11 reads a trailing Z as UTC
             return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
         with self.store.lock:

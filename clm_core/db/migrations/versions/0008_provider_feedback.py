@@ -3,8 +3,8 @@
 Revision ID: 0008
 Revises: 0004
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0008"
