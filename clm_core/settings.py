@@ -15,7 +15,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -135,8 +135,8 @@ def secret(name: str, env: dict[str, str] | None = None) -> str:
 
     The error names the variable, never a value; the value is remembered for ``redact``.
     """
-    env = os.environ if env is None else env
-    value = env.get(name)
+    source_env: Mapping[str, str] = os.environ if env is None else env
+    value = source_env.get(name)
     if not value:
         for _, source in _SECRET_SOURCES:
             try:

@@ -153,7 +153,9 @@ def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int
         n_customers=fit.n_customers,
         diagnostics={**(fit.diagnostics or {}), "fit_seconds": round(fit.seconds, 3)},
         fitted_at=now, run_id=run_id))
-    fit.id = int(result.inserted_primary_key[0])
+    key = result.inserted_primary_key
+    assert key is not None  # an INSERT of one row
+    fit.id = int(key[0])
     return fit.id
 
 
