@@ -90,7 +90,9 @@ def register(cli: click.Group) -> None:
         if csv_dir:
             report = synthetic.write_csv(csv_dir, n_customers, seed)
         else:
-            report = synthetic.load_synthetic(ctx.find_object(App).engine, n_customers, seed)
+            app = ctx.find_object(App)
+            assert app is not None  # the group callback made it
+            report = synthetic.load_synthetic(app.engine, n_customers, seed)
         for line in report.lines():
             click.echo(line)
         if csv_dir:

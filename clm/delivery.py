@@ -88,8 +88,10 @@ def register(cli: click.Group) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactSecrets())
         config = load_delivery_config(app.settings)
-        config = replace(config, **{k: v for k, v in (("batch_size", batch_size), ("lanes", lanes))
-                                    if v is not None})
+        if batch_size is not None:
+            config = replace(config, batch_size=batch_size)
+        if lanes is not None:
+            config = replace(config, lanes=lanes)
         engine = app.engine
         for status, wanted in (("failed", retry_failed), ("unknown", retry_unknown)):
             if wanted:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -149,8 +149,8 @@ def secret(name: str, env: dict[str, str] | None = None, file: Path | None = Non
 
     The error names the variable, never a value; the value is remembered for ``redact``.
     """
-    env = os.environ if env is None else env
-    value = env.get(name)
+    source_env: Mapping[str, str] = os.environ if env is None else env
+    value = source_env.get(name)
     if not value:
         for _, source in _SECRET_SOURCES:
             try:

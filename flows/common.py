@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from prefect import get_run_logger
 from prefect.futures import wait
@@ -57,7 +57,7 @@ def dispatch_due(tgt: Target, now: datetime | None, chunk_size: int,
     total = DispatchReport()
     for f in futures:
         if f.state.is_completed():
-            total.merge(f.result())
+            total.merge(cast(DispatchReport, f.result()))
         else:
             total.chunks_failed += 1
     return total

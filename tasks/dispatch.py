@@ -17,16 +17,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.asyncio import (AcquireConcurrencySlotTimeoutError,
-                                         ConcurrencySlotAcquisitionError, rate_limit)
+from prefect.client.orchestration import PrefectClient, get_client
 
 from clm_core.db import tables as t
 from clm_core.delivery.config import DeliveryConfig, RedactSecrets, load_delivery_config
 from clm_core.delivery.dispatcher import DispatchReport, Dispatcher
 from clm_core.delivery.unsubscribe import signing_key
-from clm_core.errors import ThrottleError
 from clm_core.runs import utcnow
 from tasks.context import Target, opened
+from tasks.limits import limit_name, limit_slots, shared_limit
 
 DUE_STATUSES = ("pending", "deferred")
 
@@ -47,26 +46,19 @@ def plan_chunks(due: int, chunk_size: int, max_chunks: int) -> int:
 
 
 def shared_throttle(config: DeliveryConfig,
-                    use_limits: bool) -> Callable[[str], Awaitable[None]] | None:
-    """Take one slot of the Prefect global rate limit of a provider that has a rate (made by
-    ``clm limits``) before each request to it: a request never asks for more slots than the
-    limit has, whatever it carries (Prefect refuses such a request outright). Strict, so a
-    missing limit stops the channel (its messages wait) instead of running unthrottled.
-    Without a Prefect server there is nothing to share: each provider's own bucket applies."""
-    from tasks.limits import limit_name
-
-    limited = {cfg.name for cfg in config.channels.values() if cfg.rate_per_second}
-    if not use_limits or not limited:
+                    client: PrefectClient) -> Callable[[str], Awaitable[None]] | None:
+    """Before each request to a provider that has a rate, take one slot of its Prefect global
+    rate limit (made by ``clm limits``); a missing limit stops that channel (its messages wait)
+    instead of running unthrottled. None when no provider has a rate."""
+    limits = {cfg.name: shared_limit(limit_name(cfg.name), limit_slots(cfg.rate_per_second),
+                                     cfg.rate_per_second)
+              for cfg in config.channels.values() if cfg.rate_per_second}
+    if not limits:
         return None
 
     async def throttle(provider: str) -> None:
-        if provider not in limited:
-            return
-        try:
-            await rate_limit(limit_name(provider), occupy=1, strict=True)
-        except (ConcurrencySlotAcquisitionError, AcquireConcurrencySlotTimeoutError) as exc:
-            raise ThrottleError(f"rate limit {limit_name(provider)!r}: {exc} "
-                                "(run `clm limits` against this Prefect server)") from exc
+        if provider in limits:
+            await limits[provider].take(client)
 
     return throttle
 
@@ -78,8 +70,12 @@ async def dispatch_chunk(target: Target, chunk: int, limit: int,
     with opened(target) as (settings, engine):
         config = load_delivery_config(settings)
         clock = (lambda: now) if now is not None else utcnow
-        throttle = shared_throttle(config, bool(os.environ.get("PREFECT_API_URL")))
-        dispatcher = Dispatcher(engine, settings, config, signing_key=signing_key(settings),
-                                clock=clock, owner=f"chunk-{chunk}-{utcnow():%H%M%S%f}",
-                                throttle=throttle)
-        return await dispatcher.run(limit=limit)
+        owner = f"chunk-{chunk}-{utcnow():%H%M%S%f}"
+        if not os.environ.get("PREFECT_API_URL"):  # no server: nothing to share limits through
+            return await Dispatcher(engine, settings, config, signing_key=signing_key(settings),
+                                    clock=clock, owner=owner).run(limit=limit)
+        async with get_client() as client:
+            dispatcher = Dispatcher(engine, settings, config, signing_key=signing_key(settings),
+                                    clock=clock, owner=owner,
+                                    throttle=shared_throttle(config, client))
+            return await dispatcher.run(limit=limit)

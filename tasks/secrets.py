@@ -7,6 +7,7 @@ for a secret by name without knowing Prefect exists.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from clm_core.settings import add_secret_source
 
@@ -18,7 +19,7 @@ def prefect_secret(name: str) -> str | None:
         return None
     from prefect.blocks.system import Secret
 
-    block = Secret.load(block_name(name), _sync=True)  # type: ignore[call-arg]
+    block: Any = Secret.load(block_name(name), _sync=True)  # type: ignore[call-arg]
     return str(block.get())
 
 

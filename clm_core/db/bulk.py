@@ -36,7 +36,7 @@ COPY_CHUNK_ROWS = 100_000
 SQLITE_CACHE_KIB = 256 * 1024  # page cache for a write (SQLite allocates it only as needed)
 
 
-def _datetimes_as_text(s: pd.Series) -> list[object]:
+def _datetimes_as_text(s: pd.Series) -> list[str | None]:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` (SQLAlchemy's SQLite storage format; PostgreSQL reads it
     too), None for NaT. Vectorised: ``strftime`` on a million values takes seconds."""
     values = s.to_numpy(dtype="datetime64[us]")
@@ -48,7 +48,7 @@ def _datetimes_as_text(s: pd.Series) -> list[object]:
     return out.tolist()
 
 
-def _column(col: sa.Column, s: pd.Series) -> list[object]:
+def _column(col: sa.Column, s: pd.Series) -> Sequence[object]:
     """One column as Python values the DBAPI (or COPY) takes as they are: None for missing,
     JSON as text, times as text, booleans as bool."""
     if isinstance(col.type, sa.JSON):
@@ -69,7 +69,7 @@ def _column(col: sa.Column, s: pd.Series) -> list[object]:
     return values
 
 
-def _columns(table: sa.Table, df: pd.DataFrame) -> list[list[object]]:
+def _columns(table: sa.Table, df: pd.DataFrame) -> list[Sequence[object]]:
     return [_column(table.c[name], df[name]) for name in df.columns]
 
 

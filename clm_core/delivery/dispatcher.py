@@ -472,19 +472,20 @@ class Dispatcher:
     def _outcome(self, row: dict[str, Any], res: SendResult, provider: Provider, prefix: str = "",
                  address: str | None = None) -> Resolution:
         now = self.clock()
-        common = {"provider": provider.name, "error_code": res.code,
+        common: dict[str, Any] = {"provider": provider.name, "error_code": res.code,
                   "error_message": redact(res.message or "")[:1000] or None}
         if res.outcome is Outcome.SENT:
             return Resolution(row["id"], "sent", "sent", provider=provider.name,
-                       provider_message_id=res.provider_message_id, sent_at=now)
+                              provider_message_id=res.provider_message_id, sent_at=now)
         if res.halt:
             return self._halted(row, res, provider)
         if res.outcome is Outcome.REJECTED:
             suppress = None
             if address and row["channel"] in ADDRESS:
                 suppress = (row["channel"], address, row["customer_id"], res.suppress or "invalid")
-            return Resolution(row["id"], "failed", f"{prefix}recipient_{res.suppress or 'rejected'}",
-                       suppress=suppress, **common)
+            return Resolution(row["id"], "failed",
+                              f"{prefix}recipient_{res.suppress or 'rejected'}",
+                              suppress=suppress, **common)
         if res.outcome is Outcome.PERMANENT:
             return Resolution(row["id"], "failed", f"{prefix}permanent_error", **common)
         # Transient.
@@ -493,5 +494,6 @@ class Dispatcher:
         if row["attempts"] >= self.config.max_attempts:
             return Resolution(row["id"], "failed", f"{prefix}retries_exhausted", **common)
         return Resolution(row["id"], "pending", f"{prefix}retry_scheduled",
-                   send_after=now + self._backoff(row["attempts"], res.retry_after), **common)
+                          send_after=now + self._backoff(row["attempts"], res.retry_after),
+                          **common)
 

@@ -290,15 +290,15 @@ class SandboxApp:
         text = {400: "Bad Request: the request was rejected", 401: "Unauthorized: the API key is "
                 "invalid or revoked", 429: "Too Many Requests"}.get(
             status, "Internal Server Error")
-        body: dict[str, Any] = {
+        bodies: dict[str, dict[str, Any]] = {
             "sendgrid": {"errors": [{"field": None, "message": text}]},
             "twilio": {"code": {400: 21606, 401: 20003, 429: 20429}.get(status, 20500), "message": text,
                        "status": status},
             "stripe": {"error": {"type": "invalid_request_error" if status in (400, 401) else "api_error",
                                  "code": "rate_limit" if status == 429 else None,
                                  "message": text}},
-        }.get(api, {"message": text})
-        return JSONResponse(body, status_code=status, headers=headers)
+        }
+        return JSONResponse(bodies.get(api, {"message": text}), status_code=status, headers=headers)
 
     # --- provider APIs ----------------------------------------------------------------------
 

@@ -152,7 +152,8 @@ class _Run:
         enr["is_new"] = False
         enr["changed"] = False
         self.enr = enr.reset_index(drop=True)
-        self.contact = ContactPolicy(rules_for(latest.values(), policy.caps, policy.quiet_hours),
+        self.contact = ContactPolicy(rules_for(list(latest.values()), policy.caps,
+                                               policy.quiet_hours),
                                      self.cust, snap.ledger, self.now)
         self.messages: list[pd.DataFrame] = []
 
@@ -248,6 +249,7 @@ class _Run:
             src = src[src["amount"] >= goal.order.min_amount].rename(columns={"ordered_at": "t"})
         else:
             src = self.snap.events
+            assert goal.event is not None  # a goal is exactly one of order, stage, event, condition
             src = src[src["event_type"] == goal.event.type].rename(columns={"occurred_at": "t"})
         left = pd.DataFrame({"row": idx, "customer_id": self.enr.loc[idx, "customer_id"].to_numpy(),
                              "entered": entered.to_numpy()})
@@ -283,6 +285,7 @@ class _Run:
             hit = ev[ok].groupby("customer_id")["occurred_at"].max()
             hit = hit[hit.index.isin(self.cust.index)]
             return pd.DataFrame({"customer_id": hit.index.to_numpy(), "trigger_at": hit.to_numpy()})
+        assert j.segment is not None  # the entry is a stage, an event or a segment
         ids = self.cust.index[j.segment.mask(self.cust).to_numpy(bool)]
         return pd.DataFrame({"customer_id": ids.to_numpy(),
                              "trigger_at": np.full(len(ids), self.now.to_datetime64())})
@@ -477,6 +480,7 @@ class _Run:
                 to = j.spec.entry.tier.to
                 matching = (rows["tier"] == to if to else rows["tier"].notna()).to_numpy(bool)
             else:
+                assert j.spec.entry.stage is not None  # the trigger is a segment or a stage
                 matching = (rows["stage"] == j.spec.entry.stage.to).to_numpy(bool)
             self._set(idx[~matching], unmatched_at=self.now)
 

@@ -351,7 +351,7 @@ Step = Annotated[
 
 for _cls, _kind in ((SendStep, "send"), (WaitStep, "wait"), (BranchStep, "branch"),
                     (SplitStep, "split"), (ExitStep, "exit")):
-    _cls.kind = _kind  # type: ignore[attr-defined]
+    _cls.kind = _kind  # type: ignore[attr-defined,union-attr]
 
 
 # --- the journey ------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int
         diagnostics={**(fit.diagnostics or {}), "fit_seconds": round(fit.seconds, 3)},
         recorded_at=utcnow(), run_id=run_id))
     key = result.inserted_primary_key
-    assert key is not None
+    assert key is not None  # an INSERT of one row
     fit.id = int(key[0])
     return fit.id
 

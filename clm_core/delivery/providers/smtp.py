@@ -72,9 +72,9 @@ class SmtpProvider:
 
     async def send_one(self, m: Outbound) -> SendResult:
         async with self._slots:
-            refused = await pass_gate(self.gate, [m.key], self.name)
-            if refused:
-                return refused[0]
+            closed = await pass_gate(self.gate, [m.key], self.name)
+            if closed:
+                return closed[0]
             try:
                 conn = await self._connection()
             except (aiosmtplib.SMTPException, OSError) as exc:
