@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates .venv, installs CLM, then
 #   ./run.sh demo       the main job on the embedded default (SQLite, local sandbox providers)
-#   ./run.sh test       the whole test suite on SQLite and PostgreSQL
+#   ./run.sh test       ruff, mypy, then the whole test suite on SQLite and PostgreSQL
 #   ./run.sh clm ARGS   any clm command
 #   ./run.sh bench NAME a benchmark script from benchmarks/
 set -euo pipefail
@@ -41,6 +41,9 @@ case "$cmd" in
   test)
     setup
     start_postgres
+    # Lint and types first: a failure stops here, before the slower tests.
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy" clm clm_core flows tasks
     # Two workers: the machines have two cores; each worker gets its own databases.
     exec "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@" ;;
   clm) setup; exec "$VENV/bin/clm" "$@" ;;
