@@ -57,7 +57,9 @@ def _report(url: str, path: str, out: Any) -> None:
     from clm_core.measure.html import write_report
 
     engine = make_engine(url)
-    journeys = [load_journey(p) for p in sorted((REPO / "journeys").glob("*.yaml")) if p.stem != "lifecycle"]
+    journeys = [
+        load_journey(p) for p in sorted((REPO / "journeys").glob("*.yaml")) if p.stem != "lifecycle"
+    ]
     start, cpu = time.perf_counter(), _cpu()
     written, _ = write_report(engine, path, None, "en", journeys)
     out.put({"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "peak_mb": _peak_mb(),
@@ -68,9 +70,18 @@ def _naive(url: str, out: Any) -> None:
     engine = make_engine(url)
     start, cpu = time.perf_counter(), _cpu()
     with engine.connect() as conn:
-        orders = pd.read_sql(sa.select(t.orders.c.customer_id, t.orders.c.ordered_at, t.orders.c.amount), conn)
-        scores = pd.read_sql(sa.select(t.customer_scores.c.customer_id, t.customer_scores.c.stage,
-                                       t.customer_scores.c.total_spend, t.customer_scores.c.clv_12m), conn)
+        orders = pd.read_sql(
+            sa.select(t.orders.c.customer_id, t.orders.c.ordered_at, t.orders.c.amount), conn
+        )
+        scores = pd.read_sql(
+            sa.select(
+                t.customer_scores.c.customer_id,
+                t.customer_scores.c.stage,
+                t.customer_scores.c.total_spend,
+                t.customer_scores.c.clv_12m,
+            ),
+            conn,
+        )
     orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
     first = orders.groupby("customer_id")["ordered_at"].min().dt.to_period("M").rename("cohort")
     orders = orders.join(first, on="customer_id")
@@ -113,7 +124,9 @@ def _enroll(engine: sa.Engine, n: int, as_of: date, seed: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--enrollments", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=1)
@@ -124,11 +137,15 @@ def main() -> None:
     url = args.database or f"sqlite:///{tmp}/bench.db"
     engine = open_database(url)
     with engine.connect() as conn:
-        scored = conn.execute(sa.select(sa.func.count()).select_from(t.customer_scores)).scalar() or 0
+        scored = (
+            conn.execute(sa.select(sa.func.count()).select_from(t.customer_scores)).scalar() or 0
+        )
         last = conn.execute(sa.select(sa.func.max(t.orders.c.ordered_at))).scalar()
     if not (args.reuse and scored):
-        print("loading: " + "; ".join(load_synthetic(engine, args.customers, seed=args.seed).lines()),
-              flush=True)
+        print(
+            "loading: " + "; ".join(load_synthetic(engine, args.customers, seed=args.seed).lines()),
+            flush=True,
+        )
         with engine.connect() as conn:
             last = conn.execute(sa.select(sa.func.max(t.orders.c.ordered_at))).scalar()
         from clm_core.lifecycle.pipeline import LifecycleConfig, fit, score
@@ -136,11 +153,15 @@ def main() -> None:
         config = LifecycleConfig(time_unit="day", rules=REPO / "journeys" / "lifecycle.yaml")
         as_of = pd.Timestamp(last).date() - timedelta(days=90)
         start = time.perf_counter()
-        fit(engine, config, as_of=as_of, holdout_end=pd.Timestamp(last).date())  # with a model check
+        fit(
+            engine, config, as_of=as_of, holdout_end=pd.Timestamp(last).date()
+        )  # with a model check
         score(engine, config, as_of=as_of)
         print(f"fit and score (not timed below): {time.perf_counter() - start:.1f} s", flush=True)
     with engine.connect() as conn:
-        as_of = pd.Timestamp(conn.execute(sa.select(sa.func.max(t.customer_scores.c.as_of))).scalar()).date()
+        as_of = pd.Timestamp(
+            conn.execute(sa.select(sa.func.max(t.customer_scores.c.as_of))).scalar()
+        ).date()
     _enroll(engine, args.enrollments, as_of, args.seed)
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
@@ -149,13 +170,19 @@ def main() -> None:
         n_customers = conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar()
         n_orders = conn.execute(sa.select(sa.func.count()).select_from(t.orders)).scalar()
         n_enr = conn.execute(sa.select(sa.func.count()).select_from(t.journey_enrollments)).scalar()
-    print(f"store: {n_customers:,} customers, {n_orders:,} orders, {n_enr:,} enrollments, scored as "
-          f"of {as_of}; {engine.dialect.name}; {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"store: {n_customers:,} customers, {n_orders:,} orders, {n_enr:,} enrollments, scored as "
+        f"of {as_of}; {engine.dialect.name}; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     engine.dispose()
 
     attributed = measured(_attribute, url, pd.Timestamp(last).to_pydatetime())
-    print(line("attribution rebuild", attributed) + f"  {attributed.get('rows', 0):,} rows", flush=True)
+    print(
+        line("attribution rebuild", attributed) + f"  {attributed.get('rows', 0):,} rows",
+        flush=True,
+    )
     path = f"{tmp}/report.html"
     report = measured(_report, url, path)
     print(line("clm report", report) + f"  {report.get('bytes', 0) / 1e6:.2f} MB HTML", flush=True)

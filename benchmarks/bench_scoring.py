@@ -31,12 +31,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.measure import cpu_seconds as _cpu  # noqa: E402
+from benchmarks.measure import line, measured
+from benchmarks.measure import peak_mb as _peak_mb
 from clm_core.db import tables as t  # noqa: E402
 from clm_core.db.engine import make_engine  # noqa: E402
 from clm_core.db.migrate import open_database  # noqa: E402
 from clm_core.ingest.synthetic import load_synthetic  # noqa: E402
-
-from benchmarks.measure import cpu_seconds as _cpu, line, measured, peak_mb as _peak_mb  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,11 +64,19 @@ def _naive_run(url: str, as_of: date, out: Any) -> None:
     start, cpu = time.perf_counter(), _cpu()
     steps: dict[str, float] = {}
     with engine.connect() as conn:
-        tx = pd.read_sql(sa.select(t.orders.c.customer_id, t.orders.c.ordered_at, t.orders.c.amount), conn)
+        tx = pd.read_sql(
+            sa.select(t.orders.c.customer_id, t.orders.c.ordered_at, t.orders.c.amount), conn
+        )
     steps["read orders"] = time.perf_counter() - start
     mark = time.perf_counter()
-    s = summary_data_from_transaction_data(tx, "customer_id", "ordered_at", monetary_value_col="amount",
-                                           observation_period_end=pd.Timestamp(as_of), freq="D")
+    s = summary_data_from_transaction_data(
+        tx,
+        "customer_id",
+        "ordered_at",
+        monetary_value_col="amount",
+        observation_period_end=pd.Timestamp(as_of),
+        freq="D",
+    )
     steps["summary"] = time.perf_counter() - mark
     mark = time.perf_counter()
     bgf = BetaGeoFitter(penalizer_coef=0.0).fit(s["frequency"], s["recency"], s["T"])
@@ -80,15 +89,25 @@ def _naive_run(url: str, as_of: date, out: Any) -> None:
         s[f"e{days}"] = bgf.conditional_expected_number_of_purchases_up_to_time(
             days, s["frequency"], s["recency"], s["T"])
     s["aov"] = ggf.conditional_expected_average_profit(s["frequency"], s["monetary_value"])
-    s["clv"] = ggf.customer_lifetime_value(bgf, s["frequency"], s["recency"], s["T"], s["monetary_value"],
-                                           time=12, discount_rate=0.008, freq="D")
+    s["clv"] = ggf.customer_lifetime_value(
+        bgf,
+        s["frequency"],
+        s["recency"],
+        s["T"],
+        s["monetary_value"],
+        time=12,
+        discount_rate=0.008,
+        freq="D",
+    )
     steps["scores"] = time.perf_counter() - mark
     out.put({"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "peak_mb": _peak_mb(),
              "steps": steps, "customers": len(s)})
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--database", help="database URL (default: a new SQLite file in a temp dir)")
@@ -101,8 +120,10 @@ def main() -> None:
     with engine.connect() as conn:
         n_orders = conn.execute(sa.select(sa.func.count()).select_from(t.orders)).scalar() or 0
     if not (args.reuse and n_orders):
-        print("loading: " + "; ".join(load_synthetic(engine, args.customers, seed=args.seed).lines()),
-              flush=True)
+        print(
+            "loading: " + "; ".join(load_synthetic(engine, args.customers, seed=args.seed).lines()),
+            flush=True,
+        )
     if engine.dialect.name == "sqlite":  # fold the load's write-ahead log into the file
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -123,9 +144,13 @@ def main() -> None:
 
     start = time.perf_counter()
     fitted = fit(engine, LifecycleConfig(time_unit="day"), as_of=as_of)
-    print(f"fit (not in the figures below): {time.perf_counter() - start:.1f} s; "
-          + ", ".join(f"{k} {v:.4g}" for k, v in {**fitted.purchases.params, **fitted.spend.params}.items()),
-          flush=True)
+    print(
+        f"fit (not in the figures below): {time.perf_counter() - start:.1f} s; "
+        + ", ".join(
+            f"{k} {v:.4g}" for k, v in {**fitted.purchases.params, **fitted.spend.params}.items()
+        ),
+        flush=True,
+    )
     engine.dispose()
 
     first = measured(_clm_run, url, as_of)
@@ -137,10 +162,13 @@ def main() -> None:
     if not args.skip_naive:
         naive = measured(_naive_run, url, as_of, timeout=args.naive_timeout)
         print(line("naive pandas+lifetimes", naive), flush=True)
-        print(f"clm first scoring is {naive['seconds'] / first['seconds']:.1f}x faster than naive "
-              f"(CPU {naive['cpu'] / first['cpu']:.1f}x); next-day scoring "
-              f"{naive['seconds'] / daily['seconds']:.1f}x (CPU {naive['cpu'] / daily['cpu']:.1f}x); "
-              f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"clm first scoring is {naive['seconds'] / first['seconds']:.1f}x faster than naive "
+            f"(CPU {naive['cpu'] / first['cpu']:.1f}x); next-day scoring "
+            f"{naive['seconds'] / daily['seconds']:.1f}x (CPU {naive['cpu'] / daily['cpu']:.1f}x); "
+            f"load average now {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

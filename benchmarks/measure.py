@@ -44,7 +44,9 @@ def measured(target: Any, *args: Any, timeout: float = 1800) -> dict[str, Any]:
 def line(name: str, r: dict[str, Any]) -> str:
     steps = ", ".join(f"{k} {v:.1f}" for k, v in r.get("steps", {}).items())
     err = f"  [{r['error']}]" if "error" in r else ""
-    return (f"{name:<22} {r['seconds']:>7.1f} s wall {r['cpu']:>7.1f} s CPU {r['peak_mb']:>7.0f} MB peak"
-            f"   ({steps}){err}")
+    return (
+        f"{name:<22} {r['seconds']:>7.1f} s wall {r['cpu']:>7.1f} s CPU {r['peak_mb']:>7.0f} MB peak"  # noqa: E501  (prose or a URL: clearer whole)
+        f"   ({steps}){err}"
+    )
 
 

@@ -29,7 +29,9 @@ def _csv_command(group: click.Group, entity: str, cmd_name: str) -> None:
                   help="Read FIELD from COLUMN (repeatable).")
     @click.option("--region", help="Country of phone numbers written without +code, e.g. CN "
                   "(default: settings default_region).")
-    @click.option("--timezone", "tz", help="Time zone of times without an offset (default: settings).")
+    @click.option(
+        "--timezone", "tz", help="Time zone of times without an offset (default: settings)."
+    )
     @click.option("--rejects", type=click.Path(dir_okay=False), help="Where to write rows with "
                   "problems (default: <file>-rejects.csv next to the file).")
     @click.option("--strict", is_flag=True, help="Reject a row for a bad optional field too "
@@ -41,11 +43,19 @@ def _csv_command(group: click.Group, entity: str, cmd_name: str) -> None:
                 tz: str | None, rejects: str | None, strict: bool, strict_columns: bool) -> None:
         from clm_core.ingest.importer import import_csv
 
-        report = import_csv(app.engine, entity, file, encoding=encoding, mapping=_parse_map(mapping),
-                            region=region or app.settings.default_region,
-                            tz=tz or app.settings.default_timezone, rejects=rejects,
-                            strict=strict, strict_columns=strict_columns,
-                            currency=app.settings.currency)
+        report = import_csv(
+            app.engine,
+            entity,
+            file,
+            encoding=encoding,
+            mapping=_parse_map(mapping),
+            region=region or app.settings.default_region,
+            tz=tz or app.settings.default_timezone,
+            rejects=rejects,
+            strict=strict,
+            strict_columns=strict_columns,
+            currency=app.settings.currency,
+        )
         for line in report.lines():
             click.echo(line)
 
@@ -69,10 +79,12 @@ def register(cli: click.Group) -> None:
         from clm_core.ingest.cdnow import import_cdnow
 
         r = import_cdnow(app.engine, sample=sample, prospects=prospects)
-        click.echo(f"CDNOW{' sample' if sample else ''}: {r.customers:,} customers"
-                   f"{f' + {r.prospects:,} prospects' if r.prospects else ''}, {r.orders:,} orders, "
-                   f"{r.items:,} order lines; new or changed rows: "
-                   + ", ".join(f"{k} {v:,}" for k, v in r.inserted.items()))
+        click.echo(
+            f"CDNOW{' sample' if sample else ''}: {r.customers:,} customers"
+            f"{f' + {r.prospects:,} prospects' if r.prospects else ''}, {r.orders:,} orders, "
+            f"{r.items:,} order lines; new or changed rows: "
+            + ", ".join(f"{k} {v:,}" for k, v in r.inserted.items())
+        )
 
     @cli.command()
     @click.option("--customers", "n_customers", type=click.IntRange(1), required=True,

@@ -27,7 +27,9 @@ def register(cli: click.Group) -> None:
         """Apply migrations (every command that needs the database does this too)."""
         from clm_core.db.migrate import current_revision
 
-        click.echo(f"{describe(app.settings.database_url)} at revision {current_revision(app.engine)}")
+        click.echo(
+            f"{describe(app.settings.database_url)} at revision {current_revision(app.engine)}"
+        )
 
     @db.command()
     @pass_app

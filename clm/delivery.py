@@ -16,7 +16,9 @@ from clm.context import App, pass_app
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--host", default="127.0.0.1", show_default=True)
-    @click.option("--port", default=8025, show_default=True, type=int, help="HTTP APIs (0: any free port).")
+    @click.option(
+        "--port", default=8025, show_default=True, type=int, help="HTTP APIs (0: any free port)."
+    )
     @click.option("--smtp-port", default=8026, show_default=True, type=int, help="SMTP (-1: off).")
     @click.option("--faults", metavar="JSON", help='Faults to inject, e.g. \'{"rate_429": 0.2}\'.')
     def sandbox(host: str, port: int, smtp_port: int, faults: str | None) -> None:
@@ -32,8 +34,12 @@ def register(cli: click.Group) -> None:
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"--faults: {exc}") from exc
         server.start()
-        click.echo(f"sandbox: {server.url}" + (f", SMTP {server.smtp_url}" if smtp_port >= 0 else "")
-                   + f"; inspect {server.url}/_sandbox/stats", err=True)
+        click.echo(
+            f"sandbox: {server.url}"
+            + (f", SMTP {server.smtp_url}" if smtp_port >= 0 else "")
+            + f"; inspect {server.url}/_sandbox/stats",
+            err=True,
+        )
         try:
             while True:
                 time.sleep(3600)
@@ -59,8 +65,12 @@ def register(cli: click.Group) -> None:
     @click.option("--limit", type=int, help="Send at most this many messages.")
     @click.option("--wait", default=0.0, show_default=True, type=float, metavar="SECONDS",
                   help="Keep running while retries or deferred messages come due within this time.")
-    @click.option("--batch-size", type=int, help="Messages per claim (default: [delivery] batch_size).")
-    @click.option("--lanes", type=int, help="Batches in flight at once (default: [delivery] lanes).")
+    @click.option(
+        "--batch-size", type=int, help="Messages per claim (default: [delivery] batch_size)."
+    )
+    @click.option(
+        "--lanes", type=int, help="Batches in flight at once (default: [delivery] lanes)."
+    )
     @click.option("--retry-failed", is_flag=True,
                   help="First requeue every message that failed for good (after fixing the cause).")
     @click.option("--retry-unknown", is_flag=True,
@@ -70,8 +80,17 @@ def register(cli: click.Group) -> None:
                        "list of sent messages: sent, or requeued when the provider never got them.")
     @click.option("-v", "--verbose", is_flag=True)
     @pass_app
-    def dispatch(app: App, limit: int | None, wait: float, batch_size: int | None, lanes: int | None,
-                 retry_failed: bool, retry_unknown: bool, reconcile: bool, verbose: bool) -> None:
+    def dispatch(
+        app: App,
+        limit: int | None,
+        wait: float,
+        batch_size: int | None,
+        lanes: int | None,
+        retry_failed: bool,
+        retry_unknown: bool,
+        reconcile: bool,
+        verbose: bool,
+    ) -> None:
         """Send due messages from the outbox: claim, check consent, issue coupons, render, send,
         record each outcome; retry transient failures with backoff."""
         from dataclasses import replace
@@ -95,7 +114,9 @@ def register(cli: click.Group) -> None:
         engine = app.engine
         for status, wanted in (("failed", retry_failed), ("unknown", retry_unknown)):
             if wanted:
-                click.echo(f"requeued {outbox.requeue(engine, utcnow(), status):,} {status} messages")
+                click.echo(
+                    f"requeued {outbox.requeue(engine, utcnow(), status):,} {status} messages"
+                )
         if reconcile:
             click.echo(asyncio.run(_reconcile(engine, config)).summary())
         dispatcher = Dispatcher(engine, app.settings, config, signing_key=signing_key(app.settings))

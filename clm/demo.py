@@ -133,10 +133,12 @@ def tell(app: App, first: date, weeks: int) -> None:
             verdict = ("the journey made a difference" if dlo > 0 else
                        "the journey did worse" if dhi < 0 else
                        "no evidence yet that the journey changes buying (the interval includes 0)")
-            click.echo(f"    control   {o.control.converted:,} of {o.control.entered:,}: "
-                       f"{_pct(o.control.rate)} ({_pct(clo)}-{_pct(chi)}); difference "
-                       f"{100 * d:+.1f} points (Newcombe 95% {100 * dlo:+.1f} to {100 * dhi:+.1f}): "
-                       f"{verdict}")
+            click.echo(
+                f"    control   {o.control.converted:,} of {o.control.entered:,}: "
+                f"{_pct(o.control.rate)} ({_pct(clo)}-{_pct(chi)}); difference "
+                f"{100 * d:+.1f} points (Newcombe 95% {100 * dlo:+.1f} to {100 * dhi:+.1f}): "
+                f"{verdict}"
+            )
         for reason, (n, first_at, last_at) in sorted(o.waiting.items()):
             click.echo(f"    waiting   {n:,} messages {reason_words(reason or None)}, "
                        f"due {_when(first_at)} to {_when(last_at)}")
@@ -151,8 +153,10 @@ def tell(app: App, first: date, weeks: int) -> None:
             stage = f", stage now {e.stage.replace('_', ' ')}" if e.stage else ""
             j = journeys.get(e.journey)
             why = f"entered {e.journey} {_entry_words(j)}" if j is not None else e.journey
-            click.echo(f"  {_when(e.sent_at)}  {e.channel} {e.template!r} to {e.name or e.customer} "
-                       f"({e.customer}): {why} on {e.entered_at:%Y-%m-%d}{stage}")
+            click.echo(
+                f"  {_when(e.sent_at)}  {e.channel} {e.template!r} to {e.name or e.customer} "
+                f"({e.customer}): {why} on {e.entered_at:%Y-%m-%d}{stage}"
+            )
 
 
 def _drain_callbacks(server: Any, timeout: float = 60.0) -> None:
@@ -169,16 +173,23 @@ def _feedback_line(app: App) -> str:
     from clm_core.db import tables as t
 
     with app.engine.connect() as conn:
-        status = dict(conn.execute(sa.select(t.messages.c.delivery_status, sa.func.count())
-                                   .where(t.messages.c.delivery_status.is_not(None))
-                                   .group_by(t.messages.c.delivery_status)).all())
-        events = dict(conn.execute(sa.select(t.events.c.event_type, sa.func.count())
+        status: dict[str, int] = dict(
+            conn.execute(
+                sa.select(t.messages.c.delivery_status, sa.func.count())
+                .where(t.messages.c.delivery_status.is_not(None))
+                .group_by(t.messages.c.delivery_status)
+            ).all()
+        )
+        events: dict[str, int] = dict(conn.execute(sa.select(t.events.c.event_type, sa.func.count())
                                    .where(t.events.c.event_type.in_(("opened", "clicked")))
                                    .group_by(t.events.c.event_type)).all())
-        kinds = dict(conn.execute(sa.select(t.provider_events.c.kind, sa.func.count())
-                                  .where(t.provider_events.c.kind.in_(
-                                      ("complained", "unsubscribed")))
-                                  .group_by(t.provider_events.c.kind)).all())
+        kinds: dict[str, int] = dict(
+            conn.execute(
+                sa.select(t.provider_events.c.kind, sa.func.count())
+                .where(t.provider_events.c.kind.in_(("complained", "unsubscribed")))
+                .group_by(t.provider_events.c.kind)
+            ).all()
+        )
     parts = [f"{k} {status.get(k, 0):,}" for k in ("delivered", "bounced", "deferred",
                                                    "undelivered")]
     parts += [f"{k} {events.get(k, 0):,}" for k in ("opened", "clicked")]
@@ -201,13 +212,14 @@ def register(cli: click.Group) -> None:
         """The whole job on the embedded default: CDNOW data, models, stages, journeys and
         sends to the local sandbox providers, on a simulated clock through 1997, all through
         the real `lifecycle` Prefect flow; then what happened, in a store owner's words."""
+        from clm_core.web.background import serving
+
         from clm_core.db.engine import describe
         from clm_core.delivery.unsubscribe import ensure_key_file
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.runs import last_runs, record_run
         from clm_core.settings import Settings
         from clm_core.web.app import create_app
-        from clm_core.web.background import serving
 
         started = time.perf_counter()
         settings = app.settings
@@ -265,7 +277,9 @@ def register(cli: click.Group) -> None:
                 if mine and mine["finished_at"] else time.perf_counter() - started)
         click.echo(f"took       {took:.1f}s (run {run.id[:8]} in `clm status`, with each "
                    "weekly lifecycle run)")
-        click.echo(f"next       clm status | clm sandbox & clm run (the next day on this clock: "
-                   f"as of {last + timedelta(days=1)}) | clm preview welcome --customer cdnow-00001 | "
-                   f"PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start (the UI)")
+        click.echo(
+            f"next       clm status | clm sandbox & clm run (the next day on this clock: "
+            f"as of {last + timedelta(days=1)}) | clm preview welcome --customer cdnow-00001 | "
+            f"PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start (the UI)"
+        )
         finish(app, state)

@@ -45,7 +45,9 @@ def register(cli: click.Group) -> None:
             raise SystemExit(1)
 
     @cli.command()
-    @click.option("--at", "at", metavar="TIME", help="Evaluate as of this time (default: now, UTC).")
+    @click.option(
+        "--at", "at", metavar="TIME", help="Evaluate as of this time (default: now, UTC)."
+    )
     @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
                   help="Write every decision (entries, exits, messages) to this CSV file.")
     @pass_app

@@ -13,7 +13,9 @@ from clm.context import App, pass_app
 class _Date(click.ParamType):
     name = "DATE"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> date:
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> date:
         if isinstance(value, date):
             return value
         try:
@@ -35,7 +37,9 @@ def _print_fit(report: object) -> None:
                f"(time unit: {p.time_unit}); fit id {p.id}, {p.seconds:.2f} s")
     click.echo("  " + "  ".join(f"{k} {v:.4f}" for k, v in p.params.items())
                + f"   log-likelihood {p.log_likelihood:,.2f}")
-    click.echo(f"gamma_gamma fitted on {s.n_customers:,} repeat buyers; fit id {s.id}, {s.seconds:.2f} s")
+    click.echo(
+        f"gamma_gamma fitted on {s.n_customers:,} repeat buyers; fit id {s.id}, {s.seconds:.2f} s"
+    )
     click.echo("  " + "  ".join(f"{k} {v:.4f}" for k, v in s.params.items())
                + f"   log-likelihood {s.log_likelihood:,.2f}")
     if report.holdout is not None:
@@ -57,15 +61,27 @@ def fit_line(r: object) -> str:
 
 def register(cli: click.Group) -> None:
     @cli.command("fit")
-    @click.option("--as-of", type=DATE, help="Fit on orders up to this day (default: the newest order's day).")
-    @click.option("--calibration-end", type=DATE, help="End of the calibration window (with --holdout-end).")
-    @click.option("--holdout-end", type=DATE, help="End of the holdout window: also print the model check.")
+    @click.option(
+        "--as-of", type=DATE, help="Fit on orders up to this day (default: the newest order's day)."
+    )
+    @click.option(
+        "--calibration-end", type=DATE, help="End of the calibration window (with --holdout-end)."
+    )
+    @click.option(
+        "--holdout-end", type=DATE, help="End of the holdout window: also print the model check."
+    )
     @click.option("--time-unit", type=click.Choice(["day", "week"]),
                   help="Unit of recency and T (default: [lifecycle] time_unit, else week).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
     @pass_app
-    def fit_cmd(app: App, as_of: date | None, calibration_end: date | None, holdout_end: date | None,
-                time_unit: str | None, as_json: bool) -> None:
+    def fit_cmd(
+        app: App,
+        as_of: date | None,
+        calibration_end: date | None,
+        holdout_end: date | None,
+        time_unit: str | None,
+        as_json: bool,
+    ) -> None:
         """Fit BG/NBD and Gamma-Gamma on the store's orders and store the parameters."""
         from clm_core.lifecycle.pipeline import LifecycleConfig, fit
         from clm_core.runs import record_run
@@ -76,16 +92,27 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("use either --as-of or --calibration-end/--holdout-end")
         config = LifecycleConfig.from_settings(app.settings)
         with record_run(app.engine, "fit") as run:
-            report = fit(app.engine, config, as_of=calibration_end or as_of, holdout_end=holdout_end,
-                         time_unit=time_unit, run_id=run.id)
-            run.summary = {"model": report.purchases.model, "fit_ids": [report.purchases.id, report.spend.id]}
+            report = fit(
+                app.engine,
+                config,
+                as_of=calibration_end or as_of,
+                holdout_end=holdout_end,
+                time_unit=time_unit,
+                run_id=run.id,
+            )
+            run.summary = {
+                "model": report.purchases.model,
+                "fit_ids": [report.purchases.id, report.spend.id],
+            }
         if as_json:
             click.echo(json.dumps(report.as_dict(), indent=2))
         else:
             _print_fit(report)
 
     @cli.command("score")
-    @click.option("--as-of", type=DATE, help="Score as of this day (default: the newest order's day).")
+    @click.option(
+        "--as-of", type=DATE, help="Score as of this day (default: the newest order's day)."
+    )
     @click.option("--fit", "fit_id", type=click.IntRange(1), metavar="ID",
                   help="Score with this fit (default: the newest whose data ends on or before "
                        "the as-of day; refitted when none ends within [lifecycle] "
@@ -103,9 +130,14 @@ def register(cli: click.Group) -> None:
             click.echo(f"as of {as_of}: the newest order's day")
         with record_run(app.engine, "score") as run:
             r = score(app.engine, config, as_of=as_of, rules=rules, run_id=run.id, fit_id=fit_id)
-            run.summary = {"as_of": r.as_of.isoformat(), "customers": r.customers, "fit_id": r.fit_id,
-                           "stages": r.stages, "transitions": r.transitions,
-                           "no_model": r.no_model}
+            run.summary = {
+                "as_of": r.as_of.isoformat(),
+                "customers": r.customers,
+                "fit_id": r.fit_id,
+                "stages": r.stages,
+                "transitions": r.transitions,
+                "no_model": r.no_model,
+            }
         click.echo(fit_line(r))
         model = f"fit {r.fit_id}" if r.fit_id is not None else "no CLV model yet"
         click.echo(f"scored {r.customers:,} customers as of {r.as_of} with {model}; "

@@ -1,4 +1,4 @@
-"""``clm attribute``, ``clm lift``, ``clm explain``, ``clm report`` and ``clm graph``: did it work?"""
+"""``clm attribute``, ``clm lift``, ``clm explain``, ``clm report`` and ``clm graph``: did it work?"""  # noqa: E501  (prose or a URL: clearer whole)
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def _load_journey(app: App, name: str) -> Any:
 
     files = {p.stem: p for p in journey_files(app.settings.journeys_dir)}
     if name not in files:
-        raise ClmError(f"no journey {name!r} in {app.settings.journeys_dir}{did_you_mean(name, files)}")
+        raise ClmError(
+            f"no journey {name!r} in {app.settings.journeys_dir}{did_you_mean(name, files)}"
+        )
     return load_journey(files[name], project_policy(app.settings.section("journeys")))
 
 
@@ -85,29 +87,41 @@ def print_story(story: Any) -> None:
 
     c, o, sc = story.customer, story.orders, story.scores
     click.secho(f"{c['external_id']}  {c['name'] or ''}", bold=True)
-    click.echo(f"  email {c['email'] or '—'}  phone {c['phone'] or '—'}  locale {c['locale'] or '—'}  "
-               f"time zone {c['timezone'] or '—'}  country {c['country'] or '—'}")
+    click.echo(
+        f"  email {c['email'] or '—'}  phone {c['phone'] or '—'}  locale {c['locale'] or '—'}  "
+        f"time zone {c['timezone'] or '—'}  country {c['country'] or '—'}"
+    )
     cons = story.consent
-    click.echo(f"  consent: email {'yes' if cons['email']['granted'] else 'no'} "
-               f"({_d(cons['email']['at'])}), sms {'yes' if cons['sms']['granted'] else 'no'} "
-               f"({_d(cons['sms']['at'])})"
-               + "".join(f"; suppressed {s['channel']} ({s['reason']})" for s in cons["suppressions"]))
+    click.echo(
+        f"  consent: email {'yes' if cons['email']['granted'] else 'no'} "
+        f"({_d(cons['email']['at'])}), sms {'yes' if cons['sms']['granted'] else 'no'} "
+        f"({_d(cons['sms']['at'])})"
+        + "".join(f"; suppressed {s['channel']} ({s['reason']})" for s in cons["suppressions"])
+    )
     for row in cons.get("ledger", []):
-        click.echo("    ledger: " + ", ".join(f"{k} {_d(v)}" for k, v in row.items() if v is not None))
-    click.echo(f"Orders: {o['purchases']:,} purchases of {o['orders']:,} orders, spend {o['spend']:,.2f}, "
-               f"first {_d(o['first'])}, last {_d(o['last'])}"
-               + (f"; not purchases: {o['not_purchases']}" if o["not_purchases"] else ""))
+        click.echo(
+            "    ledger: " + ", ".join(f"{k} {_d(v)}" for k, v in row.items() if v is not None)
+        )
+    click.echo(
+        f"Orders: {o['purchases']:,} purchases of {o['orders']:,} orders, spend {o['spend']:,.2f}, "
+        f"first {_d(o['first'])}, last {_d(o['last'])}"
+        + (f"; not purchases: {o['not_purchases']}" if o["not_purchases"] else "")
+    )
     if sc is None:
         click.echo("Not scored yet (run clm score).")
     else:
         f = story.fit
-        click.echo(f"Scores as of {sc['as_of']}: P(alive) {sc['p_alive'] if sc['p_alive'] is None else round(sc['p_alive'], 3)}, "
-                   f"expected purchases 90d {_num(sc['expected_purchases_90d'])}, CLV 12m {_num(sc['clv_12m'])}, "
-                   f"RFM {sc['r_score']}{sc['f_score']}{sc['m_score']} ({sc['rfm_segment']})")
+        click.echo(
+            f"Scores as of {sc['as_of']}: P(alive) {sc['p_alive'] if sc['p_alive'] is None else round(sc['p_alive'], 3)}, "  # noqa: E501  (prose or a URL: clearer whole)
+            f"expected purchases 90d {_num(sc['expected_purchases_90d'])}, CLV 12m {_num(sc['clv_12m'])}, "  # noqa: E501  (prose or a URL: clearer whole)
+            f"RFM {sc['r_score']}{sc['f_score']}{sc['m_score']} ({sc['rfm_segment']})"
+        )
         if f:
-            click.echo(f"  from fit {f['id']}: {f['model']} on {f['n_customers']:,} customers, orders "
-                       f"to {_d(f['window_end'])} (time unit {f['time_unit']}), params "
-                       + ", ".join(f"{k} {v:.4g}" for k, v in f["params"].items()))
+            click.echo(
+                f"  from fit {f['id']}: {f['model']} on {f['n_customers']:,} customers, orders "
+                f"to {_d(f['window_end'])} (time unit {f['time_unit']}), params "
+                + ", ".join(f"{k} {v:.4g}" for k, v in f["params"].items())
+            )
         click.secho(f"Stage: {story.stage} (since {_d(sc['stage_since'])}); rules tried in order, "
                     "first match wins:", bold=True)
         if story.rules_stage != story.stage:
@@ -118,24 +132,35 @@ def print_story(story: Any) -> None:
             for line in check_text(r.check):
                 click.echo(f"      {line}")
     if story.history:
-        click.echo("Stage history: " + "; ".join(
-            f"{_d(h['as_of'])} {h['from_stage'] or '(first)'} -> {h['to_stage']}" for h in story.history))
+        click.echo(
+            "Stage history: "
+            + "; ".join(
+                f"{_d(h['as_of'])} {h['from_stage'] or '(first)'} -> {h['to_stage']}"
+                for h in story.history
+            )
+        )
     for e in story.enrollments:
-        click.secho(f"Journey {e['journey']} v{e['version']} (entry {e['entry']}): entered "
-                    f"{_d(e['entered_at'])}, {e['group']}"
-                    + (f", variant {e['variant']}" if e["variant"] else "")
-                    + f", {e['status']}" + (f" ({e['exit_reason']})" if e["exit_reason"] else "")
-                    + (f", goal {e['goal']} at {_d(e['converted_at'])}" if e["goal"] else ""), bold=True)
+        click.secho(
+            f"Journey {e['journey']} v{e['version']} (entry {e['entry']}): entered "
+            f"{_d(e['entered_at'])}, {e['group']}"
+            + (f", variant {e['variant']}" if e["variant"] else "")
+            + f", {e['status']}"
+            + (f" ({e['exit_reason']})" if e["exit_reason"] else "")
+            + (f", goal {e['goal']} at {_d(e['converted_at'])}" if e["goal"] else ""),
+            bold=True,
+        )
         for m in e["messages"]:
             click.echo(f"  {m['step_id']:<14} {m['channel']:<5} {m['status']:<9} "
                        f"{_d(m['send_after'])}  {m['why']}")
         a = e["attribution"]
         if a:
-            click.echo(f"  attribution to {_d(a['window_end'])}: goal {a['goal'] or '—'}"
-                       f" {_d(a['goal_at']) if a['goal'] else ''}, {a['orders']} orders, revenue "
-                       f"{a['revenue']:,.2f}, coupons redeemed {a['coupons_redeemed']} (cost "
-                       f"{a['coupon_cost']:,.2f}), delivered {a['delivered']}, opened {a['opened']}, "
-                       f"clicked {a['clicked']}")
+            click.echo(
+                f"  attribution to {_d(a['window_end'])}: goal {a['goal'] or '—'}"
+                f" {_d(a['goal_at']) if a['goal'] else ''}, {a['orders']} orders, revenue "
+                f"{a['revenue']:,.2f}, coupons redeemed {a['coupons_redeemed']} (cost "
+                f"{a['coupon_cost']:,.2f}), delivered {a['delivered']}, opened {a['opened']}, "
+                f"clicked {a['clicked']}"
+            )
     if story.events:
         click.echo("Events (latest first): " + "; ".join(
             f"{_d(ev['occurred_at'])} {ev['event_type']}" for ev in story.events))
@@ -158,8 +183,14 @@ def register(cli: click.Group) -> None:
         from clm_core.runs import record_run
 
         with record_run(app.engine, "attribute") as run:
-            r = rebuild(app.engine, _at(now), project_policy(app.settings.section("journeys")), run.id)
-            run.summary = {"now": r.now.isoformat(), "enrollments": r.enrollments, "complete": r.complete}
+            r = rebuild(
+                app.engine, _at(now), project_policy(app.settings.section("journeys")), run.id
+            )
+            run.summary = {
+                "now": r.now.isoformat(),
+                "enrollments": r.enrollments,
+                "complete": r.complete,
+            }
         click.echo(f"attributed {r.enrollments:,} enrollments as of {r.now:%Y-%m-%d %H:%M}; "
                    f"{r.complete:,} with complete windows: {r.converted:,} converted, revenue "
                    f"{r.revenue:,.2f}, coupon cost {r.coupon_cost:,.2f}")

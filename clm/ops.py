@@ -40,23 +40,37 @@ def register(cli: click.Group) -> None:
         failures = failed_sends(app.engine, limit=n_failed) if n_failed else []
         rates, halted = _deliverability(app)
         if as_json:
-            click.echo(json.dumps({"runs": runs, "outbox": summary.by_status, "stages": summary.stages,
-                                   "failed_sends": failures,
-                                   "deliverability": [r.as_dict() for r in rates],
-                                   "halted": halted}, default=str, indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "runs": runs,
+                        "outbox": summary.by_status,
+                        "stages": summary.stages,
+                        "failed_sends": failures,
+                        "deliverability": [r.as_dict() for r in rates],
+                        "halted": halted,
+                    },
+                    default=str,
+                    indent=2,
+                )
+            )
             return
         click.echo("Last runs:")
         for r in runs or [{}]:
             if not r:
                 click.echo("  (none yet)")
                 continue
-            took = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
+            took = (
+                (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
+            )
             click.echo(f"  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['kind']:<10} {r['status']:<10}"
                        f"{f'{took:8.1f}s' if took is not None else '   running'}"
                        f"{_clock(r.get('summary') or {})}"
                        f"{'  flow run ' + r['flow_run_id'] if r['flow_run_id'] else ''}")
-        click.echo("Outbox: " + (", ".join(f"{k} {v:,}" for k, v in sorted(summary.by_status.items()))
-                                 or "empty"))
+        click.echo(
+            "Outbox: "
+            + (", ".join(f"{k} {v:,}" for k, v in sorted(summary.by_status.items())) or "empty")
+        )
         if summary.stages:
             click.echo("Stages: " + ", ".join(f"{k} {v:,}" for k, v in summary.stages.items()))
         if rates:
@@ -68,9 +82,11 @@ def register(cli: click.Group) -> None:
         if failures:
             click.echo(f"Latest failed sends ({len(failures)} shown):")
             for f in failures:
-                click.echo(f"  {f['at']}  {f['customer']}  {f['journey']}/{f['step']}  {f['channel']} "
-                           f"via {f['provider'] or '?'}  {f['status']}: {f['error']}  "
-                           f"({f['attempts']} attempts)")
+                click.echo(
+                    f"  {f['at']}  {f['customer']}  {f['journey']}/{f['step']}  {f['channel']} "
+                    f"via {f['provider'] or '?'}  {f['status']}: {f['error']}  "
+                    f"({f['attempts']} attempts)"
+                )
 
 
 def _deliverability(app: App) -> tuple[list[Any], dict[str, str]]:

@@ -48,8 +48,10 @@ def schedule_values(settings: Settings) -> dict[str, str]:
     section = settings.section("orchestration")
     unknown = set(section) - ORCHESTRATION_KEYS
     if unknown:
-        raise ConfigError(f"{settings.project_dir / CONFIG_FILE}: unknown keys in [orchestration]: "
-                          f"{', '.join(sorted(unknown))}; valid: {', '.join(sorted(ORCHESTRATION_KEYS))}")
+        raise ConfigError(
+            f"{settings.project_dir / CONFIG_FILE}: unknown keys in [orchestration]: "
+            f"{', '.join(sorted(unknown))}; valid: {', '.join(sorted(ORCHESTRATION_KEYS))}"
+        )
     timezone = str(section.get("timezone") or settings.default_timezone)
     try:
         ZoneInfo(timezone)

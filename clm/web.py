@@ -15,8 +15,14 @@ def register(cli: click.Group) -> None:
     @click.option("--host", default="127.0.0.1", show_default=True,
                   help="Interface to listen on (behind a reverse proxy: keep 127.0.0.1).")
     @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-    @click.option("--grace", default=10, show_default=True, type=click.IntRange(0), metavar="SECONDS",
-                  help="On SIGTERM/SIGINT, wait this long for requests in flight to finish.")
+    @click.option(
+        "--grace",
+        default=10,
+        show_default=True,
+        type=click.IntRange(0),
+        metavar="SECONDS",
+        help="On SIGTERM/SIGINT, wait this long for requests in flight to finish.",
+    )
     @click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,
                   help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.")
     @click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True)

@@ -234,8 +234,11 @@ class _Compiler:
             return None
         name = node["field"]
         if not isinstance(name, str) or name not in self.fields:
-            self.fail(path + ("field",), f"unknown field {name!r}{did_you_mean(str(name), self.fields)}; "
-                      f"available: {', '.join(sorted(self.fields))}")
+            self.fail(
+                path + ("field",),
+                f"unknown field {name!r}{did_you_mean(str(name), self.fields)}; "
+                f"available: {', '.join(sorted(self.fields))}",
+            )
             return None
         ftype = self.fields[name]
         ops = [k for k in node if k != "field"]
@@ -246,8 +249,11 @@ class _Compiler:
             return None
         op = ops[0]
         if op not in ALL_OPS:
-            self.fail(path + (op,), f"unknown operator {op!r}{did_you_mean(op, OPERATORS[ftype])}; "
-                                    f"operators for {ftype} field {name!r}: {', '.join(OPERATORS[ftype])}")
+            self.fail(
+                path + (op,),
+                f"unknown operator {op!r}{did_you_mean(op, OPERATORS[ftype])}; "
+                f"operators for {ftype} field {name!r}: {', '.join(OPERATORS[ftype])}",
+            )
             return None
         if op not in OPERATORS[ftype]:
             self.fail(path + (op,), f"operator {op!r} does not apply to {ftype} field {name!r}; "
@@ -298,11 +304,15 @@ class _Compiler:
                       + (f"; unknown key {bad!r}" if bad else ""))
             return _BAD
         if other not in self.fields:
-            self.fail(path + ("field",), f"unknown field {other!r}{did_you_mean(str(other), self.fields)}")
+            self.fail(
+                path + ("field",), f"unknown field {other!r}{did_you_mean(str(other), self.fields)}"
+            )
             return _BAD
         if self.fields[other] != ftype:
-            self.fail(path + ("field",), f"cannot compare a {ftype} field with {self.fields[other]} "
-                                         f"field {other!r}")
+            self.fail(
+                path + ("field",),
+                f"cannot compare a {ftype} field with {self.fields[other]} field {other!r}",
+            )
             return _BAD
         times = raw.get("times", 1.0)
         if "times" in raw and (ftype != "number" or isinstance(times, bool)

@@ -26,7 +26,9 @@ class RunSummary:
     since: datetime | None
     stages: dict[str, int] = field(default_factory=dict)
     transitions: dict[tuple[str | None, str], int] = field(default_factory=dict)
-    created: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (journey, channel, status)
+    created: dict[tuple[str, str, str], int] = field(
+        default_factory=dict
+    )  # (journey, channel, status)
     outcomes: dict[tuple[str, str, str], int] = field(default_factory=dict)
     by_status: dict[str, int] = field(default_factory=dict)  # whole outbox now
     models: list[dict[str, Any]] = field(default_factory=list)
@@ -59,7 +61,9 @@ def summarize(engine: Engine, since: datetime | None = None,
         out.stages = dict(sorted(((s or "unscored", n) for s, n in conn.execute(
             sa.select(cs.c.stage, sa.func.count()).group_by(cs.c.stage))),
             key=lambda kv: _stage_key(kv[0])))
-        q = sa.select(tr.c.from_stage, tr.c.to_stage, sa.func.count()).group_by(tr.c.from_stage, tr.c.to_stage)
+        q = sa.select(tr.c.from_stage, tr.c.to_stage, sa.func.count()).group_by(
+            tr.c.from_stage, tr.c.to_stage
+        )
         if recorded_since is not None:
             q = q.where(tr.c.recorded_at >= recorded_since)
         elif since is not None:
@@ -74,24 +78,52 @@ def summarize(engine: Engine, since: datetime | None = None,
         if since is not None:
             done = done.where(m.c.updated_at >= since)
         out.outcomes = {(j, c, s): n for j, c, s, n in conn.execute(done)}
-        out.by_status = dict(conn.execute(sa.select(m.c.status, sa.func.count()).group_by(m.c.status)).all())
-        latest = sa.select(mf.c.model, sa.func.max(mf.c.id).label("id")).group_by(mf.c.model).subquery()
-        for row in conn.execute(sa.select(mf).join(latest, mf.c.id == latest.c.id).order_by(mf.c.model)):
-            out.models.append({"model": row.model, "params": row.params, "log_likelihood": row.log_likelihood,
-                               "time_unit": row.time_unit, "window_end": row.window_end,
-                               "recorded_at": row.recorded_at, "n_customers": row.n_customers})
+        out.by_status = dict(
+            conn.execute(sa.select(m.c.status, sa.func.count()).group_by(m.c.status)).all()
+        )
+        latest = (
+            sa.select(mf.c.model, sa.func.max(mf.c.id).label("id")).group_by(mf.c.model).subquery()
+        )
+        for row in conn.execute(
+            sa.select(mf).join(latest, mf.c.id == latest.c.id).order_by(mf.c.model)
+        ):
+            out.models.append(
+                {
+                    "model": row.model,
+                    "params": row.params,
+                    "log_likelihood": row.log_likelihood,
+                    "time_unit": row.time_unit,
+                    "window_end": row.window_end,
+                    "recorded_at": row.recorded_at,
+                    "n_customers": row.n_customers,
+                }
+            )
     return out
 
 
-def failed_sends(engine: Engine, since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def failed_sends(
+    engine: Engine, since: datetime | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
     """Every message that ended failed or unknown (since ``since``), newest first."""
     m, c = t.messages, t.customers
-    q = (sa.select(m.c.id, c.c.external_id.label("customer"), m.c.journey, m.c.step_id.label("step"),
-                   m.c.channel, m.c.provider, m.c.status, m.c.error_code, m.c.error_message,
-                   m.c.attempts, m.c.updated_at)
-         .join(c, c.c.id == m.c.customer_id)
-         .where(m.c.status.in_(FINAL_FAILURES))
-         .order_by(m.c.updated_at.desc(), m.c.id.desc()))
+    q = (
+        sa.select(
+            m.c.id,
+            c.c.external_id.label("customer"),
+            m.c.journey,
+            m.c.step_id.label("step"),
+            m.c.channel,
+            m.c.provider,
+            m.c.status,
+            m.c.error_code,
+            m.c.error_message,
+            m.c.attempts,
+            m.c.updated_at,
+        )
+        .join(c, c.c.id == m.c.customer_id)
+        .where(m.c.status.in_(FINAL_FAILURES))
+        .order_by(m.c.updated_at.desc(), m.c.id.desc())
+    )
     if since is not None:
         q = q.where(m.c.updated_at >= since)
     if limit:
@@ -100,10 +132,22 @@ def failed_sends(engine: Engine, since: datetime | None = None, limit: int | Non
     with engine.connect() as conn:
         for r in conn.execute(q):
             error = " ".join(filter(None, [r.error_code, r.error_message])) or r.status
-            rows.append({"message": r.id, "customer": r.customer, "journey": r.journey or "",
-                         "step": r.step or "", "channel": r.channel, "provider": r.provider or "",
-                         "status": r.status, "error": redact(error)[:500], "attempts": r.attempts,
-                         "at": r.updated_at.isoformat(sep=" ", timespec="seconds") if r.updated_at else ""})
+            rows.append(
+                {
+                    "message": r.id,
+                    "customer": r.customer,
+                    "journey": r.journey or "",
+                    "step": r.step or "",
+                    "channel": r.channel,
+                    "provider": r.provider or "",
+                    "status": r.status,
+                    "error": redact(error)[:500],
+                    "attempts": r.attempts,
+                    "at": r.updated_at.isoformat(sep=" ", timespec="seconds")
+                    if r.updated_at
+                    else "",
+                }
+            )
     return rows
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import pandas as pd
 
@@ -96,8 +96,12 @@ class RunClock:
         return lines
 
 
-def resolve(as_of: date | datetime | str | None, now: datetime | date | str | None,
-            newest_order_day: Callable[[], date], wall: Callable[[], datetime] = utcnow) -> RunClock:
+def resolve(
+    as_of: date | datetime | str | None,
+    now: datetime | date | str | None,
+    newest_order_day: Callable[[], date],
+    wall: Callable[[], datetime] = utcnow,
+) -> RunClock:
     """Fill in what was not given (see the module docstring); ``newest_order_day`` is asked
     only when needed."""
     day = normalize_as_of(as_of)

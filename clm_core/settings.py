@@ -80,7 +80,9 @@ def find_project(start: Path) -> Path | None:
 _SIMPLE = {f.name for f in fields(Settings)} - {"project_dir", "database_url", "sections"}
 
 
-def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    project_dir: str | Path | None = None, env: dict[str, str] | None = None
+) -> Settings:
     """Resolve settings from defaults, the config file and the environment."""
     env = dict(os.environ if env is None else env)
     root = Path(project_dir or env.get("CLM_PROJECT_DIR") or find_project(Path.cwd())
@@ -110,7 +112,9 @@ def load_settings(project_dir: str | Path | None = None, env: dict[str, str] | N
     try:
         ZoneInfo(settings.default_timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        where = "CLM_DEFAULT_TIMEZONE" if env.get("CLM_DEFAULT_TIMEZONE") else f"{config_path}: [clm]"
+        where = (
+            "CLM_DEFAULT_TIMEZONE" if env.get("CLM_DEFAULT_TIMEZONE") else f"{config_path}: [clm]"
+        )
         raise ConfigError(f"{where} default_timezone {settings.default_timezone!r} is not an IANA "
                           "time zone (e.g. Asia/Shanghai, America/New_York, UTC)") from exc
     return settings

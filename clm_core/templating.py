@@ -114,8 +114,13 @@ class TemplateStore:
     def names(self, channel: str | None = None) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("_")
-                      and (channel is None or self.exists(p.name, channel)))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir()
+            and not p.name.startswith("_")
+            and (channel is None or self.exists(p.name, channel))
+        )
 
     def _has(self, name: str, locale: str, channel: str) -> bool:
         key = (name, locale, channel)
@@ -132,25 +137,34 @@ class TemplateStore:
         if not have:
             raise TemplateRenderError(f"no template {name!r} in {self.root}"
                                       + _suggest(name, self.names(channel)))
-        raise TemplateRenderError(f"template {name!r} has no complete {channel} variant for locale "
-                                  f"{locale!r} or its fallbacks (has: {', '.join(have)}; an {channel} "
-                                  f"template needs {', '.join(PARTS[channel])})")
+        raise TemplateRenderError(
+            f"template {name!r} has no complete {channel} variant for locale "
+            f"{locale!r} or its fallbacks (has: {', '.join(have)}; an {channel} "
+            f"template needs {', '.join(PARTS[channel])})"
+        )
 
     def render_part(self, name: str, locale: str, part: str, context: dict[str, Any]) -> str:
         path = f"{name}/{locale}/{part}"
         try:
             return self.env.get_template(path).render(context)
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateRenderError(f"{exc.filename or path}:{exc.lineno}: syntax: {exc.message}") from None
+            raise TemplateRenderError(
+                f"{exc.filename or path}:{exc.lineno}: syntax: {exc.message}"
+            ) from None
         except jinja2.UndefinedError as exc:
-            raise TemplateRenderError(f"{self._where(exc, path)}: undefined: {exc.message}") from None
+            raise TemplateRenderError(
+                f"{self._where(exc, path)}: undefined: {exc.message}"
+            ) from None
         except jinja2.exceptions.SecurityError as exc:
-            raise TemplateRenderError(f"{self._where(exc, path)}: blocked by the template sandbox: "
-                                      f"{exc}") from None
+            raise TemplateRenderError(
+                f"{self._where(exc, path)}: blocked by the template sandbox: {exc}"
+            ) from None
         except jinja2.TemplateError as exc:
             raise TemplateRenderError(f"{self._where(exc, path)}: {exc}") from None
         except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-            raise TemplateRenderError(f"{self._where(exc, path)}: {type(exc).__name__}: {exc}") from None
+            raise TemplateRenderError(
+                f"{self._where(exc, path)}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def _where(self, exc: BaseException, path: str) -> str:
         """file:line of the innermost template frame of ``exc``."""
@@ -204,7 +218,9 @@ def configured_store(settings: Settings) -> dict[str, str]:
             "url": str(section.get("store_url", DeliveryConfig.store_url))}
 
 
-def sample_links(public_base_url: str, store_url: str, token: str = "sample-token") -> dict[str, str]:
+def sample_links(
+    public_base_url: str, store_url: str, token: str = "sample-token"
+) -> dict[str, str]:
     """``links`` as the dispatcher builds them (``delivery.unsubscribe.subscription_links``),
     for a made-up token."""
     base = public_base_url.rstrip("/")
@@ -227,23 +243,52 @@ def sample_context(locale: str = "en", *, with_coupon: bool = True, now: datetim
     zh = locale.startswith("zh")
     name = "王芳" if zh else "Alex Morgan"
     return {
-        "customer": {"external_id": "sample-00001", "name": name,
-                     "first_name": name[1:] if zh else name.split()[0],
-                     "email": "sample.00001@example.com", "phone": "+8613800138000" if zh else "+12025550123",
-                     "locale": locale, "timezone": "Asia/Shanghai" if zh else "America/New_York",
-                     "attributes": {}},
-        "scores": {"stage": "active", "rfm_segment": "loyal customers", "p_alive": 0.82,
-                   "clv_12m": 182.4, "expected_purchases_90d": 0.9, "n_orders": 4,
-                   "total_spend": 212.5, "avg_order_value": 53.1,
-                   "last_order_at": now - timedelta(days=41), "days_since_last_order": 41},
-        "loyalty": {"points_balance": 1240, "points_expiring_30d": 180,
-                    "next_expiry_at": now + timedelta(days=21), "tier": "silver",
-                    "tier_since": now - timedelta(days=60), "points_to_next_tier": 160.0},
-        "coupon": ({"code": "CLM-7K3Q-9XWD", "kind": "percent", "value": 15, "currency": "USD",
-                    "expires_at": now + timedelta(days=14)} if with_coupon else None),
-        "recommendations": [{"sku": "CD-JAZ-001", "name": "Jazz Album No. 1"},
-                            {"sku": "CD-ROC-004", "name": "Rock Album No. 4"},
-                            {"sku": "CD-POP-002", "name": "Pop Album No. 2"}],
+        "customer": {
+            "external_id": "sample-00001",
+            "name": name,
+            "first_name": name[1:] if zh else name.split()[0],
+            "email": "sample.00001@example.com",
+            "phone": "+8613800138000" if zh else "+12025550123",
+            "locale": locale,
+            "timezone": "Asia/Shanghai" if zh else "America/New_York",
+            "attributes": {},
+        },
+        "scores": {
+            "stage": "active",
+            "rfm_segment": "loyal customers",
+            "p_alive": 0.82,
+            "clv_12m": 182.4,
+            "expected_purchases_90d": 0.9,
+            "n_orders": 4,
+            "total_spend": 212.5,
+            "avg_order_value": 53.1,
+            "last_order_at": now - timedelta(days=41),
+            "days_since_last_order": 41,
+        },
+        "loyalty": {
+            "points_balance": 1240,
+            "points_expiring_30d": 180,
+            "next_expiry_at": now + timedelta(days=21),
+            "tier": "silver",
+            "tier_since": now - timedelta(days=60),
+            "points_to_next_tier": 160.0,
+        },
+        "coupon": (
+            {
+                "code": "CLM-7K3Q-9XWD",
+                "kind": "percent",
+                "value": 15,
+                "currency": "USD",
+                "expires_at": now + timedelta(days=14),
+            }
+            if with_coupon
+            else None
+        ),
+        "recommendations": [
+            {"sku": "CD-JAZ-001", "name": "Jazz Album No. 1"},
+            {"sku": "CD-ROC-004", "name": "Rock Album No. 4"},
+            {"sku": "CD-POP-002", "name": "Pop Album No. 2"},
+        ],
         "links": sample_links(public_base_url, store["url"], token),
         "store": store,
         "journey": {"name": journey, "step": step},

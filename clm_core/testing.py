@@ -63,7 +63,9 @@ class DatabaseFactory:
         name = f"clm_t_{self.token}_{self._count}"
         admin = self._admin()
         with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(template).database}"'))
+            conn.execute(
+                sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(template).database}"')
+            )
         admin.dispose()
         return self._pg_url(name)
 
@@ -74,7 +76,9 @@ class DatabaseFactory:
             return
         admin = self._admin()
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+            conn.execute(
+                sa.text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+            )
         admin.dispose()
 
     def close(self) -> None:

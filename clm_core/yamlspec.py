@@ -66,7 +66,10 @@ class Locator:
 
 def _plain(node: Any) -> Any:
     if isinstance(node, dict):
-        return {str(k) if not isinstance(k, (int, float, bool)) else k: _plain(v) for k, v in node.items()}
+        return {
+            str(k) if not isinstance(k, (int, float, bool)) else k: _plain(v)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node

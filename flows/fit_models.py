@@ -28,14 +28,19 @@ def fit_models(as_of: date | None = None, holdout_days: int = 90) -> State:
         if holdout_days:
             check = fit_task.with_options(name="fit-models-check")(
                 tgt, as_of=as_of - timedelta(days=holdout_days), holdout_end=as_of, run_id=run.id)
-            create_table_artifact(check.get("holdout", []), key="clm-model-check",
-                                  description=f"Calibration to {as_of - timedelta(days=holdout_days)}, "
-                                              f"holdout to {as_of}: predicted vs actual repeat purchases")
+            create_table_artifact(
+                check.get("holdout", []),
+                key="clm-model-check",
+                description=f"Calibration to {as_of - timedelta(days=holdout_days)}, "
+                f"holdout to {as_of}: predicted vs actual repeat purchases",
+            )
         final = fit_task(tgt, as_of=as_of, run_id=run.id)
         params = ", ".join(f"{k}={v:.4g}" for k, v in final["params"].items())
         create_markdown_artifact(
-            f"# CLV models as of {as_of}\n\n{final['model']} + Gamma-Gamma ({final['time_unit']}s): "
-            f"{params}\n\nlog-likelihood: {final['log_likelihood']}\n", key="clm-models")
+            f"# CLV models as of {as_of}\n\n{final['model']} + Gamma-Gamma ({final['time_unit']}s): "  # noqa: E501  (prose or a URL: clearer whole)
+            f"{params}\n\nlog-likelihood: {final['log_likelihood']}\n",
+            key="clm-models",
+        )
         run.summary = {"params": final["params"], "check": bool(check)}
     engine.dispose()
     return Completed(message=f"fitted {final['model']}: {params}")

@@ -49,20 +49,38 @@ def running_server(port: int | None = None, home: Path | None = None,
     # The UI asks this URL for its data; by default it would ask port 4200.
     env = server_env(home) | {"PREFECT_UI_API_URL": api}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited ({proc.returncode}); see {home / 'server.log'}")
+                raise RuntimeError(
+                    f"prefect server exited ({proc.returncode}); see {home / 'server.log'}"
+                )
             try:
                 if httpx.get(f"{api}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not answer in {timeout:.0f}s; see {home / 'server.log'}")
+                raise RuntimeError(
+                    f"prefect server did not answer in {timeout:.0f}s; see {home / 'server.log'}"
+                )
             time.sleep(0.5)
         yield api
     finally:

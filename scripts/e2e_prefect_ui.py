@@ -7,7 +7,7 @@ provider rejecting a share of requests. Then Debian's Chromium, driven by Playwr
 flow run page and checks that it shows the Failed state and the failed-sends table artifact.
 
     ./run.sh clm --help >/dev/null            # set up .venv
-    apt-get install -y chromium               # Debian's browser (Playwright's own download is not used)
+    apt-get install -y chromium   # Debian's browser (Playwright's own download is not used)
     .venv/bin/pip install playwright
     .venv/bin/python scripts/e2e_prefect_ui.py [--shots docs/img]
 

@@ -21,7 +21,7 @@ from prefect.client.orchestration import PrefectClient, get_client
 
 from clm_core.db import tables as t
 from clm_core.delivery.config import DeliveryConfig, RedactSecrets, load_delivery_config
-from clm_core.delivery.dispatcher import DispatchReport, Dispatcher
+from clm_core.delivery.dispatcher import Dispatcher, DispatchReport
 from clm_core.delivery.unsubscribe import signing_key
 from clm_core.runs import utcnow
 from tasks.context import Target, opened

@@ -9,8 +9,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clm_core.errors import NotEnoughHistoryError
-from clm_core.lifecycle.pipeline import (LifecycleConfig, Population, ScoreReport, customer_ranges,
-                                         fit, population, score)
+from clm_core.lifecycle.pipeline import (
+    LifecycleConfig,
+    Population,
+    ScoreReport,
+    customer_ranges,
+    fit,
+    population,
+    score,
+)
 from tasks.context import Target, opened
 
 

@@ -22,7 +22,10 @@ import time
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.exceptions import ObjectNotFound
 
 from clm_core.delivery.config import load_delivery_config
@@ -108,7 +111,9 @@ class SharedRateLimit:
             except httpx.HTTPError as exc:
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
                 if status and status != 423 and status < 500:
-                    raise ThrottleError(f"rate limit {self.name!r} refused (HTTP {status})") from exc
+                    raise ThrottleError(
+                        f"rate limit {self.name!r} refused (HTTP {status})"
+                    ) from exc
                 if status != 423:  # a busy or unreachable server: a few tries, then stop
                     troubles += 1
                     if troubles > API_RETRIES:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -38,14 +40,32 @@ def publish_summary(database_url: str, since: datetime, title: str,
             emit_event(event="clm.deliverability.warning", resource={
                 "prefect.resource.id": "clm.deliverability"}, payload={"warning": warning})
         for channel in deliverability.get("halted") or []:
-            emit_event(event="clm.channel.halted", resource={
-                "prefect.resource.id": f"clm.channel.{channel}"},
-                payload={"reason": "complaint rate over the limit", "resume": f"clm resume {channel}"})
+            emit_event(
+                event="clm.channel.halted",
+                resource={"prefect.resource.id": f"clm.channel.{channel}"},
+                payload={
+                    "reason": "complaint rate over the limit",
+                    "resume": f"clm resume {channel}",
+                },
+            )
     create_markdown_artifact(text, key="clm-summary",
                              description=f"{title}: stages, transitions, messages, models")
-    columns = ["customer", "journey", "step", "channel", "provider", "status", "error", "attempts", "at"]
-    create_table_artifact([{k: f[k] for k in columns} for f in failures], key="clm-failed-sends",
-                          description=f"{len(failures)} failed sends" if failures else "no failed sends")
+    columns = [
+        "customer",
+        "journey",
+        "step",
+        "channel",
+        "provider",
+        "status",
+        "error",
+        "attempts",
+        "at",
+    ]
+    create_table_artifact(
+        [{k: f[k] for k in columns} for f in failures],
+        key="clm-failed-sends",
+        description=f"{len(failures)} failed sends" if failures else "no failed sends",
+    )
     for f in failures[:MAX_EVENTS]:
         emit_event(event=FAILED_EVENT,
                    resource={"prefect.resource.id": f"clm.message.{f['message']}",

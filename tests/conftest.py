@@ -32,9 +32,12 @@ def db_factories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     factories: dict[str, DatabaseFactory] = {}
     for backend in BACKENDS:
         if backend == "postgresql" and not postgres_reachable():
-            pytest.exit(f"PostgreSQL is not reachable at {pg_admin_url()}: start it with "
-                        "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
-                        "or set CLM_TEST_BACKENDS=sqlite", returncode=3)
+            pytest.exit(
+                f"PostgreSQL is not reachable at {pg_admin_url()}: start it with "
+                "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+                "or set CLM_TEST_BACKENDS=sqlite",
+                returncode=3,
+            )
         factories[backend] = DatabaseFactory(backend, tmp_path_factory.mktemp(f"db-{backend}"))
     yield factories
     for factory in factories.values():
@@ -42,7 +45,9 @@ def db_factories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
 
 
 @pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, db_factories: dict[str, DatabaseFactory]) -> Iterator[str]:
+def db_url(
+    request: pytest.FixtureRequest, db_factories: dict[str, DatabaseFactory]
+) -> Iterator[str]:
     """URL of a fresh, migrated database; the test runs once per backend."""
     factory = db_factories[request.param]
     url = factory.create()

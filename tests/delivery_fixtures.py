@@ -44,7 +44,9 @@ def dispatch(root: Path, engine: sa.Engine, *, limit: int | None = None, wait: f
              env: dict[str, str] | None = None) -> DispatchReport:
     settings = load_settings(root, env={**os.environ, **(env or {})})
     config = load_delivery_config(settings, env={**os.environ, **(env or {})})
-    return asyncio.run(Dispatcher(engine, settings, config, signing_key=KEY).run(limit=limit, wait=wait))
+    return asyncio.run(
+        Dispatcher(engine, settings, config, signing_key=KEY).run(limit=limit, wait=wait)
+    )
 
 
 def clm(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -56,4 +58,6 @@ def clm(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
 
 def rows(engine: sa.Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.select(t.messages).order_by(t.messages.c.id))]
+        return [
+            dict(r._mapping) for r in conn.execute(sa.select(t.messages).order_by(t.messages.c.id))
+        ]

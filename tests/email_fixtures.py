@@ -20,9 +20,14 @@ REPO = Path(__file__).resolve().parent.parent
 CUSTOMERS = [("mail-en", "Alex Morgan", "en"), ("mail-zh", "王芳", "zh-CN")]
 
 
-def sample_project(root: Path, *, store_url: str = "https://shop.example.org/",
-                   public_base_url: str = "https://clm.example.org", database_url: str | None = None,
-                   extra: str = "") -> Path:
+def sample_project(
+    root: Path,
+    *,
+    store_url: str = "https://shop.example.org/",
+    public_base_url: str = "https://clm.example.org",
+    database_url: str | None = None,
+    extra: str = "",
+) -> Path:
     """The shipped journeys and templates under ``root`` with a clm.toml naming the store."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "journeys", root / "journeys")

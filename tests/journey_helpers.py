@@ -41,18 +41,27 @@ def customers_frame(n: int, seed: int = 0, stage: str = "new", **overrides: obje
     return df
 
 
-def transitions_frame(ids: np.ndarray, to: str, at: str | pd.Timestamp, frm: str = "prospect") -> pd.DataFrame:
+def transitions_frame(
+    ids: np.ndarray, to: str, at: str | pd.Timestamp, frm: str = "prospect"
+) -> pd.DataFrame:
     return pd.DataFrame({"customer_id": np.asarray(ids, dtype="int64"), "from_stage": frm,
                          "to_stage": to, "transitioned_at": pd.Timestamp(at).as_unit("ns")})
 
 
 def store_customers(engine: sa.Engine, df: pd.DataFrame, as_of: datetime) -> pd.Series:
     """Write customers + customer_scores rows for ``df``; returns db ids by frame index."""
-    people = pd.DataFrame({
-        "external_id": [f"t-{i}" for i in df.index], "name": [f"Customer {i}" for i in df.index],
-        "email": df["email"].to_numpy(), "phone": df["phone"].to_numpy(),
-        "locale": df["locale"].to_numpy(), "timezone": df["timezone"].to_numpy(),
-        "consent_email": df["consent_email"].to_numpy(bool), "consent_sms": df["consent_sms"].to_numpy(bool)})
+    people = pd.DataFrame(
+        {
+            "external_id": [f"t-{i}" for i in df.index],
+            "name": [f"Customer {i}" for i in df.index],
+            "email": df["email"].to_numpy(),
+            "phone": df["phone"].to_numpy(),
+            "locale": df["locale"].to_numpy(),
+            "timezone": df["timezone"].to_numpy(),
+            "consent_email": df["consent_email"].to_numpy(bool),
+            "consent_sms": df["consent_sms"].to_numpy(bool),
+        }
+    )
     with engine.begin() as conn:
         write_frame(conn, t.customers, people, keys=["external_id"])
         rows = conn.execute(sa.select(t.customers.c.id, t.customers.c.external_id)).all()
@@ -69,9 +78,18 @@ def store_customers(engine: sa.Engine, df: pd.DataFrame, as_of: datetime) -> pd.
     return db_ids
 
 
-def store_transitions(engine: sa.Engine, ids: pd.Series, to: str, at: datetime, frm: str = "prospect") -> None:
-    frame = pd.DataFrame({"customer_id": ids.to_numpy(), "from_stage": frm, "to_stage": to,
-                          "transitioned_at": pd.Timestamp(at), "as_of": pd.Timestamp(at).normalize()})
+def store_transitions(
+    engine: sa.Engine, ids: pd.Series, to: str, at: datetime, frm: str = "prospect"
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "customer_id": ids.to_numpy(),
+            "from_stage": frm,
+            "to_stage": to,
+            "transitioned_at": pd.Timestamp(at),
+            "as_of": pd.Timestamp(at).normalize(),
+        }
+    )
     with engine.begin() as conn:
         write_frame(conn, t.stage_transitions, frame)
 

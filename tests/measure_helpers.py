@@ -55,11 +55,24 @@ def build_store(engine: sa.Engine, n_treated: int, n_control: int, p_treated: fl
     control = ids > n_treated
     conv = np.where(control, rng.random(n) < p_control, rng.random(n) < p_treated)
     with engine.begin() as conn:
-        start = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(t.customers.c.id), 0))).scalar())
+        start = int(
+            conn.execute(sa.select(sa.func.coalesce(sa.func.max(t.customers.c.id), 0))).scalar()
+        )
         ids = ids + start
-        write_frame(conn, t.customers, pd.DataFrame({
-            "id": ids, "external_id": [f"m{i}" for i in ids], "email": [f"m{i}@example.com" for i in ids],
-            "consent_email": True, "created_at": ENTERED, "updated_at": ENTERED}))
+        write_frame(
+            conn,
+            t.customers,
+            pd.DataFrame(
+                {
+                    "id": ids,
+                    "external_id": [f"m{i}" for i in ids],
+                    "email": [f"m{i}@example.com" for i in ids],
+                    "consent_email": True,
+                    "created_at": ENTERED,
+                    "updated_at": ENTERED,
+                }
+            ),
+        )
         if not conn.execute(sa.select(t.journey_versions.c.id).where(
                 t.journey_versions.c.journey == journey)).first():
             write_frame(conn, t.journey_versions, pd.DataFrame([{
@@ -67,25 +80,62 @@ def build_store(engine: sa.Engine, n_treated: int, n_control: int, p_treated: fl
                 "definition": {"source": JOURNEY_SOURCE.replace("name: offer", f"name: {journey}"),
                                "file": f"{journey}.yaml"},
                 "created_at": ENTERED}]))
-        write_frame(conn, t.journey_enrollments, pd.DataFrame({
-            "id": ids, "journey": journey, "journey_version": 1, "customer_id": ids, "entry_seq": 1,
-            "status": "completed", "is_control": control, "variant": np.where(ids % 2 == 0, "a", "b"),
-            "entered_at": ENTERED}))
-        msg = pd.DataFrame({
-            "id": ids, "idempotency_key": [f"{journey}/mail/{i}" for i in ids], "enrollment_id": ids,
-            "customer_id": ids, "journey": journey, "journey_version": 1, "step_id": "mail",
-            "channel": "email", "status": np.where(control, "skipped", "sent"),
-            "reason": np.where(control, "control_group", None),
-            "send_after": ENTERED, "created_at": ENTERED, "updated_at": ENTERED,
-            "sent_at": np.where(control, pd.NaT, pd.Timestamp(ENTERED + timedelta(minutes=5)))})
+        write_frame(
+            conn,
+            t.journey_enrollments,
+            pd.DataFrame(
+                {
+                    "id": ids,
+                    "journey": journey,
+                    "journey_version": 1,
+                    "customer_id": ids,
+                    "entry_seq": 1,
+                    "status": "completed",
+                    "is_control": control,
+                    "variant": np.where(ids % 2 == 0, "a", "b"),
+                    "entered_at": ENTERED,
+                }
+            ),
+        )
+        msg = pd.DataFrame(
+            {
+                "id": ids,
+                "idempotency_key": [f"{journey}/mail/{i}" for i in ids],
+                "enrollment_id": ids,
+                "customer_id": ids,
+                "journey": journey,
+                "journey_version": 1,
+                "step_id": "mail",
+                "channel": "email",
+                "status": np.where(control, "skipped", "sent"),
+                "reason": np.where(control, "control_group", None),
+                "send_after": ENTERED,
+                "created_at": ENTERED,
+                "updated_at": ENTERED,
+                "sent_at": np.where(control, pd.NaT, pd.Timestamp(ENTERED + timedelta(minutes=5))),
+            }
+        )
         msg["send_after"] = ENTERED + timedelta(minutes=5)
         msg["sent_at"] = pd.to_datetime(msg["sent_at"])
         write_frame(conn, t.messages, msg)
         treated_ids = ids[~control]
-        write_frame(conn, t.coupons, pd.DataFrame({
-            "code": [f"C{i}" for i in treated_ids], "idempotency_key": [f"c/{i}" for i in treated_ids],
-            "customer_id": treated_ids, "message_id": treated_ids, "provider": "sandbox",
-            "kind": "percent", "value": 20, "status": "issued", "created_at": ENTERED}))
+        write_frame(
+            conn,
+            t.coupons,
+            pd.DataFrame(
+                {
+                    "code": [f"C{i}" for i in treated_ids],
+                    "idempotency_key": [f"c/{i}" for i in treated_ids],
+                    "customer_id": treated_ids,
+                    "message_id": treated_ids,
+                    "provider": "sandbox",
+                    "kind": "percent",
+                    "value": 20,
+                    "status": "issued",
+                    "created_at": ENTERED,
+                }
+            ),
+        )
         amount = np.round(rng.gamma(2.0, 20.0, n) + 5, 2)
         days = rng.integers(1, 14, n)
         rows = []
@@ -95,12 +145,21 @@ def build_store(engine: sa.Engine, n_treated: int, n_control: int, p_treated: fl
                 code = f"C{cid}" if (not control[i] and cid % 3 == 0) else None
                 rows.append((f"o{cid}", cid, at, amount[i], "completed", code))
                 rows.append((f"x{cid}", cid, at + timedelta(hours=1), 999.0, "cancelled", None))
-                rows.append((f"late{cid}", cid, ENTERED + timedelta(days=20), 50.0, "completed", None))
+                rows.append(
+                    (f"late{cid}", cid, ENTERED + timedelta(days=20), 50.0, "completed", None)
+                )
             if cid % 3 == 0:
-                rows.append((f"pre{cid}", cid, ENTERED - timedelta(days=3), 30.0, "completed", None))
+                rows.append(
+                    (f"pre{cid}", cid, ENTERED - timedelta(days=3), 30.0, "completed", None)
+                )
         write_frame(conn, t.orders, pd.DataFrame(rows, columns=[
             "external_id", "customer_id", "ordered_at", "amount", "status", "coupon_code"]))
         ev = [(cid, "delivered", ENTERED + timedelta(minutes=6)) for cid in treated_ids]
         ev += [(cid, "opened", ENTERED + timedelta(hours=2)) for cid in treated_ids if cid % 2 == 0]
-        write_frame(conn, t.events, pd.DataFrame(ev, columns=["customer_id", "event_type", "occurred_at"]))
-    return {"converted_treated": int(conv[~control].sum()), "converted_control": int(conv[control].sum())}
+        write_frame(
+            conn, t.events, pd.DataFrame(ev, columns=["customer_id", "event_type", "occurred_at"])
+        )
+    return {
+        "converted_treated": int(conv[~control].sum()),
+        "converted_control": int(conv[control].sum()),
+    }

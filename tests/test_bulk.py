@@ -12,11 +12,15 @@ from clm_core.db.bulk import write_frame
 
 
 def _orders(n: int, customers: list[int], amount: float = 10.0) -> pd.DataFrame:
-    return pd.DataFrame({
-        "external_id": [f"o{i}" for i in range(n)],
-        "customer_id": [customers[i % len(customers)] for i in range(n)],
-        "ordered_at": pd.date_range("2024-01-01", periods=n, freq="h").astype("datetime64[us]"),
-        "amount": [amount + i for i in range(n)], "quantity": pd.array([None] + [1] * (n - 1), "Int64")})
+    return pd.DataFrame(
+        {
+            "external_id": [f"o{i}" for i in range(n)],
+            "customer_id": [customers[i % len(customers)] for i in range(n)],
+            "ordered_at": pd.date_range("2024-01-01", periods=n, freq="h").astype("datetime64[us]"),
+            "amount": [amount + i for i in range(n)],
+            "quantity": pd.array([None] + [1] * (n - 1), "Int64"),
+        }
+    )
 
 
 def _indexes(conn: sa.Connection) -> set[str]:

@@ -19,11 +19,20 @@ LOC = Locator("c.yaml", {})
 
 values = st.one_of(st.none(), st.integers(-3, 3).map(float))
 leaves = st.one_of(
-    st.builds(lambda f, op, v: {"field": f, op: v}, st.sampled_from(sorted(FIELDS)),
-              st.sampled_from(["lt", "lte", "gt", "gte", "eq", "ne"]), st.integers(-3, 3)),
-    st.builds(lambda f, g: {"field": f, "gt": {"field": g}}, st.sampled_from(sorted(FIELDS)),
-              st.sampled_from(sorted(FIELDS))),
-    st.builds(lambda f, v: {"field": f, "exists": v}, st.sampled_from(sorted(FIELDS)), st.booleans()),
+    st.builds(
+        lambda f, op, v: {"field": f, op: v},
+        st.sampled_from(sorted(FIELDS)),
+        st.sampled_from(["lt", "lte", "gt", "gte", "eq", "ne"]),
+        st.integers(-3, 3),
+    ),
+    st.builds(
+        lambda f, g: {"field": f, "gt": {"field": g}},
+        st.sampled_from(sorted(FIELDS)),
+        st.sampled_from(sorted(FIELDS)),
+    ),
+    st.builds(
+        lambda f, v: {"field": f, "exists": v}, st.sampled_from(sorted(FIELDS)), st.booleans()
+    ),
 )
 conditions = st.recursive(leaves, lambda kids: st.one_of(
     kids.map(lambda k: {"not": k}),
@@ -89,4 +98,7 @@ def test_not_of_a_comparison_with_a_missing_value_never_matches(rows: list[dict]
         m = compile_condition({"not": {"field": "a", op: 0}}, FIELDS, LOC).mask(df)
         assert not m[df["a"].isna()].any()
         double = compile_condition({"not": {"not": {"field": "a", op: 0}}}, FIELDS, LOC).mask(df)
-        assert double.tolist() == compile_condition({"field": "a", op: 0}, FIELDS, LOC).mask(df).tolist()
+        assert (
+            double.tolist()
+            == compile_condition({"field": "a", op: 0}, FIELDS, LOC).mask(df).tolist()
+        )

@@ -15,17 +15,41 @@ from tests.test_consent_ledger import add_customer, customer, ledger_rows, suppr
 T0 = datetime(2026, 11, 2, 9, 0)
 
 
-@pytest.mark.parametrize("text,kind", [
-    ("STOP", "withdraw"), ("stop", "withdraw"), ("  Stop. ", "withdraw"), ("STOPALL", "withdraw"),
-    ("unsubscribe", "withdraw"), ("Cancel", "withdraw"), ("END", "withdraw"), ("quit!", "withdraw"),
-    ("REVOKE", "withdraw"), ("opt out", "withdraw"), ("OPT   OUT", "withdraw"), ("optout", "withdraw"),
-    ("ＳＴＯＰ", "withdraw"),  # full-width
-    ("T", "withdraw"), ("t", "withdraw"), ("Ｔ", "withdraw"), ("TD", "withdraw"), ("ｔｄ", "withdraw"),
-    ("N", "withdraw"), ("R", "withdraw"), ("退订", "withdraw"), ("拒收", "withdraw"),
-    ("退订。", "withdraw"), ("【拒收】", "withdraw"),
-    ("START", "restore"), ("unstop", "restore"), ("Yes", "restore"), ("ＳＴＡＲＴ", "restore"),
-    ("HELP", "help"), ("help?", "help"),
-])
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("STOP", "withdraw"),
+        ("stop", "withdraw"),
+        ("  Stop. ", "withdraw"),
+        ("STOPALL", "withdraw"),
+        ("unsubscribe", "withdraw"),
+        ("Cancel", "withdraw"),
+        ("END", "withdraw"),
+        ("quit!", "withdraw"),
+        ("REVOKE", "withdraw"),
+        ("opt out", "withdraw"),
+        ("OPT   OUT", "withdraw"),
+        ("optout", "withdraw"),
+        ("ＳＴＯＰ", "withdraw"),  # full-width
+        ("T", "withdraw"),
+        ("t", "withdraw"),
+        ("Ｔ", "withdraw"),
+        ("TD", "withdraw"),
+        ("ｔｄ", "withdraw"),
+        ("N", "withdraw"),
+        ("R", "withdraw"),
+        ("退订", "withdraw"),
+        ("拒收", "withdraw"),
+        ("退订。", "withdraw"),
+        ("【拒收】", "withdraw"),
+        ("START", "restore"),
+        ("unstop", "restore"),
+        ("Yes", "restore"),
+        ("ＳＴＡＲＴ", "restore"),
+        ("HELP", "help"),
+        ("help?", "help"),
+    ],
+)
 def test_keywords(text: str, kind: str) -> None:
     got = interpret(text)
     assert got is not None and got.kind == kind, (text, got)

@@ -34,7 +34,9 @@ def change(engine: sa.Engine, cid: int | None, channel: str, action: str, source
 
 def customer(engine: sa.Engine, cid: int) -> dict[str, object]:
     with engine.connect() as conn:
-        return dict(conn.execute(sa.select(t.customers).where(t.customers.c.id == cid)).one()._mapping)
+        return dict(
+            conn.execute(sa.select(t.customers).where(t.customers.c.id == cid)).one()._mapping
+        )
 
 
 def suppressions(engine: sa.Engine) -> set[tuple[str, str, str]]:
@@ -71,7 +73,9 @@ def test_a_late_older_event_does_not_undo_a_newer_one(engine: sa.Engine) -> None
     cid = add_customer(engine)
     change(engine, cid, "sms", "withdrawn", "inbound_sms", T0 + timedelta(hours=2), "sms-stop")
     # A START that happened before the STOP arrives afterwards: recorded, but the STOP stands.
-    late = change(engine, cid, "sms", "granted", "inbound_sms", T0 + timedelta(hours=1), "sms-start")
+    late = change(
+        engine, cid, "sms", "granted", "inbound_sms", T0 + timedelta(hours=1), "sms-start"
+    )
     assert late is not None and late.current is False
     assert customer(engine, cid)["consent_sms"] is False
     assert suppressions(engine) == {("sms", "+12025550101", "opted_out")}

@@ -34,12 +34,11 @@ SCORE_COLUMNS = ["customer_id", "stage", "rfm_segment", "p_alive", "clv_12m", "r
 
 @pytest.fixture(scope="module")
 def prefect_server() -> Iterator[str]:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.server import running_server
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
 
     with running_server(timeout=180) as api, temporary_settings({PREFECT_API_URL: api}):
         yield api
@@ -54,8 +53,12 @@ def outcome(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     with engine.connect() as conn:
         scores = pd.read_sql(sa.select(*[t.customer_scores.c[c] for c in SCORE_COLUMNS])
                              .order_by(t.customer_scores.c.customer_id), conn)
-        msgs = pd.read_sql(sa.select(t.messages.c.idempotency_key, t.messages.c.status,
-                                     t.messages.c.channel).order_by(t.messages.c.idempotency_key), conn)
+        msgs = pd.read_sql(
+            sa.select(
+                t.messages.c.idempotency_key, t.messages.c.status, t.messages.c.channel
+            ).order_by(t.messages.c.idempotency_key),
+            conn,
+        )
     engine.dispose()
     return scores, msgs
 

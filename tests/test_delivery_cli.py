@@ -12,7 +12,9 @@ from clm_core.delivery.testing import seed_outbox, write_project
 from tests.delivery_fixtures import clm, rows
 
 
-def test_sandbox_process_and_dispatch_command(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+def test_sandbox_process_and_dispatch_command(
+    tmp_path: Path, db_url: str, engine: sa.Engine
+) -> None:
     proc, url = spawn()
     try:
         faults = httpx.post(f"{url}/_sandbox/faults", json={"rate_401": 1.0, "apis": ["twilio"]})
@@ -29,12 +31,18 @@ def test_sandbox_process_and_dispatch_command(tmp_path: Path, db_url: str, engin
         assert "error: stopped sending: sms: twilio: 20003" in err.decode()
         assert "revoked-token-123456" not in out.decode() + err.decode()
         final = {r["idempotency_key"]: (r["status"], r["reason"]) for r in rows(engine)}
-        assert sorted(final.values()) == [("pending", "provider_halted")] * 2 + [("sent", "sent")] * 3
+        assert (
+            sorted(final.values()) == [("pending", "provider_halted")] * 2 + [("sent", "sent")] * 3
+        )
 
         stats = httpx.get(f"{url}/_sandbox/stats").json()
         assert stats["deliveries"] == 3 and stats["faults"] == {"401": 2}  # one wave, then halted
-        got = httpx.get(f"{url}/_sandbox/deliveries", params={"key": "e:email:1"}).json()["deliveries"]
-        assert got[0]["to"] == "customer1@example.com" and got[0]["subject"].startswith("We miss you")
+        got = httpx.get(f"{url}/_sandbox/deliveries", params={"key": "e:email:1"}).json()[
+            "deliveries"
+        ]
+        assert got[0]["to"] == "customer1@example.com" and got[0]["subject"].startswith(
+            "We miss you"
+        )
         listed = httpx.get(f"{url}/_sandbox/requests", params={"api": "sendgrid"}).json()
         assert listed["total"] == 1 and listed["requests"][0]["auth"] == "Bearer"
     finally:

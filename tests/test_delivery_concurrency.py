@@ -13,7 +13,9 @@ from clm_core.delivery.testing import seed_outbox
 from tests.delivery_fixtures import clm, project, rows, sandbox, sandbox_server  # noqa: F401
 
 
-def test_three_dispatchers_no_duplicates(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_three_dispatchers_no_duplicates(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     sandbox.store.set_faults({"idempotency": False, "rate_429": 0.05, "retry_after": 0, "seed": 5})
     root = project(tmp_path, db_url, sandbox, timeout=2.0, lease_seconds=30, backoff_base=0.05,
                    backoff_max=0.2, batch_size=50, lanes=2,

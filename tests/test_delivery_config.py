@@ -24,7 +24,9 @@ def test_defaults_send_to_the_sandbox(tmp_path: Path) -> None:
     assert c.channels["coupon"].idempotent and not c.channels["email"].idempotent
 
 
-def test_real_provider_needs_its_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_provider_needs_its_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No Prefect API here: the Secret block look-up fails at once instead of starting one.
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     toml = '[delivery]\nemail = "mail"\n[delivery.providers.mail]\nkind = "mailgun"\n' \

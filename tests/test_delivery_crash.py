@@ -39,7 +39,9 @@ def crash_and_resume(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox, n:
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     at_kill = Counter(r["status"] for r in rows(engine))
-    assert at_kill["pending"] + at_kill["claimed"] > 0, f"killed too late to test anything: {at_kill}"
+    assert at_kill["pending"] + at_kill["claimed"] > 0, (
+        f"killed too late to test anything: {at_kill}"
+    )
 
     second = clm(root, "dispatch", "--wait", "10")
     out, err = second.communicate(timeout=300)

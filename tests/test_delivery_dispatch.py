@@ -9,10 +9,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.db import tables as t
 from clm_core.delivery import outbox
 from clm_core.delivery.testing import seed_outbox, write_templates
-from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.runs import utcnow
 from tests.delivery_fixtures import KEY, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
 
@@ -43,7 +43,9 @@ def test_email_with_coupon_recommendations_and_unsubscribe(tmp_path: Path, db_ur
     with engine.connect() as conn:
         coupons = {r.idempotency_key: r for r in conn.execute(sa.select(t.coupons))}
     assert set(coupons) == set(keys) and len({c.code for c in coupons.values()}) == 5
-    first = next(d for d in sandbox.store.deliveries if d["api"] == "sendgrid" and d["key"] == keys[0])
+    first = next(
+        d for d in sandbox.store.deliveries if d["api"] == "sendgrid" and d["key"] == keys[0]
+    )
     assert coupons[keys[0]].code in first["text"] and "15% off" in first["text"]
     assert "Album C" in first["html"] and "Album A" not in first["html"]  # co-purchased, not owned
     assert 'style="color: #333' in first["html"]  # CSS inlined
@@ -60,7 +62,9 @@ def test_email_with_coupon_recommendations_and_unsubscribe(tmp_path: Path, db_ur
     assert again.claimed == 0 and sandbox.store.stats()["duplicates"] == 0
 
 
-def test_consent_suppression_and_opt_out(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_consent_suppression_and_opt_out(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     root = project(tmp_path, db_url, sandbox)
     seed_outbox(engine, 4, channel="sms", prefix="a")
     with engine.begin() as conn:
@@ -73,12 +77,21 @@ def test_consent_suppression_and_opt_out(tmp_path: Path, db_url: str, engine: sa
     assert got == {1: ("skipped", "no_consent"), 2: ("skipped", "suppressed"),
                    3: ("failed", "recipient_opted_out"), 4: ("sent", "sent")}
     with engine.connect() as conn:
-        sup = conn.execute(sa.select(t.suppressions).where(t.suppressions.c.address == "+12025550003")).one()
-    assert (sup.channel, sup.reason, sup.source, sup.customer_id) == ("sms", "opted_out", "twilio", 3)
+        sup = conn.execute(
+            sa.select(t.suppressions).where(t.suppressions.c.address == "+12025550003")
+        ).one()
+    assert (sup.channel, sup.reason, sup.source, sup.customer_id) == (
+        "sms",
+        "opted_out",
+        "twilio",
+        3,
+    )
     assert [d["to"] for d in sandbox.store.deliveries] == ["+12025550004"]
 
 
-def test_render_error_fails_that_message_only(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_render_error_fails_that_message_only(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     root = project(tmp_path, db_url, sandbox)
     write_templates(root / "templates", {"broken/en/sms.txt.j2": "Hi\n{{ customer.nickname }}"})
     seed_outbox(engine, 2, channel="sms", prefix="b")
@@ -91,7 +104,9 @@ def test_render_error_fails_that_message_only(tmp_path: Path, db_url: str, engin
     assert "nickname" in bad["error_message"]
 
 
-def test_locale_fallback_and_transactional(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_locale_fallback_and_transactional(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     root = project(tmp_path, db_url, sandbox)
     seed_outbox(engine, 1, channel="email", locale="zh-CN", prefix="z")
     [fr_key] = seed_outbox(engine, 1, channel="email", locale="fr", prefix="f")
@@ -125,17 +140,24 @@ def test_expired_leases_resolved_safely(db_url: str, engine: sa.Engine) -> None:
     assert all(by_id[i]["status"] == "pending" for i in sms_ids[3:] + hook_ids)
 
     # The old owner still reports its real outcome over ``unknown``; a stranger cannot.
-    assert outbox.record(writer, "stranger", [outbox.Resolution(sms_ids[0], "sent", "sent")], now) == 0
+    assert (
+        outbox.record(writer, "stranger", [outbox.Resolution(sms_ids[0], "sent", "sent")], now) == 0
+    )
     assert outbox.record(writer, "dead", [outbox.Resolution(sms_ids[0], "sent", "sent")], now) == 1
     # An operator may requeue the remaining unknowns after checking the provider.
     assert outbox.requeue(writer, now, "unknown") == 2
     assert Counter(r["status"] for r in rows(engine)) == {"pending": 7, "sent": 1}
 
 
-def test_provider_halt_keeps_messages_pending(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_provider_halt_keeps_messages_pending(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     root = project(tmp_path, db_url, sandbox, sms="aliyun")
     seed_outbox(engine, 3, channel="sms", prefix="h")
-    env = {"ALIYUN_ACCESS_KEY_ID": "sandbox-access_key_id", "ALIYUN_ACCESS_KEY_SECRET": "not-the-secret"}
+    env = {
+        "ALIYUN_ACCESS_KEY_ID": "sandbox-access_key_id",
+        "ALIYUN_ACCESS_KEY_SECRET": "not-the-secret",
+    }
     report = dispatch(root, engine, env=env)
     assert "SignatureDoesNotMatch" in report.halted["sms"]
     final = rows(engine)

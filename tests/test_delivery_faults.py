@@ -14,11 +14,19 @@ from tests.delivery_fixtures import dispatch, project, rows, sandbox, sandbox_se
 
 FAULTS = {"rate_429": 0.2, "rate_500": 0.1, "rate_timeout": 0.05, "retry_after": 1,
           "timeout_seconds": 1.5, "seed": 7}
-FAST_RETRIES = {"timeout": 1.0, "backoff_base": 0.05, "backoff_max": 0.5, "lease_seconds": 5, "max_attempts": 10,
-                "batch_size": 100}
+FAST_RETRIES = {
+    "timeout": 1.0,
+    "backoff_base": 0.05,
+    "backoff_max": 0.5,
+    "lease_seconds": 5,
+    "max_attempts": 10,
+    "batch_size": 100,
+}
 
 
-def test_faults_every_message_sent_once(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_faults_every_message_sent_once(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     sandbox.store.set_faults(FAULTS)
     root = project(tmp_path, db_url, sandbox, **FAST_RETRIES, providers={
         "twilio": {"timeout": 0.4, "idempotent": True},
@@ -29,7 +37,9 @@ def test_faults_every_message_sent_once(tmp_path: Path, db_url: str, engine: sa.
     report = dispatch(root, engine, wait=10)
 
     stats = sandbox.store.stats()
-    assert stats["faults"].get("429") and stats["faults"].get("500") and stats["faults"].get("timeout")
+    assert (
+        stats["faults"].get("429") and stats["faults"].get("500") and stats["faults"].get("timeout")
+    )
     final = rows(engine)
     assert Counter(r["status"] for r in final) == {"sent": 400}, report.summary()
     delivered = sandbox.store.delivered

@@ -77,7 +77,11 @@ def run_dispatch(prefect_server: str, tmp_path: Path, monkeypatch: pytest.Monkey
             "sandbox_url": sandbox.url, "batch_size": 100,
             "providers": {"sendgrid": {"rate_per_second": RATE, "batch_size": per_request},
                           "stripe": {"rate_per_second": RATE}}}, url)
-        env = {"CLM_PROJECT_DIR": str(root), "CLM_DATABASE_URL": url, "PREFECT_API_URL": prefect_server}
+        env = {
+            "CLM_PROJECT_DIR": str(root),
+            "CLM_DATABASE_URL": url,
+            "PREFECT_API_URL": prefect_server,
+        }
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         made = subprocess.run([sys.executable, "-m", "clm", "limits"], env={**os.environ, **env},

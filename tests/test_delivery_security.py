@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.db import tables as t
 from clm_core.delivery.testing import seed_outbox, write_templates
-from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.errors import TemplateRenderError, TokenError
 from clm_core.templating import TemplateStore, sample_context
 from tests.delivery_fixtures import KEY, clm, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
@@ -30,7 +30,9 @@ def test_template_cannot_reach_python_internals(tmp_path: Path, source: str) -> 
     assert "evil/en/sms.txt.j2:1" in str(err.value)
 
 
-def test_evil_template_fails_its_message_clearly(tmp_path: Path, db_url: str, engine: sa.Engine, sandbox) -> None:
+def test_evil_template_fails_its_message_clearly(
+    tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
+) -> None:
     root = project(tmp_path, db_url, sandbox)
     write_templates(root / "templates", {"evil/en/sms.txt.j2": ESCAPES[1]})
     seed_outbox(engine, 1, channel="sms", template="evil")
@@ -59,9 +61,12 @@ def test_unsubscribe_token_round_trip_and_tampering() -> None:
             ring.verify(bad, SUBSCRIPTION, now)
 
 
-SECRET_ENV = {"SENDGRID_API_KEY": "SG.super-secret-sendgrid-key-0001",
-              "TWILIO_ACCOUNT_SID": "AC-secret-sid-0002", "TWILIO_AUTH_TOKEN": "twilio-secret-token-0003",
-              "STRIPE_API_KEY": "sk_live_secret_stripe_0004"}
+SECRET_ENV = {
+    "SENDGRID_API_KEY": "SG.super-secret-sendgrid-key-0001",
+    "TWILIO_ACCOUNT_SID": "AC-secret-sid-0002",
+    "TWILIO_AUTH_TOKEN": "twilio-secret-token-0003",
+    "STRIPE_API_KEY": "sk_live_secret_stripe_0004",
+}
 
 
 def test_no_credential_in_logs_errors_or_database(tmp_path: Path, db_url: str, engine: sa.Engine,
@@ -82,7 +87,9 @@ def test_no_credential_in_logs_errors_or_database(tmp_path: Path, db_url: str, e
         for table in t.metadata.sorted_tables:
             text += "\n".join(str(tuple(r)) for r in conn.execute(sa.select(table)))
     for name, value in SECRET_ENV.items():
-        assert value not in text, f"{name} leaked: ...{text[max(0, text.find(value) - 300):text.find(value) + 60]}"
+        assert value not in text, (
+            f"{name} leaked: ...{text[max(0, text.find(value) - 300) : text.find(value) + 60]}"
+        )
     # The provider's own request log: its API puts the account id in the path, keys never.
     kept = str(sandbox.store.requests)
     assert not [v for k, v in SECRET_ENV.items() if k != "TWILIO_ACCOUNT_SID" and v in kept]

@@ -40,8 +40,9 @@ def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
         assert heading in out, heading
     key = shop / ".clm" / "secret-key"
     assert key.stat().st_mode & 0o777 == 0o600
-    weeks = re.findall(r"^  (1997-\d\d-\d\d)  (1997-\d\d-\d\d \d\d:\d\d) .* (\d+\.\d)s$", demo.stdout,
-                       re.MULTILINE)
+    weeks = re.findall(
+        r"^  (1997-\d\d-\d\d)  (1997-\d\d-\d\d \d\d:\d\d) .* (\d+\.\d)s$", demo.stdout, re.MULTILINE
+    )
     assert [w[:2] for w in weeks] == [("1997-03-31", "1997-04-01 10:00"),
                                       ("1997-04-07", "1997-04-08 10:00")]
     took = float(re.search(r"^took\s+(\d+\.\d)s", demo.stdout, re.MULTILINE).group(1))  # type: ignore[union-attr]
@@ -63,7 +64,9 @@ def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
     run = clm(shop, "run", timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
-    assert run.stdout.startswith("as of 1997-04-08: the next day on the simulated clock"), run.stdout
+    assert run.stdout.startswith("as of 1997-04-08: the next day on the simulated clock"), (
+        run.stdout
+    )
     assert "\nnow 1997-04-09 10:00:00 UTC: the next day on the simulated clock" in run.stdout
     assert "CLM_SECRET_KEY" not in run.stdout + run.stderr
     assert not subprocess.run(["grep", "-rl", key.read_text().strip(), str(shop / ".clm" / "logs"),

@@ -99,7 +99,10 @@ def test_every_email_in_chromium_has_working_links_and_a_main_button_to_the_shop
                 srcs = page.eval_on_selector_all("[src]", "els => els.map(e => e.src)")
                 assert hrefs, f
                 for url in hrefs + srcs:
-                    assert url.startswith(server + "/"), (f, url)  # absolute, to the configured host
+                    assert url.startswith(server + "/"), (
+                        f,
+                        url,
+                    )  # absolute, to the configured host
                     response = page.request.get(url)
                     assert response.status == 200, (f, url, response.status)
                 seen.clear()

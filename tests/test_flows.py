@@ -80,7 +80,9 @@ def failed_rows(data: str) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("customer")]
 
 
-def test_lifecycle_run_publishes_summary_and_completes(store: sa.Engine, sandbox: SandboxServer) -> None:
+def test_lifecycle_run_publishes_summary_and_completes(
+    store: sa.Engine, sandbox: SandboxServer
+) -> None:
     from flows.lifecycle import lifecycle
 
     state = lifecycle(return_state=True)
@@ -134,7 +136,9 @@ def test_failing_provider_ends_failed_then_rerun_sends_the_rest_once(
     assert stats["unique_keys"] >= count(store, status="sent")
 
 
-def test_revoked_key_halts_the_channel_and_loses_nothing(store: sa.Engine, sandbox: SandboxServer) -> None:
+def test_revoked_key_halts_the_channel_and_loses_nothing(
+    store: sa.Engine, sandbox: SandboxServer
+) -> None:
     from flows.dispatch import dispatch
     from flows.lifecycle import lifecycle
 
@@ -166,7 +170,9 @@ def test_an_aware_now_from_the_prefect_ui_runs_the_flows(store: sa.Engine) -> No
                       return_state=True)
     assert state.is_completed(), state.message
     with store.connect() as conn:
-        entered = set(conn.execute(sa.select(t.journey_enrollments.c.entered_at).distinct()).scalars())
+        entered = set(
+            conn.execute(sa.select(t.journey_enrollments.c.entered_at).distinct()).scalars()
+        )
     assert entered == {datetime(1997, 4, 1, 10, 0)}
 
 
@@ -257,7 +263,9 @@ def test_a_backfill_enters_stage_journeys_and_two_runs_write_the_same_rows(
 
 
 
-def test_lifecycle_writes_the_report_and_publishes_its_summary(store: sa.Engine, tmp_path: Path) -> None:
+def test_lifecycle_writes_the_report_and_publishes_its_summary(
+    store: sa.Engine, tmp_path: Path
+) -> None:
     from flows.lifecycle import lifecycle
 
     out = tmp_path / "report.html"

@@ -39,14 +39,25 @@ def test_upsert_changes_only_rows_that_differ(engine: sa.Engine) -> None:
     df = pd.DataFrame({"external_id": ["a", "b"], "name": ["Ann", "Bob"],
                        "attributes": [{"tier": "gold"}, None]})
     with engine.begin() as conn:
-        assert write_frame(conn, t.customers, df, keys=["external_id"], update=["name", "attributes"]) == 2
+        assert (
+            write_frame(conn, t.customers, df, keys=["external_id"], update=["name", "attributes"])
+            == 2
+        )
     with engine.begin() as conn:
-        assert write_frame(conn, t.customers, df, keys=["external_id"], update=["name", "attributes"]) == 0
+        assert (
+            write_frame(conn, t.customers, df, keys=["external_id"], update=["name", "attributes"])
+            == 0
+        )
     df.loc[1, "name"] = "Robert"
     with engine.begin() as conn:
-        assert write_frame(conn, t.customers, df, keys=["external_id"], update=["name", "attributes"]) == 1
+        assert (
+            write_frame(conn, t.customers, df, keys=["external_id"], update=["name", "attributes"])
+            == 1
+        )
     with engine.connect() as conn:
         rows = dict(conn.execute(sa.select(t.customers.c.external_id, t.customers.c.name)).all())
-        attrs = conn.scalar(sa.select(t.customers.c.attributes).where(t.customers.c.external_id == "a"))
+        attrs = conn.scalar(
+            sa.select(t.customers.c.attributes).where(t.customers.c.external_id == "a")
+        )
     assert rows == {"a": "Ann", "b": "Robert"}
     assert attrs == {"tier": "gold"}

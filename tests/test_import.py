@@ -64,7 +64,9 @@ c6,Fay Wu,fay@example.com,(202) 555-0188,zh-cn,2024/02/03 10:00
 """
 
 
-def test_mixed_file_imports_the_good_rows_and_rejects_each_bad_one(run: Run, query, tmp_path: Path) -> None:
+def test_mixed_file_imports_the_good_rows_and_rejects_each_bad_one(
+    run: Run, query, tmp_path: Path
+) -> None:
     rejects = tmp_path / "bad.csv"
     res = run("import", "customers", str(write(tmp_path / "c.csv", CUSTOMERS)),
               "--rejects", str(rejects), "--strict")
@@ -107,7 +109,9 @@ def test_without_strict_bad_optional_fields_are_dropped_and_the_rows_kept(run: R
     assert res.exit_code == 0, res.output
     assert "8 rows read, 5 imported (5 new, 0 updated, 0 unchanged), 3 rejected, " \
            "3 kept with warnings" in res.output
-    stored = query(sa.select(t.customers).order_by(t.customers.c.external_id)).set_index("external_id")
+    stored = query(sa.select(t.customers).order_by(t.customers.c.external_id)).set_index(
+        "external_id"
+    )
     assert stored.index.tolist() == ["c1", "c2", "c3", "c4", "c6"]
     assert pd.isna(stored.loc["c2", "email"]) and stored.loc["c2", "phone"] == "+12025550144"
     assert pd.isna(stored.loc["c3", "phone"]) and stored.loc["c3", "email"] == "cid@example.com"
@@ -130,7 +134,9 @@ o7,c9,2024-03-05,5,USD,1.5
 """
 
 
-def test_orders_file_rejects_bad_rows_and_creates_unknown_customers(run: Run, query, tmp_path: Path) -> None:
+def test_orders_file_rejects_bad_rows_and_creates_unknown_customers(
+    run: Run, query, tmp_path: Path
+) -> None:
     rejects = tmp_path / "rej.csv"
     res = run("import", "orders", str(write(tmp_path / "o.csv", ORDERS)), "--rejects", str(rejects))
     assert res.exit_code == 0, res.output
@@ -166,7 +172,9 @@ cn3,张敏,不是邮箱,13812345679,2024-03-07
 
 
 @pytest.mark.parametrize("encoding", ["auto", "gbk", "gb18030"])
-def test_gbk_file_with_chinese_headers_and_names(run: Run, query, tmp_path: Path, encoding: str) -> None:
+def test_gbk_file_with_chinese_headers_and_names(
+    run: Run, query, tmp_path: Path, encoding: str
+) -> None:
     path = write(tmp_path / "客户.csv", GBK_CUSTOMERS, "gbk")
     rejects = tmp_path / "rej.csv"
     res = run("import", "customers", str(path), "--encoding", encoding, "--region", "CN",
@@ -210,12 +218,16 @@ def test_map_reads_fields_from_named_columns(run: Run, query, tmp_path: Path) ->
     assert stored["consent_email"].astype(bool).tolist() == [True, False]
     assert stored["consent_email_at"].notna().tolist() == [True, False]
     # Unmapped columns are kept as custom attributes.
-    attrs = [a if isinstance(a, dict) else __import__("json").loads(a) for a in stored["attributes"]]
+    attrs = [
+        a if isinstance(a, dict) else __import__("json").loads(a) for a in stored["attributes"]
+    ]
     assert attrs == [{"lieblingsfarbe": "blau"}, {"lieblingsfarbe": "grün"}]
 
     res = run("import", "customers", str(path), "--map", "emial=E-Mail-Adresse")
     assert res.exit_code == 1
-    assert "--map names unknown field 'emial'" in res.output and "did you mean 'email'" in res.output
+    assert (
+        "--map names unknown field 'emial'" in res.output and "did you mean 'email'" in res.output
+    )
 
 
 def test_reimporting_the_same_files_changes_nothing(run: Run, query, tmp_path: Path) -> None:
@@ -241,11 +253,15 @@ def test_reimporting_the_same_files_changes_nothing(run: Run, query, tmp_path: P
     assert "3 imported (0 new, 1 updated, 2 unchanged)" in res.output
 
 
-def test_fatal_errors_exit_1_with_a_clear_message_and_import_nothing(run: Run, query, tmp_path: Path) -> None:
+def test_fatal_errors_exit_1_with_a_clear_message_and_import_nothing(
+    run: Run, query, tmp_path: Path
+) -> None:
     res = run("import", "customers", str(tmp_path / "missing.csv"))
     assert res.exit_code == 1 and "cannot read" in res.output and "missing.csv" in res.output
 
-    typo = write(tmp_path / "typo.csv", "order_id,customer_id,order_date,amout\no1,c1,2024-01-01,5\n")
+    typo = write(
+        tmp_path / "typo.csv", "order_id,customer_id,order_date,amout\no1,c1,2024-01-01,5\n"
+    )
     res = run("import", "orders", str(typo))
     assert res.exit_code == 1
     assert "missing required column 'amount'" in res.output
@@ -274,9 +290,13 @@ def test_naive_times_are_read_in_the_given_time_zone(run: Run, query, tmp_path: 
                  "t5,c1,2024-11-03 01:30,1\n"            # happens twice in New York
                  "t6,c1,2024-03-10 02:30,1\n")           # never happens: moves forward
     rejects = tmp_path / "rej.csv"
-    res = run("import", "orders", str(path), "--timezone", "America/New_York", "--rejects", str(rejects))
+    res = run(
+        "import", "orders", str(path), "--timezone", "America/New_York", "--rejects", str(rejects)
+    )
     assert res.exit_code == 0, res.output
-    stored = query(sa.select(t.orders.c.external_id, t.orders.c.ordered_at).order_by(t.orders.c.external_id))
+    stored = query(
+        sa.select(t.orders.c.external_id, t.orders.c.ordered_at).order_by(t.orders.c.external_id)
+    )
     assert dict(zip(stored["external_id"], pd.to_datetime(stored["ordered_at"]))) == {
         "t1": pd.Timestamp("2024-07-01 16:00"), "t2": pd.Timestamp("2024-01-15 17:00"),
         "t3": pd.Timestamp("2024-07-01 12:00"), "t4": pd.Timestamp("2024-07-01 04:00"),
@@ -317,4 +337,8 @@ def test_cdnow_import_is_complete_and_idempotent(run: Run, query) -> None:
     assert counts[:2] == (23_570, 69_659)
     second = run("import", "cdnow")
     assert "new or changed rows: customers 0, orders 0, order_items 0" in second.output
-    assert (count(query, t.customers), count(query, t.orders), count(query, t.order_items)) == counts
+    assert (
+        count(query, t.customers),
+        count(query, t.orders),
+        count(query, t.order_items),
+    ) == counts

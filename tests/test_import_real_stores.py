@@ -30,7 +30,9 @@ m4,Tom Li,13612345678,tom@example.com,en,Europe/London,London,GB,1,0,普通,
 
 
 def read_rejects(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False).set_index("row")
+    return pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False).set_index(
+        "row"
+    )
 
 
 def test_gbk_member_export_with_chinese_headers(run: Run, query, tmp_path: Path) -> None:
@@ -44,7 +46,9 @@ def test_gbk_member_export_with_chinese_headers(run: Run, query, tmp_path: Path)
     rejects = tmp_path / "会员-rejects.csv"
     assert f"rows with problems written to {rejects}" in res.output
 
-    stored = query(sa.select(t.customers).order_by(t.customers.c.external_id)).set_index("external_id")
+    stored = query(sa.select(t.customers).order_by(t.customers.c.external_id)).set_index(
+        "external_id"
+    )
     assert stored["name"].tolist() == ["王伟", "李娜", "孙静", "Tom Li"]
     assert stored["locale"].tolist() == ["zh-CN", "zh-CN", "zh-CN", "en"]
     assert stored["timezone"].tolist() == ["Asia/Shanghai"] * 3 + ["Europe/London"]

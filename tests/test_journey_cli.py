@@ -75,7 +75,9 @@ def test_plan_on_cdnow_is_non_empty_for_every_journey(engine: sa.Engine, db_url:
     assert "拒收请回复R" in shown.output and "PREVIEW-CODE" in shown.output
 
 
-def test_preview_unknown_step_says_what_exists(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+def test_preview_unknown_step_says_what_exists(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
     import_cdnow(engine, sample=True)
     result = CliRunner().invoke(cli, ["--database", db_url, "--project", str(_project(tmp_path)),
                                       "preview", "winback", "--customer", "cdnow-00001",

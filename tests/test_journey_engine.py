@@ -138,7 +138,9 @@ steps:
 
 @pytest.mark.parametrize("rule,status,reason,version", [
     ("move", "active", None, 2), ("drain", "exited", "drained", 1), ("stay", "active", None, 1)])
-def test_edited_journey_follows_on_edit(rule: str, status: str, reason: str | None, version: int) -> None:
+def test_edited_journey_follows_on_edit(
+    rule: str, status: str, reason: str | None, version: int
+) -> None:
     v1 = one_send(extra=f"on_edit: {rule}")
     snap = entering(5)
     first = plan([v1], snap, NOW, NO_RULES)
@@ -228,7 +230,9 @@ def test_frequency_cap_actions(action: str, status: str, reason: str) -> None:
     earlier = NOW - timedelta(days=1)
     ledger = pd.DataFrame({"customer_id": [1], "channel": ["email"], "tags": [["other"]],
                            "at": [earlier]})
-    p = plan([j], Snapshot(snap.customers, transitions=snap.transitions, ledger=ledger), NOW, policy)
+    p = plan(
+        [j], Snapshot(snap.customers, transitions=snap.transitions, ledger=ledger), NOW, policy
+    )
     m = p.messages.set_index("customer_id")
     assert m.loc[2, "status"] == "pending"
     assert (m.loc[1, "status"], m.loc[1, "reason"]) == (status, reason)
@@ -257,8 +261,10 @@ def test_consent_and_suppression() -> None:
 def test_project_caps_count_other_journeys_and_priority_wins() -> None:
     high = one_send("high", extra="priority: 9")
     low = one_send("low", extra="priority: 1")
-    policy = ProjectPolicy(caps=[Cap(channel="email", tag="marketing", max=1, window=timedelta(days=1))],
-                           quiet_hours=QuietHours(enabled=False))
+    policy = ProjectPolicy(
+        caps=[Cap(channel="email", tag="marketing", max=1, window=timedelta(days=1))],
+        quiet_hours=QuietHours(enabled=False),
+    )
     p = plan([low, high], entering(3), NOW, policy)
     m = p.messages.set_index(["journey", "customer_id"])["status"]
     assert (m.loc["high"] == "pending").all() and (m.loc["low"] == "deferred").all()
@@ -266,7 +272,9 @@ def test_project_caps_count_other_journeys_and_priority_wins() -> None:
 
 def test_quiet_hours_across_spring_forward_and_fall_back() -> None:
     zone = pd.Series(["America/New_York"] * 2)
-    at = pd.Series(pd.to_datetime(["2026-03-08 06:30", "2026-11-01 05:30"])).astype("datetime64[ns]")
+    at = pd.Series(pd.to_datetime(["2026-03-08 06:30", "2026-11-01 05:30"])).astype(
+        "datetime64[ns]"
+    )
     # 01:30 local on both days; quiet 21:00-09:00 -> 09:00 local, which is EDT then EST
     out = clock.after_window(at, zone, time(21), time(9))
     assert out.tolist() == [pd.Timestamp("2026-03-08 13:00"), pd.Timestamp("2026-11-01 14:00")]
@@ -304,7 +312,9 @@ def test_holdout_draw_is_stable_and_near_its_share() -> None:
 
 def test_global_control_group_is_never_messaged() -> None:
     j = one_send()
-    policy = ProjectPolicy(caps=[], quiet_hours=QuietHours(enabled=False), global_control_percent=20)
+    policy = ProjectPolicy(
+        caps=[], quiet_hours=QuietHours(enabled=False), global_control_percent=20
+    )
     p = plan([j], entering(2000), NOW, policy)
     control = p.enrollments.set_index("customer_id")["is_control"]
     assert 0.17 < control.mean() < 0.23

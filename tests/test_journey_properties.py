@@ -32,8 +32,16 @@ STARTS = [pd.Timestamp(d) for d in ("2026-03-06", "2026-03-27", "2026-04-03", "2
 
 @st.composite
 def journey_texts(draw: st.DrawFn, index: int) -> str:
-    reentry = draw(st.sampled_from(["{policy: once}", "{policy: rematch}",
-                                    "{policy: rematch, min_gap: 1d}", "{policy: interval, every: 2d}"]))
+    reentry = draw(
+        st.sampled_from(
+            [
+                "{policy: once}",
+                "{policy: rematch}",
+                "{policy: rematch, min_gap: 1d}",
+                "{policy: interval, every: 2d}",
+            ]
+        )
+    )
     steps = []
     for k in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["email", "sms", "wait", "until", "branch", "split"]))
@@ -41,14 +49,18 @@ def journey_texts(draw: st.DrawFn, index: int) -> str:
             tag = draw(st.sampled_from(["", ", tags: [promo]"]))
             steps.append(f"  - id: s{k}\n    send: {{channel: {kind}, template: t{k}{tag}}}")
         elif kind == "wait":
-            steps.append(f"  - id: s{k}\n    wait: {draw(st.sampled_from(['2h', '12h', '1d', '3d']))}")
+            steps.append(
+                f"  - id: s{k}\n    wait: {draw(st.sampled_from(['2h', '12h', '1d', '3d']))}"
+            )
         elif kind == "branch":
             steps.append(f"  - id: s{k}\n    branch:\n      - when: {{field: clv_12m, gt: 100}}\n"
                          f"        goto: last")
         elif kind == "split":
-            steps.append(f"  - id: s{k}\n    split:\n      - {{variant: a, weight: 1, goto: last}}\n"
-                         f"      - {{variant: b, weight: 2, goto: s{k}_b}}\n  - id: s{k}_b\n"
-                         f"    send: {{channel: email, template: b}}")
+            steps.append(
+                f"  - id: s{k}\n    split:\n      - {{variant: a, weight: 1, goto: last}}\n"
+                f"      - {{variant: b, weight: 2, goto: s{k}_b}}\n  - id: s{k}_b\n"
+                f"    send: {{channel: email, template: b}}"
+            )
         else:
             days = draw(st.sampled_from(["", ", weekdays: [mon, wed, sat]"]))
             steps.append(f"  - id: s{k}\n    wait: {{until: \"{draw(st.integers(0, 23)):02d}:"
@@ -73,10 +85,15 @@ steps:
 def scenarios(draw: st.DrawFn) -> dict:
     n_journeys = draw(st.integers(1, 3))
     texts = [draw(journey_texts(i)) for i in range(n_journeys)]
-    caps = [Cap(channel=draw(st.sampled_from(["email", "sms", None])),
-                tag=draw(st.sampled_from([None, "marketing", "promo"])),
-                max=draw(st.integers(1, 3)), window=timedelta(hours=draw(st.sampled_from([6, 24, 72]))))
-            for _ in range(draw(st.integers(0, 2)))]
+    caps = [
+        Cap(
+            channel=draw(st.sampled_from(["email", "sms", None])),
+            tag=draw(st.sampled_from([None, "marketing", "promo"])),
+            max=draw(st.integers(1, 3)),
+            window=timedelta(hours=draw(st.sampled_from([6, 24, 72]))),
+        )
+        for _ in range(draw(st.integers(0, 2)))
+    ]
     start_h, end_h = draw(st.integers(18, 23)), draw(st.integers(6, 10))
     n = draw(st.integers(1, 25))
     start = draw(st.sampled_from(STARTS)) + pd.Timedelta(hours=draw(st.integers(0, 23)))
@@ -121,7 +138,9 @@ class World:
         m = p.messages.copy()
         if len(m):
             m["enrollment_id"] = m["enrollment_id"].map(lambda i: ids.get(i, i))
-            m["idempotency_key"] = m["journey"] + "/" + m["step_id"] + "/" + m["enrollment_id"].astype(str)
+            m["idempotency_key"] = (
+                m["journey"] + "/" + m["step_id"] + "/" + m["enrollment_id"].astype(str)
+            )
             known = set(self.messages["idempotency_key"]) if len(self.messages) else set()
             m = m[~m["idempotency_key"].isin(known)]
             self.messages = pd.concat([self.messages, m], ignore_index=True)

@@ -27,8 +27,17 @@ def test_samples_match_the_schema(name: str) -> None:
     jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))
 
 
-@pytest.mark.parametrize("name", ["misspelled_top_key.yaml", "wrong_type.yaml", "bad_duration.yaml",
-                                  "unknown_channel.yaml", "bad_weekday.yaml", "bad_time_of_day.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "misspelled_top_key.yaml",
+        "wrong_type.yaml",
+        "bad_duration.yaml",
+        "unknown_channel.yaml",
+        "bad_weekday.yaml",
+        "bad_time_of_day.yaml",
+    ],
+)
 def test_editors_flag_what_the_validator_rejects(name: str) -> None:
     data, _ = load_yaml(CORPUS / "journeys" / name)
     with pytest.raises(jsonschema.ValidationError):

@@ -25,7 +25,10 @@ goals:
   - {id: ordered, order: {}}
 steps:
   - id: hello
-    send: {channel: email, template: welcome_1, coupon: {kind: percent, value: 10, expires_in_days: 14}}
+    send:
+      channel: email
+      template: welcome_1
+      coupon: {kind: percent, value: 10, expires_in_days: 14}
   - id: pause
     wait: 2d
   - id: nudge
@@ -194,7 +197,8 @@ def test_longest_names_plan_keys_that_fit_the_column(engine: sa.Engine, db_url: 
     assert len(keys) == 10 and keys["idempotency_key"].is_unique
     assert keys["idempotency_key"].str.len().max() <= t.messages.c.idempotency_key.type.length
     assert keys.groupby("step_id")["idempotency_key"].apply(
-        lambda k: k.str.replace(r"/e\d+$", "", regex=True).nunique()).to_dict() == {hello: 1, nudge: 1}
+        lambda k: k.str.replace(r"/e\d+$", "", regex=True).nunique()
+    ).to_dict() == {hello: 1, nudge: 1}
 
 
 def test_message_keys_are_bounded_whatever_the_names() -> None:

@@ -103,12 +103,19 @@ steps:
 
 
 def test_two_files_with_one_name(tmp_path: Path) -> None:
-    text = (CORPUS / "journeys" / "unknown_template.yaml").read_text().replace("good_emial", "good_email")
+    text = (
+        (CORPUS / "journeys" / "unknown_template.yaml")
+        .read_text()
+        .replace("good_emial", "good_email")
+    )
     (tmp_path / "a.yaml").write_text(text)
     (tmp_path / "b.yaml").write_text(text)
     result = CliRunner().invoke(cli, ["--project", str(CORPUS), "validate", str(tmp_path)])
     assert result.exit_code == 1
-    assert f"{tmp_path / 'b.yaml'}:1:1: error: journey name 'broken' is already used by" in result.output
+    assert (
+        f"{tmp_path / 'b.yaml'}:1:1: error: journey name 'broken' is already used by"
+        in result.output
+    )
 
 
 def test_stage_rules_are_validated_too(tmp_path: Path) -> None:
@@ -119,4 +126,7 @@ def test_stage_rules_are_validated_too(tmp_path: Path) -> None:
         "{field: p_alive, lt: 0.3}", "{field: p_alve, lt: 0.3}"))
     result = CliRunner().invoke(cli, ["--project", str(CORPUS), "validate", str(tmp_path)])
     assert result.exit_code == 1
-    assert f"{rules}:" in result.output and "unknown field 'p_alve' (did you mean 'p_alive'?)" in result.output
+    assert (
+        f"{rules}:" in result.output
+        and "unknown field 'p_alve' (did you mean 'p_alive'?)" in result.output
+    )

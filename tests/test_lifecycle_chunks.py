@@ -18,10 +18,17 @@ CONFIG = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
 
 def stored(engine: sa.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
     with engine.connect() as conn:
-        scores = pd.read_sql(sa.select(t.customer_scores).order_by(t.customer_scores.c.customer_id), conn)
-        moves = pd.read_sql(sa.select(t.stage_transitions.c.customer_id, t.stage_transitions.c.from_stage,
-                                      t.stage_transitions.c.to_stage)
-                            .order_by(t.stage_transitions.c.customer_id), conn)
+        scores = pd.read_sql(
+            sa.select(t.customer_scores).order_by(t.customer_scores.c.customer_id), conn
+        )
+        moves = pd.read_sql(
+            sa.select(
+                t.stage_transitions.c.customer_id,
+                t.stage_transitions.c.from_stage,
+                t.stage_transitions.c.to_stage,
+            ).order_by(t.stage_transitions.c.customer_id),
+            conn,
+        )
     return scores.drop(columns=["recorded_at", "run_id"]), moves
 
 

@@ -52,7 +52,9 @@ def independent_holdout_table() -> pd.DataFrame:
     tx = read_cdnow(sample=True)
     days = tx[["customer", "date"]].drop_duplicates()
     cal = days[days["date"] <= pd.Timestamp(CAL_END)]
-    hold = days[(days["date"] > pd.Timestamp(CAL_END)) & (days["date"] <= pd.Timestamp(HOLDOUT_END))]
+    hold = days[
+        (days["date"] > pd.Timestamp(CAL_END)) & (days["date"] <= pd.Timestamp(HOLDOUT_END))
+    ]
     g = cal.groupby("customer")["date"]
     summary = pd.DataFrame({
         "frequency": g.size() - 1,
@@ -64,14 +66,28 @@ def independent_holdout_table() -> pd.DataFrame:
     predicted = bgf.conditional_expected_number_of_purchases_up_to_time(
         (HOLDOUT_END - CAL_END).days / 7, summary["frequency"], summary["recency"], summary["T"])
     band = summary["frequency"].clip(upper=7).map(lambda k: "7+" if k == 7 else str(k))
-    return pd.DataFrame({"band": band, "actual": actual, "predicted": predicted}).groupby("band").mean()
+    return (
+        pd.DataFrame({"band": band, "actual": actual, "predicted": predicted})
+        .groupby("band")
+        .mean()
+    )
 
 
 def test_calibration_holdout_table_matches_independent_computation(engine: sa.Engine) -> None:
     import_cdnow(engine, sample=True)
-    result = CliRunner().invoke(cli, ["--database", str(engine.url.render_as_string(hide_password=False)),
-                                      "fit", "--calibration-end", "1997-09-30",
-                                      "--holdout-end", "1998-06-30", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--database",
+            str(engine.url.render_as_string(hide_password=False)),
+            "fit",
+            "--calibration-end",
+            "1997-09-30",
+            "--holdout-end",
+            "1998-06-30",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert set(out["params"]) == {"r", "alpha", "a", "b", "p", "q", "v"}
@@ -83,8 +99,18 @@ def test_calibration_holdout_table_matches_independent_computation(engine: sa.En
         assert mine.loc[band, "predicted"] == pytest.approx(row["predicted"], rel=1e-3), band
     assert mine.loc["all", "customers"] == 2357
     assert mine.loc["all", "actual"] == 1882  # purchase days in the holdout, counted from the file
-    text = CliRunner().invoke(cli, ["--database", str(engine.url.render_as_string(hide_password=False)),
-                                    "fit", "--calibration-end", "1997-09-30", "--holdout-end", "1998-06-30"])
+    text = CliRunner().invoke(
+        cli,
+        [
+            "--database",
+            str(engine.url.render_as_string(hide_password=False)),
+            "fit",
+            "--calibration-end",
+            "1997-09-30",
+            "--holdout-end",
+            "1998-06-30",
+        ],
+    )
     assert "Model check" in text.output and "7+" in text.output
 
 
@@ -100,8 +126,12 @@ def summary() -> pd.DataFrame:
     return pd.DataFrame({"frequency": freq, "recency": recency, "T": T, "monetary_value": money})
 
 
-@pytest.mark.parametrize("model, fitter_cls", [("bgnbd", BetaGeoFitter), ("mbgnbd", ModifiedBetaGeoFitter)])
-def test_closed_forms_agree_with_lifetimes(summary: pd.DataFrame, model: str, fitter_cls: type) -> None:
+@pytest.mark.parametrize(
+    "model, fitter_cls", [("bgnbd", BetaGeoFitter), ("mbgnbd", ModifiedBetaGeoFitter)]
+)
+def test_closed_forms_agree_with_lifetimes(
+    summary: pd.DataFrame, model: str, fitter_cls: type
+) -> None:
     params = {"r": 0.6, "alpha": 9.0, "a": 0.9, "b": 3.1}
     ref = fitter_cls()
     ref.params_ = pd.Series(params)
@@ -109,9 +139,11 @@ def test_closed_forms_agree_with_lifetimes(summary: pd.DataFrame, model: str, fi
     np.testing.assert_allclose(p_alive(model, params, summary),
                                ref.conditional_probability_alive(f, r, T), rtol=1e-10)
     for horizon in (4.3, 13.0, 52.0):
-        np.testing.assert_allclose(expected_purchases(model, params, summary, horizon),
-                                   ref.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, T),
-                                   rtol=1e-8)
+        np.testing.assert_allclose(
+            expected_purchases(model, params, summary, horizon),
+            ref.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, T),
+            rtol=1e-8,
+        )
 
 
 def test_spend_and_clv_agree_with_lifetimes(summary: pd.DataFrame) -> None:
@@ -119,19 +151,35 @@ def test_spend_and_clv_agree_with_lifetimes(summary: pd.DataFrame) -> None:
     spend = {"p": 6.25, "q": 3.74, "v": 15.44}
     ggf = GammaGammaFitter()
     ggf.params_ = pd.Series(spend)
-    aov = expected_spend(spend, summary["frequency"].to_numpy(), summary["monetary_value"].to_numpy())
+    aov = expected_spend(
+        spend, summary["frequency"].to_numpy(), summary["monetary_value"].to_numpy()
+    )
     np.testing.assert_allclose(aov, ggf.conditional_expected_average_profit(
         summary["frequency"], summary["monetary_value"]), rtol=1e-10)
     bgf = BetaGeoFitter()
     bgf.params_ = pd.Series(purchase)
     bgf.predict = bgf.conditional_expected_number_of_purchases_up_to_time  # as fit() sets it
-    scores = score_frame(summary, "bgnbd", purchase, spend, "day", annual_discount_rate=1.01 ** 12 - 1)
-    ref = _customer_lifetime_value(bgf, summary["frequency"], summary["recency"], summary["T"],
-                                   pd.Series(aov, index=summary.index), time=12, discount_rate=0.01, freq="D")
+    scores = score_frame(
+        summary, "bgnbd", purchase, spend, "day", annual_discount_rate=1.01**12 - 1
+    )
+    ref = _customer_lifetime_value(
+        bgf,
+        summary["frequency"],
+        summary["recency"],
+        summary["T"],
+        pd.Series(aov, index=summary.index),
+        time=12,
+        discount_rate=0.01,
+        freq="D",
+    )
     np.testing.assert_allclose(scores["clv_12m"], ref, rtol=1e-8)
-    np.testing.assert_allclose(scores["expected_purchases_90d"],
-                               bgf.conditional_expected_number_of_purchases_up_to_time(
-                                   90, summary["frequency"], summary["recency"], summary["T"]), rtol=1e-8)
+    np.testing.assert_allclose(
+        scores["expected_purchases_90d"],
+        bgf.conditional_expected_number_of_purchases_up_to_time(
+            90, summary["frequency"], summary["recency"], summary["T"]
+        ),
+        rtol=1e-8,
+    )
 
 
 def test_fit_without_enough_data_says_what_to_do() -> None:

@@ -54,7 +54,9 @@ def test_unknown_metric_is_located_with_a_suggestion() -> None:
 
 
 def test_wrong_value_type_is_located() -> None:
-    (msg,) = problems("stages:\n  - name: churned\n    when:\n      field: p_alive\n      lt: low\n")
+    (msg,) = problems(
+        "stages:\n  - name: churned\n    when:\n      field: p_alive\n      lt: low\n"
+    )
     assert msg.startswith("lifecycle.yaml:5:7:") and "'p_alive' is a number field" in msg
 
 
@@ -64,7 +66,9 @@ def test_unknown_operator_is_located_with_a_suggestion() -> None:
 
 
 def test_malformed_condition_is_located() -> None:
-    (msg,) = problems("stages:\n  - name: churned\n    when:\n      any: {field: p_alive, lt: 0.3}\n")
+    (msg,) = problems(
+        "stages:\n  - name: churned\n    when:\n      any: {field: p_alive, lt: 0.3}\n"
+    )
     assert msg.startswith("lifecycle.yaml:4:7:") and "'any' takes a non-empty list" in msg
 
 

@@ -38,12 +38,24 @@ ORDERS = {
 
 def seed(engine: sa.Engine) -> dict[str, int]:
     with engine.begin() as conn:
-        conn.execute(sa.insert(t.customers), [{"external_id": k, "signed_up_at": datetime(2023, 1, 1)}
-                                              for k in ORDERS])
+        conn.execute(
+            sa.insert(t.customers),
+            [{"external_id": k, "signed_up_at": datetime(2023, 1, 1)} for k in ORDERS],
+        )
         ids = dict(conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all())
-        conn.execute(sa.insert(t.orders), [
-            {"external_id": f"{k}-{i}", "customer_id": ids[k], "ordered_at": datetime.fromisoformat(d),
-             "amount": a} for k, rows in ORDERS.items() for i, (d, a) in enumerate(rows)])
+        conn.execute(
+            sa.insert(t.orders),
+            [
+                {
+                    "external_id": f"{k}-{i}",
+                    "customer_id": ids[k],
+                    "ordered_at": datetime.fromisoformat(d),
+                    "amount": a,
+                }
+                for k, rows in ORDERS.items()
+                for i, (d, a) in enumerate(rows)
+            ],
+        )
         for model, params in (("bgnbd", BG), ("gamma_gamma", GG)):
             store_fit(conn, ModelFit(model, params, -1.0, 7, 0.0, 0.0, "day", AS_OF))
     return ids
@@ -51,20 +63,36 @@ def seed(engine: sa.Engine) -> dict[str, int]:
 
 def add_order(engine: sa.Engine, customer_id: int, when: str, amount: float) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.insert(t.orders).values(external_id=f"extra-{when}", customer_id=customer_id,
-                                                ordered_at=datetime.fromisoformat(when), amount=amount))
+        conn.execute(
+            sa.insert(t.orders).values(
+                external_id=f"extra-{when}",
+                customer_id=customer_id,
+                ordered_at=datetime.fromisoformat(when),
+                amount=amount,
+            )
+        )
 
 
 def scores(engine: sa.Engine) -> dict[int, dict]:
     with engine.connect() as conn:
-        return {r["customer_id"]: dict(r) for r in conn.execute(sa.select(t.customer_scores)).mappings()}
+        return {
+            r["customer_id"]: dict(r) for r in conn.execute(sa.select(t.customer_scores)).mappings()
+        }
 
 
 def transitions(engine: sa.Engine) -> list[tuple]:
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.select(
-            t.stage_transitions.c.customer_id, t.stage_transitions.c.from_stage,
-            t.stage_transitions.c.to_stage, t.stage_transitions.c.as_of).order_by(t.stage_transitions.c.id))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(
+                    t.stage_transitions.c.customer_id,
+                    t.stage_transitions.c.from_stage,
+                    t.stage_transitions.c.to_stage,
+                    t.stage_transitions.c.as_of,
+                ).order_by(t.stage_transitions.c.id)
+            )
+        ]
 
 
 def p_alive_by_hand(x: int, tx: float, T: float) -> float:
@@ -85,7 +113,12 @@ def test_hand_computed_customers(engine: sa.Engine) -> None:
     assert s["A"]["days_since_last_order"] == 5
     assert s["A"]["p_alive"] == pytest.approx(p_alive_by_hand(1, 176, 181))
     # L: the July order is after the as-of date and ignored.
-    assert (s["L"]["n_orders"], s["L"]["frequency"], s["L"]["recency"], s["L"]["T"]) == (5, 4, 59, 60)
+    assert (s["L"]["n_orders"], s["L"]["frequency"], s["L"]["recency"], s["L"]["T"]) == (
+        5,
+        4,
+        59,
+        60,
+    )
     assert s["L"]["p_alive"] == pytest.approx(p_alive_by_hand(4, 59, 60))
     assert s["B"]["p_alive"] == pytest.approx(p_alive_by_hand(1, 10, 20))
     # One-time buyers are alive for BG/NBD; their stage follows the store's rhythm instead:
@@ -105,7 +138,9 @@ def test_hand_computed_customers(engine: sa.Engine) -> None:
         (ids[k], None, v) for k, v in stages.items()}
 
 
-def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(engine: sa.Engine) -> None:
+def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(
+    engine: sa.Engine,
+) -> None:
     ids = seed(engine)
     config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=365,
                              rhythm_min_buyers=3)
@@ -113,7 +148,9 @@ def test_rescoring_the_same_day_records_nothing_and_churned_buyers_reactivate(en
     before = scores(engine)
     again = score(engine, config, AS_OF)
     assert again.transitions == 0 and len(transitions(engine)) == 8
-    assert {k: v["stage"] for k, v in scores(engine).items()} == {k: v["stage"] for k, v in before.items()}
+    assert {k: v["stage"] for k, v in scores(engine).items()} == {
+        k: v["stage"] for k, v in before.items()
+    }
     # C was churned; buying again makes it reactivated from that purchase on, and it stays so
     # when re-scored that day.
     add_order(engine, ids["C"], "2024-07-20", 30.0)
@@ -162,9 +199,15 @@ def test_reactivated_lasts_90_days_from_the_comeback_purchase(engine: sa.Engine)
     score(engine, config, date(2024, 9, 30))  # the next (quarterly) scoring notices both
     s = scores(engine)
     # D bought 10 days ago: reactivated since that purchase.
-    assert (s[ids["D"]]["stage"], s[ids["D"]]["stage_since"]) == ("reactivated", datetime(2024, 9, 20))
+    assert (s[ids["D"]]["stage"], s[ids["D"]]["stage_since"]) == (
+        "reactivated",
+        datetime(2024, 9, 20),
+    )
     # C's comeback was 87 days ago: reactivated, but only for three more days.
-    assert (s[ids["C"]]["stage"], s[ids["C"]]["stage_since"]) == ("reactivated", datetime(2024, 7, 5))
+    assert (s[ids["C"]]["stage"], s[ids["C"]]["stage_since"]) == (
+        "reactivated",
+        datetime(2024, 7, 5),
+    )
     score(engine, config, date(2024, 10, 15))
     s = scores(engine)
     assert s[ids["C"]]["stage"] != "reactivated"  # 102 days after the purchase

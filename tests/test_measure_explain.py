@@ -69,7 +69,9 @@ def test_changing_one_value_changes_the_explanation(engine: sa.Engine) -> None:
 
 def test_unknown_customer_is_one_line(engine: sa.Engine) -> None:
     url = engine.url.render_as_string(hide_password=False)
-    result = CliRunner().invoke(cli, ["--database", url, "--project", str(REPO), "explain", "nobody"])
+    result = CliRunner().invoke(
+        cli, ["--database", url, "--project", str(REPO), "explain", "nobody"]
+    )
     assert result.exit_code == 1 and "no customer with external id" in result.output
     assert "Traceback" not in result.output
 
@@ -90,8 +92,17 @@ def test_graph_of_every_journey_names_steps_waits_branches_splits_exits() -> Non
             continue
         out = mermaid(load_journey(path))
         assert all(f"s_{s.id}" in out for s in load_journey(path).spec.steps)
-    cond = {"all": [{"field": "p_alive", "lt": 0.3}, {"any": [{"field": "n_orders", "eq": 1},
-                                                             {"field": "days", "gt": {"field": "gap", "times": 2}}]}]}
+    cond = {
+        "all": [
+            {"field": "p_alive", "lt": 0.3},
+            {
+                "any": [
+                    {"field": "n_orders", "eq": 1},
+                    {"field": "days", "gt": {"field": "gap", "times": 2}},
+                ]
+            },
+        ]
+    }
     assert condition_text(cond) == "(p_alive < 0.3 and (n_orders = 1 or days > 2 × gap))"
     # quotes and angle brackets cannot break out of a Mermaid label
     assert '"' not in mermaid(j, {}).split("start([")[1].split("])")[0].strip('"')

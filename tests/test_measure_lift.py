@@ -31,8 +31,10 @@ GROUP BY e.id, e.is_control, e.variant ORDER BY e.id
 
 def _raw(engine: sa.Engine) -> pd.DataFrame:
     with engine.connect() as conn:
-        df = pd.DataFrame(conn.execute(sa.text(RAW), {"window_end": ENTERED + timedelta(days=14)}).all(),
-                          columns=["enrollment_id", "is_control", "variant", "orders", "revenue"])
+        df = pd.DataFrame(
+            conn.execute(sa.text(RAW), {"window_end": ENTERED + timedelta(days=14)}).all(),
+            columns=["enrollment_id", "is_control", "variant", "orders", "revenue"],
+        )
     df["is_control"] = df["is_control"].astype(bool)
     df["revenue"] = df["revenue"].astype(float)
     df["converted"] = df["orders"] > 0
@@ -45,7 +47,9 @@ def test_attribution_matches_raw_sql(engine: sa.Engine) -> None:
     assert report.enrollments == 200 and report.complete == 200
     raw = _raw(engine).set_index("enrollment_id")
     with engine.connect() as conn:
-        got = pd.read_sql(sa.text("SELECT * FROM attributions ORDER BY enrollment_id"), conn).set_index("enrollment_id")
+        got = pd.read_sql(
+            sa.text("SELECT * FROM attributions ORDER BY enrollment_id"), conn
+        ).set_index("enrollment_id")
     assert (got["orders"] == raw["orders"]).all()
     assert np.allclose(got["revenue"], raw["revenue"])
     assert (got["goal"].notna() == raw["converted"]).all()
@@ -56,12 +60,18 @@ def test_attribution_matches_raw_sql(engine: sa.Engine) -> None:
     treated = got[~got["is_control"].astype(bool)]
     assert (treated["coupons_issued"] == 1).all()
     with engine.connect() as conn:
-        redeemed = pd.read_sql(sa.text(
-            "SELECT o.customer_id, o.amount FROM orders o JOIN coupons c ON c.code = o.coupon_code"), conn)
+        redeemed = pd.read_sql(
+            sa.text(
+                "SELECT o.customer_id, o.amount FROM orders o JOIN coupons c ON c.code = o.coupon_code"  # noqa: E501  (prose or a URL: clearer whole)
+            ),
+            conn,
+        )
     assert int(got["coupons_redeemed"].sum()) == len(redeemed) > 0
     assert got["coupon_cost"].sum() == pytest.approx(0.2 * redeemed["amount"].astype(float).sum())
     # engagement and last touch where messages and events exist
-    assert (treated["delivered"] == 1).all() and (got[got["is_control"].astype(bool)]["delivered"] == 0).all()
+    assert (treated["delivered"] == 1).all() and (
+        got[got["is_control"].astype(bool)]["delivered"] == 0
+    ).all()
     conv_t = treated[treated["goal"].notna()]
     assert (conv_t["last_touch_step"] == "mail").all()
     assert got.loc[got["is_control"].astype(bool), "last_touch_step"].isna().all()
@@ -107,7 +117,9 @@ def test_lift_matches_statsmodels_and_scipy(engine: sa.Engine) -> None:
     assert c.revenue.diff_ci == pytest.approx((welch.low, welch.high), rel=1e-9)
     assert c.revenue.mean_t == pytest.approx(tr["revenue"].mean())
     # incremental revenue: the per-customer difference over the treated, net of coupon cost
-    assert c.incremental_revenue == pytest.approx((tr["revenue"].mean() - ct["revenue"].mean()) * 400)
+    assert c.incremental_revenue == pytest.approx(
+        (tr["revenue"].mean() - ct["revenue"].mean()) * 400
+    )
     assert c.net_incremental_revenue == pytest.approx(c.incremental_revenue - c.coupon_cost)
     assert c.verdict.call == "better" and "95% interval" in c.verdict.text
     assert c.conversion.method.startswith("Newcombe") and "Welch" in c.revenue.method
@@ -152,7 +164,9 @@ def test_steps_variants_and_chi_squared(engine: sa.Engine) -> None:
     for v in ("a", "b"):
         c = scopes[("variant", None, v)]
         part = raw[raw["variant"] == v]
-        assert c.treated == int((~part["is_control"]).sum()) and c.control == int(part["is_control"].sum())
+        assert c.treated == int((~part["is_control"]).sum()) and c.control == int(
+            part["is_control"].sum()
+        )
     test = report.variant_tests[0].test
     tr = raw[~raw["is_control"]]
     table = pd.crosstab(tr["variant"], tr["converted"]).to_numpy()

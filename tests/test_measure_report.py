@@ -38,7 +38,9 @@ class _Links(HTMLParser):
 def _store(engine: sa.Engine) -> None:
     ids = seed(engine)
     with engine.begin() as conn:
-        conn.execute(sa.update(t.customers).where(t.customers.c.id == ids["A"]).values(locale=HOSTILE))
+        conn.execute(
+            sa.update(t.customers).where(t.customers.c.id == ids["A"]).values(locale=HOSTILE)
+        )
     score(engine, LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml"), as_of=AS_OF)
     build_store(engine, 120, 90, 0.45, 0.25, seed=4)
     rebuild(engine, NOW)
@@ -51,7 +53,9 @@ def _cli(engine: sa.Engine, *args: str) -> str:
     return result.output
 
 
-def test_report_is_self_contained_escaped_and_matches_lift_and_status(engine: sa.Engine, tmp_path: Path) -> None:
+def test_report_is_self_contained_escaped_and_matches_lift_and_status(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     _store(engine)
     out = tmp_path / "report.html"
     _cli(engine, "report", "--out", str(out))
@@ -102,7 +106,9 @@ def test_report_on_an_empty_store_says_so(engine: sa.Engine, tmp_path: Path) -> 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium "
                     "(apt-get install -y chromium)")
 def test_report_opens_in_chromium_without_console_errors(engine: sa.Engine, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright (pip install playwright)"
+    )
     if engine.dialect.name != "sqlite":
         pytest.skip("one backend is enough for the browser")
     _store(engine)

@@ -18,31 +18,97 @@ T0 = datetime(2026, 3, 1, 8, 0)
 
 def seed(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.insert(t.customers), [{"external_id": f"c{i}", "name": f"C{i}"} for i in range(1, 5)])
+        conn.execute(
+            sa.insert(t.customers), [{"external_id": f"c{i}", "name": f"C{i}"} for i in range(1, 5)]
+        )
         conn.execute(sa.insert(t.customer_scores), [
             {"customer_id": i, "as_of": T0.date(), "stage": s, "recorded_at": T0}
             for i, s in ((1, "new"), (2, "loyal"), (3, "loyal"), (4, "churned"))])
-        conn.execute(sa.insert(t.stage_transitions), [
-            {"customer_id": 2, "from_stage": "active", "to_stage": "loyal", "transitioned_at": T0, "as_of": T0.date()},
-            {"customer_id": 4, "from_stage": "at_risk", "to_stage": "churned",
-             "transitioned_at": T0 - timedelta(days=9), "as_of": T0.date()}])
+        conn.execute(
+            sa.insert(t.stage_transitions),
+            [
+                {
+                    "customer_id": 2,
+                    "from_stage": "active",
+                    "to_stage": "loyal",
+                    "transitioned_at": T0,
+                    "as_of": T0.date(),
+                },
+                {
+                    "customer_id": 4,
+                    "from_stage": "at_risk",
+                    "to_stage": "churned",
+                    "transitioned_at": T0 - timedelta(days=9),
+                    "as_of": T0.date(),
+                },
+            ],
+        )
         base = {"channel": "email", "journey": "welcome", "step_id": "hello", "send_after": T0,
                 "created_at": T0, "updated_at": T0, "provider": None, "attempts": 0,
                 "error_code": None, "error_message": None}
-        conn.execute(sa.insert(t.messages), [
-            {**base, "idempotency_key": "k1", "customer_id": 1, "status": "sent", "provider": "sendgrid", "attempts": 1},
-            {**base, "idempotency_key": "k2", "customer_id": 2, "status": "failed", "provider": "sendgrid",
-             "attempts": 1, "error_code": "400", "error_message": "bad request with key SG.supersecret-123"},
-            {**base, "idempotency_key": "k3", "customer_id": 3, "status": "pending", "channel": "sms",
-             "journey": "winback", "step_id": "sms1"},
-            {**base, "idempotency_key": "k4", "customer_id": 4, "status": "unknown", "provider": "twilio",
-             "channel": "sms", "journey": "winback", "step_id": "sms1", "attempts": 2,
-             "error_message": "lease expired without outcome"},
-            {**base, "idempotency_key": "old", "customer_id": 4, "status": "failed",
-             "created_at": T0 - timedelta(days=3), "updated_at": T0 - timedelta(days=3)}])
-        conn.execute(sa.insert(t.model_fits).values(
-            model="bgnbd", params={"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
-            log_likelihood=-9582.4, time_unit="week", window_end=T0, n_customers=2357, recorded_at=T0))
+        conn.execute(
+            sa.insert(t.messages),
+            [
+                {
+                    **base,
+                    "idempotency_key": "k1",
+                    "customer_id": 1,
+                    "status": "sent",
+                    "provider": "sendgrid",
+                    "attempts": 1,
+                },
+                {
+                    **base,
+                    "idempotency_key": "k2",
+                    "customer_id": 2,
+                    "status": "failed",
+                    "provider": "sendgrid",
+                    "attempts": 1,
+                    "error_code": "400",
+                    "error_message": "bad request with key SG.supersecret-123",
+                },
+                {
+                    **base,
+                    "idempotency_key": "k3",
+                    "customer_id": 3,
+                    "status": "pending",
+                    "channel": "sms",
+                    "journey": "winback",
+                    "step_id": "sms1",
+                },
+                {
+                    **base,
+                    "idempotency_key": "k4",
+                    "customer_id": 4,
+                    "status": "unknown",
+                    "provider": "twilio",
+                    "channel": "sms",
+                    "journey": "winback",
+                    "step_id": "sms1",
+                    "attempts": 2,
+                    "error_message": "lease expired without outcome",
+                },
+                {
+                    **base,
+                    "idempotency_key": "old",
+                    "customer_id": 4,
+                    "status": "failed",
+                    "created_at": T0 - timedelta(days=3),
+                    "updated_at": T0 - timedelta(days=3),
+                },
+            ],
+        )
+        conn.execute(
+            sa.insert(t.model_fits).values(
+                model="bgnbd",
+                params={"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
+                log_likelihood=-9582.4,
+                time_unit="week",
+                window_end=T0,
+                n_customers=2357,
+                recorded_at=T0,
+            )
+        )
 
 
 def test_summary_counts_since_run_start(engine: sa.Engine) -> None:

@@ -52,7 +52,11 @@ def test_after_a_simulation_the_next_run_continues_its_clock(engine: sa.Engine) 
         _lifecycle_run(conn, "a", datetime(2026, 11, 29, 10, 0),
                        {"as_of": "1997-04-07", "now": "1997-04-08T10:00:00", "simulated": True})
     clock, simulated = choose(engine, None, None)
-    assert (clock.as_of, clock.now, simulated) == (date(1997, 4, 8), datetime(1997, 4, 9, 10, 0), True)
+    assert (clock.as_of, clock.now, simulated) == (
+        date(1997, 4, 8),
+        datetime(1997, 4, 9, 10, 0),
+        True,
+    )
     why = ("the next day on the simulated clock of the last run (as of 1997-04-07, now "
            "1997-04-08 10:00); --as-of and --now to choose")
     assert clock.describe() == [f"as of 1997-04-08: {why}", f"now 1997-04-09 10:00:00 UTC: {why}"]

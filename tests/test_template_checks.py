@@ -61,9 +61,11 @@ def test_absolute_links(url: str, ok: bool) -> None:
 
 
 def test_links_in_rendered_html_not_in_css_or_scripts() -> None:
-    page = ('<style>a{background:url(x.png)}</style><a href="/x">x</a>'
-            '<img src="https://cdn.example.com/i.png"><a href="https://a.example.com/?a=1&amp;b=2">'
-            '<script src="https://cdn.example.com/s.js">var a = "<a href=/no>";</script><td background="bg.png"></td>')
+    page = (
+        '<style>a{background:url(x.png)}</style><a href="/x">x</a>'
+        '<img src="https://cdn.example.com/i.png"><a href="https://a.example.com/?a=1&amp;b=2">'
+        '<script src="https://cdn.example.com/s.js">var a = "<a href=/no>";</script><td background="bg.png"></td>'  # noqa: E501  (prose or a URL: clearer whole)
+    )
     assert tc.links(page) == [("a", "href", "/x"), ("img", "src", "https://cdn.example.com/i.png"),
                               ("a", "href", "https://a.example.com/?a=1&b=2"),
                               ("script", "src", "https://cdn.example.com/s.js"),

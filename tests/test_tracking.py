@@ -42,7 +42,9 @@ def test_scanner_clicks() -> None:
     firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"
     sent = NOW - timedelta(minutes=5)
     assert bot_reason(firefox, NOW, sent, config) is None
-    assert bot_reason(firefox, sent + timedelta(seconds=3), sent, config) == "too_soon_after_sending"
+    assert (
+        bot_reason(firefox, sent + timedelta(seconds=3), sent, config) == "too_soon_after_sending"
+    )
     assert bot_reason("Barracuda Sentinel (EE)", NOW, sent, config) == "scanner_user_agent"
     assert bot_reason("", NOW, sent, config) == "no_user_agent"
     assert bot_reason(firefox, NOW, None, config) is None

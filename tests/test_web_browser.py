@@ -84,7 +84,10 @@ def test_pages_in_chromium(tmp_path: Path, db_url: str, engine: sa.Engine, brows
     root = write_toml(tmp_path / "project", db_url)
     with clm_serve(root) as (base, _proc):
         page = browser.new_page(viewport={"width": 800, "height": 700})  # type: ignore[attr-defined]
-        for ext, locale, done in (("en-1", "en", "You are unsubscribed"), ("zh-1", "zh-CN", "您已退订")):
+        for ext, locale, done in (
+            ("en-1", "en", "You are unsubscribed"),
+            ("zh-1", "zh-CN", "您已退订"),
+        ):
             token = ring.sign(SUBSCRIPTION, "email", ext, issued)
             page.goto(f"{base}/u/{token}")
             assert page.locator("html").get_attribute("lang") == locale
@@ -99,7 +102,9 @@ def test_pages_in_chromium(tmp_path: Path, db_url: str, engine: sa.Engine, brows
             page.uncheck("input[name=topic_email_offers]")
             page.locator("button[type=submit]").click()
             page.wait_for_load_state()
-            assert ("Your choices are saved." if locale == "en" else "您的选择已保存") in page.content()
+            assert (
+                "Your choices are saved." if locale == "en" else "您的选择已保存"
+            ) in page.content()
             if locale == "en":
                 shot(page, "web-preferences-saved-en.png", tmp_path)
         page.goto(f"{base}/u/k1.altered.token")

@@ -102,7 +102,9 @@ def test_unsubscribe_and_stop_over_http_then_dispatch_skips_them(
         assert second.status_code == 200
         people, ledger_rows, suppressed = state(engine)
         assert [tuple(p) for p in people][:2] == [(1, False, True), (2, True, True)]
-        assert len(ledger_rows) == 1 and [s.address for s in suppressed] == ["customer1@example.com"]
+        assert len(ledger_rows) == 1 and [s.address for s in suppressed] == [
+            "customer1@example.com"
+        ]
 
         # A STOP texted from customer 3's phone (as the provider's inbound webhook hands it on).
         with engine.begin() as conn:

@@ -161,7 +161,9 @@ def make_plan(engine: sa.Engine, channel: str, provider: str, n_events: int,
     return plan
 
 
-def db_state(engine: sa.Engine, keys: list[str]) -> tuple[Counter[str], Counter[str], set[str], int]:
+def db_state(
+    engine: sa.Engine, keys: list[str]
+) -> tuple[Counter[str], Counter[str], set[str], int]:
     m, e = t.messages, t.events
     with engine.connect() as conn:
         status = Counter({s or "none": n for s, n in conn.execute(
@@ -280,9 +282,13 @@ def test_mailgun_events_replayed_and_shuffled(engine: sa.Engine, served: Any) ->
     msg0, kind0 = plan.events[0]
     with served() as url, httpx.Client(timeout=30) as client:
         forged = mailgun_body(msg0, kind0, key="not-the-key")
-        assert client.post(url + "/hooks/mailgun", content=forged, headers=headers).status_code == 401
+        assert (
+            client.post(url + "/hooks/mailgun", content=forged, headers=headers).status_code == 401
+        )
         stale = mailgun_body(msg0, kind0, age=3600)
-        assert client.post(url + "/hooks/mailgun", content=stale, headers=headers).status_code == 401
+        assert (
+            client.post(url + "/hooks/mailgun", content=stale, headers=headers).status_code == 401
+        )
         body = mailgun_body(msg0, kind0)  # the same signed request twice: a replay
         assert client.post(url + "/hooks/mailgun", content=body[:-2],
                            headers=headers).status_code == 400
@@ -297,8 +303,14 @@ def test_mailgun_events_replayed_and_shuffled(engine: sa.Engine, served: Any) ->
                                 content=mailgun_body(msg, kind, event_id=ids[i]))
                 assert r.status_code == 200, r.text
         replayed = mailgun_body(msg0, kind0, event_id=ids[0])
-        assert client.post(url + "/hooks/mailgun", content=replayed, headers=headers).status_code == 200
-        assert client.post(url + "/hooks/mailgun", content=replayed, headers=headers).status_code == 401
+        assert (
+            client.post(url + "/hooks/mailgun", content=replayed, headers=headers).status_code
+            == 200
+        )
+        assert (
+            client.post(url + "/hooks/mailgun", content=replayed, headers=headers).status_code
+            == 401
+        )
     status, engagement, suppressed, stored = db_state(engine, keys)
     want_status, want_engagement, want_suppressed = plan.expected(MAILGUN_SCENARIOS)
     assert stored == len(plan.events)
@@ -419,7 +431,9 @@ def twilio_inbound(client: httpx.Client, url: str, sender: str, text: str, sid: 
 
 def sms_consent(engine: sa.Engine, phone: str) -> tuple[bool, bool, int]:
     with engine.connect() as conn:
-        consent = conn.scalar(sa.select(t.customers.c.consent_sms).where(t.customers.c.phone == phone))
+        consent = conn.scalar(
+            sa.select(t.customers.c.consent_sms).where(t.customers.c.phone == phone)
+        )
         suppressed = conn.scalar(sa.select(sa.func.count()).where(
             t.suppressions.c.channel == "sms", t.suppressions.c.address == phone))
         rows = conn.scalar(sa.select(sa.func.count()).select_from(t.consent_ledger).where(
@@ -432,7 +446,9 @@ def test_twilio_inbound_stop_and_start_replayed(engine: sa.Engine, served: Any) 
     with engine.connect() as conn:
         phone = conn.scalar(sa.select(t.customers.c.phone))
     with served() as url, httpx.Client(timeout=30) as client:
-        assert twilio_inbound(client, url, phone, "STOP", "SMstop1", token="forged").status_code == 401
+        assert (
+            twilio_inbound(client, url, phone, "STOP", "SMstop1", token="forged").status_code == 401
+        )
         assert sms_consent(engine, phone) == (True, False, 0)
         first = twilio_inbound(client, url, phone, " stop ", "SMstop1")
         assert first.status_code == 200 and "<Message>" in first.text  # one confirmation

@@ -1,4 +1,4 @@
-"""``clm serve`` in its own process for tests: a free port, wait for /healthz, SIGTERM at the end."""
+"""``clm serve`` in its own process for tests: a free port, wait for /healthz, SIGTERM at the end."""  # noqa: E501  (prose or a URL: clearer whole)
 
 from __future__ import annotations
 

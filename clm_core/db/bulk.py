@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import csv
 import json
-from decimal import Decimal
 from collections.abc import Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pandas as pd

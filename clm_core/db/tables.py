@@ -2,7 +2,8 @@
 
 Conventions: surrogate integer ids, natural keys (``external_id``) unique; times are naive UTC
 ``DateTime``; a row's times follow the run's logical clock (as-of, now) and only ``recorded_at``
-holds the wall clock (when the row was written), so reruns and backfills write the same rows; money is ``Numeric(12, 2)``; free-form data is JSON (JSONB on PostgreSQL).
+holds the wall clock (when the row was written), so reruns and backfills write the same rows;
+money is ``Numeric(12, 2)``; free-form data is JSON (JSONB on PostgreSQL).
 Status columns are short strings so both databases read the same.
 """
 
@@ -346,14 +347,16 @@ channel_halts = sa.Table(
 # --- loyalty ----------------------------------------------------------------------------------
 
 points_ledger = sa.Table(
-    "points_ledger", metadata,
+    "points_ledger",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("key", sa.String(128), nullable=False, unique=True),  # why the row exists
     _customer_fk(),
-    sa.Column("kind", sa.String(16), nullable=False),  # earn bonus reverse redeem expire reward adjust
+    sa.Column(
+        "kind", sa.String(16), nullable=False
+    ),  # earn bonus reverse redeem expire reward adjust
     sa.Column("points", sa.Integer, nullable=False),
-    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="SET NULL"),
-              index=True),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="SET NULL"), index=True),
     _ts("occurred_at", nullable=False),  # the run's clock
     _ts("expires_at"),
     sa.Column("reason", sa.String(200)),
@@ -402,9 +405,12 @@ tier_transitions = sa.Table(
 # --- operations -------------------------------------------------------------------------------
 
 runs = sa.Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(32), nullable=False),  # import, fit, score, plan, dispatch, lifecycle
+    sa.Column(
+        "kind", sa.String(32), nullable=False
+    ),  # import, fit, score, plan, dispatch, lifecycle
     _ts("started_at", nullable=False),
     _ts("finished_at"),
     sa.Column("status", sa.String(16), nullable=False),  # running, completed, failed
@@ -415,14 +421,15 @@ runs = sa.Table(
 # --- consent ----------------------------------------------------------------------------------
 
 consent_ledger = sa.Table(
-    "consent_ledger", metadata,
+    "consent_ledger",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     # NULL when nobody matches the address (a STOP from an unknown number still suppresses it).
     _customer_fk(nullable=True),
     sa.Column("channel", sa.String(16), nullable=False),  # email | sms
     sa.Column("topic", sa.String(64)),  # NULL: the whole channel
     sa.Column("action", sa.String(16), nullable=False),  # granted | withdrawn
-    # import, unsubscribe, preferences, inbound_sms, bounce, complaint, provider_unsubscribe, operator
+    # import, unsubscribe, preferences, inbound_sms, bounce, complaint, provider_unsubscribe, operator  # noqa: E501  (prose or a URL: clearer whole)
     sa.Column("source", sa.String(32), nullable=False),
     sa.Column("address", sa.String(254)),  # the email or phone the change applies to
     _ts("occurred_at", nullable=False),  # when it happened (the event's own time)

@@ -206,10 +206,14 @@ class CallbackSender:
         to, mid = record.get("to", ""), record.get("message_id", "")
         if api == "sendgrid":
             name = {"accepted": "processed", "complaint": "spamreport"}.get(kind, kind)
-            item: dict[str, Any] = {"email": to, "timestamp": int(now), "event": name,
-                                    "sg_event_id": uuid.uuid4().hex,
-                                    "sg_message_id": f"{mid}.filter0001.{self.rng.randrange(10**6)}",
-                                    "smtp-id": f"<{mid}@sandbox>"}
+            item: dict[str, Any] = {
+                "email": to,
+                "timestamp": int(now),
+                "event": name,
+                "sg_event_id": uuid.uuid4().hex,
+                "sg_message_id": f"{mid}.filter0001.{self.rng.randrange(10**6)}",
+                "smtp-id": f"<{mid}@sandbox>",
+            }
             if key:
                 item["clm_key"] = key
             if kind == "bounce":
@@ -290,7 +294,9 @@ class CallbackSender:
                 return f"in:{f['MessageSid']}"
             return f"{f['MessageSid']}:{f['MessageStatus']}:{f.get('ErrorCode') or ''}"
         body = json.dumps([item]).encode()
-        parsed = ev.parse_aliyun_inbound(body) if "content" in item else ev.parse_aliyun_reports(body)
+        parsed = (
+            ev.parse_aliyun_inbound(body) if "content" in item else ev.parse_aliyun_reports(body)
+        )
         return parsed[0].event_id
 
     def _run(self) -> None:

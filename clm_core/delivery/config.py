@@ -25,10 +25,30 @@ SANDBOX_SMTP_URL = "smtp://127.0.0.1:8026"
 CHANNELS = ("email", "sms", "coupon", "webhook")
 DEFAULT_PROVIDERS = {"email": "sendgrid", "sms": "twilio", "coupon": "stripe", "webhook": "webhook"}
 
-_PROVIDER_KEYS = {"kind", "base_url", "timeout", "connect_timeout", "concurrency", "rate_per_second",
-                  "idempotent"}
-_TOP_KEYS = {*CHANNELS, "providers", "timeout", "batch_size", "lanes", "lease_seconds", "max_attempts",
-             "backoff_base", "backoff_max", "sandbox_url", "from_email", "store_name", "store_url"}
+_PROVIDER_KEYS = {
+    "kind",
+    "base_url",
+    "timeout",
+    "connect_timeout",
+    "concurrency",
+    "rate_per_second",
+    "idempotent",
+}
+_TOP_KEYS = {
+    *CHANNELS,
+    "providers",
+    "timeout",
+    "batch_size",
+    "lanes",
+    "lease_seconds",
+    "max_attempts",
+    "backoff_base",
+    "backoff_max",
+    "sandbox_url",
+    "from_email",
+    "store_name",
+    "store_url",
+}
 
 
 @dataclass(frozen=True)
@@ -93,12 +113,17 @@ def _provider(name: str, raw: dict[str, Any], section: dict[str, Any], env: dict
         options.setdefault("status_callback", public_base_url.rstrip("/") + "/hooks/twilio/status")
     try:
         return ProviderConfig(
-            name=name, kind=kind, base_url=base_url,
-            timeout=float(raw.get("timeout", section.get("timeout", 10.0))), connect_timeout=float(raw.get("connect_timeout", 5.0)),
+            name=name,
+            kind=kind,
+            base_url=base_url,
+            timeout=float(raw.get("timeout", section.get("timeout", 10.0))),
+            connect_timeout=float(raw.get("connect_timeout", 5.0)),
             concurrency=int(raw.get("concurrency", 16)),
             rate_per_second=float(raw.get("rate_per_second", 0.0)),
             idempotent=bool(raw.get("idempotent", kind in {"stripe", "coupon_api"})),
-            secrets=_credentials(name, kind, raw, base_url, env), options=options)
+            secrets=_credentials(name, kind, raw, base_url, env),
+            options=options,
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[delivery.providers.{name}]: {exc}") from exc
 
@@ -123,9 +148,21 @@ def load_delivery_config(settings: Settings, env: dict[str, str] | None = None) 
     try:
         config = DeliveryConfig(
             channels=channels,
-            **{k: type(getattr(DeliveryConfig, k))(section[k]) for k in
-               ("batch_size", "lanes", "lease_seconds", "max_attempts", "backoff_base", "backoff_max",
-                "store_name", "store_url") if k in section})
+            **{
+                k: type(getattr(DeliveryConfig, k))(section[k])
+                for k in (
+                    "batch_size",
+                    "lanes",
+                    "lease_seconds",
+                    "max_attempts",
+                    "backoff_base",
+                    "backoff_max",
+                    "store_name",
+                    "store_url",
+                )
+                if k in section
+            },
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[delivery]: {exc}") from exc
     if config.lease_seconds <= max(p.timeout for p in channels.values()) * 2:

@@ -53,24 +53,45 @@ class Recommender:
         oi, o = t.order_items, t.orders
         with engine.connect() as conn:
             popular = pd.read_sql(
-                sa.select(oi.c.sku, sa.func.max(oi.c.product_name).label("name"),
-                          sa.func.count(sa.distinct(oi.c.order_id)).label("n"))
-                .group_by(oi.c.sku).order_by(sa.text("n DESC"), oi.c.sku).limit(catalogue_limit), conn)
+                sa.select(
+                    oi.c.sku,
+                    sa.func.max(oi.c.product_name).label("name"),
+                    sa.func.count(sa.distinct(oi.c.order_id)).label("n"),
+                )
+                .group_by(oi.c.sku)
+                .order_by(sa.text("n DESC"), oi.c.sku)
+                .limit(catalogue_limit),
+                conn,
+            )
             a, b = oi.alias("a"), oi.alias("b")
-            pairs = pd.read_sql(
-                sa.select(a.c.sku.label("x"), b.c.sku.label("y"), sa.func.count().label("n"))
-                .select_from(a.join(b, sa.and_(a.c.order_id == b.c.order_id, a.c.sku != b.c.sku)))
-                .where(a.c.sku.in_(popular["sku"].tolist()), b.c.sku.in_(popular["sku"].tolist()))
-                .group_by(a.c.sku, b.c.sku), conn) if len(popular) else pd.DataFrame(columns=["x", "y", "n"])
+            pairs = (
+                pd.read_sql(
+                    sa.select(a.c.sku.label("x"), b.c.sku.label("y"), sa.func.count().label("n"))
+                    .select_from(
+                        a.join(b, sa.and_(a.c.order_id == b.c.order_id, a.c.sku != b.c.sku))
+                    )
+                    .where(
+                        a.c.sku.in_(popular["sku"].tolist()), b.c.sku.in_(popular["sku"].tolist())
+                    )
+                    .group_by(a.c.sku, b.c.sku),
+                    conn,
+                )
+                if len(popular)
+                else pd.DataFrame(columns=["x", "y", "n"])
+            )
         self.skus = popular["sku"].to_numpy()
         self.names = popular["name"].fillna(popular["sku"]).to_numpy()
         self.index = pd.Index(self.skus)
         n = len(self.skus)
         self.co = np.zeros((n, n), dtype=np.float32)
         if len(pairs):
-            self.co[self.index.get_indexer(pairs["x"]), self.index.get_indexer(pairs["y"])] = pairs["n"]
+            self.co[self.index.get_indexer(pairs["x"]), self.index.get_indexer(pairs["y"])] = pairs[
+                "n"
+            ]
         # Popularity breaks ties and fills in for customers with no history.
-        self.popularity = popular["n"].to_numpy(dtype=np.float32) / max(1.0, float(popular["n"].max() or 1))
+        self.popularity = popular["n"].to_numpy(dtype=np.float32) / max(
+            1.0, float(popular["n"].max() or 1)
+        )
         self._orders = o
 
     def for_customers(self, customer_ids: Sequence[int]) -> dict[int, list[dict[str, str]]]:
@@ -110,18 +131,32 @@ class BatchData:
     loyalty: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_batch(engine: Engine, rows: Sequence[dict[str, Any]], recommender: Recommender | None) -> BatchData:
+def load_batch(
+    engine: Engine, rows: Sequence[dict[str, Any]], recommender: Recommender | None
+) -> BatchData:
     ids = sorted({r["customer_id"] for r in rows})
     keys = [r["idempotency_key"] for r in rows]
     c, s, sup, cp = t.customers, t.customer_scores, t.suppressions, t.coupons
     with engine.connect() as conn:
-        people = pd.read_sql(sa.select(c.c.id, *(c.c[f] for f in CUSTOMER_FIELDS), c.c.consent_email,
-                                       c.c.consent_sms).where(c.c.id.in_(ids)), conn)
+        people = pd.read_sql(
+            sa.select(
+                c.c.id, *(c.c[f] for f in CUSTOMER_FIELDS), c.c.consent_email, c.c.consent_sms
+            ).where(c.c.id.in_(ids)),
+            conn,
+        )
         scores = pd.read_sql(sa.select(s.c.customer_id, *(s.c[f] for f in SCORE_FIELDS))
                              .where(s.c.customer_id.in_(ids)), conn)
         addresses = [a for a in pd.concat([people["email"], people["phone"]]).dropna().unique()]
-        suppressed = {(ch, a) for ch, a in conn.execute(
-            sa.select(sup.c.channel, sup.c.address).where(sup.c.address.in_(addresses)))} if addresses else set()
+        suppressed = (
+            {
+                (ch, a)
+                for ch, a in conn.execute(
+                    sa.select(sup.c.channel, sup.c.address).where(sup.c.address.in_(addresses))
+                )
+            }
+            if addresses
+            else set()
+        )
         topics = withdrawn_topics(conn, ids)
         lo = t.loyalty_status
         loyalty = {int(r.customer_id): {f: _clean(getattr(r, f)) for f in LOYALTY_FIELDS}

@@ -127,7 +127,9 @@ class DispatchReport:
                      f"{self.recovered.unknown:,} marked unknown")
         text += f" in {self.elapsed:.1f}s ({self.rate:,.0f} sent/s)"
         if self.errors:
-            text += "; errors: " + ", ".join(f"{code} x{n:,}" for code, n in self.errors.most_common(5))
+            text += "; errors: " + ", ".join(
+                f"{code} x{n:,}" for code, n in self.errors.most_common(5)
+            )
         if self.deliverability and self.deliverability.warnings:
             text += "; deliverability: " + "; ".join(self.deliverability.warnings)
         return text
@@ -297,8 +299,15 @@ class Dispatcher:
             try:
                 messages.append((row, self._render(row, data)))
             except TemplateRenderError as exc:
-                outcomes.append(Resolution(row["id"], "failed", "render_error", error_code="template",
-                                    error_message=redact(str(exc))[:1000]))
+                outcomes.append(
+                    Resolution(
+                        row["id"],
+                        "failed",
+                        "render_error",
+                        error_code="template",
+                        error_message=redact(str(exc))[:1000],
+                    )
+                )
         by_channel: dict[str, list[tuple[dict[str, Any], Outbound]]] = {}
         for row, msg in messages:
             by_channel.setdefault(row["channel"], []).append((row, msg))
@@ -328,7 +337,9 @@ class Dispatcher:
                 return Resolution(row["id"], "skipped", "no_consent_topic")
         return None
 
-    async def _issue_coupons(self, rows: list[dict[str, Any]], data: BatchData) -> dict[int, Resolution]:
+    async def _issue_coupons(
+        self, rows: list[dict[str, Any]], data: BatchData
+    ) -> dict[int, Resolution]:
         """Issue each step's coupon before its message, idempotently on the message key."""
         todo = [r for r in rows if r["idempotency_key"] not in data.coupons]
         if not todo:
@@ -343,25 +354,46 @@ class Dispatcher:
             # From the row's creation, so a retried request carries identical parameters.
             expires = (r["created_at"] + timedelta(days=float(days))) if days else None
             specs[r["idempotency_key"]] = {
-                "code": coupon_code(self.key, r["idempotency_key"]), "kind": spec.get("kind", "percent"),
-                "value": spec.get("value", 0), "currency": spec.get("currency") or self.settings.currency,
-                "expires_at": expires}
-            batch.append(Outbound(key=r["idempotency_key"], to=data.customers[r["customer_id"]]["external_id"],
-                                  channel="coupon", data={
-                                      **specs[r["idempotency_key"]],
-                                      "expires_at": int(expires.timestamp()) if expires else None,
-                                      "customer": data.customers[r["customer_id"]]["external_id"]}))
+                "code": coupon_code(self.key, r["idempotency_key"]),
+                "kind": spec.get("kind", "percent"),
+                "value": spec.get("value", 0),
+                "currency": spec.get("currency") or self.settings.currency,
+                "expires_at": expires,
+            }
+            batch.append(
+                Outbound(
+                    key=r["idempotency_key"],
+                    to=data.customers[r["customer_id"]]["external_id"],
+                    channel="coupon",
+                    data={
+                        **specs[r["idempotency_key"]],
+                        "expires_at": int(expires.timestamp()) if expires else None,
+                        "customer": data.customers[r["customer_id"]]["external_id"],
+                    },
+                )
+            )
         results = await self._provider_send(provider, batch)
         failures: dict[int, Resolution] = {}
         issued = []
         for r, res in zip(todo, results):
             if res.outcome is Outcome.SENT:
                 spec = specs[r["idempotency_key"]]
-                issued.append({"code": spec["code"], "idempotency_key": r["idempotency_key"],
-                               "customer_id": r["customer_id"], "message_id": r["id"],
-                               "provider": provider.name, "provider_ref": res.provider_message_id,
-                               "kind": spec["kind"], "value": spec["value"], "currency": spec["currency"],
-                               "expires_at": spec["expires_at"], "status": "issued", "created_at": now})
+                issued.append(
+                    {
+                        "code": spec["code"],
+                        "idempotency_key": r["idempotency_key"],
+                        "customer_id": r["customer_id"],
+                        "message_id": r["id"],
+                        "provider": provider.name,
+                        "provider_ref": res.provider_message_id,
+                        "kind": spec["kind"],
+                        "value": spec["value"],
+                        "currency": spec["currency"],
+                        "expires_at": spec["expires_at"],
+                        "status": "issued",
+                        "created_at": now,
+                    }
+                )
                 data.coupons[r["idempotency_key"]] = spec
             else:
                 failures[r["id"]] = self._outcome(r, res, provider, prefix="coupon_")
@@ -457,7 +489,9 @@ class Dispatcher:
         delay = base * self.rng.uniform(0.5, 1.5)
         return timedelta(seconds=max(delay, retry_after or 0.0))
 
-    def _halted(self, row: dict[str, Any], res: SendResult | None, provider: Provider) -> Resolution:
+    def _halted(
+        self, row: dict[str, Any], res: SendResult | None, provider: Provider
+    ) -> Resolution:
         if res is not None and row["channel"] not in self.report.halted:
             self.report.halted[row["channel"]] = f"{provider.name}: {res.code}: {res.message}"
             log.error("provider %s refuses all sends (%s): channel %s stopped for this run",

@@ -49,9 +49,23 @@ from starlette.routing import Route
 from clm_core.delivery.callbacks import CallbackSender
 from clm_core.delivery.providers.sms import aliyun_signature
 
-FAULT_KEYS = {"rate_400", "rate_401", "rate_429", "rate_500", "rate_timeout", "rate_drop", "rate_accept_then_timeout",
-              "retry_after", "timeout_seconds", "optout", "invalid", "seed", "idempotency", "apis",
-              "aliyun_secrets"}
+FAULT_KEYS = {
+    "rate_400",
+    "rate_401",
+    "rate_429",
+    "rate_500",
+    "rate_timeout",
+    "rate_drop",
+    "rate_accept_then_timeout",
+    "retry_after",
+    "timeout_seconds",
+    "optout",
+    "invalid",
+    "seed",
+    "idempotency",
+    "apis",
+    "aliyun_secrets",
+}
 
 
 @dataclass
@@ -112,8 +126,14 @@ class SandboxStore:
         if f.apis is not None and api not in f.apis:
             return None
         x = self.rng.random()
-        for name, rate in (("400", f.rate_400), ("401", f.rate_401), ("429", f.rate_429), ("500", f.rate_500), ("timeout", f.rate_timeout),
-                           ("accept_then_timeout", f.rate_accept_then_timeout)):
+        for name, rate in (
+            ("400", f.rate_400),
+            ("401", f.rate_401),
+            ("429", f.rate_429),
+            ("500", f.rate_500),
+            ("timeout", f.rate_timeout),
+            ("accept_then_timeout", f.rate_accept_then_timeout),
+        ):
             if x < rate:
                 return name
             x -= rate
@@ -121,16 +141,27 @@ class SandboxStore:
 
     def drop(self, api: str) -> bool:
         f = self.faults
-        return f.rate_drop > 0 and (f.apis is None or api in f.apis) and self.rng.random() < f.rate_drop
+        return (
+            f.rate_drop > 0
+            and (f.apis is None or api in f.apis)
+            and self.rng.random() < f.rate_drop
+        )
 
     def record(self, api: str, request: Request, body: bytes, fault: str | None) -> dict[str, Any]:
         auth = request.headers.get("authorization", "")
-        entry = {"id": len(self.requests) + 1, "at": time.time(), "api": api, "method": request.method,
-                 "path": request.url.path, "content_type": request.headers.get("content-type"),
-                 # What the sandbox keeps of credentials: only the scheme.
-                 "auth": auth.split(" ", 1)[0] if auth else None,
-                 "idempotency_key": request.headers.get("idempotency-key"),
-                 "body": body.decode("utf-8", "replace"), "fault": fault}
+        entry = {
+            "id": len(self.requests) + 1,
+            "at": time.time(),
+            "api": api,
+            "method": request.method,
+            "path": request.url.path,
+            "content_type": request.headers.get("content-type"),
+            # What the sandbox keeps of credentials: only the scheme.
+            "auth": auth.split(" ", 1)[0] if auth else None,
+            "idempotency_key": request.headers.get("idempotency-key"),
+            "body": body.decode("utf-8", "replace"),
+            "fault": fault,
+        }
         with self.lock:
             self.requests.append(entry)
         return entry
@@ -171,8 +202,15 @@ class _QuietDrops(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
 
 
-API_PATHS = (("/v3/mail/send", "sendgrid"), ("/2010-04-01/", "twilio"), ("/v1/", "stripe"),
-             ("/coupons", "coupon_api"), ("/webhook", "webhook"), ("/_sandbox", ""), ("/v3/", "mailgun"))
+API_PATHS = (
+    ("/v3/mail/send", "sendgrid"),
+    ("/2010-04-01/", "twilio"),
+    ("/v1/", "stripe"),
+    ("/coupons", "coupon_api"),
+    ("/webhook", "webhook"),
+    ("/_sandbox", ""),
+    ("/v3/", "mailgun"),
+)
 
 
 def api_of(path: str) -> str:
@@ -238,8 +276,16 @@ class SandboxApp:
             request = Request(scope, receive)
             self.store.record(api, request, await request.body(), "drop")
             # A response that stops half-way; raising makes the server close the connection.
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-length", b"1000"),
+                        (b"content-type", b"application/json"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
             raise _Drop(scope["path"])
         await self.app(scope, receive, send)
@@ -254,12 +300,18 @@ class SandboxApp:
             return b"", Response(status_code=499)
         fault = request.state.fault = self.store.draw(api)
         self.store.record(api, request, body, fault)
-        if not request.headers.get("authorization") and api not in {"aliyun", "webhook", "coupon_api"}:
+        if not request.headers.get("authorization") and api not in {
+            "aliyun",
+            "webhook",
+            "coupon_api",
+        }:
             return body, JSONResponse({"message": "authentication required"}, status_code=401)
         if fault in ("400", "401"):
             return body, self._error(api, int(fault))
         if fault == "429":
-            return body, self._error(api, 429, headers={"Retry-After": str(self.store.faults.retry_after)})
+            return body, self._error(
+                api, 429, headers={"Retry-After": str(self.store.faults.retry_after)}
+            )
         if fault == "500":
             return body, self._error(api, 500)
         if fault == "timeout":
@@ -292,11 +344,18 @@ class SandboxApp:
             status, "Internal Server Error")
         bodies: dict[str, dict[str, Any]] = {
             "sendgrid": {"errors": [{"field": None, "message": text}]},
-            "twilio": {"code": {400: 21606, 401: 20003, 429: 20429}.get(status, 20500), "message": text,
-                       "status": status},
-            "stripe": {"error": {"type": "invalid_request_error" if status in (400, 401) else "api_error",
-                                 "code": "rate_limit" if status == 429 else None,
-                                 "message": text}},
+            "twilio": {
+                "code": {400: 21606, 401: 20003, 429: 20429}.get(status, 20500),
+                "message": text,
+                "status": status,
+            },
+            "stripe": {
+                "error": {
+                    "type": "invalid_request_error" if status in (400, 401) else "api_error",
+                    "code": "rate_limit" if status == 429 else None,
+                    "message": text,
+                }
+            },
         }
         return JSONResponse(bodies.get(api, {"message": text}), status_code=status, headers=headers)
 
@@ -311,7 +370,9 @@ class SandboxApp:
             people = body["personalizations"]
             content = {c["type"]: c["value"] for c in body.get("content", [])}
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"errors": [{"field": None, "message": "Bad Request"}]}, status_code=400)
+            return JSONResponse(
+                {"errors": [{"field": None, "message": "Bad Request"}]}, status_code=400
+            )
         if not 1 <= len(people) <= 1000:
             return JSONResponse({"errors": [{"field": "personalizations",
                                              "message": "between 1 and 1000 personalizations"}]},
@@ -328,10 +389,17 @@ class SandboxApp:
             text, html = content.get("text/plain", ""), content.get("text/html", "")
             for tag, value in subs.items():
                 text, html = text.replace(tag, value), html.replace(tag, value)
-            self.store.deliver("sendgrid", (p.get("custom_args") or {}).get("clm_key"),
-                               to=p["to"][0]["email"], subject=p.get("subject") or body.get("subject"),
-                               text=text, html=html, headers=p.get("headers") or {},
-                               categories=body.get("categories"), message_id=xid)
+            self.store.deliver(
+                "sendgrid",
+                (p.get("custom_args") or {}).get("clm_key"),
+                to=p["to"][0]["email"],
+                subject=p.get("subject") or body.get("subject"),
+                text=text,
+                html=html,
+                headers=p.get("headers") or {},
+                categories=body.get("categories"),
+                message_id=xid,
+            )
         response = await self._finish(request, 202, {}, {"X-Message-ID": xid})
         response.body = b""
         response.headers["content-length"] = "0"
@@ -344,7 +412,9 @@ class SandboxApp:
         form = Form(raw, request.headers.get("content-type", ""))
         to = form.get("to")
         if "@" not in to or to in self.store.faults.invalid:
-            return await self._finish(request, 400, {"message": "'to' parameter is not a valid address."})
+            return await self._finish(
+                request, 400, {"message": "'to' parameter is not a valid address."}
+            )
         mid = f"<{uuid.uuid4().hex}@{request.path_params['domain']}>"
         self.store.deliver("mailgun", form.get("v:clm_key") or None, to=to,
                            subject=form.get("subject"), text=form.get("text"),
@@ -363,13 +433,26 @@ class SandboxApp:
             return await self._finish(request, 400, {"code": 21610, "status": 400, "message":
                                       "Attempt to send to unsubscribed recipient"})
         if not to.startswith("+") or not to[1:].isdigit() or to in self.store.faults.invalid:
-            return await self._finish(request, 400, {"code": 21211, "status": 400,
-                                      "message": f"The 'To' number {to} is not a valid phone number."})
+            return await self._finish(
+                request,
+                400,
+                {
+                    "code": 21211,
+                    "status": 400,
+                    "message": f"The 'To' number {to} is not a valid phone number.",
+                },
+            )
         sid = "SM" + uuid.uuid4().hex
         segments = 1 if len(text) <= 160 else -(-len(text) // 153)
-        self.store.deliver("twilio", request.headers.get("idempotency-key"), to=to, text=text,
-                           message_id=sid, sender=form.get("From") or form.get("MessagingServiceSid"),
-                           status_callback=form.get("StatusCallback") or None)
+        self.store.deliver(
+            "twilio",
+            request.headers.get("idempotency-key"),
+            to=to,
+            text=text,
+            message_id=sid,
+            sender=form.get("From") or form.get("MessagingServiceSid"),
+            status_callback=form.get("StatusCallback") or None,
+        )
         return await self._finish(request, 201, {"sid": sid, "status": "queued", "to": to,
                                                  "body": text, "num_segments": str(segments)})
 
@@ -386,16 +469,27 @@ class SandboxApp:
             return JSONResponse({"Code": "InvalidAccessKeyId.NotFound", "RequestId": request_id,
                                  "Message": "Specified access key is not found."}, status_code=404)
         if aliyun_signature(params, secret, request.method) != signature:
-            return JSONResponse({"Code": "SignatureDoesNotMatch", "RequestId": request_id,
-                                 "Message": "Specified signature is not matched with our calculation."},
-                                status_code=400)
+            return JSONResponse(
+                {
+                    "Code": "SignatureDoesNotMatch",
+                    "RequestId": request_id,
+                    "Message": "Specified signature is not matched with our calculation.",
+                },
+                status_code=400,
+            )
         phone = params.get("PhoneNumbers", "")
         full = phone if len(phone) != 11 else "86" + phone
-        code = ("isv.BLACK_KEY_CONTROL_LIMIT" if "+" + full in self.store.faults.optout else
-                "isv.MOBILE_NUMBER_ILLEGAL" if not phone.isdigit() or "+" + full in self.store.faults.invalid
-                else "OK")
+        code = (
+            "isv.BLACK_KEY_CONTROL_LIMIT"
+            if "+" + full in self.store.faults.optout
+            else "isv.MOBILE_NUMBER_ILLEGAL"
+            if not phone.isdigit() or "+" + full in self.store.faults.invalid
+            else "OK"
+        )
         if code != "OK":  # Aliyun reports errors inside HTTP 200
-            return await self._finish(request, 200, {"Code": code, "Message": code, "RequestId": request_id})
+            return await self._finish(
+                request, 200, {"Code": code, "Message": code, "RequestId": request_id}
+            )
         biz = f"{random.randrange(10**17, 10**18)}^0"
         self.store.deliver("aliyun", params.get("OutId") or None, to=phone,
                            template=params.get("TemplateCode"),
@@ -412,14 +506,29 @@ class SandboxApp:
         key = request.headers.get("idempotency-key")
         if request.url.path.endswith("coupons"):
             if not (form.get("percent_off") or form.get("amount_off")):
-                return await self._finish(request, 400, {"error": {
-                    "type": "invalid_request_error", "code": "parameter_missing", "param": "percent_off",
-                    "message": "Must provide percent_off or amount_off"}})
+                return await self._finish(
+                    request,
+                    400,
+                    {
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "parameter_missing",
+                            "param": "percent_off",
+                            "message": "Must provide percent_off or amount_off",
+                        }
+                    },
+                )
             obj = {"id": uuid.uuid4().hex[:8], "object": "coupon", **form}
         else:
             obj = {"id": "promo_" + uuid.uuid4().hex[:14], "object": "promotion_code", **form}
-            self.store.deliver("stripe", key, code=form.get("code"), coupon=form.get("promotion[coupon]"),
-                               expires_at=form.get("expires_at"), message_id=obj["id"])
+            self.store.deliver(
+                "stripe",
+                key,
+                code=form.get("code"),
+                coupon=form.get("promotion[coupon]"),
+                expires_at=form.get("expires_at"),
+                message_id=obj["id"],
+            )
         return await self._finish(request, 200, obj)
 
     async def coupon_api(self, request: Request) -> Response:
@@ -430,7 +539,9 @@ class SandboxApp:
         cid = "cpn_" + uuid.uuid4().hex[:12]
         if not self.store.deliver("coupon_api", data.get("idempotency_key"), message_id=cid, **{
                 k: v for k, v in data.items() if k != "idempotency_key"}):
-            return await self._finish(request, 409, {"message": "code exists", "code": data.get("code")})
+            return await self._finish(
+                request, 409, {"message": "code exists", "code": data.get("code")}
+            )
         return await self._finish(request, 201, {"id": cid, "code": data.get("code")})
 
     async def webhook(self, request: Request) -> Response:
@@ -439,8 +550,14 @@ class SandboxApp:
             return early
         data = json.loads(raw or b"{}")
         rid = uuid.uuid4().hex
-        self.store.deliver("webhook", request.headers.get("idempotency-key"), to=data.get("to"),
-                           payload=data, signature=request.headers.get("x-clm-signature"), message_id=rid)
+        self.store.deliver(
+            "webhook",
+            request.headers.get("idempotency-key"),
+            to=data.get("to"),
+            payload=data,
+            signature=request.headers.get("x-clm-signature"),
+            message_id=rid,
+        )
         return await self._finish(request, 200, {"ok": True}, {"X-Request-ID": rid})
 
     async def twilio_list(self, request: Request) -> Response:
@@ -460,9 +577,14 @@ class SandboxApp:
             return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
         with self.store.lock:
-            rows = [d for d in self.store.deliveries if d["api"] == "twilio"
-                    and (to is None or d["to"] == to)
-                    and (lo is None or d["at"] >= stamp(lo)) and (hi is None or d["at"] <= stamp(hi))]
+            rows = [
+                d
+                for d in self.store.deliveries
+                if d["api"] == "twilio"
+                and (to is None or d["to"] == to)
+                and (lo is None or d["at"] >= stamp(lo))
+                and (hi is None or d["at"] <= stamp(hi))
+            ]
         rows.sort(key=lambda d: d["at"], reverse=True)
         chosen = rows[page * size:(page + 1) * size]
         fmt = "%a, %d %b %Y %H:%M:%S +0000"
@@ -507,7 +629,9 @@ class SandboxApp:
     async def list_deliveries(self, request: Request) -> Response:
         key = request.query_params.get("key")
         if key:
-            return JSONResponse({"deliveries": [d for d in self.store.deliveries if d["key"] == key]})
+            return JSONResponse(
+                {"deliveries": [d for d in self.store.deliveries if d["key"] == key]}
+            )
         return JSONResponse({"counts": dict(self.store.delivered)})
 
     async def get_stats(self, request: Request) -> Response:
@@ -520,8 +644,13 @@ class SandboxApp:
             except (ValueError, TypeError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
         f = self.store.faults
-        return JSONResponse({k: sorted(v) if isinstance(v, set) else v for k, v in f.__dict__.items()
-                             if k != "aliyun_secrets"})
+        return JSONResponse(
+            {
+                k: sorted(v) if isinstance(v, set) else v
+                for k, v in f.__dict__.items()
+                if k != "aliyun_secrets"
+            }
+        )
 
     async def reset(self, request: Request) -> Response:
         self.store.reset()
@@ -608,7 +737,9 @@ class SandboxServer:
                 with socket.socket() as probe:
                     probe.bind((self.host, 0))
                     self.smtp_port = probe.getsockname()[1]
-            self._smtp = Controller(SmtpSandbox(self.store), hostname=self.host, port=self.smtp_port)
+            self._smtp = Controller(
+                SmtpSandbox(self.store), hostname=self.host, port=self.smtp_port
+            )
             self._smtp.start()
         return self
 

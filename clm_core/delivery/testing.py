@@ -21,16 +21,18 @@ TEMPLATES = {
         "<p>Hi {{ customer.first_name }}, it has been a while.</p>"
         "{% if coupon %}<p>Use <b>{{ coupon.code }}</b> for {{ coupon.value }}% off.</p>{% endif %}"
         "<ul>{% for r in recommendations %}<li>{{ r.name }}</li>{% endfor %}</ul>"
-        "<p><a href=\"{{ links.unsubscribe }}\">Unsubscribe</a></p></body></html>"),
+        '<p><a href="{{ links.unsubscribe }}">Unsubscribe</a></p></body></html>'
+    ),
     "winback/en/body.txt.j2": (
         "Hi {{ customer.first_name }}, it has been a while.\n"
         "{% if coupon %}Use {{ coupon.code }} for {{ coupon.value }}% off.\n{% endif %}"
-        "Unsubscribe: {{ links.unsubscribe }}"),
+        "Unsubscribe: {{ links.unsubscribe }}"
+    ),
     "winback/zh-CN/subject.txt.j2": "{{ customer.first_name }}，好久不见",
     "winback/zh-CN/body.html.j2": "<p>{{ customer.first_name }}，好久不见。</p>",
     "winback/zh-CN/body.txt.j2": "{{ customer.first_name }}，好久不见。",
-    "winback/en/sms.txt.j2": "{{ store.name }}: hi {{ customer.first_name }}, we miss you. Reply STOP to opt out.",
-    "winback/zh-CN/sms.txt.j2": "【{{ store.name }}】{{ customer.first_name }}，好久不见。拒收请回复R",
+    "winback/en/sms.txt.j2": "{{ store.name }}: hi {{ customer.first_name }}, we miss you. Reply STOP to opt out.",  # noqa: E501  (prose or a URL: clearer whole)
+    "winback/zh-CN/sms.txt.j2": "【{{ store.name }}】{{ customer.first_name }}，好久不见。拒收请回复R",  # noqa: E501  (prose or a URL: clearer whole)
 }
 
 
@@ -56,7 +58,9 @@ def write_project(root: Path, delivery: dict[str, Any], database_url: str) -> Pa
     for k, v in delivery.items():
         if isinstance(v, dict):
             for name, body in v.items():
-                tables += ["", f"[delivery.{k}.{name}]"] + [f"{a} = {value(b)}" for a, b in body.items()]
+                tables += ["", f"[delivery.{k}.{name}]"] + [
+                    f"{a} = {value(b)}" for a, b in body.items()
+                ]
         else:
             lines.append(f"{k} = {value(v)}")
     root.mkdir(parents=True, exist_ok=True)
@@ -82,11 +86,24 @@ def seed_outbox(engine: Engine, n: int, *, channel: str = "email", template: str
         "locale": locale, "timezone": "UTC", "consent_email": consent, "consent_sms": consent,
         "created_at": now, "updated_at": now})
     keys = [f"{prefix}:{channel}:{i}" for i in ids]
-    messages = pd.DataFrame({
-        "idempotency_key": keys, "customer_id": list(ids), "journey": "winback", "journey_version": 1,
-        "step_id": "email_1", "channel": channel, "template": template,
-        "coupon": [coupon] * n, "tags": [["winback"]] * n, "status": "pending",
-        "send_after": now - timedelta(minutes=1), "attempts": 0, "created_at": now, "updated_at": now})
+    messages = pd.DataFrame(
+        {
+            "idempotency_key": keys,
+            "customer_id": list(ids),
+            "journey": "winback",
+            "journey_version": 1,
+            "step_id": "email_1",
+            "channel": channel,
+            "template": template,
+            "coupon": [coupon] * n,
+            "tags": [["winback"]] * n,
+            "status": "pending",
+            "send_after": now - timedelta(minutes=1),
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
     with engine.begin() as conn:
         write_frame(conn, t.customers, customers)
         write_frame(conn, t.messages, messages)

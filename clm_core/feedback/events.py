@@ -182,7 +182,9 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
         raise CallbackError(f"form body cannot be parsed: {exc}") from None
 
 
-def parse_twilio_status(form: dict[str, str], query: dict[str, str], now: datetime) -> ProviderEvent:
+def parse_twilio_status(
+    form: dict[str, str], query: dict[str, str], now: datetime
+) -> ProviderEvent:
     where = "Twilio status callback"
     sid = _need(form, "MessageSid", where)
     status = _need(form, "MessageStatus", where)
@@ -225,7 +227,9 @@ def _beijing_time(value: Any, where: str, name: str) -> datetime:
     try:
         return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S") - _BEIJING
     except ValueError:
-        raise CallbackError(f"{where}: field {name!r} is not a 'yyyy-MM-dd HH:mm:ss' time") from None
+        raise CallbackError(
+            f"{where}: field {name!r} is not a 'yyyy-MM-dd HH:mm:ss' time"
+        ) from None
 
 
 def _aliyun_items(body: bytes, what: str) -> list[dict[str, Any]]:
@@ -267,7 +271,9 @@ def parse_aliyun_inbound(body: bytes) -> list[ProviderEvent]:
         sent = _beijing_time(_need(item, "send_time", where), where, "send_time")
         seq = item.get("sequence_id")
         if seq is None or isinstance(seq, bool) or not isinstance(seq, (int, str)):
-            raise CallbackError(f"{where}: field 'sequence_id' is missing or not a number or string")
+            raise CallbackError(
+                f"{where}: field 'sequence_id' is missing or not a number or string"
+            )
         out.append(ProviderEvent("aliyun", f"in:{phone}:{seq}:{item['send_time']}"[:100], "inbound",
                                  sent, "sms", address=aliyun_phone(phone),
                                  detail={"text": content[:1600],

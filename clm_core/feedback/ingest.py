@@ -129,8 +129,13 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
     for start in range(0, len(keys), 500):
         for r in conn.execute(base.where(m.c.idempotency_key.in_(keys[start:start + 500]))):
             by_key[r.idempotency_key] = dict(r._mapping)
-    pmids = sorted({e.provider_message_id for e in events
-                    if e.provider_message_id and (not e.message_key or e.message_key not in by_key)})
+    pmids = sorted(
+        {
+            e.provider_message_id
+            for e in events
+            if e.provider_message_id and (not e.message_key or e.message_key not in by_key)
+        }
+    )
     by_pmid: dict[str, dict[str, Any]] = {}
     for start in range(0, len(pmids), 500):
         for r in conn.execute(base.where(m.c.provider_message_id.in_(pmids[start:start + 500]))):

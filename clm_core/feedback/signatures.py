@@ -122,7 +122,9 @@ def verify_mailgun(key: str, timestamp: str, token: str, signature: str, *, now:
     except ValueError:
         raise SignatureError("Mailgun timestamp is not a number") from None
     if abs(age) > max_age:
-        raise SignatureError(f"Mailgun timestamp is {age:.0f}s away from now (limit {max_age:.0f}s)")
+        raise SignatureError(
+            f"Mailgun timestamp is {age:.0f}s away from now (limit {max_age:.0f}s)"
+        )
     if memory is not None and not memory.first_use(token, now):
         raise SignatureError("Mailgun token was used before (replayed request)")
 

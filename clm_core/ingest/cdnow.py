@@ -49,16 +49,22 @@ def catalogue() -> pd.DataFrame:
                          "genre": np.repeat(np.arange(len(GENRES)), ALBUMS_PER_GENRE)})
 
 
-def order_lines(orders: pd.DataFrame, customer_numbers: np.ndarray, seed: int = 1997) -> pd.DataFrame:
+def order_lines(
+    orders: pd.DataFrame, customer_numbers: np.ndarray, seed: int = 1997
+) -> pd.DataFrame:
     """Up to three lines per order, leaning to each customer's favourite genre (Zipf within it)."""
     rng = np.random.default_rng(seed)
     cat = catalogue()
     qty = orders["quantity"].clip(lower=1).to_numpy()
     n_lines = np.minimum(qty, 3)
     order_idx = np.repeat(np.arange(len(orders)), n_lines)
-    line_no = np.concatenate([np.arange(1, k + 1) for k in n_lines]) if len(n_lines) else np.array([])
+    line_no = (
+        np.concatenate([np.arange(1, k + 1) for k in n_lines]) if len(n_lines) else np.array([])
+    )
     fav = (customer_numbers[order_idx] * 2654435761 % 2**32) % len(GENRES)
-    genre = np.where(rng.random(len(order_idx)) < 0.7, fav, rng.integers(0, len(GENRES), len(order_idx)))
+    genre = np.where(
+        rng.random(len(order_idx)) < 0.7, fav, rng.integers(0, len(GENRES), len(order_idx))
+    )
     rank = np.minimum(rng.zipf(1.6, len(order_idx)), ALBUMS_PER_GENRE) - 1
     product = genre * ALBUMS_PER_GENRE + rank
     base, extra = qty[order_idx] // n_lines[order_idx], qty[order_idx] % n_lines[order_idx]
@@ -84,12 +90,16 @@ def import_cdnow(engine: Engine, sample: bool = False, prospects: int = 0) -> Cd
     tx = read_cdnow(sample).sort_values(["customer", "date"], kind="stable").reset_index(drop=True)
     tx["n"] = tx.groupby(["customer", "date"]).cumcount() + 1
     first = tx.groupby("customer")["date"].min()
-    people = fake_contacts(first.index.to_numpy(), PREFIX, signed_up_at=first.reset_index(drop=True))
+    people = fake_contacts(
+        first.index.to_numpy(), PREFIX, signed_up_at=first.reset_index(drop=True)
+    )
     if prospects:
         # Newsletter sign-ups who never bought: the data has none, and journeys need them.
         pn = np.arange(1, prospects + 1)
         days = pd.to_timedelta((pn * 7919) % 540, unit="D")
-        extra = fake_contacts(pn + 900_000, PREFIX, signed_up_at=pd.Series(pd.Timestamp("1997-01-01") + days))
+        extra = fake_contacts(
+            pn + 900_000, PREFIX, signed_up_at=pd.Series(pd.Timestamp("1997-01-01") + days)
+        )
         extra["external_id"] = [f"{PREFIX}-p{k:05d}" for k in pn]
         extra["email"] = [f"{PREFIX}.p{k:05d}@example.com" for k in pn]
         extra["attributes"] = [{"synthetic_contact": True, "source": "newsletter"}] * len(pn)
@@ -105,17 +115,29 @@ def import_cdnow(engine: Engine, sample: bool = False, prospects: int = 0) -> Cd
     lines = order_lines(tx, tx["customer"].to_numpy())
     inserted: dict[str, int] = {}
     with engine.begin() as conn:
-        inserted["customers"] = write_frame(conn, t.customers, people, keys=["external_id"],
-                                            update=[c for c in people.columns if c != "external_id"],
-                                            touch="updated_at")
+        inserted["customers"] = write_frame(
+            conn,
+            t.customers,
+            people,
+            keys=["external_id"],
+            update=[c for c in people.columns if c != "external_id"],
+            touch="updated_at",
+        )
         ids = _ids(conn, t.customers, f"{PREFIX}-%")
         orders.insert(1, "customer_id", orders.pop("customer_ext").map(ids).astype("int64"))
         inserted["orders"] = write_frame(conn, t.orders, orders, keys=["external_id"],
                                          update=["customer_id", "ordered_at", "amount", "quantity"])
         order_ids = _ids(conn, t.orders, f"{PREFIX}-%")
-        lines.insert(0, "order_id", orders["external_id"].map(order_ids).to_numpy()[lines.pop("order_row")])
-        inserted["order_items"] = write_frame(conn, t.order_items, lines, keys=["order_id", "line_no"],
-                                              update=["sku", "product_name", "quantity", "unit_price"])
+        lines.insert(
+            0, "order_id", orders["external_id"].map(order_ids).to_numpy()[lines.pop("order_row")]
+        )
+        inserted["order_items"] = write_frame(
+            conn,
+            t.order_items,
+            lines,
+            keys=["order_id", "line_no"],
+            update=["sku", "product_name", "quantity", "unit_price"],
+        )
     return CdnowReport(len(people) - prospects, len(orders), len(lines), prospects, inserted)
 
 

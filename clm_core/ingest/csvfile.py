@@ -164,7 +164,9 @@ def resolve_columns(entity: Entity, header: list[str], mapping: dict[str, str],
     missing = [f for f in entity.fields if f.required and f.name not in found]
     if missing:
         f = missing[0]
-        hint = did_you_mean(f.name, header) or did_you_mean(f.aliases[0] if f.aliases else f.name, norm)
+        hint = did_you_mean(f.name, header) or did_you_mean(
+            f.aliases[0] if f.aliases else f.name, norm
+        )
         raise DataImportError(
             f"{path}: missing required column {f.name!r} for {entity.name} (also accepted: "
             f"{', '.join(f.aliases[:4]) or 'none'}){hint}; found columns: {', '.join(header)}; "

@@ -141,7 +141,9 @@ def _problems(*frames: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames) if frames else pd.DataFrame(columns=PROBLEM_COLUMNS)
 
 
-def _dedupe(clean: pd.DataFrame, keys: list[str], raw: RawTable, bad_index: pd.Index) -> pd.DataFrame:
+def _dedupe(
+    clean: pd.DataFrame, keys: list[str], raw: RawTable, bad_index: pd.Index
+) -> pd.DataFrame:
     """Later rows repeating a natural key are rejected, pointing at the first."""
     if not all(k in clean.columns for k in keys):
         return _problems()

@@ -1,7 +1,8 @@
 """Deterministic, clearly fake contact details for data sets that have only purchase histories.
 
 Emails use example.com (reserved by RFC 2606); US phones use the fictional 555-01XX range;
-every row is flagged in ``attributes.synthetic_contact``. Everything derives from the customer number,
+every row is flagged in ``attributes.synthetic_contact``. Everything derives from the customer
+number,
 so re-running an import gives the same people.
 """
 
@@ -21,7 +22,11 @@ _DE_LAST = ["Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer"]
 
 # locale, share, time zones, phone pattern
 _LOCALES = [
-    ("en-US", 0.55, ["America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles"]),
+    (
+        "en-US",
+        0.55,
+        ["America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles"],
+    ),
     ("en-GB", 0.12, ["Europe/London"]),
     ("zh-CN", 0.25, ["Asia/Shanghai"]),
     ("de-DE", 0.08, ["Europe/Berlin"]),
@@ -58,7 +63,9 @@ def numbered(prefix: str, numbers: np.ndarray, width: int, suffix: str = "") -> 
     return out.view(f"S{out.shape[1]}").ravel().astype(str)
 
 
-def fake_contacts(numbers: np.ndarray, prefix: str, signed_up_at: pd.Series | None = None) -> pd.DataFrame:
+def fake_contacts(
+    numbers: np.ndarray, prefix: str, signed_up_at: pd.Series | None = None
+) -> pd.DataFrame:
     """Contact columns for customers numbered ``numbers`` (ints), with external ids ``prefix-N``
     (at least five digits; wider when the largest number needs it)."""
     n = np.asarray(numbers, dtype=np.int64)

@@ -105,9 +105,16 @@ class Snapshot:
 
     customers: pd.DataFrame
     enrollments: pd.DataFrame = field(default_factory=empty_enrollments)
-    transitions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
-        {"customer_id": pd.Series(dtype="int64"), "from_stage": pd.Series(dtype=object),
-         "to_stage": pd.Series(dtype=object), "transitioned_at": pd.Series(dtype="datetime64[ns]")}))
+    transitions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            {
+                "customer_id": pd.Series(dtype="int64"),
+                "from_stage": pd.Series(dtype=object),
+                "to_stage": pd.Series(dtype=object),
+                "transitioned_at": pd.Series(dtype="datetime64[ns]"),
+            }
+        )
+    )
     tier_transitions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"customer_id": pd.Series(dtype="int64"), "from_tier": pd.Series(dtype=object),
          "to_tier": pd.Series(dtype=object), "transitioned_at": pd.Series(dtype="datetime64[ns]")}))
@@ -344,7 +351,9 @@ class _Run:
             if cand.empty:
                 continue
             ids = cand["customer_id"].to_numpy()
-            control = hashing.uniform(ids, j.spec.holdout.salt or j.name) < j.spec.holdout.percent / 100
+            control = (
+                hashing.uniform(ids, j.spec.holdout.salt or j.name) < j.spec.holdout.percent / 100
+            )
             control |= hashing.uniform(ids, self.policy.global_control_salt) \
                 < self.policy.global_control_percent / 100
             n = len(cand)
@@ -369,7 +378,11 @@ class _Run:
 
     def advance(self) -> None:
         e = self.enr
-        due = (e["status"] == ACTIVE) & e["journey"].isin(self.running) & (e["step_due_at"] <= self.now)
+        due = (
+            (e["status"] == ACTIVE)
+            & e["journey"].isin(self.running)
+            & (e["step_due_at"] <= self.now)
+        )
         todo = e.index[due.to_numpy(bool)]
         limit = max((len(j.spec.steps) for j in self.by_key.values()), default=0) + 2
         for _ in range(limit):
@@ -381,7 +394,9 @@ class _Run:
         e = self.enr
         keep: list[pd.Index] = []
         sends: list[tuple[CompiledJourney, SendStep, pd.Index]] = []
-        groups = e.loc[todo].groupby(["journey", "journey_version", "current_step"], sort=False).groups
+        groups = (
+            e.loc[todo].groupby(["journey", "journey_version", "current_step"], sort=False).groups
+        )
         for (name, version, step_id), idx in groups.items():
             j = self.by_key.get((name, version))
             if j is None:

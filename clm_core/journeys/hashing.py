@@ -16,7 +16,9 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _salt(salt: str) -> np.uint64:
-    return np.uint64(int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little"))
+    return np.uint64(
+        int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little")
+    )
 
 
 def uniform(ids: np.ndarray, salt: str) -> np.ndarray:

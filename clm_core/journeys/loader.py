@@ -17,8 +17,15 @@ from pydantic import ValidationError
 from clm_core.conditions import Condition, collect_problems
 from clm_core.errors import Problem, SpecError
 from clm_core.journeys.fields import FIELDS, STAGES
-from clm_core.journeys.model import (BranchStep, ExitStep, Journey, ProjectPolicy, SendStep,
-                                     SplitStep, WaitStep)
+from clm_core.journeys.model import (
+    BranchStep,
+    ExitStep,
+    Journey,
+    ProjectPolicy,
+    SendStep,
+    SplitStep,
+    WaitStep,
+)
 from clm_core.suggest import did_you_mean
 from clm_core.yamlspec import Locator, parse_yaml, problems_from_pydantic
 
@@ -109,7 +116,9 @@ def parse_journey(text: str, file: str, policy: ProjectPolicy | None = None) -> 
     """Validate and compile journey YAML; raise SpecError with every error (warnings kept)."""
     data, loc = parse_yaml(text, file)
     if not isinstance(data, dict):
-        raise SpecError([Problem(file, 1, 1, "a journey file is a mapping with name, entry and steps")])
+        raise SpecError(
+            [Problem(file, 1, 1, "a journey file is a mapping with name, entry and steps")]
+        )
     problems = _pre_check_steps(data, loc)
     try:
         spec = Journey.model_validate(data)
@@ -141,8 +150,16 @@ def load_journey(path: str | Path, policy: ProjectPolicy | None = None) -> Compi
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise SpecError([Problem(str(p), line, column, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
-                                 "save the file as UTF-8")]) from None
+        raise SpecError(
+            [
+                Problem(
+                    str(p),
+                    line,
+                    column,
+                    f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8",
+                )
+            ]
+        ) from None
     return parse_journey(text, str(p), policy)
 
 
@@ -151,7 +168,9 @@ def stage_refs(spec: Journey) -> list[tuple[str, tuple[Any, ...]]]:
     refs: list[tuple[str, tuple[Any, ...]]] = []
     if spec.entry.stage:
         refs.append((spec.entry.stage.to, ("entry", "stage", "to")))
-        refs += [(s, ("entry", "stage", "from", i)) for i, s in enumerate(spec.entry.stage.from_ or [])]
+        refs += [
+            (s, ("entry", "stage", "from", i)) for i, s in enumerate(spec.entry.stage.from_ or [])
+        ]
     for i, goal in enumerate(spec.goals):
         refs += [(s, ("goals", i, "stage", k)) for k, s in enumerate(goal.stage or [])]
     return refs
@@ -182,8 +201,14 @@ def _compile(j: CompiledJourney, data: dict[str, Any], loc: Locator,
                 j.goal_conditions[goal.id] = c
     for name, path in stage_refs(spec):
         if name not in STAGES:
-            problems.append(loc.problem(path, f"unknown stage {name!r}{did_you_mean(name, STAGES)}; "
-                                        f"stages: {', '.join(STAGES)}", "warning"))
+            problems.append(
+                loc.problem(
+                    path,
+                    f"unknown stage {name!r}{did_you_mean(name, STAGES)}; "
+                    f"stages: {', '.join(STAGES)}",
+                    "warning",
+                )
+            )
 
     # step graph
     ids = spec.step_ids()
@@ -199,8 +224,13 @@ def _compile(j: CompiledJourney, data: dict[str, Any], loc: Locator,
         outs = []
         for target, path in _targets(step, j.successor[step.id]):
             if target != END and target not in index:
-                problems.append(loc.problem(("steps", i, *path), f"unknown step {target!r}"
-                                            f"{did_you_mean(target, ids)}; steps: {', '.join(ids)}"))
+                problems.append(
+                    loc.problem(
+                        ("steps", i, *path),
+                        f"unknown step {target!r}"
+                        f"{did_you_mean(target, ids)}; steps: {', '.join(ids)}",
+                    )
+                )
             else:
                 outs.append(target)
         graph[step.id] = outs
@@ -214,7 +244,9 @@ def _compile(j: CompiledJourney, data: dict[str, Any], loc: Locator,
         if isinstance(step, SplitStep):
             names = [v.variant for v in step.split]
             if len(set(names)) != len(names):
-                problems.append(loc.problem(("steps", i, "split"), "split variants need distinct names"))
+                problems.append(
+                    loc.problem(("steps", i, "split"), "split variants need distinct names")
+                )
     problems += _cycles(graph, index, loc)
     problems += _lints(j, graph, index, loc, policy)
     return problems

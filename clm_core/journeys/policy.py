@@ -66,7 +66,9 @@ class ContactPolicy:
 
     @staticmethod
     def _matches(cap: Cap, channel: pd.Series, tags: pd.Series) -> pd.Series:
-        hit = pd.Series(True, index=channel.index) if cap.channel is None else channel == cap.channel
+        hit = (
+            pd.Series(True, index=channel.index) if cap.channel is None else channel == cap.channel
+        )
         if cap.tag is not None and len(tags):
             hit &= _tag_hits(tags, cap.tag)
         elif cap.tag is not None:
@@ -77,20 +79,34 @@ class ContactPolicy:
         """``msgs`` has customer_id, journey, channel, tags, is_control. Returns status, reason,
         send_after, end_enrollment aligned with it; accepted messages join the ledger."""
         n = len(msgs)
-        out = pd.DataFrame({"status": np.full(n, "pending", dtype=object),
-                            "reason": np.full(n, None, dtype=object),
-                            "send_after": np.full(n, self.now.to_datetime64()).astype("datetime64[ns]"),
-                            "end_enrollment": np.zeros(n, dtype=bool)}, index=msgs.index)
+        out = pd.DataFrame(
+            {
+                "status": np.full(n, "pending", dtype=object),
+                "reason": np.full(n, None, dtype=object),
+                "send_after": np.full(n, self.now.to_datetime64()).astype("datetime64[ns]"),
+                "end_enrollment": np.zeros(n, dtype=bool),
+            },
+            index=msgs.index,
+        )
         if not n:
             return out
         cust = self.customers.reindex(msgs["customer_id"].to_numpy())
         cust.index = msgs.index
         action = msgs["journey"].map({j: r.consent for j, r in self.rules.items()})
-        self._block(out, msgs["is_control"].to_numpy(bool), "control_group", pd.Series("skip", index=msgs.index))
+        self._block(
+            out,
+            msgs["is_control"].to_numpy(bool),
+            "control_group",
+            pd.Series("skip", index=msgs.index),
+        )
         for ch, addr in (("email", "email"), ("sms", "phone")):
             on = (msgs["channel"] == ch) & (out["status"] == "pending")
-            self._block(out, on & ~cust[f"consent_{ch}"].fillna(False).astype(bool), "no_consent", action)
-            self._block(out, on & (out["status"] == "pending") & cust[addr].isna(), "no_address", action)
+            self._block(
+                out, on & ~cust[f"consent_{ch}"].fillna(False).astype(bool), "no_consent", action
+            )
+            self._block(
+                out, on & (out["status"] == "pending") & cust[addr].isna(), "no_address", action
+            )
             self._block(out, on & (out["status"] == "pending")
                         & cust[f"suppressed_{ch}"].fillna(False).astype(bool), "suppressed", action)
         live = msgs[out["status"] == "pending"]
@@ -107,7 +123,9 @@ class ContactPolicy:
                       for key, cap in self.caps.items()}
         for r in range(int(rank.max()) + 1):
             idx = rank.index[rank.to_numpy() == r]
-            self._schedule(live.loc[idx], cust.loc[idx], {k: m.loc[idx] for k, m in membership.items()}, out)
+            self._schedule(
+                live.loc[idx], cust.loc[idx], {k: m.loc[idx] for k, m in membership.items()}, out
+            )
         return out
 
     def _block(self, out: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str,
@@ -195,7 +213,9 @@ class ContactPolicy:
         out.loc[rows, "end_enrollment"] = (action[rows] == "end").to_numpy()
 
 
-def rules_for(journeys: Sequence, project_caps: Sequence[Cap], project_quiet: QuietHours) -> dict[str, JourneyRules]:
+def rules_for(
+    journeys: Sequence, project_caps: Sequence[Cap], project_quiet: QuietHours
+) -> dict[str, JourneyRules]:
     """Each journey's effective rules: the project's caps plus its own, its quiet hours."""
     out = {}
     for j in journeys:

@@ -42,16 +42,25 @@ def customer_context(db: Engine, ref: str) -> tuple[dict[str, Any], dict[str, An
     if ref.isdigit():
         where = sa.or_(where, c.c.id == int(ref))
     with db.connect() as conn:
-        row = conn.execute(sa.select(c, *[s.c[f] for f in SCORE_FIELDS])
-                           .select_from(c.outerjoin(s, s.c.customer_id == c.c.id)).where(where)).first()
+        row = conn.execute(
+            sa.select(c, *[s.c[f] for f in SCORE_FIELDS])
+            .select_from(c.outerjoin(s, s.c.customer_id == c.c.id))
+            .where(where)
+        ).first()
     if row is None:
         raise ClmError(f"no customer {ref!r} (give an external id such as cdnow-00001)")
     m = row._mapping
     name = m["name"] or ""
-    customer = {"external_id": m["external_id"], "name": name,
-                "first_name": name[1:] if m["locale"] == "zh-CN" and name else (name.split() or [""])[0],
-                "email": m["email"], "phone": m["phone"], "locale": m["locale"],
-                "timezone": m["timezone"], "attributes": m["attributes"] or {}}
+    customer = {
+        "external_id": m["external_id"],
+        "name": name,
+        "first_name": name[1:] if m["locale"] == "zh-CN" and name else (name.split() or [""])[0],
+        "email": m["email"],
+        "phone": m["phone"],
+        "locale": m["locale"],
+        "timezone": m["timezone"],
+        "attributes": m["attributes"] or {},
+    }
     return customer, {f: m[f] for f in SCORE_FIELDS}
 
 

@@ -44,21 +44,52 @@ def decisions(db: Engine, plan: Plan) -> pd.DataFrame:
     message of the plan, one row each, with external customer ids."""
     e, m = plan.enrollments, plan.messages
     rows = [
-        pd.DataFrame({"kind": "enter", "journey": e.loc[e["is_new"], "journey"],
-                      "customer_id": e.loc[e["is_new"], "customer_id"],
-                      "status": e.loc[e["is_new"], "is_control"].map({True: "control", False: "treated"}),
-                      "reason": None}),
-        pd.DataFrame({"kind": "leave", "journey": e.loc[e["status"].isin(DONE), "journey"],
-                      "customer_id": e.loc[e["status"].isin(DONE), "customer_id"],
-                      "status": e.loc[e["status"].isin(DONE), "status"],
-                      "reason": e.loc[e["status"].isin(DONE), "exit_reason"]}),
-        m.assign(kind="message")[["kind", "journey", "customer_id", "step_id", "channel",
-                                  "template", "status", "reason", "send_after"]],
+        pd.DataFrame(
+            {
+                "kind": "enter",
+                "journey": e.loc[e["is_new"], "journey"],
+                "customer_id": e.loc[e["is_new"], "customer_id"],
+                "status": e.loc[e["is_new"], "is_control"].map({True: "control", False: "treated"}),
+                "reason": None,
+            }
+        ),
+        pd.DataFrame(
+            {
+                "kind": "leave",
+                "journey": e.loc[e["status"].isin(DONE), "journey"],
+                "customer_id": e.loc[e["status"].isin(DONE), "customer_id"],
+                "status": e.loc[e["status"].isin(DONE), "status"],
+                "reason": e.loc[e["status"].isin(DONE), "exit_reason"],
+            }
+        ),
+        m.assign(kind="message")[
+            [
+                "kind",
+                "journey",
+                "customer_id",
+                "step_id",
+                "channel",
+                "template",
+                "status",
+                "reason",
+                "send_after",
+            ]
+        ],
     ]
     moved = e[(e["status"] == "active") & ~e["is_new"]]
-    rows.append(pd.DataFrame({"kind": "advance", "journey": moved["journey"],
-                              "customer_id": moved["customer_id"], "step_id": moved["current_step"],
-                              "status": "active", "reason": None, "send_after": moved["step_due_at"]}))
+    rows.append(
+        pd.DataFrame(
+            {
+                "kind": "advance",
+                "journey": moved["journey"],
+                "customer_id": moved["customer_id"],
+                "step_id": moved["current_step"],
+                "status": "active",
+                "reason": None,
+                "send_after": moved["step_due_at"],
+            }
+        )
+    )
     out = pd.concat(rows, ignore_index=True)
     with db.connect() as conn:
         ext = dict(conn.execute(sa.select(t.customers.c.id, t.customers.c.external_id)).all())

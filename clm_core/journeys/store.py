@@ -174,7 +174,15 @@ def _times(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
 
 
 # what the engine itself reads besides the journeys' conditions
-ENGINE_FIELDS = ("stage", "stage_since", "timezone", "consent_email", "consent_sms", "email", "phone")
+ENGINE_FIELDS = (
+    "stage",
+    "stage_since",
+    "timezone",
+    "consent_email",
+    "consent_sms",
+    "email",
+    "phone",
+)
 
 
 def load_customers(conn: Connection, fields: Iterable[str] | None = None) -> pd.DataFrame:
@@ -239,10 +247,17 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     o = t.orders
     wants_orders = pd.notna(active_since) and any(g.order for j in journeys for g in j.spec.goals)
     # Order goals count purchases only, as the features do (not cancelled, refunded, pending).
-    orders = _times(_frame(conn, sa.select(o.c.customer_id, o.c.ordered_at, o.c.amount)
-                           .where(o.c.ordered_at > (active_since.to_pydatetime() if wants_orders else now),
-                                  o.c.ordered_at <= now, o.c.status.not_in(NOT_PURCHASES))),
-                    ["ordered_at"])
+    orders = _times(
+        _frame(
+            conn,
+            sa.select(o.c.customer_id, o.c.ordered_at, o.c.amount).where(
+                o.c.ordered_at > (active_since.to_pydatetime() if wants_orders else now),
+                o.c.ordered_at <= now,
+                o.c.status.not_in(NOT_PURCHASES),
+            ),
+        ),
+        ["ordered_at"],
+    )
     orders["amount"] = orders["amount"].astype(float)
     m = t.messages
     windows = [c.window for c in policy.caps] + [c.window for j in journeys
@@ -251,7 +266,9 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
     ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, m.c.tags, at.label("at"))
                            .where(m.c.status.in_(LEDGER_STATUSES), at > horizon)), ["at"])
-    ledger["tags"] = ledger["tags"].map(lambda v: json.loads(v) if isinstance(v, str) else (v or []))
+    ledger["tags"] = ledger["tags"].map(
+        lambda v: json.loads(v) if isinstance(v, str) else (v or [])
+    )
     if len(transitions) == 0:
         transitions = Snapshot(pd.DataFrame()).transitions
     tt = t.tier_transitions
@@ -265,8 +282,15 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     fields = set().union(*(j.fields for j in journeys)) if journeys else set()
     if any(j.spec.entry.tier is not None for j in journeys):
         fields.add("tier")  # a tier trigger checks the customer is still in the tier
-    return Snapshot(customers=load_customers(conn, fields), enrollments=enr, transitions=transitions,
-                    tier_transitions=tiers, events=events, orders=orders, ledger=ledger)
+    return Snapshot(
+        customers=load_customers(conn, fields),
+        enrollments=enr,
+        transitions=transitions,
+        tier_transitions=tiers,
+        events=events,
+        orders=orders,
+        ledger=ledger,
+    )
 
 
 # --- writing ----------------------------------------------------------------------------------

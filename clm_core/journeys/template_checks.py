@@ -39,7 +39,10 @@ _NAME = r"\s*[A-Za-z_][\w.]*(?:\s*\|[^{}:;\n]*)?\s*"
 _FAKE = [
     (re.compile(r"\$\{" + _NAME + r"\}"), "${...} is not a placeholder here"),
     (re.compile(r"\{\{" + _NAME + r"\}(?!\})"), "a placeholder opened with {{ but closed with }"),
-    (re.compile(r"(?<![{$])\{" + _NAME + r"\}\}"), "a placeholder opened with { but closed with }}"),
+    (
+        re.compile(r"(?<![{$])\{" + _NAME + r"\}\}"),
+        "a placeholder opened with { but closed with }}",
+    ),
     (re.compile(r"(?<![{$])\{" + _NAME + r"\}(?!\})"), "single braces are not a placeholder"),
 ]
 URL_ATTRIBUTES = ("href", "src", "background", "action")
@@ -128,7 +131,9 @@ def bad_links(rendered_html: str) -> list[tuple[str, str, str]]:
     return [link for link in links(rendered_html) if not is_absolute(link[2])]
 
 
-def sources(store: TemplateStore, path: str, cache: dict[str, list[str]] | None = None) -> list[str]:
+def sources(
+    store: TemplateStore, path: str, cache: dict[str, list[str]] | None = None
+) -> list[str]:
     """``path`` and every template it extends, includes or imports (paths in the store).
     ``cache`` keeps each file's direct references between calls."""
     refs = {} if cache is None else cache

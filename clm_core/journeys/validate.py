@@ -87,7 +87,8 @@ def tier_problems(j: CompiledJourney, tiers: list[str] | None) -> list[Problem]:
     if tiers is None:
         return [loc.problem(("entry", "tier"), f"entry on a tier, but there is no loyalty "
                             f"programme ({LOYALTY_FILE} next to the journeys)")]
-    refs = [(entry.to, ("entry", "tier", "to"))] if entry.to else []
+    refs: list[tuple[str, tuple[str | int, ...]]] = (
+        [(entry.to, ("entry", "tier", "to"))] if entry.to else [])
     refs += [(name, ("entry", "tier", "from", i)) for i, name in enumerate(entry.from_ or [])
              if name != "none"]  # "none": not a member before
     return [loc.problem(path, f"unknown tier {name!r}{did_you_mean(name, tiers)}; the "
@@ -263,7 +264,9 @@ class TemplateChecks:
         return problems
 
 
-def _unknown_stages(j: CompiledJourney, loc: Locator, stages: list[str], rules: str) -> list[Problem]:
+def _unknown_stages(
+    j: CompiledJourney, loc: Locator, stages: list[str], rules: str
+) -> list[Problem]:
     """Errors for stages the rules do not define (a journey entering on one never starts)."""
     return [loc.problem(path, f"unknown stage {name!r}{did_you_mean(name, stages)}; the stages "
                         f"in {rules} are {', '.join(stages)}")
@@ -297,7 +300,9 @@ def validate_paths(paths: Iterable[str | Path], settings: Settings,
             rules = next((d / RULES_FILE for d in (directory, settings.journeys_dir)
                           if (d / RULES_FILE).is_file()), None)
             names = _stage_rules(rules)[1] if rules else None
-            stages[directory] = (names, str(rules)) if names else (list(STAGES), "the built-in rules")
+            stages[directory] = (
+                (names, str(rules)) if names else (list(STAGES), "the built-in rules")
+            )
         return stages[directory]
 
     seen: dict[str, str] = {}

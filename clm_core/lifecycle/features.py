@@ -95,11 +95,15 @@ def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = Fals
     wanted = set(customer_columns)
     extra = "".join(f" c.{name}," for name in CUSTOMER_COLUMNS if name in wanted)
     in_stage = bool(wanted & IN_STAGE_FIELDS)
-    return _SQL.format(**d, not_purchases=_NOT_PURCHASES_SQL, customer_columns=extra,
-                       in_stage=_IN_STAGE.format(not_purchases=_NOT_PURCHASES_SQL) if in_stage else "",
-                       rerun=_RERUN if in_stage else "",
-                       order_range=" AND o.customer_id >= :lo AND o.customer_id < :hi" if ranged else "",
-                       customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "")
+    return _SQL.format(
+        **d,
+        not_purchases=_NOT_PURCHASES_SQL,
+        customer_columns=extra,
+        in_stage=_IN_STAGE.format(not_purchases=_NOT_PURCHASES_SQL) if in_stage else "",
+        rerun=_RERUN if in_stage else "",
+        order_range=" AND o.customer_id >= :lo AND o.customer_id < :hi" if ranged else "",
+        customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "",
+    )
 
 
 def day_end(as_of: date) -> datetime:
@@ -184,20 +188,26 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
     f["frequency"] = repeats
     f["recency"] = span / unit
     f["T"] = age / unit
-    f["monetary_value"] = np.where(repeats > 0, (total - first_spend) / repeats.where(repeats > 0), 0.0)
+    f["monetary_value"] = np.where(
+        repeats > 0, (total - first_spend) / repeats.where(repeats > 0), 0.0
+    )
     f.loc[days.isna(), "monetary_value"] = np.nan
     f["repeat_avg_value"] = f["monetary_value"].where(repeats > 0)
     f["signed_up_at"] = _timestamps(raw["signed_up_at"])
     f["days_since_signup"] = _days(today - f["signed_up_at"])
     for col, kind in CUSTOMER_COLUMNS.items():
         if col in raw:
-            f[col] = raw[col].fillna(False).astype(bool) if kind == "bool" else raw[col].astype(object)
+            f[col] = (
+                raw[col].fillna(False).astype(bool) if kind == "bool" else raw[col].astype(object)
+            )
     f["previous_stage"] = raw["previous_stage"].astype(object)
     f["previous_stage_since"] = _timestamps(raw["previous_stage_since"])
     f["days_in_stage"] = _days(today - f["previous_stage_since"])
     if "first_order_in_stage_at" in raw:
         f["first_order_in_stage_at"] = _timestamps(raw["first_order_in_stage_at"])
-        f["days_since_first_order_in_stage"] = _days(today - f["first_order_in_stage_at"].dt.normalize())
+        f["days_since_first_order_in_stage"] = _days(
+            today - f["first_order_in_stage_at"].dt.normalize()
+        )
     gap = rhythm.of(span, repeats) if typical_gap is None else typical_gap
     f["typical_gap_days"] = gap
     return Features(f, as_of, time_unit, gap)

@@ -66,7 +66,9 @@ def _check(model: str, params: dict[str, float], n: int) -> None:
                             f"({', '.join(f'{k}={params[k]}' for k in bad)}); {_ADVICE}")
 
 
-def _run(model: str, fitter: Any, args: tuple[pd.Series, ...], weights: pd.Series) -> tuple[dict[str, float], float]:
+def _run(
+    model: str, fitter: Any, args: tuple[pd.Series, ...], weights: pd.Series
+) -> tuple[dict[str, float], float]:
     n = int(weights.sum())
     try:
         # lifetimes prints the optimiser's state when it gives up: keep stdout clean.
@@ -86,26 +88,36 @@ def _run(model: str, fitter: Any, args: tuple[pd.Series, ...], weights: pd.Serie
         ll = -float(fitter._negative_log_likelihood(log_params, *(a.to_numpy(float) for a in args),
                                                     w, 0.0)) * float(w.sum())
     if not np.isfinite(ll):
-        raise ModelFitError(f"{model} fit on {n:,} customers gave a log-likelihood of {ll}; {_ADVICE}")
+        raise ModelFitError(
+            f"{model} fit on {n:,} customers gave a log-likelihood of {ll}; {_ADVICE}"
+        )
     return params, ll
 
 
-def fit_purchases(summary: pd.DataFrame, model: str = "bgnbd", penalizer: float = 0.0) -> tuple[dict[str, float], float, int]:
+def fit_purchases(
+    summary: pd.DataFrame, model: str = "bgnbd", penalizer: float = 0.0
+) -> tuple[dict[str, float], float, int]:
     """Fit BG/NBD or modified BG/NBD on customers with at least one purchase.
 
     Returns (params, log-likelihood, customers)."""
     from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter
 
     if model not in PURCHASE_MODELS:
-        raise ModelFitError(f"unknown purchase model {model!r}; use one of {', '.join(PURCHASE_MODELS)}")
+        raise ModelFitError(
+            f"unknown purchase model {model!r}; use one of {', '.join(PURCHASE_MODELS)}"
+        )
     s = summary[summary["T"].notna()]
     if len(s) < MIN_CUSTOMERS or (s["frequency"] > 0).sum() < MIN_REPEAT_CUSTOMERS:
-        raise ModelFitError(f"{model}: {len(s):,} customers with orders, "
-                            f"{int((s['frequency'] > 0).sum()):,} repeat buyers: not enough to fit "
-                            f"(need {MIN_CUSTOMERS} and {MIN_REPEAT_CUSTOMERS}); import more orders "
-                            f"or choose a later as-of date")
+        raise ModelFitError(
+            f"{model}: {len(s):,} customers with orders, "
+            f"{int((s['frequency'] > 0).sum()):,} repeat buyers: not enough to fit "
+            f"(need {MIN_CUSTOMERS} and {MIN_REPEAT_CUSTOMERS}); import more orders "
+            f"or choose a later as-of date"
+        )
     rows, weights = _compressed({"frequency": s["frequency"], "recency": s["recency"], "T": s["T"]})
-    fitter = (BetaGeoFitter if model == "bgnbd" else ModifiedBetaGeoFitter)(penalizer_coef=penalizer)
+    fitter = (BetaGeoFitter if model == "bgnbd" else ModifiedBetaGeoFitter)(
+        penalizer_coef=penalizer
+    )
     params, ll = _run(model, fitter, (rows["frequency"], rows["recency"], rows["T"]), weights)
     return params, ll, len(s)
 
@@ -116,16 +128,27 @@ def fit_spend(summary: pd.DataFrame, penalizer: float = 0.0) -> tuple[dict[str, 
 
     s = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     if len(s) < MIN_REPEAT_CUSTOMERS:
-        raise ModelFitError(f"gamma_gamma: {len(s):,} repeat buyers with spend, need "
-                            f"{MIN_REPEAT_CUSTOMERS}; import more orders or choose a later as-of date")
-    rows, weights = _compressed({"frequency": s["frequency"], "monetary_value": s["monetary_value"]})
+        raise ModelFitError(
+            f"gamma_gamma: {len(s):,} repeat buyers with spend, need "
+            f"{MIN_REPEAT_CUSTOMERS}; import more orders or choose a later as-of date"
+        )
+    rows, weights = _compressed(
+        {"frequency": s["frequency"], "monetary_value": s["monetary_value"]}
+    )
     fitter = GammaGammaFitter(penalizer_coef=penalizer)
     params, ll = _run("gamma_gamma", fitter, (rows["frequency"], rows["monetary_value"]), weights)
     return params, ll, len(s)
 
 
-def fit_models(summary: pd.DataFrame, *, as_of: date, time_unit: str, model: str = "bgnbd",
-               penalizer: float = 0.0, holdout_end: date | None = None) -> tuple[ModelFit, ModelFit]:
+def fit_models(
+    summary: pd.DataFrame,
+    *,
+    as_of: date,
+    time_unit: str,
+    model: str = "bgnbd",
+    penalizer: float = 0.0,
+    holdout_end: date | None = None,
+) -> tuple[ModelFit, ModelFit]:
     """Both models on one summary, timed."""
     start = time.perf_counter()
     params, ll, n = fit_purchases(summary, model, penalizer)
@@ -133,8 +156,18 @@ def fit_models(summary: pd.DataFrame, *, as_of: date, time_unit: str, model: str
                          as_of, _window_start(summary), holdout_end)
     start = time.perf_counter()
     params, ll, n = fit_spend(summary, penalizer)
-    spend = ModelFit("gamma_gamma", params, ll, n, penalizer, time.perf_counter() - start, time_unit,
-                     as_of, purchases.window_start, holdout_end)
+    spend = ModelFit(
+        "gamma_gamma",
+        params,
+        ll,
+        n,
+        penalizer,
+        time.perf_counter() - start,
+        time_unit,
+        as_of,
+        purchases.window_start,
+        holdout_end,
+    )
     return purchases, spend
 
 
@@ -161,10 +194,19 @@ def store_fit(conn: Connection, fit: ModelFit, run_id: str | None = None) -> int
 
 def _model_fit(row: Any) -> ModelFit:
     return ModelFit(
-        row["model"], {k: float(v) for k, v in row["params"].items()}, row["log_likelihood"],
-        row["n_customers"], row["penalizer"], float((row["diagnostics"] or {}).get("fit_seconds", 0)),
-        row["time_unit"], row["window_end"].date(), row["window_start"],
-        row["holdout_end"].date() if row["holdout_end"] else None, row["diagnostics"], row["id"])
+        row["model"],
+        {k: float(v) for k, v in row["params"].items()},
+        row["log_likelihood"],
+        row["n_customers"],
+        row["penalizer"],
+        float((row["diagnostics"] or {}).get("fit_seconds", 0)),
+        row["time_unit"],
+        row["window_end"].date(),
+        row["window_start"],
+        row["holdout_end"].date() if row["holdout_end"] else None,
+        row["diagnostics"],
+        row["id"],
+    )
 
 
 def _partner(conn: Connection, fit: ModelFit, run_id: str | None) -> ModelFit | None:
@@ -214,16 +256,25 @@ def choose_fits(conn: Connection, as_of: date, fit_id: int | None = None,
                               "fit on the same data window; run `clm fit`")
         purchases, spend = (chosen, other) if chosen.model in PURCHASE_MODELS else (other, chosen)
         return FitChoice(purchases, spend, "chosen with --fit")
-    row = conn.execute(sa.select(mf).where(mf.c.model.in_(PURCHASE_MODELS), mf.c.window_end <= day)
-                       .order_by(mf.c.window_end.desc(), mf.c.id.desc()).limit(1)).mappings().first()
+    row = (
+        conn.execute(
+            sa.select(mf)
+            .where(mf.c.model.in_(PURCHASE_MODELS), mf.c.window_end <= day)
+            .order_by(mf.c.window_end.desc(), mf.c.id.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         later = conn.scalar(sa.select(sa.func.count()).select_from(mf).where(mf.c.window_end > day))
         why = (f"every stored fit uses orders after {as_of}" if later
                else "there is no stored fit")
         return FitChoice(None, None, why)
     purchases = _model_fit(row)
-    if max_age_days is not None and day - datetime.combine(purchases.window_end, datetime.min.time()) \
-            > timedelta(days=max_age_days):
+    if max_age_days is not None and day - datetime.combine(
+        purchases.window_end, datetime.min.time()
+    ) > timedelta(days=max_age_days):
         return FitChoice(None, None, f"the newest usable fit ({purchases.id}) ends "
                                      f"{purchases.window_end}, more than {max_age_days:g} days "
                                      f"before {as_of}")

@@ -80,13 +80,19 @@ class LifecycleConfig:
                   rules=settings.project_dir / raw["rules"] if raw.get("rules")
                   else settings.journeys_dir / "lifecycle.yaml")
         if cfg.model not in PURCHASE_MODELS:
-            raise ConfigError(f"[lifecycle] model {cfg.model!r}: use one of {', '.join(PURCHASE_MODELS)}")
+            raise ConfigError(
+                f"[lifecycle] model {cfg.model!r}: use one of {', '.join(PURCHASE_MODELS)}"
+            )
         if cfg.time_unit not in UNIT_DAYS:
-            raise ConfigError(f"[lifecycle] time_unit {cfg.time_unit!r}: use one of {', '.join(UNIT_DAYS)}")
+            raise ConfigError(
+                f"[lifecycle] time_unit {cfg.time_unit!r}: use one of {', '.join(UNIT_DAYS)}"
+            )
         if cfg.fit_max_age_days < 0:
             raise ConfigError("[lifecycle] fit_max_age_days must be >= 0 (days)")
         if cfg.penalizer < 0 or not -1 < cfg.discount_rate < 10:
-            raise ConfigError("[lifecycle] penalizer must be >= 0 and discount_rate a yearly rate such as 0.1")
+            raise ConfigError(
+                "[lifecycle] penalizer must be >= 0 and discount_rate a yearly rate such as 0.1"
+            )
         return cfg
 
     def load_rules(self) -> StageRules:
@@ -101,7 +107,9 @@ def latest_order_date(engine: Engine) -> date:
     with engine.connect() as conn:
         last = conn.execute(sa.select(sa.func.max(t.orders.c.ordered_at))).scalar()
     if last is None:
-        raise ModelFitError("there are no orders to fit on: import orders first (clm import orders)")
+        raise ModelFitError(
+            "there are no orders to fit on: import orders first (clm import orders)"
+        )
     return (pd.Timestamp(last)).date()
 
 
@@ -116,12 +124,19 @@ class FitReport:
             "model": self.purchases.model,
             "time_unit": self.purchases.time_unit,
             "params": {**self.purchases.params, **self.spend.params},
-            "log_likelihood": {self.purchases.model: self.purchases.log_likelihood,
-                               "gamma_gamma": self.spend.log_likelihood},
-            "customers": {self.purchases.model: self.purchases.n_customers,
-                          "gamma_gamma": self.spend.n_customers},
-            "window": {"start": _iso(self.purchases.window_start), "end": _iso(self.purchases.window_end),
-                       "holdout_end": _iso(self.purchases.holdout_end)},
+            "log_likelihood": {
+                self.purchases.model: self.purchases.log_likelihood,
+                "gamma_gamma": self.spend.log_likelihood,
+            },
+            "customers": {
+                self.purchases.model: self.purchases.n_customers,
+                "gamma_gamma": self.spend.n_customers,
+            },
+            "window": {
+                "start": _iso(self.purchases.window_start),
+                "end": _iso(self.purchases.window_end),
+                "holdout_end": _iso(self.purchases.holdout_end),
+            },
             "fit_seconds": round(self.purchases.seconds + self.spend.seconds, 3),
             "fit_ids": {self.purchases.model: self.purchases.id, "gamma_gamma": self.spend.id},
         }
@@ -214,8 +229,13 @@ def _fits(engine: Engine, config: LifecycleConfig, features: Callable[[str], pd.
     short = shortfall(features(config.time_unit))
     if short is not None:
         return None, None, False, short.message()
-    purchases, spend = fit_models(features(config.time_unit), as_of=as_of, time_unit=config.time_unit,
-                                  model=config.model, penalizer=config.penalizer)
+    purchases, spend = fit_models(
+        features(config.time_unit),
+        as_of=as_of,
+        time_unit=config.time_unit,
+        model=config.model,
+        penalizer=config.penalizer,
+    )
     with engine.begin() as conn:
         for fitted_model in (purchases, spend):
             store_fit(conn, fitted_model, run_id)
@@ -247,7 +267,9 @@ def population(engine: Engine, config: LifecycleConfig, as_of: date | None = Non
 def customer_ranges(engine: Engine, chunks: int) -> list[tuple[int, int]]:
     """``chunks`` id ranges [lo, hi) holding about as many customers each."""
     with engine.connect() as conn:
-        ids = np.array([r[0] for r in conn.execute(sa.select(t.customers.c.id).order_by(t.customers.c.id))])
+        ids = np.array(
+            [r[0] for r in conn.execute(sa.select(t.customers.c.id).order_by(t.customers.c.id))]
+        )
     if not len(ids):
         return []
     cuts = np.unique(ids[np.linspace(0, len(ids), max(1, chunks) + 1, dtype=int)[:-1]])
@@ -266,8 +288,9 @@ def _rules_frame(engine: Engine, config: LifecycleConfig, f: pd.DataFrame,
         scores = score_frame(f, purchases.model, purchases.params, spend.params,
                              purchases.time_unit, config.discount_rate)
     with engine.connect() as conn:
-        return rules_view(conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1),
-                          as_of)
+        return rules_view(
+            conn, pd.concat([f, scores, rfm(f, shared.rfm if shared else None)], axis=1), as_of
+        )
 
 
 def rules_values(engine: Engine, config: LifecycleConfig, rules: StageRules, as_of: date,

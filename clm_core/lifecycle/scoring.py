@@ -55,11 +55,15 @@ def _expected(model: str, p: Mapping[str, float], x: np.ndarray, tx: np.ndarray,
     if model == "mbgnbd":
         numerator = (a + b + x) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x + 1, a + b + x, z))
     else:
-        numerator = (a + b + x - 1) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x, a + b + x - 1, z))
+        numerator = (
+            (a + b + x - 1) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x, a + b + x - 1, z))
+        )
     return numerator / denominator
 
 
-def expected_spend(p: Mapping[str, float], frequency: np.ndarray, monetary: np.ndarray) -> np.ndarray:
+def expected_spend(
+    p: Mapping[str, float], frequency: np.ndarray, monetary: np.ndarray
+) -> np.ndarray:
     """Gamma-Gamma conditional expected spend per purchase (population mean without repeats)."""
     pp, q, v = p["p"], p["q"], p["v"]
     population = pp * v / (q - 1)

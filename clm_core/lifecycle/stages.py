@@ -136,8 +136,13 @@ def compile_rules(data: Any, loc: Locator) -> StageRules:
     for i, s in enumerate(model.stages):
         path: tuple[str | int, ...] = ("stages", i)
         if not NAME.match(s.name):
-            problems.append(loc.problem(path + ("name",), f"stage name {s.name!r}: use lower-case "
-                                        "letters, digits and _ (at most 32, starting with a letter)"))
+            problems.append(
+                loc.problem(
+                    path + ("name",),
+                    f"stage name {s.name!r}: use lower-case "
+                    "letters, digits and _ (at most 32, starting with a letter)",
+                )
+            )
         if s.name in seen:
             problems.append(loc.problem(path + ("name",), f"stage {s.name!r} is already defined "
                                         f"(stage {seen[s.name] + 1})"))

@@ -50,7 +50,9 @@ def rules_view(conn: Connection, features: pd.DataFrame, as_of: date) -> pd.Data
         since = pd.to_datetime(ids.map(first["since"]))
         out.loc[hit, "previous_stage"] = ids.map(first["from_stage"]).to_numpy()
         out.loc[hit, "previous_stage_since"] = since.to_numpy()
-        out.loc[hit, "days_in_stage"] = ((pd.Timestamp(as_of) - since) / pd.Timedelta(days=1)).to_numpy()
+        out.loc[hit, "days_in_stage"] = (
+            (pd.Timestamp(as_of) - since) / pd.Timedelta(days=1)
+        ).to_numpy()
     return out
 
 

@@ -166,7 +166,7 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
             sk = inp.skus[inp.skus["sku"].astype(str).str.startswith(b.sku_prefix)]
             hit = earns["id"].isin(sk["order_id"])
         else:
-            hit = pd.Series(cents >= int(b.min_amount * 100), index=earns.index)
+            hit = pd.Series(cents >= int((b.min_amount or 0) * 100), index=earns.index)
         hit = hit.fillna(False).astype(bool)
         if not hit.any():
             continue

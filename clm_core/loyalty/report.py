@@ -55,7 +55,9 @@ class LoyaltyReport:
         return out
 
 
-def tiers_over_time(transitions: pd.DataFrame, order: list[str]) -> list[tuple[str, dict[str, int]]]:
+def tiers_over_time(
+    transitions: pd.DataFrame, order: list[str]
+) -> list[tuple[str, dict[str, int]]]:
     """Each member's tier at the end of every month, from the tier transitions (the last
     transition of a customer up to a month's end is the tier they held then)."""
     if transitions.empty:
@@ -77,7 +79,9 @@ def loyalty_report(engine: Engine, prog: Programme) -> LoyaltyReport:
     order = prog.tier_names()
     with engine.connect() as conn:
         as_of = conn.execute(sa.select(sa.func.max(st.c.as_of))).scalar()
-        tiers = dict(conn.execute(sa.select(st.c.tier, sa.func.count()).group_by(st.c.tier)).all())
+        tiers: dict[str, int] = dict(
+            conn.execute(sa.select(st.c.tier, sa.func.count()).group_by(st.c.tier)).all()
+        )
         outstanding = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
             sa.case((st.c.points_balance > 0, st.c.points_balance), else_=0)), 0))).scalar()
         kinds = dict(conn.execute(sa.select(lg.c.kind, sa.func.sum(lg.c.points))

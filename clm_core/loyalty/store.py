@@ -19,8 +19,17 @@ from sqlalchemy.engine import Connection, Engine
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import ConfigError, InputError
-from clm_core.loyalty.ledger import (LEDGER_COLUMNS, REVERSED, STATUS_COLUMNS, WAITING,
-                                     Evaluation, Inputs, empty_ledger, evaluate, whole_points)
+from clm_core.loyalty.ledger import (
+    LEDGER_COLUMNS,
+    REVERSED,
+    STATUS_COLUMNS,
+    WAITING,
+    Evaluation,
+    Inputs,
+    empty_ledger,
+    evaluate,
+    whole_points,
+)
 from clm_core.loyalty.spec import Programme
 from clm_core.runs import utcnow
 
@@ -178,7 +187,7 @@ def save_state(conn: Connection, now: datetime) -> None:
     ledger_wm = conn.execute(sa.select(sa.func.coalesce(sa.func.max(lg.c.id), 0))).scalar()
     write_frame(conn, state, pd.DataFrame([{
         "id": 1, "order_watermark": order_wm, "last_now": now, "ledger_watermark": ledger_wm,
-        "pending_watermark": pending_wm if pending_wm is not None else order_wm + 1}]),
+        "pending_watermark": pending_wm if pending_wm is not None else int(order_wm or 0) + 1}]),
         keys=["id"], update=["order_watermark", "pending_watermark", "ledger_watermark",
                              "last_now"])
 
@@ -222,7 +231,7 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         write_evaluation(conn, ev, run_id)
         save_state(conn, now)
         st = t.loyalty_status
-        counts = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
+        counts: dict[str, int] = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
                                    .group_by(st.c.tier)).all())
     rows = ev.rows.groupby("kind").size().to_dict() if not ev.rows.empty else {}
     points = ev.rows.groupby("kind")["points"].sum().to_dict() if not ev.rows.empty else {}

@@ -79,7 +79,9 @@ def journey_terms(conn: Connection) -> dict[tuple[str, int], JourneyTerms]:
     """Conversion window and goals of every stored journey version."""
     v = t.journey_versions
     out = {}
-    for name, version, definition in conn.execute(sa.select(v.c.journey, v.c.version, v.c.definition)):
+    for name, version, definition in conn.execute(
+        sa.select(v.c.journey, v.c.version, v.c.definition)
+    ):
         try:
             data, _ = parse_yaml((definition or {}).get("source", ""), f"{name} v{version}")
             spec = Journey.model_validate(data)
@@ -104,7 +106,10 @@ def global_control(customer_ids: np.ndarray, policy: ProjectPolicy) -> np.ndarra
     """Which customers the engine holds out of every journey (the global control group)."""
     if policy.global_control_percent <= 0:
         return np.zeros(len(customer_ids), dtype=bool)
-    return hashing.uniform(customer_ids, policy.global_control_salt) < policy.global_control_percent / 100
+    return (
+        hashing.uniform(customer_ids, policy.global_control_salt)
+        < policy.global_control_percent / 100
+    )
 
 
 def compute(conn: Connection, now: datetime, policy: ProjectPolicy | None = None,
@@ -137,14 +142,20 @@ def compute(conn: Connection, now: datetime, policy: ProjectPolicy | None = None
     orders["amount"] = orders["amount"].astype(float)
     pairs = enr[["enrollment_id", "customer_id", "entered_at", "horizon", "pre_start"]].merge(
         orders, on="customer_id")
-    inside = pairs[(pairs["ordered_at"] > pairs["entered_at"]) & (pairs["ordered_at"] <= pairs["horizon"])]
-    before = pairs[(pairs["ordered_at"] > pairs["pre_start"]) & (pairs["ordered_at"] <= pairs["entered_at"])]
+    inside = pairs[
+        (pairs["ordered_at"] > pairs["entered_at"]) & (pairs["ordered_at"] <= pairs["horizon"])
+    ]
+    before = pairs[
+        (pairs["ordered_at"] > pairs["pre_start"]) & (pairs["ordered_at"] <= pairs["entered_at"])
+    ]
     by = inside.groupby("enrollment_id")
     enr = enr.set_index("enrollment_id")
     enr["orders"] = by.size().reindex(enr.index, fill_value=0)
     enr["revenue"] = by["amount"].sum().reindex(enr.index, fill_value=0.0)
     enr["first_order_at"] = by["ordered_at"].min().reindex(enr.index)
-    enr["pre_revenue"] = before.groupby("enrollment_id")["amount"].sum().reindex(enr.index, fill_value=0.0)
+    enr["pre_revenue"] = (
+        before.groupby("enrollment_id")["amount"].sum().reindex(enr.index, fill_value=0.0)
+    )
 
     _goals(conn, enr, inside, terms, keys, now)
     _messages_and_coupons(conn, enr, orders, now)
@@ -157,8 +168,14 @@ def compute(conn: Connection, now: datetime, policy: ProjectPolicy | None = None
     return enr.reset_index()[COLUMNS]
 
 
-def _goals(conn: Connection, enr: pd.DataFrame, inside: pd.DataFrame,
-           terms: dict[tuple[str, int], JourneyTerms], keys: list[tuple[str, int]], now: datetime) -> None:
+def _goals(
+    conn: Connection,
+    enr: pd.DataFrame,
+    inside: pd.DataFrame,
+    terms: dict[tuple[str, int], JourneyTerms],
+    keys: list[tuple[str, int]],
+    now: datetime,
+) -> None:
     """``goal``/``goal_at``: the earliest goal reached inside each window (in place)."""
     enr["goal"] = None
     enr["goal_at"] = pd.Series(pd.NaT, index=enr.index, dtype="datetime64[ns]")
@@ -185,17 +202,27 @@ def _goals(conn: Connection, enr: pd.DataFrame, inside: pd.DataFrame,
     for key, idx in enr.groupby(key_of).groups.items():
         goals = terms[key].goals if key in terms else ()
         if not goals:  # no goals: any purchase in the window converts
-            first = inside[inside["enrollment_id"].isin(idx)].groupby("enrollment_id")["ordered_at"].min()
+            first = (
+                inside[inside["enrollment_id"].isin(idx)]
+                .groupby("enrollment_id")["ordered_at"]
+                .min()
+            )
             _better(enr, first, "order")
             continue
         for g in goals:
             if g.order is not None:
-                rows = inside[inside["enrollment_id"].isin(idx) & (inside["amount"] >= g.order.min_amount)]
+                rows = inside[
+                    inside["enrollment_id"].isin(idx) & (inside["amount"] >= g.order.min_amount)
+                ]
                 first = rows.groupby("enrollment_id")["ordered_at"].min()
             elif g.event is not None and events is not None:
-                first = first_after(events[events["event_type"] == g.event.type], idx, "occurred_at")
+                first = first_after(
+                    events[events["event_type"] == g.event.type], idx, "occurred_at"
+                )
             elif g.stage is not None and transitions is not None:
-                first = first_after(transitions[transitions["to_stage"].isin(g.stage)], idx, "as_of")
+                first = first_after(
+                    transitions[transitions["to_stage"].isin(g.stage)], idx, "as_of"
+                )
             else:  # a condition goal: only the engine saw the condition become true
                 sub = enr.loc[idx]
                 ok = (sub["engine_goal"] == g.id) & (sub["converted_at"] > sub["entered_at"]) \
@@ -220,14 +247,25 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
     en_ids = sa.select(t.journey_enrollments.c.id).scalar_subquery()
     # a message's logical time is its planned send time (``send_after``, on the run's clock);
     # ``sent_at`` records when the provider call happened
-    msgs = read_frame(conn, sa.select(m.c.id.label("message_id"), m.c.enrollment_id, m.c.step_id,
-                                      m.c.channel, m.c.send_after.label("sent_at"))
-                      .where(m.c.status == "sent", m.c.enrollment_id.in_(en_ids), m.c.send_after <= now))
+    msgs = read_frame(
+        conn,
+        sa.select(
+            m.c.id.label("message_id"),
+            m.c.enrollment_id,
+            m.c.step_id,
+            m.c.channel,
+            m.c.send_after.label("sent_at"),
+        ).where(m.c.status == "sent", m.c.enrollment_id.in_(en_ids), m.c.send_after <= now),
+    )
     msgs = msgs[msgs["enrollment_id"].isin(enr.index)]
     enr["messages_sent"] = msgs.groupby("enrollment_id").size().reindex(enr.index, fill_value=0)
     # last touch: the last message sent at or before the first order in the window
-    lt = msgs.merge(enr[["first_order_at"]], left_on="enrollment_id", right_index=True).reset_index(drop=True)
-    lt = lt[lt["sent_at"] <= lt["first_order_at"]].sort_values(["enrollment_id", "sent_at", "message_id"])
+    lt = msgs.merge(enr[["first_order_at"]], left_on="enrollment_id", right_index=True).reset_index(
+        drop=True
+    )
+    lt = lt[lt["sent_at"] <= lt["first_order_at"]].sort_values(
+        ["enrollment_id", "sent_at", "message_id"]
+    )
     last = lt.groupby("enrollment_id").tail(1).set_index("enrollment_id")
     enr["last_touch_step"] = last["step_id"].reindex(enr.index)
     enr["last_touch_channel"] = last["channel"].reindex(enr.index)
@@ -242,12 +280,16 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
                                                     left_on="code", right_on="coupon_code")
     used = used.merge(enr[["customer_id", "entered_at"]], left_on="enrollment_id", right_index=True,
                       suffixes=("", "_enr")).reset_index(drop=True)
-    used = used[(used["customer_id"] == used["customer_id_enr"]) & (used["ordered_at"] > used["entered_at"])]
+    used = used[
+        (used["customer_id"] == used["customer_id_enr"]) & (used["ordered_at"] > used["entered_at"])
+    ]
     value = used["value"].astype(float)
     used = used.assign(cost=np.where(used["kind"] == "percent", used["amount"] * value / 100,
                                      np.minimum(value, used["amount"])))
     enr["coupons_redeemed"] = used.groupby("enrollment_id").size().reindex(enr.index, fill_value=0)
-    enr["coupon_cost"] = used.groupby("enrollment_id")["cost"].sum().reindex(enr.index, fill_value=0.0)
+    enr["coupon_cost"] = (
+        used.groupby("enrollment_id")["cost"].sum().reindex(enr.index, fill_value=0.0)
+    )
 
 
 def _engagement(conn: Connection, enr: pd.DataFrame, now: datetime, start: datetime) -> None:
@@ -258,7 +300,9 @@ def _engagement(conn: Connection, enr: pd.DataFrame, now: datetime, start: datet
                              ev.c.occurred_at > start, ev.c.occurred_at <= now))
     left = enr[["customer_id", "entered_at", "horizon"]].reset_index()
     hits = left.merge(rows, on="customer_id")
-    hits = hits[(hits["occurred_at"] > hits["entered_at"]) & (hits["occurred_at"] <= hits["horizon"])]
+    hits = hits[
+        (hits["occurred_at"] > hits["entered_at"]) & (hits["occurred_at"] <= hits["horizon"])
+    ]
     counts = hits.groupby(["enrollment_id", "event_type"]).size().unstack(fill_value=0)
     for kind in ENGAGEMENT:
         col = counts[kind] if kind in counts else pd.Series(dtype="int64")
@@ -276,12 +320,19 @@ def rebuild(engine: Engine, now: datetime | None = None, policy: ProjectPolicy |
         if not rows.empty:
             write_frame(conn, t.attributions, rows)
     done = rows[rows["window_complete"].astype(bool)] if not rows.empty else rows
-    return AttributionReport(now, len(rows), len(done), int(done["goal"].notna().sum()) if len(done) else 0,
-                             float(done["revenue"].sum()) if len(done) else 0.0,
-                             float(done["coupon_cost"].sum()) if len(done) else 0.0)
+    return AttributionReport(
+        now,
+        len(rows),
+        len(done),
+        int(done["goal"].notna().sum()) if len(done) else 0,
+        float(done["revenue"].sum()) if len(done) else 0.0,
+        float(done["coupon_cost"].sum()) if len(done) else 0.0,
+    )
 
 
-def read(conn: Connection, since: datetime | None = None, journey: str | None = None) -> pd.DataFrame:
+def read(
+    conn: Connection, since: datetime | None = None, journey: str | None = None
+) -> pd.DataFrame:
     """The stored attribution rows (entered on or after ``since``; of one journey)."""
     a = t.attributions
     q = sa.select(a)

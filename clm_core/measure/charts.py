@@ -26,13 +26,20 @@ def _svg(width: int, height: int, body: list[str], label: str) -> str:
             + "".join(body) + "</svg>")
 
 
-def _text(x: float, y: float, s: str, anchor: str = "start", size: int = 12, extra: str = "") -> str:
+def _text(
+    x: float, y: float, s: str, anchor: str = "start", size: int = 12, extra: str = ""
+) -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}"{extra}>'
             f"{escape(s)}</text>")
 
 
-def bars(items: Sequence[tuple[str, float]], label: str, fmt: Callable[[float], str] = "{:,.0f}".format,
-         colors: Sequence[str] | None = None, width: int = 560) -> str:
+def bars(
+    items: Sequence[tuple[str, float]],
+    label: str,
+    fmt: Callable[[float], str] = "{:,.0f}".format,
+    colors: Sequence[str] | None = None,
+    width: int = 560,
+) -> str:
     """Horizontal bars, one per item, with the value at the end of each bar."""
     if not items:
         return ""
@@ -45,7 +52,9 @@ def bars(items: Sequence[tuple[str, float]], label: str, fmt: Callable[[float], 
         w = 0 if not math.isfinite(v) else max(0.0, v) / top * (width - left - 90)
         fill = colors[i] if colors else color(name, i)
         body.append(_text(left - 6, y + 15, name[:24], "end"))
-        body.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="{fill}"/>')
+        body.append(
+            f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="{fill}"/>'
+        )
         body.append(_text(left + w + 4, y + 15, fmt(v) if math.isfinite(v) else "n/a"))
     return _svg(width, height, body, label)
 
@@ -71,7 +80,9 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], xlabels: Sequenc
     body = [f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#ddd"/>']
     for k in range(5):
         v = hi * k / 4
-        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
+        body.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
+        )
         body.append(_text(left - 4, y(v) + 4, yfmt(v), "end", 10))
     step = max(1, math.ceil(n / 8))
     for i in range(0, n, step):
@@ -87,12 +98,16 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], xlabels: Sequenc
             path.append(f"{pen}{x(i):.1f},{y(val):.1f}")
             pen = "L"
         if path:
-            body.append(f'<path d="{" ".join(path)}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')
+            body.append(
+                f'<path d="{" ".join(path)}" fill="none" stroke="{c}" stroke-width="2"{dash}/>'
+            )
             if len(path) == 1:
                 px, py = path[0][1:].split(",")
                 body.append(f'<circle cx="{px}" cy="{py}" r="3" fill="{c}"/>')
         ly = top + 12 + s * 16
-        body.append(f'<rect x="{width - right + 10}" y="{ly - 9}" width="10" height="10" fill="{c}"/>')
+        body.append(
+            f'<rect x="{width - right + 10}" y="{ly - 9}" width="10" height="10" fill="{c}"/>'
+        )
         body.append(_text(width - right + 24, ly, name[:20], size=11))
     return _svg(width, height, body, label)
 
@@ -121,14 +136,21 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], cell: Callable[[int, int],
             fill = f"rgba(78,121,167,{0.08 + 0.85 * share:.2f})"
             ink = "#fff" if share > 0.55 else "#222"
             x0, y0 = left + cw * j, top + ch * i
-            body.append(f'<rect x="{x0:.1f}" y="{y0}" width="{cw - 2:.1f}" height="{ch - 2}" fill="{fill}"/>')
+            body.append(
+                f'<rect x="{x0:.1f}" y="{y0}" width="{cw - 2:.1f}" height="{ch - 2}" fill="{fill}"/>'  # noqa: E501  (prose or a URL: clearer whole)
+            )
             if v is not None and math.isfinite(v) and v:
                 body.append(_text(x0 + cw / 2, y0 + 17, fmt(v), "middle", 10, f' fill="{ink}"'))
     return _svg(width, height, body, label)
 
 
-def histogram(bins: Sequence[tuple[float, float, int]], label: str, width: int = 640, height: int = 220,
-              xfmt: Callable[[float], str] = "{:,.0f}".format) -> str:
+def histogram(
+    bins: Sequence[tuple[float, float, int]],
+    label: str,
+    width: int = 640,
+    height: int = 220,
+    xfmt: Callable[[float], str] = "{:,.0f}".format,
+) -> str:
     """Columns over value bands (low, high, count)."""
     if not bins:
         return ""
@@ -140,12 +162,16 @@ def histogram(bins: Sequence[tuple[float, float, int]], label: str, width: int =
     for k in range(5):
         v = hi * k / 4
         yy = top + ph - ph * v / hi
-        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>')
+        body.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>'
+        )
         body.append(_text(left - 4, yy + 4, f"{v:,.0f}", "end", 10))
     for i, (lo, _, n) in enumerate(bins):
         h = ph * n / hi
-        body.append(f'<rect x="{left + i * bw + 1:.1f}" y="{top + ph - h:.1f}" width="{bw - 2:.1f}" '
-                    f'height="{h:.1f}" fill="#4e79a7"><title>{escape(xfmt(lo))}: {n:,}</title></rect>')
+        body.append(
+            f'<rect x="{left + i * bw + 1:.1f}" y="{top + ph - h:.1f}" width="{bw - 2:.1f}" '
+            f'height="{h:.1f}" fill="#4e79a7"><title>{escape(xfmt(lo))}: {n:,}</title></rect>'
+        )
         if i % max(1, len(bins) // 5) == 0:
             body.append(_text(left + i * bw, height - 10, xfmt(lo), "middle", 10))
     body.append(_text(left + pw, height - 10, xfmt(bins[-1][1]) + "+", "end", 10))

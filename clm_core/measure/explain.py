@@ -74,8 +74,12 @@ def trace(cond: Condition, row: pd.DataFrame) -> dict[str, Any]:
     """The condition as a tree of checks on a one-row frame, each with its outcome."""
     ok = bool(cond.mask(row).iloc[0])
     if isinstance(cond, Compare):
-        out: dict[str, Any] = {"field": cond.field, "op": cond.op, "actual": row[cond.field].iloc[0],
-                               "result": ok}
+        out: dict[str, Any] = {
+            "field": cond.field,
+            "op": cond.op,
+            "actual": row[cond.field].iloc[0],
+            "result": ok,
+        }
         if isinstance(cond.value, FieldRef):
             other = row[cond.value.name].iloc[0]
             out["value"] = {"field": cond.value.name, "times": cond.value.times, "actual": other,
@@ -126,9 +130,12 @@ def _consent(conn: Connection, cust: Any) -> dict[str, Any]:
                            "sms": {"granted": cust.consent_sms, "at": cust.consent_sms_at}}
     s = t.suppressions
     addresses = [a for a in (cust.email, cust.phone) if a]
-    out["suppressions"] = _rows(conn, sa.select(s.c.channel, s.c.reason, s.c.source, s.c.created_at)
-                                .where(sa.or_(s.c.customer_id == cust.id, s.c.address.in_(addresses)))
-                                .order_by(s.c.created_at))
+    out["suppressions"] = _rows(
+        conn,
+        sa.select(s.c.channel, s.c.reason, s.c.source, s.c.created_at)
+        .where(sa.or_(s.c.customer_id == cust.id, s.c.address.in_(addresses)))
+        .order_by(s.c.created_at),
+    )
     # the consent ledger, where this store has one
     if "consent_ledger" in sa.inspect(conn).get_table_names():
         ledger = sa.Table("consent_ledger", sa.MetaData(), autoload_with=conn)
@@ -141,8 +148,14 @@ def _consent(conn: Connection, cust: Any) -> dict[str, Any]:
 
 def _orders(conn: Connection, cid: int) -> dict[str, Any]:
     o = t.orders
-    rows = _rows(conn, sa.select(o.c.external_id, o.c.ordered_at, o.c.amount, o.c.currency, o.c.status,
-                                 o.c.coupon_code).where(o.c.customer_id == cid).order_by(o.c.ordered_at))
+    rows = _rows(
+        conn,
+        sa.select(
+            o.c.external_id, o.c.ordered_at, o.c.amount, o.c.currency, o.c.status, o.c.coupon_code
+        )
+        .where(o.c.customer_id == cid)
+        .order_by(o.c.ordered_at),
+    )
     bought = [r for r in rows if r["status"] not in NOT_PURCHASES]
     return {"orders": len(rows), "purchases": len(bought),
             "not_purchases": {s: sum(r["status"] == s for r in rows) for s in
@@ -156,7 +169,9 @@ def _orders(conn: Connection, cid: int) -> dict[str, Any]:
 def _enrollments(conn: Connection, cid: int) -> list[dict[str, Any]]:
     e, m, a = t.journey_enrollments, t.messages, t.attributions
     out = []
-    for r in _rows(conn, sa.select(e).where(e.c.customer_id == cid).order_by(e.c.entered_at, e.c.id)):
+    for r in _rows(
+        conn, sa.select(e).where(e.c.customer_id == cid).order_by(e.c.entered_at, e.c.id)
+    ):
         msgs = _rows(conn, sa.select(m.c.step_id, m.c.channel, m.c.template, m.c.status, m.c.reason,
                                      m.c.send_after, m.c.sent_at, m.c.error_code, m.c.provider)
                      .where(m.c.enrollment_id == r["id"]).order_by(m.c.send_after, m.c.id))
@@ -200,7 +215,9 @@ def _why(msg: dict[str, Any]) -> str:
     return f"{status}" + (f": {reason}" if reason else "")
 
 
-def explain(engine: Engine, config: LifecycleConfig, ref: str, rules: StageRules | None = None) -> Story:
+def explain(
+    engine: Engine, config: LifecycleConfig, ref: str, rules: StageRules | None = None
+) -> Story:
     """The whole story of the customer with external id (or number) ``ref``."""
     rules = rules or config.load_rules()
     cs, mf, st, ev = t.customer_scores, t.model_fits, t.stage_transitions, t.events
@@ -211,14 +228,39 @@ def explain(engine: Engine, config: LifecycleConfig, ref: str, rules: StageRules
         fit = conn.execute(sa.select(mf).where(mf.c.id == scores.fit_id)).first() \
             if scores is not None and scores.fit_id is not None else None
         story = Story(
-            customer={k: getattr(cust, k) for k in ("external_id", "name", "email", "phone", "locale",
-                                                    "timezone", "country", "signed_up_at")},
-            consent=_consent(conn, cust), orders=_orders(conn, cid),
+            customer={
+                k: getattr(cust, k)
+                for k in (
+                    "external_id",
+                    "name",
+                    "email",
+                    "phone",
+                    "locale",
+                    "timezone",
+                    "country",
+                    "signed_up_at",
+                )
+            },
+            consent=_consent(conn, cust),
+            orders=_orders(conn, cid),
             scores=dict(scores._mapping) if scores is not None else None,
-            fit=None if fit is None else {k: fit._mapping[k] for k in (
-                "id", "model", "params", "time_unit", "window_start", "window_end", "n_customers",
-                "fitted_at")},
-            stage=scores.stage if scores is not None else None)
+            fit=None
+            if fit is None
+            else {
+                k: fit._mapping[k]
+                for k in (
+                    "id",
+                    "model",
+                    "params",
+                    "time_unit",
+                    "window_start",
+                    "window_end",
+                    "n_customers",
+                    "fitted_at",
+                )
+            },
+            stage=scores.stage if scores is not None else None,
+        )
         story.history = _rows(conn, sa.select(st.c.from_stage, st.c.to_stage, st.c.as_of,
                                               st.c.transitioned_at)
                               .where(st.c.customer_id == cid).order_by(st.c.as_of, st.c.id))
@@ -269,7 +311,9 @@ def check_text(check: dict[str, Any] | None) -> list[str]:
             rhs = f"{times}{value['field']} ({fmt(value['threshold'])})"
         else:
             rhs = fmt(value)
-        lines.append(f"{pad}{mark} {node['field']} = {fmt(node['actual'])}; needs {node['op']} {rhs}")
+        lines.append(
+            f"{pad}{mark} {node['field']} = {fmt(node['actual'])}; needs {node['op']} {rhs}"
+        )
 
     walk(check, 0)
     return lines

@@ -98,17 +98,29 @@ def mermaid(j: CompiledJourney, counts: dict[str, int] | None = None) -> str:
             coupon = ""
             if step.send.coupon is not None:
                 c = step.send.coupon
-                coupon = BR + f"coupon {c.value:g}{'%' if c.kind == 'percent' else ' ' + (c.currency or '')}"
-            lines.append(f"  {nid}[{_label(f'{step.id}: send {step.send.channel} {step.send.template}{coupon}{extra}')}]")
+                coupon = (
+                    BR
+                    + f"coupon {c.value:g}{'%' if c.kind == 'percent' else ' ' + (c.currency or '')}"  # noqa: E501  (prose or a URL: clearer whole)
+                )
+            lines.append(
+                f"  {nid}[{_label(f'{step.id}: send {step.send.channel} {step.send.template}{coupon}{extra}')}]"  # noqa: E501  (prose or a URL: clearer whole)
+            )
             goto = step.goto or nxt
             lines.append(f"  {nid} --> {'finish' if goto == END else _node_id(goto)}")
             ended |= goto == END
         elif isinstance(step, WaitStep):
             spec = step.spec
-            what = " then ".join(x for x in (
-                format_duration(spec.duration) if spec.duration else "",
-                f"until {spec.until:%H:%M}" + (f" on {','.join(spec.weekdays)}" if spec.weekdays else "")
-                if spec.until else "") if x)
+            what = " then ".join(
+                x
+                for x in (
+                    format_duration(spec.duration) if spec.duration else "",
+                    f"until {spec.until:%H:%M}"
+                    + (f" on {','.join(spec.weekdays)}" if spec.weekdays else "")
+                    if spec.until
+                    else "",
+                )
+                if x
+            )
             lines.append(f"  {nid}{{{{{_label(f'{step.id}: wait {what}{extra}')}}}}}")
             goto = step.goto or nxt
             lines.append(f"  {nid} --> {'finish' if goto == END else _node_id(goto)}")
@@ -116,7 +128,9 @@ def mermaid(j: CompiledJourney, counts: dict[str, int] | None = None) -> str:
         elif isinstance(step, BranchStep):
             lines.append(f"  {nid}{{{_label(f'{step.id}: branch{extra}')}}}")
             for case in step.branch:
-                lines.append(f"  {nid} -- {_label(condition_text(case.when))} --> {_node_id(case.goto)}")
+                lines.append(
+                    f"  {nid} -- {_label(condition_text(case.when))} --> {_node_id(case.goto)}"
+                )
             other = step.else_ or nxt
             lines.append(f"  {nid} -- {_label('otherwise')} --> "
                          f"{'finish' if other == END else _node_id(other)}")
@@ -146,12 +160,19 @@ def journey_counts(conn: Connection, journey: str) -> dict[str, int]:
     from clm_core.db import tables as t
 
     e, m, a = t.journey_enrollments, t.messages, t.attributions
-    out = {"entered": int(conn.execute(sa.select(sa.func.count()).where(e.c.journey == journey)).scalar() or 0)}
+    out = {
+        "entered": int(
+            conn.execute(sa.select(sa.func.count()).where(e.c.journey == journey)).scalar() or 0
+        )
+    }
     if not out["entered"]:
         return {}
     out["converted"] = int(conn.execute(sa.select(sa.func.count()).where(
         a.c.journey == journey, a.c.goal.is_not(None))).scalar() or 0)
-    for step, n in conn.execute(sa.select(m.c.step_id, sa.func.count(sa.distinct(m.c.enrollment_id)))
-                                .where(m.c.journey == journey).group_by(m.c.step_id)):
+    for step, n in conn.execute(
+        sa.select(m.c.step_id, sa.func.count(sa.distinct(m.c.enrollment_id)))
+        .where(m.c.journey == journey)
+        .group_by(m.c.step_id)
+    ):
         out[f"step:{step}"] = int(n)
     return out

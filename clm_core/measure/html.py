@@ -27,9 +27,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "customers": {"en": "Customers", "zh-CN": "客户"},
     "lifecycle": {"en": "Lifecycle", "zh-CN": "生命周期"},
     "stages_now": {"en": "Customers per stage now", "zh-CN": "当前各阶段客户数"},
-    "stages_time": {"en": "Customers per stage over time (after each scoring)",
-                    "zh-CN": "各阶段客户数随时间变化（每次评分后）"},
-    "transitions": {"en": "Flows between stages (from row to column)", "zh-CN": "阶段之间的流转（行 → 列）"},
+    "stages_time": {
+        "en": "Customers per stage over time (after each scoring)",
+        "zh-CN": "各阶段客户数随时间变化（每次评分后）",
+    },
+    "transitions": {
+        "en": "Flows between stages (from row to column)",
+        "zh-CN": "阶段之间的流转（行 → 列）",
+    },
     "first_stage": {"en": "(first)", "zh-CN": "（首次）"},
     "by_stage": {"en": "Revenue and 12-month CLV by stage", "zh-CN": "各阶段收入与 12 个月 CLV"},
     "stage": {"en": "Stage", "zh-CN": "阶段"},
@@ -37,30 +42,47 @@ STRINGS: dict[str, dict[str, str]] = {
     "clv_sum": {"en": "CLV 12m, total", "zh-CN": "12 个月 CLV 合计"},
     "clv_mean": {"en": "CLV 12m, mean", "zh-CN": "12 个月 CLV 均值"},
     "value": {"en": "Value", "zh-CN": "价值"},
-    "clv_dist": {"en": "12-month CLV distribution (customers per band; top 1% in the last band)",
-                 "zh-CN": "12 个月 CLV 分布（各区间客户数；最高 1% 计入最后一档）"},
-    "concentration": {"en": "Share of predicted value held by the top 10% / 20% of customers",
-                      "zh-CN": "前 10% / 20% 客户占预测价值的比例"},
-    "rfm_grid": {"en": "RFM grid: customers by recency score (rows) and frequency score (columns)",
-                 "zh-CN": "RFM 网格：按最近购买得分（行）和购买频率得分（列）的客户数"},
+    "clv_dist": {
+        "en": "12-month CLV distribution (customers per band; top 1% in the last band)",
+        "zh-CN": "12 个月 CLV 分布（各区间客户数；最高 1% 计入最后一档）",
+    },
+    "concentration": {
+        "en": "Share of predicted value held by the top 10% / 20% of customers",
+        "zh-CN": "前 10% / 20% 客户占预测价值的比例",
+    },
+    "rfm_grid": {
+        "en": "RFM grid: customers by recency score (rows) and frequency score (columns)",
+        "zh-CN": "RFM 网格：按最近购买得分（行）和购买频率得分（列）的客户数",
+    },
     "churn": {"en": "Churn", "zh-CN": "流失"},
-    "retention": {"en": "Retention by acquisition cohort: share buying in month k after the first order",
-                  "zh-CN": "按获客月份的留存：首单后第 k 个月仍购买的比例"},
+    "retention": {
+        "en": "Retention by acquisition cohort: share buying in month k after the first order",
+        "zh-CN": "按获客月份的留存：首单后第 k 个月仍购买的比例",
+    },
     "month_k": {"en": "month", "zh-CN": "月"},
-    "churn_by": {"en": "Churned and at-risk share of buyers by", "zh-CN": "已流失与有流失风险客户占比，按"},
+    "churn_by": {
+        "en": "Churned and at-risk share of buyers by",
+        "zh-CN": "已流失与有流失风险客户占比，按",
+    },
     "first_order_value": {"en": "first-order value", "zh-CN": "首单金额"},
     "rfm_segment": {"en": "RFM segment", "zh-CN": "RFM 分群"},
     "locale": {"en": "locale", "zh-CN": "语言"},
     "country": {"en": "country", "zh-CN": "国家/地区"},
     "churned": {"en": "churned", "zh-CN": "已流失"},
     "at_risk": {"en": "at risk", "zh-CN": "有流失风险"},
-    "revenue_at_risk": {"en": "Revenue at risk (12-month CLV of at-risk customers)",
-                        "zh-CN": "风险收入（有流失风险客户的 12 个月 CLV）"},
-    "journeys_reached": {"en": "Journeys that reached customers now at risk or churned",
-                         "zh-CN": "触达当前有风险或已流失客户的旅程"},
+    "revenue_at_risk": {
+        "en": "Revenue at risk (12-month CLV of at-risk customers)",
+        "zh-CN": "风险收入（有流失风险客户的 12 个月 CLV）",
+    },
+    "journeys_reached": {
+        "en": "Journeys that reached customers now at risk or churned",
+        "zh-CN": "触达当前有风险或已流失客户的旅程",
+    },
     "journeys": {"en": "Journeys", "zh-CN": "旅程"},
-    "lift_table": {"en": "Lift: treated vs control (complete conversion windows; 95% intervals)",
-                   "zh-CN": "提升：实验组对照组对比（完整转化窗口；95% 置信区间）"},
+    "lift_table": {
+        "en": "Lift: treated vs control (complete conversion windows; 95% intervals)",
+        "zh-CN": "提升：实验组对照组对比（完整转化窗口；95% 置信区间）",
+    },
     "comparison": {"en": "Comparison", "zh-CN": "对比"},
     "treated": {"en": "Treated", "zh-CN": "实验组"},
     "control": {"en": "Control", "zh-CN": "对照组"},
@@ -80,10 +102,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "step": {"en": "Step", "zh-CN": "步骤"},
     "window_revenue": {"en": "Revenue in window", "zh-CN": "窗口内收入"},
     "methods": {"en": "Methods", "zh-CN": "方法"},
-    "pending": {"en": "enrollments with open conversion windows are left out",
-                "zh-CN": "个转化窗口尚未结束的报名未计入"},
-    "no_lift": {"en": "No enrollment has a complete conversion window yet.",
-                "zh-CN": "尚无转化窗口已结束的报名。"},
+    "pending": {
+        "en": "enrollments with open conversion windows are left out",
+        "zh-CN": "个转化窗口尚未结束的报名未计入",
+    },
+    "no_lift": {
+        "en": "No enrollment has a complete conversion window yet.",
+        "zh-CN": "尚无转化窗口已结束的报名。",
+    },
     "variants": {"en": "Split variants (treated only)", "zh-CN": "分流变体（仅实验组）"},
     "funnel": {"en": "Funnel per journey (treated enrollments)", "zh-CN": "各旅程漏斗（实验组）"},
     "entered": {"en": "entered", "zh-CN": "进入"},
@@ -94,12 +120,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "converted": {"en": "converted", "zh-CN": "已转化"},
     "diagram": {"en": "Journey diagrams (Mermaid)", "zh-CN": "旅程图（Mermaid）"},
     "model_check": {"en": "Model check", "zh-CN": "模型校验"},
-    "calibration": {"en": "Repeat purchases in the holdout period, mean per customer, by calibration frequency",
-                    "zh-CN": "验证期内人均复购次数，按校准期购买频次"},
+    "calibration": {
+        "en": "Repeat purchases in the holdout period, mean per customer, by calibration frequency",
+        "zh-CN": "验证期内人均复购次数，按校准期购买频次",
+    },
     "actual": {"en": "actual", "zh-CN": "实际"},
     "predicted": {"en": "predicted", "zh-CN": "预测"},
-    "no_model_check": {"en": "No fit with a holdout period is stored: run clm fit --calibration-end D --holdout-end D2 to add one.",
-                       "zh-CN": "没有带验证期的模型拟合记录：运行 clm fit --calibration-end D --holdout-end D2 添加。"},
+    "no_model_check": {
+        "en": "No fit with a holdout period is stored: run clm fit --calibration-end D --holdout-end D2 to add one.",  # noqa: E501  (prose or a URL: clearer whole)
+        "zh-CN": "没有带验证期的模型拟合记录：运行 clm fit --calibration-end D --holdout-end D2 添加。",  # noqa: E501  (prose or a URL: clearer whole)
+    },
     "deliverability": {"en": "Deliverability", "zh-CN": "送达情况"},
     "channel": {"en": "Channel", "zh-CN": "渠道"},
     "failed": {"en": "failed", "zh-CN": "失败"},
@@ -108,8 +138,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "unsub_rate": {"en": "unsubscribe rate", "zh-CN": "退订率"},
     "no_messages": {"en": "No message has been sent yet.", "zh-CN": "尚未发送任何消息。"},
     "none": {"en": "No data yet.", "zh-CN": "暂无数据。"},
-    "last_touch": {"en": "Last-touch view (secondary, not causal): conversions by the last message sent before the first order",
-                   "zh-CN": "末次触点视图（辅助参考，非因果）：按首单前最后一条消息统计的转化"},
+    "last_touch": {
+        "en": "Last-touch view (secondary, not causal): conversions by the last message sent before the first order",  # noqa: E501  (prose or a URL: clearer whole)
+        "zh-CN": "末次触点视图（辅助参考，非因果）：按首单前最后一条消息统计的转化",
+    },
 }
 
 
@@ -133,8 +165,12 @@ def ci(lo: float, hi: float, scale: float = 1.0, fmt: str = "{:+,.1f}") -> str:
 
 def _charts(d: ReportData, locale: str) -> dict[str, Markup]:
     out: dict[str, str] = {}
-    order = [s for s in STAGE_ORDER if s in d.stages] + [s for s in d.stages if s not in STAGE_ORDER]
-    out["stages_now"] = charts.bars([(s, float(d.stages[s])) for s in order], t("stages_now", locale))
+    order = [s for s in STAGE_ORDER if s in d.stages] + [
+        s for s in d.stages if s not in STAGE_ORDER
+    ]
+    out["stages_now"] = charts.bars(
+        [(s, float(d.stages[s])) for s in order], t("stages_now", locale)
+    )
     if d.stages_over_time:
         names = sorted({s for _, c in d.stages_over_time for s in c},
                        key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 99, s))
@@ -145,9 +181,11 @@ def _charts(d: ReportData, locale: str) -> dict[str, Markup]:
     tos = sorted({b for _, b in d.transitions}, key=_stage_key)
     if froms and tos:
         out["transitions"] = charts.heatmap(
-            [f or t("first_stage", locale) for f in froms], tos,
-            lambda i, j: float(d.transitions.get((froms[i] or None, tos[j]), 0)), t("transitions", locale),
-            )
+            [f or t("first_stage", locale) for f in froms],
+            tos,
+            lambda i, j: float(d.transitions.get((froms[i] or None, tos[j]), 0)),
+            t("transitions", locale),
+        )
     out["clv_hist"] = charts.histogram(d.clv_hist, t("clv_dist", locale))
     if d.rfm_grid:
         out["rfm_grid"] = charts.heatmap(
@@ -184,17 +222,24 @@ def verdict_text(c: Any, which: str, locale: str) -> str:
     if locale == "en":
         return str(v.text)
     if which == "conversion":
-        what, diff, lo, hi = "转化率", c.conversion.diff * 100, *(x * 100 for x in c.conversion.diff_ci)
+        what, diff, lo, hi = (
+            "转化率",
+            c.conversion.diff * 100,
+            *(x * 100 for x in c.conversion.diff_ci),
+        )
         f = "{:+.1f} 个百分点".format
     else:
         what, diff, (lo, hi) = "人均收入", c.revenue.diff, c.revenue.diff_ci
         f = "{:+,.2f}".format
     head = f"{c.label} {what}："
-    more = (f"按当前分组比例，约需再增加 {v.more_customers:,} 名客户才能检测到这一大小的差异（{f(diff)}）"
-            if v.more_customers else "未观察到差异")
+    more = (
+        f"按当前分组比例，约需再增加 {v.more_customers:,} 名客户才能检测到这一大小的差异（{f(diff)}）"  # noqa: E501  (prose or a URL: clearer whole)
+        if v.more_customers
+        else "未观察到差异"
+    )
     return head + {
         "no_control": "没有对照组，无法衡量提升。",
-        "too_small": f"样本太少，无法判断（实验组 {c.treated:,}，对照组 {c.control:,}，每组至少 30）；{more}。",
+        "too_small": f"样本太少，无法判断（实验组 {c.treated:,}，对照组 {c.control:,}，每组至少 30）；{more}。",  # noqa: E501  (prose or a URL: clearer whole)
         "better": f"实验组优于对照组 {f(diff)}（95% 区间 {f(lo)} 至 {f(hi)}）。",
         "worse": f"实验组差于对照组 {f(diff)}（95% 区间 {f(lo)} 至 {f(hi)}）。",
         "inconclusive": f"无胜出：95% 区间 {f(lo)} 至 {f(hi)} 包含零；{more}。",
@@ -209,11 +254,21 @@ def render(d: ReportData, locale: str = "en") -> str:
     """The report's HTML text."""
     if locale not in LOCALES:
         raise ValueError(f"locale {locale!r}: use one of {', '.join(LOCALES)}")
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(
-        enabled_extensions=("html", "j2"), default_for_string=True), trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(t=lambda key: t(key, locale), pct=pct, money=money, ci=ci, isfinite=math.isfinite,
-                       verdict=lambda c, which: verdict_text(c, which, locale),
-                       jnum=lambda x: json.dumps(x if math.isfinite(x) else None))
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent),
+        autoescape=select_autoescape(enabled_extensions=("html", "j2"), default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(
+        t=lambda key: t(key, locale),
+        pct=pct,
+        money=money,
+        ci=ci,
+        isfinite=math.isfinite,
+        verdict=lambda c, which: verdict_text(c, which, locale),
+        jnum=lambda x: json.dumps(x if math.isfinite(x) else None),
+    )
     comparisons = d.lift.comparisons
     return env.get_template("report.html.j2").render(
         d=d, locale=locale, charts=_charts(d, locale), comparisons=comparisons,

@@ -167,15 +167,22 @@ def compare(scope: str, converted: np.ndarray, revenue: np.ndarray, control: np.
     cost = float(coupon_cost[ct].sum())
     inc = w.diff * n_t
     inc_ci = (w.low * n_t, w.high * n_t)
-    var = (lambda p: p * (1 - p))
     name = label(scope, journey, step, variant)
-    more = stats.more_needed(var(p_t), var(p_c), p_t - p_c, n_t, n_c) \
+    more = stats.more_needed(p_t * (1 - p_t), p_c * (1 - p_c), p_t - p_c, n_t, n_c) \
         if n_t and n_c else None
     v = stats.verdict(f"{name} conversion", n_t, n_c, (p_t - p_c) * 100, lo * 100, hi * 100, more,
                       lambda x: f"{x:+.1f} pts")
-    more_r = stats.more_needed(float(np.var(rt, ddof=1)) if n_t > 1 else math.nan,
-                               float(np.var(rc, ddof=1)) if n_c > 1 else math.nan, w.diff, n_t, n_c) \
-        if n_t > 1 and n_c > 1 else None
+    more_r = (
+        stats.more_needed(
+            float(np.var(rt, ddof=1)) if n_t > 1 else math.nan,
+            float(np.var(rc, ddof=1)) if n_c > 1 else math.nan,
+            w.diff,
+            n_t,
+            n_c,
+        )
+        if n_t > 1 and n_c > 1
+        else None
+    )
     rv = stats.verdict(f"{name} revenue per customer", n_t, n_c, w.diff, w.low, w.high, more_r,
                        lambda x: f"{x:+,.2f}")
     return Comparison(scope, journey, step, variant, n_t, n_c, rates, means, cost, inc, inc_ci,
@@ -203,7 +210,9 @@ def _program(conn: Connection, rows: pd.DataFrame) -> pd.DataFrame:
         o.c.ordered_at > span_start, o.c.ordered_at <= span_end, purchases_filter(o.c.status),
         o.c.customer_id.in_(sa.select(t.attributions.c.customer_id).scalar_subquery())))
     orders = orders.merge(per[["start", "end"]], left_on="customer_id", right_index=True)
-    orders = orders[(orders["ordered_at"] > orders["start"]) & (orders["ordered_at"] <= orders["end"])]
+    orders = orders[
+        (orders["ordered_at"] > orders["start"]) & (orders["ordered_at"] <= orders["end"])
+    ]
     per["revenue"] = orders.groupby("customer_id")["amount"].sum().astype(float).reindex(
         per.index, fill_value=0.0)
     return per
@@ -221,8 +230,14 @@ def lift(engine: Engine, journey: str | None = None, since: datetime | None = No
             return report
 
         def add(scope: str, part: pd.DataFrame, **where: str | None) -> Comparison:
-            c = compare(scope, part["goal"].notna().to_numpy(), part["revenue"].to_numpy(float),
-                        part["is_control"].to_numpy(bool), part["coupon_cost"].to_numpy(float), **where)
+            c = compare(
+                scope,
+                part["goal"].notna().to_numpy(),
+                part["revenue"].to_numpy(float),
+                part["is_control"].to_numpy(bool),
+                part["coupon_cost"].to_numpy(float),
+                **where,
+            )
             report.comparisons.append(c)
             return c
 

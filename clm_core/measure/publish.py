@@ -23,7 +23,9 @@ def ensure_attribution(engine: Engine, settings: Settings) -> None:
     """Build the attribution table once when enrollments exist and it was never built."""
     with engine.connect() as conn:
         built = conn.execute(sa.select(sa.func.count()).select_from(t.attributions)).scalar()
-        entered = conn.execute(sa.select(sa.func.count()).select_from(t.journey_enrollments)).scalar()
+        entered = conn.execute(
+            sa.select(sa.func.count()).select_from(t.journey_enrollments)
+        ).scalar()
     if entered and not built:
         rebuild(engine, policy=project_policy(settings.section("journeys")))
 
@@ -40,7 +42,9 @@ def build_report(engine: Engine, settings: Settings, out: str | Path, since: dat
 def summary_markdown(path: Path, summary: dict[str, Any]) -> str:
     """Key figures and the report's path, for the Prefect UI."""
     def money(x: Any) -> str:
-        return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.2f}"
+        return (
+            "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.2f}"
+        )
 
     share = summary.get("clv_top10_share")
     top10 = f"{share:.0%}" if share is not None and math.isfinite(share) else "n/a"

@@ -67,13 +67,24 @@ class ReportData:
         journeys = [c for c in self.lift.comparisons if c.scope in ("journey", "program")]
         return {
             "as_of": self.as_of.isoformat() if self.as_of else None,
-            "customers": self.customers, "stages": self.stages,
-            "clv_total": self.clv_total, "clv_top10_share": self.clv_share.get("top10"),
-            "revenue_at_risk": self.at_risk.get("clv"), "customers_at_risk": self.at_risk.get("customers"),
-            "journeys": [{"comparison": c.label, "treated": c.treated, "control": c.control,
-                          "conversion_lift": c.conversion.diff, "conversion_lift_ci": list(c.conversion.diff_ci),
-                          "net_incremental_revenue": c.net_incremental_revenue, "verdict": c.verdict.call}
-                         for c in journeys],
+            "customers": self.customers,
+            "stages": self.stages,
+            "clv_total": self.clv_total,
+            "clv_top10_share": self.clv_share.get("top10"),
+            "revenue_at_risk": self.at_risk.get("clv"),
+            "customers_at_risk": self.at_risk.get("customers"),
+            "journeys": [
+                {
+                    "comparison": c.label,
+                    "treated": c.treated,
+                    "control": c.control,
+                    "conversion_lift": c.conversion.diff,
+                    "conversion_lift_ci": list(c.conversion.diff_ci),
+                    "net_incremental_revenue": c.net_incremental_revenue,
+                    "verdict": c.verdict.call,
+                }
+                for c in journeys
+            ],
         }
 
 
@@ -89,11 +100,16 @@ def _month(conn: Connection, col: str) -> str:
 def _stages_over_time(conn: Connection, now: dict[str, int]) -> list[tuple[date, dict[str, int]]]:
     """Customers per stage after each scoring date, rebuilt from the transitions."""
     st = t.stage_transitions
-    rows = conn.execute(sa.select(st.c.as_of, st.c.from_stage, st.c.to_stage, sa.func.count())
-                        .group_by(st.c.as_of, st.c.from_stage, st.c.to_stage).order_by(st.c.as_of)).all()
+    rows = conn.execute(
+        sa.select(st.c.as_of, st.c.from_stage, st.c.to_stage, sa.func.count())
+        .group_by(st.c.as_of, st.c.from_stage, st.c.to_stage)
+        .order_by(st.c.as_of)
+    ).all()
     counts: dict[str, int] = {}
     out: list[tuple[date, dict[str, int]]] = []
-    for day, part in pd.DataFrame(rows, columns=["as_of", "from", "to", "n"]).groupby("as_of", sort=True):
+    for day, part in pd.DataFrame(rows, columns=["as_of", "from", "to", "n"]).groupby(
+        "as_of", sort=True
+    ):
         for _, r in part.iterrows():
             counts[r["to"]] = counts.get(r["to"], 0) + int(r["n"])
             if r["from"] is not None and not pd.isna(r["from"]):
@@ -110,26 +126,46 @@ def _by_stage(conn: Connection) -> list[dict[str, Any]]:
                                   sa.func.sum(cs.c.clv_12m), sa.func.avg(cs.c.clv_12m))
                         .group_by(cs.c.stage)).all()
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    return sorted(({"stage": s or "unscored", "customers": int(n), "revenue": float(r or 0),
-                    "clv_sum": float(c or 0), "clv_mean": float(m) if m is not None else math.nan}
-                   for s, n, r, c, m in rows), key=lambda d: (order.get(d["stage"], 99), d["stage"]))
+    return sorted(
+        (
+            {
+                "stage": s or "unscored",
+                "customers": int(n),
+                "revenue": float(r or 0),
+                "clv_sum": float(c or 0),
+                "clv_mean": float(m) if m is not None else math.nan,
+            }
+            for s, n, r, c, m in rows
+        ),
+        key=lambda d: (order.get(d["stage"], 99), d["stage"]),
+    )
 
 
 def _clv(conn: Connection) -> tuple[list[tuple[float, float, int]], dict[str, float], float]:
     cs = t.customer_scores
-    clv = np.array(conn.execute(sa.select(cs.c.clv_12m).where(cs.c.clv_12m.is_not(None))).scalars().all(),
-                   dtype=float)
+    clv = np.array(
+        conn.execute(sa.select(cs.c.clv_12m).where(cs.c.clv_12m.is_not(None))).scalars().all(),
+        dtype=float,
+    )
     clv = clv[np.isfinite(clv)]
     if not len(clv):
         return [], {}, 0.0
     total = float(clv.sum())
     top = np.sort(clv)[::-1]
-    share = {f"top{p}": float(top[:max(1, math.ceil(len(top) * p / 100))].sum() / total) if total else math.nan
-             for p in (10, 20)}
+    share = {
+        f"top{p}": float(top[: max(1, math.ceil(len(top) * p / 100))].sum() / total)
+        if total
+        else math.nan
+        for p in (10, 20)
+    }
     hi = float(np.quantile(clv, 0.99)) or float(clv.max()) or 1.0
     edges = np.linspace(0.0, hi, 21)
     counts, _ = np.histogram(np.clip(clv, 0, hi), bins=edges)
-    return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(len(counts))], share, total
+    return (
+        [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(len(counts))],
+        share,
+        total,
+    )
 
 
 def _rfm_grid(conn: Connection) -> dict[tuple[int, int], int]:
@@ -170,7 +206,9 @@ def _retention(conn: Connection) -> list[dict[str, Any]]:
         part = df[df["cohort"] == cohort].set_index("k")["n"]
         n = int(size[cohort])
         seen = latest - index(pd.Series([cohort])).iloc[0]  # months observed so far
-        curve = [float(part.get(k, 0)) / n if k <= seen else None for k in range(1, COHORT_MONTHS + 1)]
+        curve = [
+            float(part.get(k, 0)) / n if k <= seen else None for k in range(1, COHORT_MONTHS + 1)
+        ]
         out.append({"cohort": cohort, "customers": n, "curve": curve})
     return out
 
@@ -187,23 +225,38 @@ def _churn_by(conn: Connection) -> dict[str, list[dict[str, Any]]]:
         out = []
         for k, n, ch, r, clv in conn.execute(q):
             n = int(n)
-            out.append({"key": "—" if k is None else str(k), "customers": n,
-                        "churned": int(ch or 0) / n if n else math.nan,
-                        "at_risk": int(r or 0) / n if n else math.nan, "clv_at_risk": float(clv or 0)})
+            out.append(
+                {
+                    "key": "—" if k is None else str(k),
+                    "customers": n,
+                    "churned": int(ch or 0) / n if n else math.nan,
+                    "at_risk": int(r or 0) / n if n else math.nan,
+                    "clv_at_risk": float(clv or 0),
+                }
+            )
         return sorted(out, key=lambda d: -d["customers"])
 
     clv_risk = sa.func.sum(sa.case((cs.c.stage.in_(AT_RISK), cs.c.clv_12m), else_=0))
     out = {
-        "rfm_segment": rows(cs.c.rfm_segment, sa.select(cs.c.rfm_segment, sa.func.count(), churned, risk, clv_risk)
-                            .where(buyers).group_by(cs.c.rfm_segment)),
+        "rfm_segment": rows(
+            cs.c.rfm_segment,
+            sa.select(cs.c.rfm_segment, sa.func.count(), churned, risk, clv_risk)
+            .where(buyers)
+            .group_by(cs.c.rfm_segment),
+        ),
     }
     for col in ("locale", "country"):
         out[col] = rows(c.c[col], sa.select(c.c[col], sa.func.count(), churned, risk, clv_risk)
                         .join(c, c.c.id == cs.c.customer_id).where(buyers).group_by(c.c[col]))[:15]
     # first-order value: the amount of the order at the customer's first purchase time
-    first = (sa.select(cs.c.stage, sa.func.max(o.c.amount).label("amount"))
-             .join(o, sa.and_(o.c.customer_id == cs.c.customer_id, o.c.ordered_at == cs.c.first_order_at))
-             .where(buyers, purchases_filter(o.c.status)).group_by(cs.c.customer_id, cs.c.stage))
+    first = (
+        sa.select(cs.c.stage, sa.func.max(o.c.amount).label("amount"))
+        .join(
+            o, sa.and_(o.c.customer_id == cs.c.customer_id, o.c.ordered_at == cs.c.first_order_at)
+        )
+        .where(buyers, purchases_filter(o.c.status))
+        .group_by(cs.c.customer_id, cs.c.stage)
+    )
     df = pd.DataFrame(conn.execute(first).all(), columns=["stage", "amount"])
     if len(df):
         df["amount"] = df["amount"].astype(float)
@@ -229,11 +282,18 @@ def _at_risk(conn: Connection) -> dict[str, Any]:
 def _journeys_at_risk(conn: Connection, since: datetime | None) -> list[dict[str, Any]]:
     """Journeys that reached customers now at risk or churned, and what followed."""
     a, cs = t.attributions, t.customer_scores
-    q = (sa.select(a.c.journey, a.c.is_control, sa.func.count(),
-                   sa.func.sum(sa.case((a.c.goal.is_not(None), 1), else_=0)), sa.func.sum(a.c.revenue))
-         .join(cs, cs.c.customer_id == a.c.customer_id)
-         .where(cs.c.stage.in_(AT_RISK + CHURNED), a.c.window_complete)
-         .group_by(a.c.journey, a.c.is_control))
+    q = (
+        sa.select(
+            a.c.journey,
+            a.c.is_control,
+            sa.func.count(),
+            sa.func.sum(sa.case((a.c.goal.is_not(None), 1), else_=0)),
+            sa.func.sum(a.c.revenue),
+        )
+        .join(cs, cs.c.customer_id == a.c.customer_id)
+        .where(cs.c.stage.in_(AT_RISK + CHURNED), a.c.window_complete)
+        .group_by(a.c.journey, a.c.is_control)
+    )
     if since is not None:
         q = q.where(a.c.entered_at >= since)
     out: dict[str, dict[str, Any]] = {}
@@ -263,7 +323,10 @@ def _funnels(conn: Connection, since: datetime | None) -> list[dict[str, Any]]:
         q = q.where(a.c.entered_at >= since)
     keys = ("journey", "entered", "sent", "delivered", "opened", "clicked", "converted",
             "coupons_redeemed", "coupon_cost")
-    return [dict(zip(keys, (r[0], *(int(x or 0) for x in r[1:8]), float(r[8] or 0)))) for r in conn.execute(q)]
+    return [
+        dict(zip(keys, (r[0], *(int(x or 0) for x in r[1:8]), float(r[8] or 0))))
+        for r in conn.execute(q)
+    ]
 
 
 def _last_touch(conn: Connection, since: datetime | None) -> list[dict[str, Any]]:
@@ -282,7 +345,9 @@ def _last_touch(conn: Connection, since: datetime | None) -> list[dict[str, Any]
 
 def _model_check(conn: Connection) -> dict[str, Any] | None:
     mf = t.model_fits
-    for row in conn.execute(sa.select(mf).where(mf.c.model != "gamma_gamma").order_by(mf.c.id.desc())):
+    for row in conn.execute(
+        sa.select(mf).where(mf.c.model != "gamma_gamma").order_by(mf.c.id.desc())
+    ):
         table = (row.diagnostics or {}).get("calibration_holdout")
         if table:
             return {"fit_id": row.id, "model": row.model, "window_end": row.window_end,
@@ -307,7 +372,11 @@ def _deliverability(conn: Connection, since: datetime | None) -> list[dict[str, 
         events[(ch, key)] = events.get((ch, key), 0) + int(n)
     failed: dict[str, int] = {str(c): int(n) for c, n in conn.execute(sa.select(
         m.c.channel, sa.func.count()).where(m.c.status == "failed").group_by(m.c.channel))}
-    uq = sa.select(sp.c.channel, sa.func.count()).where(sp.c.reason.in_(UNSUBSCRIBE_REASONS)).group_by(sp.c.channel)
+    uq = (
+        sa.select(sp.c.channel, sa.func.count())
+        .where(sp.c.reason.in_(UNSUBSCRIBE_REASONS))
+        .group_by(sp.c.channel)
+    )
     if since is not None:
         uq = uq.where(sp.c.created_at >= since)
     unsub: dict[str, int] = {str(c): int(n) for c, n in conn.execute(uq)}
@@ -331,16 +400,32 @@ def collect(engine: Engine, since: datetime | None = None,
     with engine.connect() as conn:
         cs = t.customer_scores
         as_of = conn.execute(sa.select(sa.func.max(cs.c.as_of))).scalar()
-        customers = int(conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar() or 0)
+        customers = int(
+            conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar() or 0
+        )
         hist, share, total = _clv(conn)
         graphs = {j.name: mermaid(j, journey_counts(conn, j.name)) for j in journeys}
         data = ReportData(
-            since=since, as_of=pd.Timestamp(as_of).date() if as_of else None, customers=customers,
-            stages=status.stages, stages_over_time=_stages_over_time(conn, status.stages),
-            transitions=status.transitions, by_stage=_by_stage(conn), clv_hist=hist, clv_share=share,
-            clv_total=total, rfm_grid=_rfm_grid(conn), retention=_retention(conn),
-            churn_by=_churn_by(conn), at_risk=_at_risk(conn),
-            journeys_at_risk=_journeys_at_risk(conn, since), lift=report_lift,
-            funnels=_funnels(conn, since), graphs=graphs, model_check=_model_check(conn),
-            deliverability=_deliverability(conn, since), last_touch=_last_touch(conn, since))
+            since=since,
+            as_of=pd.Timestamp(as_of).date() if as_of else None,
+            customers=customers,
+            stages=status.stages,
+            stages_over_time=_stages_over_time(conn, status.stages),
+            transitions=status.transitions,
+            by_stage=_by_stage(conn),
+            clv_hist=hist,
+            clv_share=share,
+            clv_total=total,
+            rfm_grid=_rfm_grid(conn),
+            retention=_retention(conn),
+            churn_by=_churn_by(conn),
+            at_risk=_at_risk(conn),
+            journeys_at_risk=_journeys_at_risk(conn, since),
+            lift=report_lift,
+            funnels=_funnels(conn, since),
+            graphs=graphs,
+            model_check=_model_check(conn),
+            deliverability=_deliverability(conn, since),
+            last_touch=_last_touch(conn, since),
+        )
     return data

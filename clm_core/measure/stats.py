@@ -98,7 +98,9 @@ def mean_ratio(x1: np.ndarray, x2: np.ndarray, z: float = Z95) -> tuple[float, f
     m2 = float(np.mean(x2)) if n2 else math.nan
     if n1 < 2 or n2 < 2 or not m1 > 0 or not m2 > 0:
         return (math.nan, math.nan, math.nan)
-    se = math.sqrt(float(np.var(x1, ddof=1)) / (n1 * m1 * m1) + float(np.var(x2, ddof=1)) / (n2 * m2 * m2))
+    se = math.sqrt(
+        float(np.var(x1, ddof=1)) / (n1 * m1 * m1) + float(np.var(x2, ddof=1)) / (n2 * m2 * m2)
+    )
     r = m1 / m2
     return (r, r * math.exp(-z * se), r * math.exp(z * se))
 

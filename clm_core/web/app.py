@@ -174,7 +174,9 @@ async def _too_large(send: Send, limit: int) -> None:
 
 # Path segments that look like tokens (long base64url runs, possibly dotted) and query values of
 # parameters that carry credentials.
-_TOKENISH = re.compile(r"[A-Za-z0-9_-]{2,16}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|[A-Za-z0-9_=-]{24,}")
+_TOKENISH = re.compile(
+    r"[A-Za-z0-9_-]{2,16}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|[A-Za-z0-9_=-]{24,}"
+)
 _SECRET_PARAMS = re.compile(r"(?i)((?:token|signature|sig|key|secret|password|auth)[^=&]*=)[^&]*")
 
 
@@ -212,8 +214,16 @@ class AccessLog:
         try:
             await self.app(scope, receive, logging_send)
         finally:
-            access_log.info(json.dumps({
-                "method": scope["method"],
-                "path": redact_target(scope["path"], scope.get("query_string", b"").decode("latin-1")),
-                "status": status, "ms": round((time.perf_counter() - started) * 1000, 1),
-                "bytes": sent}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": scope["method"],
+                        "path": redact_target(
+                            scope["path"], scope.get("query_string", b"").decode("latin-1")
+                        ),
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                        "bytes": sent,
+                    }
+                )
+            )

@@ -112,11 +112,22 @@ def routes(web: Web) -> list[BaseRoute]:
             address = sub.address(ch)
             if not address:
                 continue
-            channels.append({
-                "field": f"ch_{ch}", "checked": sub.state.allows(ch), "legend": text[f"legend_{ch}"],
-                "label": text[f"channel_{ch}"].format(address=mask_address(address)),
-                "topics": [{"field": f"topic_{ch}_{tp}", "checked": sub.state.wants(ch, tp),
-                            "label": consent.label(tp, locale)} for tp in consent.topics]})
+            channels.append(
+                {
+                    "field": f"ch_{ch}",
+                    "checked": sub.state.allows(ch),
+                    "legend": text[f"legend_{ch}"],
+                    "label": text[f"channel_{ch}"].format(address=mask_address(address)),
+                    "topics": [
+                        {
+                            "field": f"topic_{ch}_{tp}",
+                            "checked": sub.state.wants(ch, tp),
+                            "label": consent.label(tp, locale),
+                        }
+                        for tp in consent.topics
+                    ],
+                }
+            )
         return page("preferences.html", locale, store=store, title=text["preferences_title"],
                     intro=text["preferences_intro"].format(store=store), channels=channels,
                     csrf=csrf_token(web.keyring, claims.token_id, web.clock()), notice=notice,

@@ -29,7 +29,9 @@ CREDENTIALS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def build_provider(config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> Provider:
+def build_provider(
+    config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None
+) -> Provider:
     if config.kind == "smtp":
         return SmtpProvider(config)
     return HTTP_KINDS[config.kind](config, transport)

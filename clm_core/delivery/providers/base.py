@@ -165,7 +165,9 @@ class HttpProvider:
             except httpx.HTTPError as exc:
                 return self._transport_failure(keys, exc, ambiguous=True)
 
-    def _transport_failure(self, keys: list[str], exc: Exception, *, ambiguous: bool) -> list[SendResult]:
+    def _transport_failure(
+        self, keys: list[str], exc: Exception, *, ambiguous: bool
+    ) -> list[SendResult]:
         code = type(exc).__name__
         text = self.redact(f"{self.name}: {code}" + (f": {exc}" if str(exc) else ""))
         return [SendResult(k, Outcome.TRANSIENT, code=code.lower(), message=text[:500],
@@ -176,7 +178,9 @@ class HttpProvider:
         """The generic rule for a failed HTTP response: 429 and 5xx are transient (honouring
         Retry-After / X-RateLimit-Reset), any other status is permanent."""
         status = response.status_code
-        text = self.redact(f"{self.name}: HTTP {status}" + (f": {message}" if message else ""))[:500]
+        text = self.redact(f"{self.name}: HTTP {status}" + (f": {message}" if message else ""))[
+            :500
+        ]
         if status == 429 or status >= 500:
             wait = retry_after_seconds(response.headers)
             return SendResult(key, Outcome.TRANSIENT, code=code or str(status), message=text,

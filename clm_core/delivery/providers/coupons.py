@@ -23,8 +23,13 @@ class StripeCouponProvider(HttpProvider):
         self.client.headers["Authorization"] = f"Bearer {config.secrets['api_key']}"
 
     async def _post(self, key: str, path: str, form: dict[str, Any]) -> dict[str, Any] | SendResult:
-        response = await self.request([key], "POST", path, data=form,
-                                      headers={"Idempotency-Key": f"{key}:{path.rsplit('/', 1)[-1]}"})
+        response = await self.request(
+            [key],
+            "POST",
+            path,
+            data=form,
+            headers={"Idempotency-Key": f"{key}:{path.rsplit('/', 1)[-1]}"},
+        )
         if isinstance(response, list):
             return response[0]
         body = self.json_or_empty(response)

@@ -21,7 +21,11 @@ HTML_TAG, TEXT_TAG = "-clm_html-", "-clm_text-"
 
 def batch_key(keys: list[str]) -> str:
     """A stable Idempotency-Key for a request carrying several messages."""
-    return keys[0] if len(keys) == 1 else "batch-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:40]
+    return (
+        keys[0]
+        if len(keys) == 1
+        else "batch-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:40]
+    )
 
 
 def _address(text: str) -> dict[str, str]:
@@ -52,16 +56,26 @@ class SendGridProvider(HttpProvider):
 
     @staticmethod
     def _fits(m: Outbound) -> bool:
-        return len((m.text or "").encode()) + len((m.html or "").encode()) + 32 <= SUBSTITUTION_LIMIT
+        return (
+            len((m.text or "").encode()) + len((m.html or "").encode()) + 32 <= SUBSTITUTION_LIMIT
+        )
 
     def _body(self, batch: list[Outbound]) -> dict[str, Any]:
         substitute = len(batch) > 1
         first = batch[0]
-        content = ([{"type": "text/plain", "value": TEXT_TAG}, {"type": "text/html", "value": HTML_TAG}]
-                   if substitute else
-                   [{"type": "text/plain", "value": first.text or ""}, {"type": "text/html", "value": first.html or ""}])
-        body: dict[str, Any] = {"personalizations": [self._personalization(m, substitute) for m in batch],
-                                "from": self.sender, "content": content}
+        content = (
+            [{"type": "text/plain", "value": TEXT_TAG}, {"type": "text/html", "value": HTML_TAG}]
+            if substitute
+            else [
+                {"type": "text/plain", "value": first.text or ""},
+                {"type": "text/html", "value": first.html or ""},
+            ]
+        )
+        body: dict[str, Any] = {
+            "personalizations": [self._personalization(m, substitute) for m in batch],
+            "from": self.sender,
+            "content": content,
+        }
         if first.tags:
             body["categories"] = first.tags[:10]
         return body

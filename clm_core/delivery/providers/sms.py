@@ -45,8 +45,14 @@ class TwilioProvider(HttpProvider):
             form["MessagingServiceSid"] = self.service_sid
         else:
             form["From"] = self.sender
-        response = await self.request([m.key], "POST", f"/2010-04-01/Accounts/{self.sid}/Messages.json",
-                                      data=form, auth=self.auth, headers={"Idempotency-Key": m.key})
+        response = await self.request(
+            [m.key],
+            "POST",
+            f"/2010-04-01/Accounts/{self.sid}/Messages.json",
+            data=form,
+            auth=self.auth,
+            headers={"Idempotency-Key": m.key},
+        )
         if isinstance(response, list):
             return response[0]
         body = self.json_or_empty(response)
@@ -58,10 +64,17 @@ class TwilioProvider(HttpProvider):
             return SendResult(m.key, Outcome.REJECTED, code=code, suppress=TWILIO_REJECTED[code],
                               message=f"{self.name}: {TWILIO_REJECTED[code]}: {message}")
         if code in TWILIO_TRANSIENT:
-            return SendResult(m.key, Outcome.TRANSIENT, code=code, message=f"{self.name}: {message}",
-                              retry_after=retry_after_seconds(response.headers))
+            return SendResult(
+                m.key,
+                Outcome.TRANSIENT,
+                code=code,
+                message=f"{self.name}: {message}",
+                retry_after=retry_after_seconds(response.headers),
+            )
         if code in TWILIO_PERMANENT:
-            return SendResult(m.key, Outcome.PERMANENT, code=code, message=f"{self.name}: {message}")
+            return SendResult(
+                m.key, Outcome.PERMANENT, code=code, message=f"{self.name}: {message}"
+            )
         result = self.classify_status(m.key, response, code=code, message=message)
         result.halt = response.status_code in (401, 403) or code == "20003"
         return result
@@ -78,12 +91,12 @@ class TwilioProvider(HttpProvider):
             try:
                 response = await self.client.get(url, params=params, auth=self.auth)
             except httpx.HTTPError as exc:
-                raise ProviderError(self.redact(f"{self.name}: message list: {type(exc).__name__}"))\
-                    from exc
+                raise ProviderError(
+                    self.redact(f"{self.name}: message list: {type(exc).__name__}")
+                ) from exc
             if response.status_code != 200:
                 raise ProviderError(self.redact(
-                    f"{self.name}: message list: HTTP {response.status_code}"),
-                    code=str(response.status_code))
+                    f"{self.name}: message list: HTTP {response.status_code}"))
             body = self.json_or_empty(response)
             out += [m for m in body.get("messages") or [] if isinstance(m, dict)]
             url, params = body.get("next_page_uri"), None
@@ -105,8 +118,10 @@ def percent_encode(value: str) -> str:
 
 
 def aliyun_signature(params: dict[str, str], secret: str, method: str = "POST") -> str:
-    """Signature V2: HMAC-SHA1 over ``METHOD&%2F&encode(sorted, encoded query)``, key ``secret&``."""
-    canonical = "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in sorted(params.items()))
+    """Signature V2: HMAC-SHA1 over ``METHOD&%2F&encode(sorted, encoded query)``, key ``secret&``."""  # noqa: E501  (prose or a URL: clearer whole)
+    canonical = "&".join(
+        f"{percent_encode(k)}={percent_encode(v)}" for k, v in sorted(params.items())
+    )
     to_sign = f"{method}&{percent_encode('/')}&{percent_encode(canonical)}"
     digest = hmac.new(f"{secret}&".encode(), to_sign.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
@@ -115,7 +130,10 @@ def aliyun_signature(params: dict[str, str], secret: str, method: str = "POST") 
 ALIYUN_TRANSIENT = {"isv.BUSINESS_LIMIT_CONTROL", "isp.SYSTEM_ERROR", "Throttling.User"}
 ALIYUN_HALT = {"isv.AMOUNT_NOT_ENOUGH", "isv.OUT_OF_SERVICE", "isv.DAY_LIMIT_CONTROL",
                "InvalidAccessKeyId.NotFound", "SignatureDoesNotMatch"}
-ALIYUN_REJECTED = {"isv.MOBILE_NUMBER_ILLEGAL": "invalid", "isv.BLACK_KEY_CONTROL_LIMIT": "opted_out"}
+ALIYUN_REJECTED = {
+    "isv.MOBILE_NUMBER_ILLEGAL": "invalid",
+    "isv.BLACK_KEY_CONTROL_LIMIT": "opted_out",
+}
 
 
 def aliyun_number(e164: str) -> str:
@@ -135,15 +153,22 @@ class AliyunSmsProvider(HttpProvider):
 
     def signed_params(self, m: Outbound) -> dict[str, str]:
         params = {
-            "Action": "SendSms", "Version": "2017-05-25", "Format": "JSON", "RegionId": "cn-hangzhou",
-            "AccessKeyId": self.key_id, "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0",
+            "Action": "SendSms",
+            "Version": "2017-05-25",
+            "Format": "JSON",
+            "RegionId": "cn-hangzhou",
+            "AccessKeyId": self.key_id,
+            "SignatureMethod": "HMAC-SHA1",
+            "SignatureVersion": "1.0",
             "SignatureNonce": uuid.uuid4().hex,
             "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "PhoneNumbers": aliyun_number(m.to), "SignName": self.sign_name,
+            "PhoneNumbers": aliyun_number(m.to),
+            "SignName": self.sign_name,
             "TemplateCode": self.template_codes.get(m.template or "", m.template or ""),
-            "TemplateParam": json.dumps({k: str(v) for k, v in
-                                         (m.data.get("params") or {"content": m.text or ""}).items()},
-                                        ensure_ascii=False),
+            "TemplateParam": json.dumps(
+                {k: str(v) for k, v in (m.data.get("params") or {"content": m.text or ""}).items()},
+                ensure_ascii=False,
+            ),
             "OutId": m.key[:64],
         }
         params["Signature"] = aliyun_signature(params, self.key_secret)

@@ -63,7 +63,9 @@ class SmtpProvider:
             await conn.login(self.config.secrets["username"], self.config.secrets["password"])
         return conn
 
-    def _fail(self, key: str, outcome: Outcome, code: str, text: str, ambiguous: bool = False) -> SendResult:
+    def _fail(
+        self, key: str, outcome: Outcome, code: str, text: str, ambiguous: bool = False
+    ) -> SendResult:
         return SendResult(key, outcome, code=code, ambiguous=ambiguous,
                           message=redact(f"{self.name}: {code} {text}", self.config.secrets)[:500])
 

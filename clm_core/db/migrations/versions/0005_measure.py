@@ -3,8 +3,8 @@
 Revision ID: 0005
 Revises: 0008 (orders.coupon_code comes with 0003)
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0005"
 down_revision = "0008"
@@ -41,15 +41,24 @@ def upgrade() -> None:
         sa.Column("last_touch_channel", sa.String(length=16), nullable=True),
         sa.Column("measured_at", sa.DateTime(), nullable=False),
         sa.Column("run_id", sa.String(length=64), nullable=True),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
-                                name=op.f("fk_attributions_customer_id_customers"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["enrollment_id"], ["journey_enrollments.id"],
-                                name=op.f("fk_attributions_enrollment_id_journey_enrollments"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+            name=op.f("fk_attributions_customer_id_customers"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["enrollment_id"],
+            ["journey_enrollments.id"],
+            name=op.f("fk_attributions_enrollment_id_journey_enrollments"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("enrollment_id", name=op.f("pk_attributions")),
     )
     with op.batch_alter_table("attributions", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_attributions_customer_id"), ["customer_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_attributions_customer_id"), ["customer_id"], unique=False
+        )
         batch_op.create_index(batch_op.f("ix_attributions_journey"), ["journey"], unique=False)
 
 
