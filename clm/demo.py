@@ -212,14 +212,13 @@ def register(cli: click.Group) -> None:
         """The whole job on the embedded default: CDNOW data, models, stages, journeys and
         sends to the local sandbox providers, on a simulated clock through 1997, all through
         the real `lifecycle` Prefect flow; then what happened, in a store owner's words."""
-        from clm_core.web.background import serving
-
         from clm_core.db.engine import describe
         from clm_core.delivery.unsubscribe import ensure_key_file
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.runs import last_runs, record_run
         from clm_core.settings import Settings
         from clm_core.web.app import create_app
+        from clm_core.web.serving import BackgroundServer
 
         started = time.perf_counter()
         settings = app.settings
@@ -247,7 +246,9 @@ def register(cli: click.Group) -> None:
             simulate = load_flow(app, "simulate", "simulate")
             try:
                 # clm serve's app answers the sandbox's signed callbacks, as in production
-                with serving(create_app(settings, app.engine)) as web_url:
+                web = BackgroundServer(create_app(settings, app.engine)).start()
+                try:
+                    web_url = web.url
                     if settings.public_base_url == Settings.public_base_url:
                         # unconfigured: the demo's links point at the service it runs
                         os.environ["CLM_PUBLIC_BASE_URL"] = web_url
@@ -261,6 +262,8 @@ def register(cli: click.Group) -> None:
                     state = call_flow(simulate, start=first, steps=weeks)
                     if server:
                         _drain_callbacks(server)
+                finally:
+                    web.stop()
             finally:
                 stats = server.store.stats() if server else None
                 if server:

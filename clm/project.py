@@ -25,13 +25,15 @@ SKELETON = PACKAGE / "skeleton"
 SHIPPED = ("journeys", "templates")
 
 # The deployments' schedules, overridable in [orchestration] of clm.toml.
-CRONS = {"lifecycle_cron": "30 2 * * *", "dispatch_cron": "*/5 * * * *", "fit_cron": "0 1 * * 0"}
+CRONS = {"lifecycle_cron": "30 2 * * *", "dispatch_cron": "*/5 * * * *", "fit_cron": "0 1 * * 0",
+         "report_cron": "0 6 * * 1"}
 ORCHESTRATION_KEYS = {*CRONS, "timezone", "task_runner", "dask_address", "dask_workers",
                       "max_workers"}
 # Flows as importable modules: they run from the installed package in any project directory.
 ENTRYPOINTS = {"lifecycle_entrypoint": "flows.lifecycle:lifecycle",
                "dispatch_entrypoint": "flows.dispatch:dispatch",
-               "fit_entrypoint": "flows.fit_models:fit_models"}
+               "fit_entrypoint": "flows.fit_models:fit_models",
+               "report_entrypoint": "flows.report:report"}
 
 
 def shipped(name: str) -> Path:

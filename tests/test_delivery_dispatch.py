@@ -183,7 +183,7 @@ def test_halted_channel_spends_no_attempts(tmp_path: Path, db_url: str, engine: 
     dispatch(root, engine)
     assert {(r["status"], r["attempts"]) for r in rows(engine)} == {("pending", 1)}
     sandbox.store.set_faults({})
-    dispatch(root, engine)
+    dispatch(root, engine, wait=5.0)  # the 429's Retry-After (1 s) is honoured, then it sends
     assert {(r["status"], r["attempts"]) for r in rows(engine)} == {("sent", 2)}
 
 

@@ -28,7 +28,7 @@ EXPECTED = {
     "unknown_field.yaml": (7, 12, "unknown field 'p_alve' (did you mean 'p_alive'?)"),
     "unknown_operator.yaml": (7, 28, "unknown operator 'greater'"),
     "duplicate_step_id.yaml": (10, 5, "step id 'hello' is used twice"),
-    "two_triggers.yaml": (3, 1, "entry needs exactly one trigger: stage, segment or event"),
+    "two_triggers.yaml": (3, 1, "entry needs exactly one trigger: stage, tier, segment or event"),
     "bad_time_of_day.yaml": (9, 12, 'a time of day is "HH:MM" on a 24-hour clock'),
     "bad_weekday.yaml": (9, 39, "Input should be 'mon', 'tue'"),
     "not_a_mapping.yaml": (1, 1, "a journey file is a mapping"),

@@ -191,7 +191,8 @@ def test_reactivated_lasts_90_days_from_the_comeback_purchase(engine: sa.Engine)
     """With rare scoring, the scoring that notices a comeback may come long after it: the 90
     days count from the purchase, not from that scoring."""
     ids = seed(engine)
-    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650,
+                             rhythm_min_buyers=3)
     score(engine, config, AS_OF)  # C and D churned as of 2024-06-30
     assert {scores(engine)[ids[k]]["stage"] for k in "CD"} == {"churned"}
     add_order(engine, ids["C"], "2024-07-05", 30.0)  # C comes back early in the quarter
@@ -220,7 +221,8 @@ def test_reactivated_lasts_90_days_from_the_comeback_purchase(engine: sa.Engine)
 
 def test_a_comeback_noticed_after_90_days_is_not_reactivated(engine: sa.Engine) -> None:
     ids = seed(engine)
-    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650,
+                             rhythm_min_buyers=3)
     score(engine, config, AS_OF)
     add_order(engine, ids["C"], "2024-07-01", 30.0)
     score(engine, config, date(2024, 10, 31))  # 122 days after the comeback
@@ -238,7 +240,8 @@ def test_scoring_uses_the_newest_fit_that_does_not_look_ahead(engine: sa.Engine)
         store_fit(conn, ModelFit("gamma_gamma", GG, -1.0, 7, 0.0, 0.0, "day", date(2024, 12, 31)))
     with engine.connect() as conn:
         first = conn.scalar(sa.select(sa.func.min(t.model_fits.c.id)))
-    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650)
+    config = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", fit_max_age_days=3650,
+                             rhythm_min_buyers=3)
     report = score(engine, config, AS_OF)
     assert (report.fit_id, report.fitted) == (first, False)
     assert {v["fit_id"] for v in scores(engine).values()} == {first}

@@ -24,6 +24,7 @@ from tests.conftest import REPO
 def project(tmp_path: Path) -> Path:
     for d in ("journeys", "templates"):
         shutil.copytree(REPO / d, tmp_path / d)
+    (tmp_path / "clm.toml").write_text("[clm]\n", encoding="utf-8")  # a project, as clm init makes
     return tmp_path
 
 

@@ -177,7 +177,7 @@ def test_tier_transitions_enter_journeys(tmp_path: Path, db_url: str, engine: sa
                                                    email=sa.literal("x@example.com")))
         write_frame(conn, t.customer_scores, pd.DataFrame(
             [{"customer_id": i, "as_of": pd.Timestamp("2025-03-31").date(), "stage": "active",
-              "scored_at": pd.Timestamp("2025-03-31")} for i in range(1, 5)]))
+              "recorded_at": pd.Timestamp("2025-03-31")} for i in range(1, 5)]))
     run(root, "loyalty", "--now", "2025-03-31 23:00")
     out = run(root, "plan", "--at", "2025-04-01 10:00")
     blocks = {b.split()[0]: b for b in out.split("\n\n")[1:]}

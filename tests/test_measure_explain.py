@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -15,7 +17,8 @@ from clm_core.measure.graph import condition_text, mermaid
 from tests.test_lifecycle_rules import REPO, STAGES
 from tests.test_lifecycle_scoring import AS_OF, add_order, seed
 
-CONFIG = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
+# the store of test_lifecycle_scoring has 3 repeat buyers: its rhythm is theirs
+CONFIG = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml", rhythm_min_buyers=3)
 
 
 def _leaves(node: dict) -> list[dict]:
@@ -46,19 +49,23 @@ def test_one_customer_per_stage_shows_the_rule_and_values(engine: sa.Engine) -> 
         assert story.history[-1]["to_stage"] == stage
 
 
-def test_changing_one_value_changes_the_explanation(engine: sa.Engine) -> None:
+def test_changing_one_value_changes_the_explanation(engine: sa.Engine, tmp_path: Path) -> None:
     ids = seed(engine)
     score(engine, CONFIG, as_of=AS_OF)
     url = engine.url.render_as_string(hide_password=False)
+    project = tmp_path / "shop"  # the repository's rules, with this store's rhythm (as CONFIG)
+    shutil.copytree(REPO / "journeys", project / "journeys")
+    (project / "clm.toml").write_text("[clm]\n[lifecycle]\nrhythm_min_buyers = 3\n")
     run = CliRunner()
-    before = run.invoke(cli, ["--database", url, "--project", str(REPO), "explain", "R"])
+    before = run.invoke(cli, ["--database", url, "--project", str(project), "explain", "R"])
     assert before.exit_code == 0, before.output
     assert "MATCHED  at_risk" in before.output and "days_since_last_order = 41" in before.output
     add_order(engine, ids["R"], "2024-06-28", 25.0)  # R buys again two days before the as-of date
     stale = explain(engine, CONFIG, "R")
     assert stale.stage == "at_risk" and stale.rules_stage != "at_risk"  # flagged, not hidden
     score(engine, CONFIG, as_of=AS_OF)
-    after = run.invoke(cli, ["--database", url, "--project", str(REPO), "explain", "R", "--json"])
+    after = run.invoke(cli, ["--database", url, "--project", str(project), "explain", "R",
+                             "--json"])
     assert after.exit_code == 0, after.output
     data = json.loads(after.output)
     assert data["stage"] != "at_risk" and data["rules_stage"] == data["stage"]
@@ -87,9 +94,9 @@ def test_graph_of_every_journey_names_steps_waits_branches_splits_exits() -> Non
     assert "entered 257" in text and "converted 15" in text and "reached 139" in text
     assert "wait 3w" in text and "exit (completed)" in text and "coupon 10%" in text
     assert "within 2w" in text
-    for path in sorted((REPO / "journeys").glob("*.yaml")):
-        if path.stem == "lifecycle":
-            continue
+    from clm_core.journeys.store import journey_files
+
+    for path in journey_files(REPO / "journeys"):
         out = mermaid(load_journey(path))
         assert all(f"s_{s.id}" in out for s in load_journey(path).spec.steps)
     cond = {

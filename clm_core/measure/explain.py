@@ -256,7 +256,7 @@ def explain(
                     "window_start",
                     "window_end",
                     "n_customers",
-                    "fitted_at",
+                    "recorded_at",
                 )
             },
             stage=scores.stage if scores is not None else None,
