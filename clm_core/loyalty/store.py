@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import ConfigError, InputError
+from clm_core.journeys.store import read_frame
 from clm_core.loyalty.ledger import (
     LEDGER_COLUMNS,
     REVERSED,
@@ -59,30 +60,12 @@ class Summary:
                 f"  tier changes: {self.tier_changes:,}; rewards issued: {self.rewards:,}"]
 
 
-def _frame(conn: Connection, query: sa.Select) -> pd.DataFrame:
-    """Rows as a DataFrame, column by column (building it from Row objects costs ten times
-    more); times arrive as text on SQLite and are parsed in one vectorised pass."""
-    times, cols = [], []
-    for col in query.selected_columns:
-        if isinstance(col.type, (sa.DateTime, sa.Date)):
-            times.append(col.name)
-            col = sa.type_coerce(col, sa.String).label(col.name)
-        cols.append(col)
-    result = conn.execute(query.with_only_columns(*cols))
-    keys = list(result.keys())
-    rows = result.fetchall()
-    df = pd.DataFrame(dict(zip(keys, map(list, zip(*rows)))) if rows else {k: [] for k in keys})
-    for name in times:
-        df[name] = pd.to_datetime(df[name], format="ISO8601").astype("datetime64[ns]")
-    return df
-
-
 def _birthday_months(conn: Connection) -> pd.DataFrame:
     """Birthday month per customer from the ``birthday`` attribute (YYYY-MM-DD or MM-DD);
     extracted by the database, so customers without one cost nothing."""
     c = t.customers
     birthday = c.c.attributes["birthday"].as_string()
-    df = _frame(conn, sa.select(c.c.id.label("customer_id"), birthday.label("birthday"))
+    df = read_frame(conn, sa.select(c.c.id.label("customer_id"), birthday.label("birthday"))
                 .where(birthday.is_not(None)))
     parts = df["birthday"].astype(str).str.split("-")
     month = pd.to_numeric(parts.str[-2], errors="coerce")
@@ -145,14 +128,14 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
         if ids:
             conn.execute(_IDS.insert(), [{"customer_id": i} for i in ids])
     o = t.orders
-    orders = _frame(conn, _only(sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
+    orders = read_frame(conn, _only(sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
                                           o.c.currency, o.c.status, o.c.points_redeemed)
                                 .where(o.c.ordered_at <= now), o.c.customer_id, only))
     orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
     orders["amount"] = orders["amount"].astype(float)
     if any(b.sku_prefix for b in prog.bonuses):
         i = t.order_items
-        skus = _frame(conn, _only(sa.select(i.c.order_id, i.c.sku)
+        skus = read_frame(conn, _only(sa.select(i.c.order_id, i.c.sku)
                                   .select_from(i.join(o, o.c.id == i.c.order_id)),
                                   o.c.customer_id, only))
     else:
@@ -161,7 +144,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
         pd.DataFrame({"customer_id": pd.Series(dtype="int64"),
                       "birthday_month": pd.Series(dtype=float)})
     lg = t.points_ledger
-    ledger = _frame(conn, _only(sa.select(*[lg.c[c] for c in LEDGER_COLUMNS]),
+    ledger = read_frame(conn, _only(sa.select(*[lg.c[c] for c in LEDGER_COLUMNS]),
                                 lg.c.customer_id, only))
     if ledger.empty:
         ledger = empty_ledger()
@@ -170,7 +153,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
     ledger["order_id"] = ledger["order_id"].astype(float)
     ledger["points"] = ledger["points"].astype("int64")
     st = t.loyalty_status
-    status = _frame(conn, _only(sa.select(*[st.c[c] for c in STATUS_COLUMNS]),
+    status = read_frame(conn, _only(sa.select(*[st.c[c] for c in STATUS_COLUMNS]),
                                 st.c.customer_id, only))
     if only:
         _IDS.drop(conn)
@@ -280,7 +263,7 @@ def adjust(engine: Engine, customer_ref: str, points: float, reason: str, now: d
 def ledger_of(engine: Engine, customer_id: int) -> pd.DataFrame:
     lg = t.points_ledger
     with engine.connect() as conn:
-        return _frame(conn, sa.select(lg.c.key, lg.c.kind, lg.c.points, lg.c.occurred_at,
+        return read_frame(conn, sa.select(lg.c.key, lg.c.kind, lg.c.points, lg.c.occurred_at,
                                       lg.c.expires_at, lg.c.reason)
                       .where(lg.c.customer_id == customer_id)
                       .order_by(lg.c.occurred_at, lg.c.id))
