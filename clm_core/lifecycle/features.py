@@ -166,6 +166,23 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
         raise ValueError(f"time unit must be one of {', '.join(UNIT_DAYS)}, got {time_unit!r}")
     params = _params(as_of) | ({"lo": ids[0], "hi": ids[1]} if ids else {})
     raw = _fetch(conn, _sql(conn.dialect.name, customer_columns, ranged=ids is not None), params)
+    return features_from_aggregates(raw, as_of, time_unit, typical_gap, rhythm)
+
+
+def features_from_aggregates(raw: pd.DataFrame, as_of: date, time_unit: str = "day",
+                             typical_gap: float | None = None,
+                             rhythm: Rhythm = DEFAULT_RHYTHM) -> Features:
+    """The features of customers from their purchase aggregates as of ``as_of`` (pure).
+
+    ``raw`` has one row per customer: customer_id, signed_up_at, n_orders, purchase_days,
+    first_order_at, last_order_at, total_spend, first_day_spend (NULL aggregates for a
+    prospect), previous_stage, previous_stage_since, and optionally the ``CUSTOMER_COLUMNS``
+    and first_order_in_stage_at. The SQL above produces it from the orders; a replay that keeps
+    the aggregates in memory (``clm_core.backtest``) passes its own, so both compute every
+    feature with this one function.
+    """
+    if time_unit not in UNIT_DAYS:
+        raise ValueError(f"time unit must be one of {', '.join(UNIT_DAYS)}, got {time_unit!r}")
     unit = UNIT_DAYS[time_unit]
     f = pd.DataFrame({"customer_id": raw["customer_id"].astype("int64")})
     n_orders = pd.to_numeric(raw["n_orders"]).astype("float64")
