@@ -45,31 +45,64 @@ def _from_local(local: pd.Series, zone: str, first: bool) -> pd.Series:
     return aware.dt.tz_convert("UTC").dt.tz_localize(None)
 
 
+def _distinct(utc: pd.Series, tz: pd.Series) -> tuple[pd.Series, pd.Series, np.ndarray]:
+    """The distinct (instant, zone) pairs and, per input row, which pair it is. A run computes
+    the same few instants (``now``, ``now`` + a wait) for many customers in a few zones, so
+    the time-zone arithmetic runs on a handful of pairs instead of every row. NaT rows share
+    the first valid instant's pair (callers mask them after)."""
+    instants = utc.to_numpy("datetime64[ns]")
+    missing = np.isnat(instants)
+    if missing.any():
+        fill = instants[~missing][0] if (~missing).any() else np.datetime64(0, "ns")
+        instants = np.where(missing, fill, instants)
+    icode, ivals = pd.factorize(instants.view(np.int64))
+    zcode, zvals = pd.factorize(tz.to_numpy(object))
+    pair, codes = np.unique(icode.astype(np.int64) * len(zvals) + zcode, return_inverse=True)
+    u = pd.Series(np.asarray(ivals)[pair // len(zvals)].view("datetime64[ns]"))
+    z = pd.Series(np.asarray(zvals, dtype=object)[pair % len(zvals)])
+    return u, z, codes.reshape(-1)
+
+
+def _zones_of(z: pd.Series) -> Iterable[tuple[str, np.ndarray]]:
+    zones = z.to_numpy(object)
+    for zone in pd.unique(zones):
+        yield str(zone), np.flatnonzero(zones == zone)
+
+
 def _by_zone(utc: pd.Series, tz: pd.Series, fn) -> pd.Series:  # type: ignore[no-untyped-def]
     """Apply ``fn`` (local wall clock -> later local wall clock) per zone; back to UTC.
 
     An ambiguous result takes its first occurrence unless that lies before the input."""
-    out = pd.Series(pd.NaT, index=utc.index, dtype="datetime64[ns]")
-    for zone, idx in tz.groupby(tz, sort=False).groups.items():
-        part = utc.loc[idx]
-        local = fn(_to_local(part, str(zone)))
-        first = _from_local(local, str(zone), True)
+    if not len(utc):
+        return pd.Series(pd.NaT, index=utc.index, dtype="datetime64[ns]")
+    u, z, codes = _distinct(utc, tz)
+    res = np.full(len(u), np.datetime64("NaT", "ns"))
+    for zone, pos in _zones_of(z):
+        part = pd.Series(u.to_numpy("datetime64[ns]")[pos])
+        local = fn(_to_local(part, zone))
+        first = _from_local(local, zone, True)
         later = first < part
         if later.any():
-            first[later] = _from_local(local[later], str(zone), False)
-        out.loc[idx] = first.to_numpy()
-    return out
+            first[later] = _from_local(local[later], zone, False)
+        res[pos] = first.to_numpy("datetime64[ns]")
+    out = res[codes]
+    out[np.isnat(utc.to_numpy("datetime64[ns]"))] = np.datetime64("NaT", "ns")
+    return pd.Series(out, index=utc.index, dtype="datetime64[ns]")
 
 
 def in_window(utc: pd.Series, tz: pd.Series, start: time, end: time) -> pd.Series:
     """True where the local time of day lies in [start, end) (the window may wrap midnight)."""
-    out = pd.Series(False, index=utc.index)
+    if not len(utc):
+        return pd.Series(False, index=utc.index)
+    u, z, codes = _distinct(utc, tz)
+    res = np.zeros(len(u), dtype=bool)
     s, e = _minutes(start), _minutes(end)
-    for zone, idx in tz.groupby(tz, sort=False).groups.items():
-        local = _to_local(utc.loc[idx], str(zone))
-        m = local.dt.hour * 60 + local.dt.minute
-        out.loc[idx] = ((m >= s) & (m < e)) if s < e else ((m >= s) | (m < e))
-    return out
+    instants = pd.DatetimeIndex(u.to_numpy("datetime64[ns]"))
+    for zone, pos in _zones_of(z):
+        local = instants[pos].tz_localize("UTC").tz_convert(zone)
+        m = np.asarray(local.hour) * 60 + np.asarray(local.minute)
+        res[pos] = ((m >= s) & (m < e)) if s < e else ((m >= s) | (m < e))
+    return pd.Series(res[codes] & utc.notna().to_numpy(), index=utc.index)
 
 
 def after_window(utc: pd.Series, tz: pd.Series, start: time, end: time) -> pd.Series:
