@@ -146,13 +146,15 @@ class ContactPolicy:
         tz = cust["tz"]
         freq = msgs["journey"].map({j: r.frequency for j, r in self.rules.items()})
         quiet_act = msgs["journey"].map({j: r.quiet_hours for j, r in self.rules.items()})
+        # Only these customers' ledger rows can block them: filter once, not per cap and round.
+        mine = self.ledger[self.ledger["customer_id"].isin(msgs["customer_id"].to_numpy())]
         for _ in range(MAX_ROUNDS):
             moved = pd.Series(False, index=msgs.index)
             for key, cap in self.caps.items():
                 m = membership[key] & ~final
                 if not m.any():
                     continue
-                led = self.ledger.loc[self.ledger[key], ["customer_id", "at"]]
+                led = mine.loc[mine[key], ["customer_id", "at"]]
                 here = pd.DataFrame({"customer_id": msgs.loc[m, "customer_id"], "s": s[m]})
                 here["row"] = here.index
                 near = here.merge(led, on="customer_id")
