@@ -155,3 +155,30 @@ def test_bad_input_is_one_clear_line(engine: sa.Engine, db_url: str, tmp_path: P
     import_cdnow(engine, sample=True)
     code, out = _clm(_project(tmp_path, db_url), db_url, "backtest", *args)
     assert code != 0 and says in out and "Traceback" not in out
+
+
+def test_tally_counts_customers_entering_several_journeys_in_a_week() -> None:
+    from datetime import datetime
+
+    from clm_core.backtest.replay import Step
+    from clm_core.journeys.engine import Plan, empty_enrollments
+
+    def step(day: date, entered: list[tuple[str, int]]) -> Step:
+        now = pd.Timestamp(datetime.combine(day + timedelta(days=1), datetime.min.time()))
+        frame = pd.DataFrame(entered, columns=["journey", "customer_id"]).assign(is_control=False)
+        msgs = pd.DataFrame(columns=["journey", "customer_id", "channel", "status", "reason",
+                                     "coupon"])
+        return Step(day, now.to_pydatetime(), 0, False, None, 3, pd.DataFrame(),
+                    Plan(now, empty_enrollments().assign(exited_at=pd.NaT), msgs, frame),
+                    pd.Series(dtype="int64"))
+
+    t = tally([step(date(2026, 1, 5), [("a", 1), ("a", 2)]),
+               step(date(2026, 1, 7), [("b", 1), ("b", 3)]),  # same week: customer 1 twice
+               step(date(2026, 1, 12), [("a", 3)])])          # next week: customer 3 once
+    weekly = t.weekly().set_index(["journey", "week"])
+    assert weekly.loc[("a", date(2026, 1, 5)), "multi_journey"] == 1
+    assert weekly.loc[("b", date(2026, 1, 5)), "multi_journey"] == 1
+    assert weekly.loc[("a", date(2026, 1, 12)), "multi_journey"] == 0
+    several = t.customers_in_several()
+    assert several.to_dict("records") == [{"week": date(2026, 1, 5), "customers": 1}]
+    assert t.totals().set_index("journey")["entered"].to_dict() == {"a": 3, "b": 2}
