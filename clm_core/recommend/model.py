@@ -1,0 +1,148 @@
+"""How recommendations are scored: from counts to a top k per customer.
+
+The question a recommendation answers is "what will this customer buy in their next order?".
+The counts that answer it, each over the orders a model is fitted on:
+
+- ``popular``: per SKU, the orders that contain it (``n``); ``n / orders`` is the chance that
+  an order contains it, the most-popular baseline's score.
+- ``pairs``: per pair (x, y), how often y is in a customer's *next* order after an order that
+  contains x (consecutive orders of one customer); ``anchors``: per x, the orders containing x
+  that have a next order. ``pairs / anchors`` estimates P(y in the next order | x in this one).
+
+Raw co-purchase counts degenerate to popularity (popular items co-occur with everything);
+conditioning on the anchor (dividing by its count) and on the *next* order instead of the same
+basket is what carries the signal: segment tastes persist from order to order, and items that
+complement what was bought follow it. Each conditional is shrunk towards popularity by
+``shrink`` pseudo-orders, ``(pairs + shrink * p) / (anchors + shrink)``, so a rarely bought
+anchor says little and a store without structure scores like the baseline.
+
+A customer's score for y is the weighted mean of these conditionals over the SKUs they bought,
+each weighted by the recency of its latest order (``decay`` per order back, the latest order
+weighing 1): the next order resembles the latest one most. What a customer owns is never
+recommended (the rule the baseline shares in the evaluation); customers without history get the
+popular items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SHRINK = 20.0  # pseudo-orders of popularity behind every anchor's conditional
+DECAY = 0.5  # weight of an item bought one order further back
+
+
+@dataclass(frozen=True)
+class ItemModel:
+    """Item vocabulary (most popular first), popularity and next-order conditionals."""
+
+    skus: np.ndarray
+    names: np.ndarray
+    popularity: np.ndarray  # P(an order contains the SKU)
+    follow: np.ndarray  # (n, n) float32: P(column in the next order | row in this one)
+
+    @property
+    def index(self) -> pd.Index:
+        return pd.Index(self.skus)
+
+    @classmethod
+    def from_counts(cls, popular: pd.DataFrame, pairs: pd.DataFrame, anchors: pd.DataFrame,
+                    orders: int, shrink: float = SHRINK) -> ItemModel:
+        """``popular`` (sku, name, n) most popular first; ``pairs`` (x, y, n); ``anchors``
+        (sku, n); ``orders`` the number of orders the counts come from."""
+        skus = popular["sku"].astype(str).to_numpy()
+        names = popular["name"].fillna(popular["sku"]).astype(str).to_numpy()
+        index = pd.Index(skus)
+        p = (popular["n"].to_numpy(dtype=np.float64) / max(orders, 1)).astype(np.float32)
+        counts = np.zeros((len(skus), len(skus)), dtype=np.float32)
+        if len(pairs):
+            x = index.get_indexer(pairs["x"].astype(str))
+            y = index.get_indexer(pairs["y"].astype(str))
+            ok = (x >= 0) & (y >= 0)
+            counts[x[ok], y[ok]] = pairs["n"].to_numpy(dtype=np.float32)[ok]
+        base = np.zeros(len(skus), dtype=np.float32)
+        if len(anchors):
+            a = index.get_indexer(anchors["sku"].astype(str))
+            base[a[a >= 0]] = anchors["n"].to_numpy(dtype=np.float32)[a >= 0]
+        follow = (counts + shrink * p[None, :]) / (base[:, None] + shrink)
+        return cls(skus, names, p, follow.astype(np.float32))
+
+    def top(self, customers: Sequence[int], history: pd.DataFrame, k: int,
+            owned: pd.DataFrame | None = None) -> np.ndarray:
+        """(len(customers), k) column indices into ``skus``, best first; -1 where fewer than k
+        SKUs are left. ``history`` (customer_id, sku, weight) weighs what each bought;
+        ``owned`` (customer_id, sku) is excluded (default: the SKUs in ``history``)."""
+        rows = pd.Index(customers)
+        weights = self._matrix(rows, history, "weight")
+        total = weights.sum(axis=1, keepdims=True)
+        score = np.where(total > 0, (weights @ self.follow) / np.maximum(total, 1e-12),
+                         self.popularity[None, :])
+        mask = self._matrix(rows, history if owned is None else owned, None) > 0
+        return best(score, mask, k)
+
+    def _matrix(self, rows: pd.Index, frame: pd.DataFrame, column: str | None) -> np.ndarray:
+        out = np.zeros((len(rows), len(self.skus)), dtype=np.float32)
+        if len(frame):
+            r = rows.get_indexer(frame["customer_id"])
+            c = self.index.get_indexer(frame["sku"].astype(str))
+            ok = (r >= 0) & (c >= 0)
+            values = 1.0 if column is None else frame[column].to_numpy(dtype=np.float32)[ok]
+            np.maximum.at(out, (r[ok], c[ok]), values)
+        return out
+
+
+def best(score: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Top ``k`` columns per row of ``score`` skipping masked ones (-1 when none is left); ties
+    go to the lower column, the more popular SKU."""
+    score = np.where(mask, -np.inf, score)
+    k = min(k, score.shape[1])
+    top = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    return np.where(np.isfinite(np.take_along_axis(score, top, axis=1)), top, -1)
+
+
+def popular_top(model: ItemModel, customers: Sequence[int], owned: pd.DataFrame,
+                k: int) -> np.ndarray:
+    """The most-popular baseline under the recommender's rule: the ``k`` most popular SKUs
+    each customer does not own."""
+    mask = model._matrix(pd.Index(customers), owned, None) > 0
+    return best(np.broadcast_to(model.popularity, mask.shape), mask, k)
+
+
+def recency_weights(lines: pd.DataFrame, decay: float = DECAY) -> pd.DataFrame:
+    """(customer_id, sku, weight) from order lines (customer_id, order_id, ordered_at, sku):
+    ``decay ** orders_back`` of the latest order holding the SKU (the latest order is 0 back)."""
+    if lines.empty:
+        return pd.DataFrame({"customer_id": [], "sku": [], "weight": []})
+    orders = lines[["customer_id", "order_id", "ordered_at"]].drop_duplicates("order_id")
+    orders = orders.sort_values(["customer_id", "ordered_at", "order_id"])
+    back = orders.groupby("customer_id").cumcount(ascending=False)
+    lines = lines.assign(back=lines["order_id"].map(pd.Series(back.to_numpy(),
+                                                              index=orders["order_id"])))
+    latest = lines.groupby(["customer_id", "sku"], as_index=False)["back"].min()
+    latest["weight"] = decay ** latest.pop("back").to_numpy(dtype=np.float64)
+    return latest
+
+
+def counts_from_lines(lines: pd.DataFrame, limit: int
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """``ItemModel.from_counts`` arguments from order lines in memory (customer_id, order_id,
+    ordered_at, sku, product_name): the same counts the store's SQL gives."""
+    lines = lines.drop_duplicates(["order_id", "sku"])
+    popular = (lines.groupby("sku", as_index=False)
+               .agg(name=("product_name", "max"), n=("order_id", "size"))
+               .sort_values(["n", "sku"], ascending=[False, True], kind="stable").head(limit))
+    orders = lines[["customer_id", "order_id", "ordered_at"]].drop_duplicates("order_id")
+    orders = orders.sort_values(["customer_id", "ordered_at", "order_id"])
+    same = orders["customer_id"].to_numpy()[1:] == orders["customer_id"].to_numpy()[:-1]
+    ids = orders["order_id"].to_numpy()
+    nxt = pd.DataFrame({"order_id": ids[:-1][same], "next_id": ids[1:][same]})
+    kept = lines.loc[lines["sku"].isin(popular["sku"]), ["order_id", "sku"]]
+    prev = kept.merge(nxt, on="order_id")
+    anchors = prev.groupby("sku", as_index=False).size().rename(columns={"size": "n"})
+    pairs = (prev.rename(columns={"sku": "x"})
+             .merge(kept.rename(columns={"order_id": "next_id", "sku": "y"}), on="next_id")
+             .groupby(["x", "y"], as_index=False).size().rename(columns={"size": "n"}))
+    return popular, pairs, anchors, len(orders)
