@@ -34,6 +34,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from clm_core.ingest.synthetic import SyntheticParams, generate_frames
+
 ADJECTIVES = ("Classic", "Organic", "Deluxe", "Everyday", "Compact", "Premium", "Travel",
               "Family", "Mini", "Pro")
 CATEGORY_NAMES = ("Coffee", "Tea", "Snacks", "Kitchen", "Garden", "Books", "Music", "Toys",
@@ -187,3 +189,22 @@ def order_items(rng: np.random.Generator, orders: pd.DataFrame, segments: pd.Ser
         "quantity": lines["quantity"].to_numpy(),
         "unit_price": catalog.price[prod],
     })
+
+
+def simulated_lines(customers: int, seed: int = 0, params: CatalogParams | None = None,
+                    synthetic: SyntheticParams | None = None) -> pd.DataFrame:
+    """Order lines of a whole simulated store, in memory: the synthetic store's orders
+    (``ingest.synthetic``, customers numbered from 1) with this module's items. Columns:
+    customer_id, order_id, ordered_at, segment, and the ``order_items`` columns."""
+    params = params or CatalogParams()
+    _, orders = generate_frames(customers, seed, synthetic)
+    frame = pd.DataFrame({
+        "order_id": np.arange(1, len(orders) + 1),
+        "customer_id": orders["customer_external_id"].str.rsplit("-", n=1).str[1].astype(int),
+        "ordered_at": orders["ordered_at"].to_numpy()})
+    rng = np.random.default_rng([seed, 1])
+    segments = pd.Series(draw_segments(rng, customers, params), index=np.arange(1, customers + 1))
+    items = order_items(rng, frame, segments, params)
+    lines = items.merge(frame, on="order_id")
+    lines["segment"] = segments.reindex(lines["customer_id"]).to_numpy()
+    return lines

@@ -12,9 +12,10 @@ The counts that answer it, each over the orders a model is fitted on:
 Raw co-purchase counts degenerate to popularity (popular items co-occur with everything);
 conditioning on the anchor (dividing by its count) and on the *next* order instead of the same
 basket is what carries the signal: segment tastes persist from order to order, and items that
-complement what was bought follow it. Each conditional is shrunk towards popularity by
-``shrink`` pseudo-orders, ``(pairs + shrink * p) / (anchors + shrink)``, so a rarely bought
-anchor says little and a store without structure scores like the baseline.
+complement what was bought follow it. Each conditional is shrunk towards popularity by ``m``
+pseudo-orders, ``(pairs + m * p) / (anchors + m)``, with ``m`` estimated from the counts
+(empirical Bayes, ``estimate_shrink``): a rarely bought anchor says little, and a store without
+structure scores like the baseline instead of chasing noise.
 
 A customer's score for y is the weighted mean of these conditionals over the SKUs they bought,
 each weighted by the recency of its latest order (``decay`` per order back, the latest order
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-SHRINK = 20.0  # pseudo-orders of popularity behind every anchor's conditional
+MAX_SHRINK = 1e6  # no evidence of structure: popularity throughout
+MIN_SHRINK = 1.0  # at least one pseudo-order, however strong the spread looks on little data
 DECAY = 0.5  # weight of an item bought one order further back
 
 
@@ -43,6 +45,7 @@ class ItemModel:
     names: np.ndarray
     popularity: np.ndarray  # P(an order contains the SKU)
     follow: np.ndarray  # (n, n) float32: P(column in the next order | row in this one)
+    shrink: float = 0.0  # the pseudo-orders of popularity used
 
     @property
     def index(self) -> pd.Index:
@@ -50,9 +53,11 @@ class ItemModel:
 
     @classmethod
     def from_counts(cls, popular: pd.DataFrame, pairs: pd.DataFrame, anchors: pd.DataFrame,
-                    orders: int, shrink: float = SHRINK) -> ItemModel:
+                    orders: int, shrink: float | None = None) -> ItemModel:
         """``popular`` (sku, name, n) most popular first; ``pairs`` (x, y, n); ``anchors``
-        (sku, n); ``orders`` the number of orders the counts come from."""
+        (sku, n); ``orders`` the number of orders the counts come from. ``shrink``: the
+        pseudo-orders of popularity behind each conditional (default: estimated from the
+        counts, ``estimate_shrink``)."""
         skus = popular["sku"].astype(str).to_numpy()
         names = popular["name"].fillna(popular["sku"]).astype(str).to_numpy()
         index = pd.Index(skus)
@@ -67,8 +72,9 @@ class ItemModel:
         if len(anchors):
             a = index.get_indexer(anchors["sku"].astype(str))
             base[a[a >= 0]] = anchors["n"].to_numpy(dtype=np.float32)[a >= 0]
-        follow = (counts + shrink * p[None, :]) / (base[:, None] + shrink)
-        return cls(skus, names, p, follow.astype(np.float32))
+        m = estimate_shrink(counts, base, p) if shrink is None else shrink
+        follow = (counts + m * p[None, :]) / (base[:, None] + m)
+        return cls(skus, names, p, follow.astype(np.float32), m)
 
     def top(self, customers: Sequence[int], history: pd.DataFrame, k: int,
             owned: pd.DataFrame | None = None) -> np.ndarray:
@@ -76,14 +82,14 @@ class ItemModel:
         SKUs are left. ``history`` (customer_id, sku, weight) weighs what each bought;
         ``owned`` (customer_id, sku) is excluded (default: the SKUs in ``history``)."""
         rows = pd.Index(customers)
-        weights = self._matrix(rows, history, "weight")
+        weights = self.matrix(rows, history, "weight")
         total = weights.sum(axis=1, keepdims=True)
         score = np.where(total > 0, (weights @ self.follow) / np.maximum(total, 1e-12),
                          self.popularity[None, :])
-        mask = self._matrix(rows, history if owned is None else owned, None) > 0
+        mask = self.matrix(rows, history if owned is None else owned, None) > 0
         return best(score, mask, k)
 
-    def _matrix(self, rows: pd.Index, frame: pd.DataFrame, column: str | None) -> np.ndarray:
+    def matrix(self, rows: pd.Index, frame: pd.DataFrame, column: str | None) -> np.ndarray:
         out = np.zeros((len(rows), len(self.skus)), dtype=np.float32)
         if len(frame):
             r = rows.get_indexer(frame["customer_id"])
@@ -92,6 +98,34 @@ class ItemModel:
             values = 1.0 if column is None else frame[column].to_numpy(dtype=np.float32)[ok]
             np.maximum.at(out, (r[ok], c[ok]), values)
         return out
+
+
+def estimate_shrink(counts: np.ndarray, anchors: np.ndarray, p: np.ndarray) -> float:
+    """The shrinkage the counts call for, by empirical Bayes (method of moments).
+
+    Model: an anchor x followed by ``N_x`` next orders, of which ``c_xy`` contain y, with
+    ``c_xy ~ Binomial(N_x, q_xy)`` and ``q_xy ~ Beta`` of mean ``p_y`` and concentration ``m``.
+    Then ``(c_xy + m p_y) / (N_x + m)`` is the posterior mean of ``q_xy``, and
+    ``E[(c/N - p)^2 N / (p (1 - p))] = 1 + (N - 1) / (m + 1)``: the spread of the observed
+    conditionals beyond binomial noise says how far they really differ from popularity. Pooled
+    over every pair, ``1 / (m + 1)`` is the excess spread per extra next order. Where the
+    conditionals spread no more than noise (a store without structure, or too few orders to
+    tell) ``m`` is ``MAX_SHRINK`` and every score is popularity: the recommender then ties the
+    baseline instead of chasing noise.
+    """
+    n = anchors[:, None].astype(np.float64)
+    q = p[None, :].astype(np.float64)
+    ok = (n > 0) & (q > 0) & (q < 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(ok, (counts / np.maximum(n, 1) - q) ** 2 * n / (q * (1 - q)) - 1.0, 0.0)
+    extra = float(np.where(ok, n - 1, 0).sum())
+    excess = float(z.sum()) / max(extra, 1.0)
+    # Structure only when the excess spread stands out of its own noise (two standard errors,
+    # the terms taken as independent): on a few orders chance alone looks like taste.
+    noise = float(np.sqrt(ok.sum()) * z[ok].std()) / max(extra, 1.0) if ok.any() else np.inf
+    if excess <= 2 * noise or excess <= 1.0 / (MAX_SHRINK + 1):
+        return MAX_SHRINK
+    return float(np.clip(1.0 / excess - 1.0, MIN_SHRINK, MAX_SHRINK))
 
 
 def best(score: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
@@ -107,7 +141,7 @@ def popular_top(model: ItemModel, customers: Sequence[int], owned: pd.DataFrame,
                 k: int) -> np.ndarray:
     """The most-popular baseline under the recommender's rule: the ``k`` most popular SKUs
     each customer does not own."""
-    mask = model._matrix(pd.Index(customers), owned, None) > 0
+    mask = model.matrix(pd.Index(customers), owned, None) > 0
     return best(np.broadcast_to(model.popularity, mask.shape), mask, k)
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.lifecycle.features import NOT_PURCHASES
-from clm_core.recommend.model import DECAY, SHRINK, ItemModel, recency_weights
+from clm_core.recommend.model import DECAY, ItemModel, recency_weights
 
 CATALOGUE_LIMIT = 2000
 
@@ -88,7 +88,7 @@ class Recommender:
     products for customers without history (see ``clm_core.recommend.model``)."""
 
     def __init__(self, engine: Engine, k: int = 3, catalogue_limit: int = CATALOGUE_LIMIT,
-                 as_of: datetime | None = None, shrink: float = SHRINK, decay: float = DECAY):
+                 as_of: datetime | None = None, shrink: float | None = None, decay: float = DECAY):
         self.engine, self.k, self.as_of, self.decay = engine, k, as_of, decay
         with engine.connect() as conn:
             self.model = ItemModel.from_counts(*read_counts(conn, catalogue_limit, as_of),
