@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -105,18 +106,32 @@ def holdout_last_orders(lines: pd.DataFrame) -> pd.DataFrame:
     return orders[size >= 2].drop_duplicates("customer_id", keep="last").reset_index(drop=True)
 
 
-def hits(top: np.ndarray, held: np.ndarray) -> np.ndarray:
-    """Per row: one of the recommended columns (``-1`` = none) is among ``held``'s."""
-    got = np.take_along_axis(held, np.maximum(top, 0), axis=1) & (top >= 0)
-    return got.any(axis=1)
+def hits(recommended: np.ndarray, ids: Sequence[int], bought: pd.DataFrame) -> np.ndarray:
+    """Per customer of ``ids``: one of their recommended SKUs (a row of ``recommended``, ""
+    for none) is among the (customer_id, sku) rows of ``bought``."""
+    k = recommended.shape[1]
+    recs = pd.DataFrame({"customer_id": np.repeat(np.asarray(ids), k),
+                         "sku": recommended.ravel().astype(str)})
+    got = recs.merge(bought[["customer_id", "sku"]].drop_duplicates(), on=["customer_id", "sku"])
+    return pd.Index(ids).isin(got["customer_id"].unique())
+
+
+def as_skus(model: ItemModel, top: np.ndarray) -> np.ndarray:
+    """Column indices (-1 for none) as SKUs ("" for none)."""
+    return np.where(top >= 0, model.skus[np.maximum(top, 0)] if len(model.skus) else "", "")
+
+
+# Another recommender to measure the same way: (training lines, customers, their history, k)
+# -> SKUs, one row per customer, k columns, "" where there are fewer.
+Method = Callable[[pd.DataFrame, list[int], pd.DataFrame, int], np.ndarray]
 
 
 def evaluate(lines: pd.DataFrame, k: int = 3, periods: int = 12,
              limit: int = CATALOGUE_LIMIT, shrink: float | None = None, decay: float = DECAY,
-             seed: int = 0) -> Evaluation:
-    """Hit rate at ``k`` of the recommender and the baseline on order ``lines`` (customer_id,
-    order_id, ordered_at, sku, product_name): purchases only, as ``recommender.read_lines``
-    gives them."""
+             seed: int = 0, method: Method | None = None) -> Evaluation:
+    """Hit rate at ``k`` of the recommender (or ``method``) and the baseline on order ``lines``
+    (customer_id, order_id, ordered_at, sku, product_name): purchases only, as
+    ``recommender.read_lines`` gives them."""
     started = time.perf_counter()
     lines = lines.assign(sku=lines["sku"].astype(str))
     held = holdout_last_orders(lines)
@@ -130,16 +145,17 @@ def evaluate(lines: pd.DataFrame, k: int = 3, periods: int = 12,
         target = lines[lines["order_id"].isin(held_ids)]
         for group in groups:
             who = held.iloc[group]
-            cut = who["ordered_at"].min()
-            model = ItemModel.from_counts(*counts_from_lines(lines[lines["ordered_at"] < cut],
-                                                             limit), shrink=shrink)
+            train = lines[lines["ordered_at"] < who["ordered_at"].min()]
+            model = ItemModel.from_counts(*counts_from_lines(train, limit), shrink=shrink)
             ids = who["customer_id"].tolist()
             history = past[past["customer_id"].isin(ids)]
             owned = history[["customer_id", "sku"]]
-            bought = model.matrix(pd.Index(ids), target[target["customer_id"].isin(ids)],
-                                   None) > 0
-            rec[group] = hits(model.top(ids, recency_weights(history, decay), k, owned), bought)
-            base[group] = hits(popular_top(model, ids, owned, k), bought)
+            bought = target[target["customer_id"].isin(ids)]
+            recommended = (as_skus(model, model.top(ids, recency_weights(history, decay), k,
+                                                    owned))
+                           if method is None else method(train, ids, history, k))
+            rec[group] = hits(recommended, ids, bought)
+            base[group] = hits(as_skus(model, popular_top(model, ids, owned, k)), ids, bought)
         periods = len(groups)
     return compare(rec, base, k, periods, time.perf_counter() - started, seed)
 
