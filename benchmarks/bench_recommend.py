@@ -37,10 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.measure import cpu_seconds  # noqa: E402
 from clm_core.db import tables as t  # noqa: E402
-from clm_core.db.bulk import write_frame  # noqa: E402
 from clm_core.db.migrate import open_database  # noqa: E402
-from clm_core.ingest.synthetic import load_synthetic  # noqa: E402
-from clm_core.recommend.catalog import CatalogParams, simulated_lines  # noqa: E402
+from clm_core.recommend.catalog import CatalogParams, load_simulated, simulated_lines  # noqa: E402
 from clm_core.recommend.evaluate import Evaluation, evaluate  # noqa: E402
 from clm_core.recommend.model import best  # noqa: E402
 from clm_core.recommend.recommender import CATALOGUE_LIMIT, Recommender, read_lines  # noqa: E402
@@ -82,24 +80,6 @@ def report(name: str, ev: Evaluation, wall: float, cpu: float) -> None:
         print("  " + row)
 
 
-def store_in_sqlite(customers: int, seed: int, params: CatalogParams) -> str:
-    """The structured store written to a SQLite file (customers, orders, order_items)."""
-    url = f"sqlite:///{tempfile.mkdtemp(prefix='clm-bench-')}/recommend.db"
-    engine = open_database(url)
-    load_synthetic(engine, customers, seed=seed)
-    lines = simulated_lines(customers, seed, params)
-    with engine.begin() as conn:
-        ids = pd.read_sql(sa.select(t.orders.c.id, t.orders.c.external_id), conn)
-        order_id = pd.Series(ids["id"].to_numpy(), index=ids["external_id"].to_numpy())
-        items = lines[["order_id", "line_no", "sku", "product_name", "quantity", "unit_price"]]
-        # simulated_lines numbers orders 1.. in the synthetic store's order: syn-o00000001...
-        items = items.assign(order_id=order_id.reindex(
-            [f"syn-o{i:08d}" for i in items["order_id"]]).to_numpy())
-        write_frame(conn, t.order_items, items, bulk=True)
-    engine.dispose()
-    return url
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,8 +102,9 @@ def main() -> None:
         report("  raw co-purchase counts (earlier)", ev, wall, cpu)
 
     if not args.skip_sql:
-        url = store_in_sqlite(args.customers, args.seed, CatalogParams())
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='clm-bench-')}/recommend.db"
         engine = open_database(url)
+        load_simulated(engine, args.customers, args.seed, CatalogParams())
         rec, wall, cpu = timed(lambda: Recommender(engine, k=args.k))
         print(f"\nRecommender on SQLite ({args.customers:,} customers): counts read in "
               f"{wall:.2f} s wall {cpu:.2f} s CPU ({len(rec.skus):,} SKUs, "

@@ -33,8 +33,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
-from clm_core.ingest.synthetic import SyntheticParams, generate_frames
+from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
+from clm_core.ingest.people import numbered
+from clm_core.ingest.synthetic import SyntheticParams, generate_frames, load_synthetic
 
 ADJECTIVES = ("Classic", "Organic", "Deluxe", "Everyday", "Compact", "Premium", "Travel",
               "Family", "Mini", "Pro")
@@ -191,6 +196,11 @@ def order_items(rng: np.random.Generator, orders: pd.DataFrame, segments: pd.Ser
     })
 
 
+def simulated_catalog(seed: int = 0, params: CatalogParams | None = None) -> Catalog:
+    """The catalogue ``simulated_lines`` uses for ``seed``."""
+    return make_catalog(np.random.default_rng([seed, 2]), params or CatalogParams())
+
+
 def simulated_lines(customers: int, seed: int = 0, params: CatalogParams | None = None,
                     synthetic: SyntheticParams | None = None) -> pd.DataFrame:
     """Order lines of a whole simulated store, in memory: the synthetic store's orders
@@ -204,7 +214,27 @@ def simulated_lines(customers: int, seed: int = 0, params: CatalogParams | None 
         "ordered_at": orders["ordered_at"].to_numpy()})
     rng = np.random.default_rng([seed, 1])
     segments = pd.Series(draw_segments(rng, customers, params), index=np.arange(1, customers + 1))
-    items = order_items(rng, frame, segments, params)
+    items = order_items(rng, frame, segments, params, simulated_catalog(seed, params))
     lines = items.merge(frame, on="order_id")
     lines["segment"] = segments.reindex(lines["customer_id"]).to_numpy()
     return lines
+
+
+def load_simulated(engine: Engine, customers: int, seed: int = 0,
+                   params: CatalogParams | None = None) -> int:
+    """The synthetic store (``ingest.synthetic.load_synthetic``) with this module's items
+    written to ``order_items`` (replacing the items of its orders); the lines written."""
+    load_synthetic(engine, customers, seed=seed)
+    lines = simulated_lines(customers, seed, params)
+    with engine.begin() as conn:
+        ids = pd.read_sql(sa.select(t.orders.c.id, t.orders.c.external_id)
+                          .where(t.orders.c.external_id.like("syn-o%")), conn)
+        order_id = pd.Series(ids["id"].to_numpy(), index=ids["external_id"].to_numpy())
+        # simulated_lines numbers the orders from 1 in the synthetic store's order (syn-o...).
+        wanted = numbered("syn-o", lines["order_id"].to_numpy(), 8)
+        items = lines[["line_no", "sku", "product_name", "quantity", "unit_price"]]
+        items.insert(0, "order_id", order_id.reindex(wanted).to_numpy())
+        conn.execute(t.order_items.delete().where(t.order_items.c.order_id.in_(
+            sa.select(t.orders.c.id).where(t.orders.c.external_id.like("syn-o%")))))
+        write_frame(conn, t.order_items, items, bulk=True)
+    return len(items)

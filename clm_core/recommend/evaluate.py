@@ -5,10 +5,11 @@ items). A hit: the held-out order contains at least one of the k SKUs recommende
 
 Point in time, no look-ahead: the held-out orders are split by time into ``periods`` groups of
 equal size; a group's model is fitted on the orders placed strictly before the group's earliest
-held-out order, so no held-out order, and nothing placed at or after it, shapes its own
-recommendation (other customers' orders from the group's own stretch of time are left out too,
-which costs a little signal and never leaks any). The customer's own history is every order of
-theirs before the held-out one. Both the recommender and the baseline see exactly that: the
+held-out order, leaving out every held-out order (including other customers' earlier ones). So
+nothing placed at or after a held-out order, and no held-out order at all, shapes any
+recommendation; the orders of the group's own stretch of time are left out too, which costs a
+little signal and never leaks any. The customer's own history is every order of theirs before
+the held-out one. Both the recommender and the baseline see exactly that: the
 same counts, the same history, the same rule (never a SKU the customer owns).
 
 The baseline: the k most popular SKUs (by orders containing them, in the same training orders)
@@ -141,11 +142,11 @@ def evaluate(lines: pd.DataFrame, k: int = 3, periods: int = 12,
         groups = np.array_split(np.argsort(held["ordered_at"].to_numpy(), kind="stable"),
                                 max(1, min(periods, len(held))))
         held_ids = set(held["order_id"])
-        past = lines[~lines["order_id"].isin(held_ids)]  # each customer's history
+        past = lines[~lines["order_id"].isin(held_ids)]  # histories; no held-out order
         target = lines[lines["order_id"].isin(held_ids)]
         for group in groups:
             who = held.iloc[group]
-            train = lines[lines["ordered_at"] < who["ordered_at"].min()]
+            train = past[past["ordered_at"] < who["ordered_at"].min()]
             model = ItemModel.from_counts(*counts_from_lines(train, limit), shrink=shrink)
             ids = who["customer_id"].tolist()
             history = past[past["customer_id"].isin(ids)]
