@@ -4,13 +4,17 @@ where there is not), and the SQL counts matching the in-memory ones on both data
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from clm import cli
 from clm_core.db import tables as t
 from clm_core.recommend.catalog import (
     CatalogParams,
@@ -159,3 +163,23 @@ def test_recommender_follows_what_was_bought_and_skips_what_is_owned(engine: sa.
     assert [r["sku"] for r in got[41]] == ["B", "C"] and got[41][0]["name"] == "Item B"
     assert [r["sku"] for r in got[1]] == ["C"]  # owns the rest
     assert [r["sku"] for r in got[42]] == ["C", "A"]  # no history before as_of: best sellers
+
+
+def test_clm_recommend_evaluate(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+    (tmp_path / "clm.toml").write_text("[clm]\n", encoding="utf-8")
+    base = ["--database", db_url, "--project", str(tmp_path), "recommend", "evaluate"]
+    empty = CliRunner().invoke(cli, base)
+    assert empty.exit_code == 1 and "no order items" in empty.output
+    assert "Traceback" not in empty.output
+    load_simulated(engine, 400, seed=2)
+    text = CliRunner().invoke(cli, base)
+    assert text.exit_code == 0, text.output
+    assert "hit rate at 3: recommender" in text.output and "Wilson" in text.output
+    out = CliRunner().invoke(cli, [*base, "--json", "-k", "5"])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    with engine.connect() as conn:
+        expected = evaluate(read_lines(conn), k=5)
+    assert got["k"] == 5 and got["customers"] == expected.customers > 0
+    assert got["recommender"]["hits"] == expected.recommender.hits
+    assert got["baseline"]["hits"] == expected.baseline.hits
