@@ -24,7 +24,7 @@ from clm_core.recommend.catalog import (
     simulated_lines,
 )
 from clm_core.recommend.evaluate import evaluate, holdout_last_orders
-from clm_core.recommend.model import MAX_SHRINK, ItemModel, counts_from_lines
+from clm_core.recommend.model import MAX_SHRINK, ItemModel, counts_from_lines, popular_top
 from clm_core.recommend.recommender import Recommender, read_counts, read_lines
 
 
@@ -183,3 +183,24 @@ def test_clm_recommend_evaluate(tmp_path: Path, db_url: str, engine: sa.Engine) 
     assert got["k"] == 5 and got["customers"] == expected.customers > 0
     assert got["recommender"]["hits"] == expected.recommender.hits
     assert got["baseline"]["hits"] == expected.baseline.hits
+
+
+def test_owned_items_come_back_only_when_the_store_shows_repeats() -> None:
+    """Thirty customers buy coffee K in each of three orders; thirty buy a grinder G, then a
+    filter F. K is offered again to a customer who owns it; G, never bought twice, is not."""
+    rows = []
+    for cid in range(30):
+        rows += [(cid, cid * 10 + n, n, "K") for n in range(3)]
+    for cid in range(30, 60):
+        rows += [(cid, cid * 10, 0, "G"), (cid, cid * 10 + 1, 1, "F")]
+    lines = pd.DataFrame(rows, columns=["customer_id", "order_id", "day", "sku"])
+    lines["ordered_at"] = pd.Timestamp("2026-01-01") + pd.to_timedelta(lines.pop("day"), "D")
+    lines["product_name"] = lines["sku"]
+    model = ItemModel.from_counts(*counts_from_lines(lines, 10))
+    assert list(model.skus[model.repeats]) == ["K"]
+    history = pd.DataFrame({"customer_id": [100, 101], "sku": ["K", "G"], "weight": 1.0})
+    top = model.top([100, 101], history, k=3)
+    assert model.skus[top[0][0]] == "K"
+    assert "G" not in {model.skus[j] for j in top[1] if j >= 0}
+    base = popular_top(model, [100, 101], history, k=3)
+    assert "K" in model.skus[base[0]] and "G" not in model.skus[base[1][base[1] >= 0]]

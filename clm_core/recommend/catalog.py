@@ -30,6 +30,7 @@ each step vectorised over all customers.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class CatalogParams:
     extra_quantity: float = 0.3  # quantity is 1 + Poisson(extra_quantity)
 
     @classmethod
-    def unstructured(cls, **changes: float) -> CatalogParams:
+    def unstructured(cls, **changes: Any) -> CatalogParams:
         """Items from one global popularity: no segments, complements or repeats."""
         return replace(cls(taste=np.inf, p_together=0.0, p_follow=0.0, p_repeat=0.0), **changes)
 

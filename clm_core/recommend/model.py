@@ -19,9 +19,10 @@ structure scores like the baseline instead of chasing noise.
 
 A customer's score for y is the weighted mean of these conditionals over the SKUs they bought,
 each weighted by the recency of its latest order (``decay`` per order back, the latest order
-weighing 1): the next order resembles the latest one most. What a customer owns is never
-recommended (the rule the baseline shares in the evaluation); customers without history get the
-popular items.
+weighing 1): the next order resembles the latest one most. What a customer owns is not
+recommended, unless the orders show the SKU is bought again (``ItemModel.repeats``: coffee
+yes, a CD no); the baseline shares that rule in the evaluation. Customers without history get
+the popular items.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 MAX_SHRINK = 1e6  # no evidence of structure: popularity throughout
+REPEAT_ODDS = 2.0  # odds ratio of rebuying over buying at which a SKU is offered again
 MIN_SHRINK = 1.0  # at least one pseudo-order, however strong the spread looks on little data
 DECAY = 0.5  # weight of an item bought one order further back
 
@@ -46,6 +48,21 @@ class ItemModel:
     popularity: np.ndarray  # P(an order contains the SKU)
     follow: np.ndarray  # (n, n) float32: P(column in the next order | row in this one)
     shrink: float = 0.0  # the pseudo-orders of popularity used
+
+    @property
+    def repeats(self) -> np.ndarray:
+        """SKUs the orders show are bought again: the odds that a buyer's next order holds it
+        are at least ``REPEAT_ODDS`` times the odds for an order at large (the rate shrunk like
+        every conditional, so a handful of repeats is not enough; odds, not rates, so a best
+        seller bought by most orders can qualify)."""
+        again = np.diagonal(self.follow).astype(np.float64)
+        p = self.popularity.astype(np.float64)
+        return again * (1 - p) >= REPEAT_ODDS * p * (1 - again)
+
+    def excluded(self, rows: pd.Index, owned: pd.DataFrame) -> np.ndarray:
+        """The rule the recommender and the baseline share: what a customer owns is not
+        offered, unless it is one of the ``repeats``."""
+        return (self.matrix(rows, owned, None) > 0) & ~self.repeats[None, :]
 
     @property
     def index(self) -> pd.Index:
@@ -80,14 +97,14 @@ class ItemModel:
             owned: pd.DataFrame | None = None) -> np.ndarray:
         """(len(customers), k) column indices into ``skus``, best first; -1 where fewer than k
         SKUs are left. ``history`` (customer_id, sku, weight) weighs what each bought;
-        ``owned`` (customer_id, sku) is excluded (default: the SKUs in ``history``)."""
+        ``owned`` (customer_id, sku) is excluded unless a repeat (default: the SKUs in
+        ``history``; see ``excluded``)."""
         rows = pd.Index(customers)
         weights = self.matrix(rows, history, "weight")
         total = weights.sum(axis=1, keepdims=True)
         score = np.where(total > 0, (weights @ self.follow) / np.maximum(total, 1e-12),
                          self.popularity[None, :])
-        mask = self.matrix(rows, history if owned is None else owned, None) > 0
-        return best(score, mask, k)
+        return best(score, self.excluded(rows, history if owned is None else owned), k)
 
     def matrix(self, rows: pd.Index, frame: pd.DataFrame, column: str | None) -> np.ndarray:
         out = np.zeros((len(rows), len(self.skus)), dtype=np.float32)
@@ -140,8 +157,8 @@ def best(score: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
 def popular_top(model: ItemModel, customers: Sequence[int], owned: pd.DataFrame,
                 k: int) -> np.ndarray:
     """The most-popular baseline under the recommender's rule: the ``k`` most popular SKUs
-    each customer does not own."""
-    mask = model.matrix(pd.Index(customers), owned, None) > 0
+    not excluded for the customer (``ItemModel.excluded``)."""
+    mask = model.excluded(pd.Index(customers), owned)
     return best(np.broadcast_to(model.popularity, mask.shape), mask, k)
 
 
