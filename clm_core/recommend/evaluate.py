@@ -13,7 +13,8 @@ the held-out one. Both the recommender and the baseline see exactly that: the
 same counts, the same history, the same rule (never a SKU the customer owns).
 
 The baseline: the k most popular SKUs (by orders containing them, in the same training orders)
-that the customer does not own.
+not excluded for the customer by the same rule (``model.ItemModel.excluded``: not owned, unless
+the store rebuys it; ``repeats=False``: not owned at all).
 
 Statistics: each hit rate with its Wilson score interval; the difference (recommender minus
 baseline, the same customers) with a paired bootstrap interval (customers resampled, percentile)
@@ -129,10 +130,11 @@ Method = Callable[[pd.DataFrame, list[int], pd.DataFrame, int], np.ndarray]
 
 def evaluate(lines: pd.DataFrame, k: int = 3, periods: int = 12,
              limit: int = CATALOGUE_LIMIT, shrink: float | None = None, decay: float = DECAY,
-             seed: int = 0, method: Method | None = None) -> Evaluation:
+             seed: int = 0, method: Method | None = None, repeats: bool = True) -> Evaluation:
     """Hit rate at ``k`` of the recommender (or ``method``) and the baseline on order ``lines``
     (customer_id, order_id, ordered_at, sku, product_name): purchases only, as
-    ``recommender.read_lines`` gives them."""
+    ``recommender.read_lines`` gives them. ``repeats=False``: neither side offers what the
+    customer owns, rebought or not."""
     started = time.perf_counter()
     lines = lines.assign(sku=lines["sku"].astype(str))
     held = holdout_last_orders(lines)
@@ -153,10 +155,11 @@ def evaluate(lines: pd.DataFrame, k: int = 3, periods: int = 12,
             owned = history[["customer_id", "sku"]]
             bought = target[target["customer_id"].isin(ids)]
             recommended = (as_skus(model, model.top(ids, recency_weights(history, decay), k,
-                                                    owned))
+                                                    owned, repeats))
                            if method is None else method(train, ids, history, k))
             rec[group] = hits(recommended, ids, bought)
-            base[group] = hits(as_skus(model, popular_top(model, ids, owned, k)), ids, bought)
+            base[group] = hits(as_skus(model, popular_top(model, ids, owned, k, repeats)), ids,
+                               bought)
         periods = len(groups)
     return compare(rec, base, k, periods, time.perf_counter() - started, seed)
 

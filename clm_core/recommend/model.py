@@ -59,10 +59,11 @@ class ItemModel:
         p = self.popularity.astype(np.float64)
         return again * (1 - p) >= REPEAT_ODDS * p * (1 - again)
 
-    def excluded(self, rows: pd.Index, owned: pd.DataFrame) -> np.ndarray:
+    def excluded(self, rows: pd.Index, owned: pd.DataFrame, repeats: bool = True) -> np.ndarray:
         """The rule the recommender and the baseline share: what a customer owns is not
-        offered, unless it is one of the ``repeats``."""
-        return (self.matrix(rows, owned, None) > 0) & ~self.repeats[None, :]
+        offered, unless it is one of the ``repeats`` (and ``repeats`` is on)."""
+        mask = self.matrix(rows, owned, None) > 0
+        return mask & ~self.repeats[None, :] if repeats else mask
 
     @property
     def index(self) -> pd.Index:
@@ -94,17 +95,17 @@ class ItemModel:
         return cls(skus, names, p, follow.astype(np.float32), m)
 
     def top(self, customers: Sequence[int], history: pd.DataFrame, k: int,
-            owned: pd.DataFrame | None = None) -> np.ndarray:
+            owned: pd.DataFrame | None = None, repeats: bool = True) -> np.ndarray:
         """(len(customers), k) column indices into ``skus``, best first; -1 where fewer than k
         SKUs are left. ``history`` (customer_id, sku, weight) weighs what each bought;
         ``owned`` (customer_id, sku) is excluded unless a repeat (default: the SKUs in
-        ``history``; see ``excluded``)."""
+        ``history``; see ``excluded``; ``repeats=False``: never what they own)."""
         rows = pd.Index(customers)
         weights = self.matrix(rows, history, "weight")
         total = weights.sum(axis=1, keepdims=True)
         score = np.where(total > 0, (weights @ self.follow) / np.maximum(total, 1e-12),
                          self.popularity[None, :])
-        return best(score, self.excluded(rows, history if owned is None else owned), k)
+        return best(score, self.excluded(rows, history if owned is None else owned, repeats), k)
 
     def matrix(self, rows: pd.Index, frame: pd.DataFrame, column: str | None) -> np.ndarray:
         out = np.zeros((len(rows), len(self.skus)), dtype=np.float32)
@@ -155,10 +156,10 @@ def best(score: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def popular_top(model: ItemModel, customers: Sequence[int], owned: pd.DataFrame,
-                k: int) -> np.ndarray:
+                k: int, repeats: bool = True) -> np.ndarray:
     """The most-popular baseline under the recommender's rule: the ``k`` most popular SKUs
     not excluded for the customer (``ItemModel.excluded``)."""
-    mask = model.excluded(pd.Index(customers), owned)
+    mask = model.excluded(pd.Index(customers), owned, repeats)
     return best(np.broadcast_to(model.popularity, mask.shape), mask, k)
 
 

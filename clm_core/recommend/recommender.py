@@ -84,12 +84,15 @@ def read_counts(conn: Connection, limit: int = CATALOGUE_LIMIT, as_of: datetime 
 
 
 class Recommender:
-    """What each customer is likely to buy next, never what they already own; the most popular
-    products for customers without history (see ``clm_core.recommend.model``)."""
+    """What each customer is likely to buy next; not what they already own unless the store's
+    orders show it is rebought (``repeats=False``: never); the most popular products for
+    customers without history (see ``clm_core.recommend.model``)."""
 
     def __init__(self, engine: Engine, k: int = 3, catalogue_limit: int = CATALOGUE_LIMIT,
-                 as_of: datetime | None = None, shrink: float | None = None, decay: float = DECAY):
+                 as_of: datetime | None = None, shrink: float | None = None, decay: float = DECAY,
+                 repeats: bool = True):
         self.engine, self.k, self.as_of, self.decay = engine, k, as_of, decay
+        self.repeats = repeats
         with engine.connect() as conn:
             self.model = ItemModel.from_counts(*read_counts(conn, catalogue_limit, as_of),
                                                shrink=shrink)
@@ -105,7 +108,7 @@ class Recommender:
         with self.engine.connect() as conn:
             lines = read_lines(conn, self.as_of, ids)
         top = self.model.top(ids, recency_weights(lines, self.decay), self.k,
-                             owned=lines[["customer_id", "sku"]])
+                             owned=lines[["customer_id", "sku"]], repeats=self.repeats)
         return {cid: [{"sku": str(self.model.skus[j]), "name": str(self.model.names[j])}
                       for j in top[i] if j >= 0]
                 for i, cid in enumerate(ids)}
