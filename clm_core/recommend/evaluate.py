@@ -95,7 +95,8 @@ class Evaluation:
             f"most popular {b.rate:.1%} [{b.low:.1%}, {b.high:.1%}]  ({self.rate_method})",
             f"difference: {self.diff:+.1%} [{self.diff_low:+.1%}, {self.diff_high:+.1%}] "
             f"({self.diff_method}); only the recommender hit {self.only_recommender:,}, only "
-            f"the baseline {self.only_baseline:,}, McNemar p = {self.p_value:.2g}",
+            f"the baseline {self.only_baseline:,}, McNemar p "
+            + (f"= {self.p_value:.2g}" if self.p_value >= 1e-16 else "< 1e-16"),
         ]
 
 
