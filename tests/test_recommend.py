@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from clm import cli
 from clm_core.db import tables as t
+from clm_core.errors import InputError
 from clm_core.recommend.catalog import (
     CatalogParams,
     load_simulated,
@@ -50,7 +51,7 @@ def test_catalogue_is_deterministic_by_seed() -> None:
     assert not one.duplicated(["order_id", "sku"]).any()
     assert (one.groupby("order_id")["line_no"].min() == 1).all()
     assert (one["quantity"] >= 1).all() and (one["unit_price"] > 0).all()
-    with pytest.raises(ValueError, match="segment"):
+    with pytest.raises(InputError, match="segment"):
         order_items(np.random.default_rng(7), orders, segments.iloc[:50])
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
+from clm_core.errors import InputError
 from clm_core.ingest.people import numbered
 from clm_core.ingest.synthetic import SyntheticParams, generate_frames, load_synthetic
 
@@ -150,7 +151,7 @@ def order_items(rng: np.random.Generator, orders: pd.DataFrame, segments: pd.Ser
     cust = o["customer_id"].to_numpy()
     seg = segments.reindex(cust).to_numpy()
     if n and (pd.isna(seg).any() or seg.min() < 0 or seg.max() >= catalog.weights.shape[0]):
-        raise ValueError("segments: every customer of the orders needs a segment in "
+        raise InputError("segments: every customer of the orders needs a segment in "
                          f"0..{catalog.weights.shape[0] - 1}")
     seg = seg.astype(np.int64)
     first = np.r_[True, cust[1:] != cust[:-1]] if n else np.zeros(0, dtype=bool)

@@ -52,12 +52,13 @@ class ItemModel:
     @property
     def repeats(self) -> np.ndarray:
         """SKUs the orders show are bought again: the odds that a buyer's next order holds it
-        are at least ``REPEAT_ODDS`` times the odds for an order at large (the rate shrunk like
+        are more than ``REPEAT_ODDS`` times the odds for an order at large (the rate shrunk like
         every conditional, so a handful of repeats is not enough; odds, not rates, so a best
         seller bought by most orders can qualify)."""
         again = np.diagonal(self.follow).astype(np.float64)
         p = self.popularity.astype(np.float64)
-        return again * (1 - p) >= REPEAT_ODDS * p * (1 - again)
+        # Strictly: a SKU in every order (p = 1) says nothing about rebuying.
+        return again * (1 - p) > REPEAT_ODDS * p * (1 - again)
 
     def excluded(self, rows: pd.Index, owned: pd.DataFrame, repeats: bool = True) -> np.ndarray:
         """The rule the recommender and the baseline share: what a customer owns is not
