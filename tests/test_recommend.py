@@ -135,6 +135,7 @@ def test_recommender_follows_what_was_bought_and_skips_what_is_owned(engine: sa.
     """Forty customers bought A then B (B follows A); customer 41 bought only A; sixty bought
     C once (the best seller). Customer 41 gets B first; nobody is offered what they own; a
     cancelled order and orders from ``as_of`` on do not count."""
+    assert Recommender(engine).for_customers([1, 2]) == {1: [], 2: []}  # no items yet
     with engine.begin() as conn:
         conn.execute(sa.insert(t.customers), [{"id": i, "external_id": f"c{i}"}
                                               for i in range(1, 103)])
