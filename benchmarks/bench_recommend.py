@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--project", metavar="DIR", help="also measure this project's store")
     ap.add_argument("--skip-sql", action="store_true", help="do not time the SQL recommender")
+    ap.add_argument("--database", metavar="URL", help="time the SQL recommender on this empty "
+                    "database (default: a new SQLite file)")
     args = ap.parse_args()
 
     for name, params in (("structured", CatalogParams()),
@@ -124,12 +126,12 @@ def main() -> None:
                cpu)
 
     if not args.skip_sql:
-        url = f"sqlite:///{tempfile.mkdtemp(prefix='clm-bench-')}/recommend.db"
+        url = args.database or f"sqlite:///{tempfile.mkdtemp(prefix='clm-bench-')}/recommend.db"
         engine = open_database(url)
         load_simulated(engine, args.customers, args.seed, CatalogParams())
         rec, wall, cpu = timed(lambda: Recommender(engine, k=args.k))
-        print(f"\nRecommender on SQLite ({args.customers:,} customers): counts read in "
-              f"{wall:.2f} s wall {cpu:.2f} s CPU ({len(rec.skus):,} SKUs, "
+        print(f"\nRecommender on {engine.dialect.name} ({args.customers:,} customers): counts "
+              f"read in {wall:.2f} s wall {cpu:.2f} s CPU ({len(rec.skus):,} SKUs, "
               f"shrink {rec.model.shrink:.0f})")
         _, wall, cpu = timed(lambda: earlier_sql(engine))
         print(f"  earlier same-basket pair counts: {wall:.2f} s wall {cpu:.2f} s CPU")
