@@ -27,11 +27,13 @@ from clm_core.recommend.model import DECAY, ItemModel, recency_weights
 CATALOGUE_LIMIT = 2000
 
 
-def purchases(as_of: datetime | None = None) -> sa.ColumnElement[bool]:
-    """The orders that count: purchases with items, placed before ``as_of`` when given."""
+def purchases(as_of: datetime | None = None, with_items: bool = True) -> sa.ColumnElement[bool]:
+    """The orders that count: purchases with items, placed before ``as_of`` when given
+    (``with_items=False`` where a join with ``order_items`` already ensures items)."""
     o, items = t.orders, t.order_items.alias("has_items")
-    cond = sa.and_(sa.or_(o.c.status.is_(None), o.c.status.not_in(NOT_PURCHASES)),
-                   sa.exists().where(items.c.order_id == o.c.id))
+    cond = sa.or_(o.c.status.is_(None), o.c.status.not_in(NOT_PURCHASES))
+    if with_items:
+        cond = sa.and_(cond, sa.exists().where(items.c.order_id == o.c.id))
     return cond if as_of is None else sa.and_(cond, o.c.ordered_at < as_of)
 
 
@@ -41,7 +43,8 @@ def read_lines(conn: Connection, as_of: datetime | None = None,
     o, oi = t.orders, t.order_items
     query = (sa.select(o.c.customer_id, oi.c.order_id, o.c.ordered_at, oi.c.sku,
                        oi.c.product_name)
-             .select_from(oi.join(o, o.c.id == oi.c.order_id)).where(purchases(as_of)))
+             .select_from(oi.join(o, o.c.id == oi.c.order_id))
+             .where(purchases(as_of, with_items=False)))
     if customers is not None:
         query = query.where(o.c.customer_id.in_(list(customers)))
     lines = pd.read_sql(query, conn)
@@ -57,8 +60,9 @@ def read_counts(conn: Connection, limit: int = CATALOGUE_LIMIT, as_of: datetime 
     popular = pd.read_sql(
         sa.select(oi.c.sku, sa.func.max(oi.c.product_name).label("name"),
                   sa.func.count(sa.distinct(oi.c.order_id)).label("n"))
-        .select_from(oi.join(o, o.c.id == oi.c.order_id)).where(bought)
-        .group_by(oi.c.sku).order_by(sa.text("n DESC"), oi.c.sku).limit(limit), conn)
+        .select_from(oi.join(o, o.c.id == oi.c.order_id))
+        .where(purchases(as_of, with_items=False)).group_by(oi.c.sku)
+        .order_by(sa.text("n DESC"), oi.c.sku).limit(limit), conn)
     orders = conn.execute(sa.select(sa.func.count()).select_from(o).where(bought)).scalar() or 0
     empty = pd.DataFrame({"x": [], "y": [], "n": []})
     if popular.empty:
