@@ -3,10 +3,10 @@
 The contract (what templates may use) is the one in ``clm_core.templating``: ``customer``,
 ``scores``, ``coupon``, ``recommendations``, ``links``, ``store``, ``journey``.
 
-Recommendations: products often bought together with what the customer bought (item-to-item
-co-occurrence over order lines), minus what they own, topped up with the most popular
-products. The co-occurrence matrix covers the most popular ``catalogue_limit`` products and
-is computed once per dispatcher; per batch it is one matrix product.
+Recommendations come from ``clm_core.recommend`` (``Recommender``, re-exported here): what the
+customer is likely to buy next given what they bought, never what they own, the most popular
+products for customers without history. Its counts are read once per dispatcher; per batch it
+is one query and one matrix product.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from clm_core.consent.ledger import withdrawn_topics
 from clm_core.consent.tokens import Keyring
 from clm_core.db import tables as t
 from clm_core.delivery.unsubscribe import subscription_links
+from clm_core.recommend.recommender import Recommender
+
+__all__ = ["BatchData", "Recommender", "load_batch", "render_context"]
 
 SCORE_FIELDS = ("stage", "rfm_segment", "p_alive", "clv_12m", "expected_purchases_90d", "n_orders",
                 "total_spend", "avg_order_value", "last_order_at", "days_since_last_order")
@@ -43,78 +46,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime()
     return value
-
-
-class Recommender:
-    """Top co-purchased products per customer, popular products as the fallback."""
-
-    def __init__(self, engine: Engine, k: int = 3, catalogue_limit: int = 2000):
-        self.engine, self.k = engine, k
-        oi, o = t.order_items, t.orders
-        with engine.connect() as conn:
-            popular = pd.read_sql(
-                sa.select(
-                    oi.c.sku,
-                    sa.func.max(oi.c.product_name).label("name"),
-                    sa.func.count(sa.distinct(oi.c.order_id)).label("n"),
-                )
-                .group_by(oi.c.sku)
-                .order_by(sa.text("n DESC"), oi.c.sku)
-                .limit(catalogue_limit),
-                conn,
-            )
-            a, b = oi.alias("a"), oi.alias("b")
-            pairs = (
-                pd.read_sql(
-                    sa.select(a.c.sku.label("x"), b.c.sku.label("y"), sa.func.count().label("n"))
-                    .select_from(
-                        a.join(b, sa.and_(a.c.order_id == b.c.order_id, a.c.sku != b.c.sku))
-                    )
-                    .where(
-                        a.c.sku.in_(popular["sku"].tolist()), b.c.sku.in_(popular["sku"].tolist())
-                    )
-                    .group_by(a.c.sku, b.c.sku),
-                    conn,
-                )
-                if len(popular)
-                else pd.DataFrame(columns=["x", "y", "n"])
-            )
-        self.skus = popular["sku"].to_numpy()
-        self.names = popular["name"].fillna(popular["sku"]).to_numpy()
-        self.index = pd.Index(self.skus)
-        n = len(self.skus)
-        self.co = np.zeros((n, n), dtype=np.float32)
-        if len(pairs):
-            self.co[self.index.get_indexer(pairs["x"]), self.index.get_indexer(pairs["y"])] = pairs[
-                "n"
-            ]
-        # Popularity breaks ties and fills in for customers with no history.
-        self.popularity = popular["n"].to_numpy(dtype=np.float32) / max(
-            1.0, float(popular["n"].max() or 1)
-        )
-        self._orders = o
-
-    def for_customers(self, customer_ids: Sequence[int]) -> dict[int, list[dict[str, str]]]:
-        ids = list(dict.fromkeys(customer_ids))
-        if not len(self.skus) or not ids:
-            return {c: [] for c in ids}
-        oi, o = t.order_items, self._orders
-        with self.engine.connect() as conn:
-            owned = pd.read_sql(sa.select(o.c.customer_id, oi.c.sku).distinct()
-                                .select_from(oi.join(o, o.c.id == oi.c.order_id))
-                                .where(o.c.customer_id.in_(ids)), conn)
-        rows = pd.Index(ids)
-        have = np.zeros((len(ids), len(self.skus)), dtype=np.float32)
-        col = self.index.get_indexer(owned["sku"])
-        keep = col >= 0
-        have[rows.get_indexer(owned["customer_id"])[keep], col[keep]] = 1.0
-        score = have @ self.co + self.popularity * 1e-3
-        score[have > 0] = -1.0
-        k = min(self.k, len(self.skus))
-        top = np.argsort(-score, axis=1, kind="stable")[:, :k]
-        return {cid: [{"sku": str(self.skus[j]), "name": str(self.names[j])}
-                      for j in top[i] if score[i, j] >= 0]  # never what they already own
-                for i, cid in enumerate(ids)}
 
 
 @dataclass

@@ -190,7 +190,10 @@ class Dispatcher:
                 provider.gate = functools.partial(self.throttle, provider.name)
         self.writer = outbox.writer_engine(self.reader)
         try:
-            self.recommender = await asyncio.to_thread(Recommender, self.reader)
+            # Orders up to the run's clock only: a dispatch on a simulated clock never recommends
+            # from purchases that have not happened yet.
+            self.recommender = await asyncio.to_thread(Recommender, self.reader,
+                                                       as_of=self.clock())
             await self._check_deliverability()
             await self._recover()
             await asyncio.gather(*(self._lane() for _ in range(max(1, self.config.lanes))))
