@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from clm_core.errors import DataImportError
 from clm_core.ingest.csvfile import RawTable, read_table
 from clm_core.ingest.fields import ENTITIES, Entity
 from clm_core.ingest.validate import amount_currencies, check_column, chinese_mobiles, known_region
+from clm_core.lifecycle.aggregates import following_orders
 from clm_core.runs import utcnow
 from clm_core.spreadsheet import safe_cells
 from clm_core.suggest import did_you_mean
@@ -278,8 +279,13 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
     before = _count(conn, table)
     update = [c for c in df.columns if c not in keys]
     touch = "updated_at" if table is t.customers else None
-    changed = write_frame(conn, table, df, keys=keys or None, update=update or None, touch=touch,
-                          bulk=True)
+    # Orders carry the purchase aggregates with them (a cancellation is a re-import with the
+    # new status); the other tables have nothing to follow.
+    following: AbstractContextManager[None] = (following_orders(conn, df) if table is t.orders
+                                               else nullcontext())
+    with following:
+        changed = write_frame(conn, table, df, keys=keys or None, update=update or None,
+                              touch=touch, bulk=True)
     if table is t.customers:
         after_import(conn)  # the consent ledger's withdrawals outrank older flags in the file
     report.inserted = _count(conn, table) - before
