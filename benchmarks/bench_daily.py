@@ -81,18 +81,21 @@ def night(url: str, as_of: date, source: str = "auto", write: str = "auto") -> d
     settings = settings_for(url)
     engine = make_engine(url)
     try:
-        mark = time.perf_counter()
+        cpu = cpu_seconds()
         report = score(engine, LifecycleConfig.from_settings(settings), as_of, source=source,
                        write=write)
         steps = dict(report.seconds)
-        mark = time.perf_counter()
+        cpus = {"scoring": cpu_seconds() - cpu}
+        mark, cpu = time.perf_counter(), cpu_seconds()
         ev = evaluate(engine, settings, morning_after(as_of))
         steps["journeys"] = time.perf_counter() - mark
+        cpus["journeys"] = cpu_seconds() - cpu
         written = ev.written
         server = _server_cpu(engine)
     finally:
         engine.dispose()
-    return {"steps": steps, "transitions": report.transitions, "customers": report.customers,
+    return {"steps": steps, "cpus": cpus, "transitions": report.transitions,
+            "customers": report.customers,
             "enrolled": written.enrollments_created if written else 0,
             "messages": written.messages_created if written else 0, "server_cpu": server}
 
@@ -164,6 +167,7 @@ def _nightly(url: str, csv_path: str, as_of: date, source: str, write: str, out:
     out.put({"seconds": time.perf_counter() - start, "cpu": cpu_seconds() - cpu,
              "peak_mb": peak_mb(), "night_seconds": time.perf_counter() - mark,
              "steps": {"import": imported["seconds"], **result.pop("steps")},
+             "cpus": {"import": imported["cpu"], **result.pop("cpus")},
              "imported": imported, **result})
 
 
@@ -332,7 +336,8 @@ def bench(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         if "error" not in r:
             print(f"{'':<22} night {r['night_seconds']:.1f} s; {r['transitions']:,} stage "
                   f"changes, {r['enrolled']:,} enrolled, {r['messages']:,} messages; "
-                  f"import {r['imported']['rows']:,} rows in {r['imported']['seconds']:.1f} s",
+                  f"import {r['imported']['rows']:,} rows in {r['imported']['seconds']:.1f} s; "
+                  "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpus"].items()),
                   flush=True)
     if not args.skip_naive:
         r = measured(_naive_run, urls["full"], day)

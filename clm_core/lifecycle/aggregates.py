@@ -94,11 +94,12 @@ def _mark(conn: Connection) -> None:
     conn.execute(s.insert().values(id=1, orders=n, max_order_id=top))
 
 
-def in_step(conn: Connection) -> bool:
-    """Whether the aggregates follow every order stored (no write bypassed them since)."""
+def in_step(conn: Connection, orders_now: tuple[int, int | None] | None = None) -> bool:
+    """Whether the aggregates follow every order stored (no write bypassed them since);
+    ``orders_now``: the orders' count and highest id, when the caller has them."""
     s = t.purchase_aggregates_state
     state = conn.execute(sa.select(s.c.orders, s.c.max_order_id).where(s.c.id == 1)).first()
-    return state is not None and (int(state[0]), state[1]) == _orders_now(conn)
+    return state is not None and (int(state[0]), state[1]) == (orders_now or _orders_now(conn))
 
 
 def covers(conn: Connection, end: datetime) -> bool:
@@ -162,8 +163,9 @@ def following_orders(conn: Connection, orders: pd.DataFrame) -> Iterator[None]:
     external ids (an order re-imported under another customer leaves its old one). A large
     write, or aggregates that no longer follow the orders, rebuilds them all instead.
     """
-    n_stored, _ = _orders_now(conn)
-    whole = (not in_step(conn)
+    now = _orders_now(conn)
+    n_stored = now[0]
+    whole = (not in_step(conn, now)
              or (len(orders) >= REBUILD_MIN_ORDERS and len(orders) >= REBUILD_MIN_SHARE * n_stored))
     before: set[int] = set()
     if not whole and n_stored:
