@@ -171,6 +171,31 @@ def _nightly(url: str, csv_path: str, as_of: date, source: str, write: str, out:
              "imported": imported, **result})
 
 
+def _score_write(url: str, how: str, out: Any) -> None:
+    """Rewrite every score row as the next night would (as-of day + 1, every value touched),
+    by ``how``: ``upsert`` (update in place) or ``replace`` (the table reloaded afresh)."""
+    from clm_core.db.bulk import replace_frame, write_frame
+    from clm_core.lifecycle.pipeline import SCORE_COLUMNS
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        frame = pd.read_sql(sa.select(t.customer_scores), conn)[SCORE_COLUMNS]
+    frame["as_of"] = pd.to_datetime(frame["as_of"]) + pd.Timedelta(days=1)
+    frame["T"] = frame["T"] + 1
+    frame["recorded_at"] = pd.Timestamp("2026-01-01")
+    start, cpu = time.perf_counter(), cpu_seconds()
+    with engine.begin() as conn:
+        if how == "replace":
+            replace_frame(conn, t.customer_scores, frame, key="customer_id")
+        else:
+            write_frame(conn, t.customer_scores, frame, keys=["customer_id"],
+                        update=SCORE_COLUMNS[1:], bulk=True)
+    seconds, used = time.perf_counter() - start, cpu_seconds() - cpu
+    server = _server_cpu(engine)
+    engine.dispose()
+    out.put({"seconds": seconds, "cpu": used, "peak_mb": peak_mb(), "server_cpu": server})
+
+
 # --- what a night writes, for the row-for-row comparison ----------------------------------
 
 def outputs(url: str, as_of: date) -> dict[str, pd.DataFrame]:
@@ -327,7 +352,9 @@ def bench(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     results: dict[str, Any] = {}
     urls = {}
-    for label, source, write in (("incremental", "auto", "auto"), ("full", "orders", "upsert")):
+    nights = () if args.skip_nights else (("incremental", "auto", "auto"),
+                                          ("full", "orders", "upsert"))
+    for label, source, write in nights:
         urls[label] = copy_of(base, label, workdir)
         r = measured(_nightly, urls[label], str(csv_path), day, source, write)
         results[label] = r
@@ -339,18 +366,24 @@ def bench(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                   f"import {r['imported']['rows']:,} rows in {r['imported']['seconds']:.1f} s; "
                   "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpus"].items()),
                   flush=True)
+    if args.writes:
+        for how in ("upsert", "replace"):
+            url = copy_of(base, f"write_{how}", workdir)
+            r = measured(_score_write, url, how)
+            print(f"{'scores ' + how:<22} {_fmt(r)}  (every score row rewritten)", flush=True)
+            drop(url)
     if not args.skip_naive:
         r = measured(_naive_run, urls["full"], day)
         results["naive"] = r
         print(f"{'naive pandas+lifetimes':<22} {_fmt(r)}", flush=True)
-    inc = results["incremental"]
+    inc = results.get("incremental", {"error": "not run"})
     for other in ("full", "naive"):
         if other in results and "error" not in inc and "error" not in results[other]:
             o = results[other]
             print(f"  incremental vs {other}: {o['seconds'] / inc['seconds']:.1f}x wall, "
                   f"{(o['cpu'] + o.get('server_cpu', 0)) / (inc['cpu'] + inc['server_cpu']):.1f}x "
                   "CPU", flush=True)
-    if args.check:
+    if args.check and urls:
         diff = differences(outputs(urls["incremental"], day), outputs(urls["full"], day))
         rows = {k: len(v) for k, v in outputs(urls["incremental"], day).items()}
         verdict = "identical" if not any(diff.values()) else "DIFFERENT"
@@ -375,6 +408,10 @@ def main() -> None:
     ap.add_argument("--check", action="store_true",
                     help="compare the rows both nightly runs wrote")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--writes", action="store_true",
+                    help="also time rewriting every score row: upsert in place vs reload")
+    ap.add_argument("--skip-nights", action="store_true",
+                    help="only the --writes comparison")
     args = ap.parse_args()
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     print(f"{mp.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
