@@ -180,6 +180,8 @@ def _score_write(url: str, how: str, out: Any) -> None:
     engine = make_engine(url)
     with engine.connect() as conn:
         frame = pd.read_sql(sa.select(t.customer_scores), conn)[SCORE_COLUMNS]
+    for col in ("fit_id", "n_orders", "purchase_days", "r_score", "f_score", "m_score"):
+        frame[col] = frame[col].astype("Int64")  # read back as floats where NULLs are
     frame["as_of"] = pd.to_datetime(frame["as_of"]) + pd.Timedelta(days=1)
     frame["T"] = frame["T"] + 1
     frame["recorded_at"] = pd.Timestamp("2026-01-01")
