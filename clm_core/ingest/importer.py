@@ -161,18 +161,31 @@ def _dedupe(
 def _customer_ids(conn: Connection, external_ids: pd.Series) -> tuple[pd.Series, list[str]]:
     """Internal ids for customer external ids, creating bare customers for unknown ones
     (returned: the external ids created)."""
-    ids = _id_map(conn)
-    unknown = pd.Index(pd.unique(external_ids.dropna())).difference(ids.index)
+    wanted = pd.Index(pd.unique(external_ids.dropna()))
+    ids = _id_map(conn, wanted)
+    unknown = wanted.difference(ids.index)
     if len(unknown):
         write_frame(conn, t.customers, pd.DataFrame({"external_id": unknown}),
                     keys=["external_id"], bulk=True)
-        ids = _id_map(conn)
+        ids = _id_map(conn, wanted)
     return (pd.Series(ids.reindex(external_ids).to_numpy(), index=external_ids.index),
             [str(v) for v in unknown])
 
 
-def _id_map(conn: Connection) -> pd.Series:
-    rows = conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all()
+# Up to this many customers, their ids are looked up by key (a day's orders name a few thousand
+# of a million customers); more read the whole table in one pass.
+_LOOKUP_MAX = 20_000
+
+
+def _id_map(conn: Connection, wanted: pd.Index) -> pd.Series:
+    """Internal ids by external id, of the ``wanted`` customers that exist."""
+    c = t.customers
+    if len(wanted) <= _LOOKUP_MAX:
+        keys = [str(k) for k in wanted]
+        rows = [r for i in range(0, len(keys), _KEY_BATCH) for r in conn.execute(
+            sa.select(c.c.external_id, c.c.id).where(c.c.external_id.in_(keys[i:i + _KEY_BATCH])))]
+    else:
+        rows = list(conn.execute(sa.select(c.c.external_id, c.c.id)).all())
     return pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows], dtype=object),
                      dtype="int64")
 
