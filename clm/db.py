@@ -37,3 +37,18 @@ def register(cli: click.Group) -> None:
         """Rows per table."""
         for name, n in table_counts(app.engine).items():
             click.echo(f"{name:<20} {n:>10,}")
+
+    @db.command("rebuild-aggregates")
+    @pass_app
+    def rebuild_aggregates(app: App) -> None:
+        """Recompute every customer's purchase aggregates from the orders (after orders were
+        written by something other than clm, e.g. a script or a restored backup)."""
+        import time
+
+        from clm_core.lifecycle.aggregates import rebuild
+
+        start = time.perf_counter()
+        with app.engine.begin() as conn:
+            n = rebuild(conn)
+        click.echo(f"purchase aggregates rebuilt for {n:,} customers in "
+                   f"{time.perf_counter() - start:.1f}s")

@@ -90,3 +90,42 @@ def test_duplicate_keys_into_an_empty_table_still_fail(engine: sa.Engine,
         assert "uq_orders_external_id" in {
             c["name"] for c in sa.inspect(conn).get_unique_constraints("orders")} | {
             ix["name"] for ix in sa.inspect(conn).get_indexes("orders") if ix["unique"]}
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_replace_frame_reloads_the_table_keeping_rows_it_does_not_name(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, rebuild: bool) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1 if rebuild else 10**9)
+    s = t.customer_scores
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": list("abcd")}))
+        ids = conn.scalars(sa.select(t.customers.c.id).order_by(t.customers.c.id)).all()
+        write_frame(conn, s, pd.DataFrame({"customer_id": ids, "as_of": pd.Timestamp("2025-01-01"),
+                                           "stage": ["new", "active", "lost", "new"],
+                                           "recorded_at": pd.Timestamp("2025-01-01")}))
+        indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("customer_scores")}
+    new = pd.DataFrame({"customer_id": ids[:3], "as_of": pd.Timestamp("2025-01-02"),
+                        "stage": ["active", "active", "lost"], "n_orders": [1, 2, 3],
+                        "recorded_at": pd.Timestamp("2025-01-02")})
+    with engine.begin() as conn:
+        assert bulk.replace_frame(conn, s, new, key="customer_id") == 3
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(s.c.customer_id, s.c.as_of, s.c.stage, s.c.n_orders)
+                            .order_by(s.c.customer_id)).all()
+        assert {ix["name"] for ix in sa.inspect(conn).get_indexes("customer_scores")} == indexes
+        assert [(r[1].isoformat(), r[2], r[3]) for r in rows] == [
+            ("2025-01-02", "active", 1), ("2025-01-02", "active", 2), ("2025-01-02", "lost", 3),
+            ("2025-01-01", "new", 0)]  # the fourth customer was not in this write: kept
+    # the keys and foreign keys still hold
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(s.insert().values(customer_id=ids[0], as_of=pd.Timestamp("2025-01-03"),
+                                       recorded_at=pd.Timestamp("2025-01-03")))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(s.insert().values(customer_id=10_000, as_of=pd.Timestamp("2025-01-03"),
+                                       recorded_at=pd.Timestamp("2025-01-03")))
+    # a failed replace leaves the table as it was
+    bad = new.assign(customer_id=[ids[0], ids[0], ids[1]])
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        bulk.replace_frame(conn, s, bad, key="customer_id")
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(s)) == 4

@@ -274,3 +274,44 @@ def _rebuilding(conn: Connection, table: sa.Table, n_rows: int, existing: int) -
         conn.exec_driver_sql(definition)
     for name, definition in constraints:  # unique ones first: foreign keys may need them
         conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD CONSTRAINT "{name}" {definition}')
+
+
+
+def replace_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: str) -> int:
+    """Make ``table`` hold ``df``'s rows, and its stored rows whose ``key`` ``df`` lacks, by
+    emptying it and loading it afresh (under a lock that keeps other writers, and on
+    PostgreSQL readers, out until the transaction ends); the number of rows written.
+
+    When most rows change (a nightly scoring rewrites every customer's row: its as-of day, T
+    and P(alive) move every day) this beats an upsert: no row is looked up or compared, no
+    old row version is left behind (PostgreSQL), and the secondary indexes are built once
+    after the load (``write_frame(bulk=True)`` into an empty table). PostgreSQL empties it with
+    TRUNCATE: a transaction whose snapshot predates the commit and that had not read the
+    table yet sees it empty. Runs in the caller's transaction.
+    """
+    if df.empty:
+        return 0
+    name = table.name
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+    else:
+        _lock_and_count(conn, table)
+    stored = np.array([r[0] for r in conn.exec_driver_sql(f'SELECT "{key}" FROM {name}')])
+    kept = np.setdiff1d(stored, df[key].to_numpy()) if len(stored) else stored
+    keep = f"_clm_keep_{name}"
+    if len(kept):  # rows this write does not replace, set aside while the table is emptied
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {keep}")
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {keep} AS SELECT * FROM {name} WHERE 1 = 0")
+        ids = kept.tolist()
+        for start in range(0, len(ids), 10_000):
+            part = ids[start:start + 10_000]
+            conn.execute(sa.text(f'INSERT INTO {keep} SELECT * FROM {name} WHERE "{key}" IN '
+                                 ":ids").bindparams(sa.bindparam("ids", expanding=True)),
+                         {"ids": part})
+    conn.exec_driver_sql(f"TRUNCATE {name}" if conn.dialect.name == "postgresql"
+                         else f"DELETE FROM {name}")
+    written = write_frame(conn, table, df, bulk=True)
+    if len(kept):
+        conn.exec_driver_sql(f"INSERT INTO {name} SELECT * FROM {keep}")
+        conn.exec_driver_sql(f"DROP TABLE {keep}")
+    return written

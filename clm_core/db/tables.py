@@ -91,6 +91,32 @@ order_items = sa.Table(
     sa.UniqueConstraint("order_id", "line_no"),
 )
 
+# Per-customer purchase aggregates over every purchase (orders not in NOT_PURCHASES), kept in
+# step with the orders by every writer of orders (clm_core.lifecycle.aggregates), so the nightly
+# features read one row per customer instead of aggregating the whole history.
+customer_purchase_aggregates = sa.Table(
+    "customer_purchase_aggregates", metadata,
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("n_orders", sa.Integer, nullable=False),
+    sa.Column("purchase_days", sa.Integer, nullable=False),  # distinct UTC calendar days
+    _ts("first_order_at", nullable=False),
+    _ts("last_order_at", nullable=False, index=True),
+    sa.Column("total_spend", sa.Numeric(14, 2), nullable=False),
+    sa.Column("first_day_spend", sa.Numeric(14, 2), nullable=False),
+)
+
+# The orders the aggregates were last brought in step with (one row, id 1): their count and
+# highest id. A write of orders that did not maintain the aggregates changes one of them, and
+# the features then read the orders until the aggregates are rebuilt.
+purchase_aggregates_state = sa.Table(
+    "purchase_aggregates_state", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("orders", sa.Integer, nullable=False),
+    sa.Column("max_order_id", sa.Integer),
+    _recorded_at(),
+)
+
 events = sa.Table(
     "events", metadata,
     sa.Column("id", sa.Integer, primary_key=True),

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.ingest.people import fake_contacts
+from clm_core.lifecycle.aggregates import following_orders
 
 PREFIX = "cdnow"
 GENRES = ["Rock", "Pop", "Jazz", "Classical", "Hip-Hop", "Country", "Electronic", "Folk"]
@@ -125,8 +126,10 @@ def import_cdnow(engine: Engine, sample: bool = False, prospects: int = 0) -> Cd
         )
         ids = _ids(conn, t.customers, f"{PREFIX}-%")
         orders.insert(1, "customer_id", orders.pop("customer_ext").map(ids).astype("int64"))
-        inserted["orders"] = write_frame(conn, t.orders, orders, keys=["external_id"],
-                                         update=["customer_id", "ordered_at", "amount", "quantity"])
+        with following_orders(conn, orders):
+            inserted["orders"] = write_frame(
+                conn, t.orders, orders, keys=["external_id"],
+                update=["customer_id", "ordered_at", "amount", "quantity"])
         order_ids = _ids(conn, t.orders, f"{PREFIX}-%")
         lines.insert(
             0, "order_id", orders["external_id"].map(order_ids).to_numpy()[lines.pop("order_row")]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from clm_core.errors import DataImportError
 from clm_core.ingest.csvfile import RawTable, read_table
 from clm_core.ingest.fields import ENTITIES, Entity
 from clm_core.ingest.validate import amount_currencies, check_column, chinese_mobiles, known_region
+from clm_core.lifecycle.aggregates import following_orders
 from clm_core.runs import utcnow
 from clm_core.spreadsheet import safe_cells
 from clm_core.suggest import did_you_mean
@@ -160,18 +161,31 @@ def _dedupe(
 def _customer_ids(conn: Connection, external_ids: pd.Series) -> tuple[pd.Series, list[str]]:
     """Internal ids for customer external ids, creating bare customers for unknown ones
     (returned: the external ids created)."""
-    ids = _id_map(conn)
-    unknown = pd.Index(pd.unique(external_ids.dropna())).difference(ids.index)
+    wanted = pd.Index(pd.unique(external_ids.dropna()))
+    ids = _id_map(conn, wanted)
+    unknown = wanted.difference(ids.index)
     if len(unknown):
         write_frame(conn, t.customers, pd.DataFrame({"external_id": unknown}),
                     keys=["external_id"], bulk=True)
-        ids = _id_map(conn)
+        ids = _id_map(conn, wanted)
     return (pd.Series(ids.reindex(external_ids).to_numpy(), index=external_ids.index),
             [str(v) for v in unknown])
 
 
-def _id_map(conn: Connection) -> pd.Series:
-    rows = conn.execute(sa.select(t.customers.c.external_id, t.customers.c.id)).all()
+# Up to this many customers, their ids are looked up by key (a day's orders name a few thousand
+# of a million customers); more read the whole table in one pass.
+_LOOKUP_MAX = 20_000
+
+
+def _id_map(conn: Connection, wanted: pd.Index) -> pd.Series:
+    """Internal ids by external id, of the ``wanted`` customers that exist."""
+    c = t.customers
+    if len(wanted) <= _LOOKUP_MAX:
+        keys = [str(k) for k in wanted]
+        rows = [r for i in range(0, len(keys), _KEY_BATCH) for r in conn.execute(
+            sa.select(c.c.external_id, c.c.id).where(c.c.external_id.in_(keys[i:i + _KEY_BATCH])))]
+    else:
+        rows = list(conn.execute(sa.select(c.c.external_id, c.c.id)).all())
     return pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows], dtype=object),
                      dtype="int64")
 
@@ -278,8 +292,13 @@ def _write(conn: Connection, entity: Entity, clean: pd.DataFrame, extra: pd.Data
     before = _count(conn, table)
     update = [c for c in df.columns if c not in keys]
     touch = "updated_at" if table is t.customers else None
-    changed = write_frame(conn, table, df, keys=keys or None, update=update or None, touch=touch,
-                          bulk=True)
+    # Orders carry the purchase aggregates with them (a cancellation is a re-import with the
+    # new status); the other tables have nothing to follow.
+    following: AbstractContextManager[None] = (following_orders(conn, df) if table is t.orders
+                                               else nullcontext())
+    with following:
+        changed = write_frame(conn, table, df, keys=keys or None, update=update or None,
+                              touch=touch, bulk=True)
     if table is t.customers:
         after_import(conn)  # the consent ledger's withdrawals outrank older flags in the file
     report.inserted = _count(conn, table) - before

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.ingest.people import fake_contacts, numbered
+from clm_core.lifecycle.aggregates import following_orders
 
 PREFIX = "syn"
 
@@ -202,8 +203,9 @@ def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
         ids = pd.Series(rows["id"].to_numpy(), index=rows["external_id"].to_numpy())
         frame = orders.drop(columns=["customer_external_id"])
         frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
-        report.written["orders"] = write_frame(
-            conn, t.orders, frame, keys=["external_id"],
-            update=["customer_id", "ordered_at", "amount", "currency", "quantity"], bulk=True)
+        with following_orders(conn, frame):
+            report.written["orders"] = write_frame(
+                conn, t.orders, frame, keys=["external_id"],
+                update=["customer_id", "ordered_at", "amount", "currency", "quantity"], bulk=True)
     report.seconds = time.perf_counter() - started
     return report

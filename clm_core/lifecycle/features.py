@@ -23,43 +23,51 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from clm_core.lifecycle.aggregates import (
+    DAY_SQL,
+    MONEY_SQL,
+    NOT_PURCHASES,  # noqa: F401  (the purchase rule's home for its readers)
+    NOT_PURCHASES_SQL,
+    covers,
+)
 from clm_core.lifecycle.history import DEFAULT_RHYTHM, Rhythm
 
 UNIT_DAYS = {"day": 1.0, "week": 7.0}
 FETCH_CHUNK = 200_000
-# Orders in these states are not purchases.
-NOT_PURCHASES = ("cancelled", "canceled", "refunded", "failed", "pending")
-_NOT_PURCHASES_SQL = ", ".join(f"'{s}'" for s in NOT_PURCHASES)
+SOURCES = ("auto", "orders", "aggregates")
 
 # Everything but the first purchase day's spend comes from one pass over the orders index
 # (customer_id, ordered_at); that spend is one index range lookup per repeat buyer. Date
-# arithmetic happens in pandas, so the dialects differ only in how a day is written.
+# arithmetic happens in pandas, so the dialects differ only in how a day is written (and in
+# SQLite's sums of money being rounded to the cent, see ``aggregates.MONEY_SQL``).
 _DIALECT = {
-    "sqlite": {"day": "substr(o.ordered_at, 1, 10)",
-               "next_day": "date(a.first_order_at, '+1 day')"},
-    "postgresql": {"day": "CAST(o.ordered_at AS DATE)",
-                   "next_day": "CAST(a.first_order_at AS DATE) + 1"},
+    "sqlite": {"next_day": "date(a.first_order_at, '+1 day')"},
+    "postgresql": {"next_day": "CAST(a.first_order_at AS DATE) + 1"},
 }
 
-_SQL = """
-WITH a AS (
+_HISTORY = """WITH a AS (
     SELECT o.customer_id, COUNT(*) AS n_orders, COUNT(DISTINCT {day}) AS purchase_days,
            MIN(o.ordered_at) AS first_order_at, MAX(o.ordered_at) AS last_order_at,
-           SUM(o.amount) AS total_spend
+           {total_spend} AS total_spend
     FROM orders o
     WHERE o.ordered_at < :end AND o.status NOT IN ({not_purchases}){order_range}
     GROUP BY o.customer_id
 )
-SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
-       a.n_orders, a.purchase_days, a.first_order_at, a.last_order_at, a.total_spend,
-       CASE WHEN a.purchase_days > 1 THEN (
-           SELECT SUM(o.amount) FROM orders o
+"""
+_HISTORY_FIRST_DAY = """CASE WHEN a.purchase_days > 1 THEN (
+           SELECT {first_day_spend} FROM orders o
            WHERE o.customer_id = a.customer_id AND o.ordered_at >= a.first_order_at
              AND o.ordered_at < {next_day} AND o.status NOT IN ({not_purchases})
-       ) ELSE a.total_spend END AS first_day_spend,
+       ) ELSE a.total_spend END"""
+
+# ``source``: the CTE above over the orders, or the maintained ``customer_purchase_aggregates``
+# (one row per customer, the same values when no purchase is after the as-of day).
+_SQL = """{history}SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
+       a.n_orders, a.purchase_days, a.first_order_at, a.last_order_at, a.total_spend,
+       {first_day_spend} AS first_day_spend,
        s.stage AS previous_stage, s.stage_since AS previous_stage_since{in_stage}
 FROM customers c
-LEFT JOIN a ON a.customer_id = c.id
+LEFT JOIN {source} a ON a.customer_id = c.id
 LEFT JOIN customer_scores s ON s.customer_id = c.id{rerun}
 WHERE (a.customer_id IS NOT NULL OR c.signed_up_at IS NULL OR c.signed_up_at < :end){customer_range}
 ORDER BY c.id
@@ -90,18 +98,28 @@ CUSTOMER_COLUMNS = {"country": "string", "locale": "string", "timezone": "string
                     "consent_email": "bool", "consent_sms": "bool"}
 
 
-def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = False) -> str:
-    d = _DIALECT["postgresql" if dialect == "postgresql" else "sqlite"]
+def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = False,
+         aggregated: bool = False) -> str:
+    """The features' query; ``aggregated``: from ``customer_purchase_aggregates``."""
+    db = "postgresql" if dialect == "postgresql" else "sqlite"
+    d = _DIALECT[db]
+    money = MONEY_SQL[db]
     wanted = set(customer_columns)
     extra = "".join(f" c.{name}," for name in CUSTOMER_COLUMNS if name in wanted)
     in_stage = bool(wanted & IN_STAGE_FIELDS)
+    history = "" if aggregated else _HISTORY.format(
+        day=DAY_SQL[db].format(col="o.ordered_at"), not_purchases=NOT_PURCHASES_SQL,
+        total_spend=money.format(expr="SUM(o.amount)"),
+        order_range=" AND o.customer_id >= :lo AND o.customer_id < :hi" if ranged else "")
+    first_day = "a.first_day_spend" if aggregated else _HISTORY_FIRST_DAY.format(
+        **d, not_purchases=NOT_PURCHASES_SQL, first_day_spend=money.format(expr="SUM(o.amount)"))
     return _SQL.format(
-        **d,
-        not_purchases=_NOT_PURCHASES_SQL,
+        history=history,
+        source="customer_purchase_aggregates" if aggregated else "a",
+        first_day_spend=first_day,
         customer_columns=extra,
-        in_stage=_IN_STAGE.format(not_purchases=_NOT_PURCHASES_SQL) if in_stage else "",
+        in_stage=_IN_STAGE.format(not_purchases=NOT_PURCHASES_SQL) if in_stage else "",
         rerun=_RERUN if in_stage else "",
-        order_range=" AND o.customer_id >= :lo AND o.customer_id < :hi" if ranged else "",
         customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "",
     )
 
@@ -154,18 +172,29 @@ class Features:
 def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
                       customer_columns: Iterable[str] = (), ids: tuple[int, int] | None = None,
                       typical_gap: float | None = None,
-                      rhythm: Rhythm = DEFAULT_RHYTHM) -> Features:
+                      rhythm: Rhythm = DEFAULT_RHYTHM, source: str = "auto") -> Features:
     """One row per customer (prospects included) with order metrics and lifetimes' summary,
     plus the named ``CUSTOMER_COLUMNS``.
 
     ``ids``: only customers with ``lo <= id < hi`` (a chunk); ``typical_gap``: the store's
     rhythm computed over every customer, which one chunk cannot compute for itself;
     ``rhythm``: how that is measured (with its default for a store with few repeat buyers).
+    ``source``: ``auto`` reads the maintained purchase aggregates when they cover the as-of
+    day (``aggregates.covers``) and aggregates the orders otherwise; ``orders`` always
+    aggregates the orders; ``aggregates`` insists on the aggregates (ValueError when they do
+    not cover the day). Both give the same features.
     """
     if time_unit not in UNIT_DAYS:
         raise ValueError(f"time unit must be one of {', '.join(UNIT_DAYS)}, got {time_unit!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     params = _params(as_of) | ({"lo": ids[0], "hi": ids[1]} if ids else {})
-    raw = _fetch(conn, _sql(conn.dialect.name, customer_columns, ranged=ids is not None), params)
+    aggregated = source != "orders" and covers(conn, day_end(as_of))
+    if source == "aggregates" and not aggregated:
+        raise ValueError(f"the purchase aggregates do not cover {as_of}: orders were written "
+                         "after it, or without maintaining them (clm db rebuild-aggregates)")
+    sql = _sql(conn.dialect.name, customer_columns, ranged=ids is not None, aggregated=aggregated)
+    raw = _fetch(conn, sql, params)
     return features_from_aggregates(raw, as_of, time_unit, typical_gap, rhythm)
 
 
@@ -232,10 +261,11 @@ def features_from_aggregates(raw: pd.DataFrame, as_of: date, time_unit: str = "d
 
 def holdout_purchases(conn: Connection, calibration_end: date, holdout_end: date) -> pd.Series:
     """Purchase days per customer after the calibration end, up to the holdout end."""
-    day = _DIALECT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]["day"]
+    day = DAY_SQL["postgresql" if conn.dialect.name == "postgresql" else "sqlite"].format(
+        col="o.ordered_at")
     sql = (f"SELECT o.customer_id, COUNT(DISTINCT {day}) AS n FROM orders o "
            f"WHERE o.ordered_at >= :start AND o.ordered_at < :end "
-           f"AND o.status NOT IN ({_NOT_PURCHASES_SQL}) "
+           f"AND o.status NOT IN ({NOT_PURCHASES_SQL}) "
            f"GROUP BY o.customer_id")
     stmt = sa.text(sql).bindparams(sa.bindparam("start", type_=sa.DateTime()),
                                    sa.bindparam("end", type_=sa.DateTime()))

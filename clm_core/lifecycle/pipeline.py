@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
-from clm_core.db.bulk import write_frame
+from clm_core.db.bulk import replace_frame, write_frame
 from clm_core.errors import ConfigError, ModelFitError, NotEnoughHistoryError
 from clm_core.lifecycle.features import UNIT_DAYS, customer_features, holdout_purchases
 from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, choose_fits, fit_models, store_fit
@@ -244,15 +244,17 @@ def _fits(engine: Engine, config: LifecycleConfig, features: Callable[[str], pd.
 
 def population(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
                run_id: str | None = None, fit_id: int | None = None,
-               max_fit_age_days: float | None = None) -> Population:
-    """The shared part of a chunked scoring run (fits first if there is no fit)."""
+               max_fit_age_days: float | None = None, source: str = "auto") -> Population:
+    """The shared part of a chunked scoring run (fits first if there is no fit); ``source``:
+    where the features come from (see ``customer_features``)."""
     as_of = as_of or latest_order_date(engine)
     cache: dict[str, pd.DataFrame] = {}
 
     def features(unit: str) -> pd.DataFrame:
         if unit not in cache:
             with engine.connect() as conn:
-                cache[unit] = customer_features(conn, as_of, unit, rhythm=config.rhythm).frame
+                cache[unit] = customer_features(conn, as_of, unit, rhythm=config.rhythm,
+                                                source=source).frame
         return cache[unit]
 
     purchases, spend, fitted, why = _fits(engine, config, features, as_of, run_id, fit_id,
@@ -309,8 +311,16 @@ def rules_values(engine: Engine, config: LifecycleConfig, rules: StageRules, as_
 def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
           rules: StageRules | None = None, run_id: str | None = None,
           ids: tuple[int, int] | None = None, shared: Population | None = None,
-          fit_id: int | None = None, max_fit_age_days: float | None = None) -> ScoreReport:
+          fit_id: int | None = None, max_fit_age_days: float | None = None,
+          source: str = "auto", write: str = "auto") -> ScoreReport:
     """Score every customer as of ``as_of`` and record stage changes.
+
+    ``source``: where the features come from: ``auto`` (the purchase aggregates when they
+    cover ``as_of``, else the orders), ``orders`` (aggregate the whole history) or
+    ``aggregates`` (see ``customer_features``); every choice gives the same scores.
+    ``write``: how the score rows are stored: ``auto`` reloads the table afresh for a whole
+    run (``replace_frame``: every row changes daily) and upserts a chunk's rows; ``upsert``
+    always updates in place. Both leave the same rows.
 
     The fits: ``fit_id`` when given, else the newest whose data ends on or before ``as_of`` and
     at most ``max_fit_age_days`` (default: the config's) before it; fitted first when none is.
@@ -320,6 +330,8 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     """
     if ids is not None and shared is None:
         raise ValueError("a chunk (ids) needs the shared population of its run")
+    if write not in ("auto", "upsert"):
+        raise ValueError(f"write must be auto or upsert, got {write!r}")
     rules = rules or config.load_rules()
     as_of = shared.as_of if shared else (as_of or latest_order_date(engine))
     clock: dict[str, float] = {}
@@ -332,7 +344,7 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
                 cache[unit] = customer_features(
                     conn, as_of, unit, customer_columns=rules.fields, ids=ids,
                     typical_gap=shared.typical_gap_days if shared else None,
-                    rhythm=config.rhythm).frame
+                    rhythm=config.rhythm, source=source).frame
         return cache[unit]
 
     if shared is not None:
@@ -366,8 +378,11 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     # bulk: other writers wait for this transaction (a scoring run is the only writer of
     # scores; its chunks take turns).
     with engine.begin() as conn:
-        write_frame(conn, t.customer_scores, out, keys=["customer_id"], update=SCORE_COLUMNS[1:],
-                    bulk=True)
+        if write == "auto" and ids is None:
+            replace_frame(conn, t.customer_scores, out, key="customer_id")
+        else:
+            write_frame(conn, t.customer_scores, out, keys=["customer_id"],
+                        update=SCORE_COLUMNS[1:], bulk=True)
         write_frame(conn, t.stage_transitions, moves, bulk=True)
     clock["write"] = time.perf_counter() - mark
     counts = stage.value_counts()
