@@ -212,8 +212,11 @@ def outputs(url: str, as_of: date) -> dict[str, pd.DataFrame]:
         "enrollments": (sa.select(*[c for c in e.c if c.name not in skip])
                         .where(sa.or_(e.c.entered_at == now, e.c.exited_at == now)),
                         ["journey", "customer_id", "entry_seq"]),
-        "messages": (sa.select(*[c for c in m.c if c.name not in skip])
-                     .where(m.c.created_at == now), ["idempotency_key"]),
+        # The idempotency key is made from the enrollment's database id, which two databases
+        # may hand out in a different order: compare what the message is, not its key.
+        "messages": (sa.select(*[c for c in m.c if c.name not in skip | {"idempotency_key"}])
+                     .where(m.c.created_at == now),
+                     ["journey", "customer_id", "step_id", "channel", "send_after"]),
     }
     engine = make_engine(url)
     out = {}
