@@ -58,8 +58,14 @@ def _worker(args: tuple[list[int], int, int, int, str, Any]) -> None:
         for seed in seeds:
             started, cpu = time.perf_counter(), cpu_seconds()
             project = copy_project(template, Path(base) / f"seed-{seed}")
-            rows = []
-            for m in measure_store(project, seed, customers, days, every):
+            rows: list[dict[str, Any]] = []
+            try:
+                measured = measure_store(project, seed, customers, days, every)
+            except Exception as exc:  # noqa: BLE001  (a failed store is counted, not fatal)
+                queue.put({"seed": seed, "rows": [], "error": f"{type(exc).__name__}: {exc}",
+                           "seconds": time.perf_counter() - started, "cpu": cpu_seconds() - cpu})
+                continue
+            for m in measured:
                 c, tr = m.report, m.truth
                 rows.append({
                     "seed": seed, "journey": m.journey, "treated": c.treated,
@@ -116,6 +122,9 @@ def main() -> None:
         while len(results) < len(seeds):
             results.append(queue.get(timeout=1800))
             r = results[-1]
+            if r.get("error"):
+                print(f"  seed {r['seed']:>3}: failed: {r['error']}", flush=True)
+                continue
             print(f"  seed {r['seed']:>3}: {r['seconds']:.1f}s wall, {r['cpu']:.1f}s CPU  "
                   + "  ".join(f"{x['journey']} {100 * x['conv']:+.1f} pts "
                               f"(true {100 * x['true_conv']:+.1f})" for x in r["rows"]),
@@ -125,7 +134,10 @@ def main() -> None:
         wall = time.perf_counter() - started
     rows = [x for r in results for x in r["rows"]]
     n = len(results)
-    print(f"\n{n} simulated stores of {a.customers:,} customers, {a.days} days, the lifecycle "
+    failed = [r["seed"] for r in results if r.get("error")]
+    print(f"\n{n - len(failed)} of {n} simulated stores completed"
+          + (f" (failed: seeds {failed})" if failed else ""))
+    print(f"{n} simulated stores of {a.customers:,} customers, {a.days} days, the lifecycle "
           f"every {a.every} days (seeds {seeds[0]}-{seeds[-1]})")
     print("method: 95% intervals of clm lift (Newcombe hybrid score for conversion points, "
           "Welch t for revenue per customer); true effect = mean over the journey's complete "

@@ -111,7 +111,7 @@ EFFECTS = """effects:
 
 def write_scenario(project: Path) -> Path:
     """Replace the project's journeys (keeping its stage rules) with the scenario's; write
-    ``effects.yaml`` beside them. Returns the effects file."""
+    ``effects.yaml`` beside them; fit with a small penalizer. Returns the effects file."""
     journeys = project / "journeys"
     for path in journeys.glob("*.yaml"):
         if path.name != "lifecycle.yaml":
@@ -120,6 +120,11 @@ def write_scenario(project: Path) -> Path:
         (journeys / f"{name}.yaml").write_text(text.lstrip(), encoding="utf-8")
     effects = project / "effects.yaml"
     effects.write_text(EFFECTS, encoding="utf-8")
+    # a small penalty keeps the Gamma-Gamma fit converging on every seed's small store
+    toml = project / "clm.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace("# penalizer = 0.0",
+                                                             "penalizer = 0.001"),
+                    encoding="utf-8")
     return effects
 
 
