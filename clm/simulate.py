@@ -107,8 +107,8 @@ def print_truth_beside_lift(app: App, truths: list[Any]) -> None:
     click.echo("\nPlanted effects against the lift report (conversion points, revenue per "
                "entered customer; 95% intervals):")
     click.echo(f"  {'journey':<16} {'planted':<26} {'treated':>7} {'control':>7} "
-               f"{'true':>7} {'measured [95% CI]':<24} {'true rev':>8} {'measured rev [95% CI]':<26}"
-               f" net")
+               f"{'true':>7} {'measured [95% CI]':<24} {'true rev':>8} "
+               f"{'measured rev [95% CI]':<26} net")
     for tr in truths:
         planted = "; ".join(
             f"{e.get('template') or 'all'} {e['purchase_lift']:+.0%}" for e in tr.effects)

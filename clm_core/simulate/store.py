@@ -44,6 +44,7 @@ from clm_core.db import tables as t
 from clm_core.ingest.people import numbered
 from clm_core.ingest.synthetic import SyntheticParams, contacts, write_store
 from clm_core.journeys.loader import CompiledJourney
+from clm_core.journeys.model import SendStep
 from clm_core.simclock import simulated_steps
 from clm_core.simulate.effects import Effects
 from clm_core.simulate.shoppers import DayOrders, Shoppers
@@ -108,8 +109,7 @@ def journey_templates(journeys: list[CompiledJourney]) -> dict[str, set[str]]:
     """Journey -> the templates its send steps use."""
     out: dict[str, set[str]] = {}
     for j in journeys:
-        out[j.name] = {s.send.template for s in j.spec.steps
-                       if getattr(s, "send", None) is not None and s.send.template}
+        out[j.name] = {s.send.template for s in j.spec.steps if isinstance(s, SendStep)}
     return out
 
 
@@ -134,9 +134,8 @@ class Simulation:
                                  c.history_days, c.days)
         self.numbers = np.arange(1, c.customers + 1)
         self.external = numbered(f"{PREFIX}-", self.numbers, 5)
-        signed_up = np.where(self.shoppers.prospect,
-                             -c.history_days * np.random.default_rng([c.seed, 4]).random(c.customers),
-                             self.shoppers.birth)
+        joined = -c.history_days * np.random.default_rng([c.seed, 4]).random(c.customers)
+        signed_up = np.where(self.shoppers.prospect, joined, self.shoppers.birth)
         self.customers = contacts(self.numbers, PREFIX, self.moment(signed_up),
                                   self.shoppers.prospect)
         self.exposures = Exposure()
