@@ -23,7 +23,7 @@ from clm_core.errors import SpecError
 from clm_core.ingest.synthetic import SyntheticParams
 from clm_core.simulate.effects import Effects, check_targets, parse_effects
 from clm_core.simulate.shoppers import Shoppers
-from tests.test_demo import free_port
+from tests.test_demo import new_shop
 from tests.test_project import clm
 
 # --- the generator ------------------------------------------------------------------------
@@ -207,11 +207,7 @@ def test_simulated_store_in_process_keeps_the_truth_apart(db_url: str, tmp_path:
 
 
 def test_clm_simulate_end_to_end_on_a_tiny_store(tmp_path: Path) -> None:
-    assert clm(tmp_path, "init", "shop").returncode == 0
-    shop = tmp_path / "shop"
-    toml = shop / "clm.toml"
-    toml.write_text(toml.read_text().replace('# sandbox_url = "http://127.0.0.1:8025"',
-                                             f'sandbox_url = "http://127.0.0.1:{free_port()}"'))
+    shop = new_shop(tmp_path)
     bad = shop / "bad.yaml"
     bad.write_text("effects:\n  - journey: winbak\n")
     refused = clm(shop, "simulate", "--customers", "50", "--days", "2", "--effects", str(bad),
