@@ -20,7 +20,7 @@ from clm.flows import DATE, call_flow, failure, finish, load_flow, preflight
 from clm_core.errors import InputError
 
 DEMO_CUSTOMERS = 3000
-DEMO_DAYS = 120
+DEMO_DAYS = 91
 DEMO_EVERY = 7
 
 
@@ -106,28 +106,32 @@ def print_truth_beside_lift(app: App, truths: list[Any]) -> None:
     report = {c.journey: c for c in lift(app.engine).comparisons if c.scope == "journey"}
     click.echo("\nPlanted effects against the lift report (conversion points, revenue per "
                "entered customer; 95% intervals):")
-    click.echo(f"  {'journey':<16} {'planted':<26} {'treated':>7} {'control':>7} "
-               f"{'true':>7} {'measured [95% CI]':<24} {'true rev':>8} "
-               f"{'measured rev [95% CI]':<26} net")
+    click.echo(f"  {'journey':<16} {'treated':>7} {'control':>7} {'true':>6} "
+               f"{'measured [95% CI]':<22} {'true rev':>8} {'measured rev [95% CI]':<24} "
+               f"{'net':>8}")
     for tr in truths:
-        planted = "; ".join(
-            f"{e.get('template') or 'all'} {e['purchase_lift']:+.0%}" for e in tr.effects)
         c = report.get(tr.journey)
         if c is None:
-            click.echo(f"  {tr.journey:<16} {planted:<26} no complete windows yet")
-            continue
-        d, (lo, hi) = c.conversion.diff, c.conversion.diff_ci
-        rd, (rlo, rhi) = c.revenue.diff, c.revenue.diff_ci
-        conv = (f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                if not math.isnan(d) and not math.isnan(lo) else "no control")
-        rev = (f"{rd:+.2f} [{rlo:+.2f}, {rhi:+.2f}]"
-               if not math.isnan(rd) and not math.isnan(rlo) else "-")
-        net = (f"{c.net_incremental_revenue:+,.0f}" if not math.isnan(c.net_incremental_revenue)
-               else "-")
-        click.echo(f"  {tr.journey:<16} {planted:<26} {c.treated:>7,} {c.control:>7,} "
-                   f"{100 * tr.conversion_effect:>+7.1f} {conv:<24} {tr.revenue_effect:>+8.2f} "
-                   f"{rev:<26} {net}" + ("" if tr.conversion_exact else
-                                         "  (truth: order goals only)"))
+            click.echo(f"  {tr.journey:<16} no complete windows yet")
+        else:
+            d, (lo, hi) = c.conversion.diff, c.conversion.diff_ci
+            rd, (rlo, rhi) = c.revenue.diff, c.revenue.diff_ci
+            conv = (f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                    if not math.isnan(d) and not math.isnan(lo) else "no control group")
+            rev = (f"{rd:+.2f} [{rlo:+.2f}, {rhi:+.2f}]"
+                   if not math.isnan(rd) and not math.isnan(rlo) else "-")
+            net = (f"{c.net_incremental_revenue:+,.0f}"
+                   if not math.isnan(c.net_incremental_revenue) else "-")
+            click.echo(f"  {tr.journey:<16} {c.treated:>7,} {c.control:>7,} "
+                       f"{100 * tr.conversion_effect:>+6.1f} {conv:<22} "
+                       f"{tr.revenue_effect:>+8.2f} {rev:<24} {net:>8}")
+        planted = "; ".join(
+            (f"template {e['template']}: " if e.get("template") else "")
+            + f"purchases {e['purchase_lift']:+.0%} for {e['days']}d"
+            + (f", coupon used {e['coupon']['redeem']:.0%}" if e.get("coupon") else "")
+            for e in tr.effects)
+        click.echo(f"  {'':<16} planted: {planted}"
+                   + ("" if tr.conversion_exact else "; true conversion counts order goals only"))
 
 
 def simulated_demo(app: App, faults: str | None) -> None:
