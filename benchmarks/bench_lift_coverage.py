@@ -127,7 +127,10 @@ def main() -> None:
                 continue
             print(f"  seed {r['seed']:>3}: {r['seconds']:.1f}s wall, {r['cpu']:.1f}s CPU  "
                   + "  ".join(f"{x['journey']} {100 * x['conv']:+.1f} pts "
-                              f"(true {100 * x['true_conv']:+.1f})" for x in r["rows"]),
+                              f"(true {100 * x['true_conv']:+.1f}"
+                              f"{', covered' if inside(x['conv_ci'], x['true_conv']) else ''}"
+                              f"{', rev covered' if inside(x['rev_ci'], x['true_rev']) else ''})"
+                              for x in r["rows"]),
                   flush=True)
         for p in procs:
             p.join()

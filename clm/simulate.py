@@ -54,8 +54,8 @@ def run_simulation(app: App, customers: int, days: int, seed: int, effects_file:
     ensure_key_file(settings)
     preflight(app, dispatch=True)
     effects = load_effects(effects_file)
-    journeys = [j for j in load_journeys(settings.journeys_dir,
-                                         project_policy(settings.section("journeys")))
+    policy = project_policy(settings.section("journeys"))
+    journeys = [j for j in load_journeys(settings.journeys_dir, policy)
                 if j.spec.status == "active"]
     check_targets(effects, [j.name for j in journeys],
                   [x for temps in journey_templates(journeys).values() for x in temps])
@@ -63,7 +63,7 @@ def run_simulation(app: App, customers: int, days: int, seed: int, effects_file:
     config = SimConfig(customers=customers, days=days, seed=seed, every_days=every_days,
                        history_days=history_days, start=start,
                        timezone=settings.default_timezone)
-    sim = Simulation(app.engine, config, effects, journeys)
+    sim = Simulation(app.engine, config, effects, journeys, policy)
     click.echo(f"store      simulated: {customers:,} customers (BG/NBD + Gamma-Gamma, seed "
                f"{seed}), {history_days} days of history, then {days} days from {start}")
     click.echo(f"effects    {effects.file}: " + "; ".join(

@@ -161,7 +161,7 @@ def test_simulated_store_in_process_keeps_the_truth_apart(db_url: str, tmp_path:
         policy = project_policy(settings.section("journeys"))
         sim = Simulation(engine, SimConfig(customers=400, days=14, seed=2, every_days=7),
                          load_effects(project / "effects.yaml"),
-                         load_journeys(settings.journeys_dir, policy))
+                         load_journeys(settings.journeys_dir, policy), policy)
         sim.run(lifecycle_step(engine, settings, signing_key(settings), 30.0))
         rebuild(engine, sim.end, policy)
         comparisons = {c.journey: c for c in lift(engine).comparisons if c.scope == "journey"}

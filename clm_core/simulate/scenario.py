@@ -165,7 +165,7 @@ def measure_store(project: Path, seed: int, customers: int, days: int,
         journeys = load_journeys(settings.journeys_dir, policy)
         sim = Simulation(engine, SimConfig(customers=customers, days=days, seed=seed,
                                            every_days=every_days),
-                         load_effects(project / "effects.yaml"), journeys)
+                         load_effects(project / "effects.yaml"), journeys, policy)
         # one fit for the whole run, as a store refitting monthly would have
         sim.run(lifecycle_step(engine, settings, signing_key(settings),
                                fit_max_age_days=days + 1.0))

@@ -11,7 +11,8 @@ time zone; ``as_of_d`` the day before, as the daily schedule runs):
    received; a message of a journey or template with an effect starts an exposure of
    ``days`` days; its coupon may be redeemed; an unsubscribe is drawn and, when it happens,
    written through the consent ledger (source ``unsubscribe``, as the unsubscribe link does).
-   The control group's skipped messages (reason ``control_group``) are the would-be exposures;
+   The control group's skipped messages (reason ``control_group``) are the would-be exposures,
+   moved out of the customer's quiet hours as planning moves the treated's (``_hold_back``);
 3. the day's purchases, from ``now_d`` to ``now_{d+1}``, in every world
    (``clm_core.simulate.shoppers``), and the actual world's orders (with coupon codes)
    written with the bulk writer the importer uses, together with customers born that day.
@@ -43,8 +44,10 @@ from clm_core.consent.ledger import ADDRESS_COLUMN, record_change
 from clm_core.db import tables as t
 from clm_core.ingest.people import numbered
 from clm_core.ingest.synthetic import SyntheticParams, contacts, write_store
+from clm_core.journeys import clock
 from clm_core.journeys.loader import CompiledJourney
-from clm_core.journeys.model import SendStep
+from clm_core.journeys.model import ProjectPolicy, SendStep
+from clm_core.journeys.policy import rules_for
 from clm_core.simclock import simulated_steps
 from clm_core.simulate.effects import Effects
 from clm_core.simulate.shoppers import DayOrders, Shoppers
@@ -117,9 +120,11 @@ class Simulation:
     """One simulated store on ``engine`` (module docstring)."""
 
     def __init__(self, engine: Engine, config: SimConfig, effects: Effects,
-                 journeys: list[CompiledJourney]):
+                 journeys: list[CompiledJourney], policy: ProjectPolicy | None = None):
         self.engine, self.config, self.effects = engine, config, effects
         self.templates = journey_templates(journeys)
+        policy = policy or ProjectPolicy.model_validate({})
+        self.rules = rules_for(journeys, policy.caps, policy.quiet_hours)
         # one flipped world per journey that carries an effect
         self.flips = sorted(j for j, temps in self.templates.items()
                             if any(e.journey == j or e.template in temps for e in effects.items))
@@ -146,6 +151,7 @@ class Simulation:
         self.order_seq = 0
         self.redemptions: list[dict[str, object]] = []
         self._seen_control = 0
+        self._would_be: list[tuple[datetime, int, dict[str, object]]] = []
         self.steps_run = 0
 
     # --- time -------------------------------------------------------------------------
@@ -282,29 +288,59 @@ class Simulation:
             self._seen_control = int(held["id"].max())
         index = pd.Series(np.arange(len(self.external)), index=self.external)
         unsub: list[tuple[int, str, int, datetime]] = []
-        for received, rows in ((True, sent), (False, held)):
-            for r in rows.itertuples(index=False):
-                found = self.effects.for_message(r.journey, r.template)
-                if not found:
-                    continue
-                who = int(index[r.external_id])
-                if not received and not self._reachable(who, r.channel):
-                    continue  # the control's message would not have been sent either
-                for i in found:
-                    eff = self.effects.items[i]
-                    self.exposures.add(customer=who, effect=i, journey=r.journey, start=d,
-                                       end=d + eff.days, received=received, message_id=int(r.id))
-                    if not received:
-                        continue
-                    if eff.coupon is not None and r.code:
-                        until = (self.day_of(pd.Timestamp(r.expires_at).to_pydatetime())
-                                 if r.expires_at is not None and not pd.isna(r.expires_at)
-                                 else d + eff.days)
-                        self.coupons.setdefault(who, []).append(Held(
-                            str(r.code), self.day_of(now), until, eff.coupon.redeem, int(r.id)))
-                    if eff.unsubscribe and self.unsub_rng.random() < eff.unsubscribe:
-                        unsub.append((who, str(r.channel), int(r.id), now))
+        for r in sent.itertuples(index=False):
+            who = int(index[r.external_id])
+            for i in self.effects.for_message(r.journey, r.template):
+                eff = self.effects.items[i]
+                self.exposures.add(customer=who, effect=i, journey=r.journey, start=d,
+                                   end=d + eff.days, received=True, message_id=int(r.id))
+                if eff.coupon is not None and r.code:
+                    until = (self.day_of(pd.Timestamp(r.expires_at).to_pydatetime())
+                             if r.expires_at is not None and not pd.isna(r.expires_at)
+                             else d + eff.days)
+                    self.coupons.setdefault(who, []).append(Held(
+                        str(r.code), self.day_of(now), until, eff.coupon.redeem, int(r.id)))
+                if eff.unsubscribe and self.unsub_rng.random() < eff.unsubscribe:
+                    unsub.append((who, str(r.channel), int(r.id), now))
+        self._hold_back(held, index)
+        due = [x for x in self._would_be if x[0] <= now]
+        self._would_be = [x for x in self._would_be if x[0] > now]
+        for _, effect, row in due:
+            self.exposures.add(**row, effect=effect, start=d,
+                               end=d + self.effects.items[effect].days)
         self._unsubscribe(unsub)
+
+    def _hold_back(self, held: pd.DataFrame, index: pd.Series) -> None:
+        """The control group's would-be receipts: when the treated would have received the
+        message. Planning moves a treated message out of the customer's quiet hours (or drops
+        it, when the journey says skip or end), and dispatch sends it at the first run at or
+        after that time; a control's skipped row keeps the planning time, so the same move is
+        applied here, and the exposure waits for that run."""
+        rows = [r for r in held.itertuples(index=False)
+                if self.effects.for_message(r.journey, r.template)
+                and self._reachable(int(index[r.external_id]), str(r.channel))]
+        if not rows:
+            return
+        frame = pd.DataFrame(rows)
+        frame["who"] = [int(index[x]) for x in frame["external_id"]]
+        tz = clock.clean_zones(self.customers["timezone"].iloc[frame["who"]].reset_index(
+            drop=True), self.config.timezone)
+        at = pd.to_datetime(frame["send_after"]).astype("datetime64[ns]")
+        for journey, part in frame.groupby("journey"):
+            rule = self.rules.get(str(journey))
+            when = at[part.index]
+            if rule is not None and rule.quiet.enabled:
+                inside = clock.in_window(when, tz[part.index], rule.quiet.start, rule.quiet.end)
+                if rule.quiet_hours != "defer":
+                    part, when = part[~inside.to_numpy()], when[~inside]
+                else:
+                    when = clock.after_window(when, tz[part.index], rule.quiet.start,
+                                              rule.quiet.end)
+            for r, moment in zip(part.itertuples(index=False), when):
+                for i in self.effects.for_message(r.journey, r.template):
+                    self._would_be.append((pd.Timestamp(moment).to_pydatetime(), i, {
+                        "customer": int(r.who), "journey": r.journey, "received": False,
+                        "message_id": int(r.id)}))
 
     def _reachable(self, who: int, channel: str) -> bool:
         row = self.customers.iloc[who]
