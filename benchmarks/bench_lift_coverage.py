@@ -162,8 +162,11 @@ def main() -> None:
               f"{cov_r:>4}/{k:<3} {winners:>3}/{k:<3}")
     placebo = [x for x in rows if x["journey"] == "placebo"]
     false_wins = sum(x["call"] == "better" or x["rev_call"] == "better" for x in placebo)
+    conv_wins = sum(x["call"] == "better" for x in placebo)
+    rev_wins = sum(x["rev_call"] == "better" for x in placebo)
     print(f"\nzero effect (placebo) called a winner (conversion or revenue): {false_wins} of "
-          f"{len(placebo)} (target at most 5 of 100)")
+          f"{len(placebo)} (target at most 5 of 100); by conversion {conv_wins}, by revenue "
+          f"{rev_wins}")
     costly = [x for x in rows if x["journey"] == "costly"]
     if costly:
         neg = sum(x["net"] < 0 for x in costly)
