@@ -17,7 +17,8 @@ from clm.context import ClmGroup, pass_app  # noqa: F401  (re-exported for modul
 # Modules of this package that add commands: each defines ``register(cli: click.Group) -> None``.
 # ``flows`` and ``demo`` hold the commands that run Prefect flows (run, limits, demo).
 COMMAND_MODULES = ["project", "db", "data", "ops", "lifecycle", "journeys", "delivery", "consent",
-                   "web", "measure", "loyalty", "backtest", "recommend", "flows", "demo"]
+                   "web", "measure", "loyalty", "backtest", "recommend", "flows", "demo",
+                   "simulate"]
 
 
 @click.group(cls=ClmGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,6 +15,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -166,6 +168,45 @@ def _drain_callbacks(server: Any, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+@contextmanager
+def live_providers(app: App, faults: str | None) -> Iterator[dict[str, Any]]:
+    """The sandbox providers (started unless one runs at the configured URL) and ``clm serve``'s
+    app answering their signed callbacks, as in production, for the body of the ``with``;
+    afterwards the sandbox's owed callbacks are drained and its counts left in the dict
+    (``stats``, None for a sandbox this command did not start)."""
+    from clm_core.settings import Settings
+    from clm_core.web.app import create_app
+    from clm_core.web.serving import BackgroundServer
+
+    settings = app.settings
+    out: dict[str, Any] = {"stats": None}
+    server, where = _start_sandbox(app, faults)
+    click.echo(f"providers  {where}")
+    try:
+        web = BackgroundServer(create_app(settings, app.engine)).start()
+        try:
+            web_url = web.url
+            if settings.public_base_url == Settings.public_base_url:
+                # unconfigured: the demo's links point at the service it runs
+                os.environ["CLM_PUBLIC_BASE_URL"] = web_url
+                click.echo(f"web        clm serve's app at {web_url}: unsubscribe, "
+                           "preferences and click links in the demo's messages")
+            if server:
+                server.store.callbacks.configure({"url": web_url, "seed": 7,
+                                                  "delay_seconds": 0.5})
+                click.echo(f"web        provider callbacks to {web_url}/hooks/... "
+                           "(the app `clm serve` runs)")
+            yield out
+            if server:
+                _drain_callbacks(server)
+        finally:
+            web.stop()
+    finally:
+        if server:
+            out["stats"] = server.store.stats()
+            server.stop()
+
+
 def _feedback_line(app: App) -> str:
     """What the providers reported back: delivery statuses, engagement, suppressions."""
     import sqlalchemy as sa
@@ -205,10 +246,15 @@ def register(cli: click.Group) -> None:
                        "quarter, when every one of its customers has bought.")
     @click.option("--weeks", type=click.IntRange(1, 70), default=WEEKS, show_default=True,
                   help="How many weekly steps the simulated clock takes.")
+    @click.option("--simulated", is_flag=True,
+                  help="A simulated store instead of CDNOW: customers who respond to the "
+                       "journeys' messages with planted effects (a few months, a couple of "
+                       "minutes); the report's lift table beside the truth. See clm simulate.")
     @click.option("--faults", metavar="JSON", help='Sandbox faults to show failure handling, e.g. '
                   '\'{"rate_400": 0.05, "apis": ["sendgrid"]}\'.')
     @pass_app
-    def demo(app: App, sample: bool, start: datetime, weeks: int, faults: str | None) -> None:
+    def demo(app: App, sample: bool, start: datetime, weeks: int, simulated: bool,
+             faults: str | None) -> None:
         """The whole job on the embedded default: CDNOW data, models, stages, journeys and
         sends to the local sandbox providers, on a simulated clock through 1997, all through
         the real `lifecycle` Prefect flow; then what happened, in a store owner's words."""
@@ -216,10 +262,12 @@ def register(cli: click.Group) -> None:
         from clm_core.delivery.unsubscribe import ensure_key_file
         from clm_core.ingest.cdnow import import_cdnow
         from clm_core.runs import last_runs, record_run
-        from clm_core.settings import Settings
-        from clm_core.web.app import create_app
-        from clm_core.web.serving import BackgroundServer
 
+        if simulated:
+            from clm.simulate import simulated_demo
+
+            simulated_demo(app, faults)
+            return
         started = time.perf_counter()
         settings = app.settings
         click.echo(f"project    {settings.project_dir}")
@@ -238,36 +286,13 @@ def register(cli: click.Group) -> None:
             click.echo(f"data       CDNOW{' sample' if sample else ''}: {report.customers:,} "
                        f"customers + {report.prospects} prospects, {report.orders:,} orders, "
                        f"{report.items:,} order lines (1997-01-01 to 1998-06-30)")
-            server, where = _start_sandbox(app, faults)
-            click.echo(f"providers  {where}")
             click.echo(f"clock      simulated: {weeks} weekly runs of the `lifecycle` flow, as of "
                        f"{first} to {last}, each the next morning at 10:00 "
                        f"{settings.default_timezone} ...")
             simulate = load_flow(app, "simulate", "simulate")
-            try:
-                # clm serve's app answers the sandbox's signed callbacks, as in production
-                web = BackgroundServer(create_app(settings, app.engine)).start()
-                try:
-                    web_url = web.url
-                    if settings.public_base_url == Settings.public_base_url:
-                        # unconfigured: the demo's links point at the service it runs
-                        os.environ["CLM_PUBLIC_BASE_URL"] = web_url
-                        click.echo(f"web        clm serve's app at {web_url}: unsubscribe, "
-                                   "preferences and click links in the demo's messages")
-                    if server:
-                        server.store.callbacks.configure({"url": web_url, "seed": 7,
-                                                          "delay_seconds": 0.5})
-                        click.echo(f"web        provider callbacks to {web_url}/hooks/... "
-                                   "(the app `clm serve` runs)")
-                    state = call_flow(simulate, start=first, steps=weeks)
-                    if server:
-                        _drain_callbacks(server)
-                finally:
-                    web.stop()
-            finally:
-                stats = server.store.stats() if server else None
-                if server:
-                    server.stop()
+            with live_providers(app, faults) as live:
+                state = call_flow(simulate, start=first, steps=weeks)
+            stats = live.get("stats")
             if not state.is_completed():
                 run.status = "failed"
         tell(app, first, weeks)

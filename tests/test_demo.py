@@ -23,13 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
+def new_shop(tmp_path: Path) -> Path:
+    """``clm init shop`` with its own sandbox port: other demos may run on this machine."""
     assert clm(tmp_path, "init", "shop").returncode == 0
     shop = tmp_path / "shop"
     toml = shop / "clm.toml"
-    # Its own sandbox port: other demos may run on this machine.
     toml.write_text(toml.read_text().replace('# sandbox_url = "http://127.0.0.1:8025"',
                                              f'sandbox_url = "http://127.0.0.1:{free_port()}"'))
+    return shop
+
+
+def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
+    shop = new_shop(tmp_path)
 
     demo = clm(shop, "demo", "--sample", "--weeks", "2", timeout=900)
     out = demo.stdout + demo.stderr

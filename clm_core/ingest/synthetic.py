@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
@@ -105,10 +105,7 @@ def generate_frames(n_customers: int, seed: int = 0,
     signed_up[prospect] = to_time(rng.random(int(prospect.sum())) * params.days)
     first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
     signed_up[~prospect] = to_time(day[first])
-    customers = fake_contacts(numbers, PREFIX, signed_up_at=pd.Series(signed_up))
-    for ch in ("email", "sms"):
-        customers[f"consent_{ch}_at"] = customers["signed_up_at"].where(customers[f"consent_{ch}"])
-    customers["attributes"] = _attributes(prospect)
+    customers = contacts(numbers, PREFIX, signed_up, prospect)
 
     ext = customers["external_id"].to_numpy()
     orders = pd.DataFrame({
@@ -121,6 +118,16 @@ def generate_frames(n_customers: int, seed: int = 0,
         "status": "completed",
     })
     return customers, orders
+
+
+def contacts(numbers: np.ndarray, prefix: str, signed_up: np.ndarray,
+             prospect: np.ndarray) -> pd.DataFrame:
+    """Customer rows (fake contacts ``prefix-N``) who consented when they signed up."""
+    customers = fake_contacts(numbers, prefix, signed_up_at=pd.Series(signed_up))
+    for ch in ("email", "sms"):
+        customers[f"consent_{ch}_at"] = customers["signed_up_at"].where(customers[f"consent_{ch}"])
+    customers["attributes"] = _attributes(prospect)
+    return customers
 
 
 def _attributes(prospect: np.ndarray) -> list[dict[str, bool]]:
@@ -194,18 +201,32 @@ def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
     customers, orders = generate_frames(n_customers, seed, params)
     report = _report(customers, orders)
     with engine.begin() as conn:
-        report.written["customers"] = write_frame(
+        report.written.update(write_store(conn, customers, orders, PREFIX))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def write_store(conn: Connection, customers: pd.DataFrame, orders: pd.DataFrame,
+                prefix: str) -> dict[str, int]:
+    """Upsert generated customers (by external id), then their orders (``orders`` names
+    customers by ``customer_external_id``, any customer whose id starts ``prefix-``), with the
+    bulk writer the importer uses; new or changed rows per table."""
+    written = {}
+    if len(customers):
+        written["customers"] = write_frame(
             conn, t.customers, customers, keys=["external_id"],
             update=[c for c in customers.columns if c != "external_id"], touch="updated_at",
             bulk=True)
+    if len(orders):
         rows = pd.read_sql(sa.select(t.customers.c.id, t.customers.c.external_id)
-                           .where(t.customers.c.external_id.like(f"{PREFIX}-%")), conn)
+                           .where(t.customers.c.external_id.like(f"{prefix}-%")), conn)
         ids = pd.Series(rows["id"].to_numpy(), index=rows["external_id"].to_numpy())
         frame = orders.drop(columns=["customer_external_id"])
         frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
-        with following_orders(conn, frame):
-            report.written["orders"] = write_frame(
+        with following_orders(conn, frame):  # the purchase aggregates, in this transaction
+            written["orders"] = write_frame(
                 conn, t.orders, frame, keys=["external_id"],
-                update=["customer_id", "ordered_at", "amount", "currency", "quantity"], bulk=True)
-    report.seconds = time.perf_counter() - started
-    return report
+                update=[c for c in ("customer_id", "ordered_at", "amount", "currency",
+                                    "quantity", "coupon_code") if c in frame.columns],
+                bulk=True)
+    return written
