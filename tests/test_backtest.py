@@ -32,7 +32,7 @@ from tests.conftest import REPO
 START = date(1997, 1, 1)
 
 
-def _project(tmp_path: Path, db_url: str) -> Path:
+def _project(tmp_path: Path) -> Path:
     for d in ("journeys", "templates"):
         shutil.copytree(REPO / d, tmp_path / d)
     (tmp_path / "clm.toml").write_text("[clm]\n")
@@ -106,7 +106,7 @@ def test_replay_gives_what_the_pipeline_gives_through_a_database(
 def test_backtest_changes_no_live_row_repeats_itself_and_looks_nothing_ahead(
         engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
     import_cdnow(engine, sample=True)
-    project = _project(tmp_path, db_url)
+    project = _project(tmp_path)
     before = _fingerprint(engine)
     args = ["backtest", "--from", "1997-01-06", "--every", "1w", "--json"]
     code, out = _clm(project, db_url, *args, "--to", "1997-03-03")
@@ -129,7 +129,7 @@ def test_backtest_changes_no_live_row_repeats_itself_and_looks_nothing_ahead(
 def test_compare_a_journey_file_and_write_a_safe_csv(engine: sa.Engine, db_url: str,
                                                      tmp_path: Path) -> None:
     import_cdnow(engine, sample=True)
-    project = _project(tmp_path / "p", db_url)
+    project = _project(tmp_path / "p")
     other = tmp_path / "welcome_b.yaml"
     text = (project / "journeys" / "welcome.yaml").read_text()
     assert "holdout" not in text.split("steps:")[0]
@@ -155,7 +155,7 @@ def test_compare_a_journey_file_and_write_a_safe_csv(engine: sa.Engine, db_url: 
 def test_bad_input_is_one_clear_line(engine: sa.Engine, db_url: str, tmp_path: Path,
                                      args: list[str], says: str) -> None:
     import_cdnow(engine, sample=True)
-    code, out = _clm(_project(tmp_path, db_url), db_url, "backtest", *args)
+    code, out = _clm(_project(tmp_path), db_url, "backtest", *args)
     assert code != 0 and says in out and "Traceback" not in out
 
 
@@ -171,8 +171,7 @@ def test_tally_counts_customers_entering_several_journeys_in_a_week() -> None:
         msgs = pd.DataFrame(columns=["journey", "customer_id", "channel", "status", "reason",
                                      "coupon"])
         return Step(day, now.to_pydatetime(), 0, False, None, 3, pd.DataFrame(),
-                    Plan(now, empty_enrollments().assign(exited_at=pd.NaT), msgs, frame),
-                    pd.Series(dtype="int64"))
+                    Plan(now, empty_enrollments().assign(exited_at=pd.NaT), msgs, frame))
 
     t = tally([step(date(2026, 1, 5), [("a", 1), ("a", 2)]),
                step(date(2026, 1, 7), [("b", 1), ("b", 3)]),  # same week: customer 1 twice

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from clm_core.backtest.replay import Step, coupon_costs
 from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
 from clm_core.errors import ModelFitError
 from clm_core.journeys.engine import Plan
 from clm_core.journeys.run import evaluate
@@ -35,9 +36,9 @@ def copy_store(source: Engine, target: Engine) -> None:
     with source.connect() as src, target.begin() as dst:
         for name in STORE_TABLES:
             table = t.metadata.tables[name]
-            rows = [dict(r._mapping) for r in src.execute(sa.select(table))]
-            if rows:
-                dst.execute(table.insert(), rows)
+            frame = read_frame(src, sa.select(table))
+            if len(frame):
+                write_frame(dst, table, frame, bulk=True)
 
 
 def _step_rows(engine: Engine, as_of: date, now: datetime) -> tuple[Plan, pd.DataFrame]:
@@ -74,8 +75,7 @@ def replay_through_database(engine: Engine, settings: Settings,
         try:
             report = score(engine, config, as_of, rules)
         except ModelFitError as exc:
-            yield Step(as_of, now, 0, False, str(exc), 0, pd.DataFrame(), None,
-                       pd.Series(dtype="int64"))
+            yield Step(as_of, now, 0, False, str(exc), 0, pd.DataFrame(), None)
             continue
         evaluate(engine, settings, now)
         plan, moves = _step_rows(engine, as_of, now)
@@ -83,5 +83,4 @@ def replay_through_database(engine: Engine, settings: Settings,
             m = t.messages
             conn.execute(m.update().where(m.c.status.in_(("pending", "deferred")))
                          .values(status="sent", sent_at=m.c.send_after))
-        yield Step(as_of, now, 0, report.fitted, None, report.customers, moves, plan,
-                   pd.Series(dtype="int64"))
+        yield Step(as_of, now, 0, report.fitted, None, report.customers, moves, plan)

@@ -31,7 +31,13 @@ import pandas as pd
 from clm_core.backtest.aggregates import RunningAggregates
 from clm_core.backtest.history import History
 from clm_core.errors import ModelFitError
-from clm_core.journeys.engine import ENROLLMENT_COLUMNS, Plan, empty_enrollments, plan
+from clm_core.journeys.engine import (
+    ENROLLMENT_COLUMNS,
+    Plan,
+    Snapshot,
+    empty_enrollments,
+    plan,
+)
 from clm_core.journeys.fields import ENGAGEMENT_EVENTS, ENGAGEMENT_LOOKBACK_DAYS, LOYALTY
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.model import ProjectPolicy
@@ -62,7 +68,6 @@ class Step:
     customers: int
     transitions: pd.DataFrame
     plan: Plan | None
-    enrollment_ids: pd.Series  # temporary (negative) enrollment id -> replay id
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -101,12 +106,10 @@ def coupon_costs(messages: pd.DataFrame, view: pd.DataFrame) -> np.ndarray:
     aov = aov.fillna(by_id["avg_order_value"])
     aov = aov.fillna(float(by_id["avg_order_value"].mean()) if len(by_id) else 0.0).fillna(0.0)
     base = messages["customer_id"].map(aov).fillna(0.0).to_numpy(float)
-    out = np.zeros(len(messages))
-    for i, coupon in enumerate(messages["coupon"].tolist()):
-        if isinstance(coupon, dict) and coupon.get("value"):
-            value = float(coupon["value"])
-            out[i] = value if coupon.get("kind") == "amount" else base[i] * value / 100.0
-    return out
+    coupons = messages["coupon"].map(lambda c: c if isinstance(c, dict) else {})
+    value = coupons.map(lambda c: float(c.get("value") or 0.0)).to_numpy(float)
+    amount = (coupons.map(lambda c: c.get("kind")) == "amount").to_numpy(bool)
+    return np.where(amount, value, base * value / 100.0)
 
 
 class Replay:
@@ -120,18 +123,12 @@ class Replay:
         self.policy, self.tz = policy, default_tz
         self.agg = RunningAggregates(history)
         n = len(history.customers)
+        empty = Snapshot(pd.DataFrame())  # the engine's empty frames, with their dtypes
         self.state = ReplayState(
             stage=np.full(n, None, dtype=object),
             stage_since=np.full(n, np.datetime64("NaT", "ns")),
             enrollments=empty_enrollments(),
-            transitions=pd.DataFrame({"customer_id": pd.Series(dtype="int64"),
-                                      "from_stage": pd.Series(dtype=object),
-                                      "to_stage": pd.Series(dtype=object),
-                                      "transitioned_at": pd.Series(dtype="datetime64[ns]")}),
-            ledger=pd.DataFrame({"customer_id": pd.Series(dtype="int64"),
-                                 "channel": pd.Series(dtype=object),
-                                 "tags": pd.Series(dtype=object),
-                                 "at": pd.Series(dtype="datetime64[ns]")}))
+            transitions=empty.transitions, ledger=empty.ledger)
         self.in_stage = bool(rules.fields & IN_STAGE_FIELDS)
         self.fields = set().union(*(j.fields for j in self.journeys)) if self.journeys else set()
         self.within = max((j.spec.entry.within for j in self.journeys),
@@ -159,14 +156,14 @@ class Replay:
             return False, str(exc)
         return True, None
 
-    def _score(self, as_of: date, now: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                              bool, str | None]:
+    def _score(self, as_of: date, consent: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                  bool, str | None]:
         s, h = self.state, self.h
         end = np.datetime64(day_end(as_of), "ns")
         raw = self.agg.frame(end, s.stage, s.stage_since, self.in_stage)
-        consent = h.consent_at(now).reindex(raw["customer_id"])
-        raw["consent_email"] = consent["consent_email"].to_numpy()
-        raw["consent_sms"] = consent["consent_sms"].to_numpy()
+        mine = consent.reindex(raw["customer_id"])
+        raw["consent_email"] = mine["consent_email"].to_numpy()
+        raw["consent_sms"] = mine["consent_sms"].to_numpy()
         cache: dict[str, pd.DataFrame] = {}
 
         def features(unit: str) -> pd.DataFrame:
@@ -203,7 +200,8 @@ class Replay:
 
     # --- journeys ----------------------------------------------------------------------------
 
-    def _customers(self, view: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+    def _customers(self, view: pd.DataFrame, now: pd.Timestamp,
+                   consent: pd.DataFrame) -> pd.DataFrame:
         """The engine's customer rows: scores, the customers table's fields, consent and
         suppression at ``now``; loyalty fields empty (the replay does not replay the
         programme)."""
@@ -212,16 +210,15 @@ class Replay:
         df = view[["customer_id", *cols]].set_index("customer_id")
         contact = h.customers.drop(columns=["signed_up_at", "consent_email", "consent_sms"],
                                    errors="ignore").reindex(df.index)
-        df = df.join(contact).join(h.consent_at(now)).join(h.suppressed_at(now))
+        df = df.join(contact).join(consent).join(h.suppressed_at(now))
         for name in LOYALTY:
             if name in self.fields or (name == "tier" and any(
                     j.spec.entry.tier is not None for j in self.journeys)):
                 df[name] = None
         return df
 
-    def _snapshot(self, view: pd.DataFrame, now: pd.Timestamp):  # -> Snapshot
-        from clm_core.journeys.engine import Snapshot
-
+    def _snapshot(self, view: pd.DataFrame, now: pd.Timestamp,
+                  consent: pd.DataFrame) -> Snapshot:
         s, h = self.state, self.h
         enr = s.enrollments
         active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
@@ -244,10 +241,10 @@ class Replay:
         orders = h.orders_between(np.datetime64(start, "ns"), np.datetime64(now, "ns"))
         led = s.ledger
         s.ledger = led[led["at"] > now - self.cap_horizon].reset_index(drop=True)
-        return Snapshot(customers=self._customers(view, now), enrollments=enr,
+        return Snapshot(customers=self._customers(view, now, consent), enrollments=enr,
                         transitions=transitions, events=events, orders=orders, ledger=s.ledger)
 
-    def _apply(self, result: Plan) -> pd.Series:
+    def _apply(self, result: Plan) -> None:
         """Keep the plan's enrollments and messages as the database would (ids for new
         enrollments; messages sent at their scheduled time)."""
         s = self.state
@@ -276,7 +273,6 @@ class Replay:
                                      "at": pd.to_datetime(live["send_after"])
                                      .astype("datetime64[ns]")})
                 s.ledger = pd.concat([s.ledger, sent], ignore_index=True)
-        return ids
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -285,25 +281,24 @@ class Replay:
         mark = time.perf_counter()
         added = self.agg.advance(np.datetime64(day_end(as_of), "ns"))
         ts = pd.Timestamp(now)
-        view, moves, fitted, error = self._score(as_of, ts)
+        consent = self.h.consent_at(ts)  # channel consent as it stood at the run: read once
+        view, moves, fitted, error = self._score(as_of, consent)
         clock["lifecycle"] = time.perf_counter() - mark
         if error is not None:  # the day's run would have failed: nothing else happens
-            return Step(as_of, now, added, False, error, 0, moves, None, pd.Series(dtype="int64"),
-                        clock)
+            return Step(as_of, now, added, False, error, 0, moves, None, clock)
         if len(moves):
             self.state.transitions = pd.concat(
                 [self.state.transitions, moves[["customer_id", "from_stage", "to_stage",
                                                 "transitioned_at"]]], ignore_index=True)
         mark = time.perf_counter()
-        result = ids = None
+        result = None
         if self.journeys:
-            snap = self._snapshot(view, ts)
+            snap = self._snapshot(view, ts, consent)
             result = plan(self.journeys, snap, ts, self.policy, self.tz)
-            ids = self._apply(result)
+            self._apply(result)
             result.messages["nominal_cost"] = coupon_costs(result.messages, view)
         clock["journeys"] = time.perf_counter() - mark
-        return Step(as_of, now, added, fitted, None, len(view), moves, result,
-                    ids if ids is not None else pd.Series(dtype="int64"), clock)
+        return Step(as_of, now, added, fitted, None, len(view), moves, result, clock)
 
     def run(self, steps: Sequence[tuple[date, datetime]]) -> Iterator[Step]:
         for as_of, now in steps:
