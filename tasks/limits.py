@@ -34,6 +34,7 @@ from clm_core.settings import Settings
 
 API_RETRIES = 5  # tries after a 5xx or a transport error, a second more apart each time
 PACE_MARGIN = 1.1  # pieces are asked for this much slower than the rate: jitter never refused
+WAIT_POLL = 0.02  # seconds past the asking time at which a waiting request looks again
 
 
 def limit_name(provider: str) -> str:
@@ -74,7 +75,11 @@ class SharedRateLimit:
     """One provider's global rate limit as this process takes it: pieces of half the limit's
     slots, asked for at most at the limit's rate, handed out one per request. Shared by every
     dispatcher in the process (chunks run in threads, each with its own event loop and
-    client); a piece's unused slots lapse after one pacing interval."""
+    client); a piece's unused slots lapse after one pacing interval.
+
+    One request at a time asks the server for the next piece; the others wait for it and
+    share its slots. (When each waiting request asked for a piece of its own, each piece
+    served one request and the rest of it lapsed: 2 requests/s got through a 5/s limit.)"""
 
     def __init__(self, name: str, slots: int, rate: float):
         self.name = name
@@ -84,31 +89,51 @@ class SharedRateLimit:
         self._next = 0.0  # monotonic time of the next piece this process may ask for
         self._free = 0
         self._free_until = 0.0
+        self._fetching = False  # a request of this process is asking for the next piece
+        self._fetch_at = 0.0  # when it asks
 
-    def _reserve(self) -> float | None:
-        """None when a slot of the current piece is free (taken now); else seconds to wait
-        for the turn reserved to ask for a new piece."""
+    def _step(self) -> tuple[str, float]:
+        """("taken", 0) when a slot of the current piece was free (taken now); ("fetch", s)
+        when this caller is to ask for the next piece in s seconds; ("wait", s) when another
+        caller is asking for it: look again in s seconds."""
         with self._lock:
             now = time.monotonic()
             if self._free and now < self._free_until:
                 self._free -= 1
-                return None
-            at = max(now, self._next)
-            self._next = at + self.interval
-            return at - now
+                return "taken", 0.0
+            if self._fetching:
+                return "wait", max(self._fetch_at - now, 0.0) + WAIT_POLL
+            self._fetching = True
+            self._fetch_at = max(now, self._next)
+            self._next = self._fetch_at + self.interval
+            return "fetch", self._fetch_at - now
+
+    def _got_piece(self) -> None:
+        with self._lock:
+            self._free = self.piece - 1  # one is this request's
+            self._free_until = time.monotonic() + self.interval
+            self._fetching = False
+
+    def _gave_up(self) -> None:
+        with self._lock:
+            self._fetching = False
 
     async def take(self, client: PrefectClient) -> None:
         """One slot for one request; ThrottleError when the limit cannot be used at all."""
-        wait = self._reserve()
-        if wait is None:
-            return
         troubles = 0
         while True:
-            await asyncio.sleep(wait)
+            kind, wait = self._step()
+            if kind == "taken":
+                return
+            if kind == "wait":
+                await asyncio.sleep(wait)
+                continue
             try:
+                await asyncio.sleep(wait)
                 response = await client.increment_concurrency_slots(
                     names=[self.name], slots=self.piece, mode="rate_limit")
             except httpx.HTTPError as exc:
+                self._gave_up()
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
                 if status and status != 423 and status < 500:
                     raise ThrottleError(
@@ -119,17 +144,17 @@ class SharedRateLimit:
                     if troubles > API_RETRIES:
                         raise ThrottleError(f"rate limit {self.name!r}: the Prefect API did not "
                                             f"answer ({status or type(exc).__name__})") from exc
-                turn = self._reserve()  # 423: another worker has the slots now; wait a turn
-                if turn is None:  # a slot of a piece another request just got
-                    return
-                wait = max(turn, float(troubles))
+                    await asyncio.sleep(float(troubles))
+                # 423: another worker has the slots now; the next turn is a pacing interval on
                 continue
+            except BaseException:  # cancelled while waiting its turn: let another caller ask
+                self._gave_up()
+                raise
             if not response.json():
+                self._gave_up()
                 raise ThrottleError(f"rate limit {self.name!r} does not exist on this Prefect "
                                     "server (run `clm limits`)")
-            with self._lock:
-                self._free = self.piece - 1
-                self._free_until = time.monotonic() + self.interval
+            self._got_piece()
             return
 
 

@@ -123,9 +123,11 @@ def check(result: dict[str, Any], emails: int, coupons: int,
         assert rates[api] <= 1.2 * RATE, f"{api}: {rates[api]:.2f} requests/s"
         assert average_rate(requests, RATE) <= 1.05 * RATE
     if at_the_limit:
-        # Every coupon request is waiting from the start, so the coupon service is kept at
-        # the limit's rate (email requests wait for rendering too; their rate is reported).
-        assert rates["stripe"] >= 0.8 * RATE, f"stripe: {rates['stripe']:.2f} requests/s"
+        # Requests are waiting from the start for both providers, so each is kept at the
+        # limit's rate while it has work (the emails that carry a coupon wait for it, so the
+        # email average over the whole run is lower and only reported).
+        for api in ("stripe", "sendgrid"):
+            assert rates[api] >= 0.8 * RATE, f"{api}: {rates[api]:.2f} requests/s"
     print(f"\n{emails} emails in {len(sendgrid)} requests: busiest {WINDOW:.0f} s at "
           f"{rates['sendgrid']:.2f}/s, average {average_rate(sendgrid, RATE):.2f}/s; "
           f"{coupons} coupons in {len(stripe)} requests: busiest {rates['stripe']:.2f}/s, "
@@ -144,7 +146,7 @@ def test_shared_rate_limit_sends_batches_once_at_the_limit(
     """Emails in batches and coupons under a 5 requests/s limit: no batch is refused,
     everything is sent once, the providers see the limit's rate."""
     check(run_dispatch(prefect_server, tmp_path, monkeypatch, db_url, emails=200, coupons=40,
-                       per_request=2), 200, 40)
+                       per_request=2), 200, 40, at_the_limit=True)
 
 
 @pytest.mark.slow
