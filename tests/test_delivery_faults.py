@@ -28,7 +28,10 @@ def test_faults_every_message_sent_once(
     tmp_path: Path, db_url: str, engine: sa.Engine, sandbox
 ) -> None:
     sandbox.store.set_faults(FAULTS)
-    root = project(tmp_path, db_url, sandbox, **FAST_RETRIES, providers={
+    # About 35% of requests fail (more on a busy machine, where the 0.4 s timeouts also fire),
+    # and a batch fails together: at 10 attempts a message ran out of them in about one run
+    # in a hundred. This test is about sending once, not about the limit (tested below).
+    root = project(tmp_path, db_url, sandbox, **{**FAST_RETRIES, "max_attempts": 20}, providers={
         "twilio": {"timeout": 0.4, "idempotent": True},
         "sendgrid": {"timeout": 0.4, "idempotent": True, "batch_size": 25}})
     sms = seed_outbox(engine, 200, channel="sms", prefix="f")
@@ -47,7 +50,7 @@ def test_faults_every_message_sent_once(
     assert stats["duplicates"] == 0
     retried = [r for r in final if r["attempts"] > 1]
     assert retried, "faults must have forced retries"
-    assert max(r["attempts"] for r in final) <= FAST_RETRIES["max_attempts"]
+    assert max(r["attempts"] for r in final) <= 20
 
 
 def test_faults_retry_limit_gives_final_status(tmp_path: Path, db_url: str, engine: sa.Engine,
