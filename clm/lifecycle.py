@@ -28,6 +28,7 @@ DATE = _Date()
 
 
 def _print_fit(report: object) -> None:
+    from clm_core.lifecycle.fitting import fallback_note
     from clm_core.lifecycle.pipeline import FitReport
 
     assert isinstance(report, FitReport)
@@ -42,6 +43,10 @@ def _print_fit(report: object) -> None:
     )
     click.echo("  " + "  ".join(f"{k} {v:.4f}" for k, v in s.params.items())
                + f"   log-likelihood {s.log_likelihood:,.2f}")
+    for fit in (p, s):
+        note = fallback_note(fit)
+        if note:
+            click.echo(f"note: {fit.model} used {note}")
     if report.holdout is not None:
         click.echo(f"\nModel check: repeat purchases {p.window_end} .. {p.holdout_end}, "
                    "mean per customer by calibration frequency (last row: totals)")

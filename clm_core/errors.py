@@ -83,6 +83,11 @@ class ModelFitError(ClmError):
     """A model could not be fitted; the message says what to try."""
 
 
+class ModelConvergenceError(ModelFitError):
+    """The optimiser gave up or ended on invalid parameters (the data was enough to try); a
+    small penalizer usually settles it (``fitting.fit_models`` tries that on its own)."""
+
+
 class NotEnoughHistoryError(ModelFitError):
     """The store has too few customers or repeat buyers for a fit; scoring goes on without
     the models (``lifecycle.history``)."""

@@ -196,3 +196,32 @@ def test_fit_that_does_not_converge_suggests_a_penalizer() -> None:
     degenerate = pd.DataFrame({"frequency": weeks, "recency": weeks, "T": weeks})
     with pytest.raises(ModelFitError, match="penalizer"):
         fit_purchases(degenerate)
+
+
+
+def test_a_fit_that_does_not_converge_unpenalised_falls_back_to_a_small_penalizer(
+        engine: sa.Engine) -> None:
+    """The CDNOW sample as of 1997-01-13: its Gamma-Gamma fit (14 repeat buyers) does not
+    converge unpenalised. The fit takes the first fallback penalizer that settles it (the same
+    parameters as asking for that penalizer), says so, and keeps the purchase model
+    unpenalised; with the fallback off, or a penalizer the store chose, the error stands."""
+    from clm_core.lifecycle.features import customer_features
+    from clm_core.lifecycle.fitting import FALLBACK_PENALIZERS, fallback_note, fit_models, fit_spend
+
+    import_cdnow(engine, sample=True)
+    as_of = date(1997, 1, 13)
+    with engine.connect() as conn:
+        summary = customer_features(conn, as_of, "week").frame
+    with pytest.raises(ModelFitError, match="did not converge"):
+        fit_spend(summary)
+    purchases, spend = fit_models(summary, as_of=as_of, time_unit="week")
+    assert purchases.penalizer == 0.0 and fallback_note(purchases) is None
+    assert spend.penalizer == FALLBACK_PENALIZERS[0]
+    assert spend.params == fit_spend(summary, FALLBACK_PENALIZERS[0])[0]
+    assert fallback_note(spend) == ("penalizer 0.001: unpenalised, the gamma_gamma fit on 14 "
+                                    "customers did not converge (ConvergenceError)")
+    with pytest.raises(ModelFitError, match="did not converge"):
+        fit_models(summary, as_of=as_of, time_unit="week", fallback=False)
+    # A store's own penalizer is its choice: never replaced by another.
+    chosen = fit_models(summary, as_of=as_of, time_unit="week", penalizer=0.05)[1]
+    assert chosen.penalizer == 0.05 and fallback_note(chosen) is None

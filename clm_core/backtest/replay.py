@@ -151,7 +151,8 @@ class Replay:
         try:
             s.purchases, s.spend = fit_models(f, as_of=as_of, time_unit=self.config.time_unit,
                                               model=self.config.model,
-                                              penalizer=self.config.penalizer)
+                                              penalizer=self.config.penalizer,
+                                              fallback=self.config.penalizer_fallback)
         except ModelFitError as exc:
             return False, str(exc)
         return True, None

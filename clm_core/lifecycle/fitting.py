@@ -3,6 +3,12 @@
 The summary (frequency, recency, T, monetary value) comes from ``features``; identical
 summaries are fitted once with a weight, which makes fits on a million customers quick. Every
 failure becomes a ``ModelFitError`` that says what to try.
+
+An unpenalised fit that does not converge (small early samples do this: a Gamma-Gamma fit on
+14 repeat buyers, for one) is tried again with a small penalizer before the run gives up: an
+unattended nightly run should score with a slightly shrunk fit rather than not at all. The fit
+records the penalizer it used and why, and ``penalizer_fallback = false`` in ``[lifecycle]``
+turns this off.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -21,12 +28,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from clm_core.db import tables as t
-from clm_core.errors import ConfigError, ModelFitError
+from clm_core.errors import ConfigError, ModelConvergenceError, ModelFitError
 from clm_core.runs import utcnow
 
 MIN_CUSTOMERS = 20  # below this, no fit is meaningful
 MIN_REPEAT_CUSTOMERS = 10  # Gamma-Gamma fits repeat buyers only
 PURCHASE_MODELS = ("bgnbd", "mbgnbd")
+FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)  # tried in turn after an unpenalised fit fails
 PARAM_NAMES = {"bgnbd": ("r", "alpha", "a", "b"), "mbgnbd": ("r", "alpha", "a", "b"),
                "gamma_gamma": ("p", "q", "v")}
 _ADVICE = ("try a penalizer ([lifecycle] penalizer = 0.001 in clm.toml), "
@@ -62,7 +70,7 @@ def _compressed(cols: dict[str, pd.Series]) -> tuple[pd.DataFrame, pd.Series]:
 def _check(model: str, params: dict[str, float], n: int) -> None:
     bad = [k for k, v in params.items() if not np.isfinite(v) or v <= 0]
     if bad:
-        raise ModelFitError(f"{model} fit on {n:,} customers gave invalid parameters "
+        raise ModelConvergenceError(f"{model} fit on {n:,} customers gave invalid parameters "
                             f"({', '.join(f'{k}={params[k]}' for k in bad)}); {_ADVICE}")
 
 
@@ -77,7 +85,7 @@ def _run(
             warnings.simplefilter("ignore")
             fitter.fit(*args, weights=weights.to_numpy())
     except Exception as exc:  # lifetimes raises ConvergenceError, scipy may raise anything
-        raise ModelFitError(f"{model} fit on {n:,} customers did not converge "
+        raise ModelConvergenceError(f"{model} fit on {n:,} customers did not converge "
                             f"({type(exc).__name__}); {_ADVICE}") from exc
     params = {k: float(fitter.params_[k]) for k in PARAM_NAMES[model]}
     _check(model, params, n)
@@ -88,7 +96,7 @@ def _run(
         ll = -float(fitter._negative_log_likelihood(log_params, *(a.to_numpy(float) for a in args),
                                                     w, 0.0)) * float(w.sum())
     if not np.isfinite(ll):
-        raise ModelFitError(
+        raise ModelConvergenceError(
             f"{model} fit on {n:,} customers gave a log-likelihood of {ll}; {_ADVICE}"
         )
     return params, ll
@@ -140,6 +148,32 @@ def fit_spend(summary: pd.DataFrame, penalizer: float = 0.0) -> tuple[dict[str, 
     return params, ll, len(s)
 
 
+def _penalised(fit: Callable[[float], tuple[dict[str, float], float, int]], penalizer: float,
+               fallback: bool) -> tuple[tuple[dict[str, float], float, int], float, str | None]:
+    """``fit(penalizer)``; when an unpenalised fit does not converge and ``fallback`` is on,
+    the first of ``FALLBACK_PENALIZERS`` that does. Returns (result, penalizer used, why it
+    differs from the one asked for). A penalizer the store chose is never changed."""
+    try:
+        return fit(penalizer), penalizer, None
+    except ModelConvergenceError as exc:
+        if penalizer > 0 or not fallback:
+            raise
+        first = exc
+    for tried in FALLBACK_PENALIZERS:
+        try:
+            # The error's advice ("try a penalizer") is what was just done: keep the cause.
+            why = f"penalizer {tried:g}: unpenalised, the {str(first).split('; ')[0]}"
+            return fit(tried), tried, why
+        except ModelConvergenceError:
+            continue
+    raise first
+
+
+def fallback_note(fit: ModelFit) -> str | None:
+    """Why ``fit`` used a penalizer the store did not ask for, if it did."""
+    return (fit.diagnostics or {}).get("penalizer_fallback")
+
+
 def fit_models(
     summary: pd.DataFrame,
     *,
@@ -148,25 +182,31 @@ def fit_models(
     model: str = "bgnbd",
     penalizer: float = 0.0,
     holdout_end: date | None = None,
+    fallback: bool = True,
 ) -> tuple[ModelFit, ModelFit]:
-    """Both models on one summary, timed."""
+    """Both models on one summary, timed (each falls back to a small penalizer on its own when
+    ``fallback`` and it does not converge unpenalised; see the module's docstring)."""
     start = time.perf_counter()
-    params, ll, n = fit_purchases(summary, model, penalizer)
-    purchases = ModelFit(model, params, ll, n, penalizer, time.perf_counter() - start, time_unit,
-                         as_of, _window_start(summary), holdout_end)
+    (params, ll, n), used, why = _penalised(
+        lambda pen: fit_purchases(summary, model, pen), penalizer, fallback)
+    purchases = ModelFit(model, params, ll, n, used, time.perf_counter() - start, time_unit,
+                         as_of, _window_start(summary), holdout_end,
+                         diagnostics={"penalizer_fallback": why} if why else None)
     start = time.perf_counter()
-    params, ll, n = fit_spend(summary, penalizer)
+    (params, ll, n), used, why = _penalised(lambda pen: fit_spend(summary, pen), penalizer,
+                                            fallback)
     spend = ModelFit(
         "gamma_gamma",
         params,
         ll,
         n,
-        penalizer,
+        used,
         time.perf_counter() - start,
         time_unit,
         as_of,
         purchases.window_start,
         holdout_end,
+        diagnostics={"penalizer_fallback": why} if why else None,
     )
     return purchases, spend
 

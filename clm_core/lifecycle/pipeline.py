@@ -18,7 +18,14 @@ from clm_core.db import tables as t
 from clm_core.db.bulk import replace_frame, write_frame
 from clm_core.errors import ConfigError, ModelFitError, NotEnoughHistoryError
 from clm_core.lifecycle.features import UNIT_DAYS, customer_features, holdout_purchases
-from clm_core.lifecycle.fitting import PURCHASE_MODELS, ModelFit, choose_fits, fit_models, store_fit
+from clm_core.lifecycle.fitting import (
+    PURCHASE_MODELS,
+    ModelFit,
+    choose_fits,
+    fallback_note,
+    fit_models,
+    store_fit,
+)
 from clm_core.lifecycle.history import DEFAULT_GAP_DAYS, Rhythm, shortfall, without_model
 from clm_core.lifecycle.rfm import rfm, rfm_population
 from clm_core.lifecycle.scoring import calibration_holdout_table, score_frame
@@ -43,6 +50,8 @@ class LifecycleConfig:
     model: str = "bgnbd"
     time_unit: str = "week"
     penalizer: float = 0.0
+    # An unpenalised fit that does not converge is tried with a small penalizer (fitting.py).
+    penalizer_fallback: bool = True
     discount_rate: float = 0.10  # annual, for CLV
     rules: Path | None = None  # default: journeys/lifecycle.yaml
     # A scoring refits when the newest fit's data ends more than this before its as-of day.
@@ -57,8 +66,8 @@ class LifecycleConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "LifecycleConfig":
         raw = dict(settings.section("lifecycle"))
-        keys = ("model", "time_unit", "penalizer", "discount_rate", "rules", "fit_max_age_days",
-                "default_gap_days", "rhythm_min_buyers")
+        keys = ("model", "time_unit", "penalizer", "penalizer_fallback", "discount_rate", "rules",
+                "fit_max_age_days", "default_gap_days", "rhythm_min_buyers")
         unknown = set(raw) - set(keys)
         if unknown:
             raise ConfigError(f"unknown keys in [lifecycle]: {', '.join(sorted(unknown))}; valid: "
@@ -74,6 +83,7 @@ class LifecycleConfig:
         cfg = cls(model=str(raw.get("model", cls.model)),
                   time_unit=str(raw.get("time_unit", cls.time_unit)),
                   penalizer=float(raw.get("penalizer", cls.penalizer)),
+                  penalizer_fallback=bool(raw.get("penalizer_fallback", cls.penalizer_fallback)),
                   discount_rate=float(raw.get("discount_rate", cls.discount_rate)),
                   fit_max_age_days=float(raw.get("fit_max_age_days", cls.fit_max_age_days)),
                   default_gap_days=gap, rhythm_min_buyers=buyers,
@@ -171,13 +181,15 @@ def fit(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
         raise NotEnoughHistoryError(f"{short.message()}; scoring works without them meanwhile "
                                     "(clm score), with the model fields left empty")
     purchases, spend = fit_models(features, as_of=as_of, time_unit=unit, model=config.model,
-                                  penalizer=config.penalizer, holdout_end=holdout_end)
+                                  penalizer=config.penalizer, holdout_end=holdout_end,
+                                  fallback=config.penalizer_fallback)
     table = None
     if holdout is not None and holdout_end is not None:
         duration = (holdout_end - as_of).days / UNIT_DAYS[unit]
         table = calibration_holdout_table(features.set_index("customer_id"), holdout,
                                           purchases.model, purchases.params, duration)
-        purchases.diagnostics = {"calibration_holdout": holdout_rows(table)}
+        purchases.diagnostics = {**(purchases.diagnostics or {}),
+                                 "calibration_holdout": holdout_rows(table)}
     with engine.begin() as conn:
         store_fit(conn, purchases, run_id)
         store_fit(conn, spend, run_id)
@@ -235,11 +247,14 @@ def _fits(engine: Engine, config: LifecycleConfig, features: Callable[[str], pd.
         time_unit=config.time_unit,
         model=config.model,
         penalizer=config.penalizer,
+        fallback=config.penalizer_fallback,
     )
     with engine.begin() as conn:
         for fitted_model in (purchases, spend):
             store_fit(conn, fitted_model, run_id)
-    return purchases, spend, True, f"fitted now on orders up to {as_of}: {choice.reason}"
+    return purchases, spend, True, (f"fitted now on orders up to {as_of}: {choice.reason}"
+                                    + "".join(f"; {f.model} with {fallback_note(f)}"
+                                              for f in (purchases, spend) if fallback_note(f)))
 
 
 def population(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
