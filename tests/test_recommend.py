@@ -19,7 +19,9 @@ from clm_core.db import tables as t
 from clm_core.errors import InputError
 from clm_core.recommend.catalog import (
     CatalogParams,
+    ItemChain,
     load_simulated,
+    make_catalog,
     order_items,
     simulated_catalog,
     simulated_lines,
@@ -53,6 +55,37 @@ def test_catalogue_is_deterministic_by_seed() -> None:
     assert (one["quantity"] >= 1).all() and (one["unit_price"] > 0).all()
     with pytest.raises(InputError, match="segment"):
         order_items(np.random.default_rng(7), orders, segments.iloc[:50])
+
+
+def test_a_chain_carries_each_customers_next_order_across_calls() -> None:
+    """A store written day by day passes one chain to every day's ``order_items``: with every
+    next main item the previous one's complement, a customer's first order of the second day
+    is the complement of their last main item of the first (without the chain it is a fresh
+    draw); customers new on the second day start fresh."""
+    params = CatalogParams(p_follow=1.0, p_repeat=0.0, p_together=0.0, extra_items=0.0)
+    catalog = make_catalog(np.random.default_rng(1), params)
+    segments = pd.Series(np.arange(60) % 4, index=np.arange(60))
+    day1 = pd.DataFrame({"order_id": np.arange(1, 41), "customer_id": np.arange(40) // 2,
+                         "ordered_at": pd.date_range("2025-01-01", periods=40, freq="min")})
+    day2 = pd.DataFrame({"order_id": np.arange(41, 81), "customer_id": np.arange(40) // 2 + 10,
+                         "ordered_at": pd.date_range("2025-01-02", periods=40, freq="min")})
+    chain = ItemChain()
+    rng = np.random.default_rng(2)
+    first = order_items(rng, day1, segments, params, catalog, chain)
+    second = order_items(rng, day2, segments, params, catalog, chain)
+    sku = {s: i for i, s in enumerate(catalog.skus)}
+    main1 = first[first["line_no"] == 1].merge(day1, on="order_id")
+    last1 = main1.groupby("customer_id")["sku"].last().map(sku)
+    main2 = second[second["line_no"] == 1].merge(day2, on="order_id")
+    first2 = main2.groupby("customer_id")["sku"].first().map(sku)
+    returning = first2.index.intersection(last1.index)  # customers 10..19
+    assert len(returning) == 10
+    assert (first2[returning].to_numpy() == catalog.complement[last1[returning].to_numpy()]).all()
+    assert chain.last.index.tolist() == list(range(30))  # customers 20..29 joined the chain
+    without = order_items(np.random.default_rng(2), day2, segments, params, catalog)
+    main_w = without[without["line_no"] == 1].merge(day2, on="order_id")
+    fresh = main_w.groupby("customer_id")["sku"].first().map(sku)[returning].to_numpy()
+    assert not (fresh == catalog.complement[last1[returning].to_numpy()]).all()
 
 
 def test_complements_cooccur_far_more_than_chance(structured: pd.DataFrame,

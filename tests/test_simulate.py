@@ -177,6 +177,9 @@ def test_simulated_store_in_process_keeps_the_truth_apart(db_url: str, tmp_path:
         redeemed = conn.scalar(sa.select(sa.func.count()).select_from(t.orders)
                                .where(t.orders.c.coupon_code.is_not(None)))
         names = set(sa.inspect(conn).get_table_names())
+        without_lines = conn.scalar(sa.select(sa.func.count()).select_from(t.orders).where(
+            ~sa.exists().where(t.order_items.c.order_id == t.orders.c.id)))
+        skus = {s for (s,) in conn.execute(sa.select(t.order_items.c.sku).distinct())}
         attributes = [a for (a,) in conn.execute(sa.select(t.customers.c.attributes))]
     engine.dispose()
     # only the world that happened is in the store; the truth is in files apart
@@ -199,6 +202,12 @@ def test_simulated_store_in_process_keeps_the_truth_apart(db_url: str, tmp_path:
     summary = json.loads(path.read_text())
     assert [j["journey"] for j in summary["journeys"]] == ["boost", "costly", "placebo"]
     assert summary["worlds"] == ["actual", "flip:boost", "flip:costly", "flip:placebo"]
+    # every order has lines from the simulated catalogue; the segments are truth, kept apart
+    assert without_lines == 0
+    catalog = pd.read_csv(path.parent / "truth-2-catalog.csv")
+    assert skus <= set(catalog["sku"]) and len(skus) > 20
+    segments = pd.read_csv(path.parent / "truth-2-segments.csv")
+    assert len(segments) == 400 and set(segments["segment"]) == {0, 1, 2, 3}
     cf = pd.read_csv(path.parent / "truth-2-counterfactual-orders.csv")
     assert set(cf["world"]) <= {"flip:boost", "flip:costly", "flip:placebo"} and len(cf)
 
@@ -230,6 +239,10 @@ def test_clm_simulate_end_to_end_on_a_tiny_store(tmp_path: Path) -> None:
         again.stderr
     lift = clm(shop, "lift", "--json", timeout=300)
     assert lift.returncode == 0, lift.stderr
+    # the simulated orders have lines, so recommendations can be measured on the store
+    evaluated = clm(shop, "recommend", "evaluate", "--json", timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["customers"] > 0
 
 
 # --- coverage, a few seeds (the benchmark runs a hundred) ---------------------------------

@@ -29,7 +29,7 @@ each step vectorised over all customers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -137,13 +137,31 @@ def _from_segments(rng: np.random.Generator, weights: np.ndarray, segment: np.nd
     return out
 
 
+@dataclass
+class ItemChain:
+    """Where each customer's chain of main items stands after the orders generated so far
+    (customer_id -> product index): a store generated day by day (``clm simulate``) passes
+    the same chain to every day's ``order_items``, so a customer's next order follows their
+    previous one across days as it does within one call."""
+
+    last: pd.Series = field(default_factory=lambda: pd.Series(dtype=np.int64))
+    favourite: pd.Series = field(default_factory=lambda: pd.Series(dtype=np.int64))
+
+    def update(self, customers: np.ndarray, last: np.ndarray, favourite: np.ndarray) -> None:
+        new_last = pd.Series(last, index=customers)
+        new_fav = pd.Series(favourite, index=customers)
+        self.last = new_last.combine_first(self.last).astype(np.int64)
+        self.favourite = new_fav.combine_first(self.favourite).astype(np.int64)
+
+
 def order_items(rng: np.random.Generator, orders: pd.DataFrame, segments: pd.Series,
-                params: CatalogParams | None = None, catalog: Catalog | None = None
-                ) -> pd.DataFrame:
+                params: CatalogParams | None = None, catalog: Catalog | None = None,
+                chain: ItemChain | None = None) -> pd.DataFrame:
     """``order_items`` rows for ``orders`` (order_id, customer_id, ordered_at): order_id,
     line_no (from 1), sku, product_name, quantity, unit_price. ``segments`` maps customer_id to
     a segment in ``range(params.segments)``. The catalogue is drawn from ``rng`` first unless
-    given. Same generator state, same rows."""
+    given. Same generator state, same rows. With ``chain``, a customer's first order here
+    follows their last one before (and ``chain`` moves on to these orders)."""
     params = params or CatalogParams()
     catalog = catalog or make_catalog(rng, params)
     o = orders.sort_values(["customer_id", "ordered_at", "order_id"], kind="stable")
@@ -171,6 +189,16 @@ def order_items(rng: np.random.Generator, orders: pd.DataFrame, segments: pd.Ser
     favourite[first] = drawn[first]
     follows = u_main < params.p_follow
     repeats = (u_main >= params.p_follow) & (u_main < params.p_follow + params.p_repeat)
+    if chain is not None and len(chain.last) and n:
+        # A customer seen before: the first order here continues their chain.
+        at = np.flatnonzero(first)
+        prev = chain.last.reindex(cust[at]).to_numpy()
+        fav = chain.favourite.reindex(cust[at]).to_numpy()
+        seen = ~np.isnan(prev.astype(float))
+        at, prev, fav = at[seen], prev[seen].astype(np.int64), fav[seen].astype(np.int64)
+        favourite[at] = fav
+        main[at] = np.where(follows[at], catalog.complement[prev],
+                            np.where(repeats[at] & catalog.consumable[fav], fav, drawn[at]))
     by_rank = np.argsort(rank, kind="stable")
     bounds = np.searchsorted(rank[by_rank], np.arange(int(rank.max()) + 2 if n else 1))
     for r in range(1, len(bounds) - 1):
@@ -182,6 +210,9 @@ def order_items(rng: np.random.Generator, orders: pd.DataFrame, segments: pd.Ser
                         np.where(repeats[at] & catalog.consumable[fav], fav, drawn[at]))
         main[at] = pick
 
+    if chain is not None and n:
+        last = np.r_[cust[1:] != cust[:-1], True]
+        chain.update(cust[last], main[last], favourite[last])
     position = np.concatenate([np.arange(n), np.flatnonzero(together),
                                np.repeat(np.arange(n), extras)])
     product = np.concatenate([main, catalog.complement[main[together]], extra_items])

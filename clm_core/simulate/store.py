@@ -14,8 +14,12 @@ time zone; ``as_of_d`` the day before, as the daily schedule runs):
    The control group's skipped messages (reason ``control_group``) are the would-be exposures,
    moved out of the customer's quiet hours as planning moves the treated's (``_hold_back``);
 3. the day's purchases, from ``now_d`` to ``now_{d+1}``, in every world
-   (``clm_core.simulate.shoppers``), and the actual world's orders (with coupon codes)
-   written with the bulk writer the importer uses, together with customers born that day.
+   (``clm_core.simulate.shoppers``), and the actual world's orders (with coupon codes) and
+   their order lines written with the bulk writer the importer uses, together with customers
+   born that day. The lines come from ``clm_core.recommend.catalog``: each customer has a
+   segment with its own product popularity, and an order's main item follows the previous
+   order's (complements, repeat consumables), so the store has the product affinities a
+   recommender can learn (``clm recommend evaluate`` measures them).
 
 Worlds: world 0 is what happens. For every journey with an effect (its own, or one of its
 templates'), one more world flips that journey's exposures: the treated lose the exposures its
@@ -42,12 +46,20 @@ from sqlalchemy.engine import Engine
 
 from clm_core.consent.ledger import ADDRESS_COLUMN, record_change
 from clm_core.db import tables as t
+from clm_core.db.bulk import write_frame
 from clm_core.ingest.people import numbered
 from clm_core.ingest.synthetic import SyntheticParams, contacts, write_store
 from clm_core.journeys import clock
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.model import ProjectPolicy, SendStep
 from clm_core.journeys.policy import rules_for
+from clm_core.recommend.catalog import (
+    CatalogParams,
+    ItemChain,
+    draw_segments,
+    make_catalog,
+    order_items,
+)
 from clm_core.simclock import simulated_steps
 from clm_core.simulate.effects import Effects
 from clm_core.simulate.shoppers import DayOrders, Shoppers
@@ -72,6 +84,7 @@ class SimConfig:
     hour: int = 10
     timezone: str = "UTC"
     params: SyntheticParams = SyntheticParams()
+    catalog: CatalogParams = CatalogParams()
 
 
 @dataclass
@@ -135,6 +148,14 @@ class Simulation:
         self.coupon_rng = np.random.default_rng([c.seed, 1])
         self.unsub_rng = np.random.default_rng([c.seed, 2])
         self.basket_rng = np.random.default_rng([c.seed, 5])
+        # Order lines: streams of their own, so the purchases and effects draw what they did
+        # before the store had lines. The segments and catalogue are part of the truth.
+        self.catalog = make_catalog(np.random.default_rng([c.seed, 6]), c.catalog)
+        self.segments = pd.Series(draw_segments(np.random.default_rng([c.seed, 7]),
+                                                c.customers, c.catalog),
+                                  index=np.arange(1, c.customers + 1))
+        self.item_rng = np.random.default_rng([c.seed, 8])
+        self.chain = ItemChain()
         self.shoppers = Shoppers(c.customers, c.params, np.random.default_rng([c.seed, 3]),
                                  c.history_days, c.days)
         self.numbers = np.arange(1, c.customers + 1)
@@ -248,8 +269,25 @@ class Simulation:
         self.order_seq += len(cust)
         orders = order_rows(self.external[cust], numbered(f"{PREFIX}-o", seq, 8),
                             self.moment(at), value, codes, self.basket_rng)
+        lines = order_items(self.item_rng, pd.DataFrame({
+            "order_id": seq, "customer_id": self.numbers[cust], "ordered_at": at}),
+            self.segments, self.config.catalog, self.catalog, self.chain) if len(cust) else None
         with self.engine.begin() as conn:
             write_store(conn, customers, orders, PREFIX)
+            if lines is not None and len(lines):
+                self._write_lines(conn, lines, orders["external_id"])
+
+    @staticmethod
+    def _write_lines(conn: sa.Connection, lines: pd.DataFrame, external: pd.Series) -> None:
+        """The day's order lines, under the ids its orders were just given."""
+        o = t.orders
+        ids = pd.read_sql(sa.select(o.c.id, o.c.external_id).where(
+            o.c.external_id.between(external.min(), external.max())), conn)
+        by_external = pd.Series(ids["id"].to_numpy(), index=ids["external_id"].to_numpy())
+        wanted = numbered(f"{PREFIX}-o", lines["order_id"].to_numpy(), 8)
+        items = lines.drop(columns=["order_id"])
+        items.insert(0, "order_id", by_external.reindex(wanted).to_numpy())
+        write_frame(conn, t.order_items, items, bulk=True)
 
     def _redeem(self, cust: np.ndarray, at: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Coupon code per order: a held, valid coupon is used with its probability."""
@@ -375,8 +413,8 @@ def order_rows(customer: np.ndarray, external_id: np.ndarray, ordered_at: np.nda
                ) -> pd.DataFrame:
     """The ``orders`` rows of generated purchases (``write_store``'s shape).
 
-    Order lines (``order_items``) would be generated here, from the same purchases: the one
-    place that knows what a generated order contains."""
+    The order lines are generated beside them (``Simulation._write``), from their own random
+    stream."""
     return pd.DataFrame({
         "external_id": external_id,
         "customer_external_id": customer,

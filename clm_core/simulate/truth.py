@@ -168,8 +168,9 @@ def journey_truths(sim: Simulation, enrollments: pd.DataFrame) -> list[JourneyTr
 def write_truth(sim: Simulation, directory: Path, truths: list[JourneyTruth],
                 enrollments: pd.DataFrame) -> Path:
     """``truth-<seed>.json`` (the summary) beside ``truth-<seed>-*.csv`` (enrollments with both
-    outcomes, exposures, the other worlds' purchases of exposed customers) in ``directory``,
-    never in the store's database. Returns the JSON's path."""
+    outcomes, exposures, the other worlds' purchases of exposed customers, the catalogue and
+    each customer's segment) in ``directory``, never in the store's database. Returns the
+    JSON's path."""
     directory.mkdir(parents=True, exist_ok=True)
     seed = sim.config.seed
     stem = directory / f"truth-{seed}"
@@ -193,10 +194,16 @@ def write_truth(sim: Simulation, directory: Path, truths: list[JourneyTruth],
     (pd.concat(frames) if frames else pd.DataFrame(columns=["world", "customer", "ordered_at",
                                                             "amount"])
      ).to_csv(f"{stem}-counterfactual-orders.csv", index=False)
+    catalog = sim.catalog.frame()
+    catalog["complement_sku"] = sim.catalog.skus[sim.catalog.complement]
+    catalog.to_csv(f"{stem}-catalog.csv", index=False)
+    pd.DataFrame({"customer": sim.external, "segment": sim.segments.to_numpy()}).to_csv(
+        f"{stem}-segments.csv", index=False)
     c = sim.config
     summary = {
         "seed": seed, "customers": c.customers, "days": c.days, "every_days": c.every_days,
         "history_days": c.history_days, "start": c.start.isoformat(),
+        "catalog": asdict(c.catalog),
         "measured_at": sim.end.isoformat(), "params": asdict(c.params),
         "effects_file": sim.effects.file, "effects": sim.effects.as_dicts(),
         "worlds": ["actual"] + [f"flip:{j}" for j in sim.flips],
