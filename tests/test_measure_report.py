@@ -124,6 +124,7 @@ def test_report_opens_in_chromium_without_console_errors(engine: sa.Engine, tmp_
         page.goto(out.as_uri())
         assert page.locator("#lift tr").count() > 2
         assert page.locator("section#churn svg").count() >= 2
+        assert page.locator("section#journeys .diagram svg").count() >= 1
         browser.close()
     assert messages == []
 

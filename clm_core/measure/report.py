@@ -24,7 +24,8 @@ from clm_core.db import tables as t
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.lifecycle.features import NOT_PURCHASES
 from clm_core.measure.attribution import purchases_filter
-from clm_core.measure.graph import journey_counts, mermaid
+from clm_core.measure.diagram import svg
+from clm_core.measure.graph import journey_counts, mermaid_text, structure
 from clm_core.measure.lift import LiftReport, lift
 from clm_core.reporting import STAGE_ORDER, summarize
 
@@ -56,7 +57,8 @@ class ReportData:
     journeys_at_risk: list[dict[str, Any]]
     lift: LiftReport
     funnels: list[dict[str, Any]]
-    graphs: dict[str, str]
+    graphs: dict[str, str]  # journey -> Mermaid text
+    diagrams: dict[str, str]  # journey -> inline SVG (the same boxes and counts)
     model_check: dict[str, Any] | None
     deliverability: list[dict[str, Any]]
     last_touch: list[dict[str, Any]] = field(default_factory=list)
@@ -440,7 +442,7 @@ def collect(engine: Engine, since: datetime | None = None,
             conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar() or 0
         )
         hist, share, total = _clv(conn)
-        graphs = {j.name: mermaid(j, journey_counts(conn, j.name)) for j in journeys}
+        shapes = {j.name: structure(j, journey_counts(conn, j.name)) for j in journeys}
         data = ReportData(
             since=since,
             as_of=pd.Timestamp(as_of).date() if as_of else None,
@@ -459,7 +461,8 @@ def collect(engine: Engine, since: datetime | None = None,
             journeys_at_risk=_journeys_at_risk(conn, since),
             lift=report_lift,
             funnels=_funnels(conn, since),
-            graphs=graphs,
+            graphs={name: mermaid_text(d) for name, d in shapes.items()},
+            diagrams={name: svg(d) for name, d in shapes.items()},
             model_check=_model_check(conn),
             deliverability=_deliverability(conn, since),
             last_touch=_last_touch(conn, since),
