@@ -76,6 +76,9 @@ def test_report_is_self_contained_escaped_and_matches_lift_and_status(
         row = (f'data-comparison="{c["label"]}" data-treated="{c["treated"]}" '
                f'data-control="{c["control"]}" data-lift="{json.dumps(c["conversion"]["diff"])}"')
         assert row in html.replace("&#39;", "'"), row
+        if c["revenue_cuped"] is not None:  # CUPED beside the plain figure, the same numbers
+            assert f'data-cuped="{json.dumps(c["revenue_cuped"]["diff"])}"' in html
+    assert "CUPED" in html and lifted["methods"]["revenue_cuped"] in html
     journey = next(c for c in lifted["comparisons"] if c["scope"] == "journey")
     assert journey["verdict"]["text"] in html
     # ... and as clm status

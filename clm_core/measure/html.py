@@ -90,6 +90,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "lift_pts": {"en": "Lift (points) [95% CI]", "zh-CN": "提升（百分点）[95% CI]"},
     "rev_cust": {"en": "Revenue per customer", "zh-CN": "人均收入"},
     "rev_diff": {"en": "Difference [95% CI]", "zh-CN": "差值 [95% CI]"},
+    "rev_cuped": {
+        "en": "CUPED difference [95% CI]",
+        "zh-CN": "CUPED 差值 [95% CI]",
+    },
+    "variance": {"en": "variance", "zh-CN": "方差"},
     "coupon_cost": {"en": "Coupon cost", "zh-CN": "优惠券成本"},
     "net_incr": {"en": "Net incremental revenue [95% CI]", "zh-CN": "净增量收入 [95% CI]"},
     "verdict": {"en": "Verdict", "zh-CN": "结论"},
