@@ -77,6 +77,23 @@ def test_boxes_are_layered_in_the_order_customers_move() -> None:
     assert any(float(x) > offer.x + offer.w or float(x) < offer.x for x in side)
 
 
+def test_an_arrow_back_up_runs_in_the_margin_and_keeps_the_layers() -> None:
+    """The loader refuses cycles; a structure built by hand with one still lays out."""
+    from clm_core.measure.graph import Diagram, Edge, Node
+
+    nodes = tuple(Node(i, k, (i,)) for i, k in (("start", "start"), ("a", "send"),
+                                                 ("b", "wait"), ("goal", "goal")))
+    edges = (Edge("start", "a"), Edge("a", "b"), Edge("b", "a", "again"),
+             Edge("start", "goal", "within 2w", dashed=True))
+    d = Diagram("loop", nodes, edges)
+    boxes, width, _ = layout(d)
+    at = {b.node.id: b for b in boxes}
+    assert at["start"].y < at["a"].y < at["b"].y
+    back = re.findall(r'<path d="M[\d.]+,[\d.]+ L([\d.]+),', svg(d))
+    assert any(float(x) > max(b.x + b.w for b in boxes) for x in back)
+    assert max(float(x) for x in back) <= width
+
+
 def test_customer_text_in_conditions_is_escaped() -> None:
     picture = svg(structure(parse_journey(SKIPPING, "nudge.yaml")))
     assert "<img" not in picture and "onerror=alert" in picture  # as text, never markup

@@ -5,16 +5,16 @@ Mermaid would need its JavaScript, which a self-contained file cannot fetch, so 
 done here and kept simple, in the manner of a layered (Sugiyama) drawing:
 
 1. layers: a box sits one layer below the deepest box that leads to it (longest path from the
-   start); arrows that lead back up (a ``goto`` to an earlier step) are set aside first, so a
-   loop cannot push boxes down for ever;
+   start). The loader refuses journeys whose steps form a cycle, but the walk still sets aside
+   any arrow back up rather than loop, so a diagram of a hand-made structure always ends;
 2. order: within a layer, boxes keep the order the journey names them in, then each layer is
    sorted once by the mean position of the boxes that lead to it, which untangles splits and
    branches that rejoin;
-3. drawing: forward arrows are curves from the bottom of one box to the top of the next;
-   arrows back up run down the right-hand margin; the conversion window is a dashed arrow
-   from the start to the goal box beside it. Arrowheads are drawn as small triangles rather
-   than SVG markers, whose ``url(#id)`` references collide when a page holds several
-   diagrams.
+3. drawing: forward arrows are curves from the bottom of one box to the top of the next, and
+   run beside the boxes of any layer they skip; an arrow back up would run in the right-hand
+   margin; the conversion window is a dashed arrow from the start to the goal box beside it.
+   Arrowheads are small triangles rather than SVG markers, whose ``url(#id)`` references
+   collide when a page holds several diagrams.
 
 Every text is escaped; a line too long for its box is cut with an ellipsis and stays whole in
 the box's tooltip (``<title>``). Counts (entered, reached, converted) are drawn in bold.
