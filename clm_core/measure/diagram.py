@@ -16,13 +16,14 @@ done here and kept simple, in the manner of a layered (Sugiyama) drawing:
    Arrowheads are small triangles rather than SVG markers, whose ``url(#id)`` references
    collide when a page holds several diagrams.
 
-Every text is escaped; a line too long for its box is cut with an ellipsis and stays whole in
-the box's tooltip (``<title>``). Counts (entered, reached, converted) are drawn in bold.
+Every text is escaped; a line too long for its box is broken between words onto a second
+line, and what still does not fit is cut with an ellipsis and stays whole in the box's tooltip
+(``<title>``). Counts (entered, reached, converted) are drawn in bold.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 
 from clm_core.measure.charts import _svg, _text
@@ -51,6 +52,7 @@ class _Box:
     y: float = 0.0  # top
     w: float = 0.0
     h: float = 0.0
+    texts: list[tuple[str, bool]] = field(default_factory=list)  # (line as drawn, a count)
 
     @property
     def cx(self) -> float:
@@ -71,6 +73,22 @@ def _fit(text: str, room: float) -> str:
             break
         out += ch
     return out + "…"
+
+
+def _wrap(text: str, room: float, most: int = 2) -> list[str]:
+    """``text`` in at most ``most`` lines of ``room`` px, broken between words (a template
+    name or a condition reads better whole on a second line than cut); the last line is cut
+    with an ellipsis if the text still does not fit."""
+    lines: list[str] = []
+    words = text.split(" ")
+    while words and len(lines) < most:
+        line = words.pop(0)
+        while words and _width(line + " " + words[0]) <= room:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words:
+        lines[-1] = lines[-1] + " " + " ".join(words)
+    return [_fit(x, room) for x in lines]
 
 
 def _layers(d: Diagram) -> dict[str, int]:
@@ -116,7 +134,9 @@ def layout(d: Diagram) -> tuple[list[_Box], float, float]:
     for b in boxes.values():
         longest = max((_width(x) for x in (*b.node.lines, *b.node.counts)), default=0)
         b.w = min(MAX_W, max(MIN_W, longest + 20))
-        b.h = 10 + LINE * (len(b.node.lines) + len(b.node.counts))
+        b.texts = [(x, False) for line in b.node.lines for x in _wrap(line, b.w - 12)]
+        b.texts += [(_fit(x, b.w - 12), True) for x in b.node.counts]
+        b.h = 10 + LINE * len(b.texts)
     rows: dict[int, list[_Box]] = {}
     for n in d.nodes:  # the journey's order first
         rows.setdefault(boxes[n.id].layer, []).append(boxes[n.id])
@@ -215,12 +235,9 @@ def _box(b: _Box) -> str:
              f'<rect x="{b.x:.1f}" y="{b.y:.1f}" width="{b.w:.1f}" height="{b.h:.1f}" '
              f'rx="{radius}" fill="{fill}" stroke="{stroke}"{dash}/>']
     y = b.y + 5 + LINE - 3
-    for line in b.node.lines:
-        parts.append(_text(b.cx, y, _fit(line, b.w - 12), "middle", FONT, ' fill="#222"'))
-        y += LINE
-    for line in b.node.counts:
-        parts.append(_text(b.cx, y, _fit(line, b.w - 12), "middle", FONT,
-                           ' fill="#1f3a5f" font-weight="bold"'))
+    for line, count in b.texts:
+        style = ' fill="#1f3a5f" font-weight="bold"' if count else ' fill="#222"'
+        parts.append(_text(b.cx, y, line, "middle", FONT, style))
         y += LINE
     return "".join(parts) + "</g>"
 
