@@ -89,6 +89,7 @@ def register(cli: click.Group) -> None:
             raise ClmError(f"no journey {journey!r} in {settings.journeys_dir}"
                            f"{did_you_mean(journey, files)}")
         j = load_journey(files[journey], project_policy(settings.section("journeys")))
+        emails: dict[str, str] = {}
         for p in render(app.engine, settings, j, customer, step):
             r = p.rendered
             click.secho(f"── {p.step} · {p.channel} · {p.template} · {r.locale}", bold=True)
@@ -98,6 +99,17 @@ def register(cli: click.Group) -> None:
                     out = Path(html_dir) / f"{j.name}-{p.step}.html"
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_text(r.html, encoding="utf-8")
+                    emails[p.step] = out.name
                     click.echo(f"(HTML: {out})")
             else:
                 click.echo(f"{r.text}\n({r.encoding}, {r.length} units, {r.segments} segment(s))")
+        if html_dir:
+            from clm_core.measure.diagram import page
+            from clm_core.measure.graph import journey_counts, structure
+
+            with app.engine.connect() as conn:
+                counts = journey_counts(conn, j.name)
+            out = Path(html_dir) / f"{j.name}.html"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(page(structure(j, counts), emails), encoding="utf-8")
+            click.echo(f"(journey diagram: {out})")

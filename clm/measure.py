@@ -69,6 +69,15 @@ def print_lift(report: Any) -> None:
         click.echo(f"{c.label[:34]:<34} {c.treated:>8,} {c.control:>8,} {_pct(r.rate_t):>7} "
                    f"{_pct(r.rate_c):>7} {ci:>24} {_money(m.mean_t):>10} {_money(m.mean_c):>10} "
                    f"{mci:>26} {_money(c.net_incremental_revenue):>11}")
+    adjusted = [c for c in report.comparisons
+                if c.revenue_cuped is not None and math.isfinite(c.revenue_cuped.low)]
+    if adjusted:
+        click.echo("\nRevenue per customer with CUPED (pre-entry revenue as covariate):")
+        for c in adjusted:
+            a = c.revenue_cuped
+            assert a is not None
+            click.echo(f"  {c.label[:34]:<34} {a.diff:+,.2f} [{a.low:+,.2f}, {a.high:+,.2f}]  "
+                       f"variance {-a.variance_reduction:+.0%}, theta {a.theta:.3f}")
     click.echo("\nVerdicts:")
     for c in report.comparisons:
         if c.scope in ("journey", "program"):

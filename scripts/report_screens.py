@@ -31,6 +31,9 @@ def main(argv: list[str]) -> int:
         page.goto(report.as_uri())
         for name in SECTIONS:
             page.locator(f"section#{name}").screenshot(path=str(out / f"report-{name}.png"))
+        diagram = page.locator('section#journeys .diagram:has(svg[aria-label="journey winback"])')
+        if diagram.count():
+            diagram.screenshot(path=str(out / "report-journey-diagram.png"))
         browser.close()
     for line in problems:
         print(line)

@@ -200,3 +200,63 @@ def test_stats_edge_cases() -> None:
     v = stats.verdict("x", 100, 0, 0.1, -1, 1, None, str)
     assert v.call == "no_control"
     assert stats.compare_variants({"a": (3, 10)}).call == "too_small"
+
+
+def test_cuped_matches_an_independent_regression_adjustment(engine: sa.Engine) -> None:
+    """CUPED with pre-entry revenue, recomputed here from raw SQL: theta as the least-squares
+    slope of revenue on pre-entry revenue over both groups, then scipy's Welch interval on the
+    adjusted revenue. Pre-entry spend that predicts window spend must narrow the interval."""
+    from clm_core.db import tables as t
+    from clm_core.db.bulk import write_frame
+
+    build_store(engine, 400, 300, 0.45, 0.25, seed=11)
+    raw = _raw(engine)
+    with engine.begin() as conn:  # buyers in the window also bought before entry, in proportion
+        who = dict(conn.execute(sa.select(t.journey_enrollments.c.id,
+                                          t.journey_enrollments.c.customer_id)).all())
+        rng = np.random.default_rng(5)
+        pre = np.round(raw["revenue"].to_numpy() * 0.8 + rng.gamma(1.5, 6.0, len(raw)), 2)
+        write_frame(conn, t.orders, pd.DataFrame({
+            "external_id": [f"before{i}" for i in raw["enrollment_id"]],
+            "customer_id": [who[i] for i in raw["enrollment_id"]],
+            "ordered_at": ENTERED - timedelta(days=5), "amount": pre, "status": "completed"}))
+    rebuild(engine, NOW)
+    with engine.connect() as conn:
+        x = pd.DataFrame(conn.execute(sa.text(
+            "SELECT e.id, COALESCE(SUM(o.amount), 0) FROM journey_enrollments e "
+            "LEFT JOIN orders o ON o.customer_id = e.customer_id AND o.ordered_at > :start "
+            "AND o.ordered_at <= e.entered_at AND o.status = 'completed' "
+            "GROUP BY e.id ORDER BY e.id"
+        ), {"start": ENTERED - timedelta(days=14)}).all(), columns=["enrollment_id", "pre"])
+    raw = raw.merge(x, on="enrollment_id")
+    raw["pre"] = raw["pre"].astype(float)
+    slope, _ = np.polyfit(raw["pre"], raw["revenue"], 1)
+    adjusted = raw["revenue"] - slope * (raw["pre"] - raw["pre"].mean())
+    tr, ct = ~raw["is_control"], raw["is_control"]
+    want = sps.ttest_ind(adjusted[tr], adjusted[ct], equal_var=False).confidence_interval(0.95)
+
+    c = next(x for x in lift(engine, "offer").comparisons if x.scope == "journey")
+    a = c.revenue_cuped
+    assert a is not None
+    assert a.theta == pytest.approx(slope, rel=1e-9)
+    assert (a.low, a.high) == pytest.approx((want.low, want.high), rel=1e-9)
+    assert a.diff == pytest.approx(adjusted[tr].mean() - adjusted[ct].mean(), rel=1e-9)
+    rho = np.corrcoef(raw["pre"], raw["revenue"])[0, 1]
+    assert a.variance_reduction == pytest.approx(rho ** 2, rel=1e-9)  # what CUPED promises
+    assert a.variance_reduction > 0.3
+    assert a.high - a.low < c.revenue.diff_ci[1] - c.revenue.diff_ci[0]
+    assert "CUPED" in a.method and "pre-entry" in a.method
+    # the plain Welch figure is still there, unchanged, beside it
+    plain = sps.ttest_ind(raw["revenue"][tr], raw["revenue"][ct], equal_var=False)
+    assert c.revenue.diff_ci == pytest.approx(tuple(plain.confidence_interval(0.95)), rel=1e-9)
+    # the program compares customers, not enrollments: no single pre-entry window
+    program = next(x for x in lift(engine).comparisons if x.scope == "program")
+    assert program.revenue_cuped is None
+
+
+def test_cuped_without_pre_entry_spend_equals_welch() -> None:
+    rng = np.random.default_rng(2)
+    y1, y2 = rng.gamma(2, 10, 80), rng.gamma(2, 9, 70)
+    a = stats.cuped(y1, y2, np.zeros(80), np.zeros(70))
+    w = stats.welch(y1, y2)
+    assert (a.diff, a.low, a.high, a.theta, a.variance_reduction) == (w.diff, w.low, w.high, 0, 0)

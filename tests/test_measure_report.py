@@ -76,6 +76,9 @@ def test_report_is_self_contained_escaped_and_matches_lift_and_status(
         row = (f'data-comparison="{c["label"]}" data-treated="{c["treated"]}" '
                f'data-control="{c["control"]}" data-lift="{json.dumps(c["conversion"]["diff"])}"')
         assert row in html.replace("&#39;", "'"), row
+        if c["revenue_cuped"] is not None:  # CUPED beside the plain figure, the same numbers
+            assert f'data-cuped="{json.dumps(c["revenue_cuped"]["diff"])}"' in html
+    assert "CUPED" in html and lifted["methods"]["revenue_cuped"] in html
     journey = next(c for c in lifted["comparisons"] if c["scope"] == "journey")
     assert journey["verdict"]["text"] in html
     # ... and as clm status
@@ -124,5 +127,79 @@ def test_report_opens_in_chromium_without_console_errors(engine: sa.Engine, tmp_
         page.goto(out.as_uri())
         assert page.locator("#lift tr").count() > 2
         assert page.locator("section#churn svg").count() >= 2
+        assert page.locator("section#journeys .diagram svg").count() >= 1
         browser.close()
     assert messages == []
+
+
+def test_retention_and_first_order_bands_equal_a_pandas_computation_over_every_order(
+    engine: sa.Engine,
+) -> None:
+    """The report reads only the drawn cohorts' orders and codes stages in SQL; the figures must
+    equal the plain computation over every order (two years of cohorts, some cancelled orders,
+    so the restriction to the latest twelve cohorts and the purchase rule both matter)."""
+    import numpy as np
+    import pandas as pd
+
+    from clm_core.db.bulk import write_frame
+    from clm_core.ingest.synthetic import load_synthetic
+    from clm_core.lifecycle.features import NOT_PURCHASES
+    from clm_core.measure.report import COHORT_MONTHS, MAX_COHORTS, _churn_by, _retention
+
+    load_synthetic(engine, 1_500, seed=3)
+    rng = np.random.default_rng(3)
+    with engine.begin() as conn:
+        ids = conn.execute(sa.select(t.orders.c.id)).scalars().all()
+        cancelled = [int(i) for i in rng.choice(ids, size=len(ids) // 20, replace=False)]
+        conn.execute(sa.update(t.orders).where(t.orders.c.id.in_(cancelled))
+                     .values(status="cancelled"))
+        orders = pd.DataFrame(conn.execute(sa.select(
+            t.orders.c.customer_id, t.orders.c.ordered_at, t.orders.c.amount, t.orders.c.status
+        )).all(), columns=["customer_id", "ordered_at", "amount", "status"])
+        orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
+        orders["amount"] = orders["amount"].astype(float)
+        bought = orders[~orders["status"].isin(NOT_PURCHASES)]
+        first = bought.groupby("customer_id")["ordered_at"].min().rename("first_order_at")
+        stages = rng.choice(["active", "at_risk", "churned", "loyal"], size=len(first))
+        write_frame(conn, t.customer_scores, pd.DataFrame({
+            "customer_id": first.index, "as_of": pd.Timestamp("2026-07-01").date(),
+            "n_orders": bought.groupby("customer_id").size().reindex(first.index).to_numpy(),
+            "first_order_at": first.to_numpy(), "stage": stages,
+            "recorded_at": pd.Timestamp("2026-07-01")}))
+    with engine.connect() as conn:
+        got = _retention(conn)
+        bands = _churn_by(conn)["first_order_value"]
+
+    # retention: every cohort's distinct buyers per month after the first order
+    b = bought.join(first, on="customer_id")
+    b["cohort"] = b["first_order_at"].dt.to_period("M")
+    b["k"] = (b["ordered_at"].dt.year * 12 + b["ordered_at"].dt.month) - (
+        b["first_order_at"].dt.year * 12 + b["first_order_at"].dt.month)
+    b = b[(b["k"] >= 1) & (b["k"] <= COHORT_MONTHS)]
+    latest = b["ordered_at"].dt.to_period("M").max()
+    size = first.dt.to_period("M").value_counts()
+    cohorts = sorted(size.index)[-MAX_COHORTS:]
+    assert len(size) > MAX_COHORTS  # older cohorts exist and are left out
+    active = b.groupby(["cohort", "k"])["customer_id"].nunique()
+    want = [{"cohort": str(c), "customers": int(size[c]),
+             "curve": [active.get((c, k), 0) / size[c] if k <= (latest - c).n else None
+                       for k in range(1, COHORT_MONTHS + 1)]} for c in cohorts]
+    assert [r["cohort"] for r in got] == [w["cohort"] for w in want]
+    for g, w in zip(got, want):
+        assert g["customers"] == w["customers"]
+        assert g["curve"] == pytest.approx(w["curve"])
+    assert any(v is None for v in got[-1]["curve"])  # the newest cohort is still being observed
+
+    # first-order value: quintiles of the first purchase's amount, churned and at-risk shares
+    firsts = bought.merge(first.reset_index(), on="customer_id")
+    firsts = firsts[firsts["ordered_at"] == firsts["first_order_at"]]
+    per = firsts.groupby("customer_id")["amount"].max().to_frame()
+    per["stage"] = pd.Series(stages, index=first.index)
+    edges = np.unique(np.quantile(per["amount"], [0, 0.2, 0.4, 0.6, 0.8, 1.0]))
+    band = pd.cut(per["amount"], edges, include_lowest=True)
+    ref = per.groupby(band, observed=True)["stage"]
+    assert [r["customers"] for r in bands] == ref.size().tolist()
+    assert [r["churned"] for r in bands] == pytest.approx(
+        ref.apply(lambda s: (s == "churned").mean()).tolist())
+    assert [r["at_risk"] for r in bands] == pytest.approx(
+        ref.apply(lambda s: (s == "at_risk").mean()).tolist())

@@ -1,12 +1,15 @@
 """A journey as a Mermaid flowchart: steps, waits, branches with their conditions, splits with
 their weights, exits; with entered/reached/converted counts where the store knows them.
 
-The text is plain Mermaid (``flowchart TD``), so it renders wherever Mermaid does (GitHub,
-editors); the report shows it as preformatted text (no script from a CDN).
+``structure`` is the one description of the boxes and arrows; ``mermaid`` writes it as plain
+Mermaid (``flowchart TD``), which renders wherever Mermaid does (GitHub, editors), and
+``measure.diagram`` draws it as inline SVG for the report and ``clm preview --html``, which may
+load no script.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clm_core.journeys.loader import END, CompiledJourney
@@ -55,101 +58,142 @@ def _value(v: Any) -> str:
 
 
 def _label(text: str) -> str:
-    """Mermaid node text in quotes: quotes and angle brackets as entity codes; the line breaks
-    this module writes (``BR``) become ``<br/>``."""
-    safe = text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
-    return '"' + safe.replace(BR, "<br/>") + '"'
-
-
-BR = "\x00"  # a line break inside a label (escaping leaves it alone)
+    """Mermaid node text in quotes: quotes and angle brackets as entity codes."""
+    return '"' + text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;") + '"'
 
 
 def _node_id(step_id: str) -> str:
     return "s_" + step_id
 
 
-def mermaid(j: CompiledJourney, counts: dict[str, int] | None = None) -> str:
-    """The flowchart text. ``counts``: ``entered``, ``converted`` and ``step:<id>`` (how many
-    enrollments reached that step), where known."""
+@dataclass(frozen=True)
+class Node:
+    """One box: ``lines`` say what it is, ``counts`` how many got there (where known)."""
+
+    id: str
+    kind: str  # start | send | wait | branch | split | exit | goal | end
+    lines: tuple[str, ...]
+    counts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str
+    dst: str
+    label: str = ""
+    dashed: bool = False  # the conversion window (start to goal), not a path a customer takes
+
+
+@dataclass(frozen=True)
+class Diagram:
+    """A journey as boxes and arrows, drawn by ``mermaid`` (text) and ``measure.diagram``
+    (inline SVG) alike, so the two never disagree about a step."""
+
+    journey: str
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+
+
+def _wait_text(step: WaitStep) -> str:
+    spec = step.spec
+    until = ""
+    if spec.until:
+        until = f"until {spec.until:%H:%M}" + (
+            f" on {','.join(spec.weekdays)}" if spec.weekdays else ""
+        )
+    return " then ".join(x for x in (format_duration(spec.duration) if spec.duration else "",
+                                     until) if x)
+
+
+def structure(j: CompiledJourney, counts: dict[str, int] | None = None) -> Diagram:
+    """The journey's boxes and arrows. ``counts``: ``entered``, ``converted`` and
+    ``step:<id>`` (how many enrollments reached that step), where known."""
     counts = counts or {}
-    lines = ["flowchart TD"]
+    nodes: list[Node] = []
+    edges: list[Edge] = []
     entry = j.spec.entry
     if entry.stage is not None:
         trig = f"enters stage {entry.stage.to}" + (f" from {', '.join(entry.stage.from_)}"
                                                    if entry.stage.from_ else "")
+    elif entry.tier is not None:
+        trig = f"reaches tier {entry.tier.to or 'any'}" + (f" from {', '.join(entry.tier.from_)}"
+                                                  if entry.tier.from_ else "")
     elif entry.event is not None:
         trig = f"event {entry.event.type}"
     else:
         trig = "segment: " + condition_text(entry.segment)
-    start = f"{j.name}: {trig}"
-    if "entered" in counts:
-        start += BR + f"entered {counts['entered']:,}"
-    if j.spec.holdout.percent:
-        start += BR + f"holdout {j.spec.holdout.percent:g}%"
-    lines.append(f"  start([{_label(start)}])")
-    lines.append(f"  start --> {_node_id(j.first_step)}")
-    ended = False
+    holdout = (f"holdout {j.spec.holdout.percent:g}%",) if j.spec.holdout.percent else ()
+    entered = (f"entered {counts['entered']:,}",) if "entered" in counts else ()
+    nodes.append(Node("start", "start", (f"{j.name}: {trig}", *holdout), entered))
+    edges.append(Edge("start", _node_id(j.first_step)))
+
+    def to(target: str) -> str:
+        return "finish" if target == END else _node_id(target)
+
     for step in j.spec.steps:
         nid = _node_id(step.id)
         reached = counts.get(f"step:{step.id}")
-        extra = BR + f"reached {reached:,}" if reached is not None else ""
+        known = (f"reached {reached:,}",) if reached is not None else ()
         nxt = j.successor[step.id]
         if isinstance(step, SendStep):
-            coupon = ""
+            coupon: tuple[str, ...] = ()
             if step.send.coupon is not None:
                 c = step.send.coupon
-                coupon = (
-                    BR
-                    + f"coupon {c.value:g}{'%' if c.kind == 'percent' else ' ' + (c.currency or '')}"  # noqa: E501  (prose or a URL: clearer whole)
-                )
-            lines.append(
-                f"  {nid}[{_label(f'{step.id}: send {step.send.channel} {step.send.template}{coupon}{extra}')}]"  # noqa: E501  (prose or a URL: clearer whole)
-            )
-            goto = step.goto or nxt
-            lines.append(f"  {nid} --> {'finish' if goto == END else _node_id(goto)}")
-            ended |= goto == END
+                unit = "%" if c.kind == "percent" else " " + (c.currency or "")
+                coupon = (f"coupon {c.value:g}{unit}",)
+            nodes.append(Node(nid, "send", (
+                f"{step.id}: send {step.send.channel} {step.send.template}", *coupon), known))
+            edges.append(Edge(nid, to(step.goto or nxt)))
         elif isinstance(step, WaitStep):
-            spec = step.spec
-            what = " then ".join(
-                x
-                for x in (
-                    format_duration(spec.duration) if spec.duration else "",
-                    f"until {spec.until:%H:%M}"
-                    + (f" on {','.join(spec.weekdays)}" if spec.weekdays else "")
-                    if spec.until
-                    else "",
-                )
-                if x
-            )
-            lines.append(f"  {nid}{{{{{_label(f'{step.id}: wait {what}{extra}')}}}}}")
-            goto = step.goto or nxt
-            lines.append(f"  {nid} --> {'finish' if goto == END else _node_id(goto)}")
-            ended |= goto == END
+            nodes.append(Node(nid, "wait", (f"{step.id}: wait {_wait_text(step)}",), known))
+            edges.append(Edge(nid, to(step.goto or nxt)))
         elif isinstance(step, BranchStep):
-            lines.append(f"  {nid}{{{_label(f'{step.id}: branch{extra}')}}}")
-            for case in step.branch:
-                lines.append(
-                    f"  {nid} -- {_label(condition_text(case.when))} --> {_node_id(case.goto)}"
-                )
-            other = step.else_ or nxt
-            lines.append(f"  {nid} -- {_label('otherwise')} --> "
-                         f"{'finish' if other == END else _node_id(other)}")
-            ended |= other == END
+            nodes.append(Node(nid, "branch", (f"{step.id}: branch",), known))
+            edges.extend(Edge(nid, _node_id(case.goto), condition_text(case.when))
+                         for case in step.branch)
+            edges.append(Edge(nid, to(step.else_ or nxt), "otherwise"))
         elif isinstance(step, SplitStep):
             total = sum(v.weight for v in step.split)
-            lines.append(f"  {nid}{{{_label(f'{step.id}: split{extra}')}}}")
-            for v in step.split:
-                lines.append(f"  {nid} -- {_label(f'{v.variant} {v.weight / total:.0%}')} --> "
-                             f"{_node_id(v.goto)}")
+            nodes.append(Node(nid, "split", (f"{step.id}: split",), known))
+            edges.extend(Edge(nid, _node_id(v.goto), f"{v.variant} {v.weight / total:.0%}")
+                         for v in step.split)
         elif isinstance(step, ExitStep):
-            lines.append(f"  {nid}([{_label(f'{step.id}: exit ({step.exit.reason}){extra}')}])")
+            nodes.append(Node(nid, "exit", (f"{step.id}: exit ({step.exit.reason})",), known))
     goals = ", ".join(g.id for g in j.spec.goals) or "any order"
-    conv = BR + f"converted {counts['converted']:,}" if "converted" in counts else ""
-    lines.append(f"  goal[/{_label(f'goal: {goals}{conv}')}/]")
-    lines.append("  start -. " + _label(f"within {format_duration(j.spec.conversion_window)}")
-                 + " .-> goal")
-    if ended:
-        lines.append(f"  finish([{_label('end')}])")
+    converted = (f"converted {counts['converted']:,}",) if "converted" in counts else ()
+    nodes.append(Node("goal", "goal", (f"goal: {goals}",), converted))
+    edges.append(Edge("start", "goal", f"within {format_duration(j.spec.conversion_window)}",
+                      dashed=True))
+    if any(e.dst == "finish" for e in edges):
+        nodes.append(Node("finish", "end", ("end",)))
+    return Diagram(j.name, tuple(nodes), tuple(edges))
+
+
+_SHAPES = {"start": ("([", "])"), "send": ("[", "]"), "wait": ("{{", "}}"),
+           "branch": ("{", "}"), "split": ("{", "}"), "exit": ("([", "])"),
+           "goal": ("[/", "/]"), "end": ("([", "])")}
+
+
+def mermaid(j: CompiledJourney, counts: dict[str, int] | None = None) -> str:
+    """The flowchart text. ``counts``: ``entered``, ``converted`` and ``step:<id>`` (how many
+    enrollments reached that step), where known."""
+    return mermaid_text(structure(j, counts))
+
+
+def mermaid_text(d: Diagram) -> str:
+    """A ``structure`` as Mermaid flowchart text."""
+    lines = ["flowchart TD"]
+    for n in d.nodes:
+        left, right = _SHAPES[n.kind]
+        text = "<br/>".join(_label(x)[1:-1] for x in (*n.lines, *n.counts))
+        lines.append(f'  {n.id}{left}"{text}"{right}')
+    for e in d.edges:
+        if e.dashed:
+            lines.append(f"  {e.src} -. {_label(e.label)} .-> {e.dst}")
+        elif e.label:
+            lines.append(f"  {e.src} -- {_label(e.label)} --> {e.dst}")
+        else:
+            lines.append(f"  {e.src} --> {e.dst}")
     return "\n".join(lines) + "\n"
 
 

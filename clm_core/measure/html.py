@@ -90,6 +90,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "lift_pts": {"en": "Lift (points) [95% CI]", "zh-CN": "提升（百分点）[95% CI]"},
     "rev_cust": {"en": "Revenue per customer", "zh-CN": "人均收入"},
     "rev_diff": {"en": "Difference [95% CI]", "zh-CN": "差值 [95% CI]"},
+    "rev_cuped": {
+        "en": "CUPED difference [95% CI]",
+        "zh-CN": "CUPED 差值 [95% CI]",
+    },
+    "variance": {"en": "variance", "zh-CN": "方差"},
     "coupon_cost": {"en": "Coupon cost", "zh-CN": "优惠券成本"},
     "net_incr": {"en": "Net incremental revenue [95% CI]", "zh-CN": "净增量收入 [95% CI]"},
     "verdict": {"en": "Verdict", "zh-CN": "结论"},
@@ -118,7 +123,15 @@ STRINGS: dict[str, dict[str, str]] = {
     "opened": {"en": "opened", "zh-CN": "已打开"},
     "clicked": {"en": "clicked", "zh-CN": "已点击"},
     "converted": {"en": "converted", "zh-CN": "已转化"},
-    "diagram": {"en": "Journey diagrams (Mermaid)", "zh-CN": "旅程图（Mermaid）"},
+    "diagram": {"en": "Journey diagrams", "zh-CN": "旅程图"},
+    "diagram_note": {
+        "en": "Entered: enrollments (treated and control); reached: enrollments with a message row for the step; converted: enrollments that reached a goal in their window.",  # noqa: E501  (prose or a URL: clearer whole)
+        "zh-CN": "进入：报名数（含实验组与对照组）；到达：该步骤有消息记录的报名数；转化：在转化窗口内达成目标的报名数。",  # noqa: E501  (prose or a URL: clearer whole)
+    },
+    "mermaid": {
+        "en": "Mermaid text (for editors and GitHub)",
+        "zh-CN": "Mermaid 文本（用于编辑器与 GitHub）",
+    },
     "model_check": {"en": "Model check", "zh-CN": "模型校验"},
     "calibration": {
         "en": "Repeat purchases in the holdout period, mean per customer, by calibration frequency",
@@ -272,6 +285,7 @@ def render(d: ReportData, locale: str = "en") -> str:
     comparisons = d.lift.comparisons
     return env.get_template("report.html.j2").render(
         d=d, locale=locale, charts=_charts(d, locale), comparisons=comparisons,
+        diagrams={k: Markup(v) for k, v in d.diagrams.items()},  # escaped by measure.diagram
         lift_methods=d.lift.as_dict()["methods"])
 
 

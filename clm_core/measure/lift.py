@@ -12,6 +12,11 @@ Comparisons, each with conversion rate and revenue per entered customer:
   a customer converts when any of their enrollments does, and their revenue is every purchase
   between their first entry and the end of their last window (each order once).
 
+Revenue per customer is also shown with CUPED (pre-entry revenue as the covariate: the
+``pre_revenue`` attribution stores, over a window as long as the conversion window) for the
+journey, step and variant comparisons; the program compares customers, not enrollments, and
+has no single pre-entry window, so it keeps the plain figure only.
+
 Methods are in ``clm_core.measure.stats``; every figure carries its 95% interval and the
 verdict refuses a winner without evidence. Incremental revenue = (treated minus control revenue
 per customer) x treated customers; net of the coupon cost the treated customers redeemed.
@@ -92,6 +97,7 @@ class Comparison:
     net_incremental_revenue_ci: tuple[float, float]
     verdict: stats.Verdict
     revenue_verdict: stats.Verdict
+    revenue_cuped: stats.Cuped | None = None  # beside ``revenue``; None where no covariate
 
     @property
     def label(self) -> str:
@@ -127,6 +133,7 @@ class LiftReport:
                 "pending_windows": self.pending,
                 "methods": {"conversion": stats.RATE_METHOD, "conversion_ratio": stats.RATIO_METHOD,
                             "revenue": stats.MEAN_METHOD, "revenue_ratio": stats.MEAN_RATIO_METHOD,
+                            "revenue_cuped": stats.CUPED_METHOD,
                             "sample_size": stats.POWER_METHOD, "variants": stats.CHI2_METHOD,
                             "level": 0.95},
                 "comparisons": [c.as_dict() for c in self.comparisons],
@@ -148,8 +155,9 @@ def _clean(x: Any) -> Any:
 
 def compare(scope: str, converted: np.ndarray, revenue: np.ndarray, control: np.ndarray,
             coupon_cost: np.ndarray, journey: str | None = None, step: str | None = None,
-            variant: str | None = None) -> Comparison:
-    """One treated/control comparison over per-customer rows (booleans, amounts)."""
+            variant: str | None = None, pre_revenue: np.ndarray | None = None) -> Comparison:
+    """One treated/control comparison over per-customer rows (booleans, amounts);
+    ``pre_revenue`` (each row's revenue before entry) adds the CUPED revenue figure."""
     ct, cc = ~control, control
     n_t, n_c = int(ct.sum()), int(cc.sum())
     k_t, k_c = int(converted[ct].sum()), int(converted[cc].sum())
@@ -185,8 +193,13 @@ def compare(scope: str, converted: np.ndarray, revenue: np.ndarray, control: np.
     )
     rv = stats.verdict(f"{name} revenue per customer", n_t, n_c, w.diff, w.low, w.high, more_r,
                        lambda x: f"{x:+,.2f}")
+    adjusted = (
+        stats.cuped(rt, rc, pre_revenue[ct].astype(float), pre_revenue[cc].astype(float))
+        if pre_revenue is not None
+        else None
+    )
     return Comparison(scope, journey, step, variant, n_t, n_c, rates, means, cost, inc, inc_ci,
-                      inc - cost, (inc_ci[0] - cost, inc_ci[1] - cost), v, rv)
+                      inc - cost, (inc_ci[0] - cost, inc_ci[1] - cost), v, rv, adjusted)
 
 
 def _step_reach(conn: Connection) -> pd.DataFrame:
@@ -199,10 +212,12 @@ def _step_reach(conn: Connection) -> pd.DataFrame:
 def _program(conn: Connection, rows: pd.DataFrame) -> pd.DataFrame:
     """Per customer: global control, converted (any goal), revenue (each order once, from the
     first entry to the end of the last window)."""
-    per = rows.groupby("customer_id").agg(global_control=("global_control", "first"),
-                                          converted=("goal", lambda s: s.notna().any()),
-                                          start=("entered_at", "min"), end=("window_end", "max"),
-                                          coupon_cost=("coupon_cost", "sum"))
+    # the goal's presence as a boolean column first, so ``any`` runs as one grouped reduction
+    # instead of a Python call per customer (200,000 calls cost ~20 s on a million-customer store)
+    per = rows.assign(converted=rows["goal"].notna()).groupby("customer_id").agg(
+        global_control=("global_control", "first"), converted=("converted", "any"),
+        start=("entered_at", "min"), end=("window_end", "max"),
+        coupon_cost=("coupon_cost", "sum"))
     o = t.orders
     span_start = per["start"].min().to_pydatetime()
     span_end = per["end"].max().to_pydatetime()
@@ -237,6 +252,7 @@ def lift(engine: Engine, journey: str | None = None, since: datetime | None = No
                 part["is_control"].to_numpy(bool),
                 part["coupon_cost"].to_numpy(float),
                 **where,
+                pre_revenue=part["pre_revenue"].to_numpy(float),
             )
             report.comparisons.append(c)
             return c

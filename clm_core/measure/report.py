@@ -24,7 +24,8 @@ from clm_core.db import tables as t
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.lifecycle.features import NOT_PURCHASES
 from clm_core.measure.attribution import purchases_filter
-from clm_core.measure.graph import journey_counts, mermaid
+from clm_core.measure.diagram import svg
+from clm_core.measure.graph import journey_counts, mermaid_text, structure
 from clm_core.measure.lift import LiftReport, lift
 from clm_core.reporting import STAGE_ORDER, summarize
 
@@ -56,7 +57,8 @@ class ReportData:
     journeys_at_risk: list[dict[str, Any]]
     lift: LiftReport
     funnels: list[dict[str, Any]]
-    graphs: dict[str, str]
+    graphs: dict[str, str]  # journey -> Mermaid text
+    diagrams: dict[str, str]  # journey -> inline SVG (the same boxes and counts)
     model_check: dict[str, Any] | None
     deliverability: list[dict[str, Any]]
     last_touch: list[dict[str, Any]] = field(default_factory=list)
@@ -176,34 +178,65 @@ def _rfm_grid(conn: Connection) -> dict[tuple[int, int], int]:
     return {(int(r), int(f)): int(n) for r, f, n in rows}
 
 
+def _month_index(conn: Connection, col: str) -> str:
+    """SQL for ``col``'s month as a number (year * 12 + month), so months subtract."""
+    if _dialect(conn) == "sqlite":
+        return f"(CAST(substr({col}, 1, 4) AS INTEGER) * 12 + CAST(substr({col}, 6, 2) AS INTEGER))"
+    return f"(CAST(EXTRACT(YEAR FROM {col}) AS INTEGER) * 12 + CAST(EXTRACT(MONTH FROM {col}) AS INTEGER))"  # noqa: E501  (one SQL expression)
+
+
 def _retention(conn: Connection) -> list[dict[str, Any]]:
     """Share of each monthly acquisition cohort that bought in month k after its first order
-    (k = 1..COHORT_MONTHS), for the most recent cohorts."""
+    (k = 1..COHORT_MONTHS), for the most recent cohorts.
+
+    Only the drawn cohorts' orders are counted: the cohorts are chosen first (one pass over the
+    scores), then their customers' orders since the oldest drawn cohort began are read through
+    the (customer, ordered_at) index. Counting every cohort's orders sorted all five million
+    orders of a million-customer store to draw twelve lines. The latest month observed (which
+    decides where each curve stops) is still taken over every cohort, by one backward walk of
+    the order-time index that stops at the first qualifying order.
+    """
     first = _month(conn, "s.first_order_at")
     month = _month(conn, "o.ordered_at")
     excluded = ", ".join(f"'{x}'" for x in NOT_PURCHASES)
-    sql = sa.text(f"""
-        SELECT {first} AS cohort, {month} AS month, COUNT(DISTINCT o.customer_id) AS n
-        FROM orders o JOIN customer_scores s ON s.customer_id = o.customer_id
-        WHERE s.first_order_at IS NOT NULL AND o.status NOT IN ({excluded})
-        GROUP BY 1, 2""")
-    df = pd.DataFrame(conn.execute(sql).all(), columns=["cohort", "month", "n"])
-    if df.empty:
-        return []
     size = pd.DataFrame(conn.execute(sa.text(
         f"SELECT {first} AS cohort, COUNT(*) FROM customer_scores s "
         "WHERE s.first_order_at IS NOT NULL GROUP BY 1")).all(), columns=["cohort", "size"])
     size = size.set_index("cohort")["size"]
+    if size.empty:
+        return []
+    cohorts = sorted(size.index)[-MAX_COHORTS:]
+    since = sa.bindparam("since", datetime.strptime(cohorts[0] + "-01", "%Y-%m-%d"),
+                         type_=sa.DateTime())
+    # SQLite: the scores drive the join (CROSS JOIN fixes the order), so each drawn customer's
+    # orders are one index range; left to itself it walks the order-time index instead
+    join = "CROSS JOIN" if _dialect(conn) == "sqlite" else "JOIN"
+    sql = sa.text(f"""
+        SELECT {first} AS cohort, {month} AS month, COUNT(DISTINCT o.customer_id) AS n
+        FROM customer_scores s {join} orders o ON o.customer_id = s.customer_id
+        WHERE s.first_order_at >= :since AND o.ordered_at >= :since
+          AND o.status NOT IN ({excluded})
+        GROUP BY 1, 2""").bindparams(since)
+    df = pd.DataFrame(conn.execute(sql).all(), columns=["cohort", "month", "n"])
+    purchases = f"""FROM orders o JOIN customer_scores s ON s.customer_id = o.customer_id
+        WHERE s.first_order_at IS NOT NULL AND o.status NOT IN ({excluded})"""
+    if df.empty and conn.execute(sa.text(f"SELECT 1 {purchases} LIMIT 1")).first() is None:
+        return []
+    k = f"{_month_index(conn, 'o.ordered_at')} - {_month_index(conn, 's.first_order_at')}"
+    latest_month = conn.execute(sa.text(
+        f"SELECT {month} {purchases} AND {k} BETWEEN 1 AND {COHORT_MONTHS} "
+        "ORDER BY o.ordered_at DESC LIMIT 1")).scalar()
 
     def index(ym: pd.Series) -> pd.Series:
         return ym.str.slice(0, 4).astype(int) * 12 + ym.str.slice(5, 7).astype(int)
 
-    df["k"] = index(df["month"]) - index(df["cohort"])
-    df = df[(df["k"] >= 1) & (df["k"] <= COHORT_MONTHS)]
-    latest = index(pd.Series([df["month"].max()])).iloc[0] if len(df) else 0
+    if len(df):
+        df["k"] = index(df["month"]) - index(df["cohort"])
+        df = df[(df["k"] >= 1) & (df["k"] <= COHORT_MONTHS)]
+    latest = index(pd.Series([latest_month])).iloc[0] if latest_month is not None else 0
     out = []
-    for cohort in sorted(size.index)[-MAX_COHORTS:]:
-        part = df[df["cohort"] == cohort].set_index("k")["n"]
+    for cohort in cohorts:
+        part = df[df["cohort"] == cohort].set_index("k")["n"] if len(df) else pd.Series()
         n = int(size[cohort])
         seen = latest - index(pd.Series([cohort])).iloc[0]  # months observed so far
         curve = [
@@ -248,27 +281,32 @@ def _churn_by(conn: Connection) -> dict[str, list[dict[str, Any]]]:
     for col in ("locale", "country"):
         out[col] = rows(c.c[col], sa.select(c.c[col], sa.func.count(), churned, risk, clv_risk)
                         .join(c, c.c.id == cs.c.customer_id).where(buyers).group_by(c.c[col]))[:15]
-    # first-order value: the amount of the order at the customer's first purchase time
+    # first-order value: the amount of the order at the customer's first purchase time. The
+    # stage comes back as a small code and the amount as a float, read into numpy directly:
+    # a row object and a Decimal per customer were most of this section's time at a million.
+    code = sa.case((cs.c.stage.in_(CHURNED), 1), (cs.c.stage.in_(AT_RISK), 2), else_=0)
     first = (
-        sa.select(cs.c.stage, sa.func.max(o.c.amount).label("amount"))
+        sa.select(code, sa.cast(sa.func.max(o.c.amount), sa.Float))
         .join(
             o, sa.and_(o.c.customer_id == cs.c.customer_id, o.c.ordered_at == cs.c.first_order_at)
         )
         .where(buyers, purchases_filter(o.c.status))
         .group_by(cs.c.customer_id, cs.c.stage)
     )
-    df = pd.DataFrame(conn.execute(first).all(), columns=["stage", "amount"])
-    if len(df):
-        df["amount"] = df["amount"].astype(float)
-        edges = np.unique(np.quantile(df["amount"], [0, 0.2, 0.4, 0.6, 0.8, 1.0]))
-        band = pd.cut(df["amount"], edges, include_lowest=True, duplicates="drop")
-        out["first_order_value"] = []
-        for interval, part in df.groupby(band, observed=True):
-            n = len(part)
-            out["first_order_value"].append({
-                "key": f"{max(interval.left, 0):,.0f}–{interval.right:,.0f}", "customers": n,
-                "churned": float(part["stage"].isin(CHURNED).mean()),
-                "at_risk": float(part["stage"].isin(AT_RISK).mean()), "clv_at_risk": math.nan})
+    fetched = conn.execute(first).all()
+    if fetched:
+        codes, amounts = (np.array(col) for col in zip(*fetched))
+        amount = pd.Series(amounts.astype(float))
+        edges = np.unique(np.quantile(amount, [0, 0.2, 0.4, 0.6, 0.8, 1.0]))
+        band = pd.cut(amount, edges, include_lowest=True, duplicates="drop")
+        flags = pd.DataFrame({"churned": codes == 1, "at_risk": codes == 2})
+        out["first_order_value"] = [
+            {"key": f"{max(interval.left, 0):,.0f}–{interval.right:,.0f}", "customers": int(n),
+             "churned": float(ch), "at_risk": float(r), "clv_at_risk": math.nan}
+            for interval, n, ch, r in flags.groupby(band, observed=True).agg(
+                n=("churned", "size"), churned=("churned", "mean"), at_risk=("at_risk", "mean")
+            ).itertuples()
+        ]
     return out
 
 
@@ -404,7 +442,7 @@ def collect(engine: Engine, since: datetime | None = None,
             conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar() or 0
         )
         hist, share, total = _clv(conn)
-        graphs = {j.name: mermaid(j, journey_counts(conn, j.name)) for j in journeys}
+        shapes = {j.name: structure(j, journey_counts(conn, j.name)) for j in journeys}
         data = ReportData(
             since=since,
             as_of=pd.Timestamp(as_of).date() if as_of else None,
@@ -423,7 +461,8 @@ def collect(engine: Engine, since: datetime | None = None,
             journeys_at_risk=_journeys_at_risk(conn, since),
             lift=report_lift,
             funnels=_funnels(conn, since),
-            graphs=graphs,
+            graphs={name: mermaid_text(d) for name, d in shapes.items()},
+            diagrams={name: svg(d) for name, d in shapes.items()},
             model_check=_model_check(conn),
             deliverability=_deliverability(conn, since),
             last_touch=_last_touch(conn, since),

@@ -8,6 +8,11 @@
 - sample size: the normal approximation for a two-sided 5% test with 80% power, at the observed
   effect and the observed allocation between the groups.
 - variants: Pearson's chi-squared test of independence on converted / not converted.
+- revenue with CUPED (Deng, Xu, Kohavi and Walker 2013): each customer's revenue less
+  theta x (their pre-entry revenue - its mean over both groups), theta = cov(pre, revenue) /
+  var(pre) over both groups; then the same Welch interval. The pre-entry revenue cannot be
+  moved by the journey, so the estimate aims at the same difference with less noise; it is
+  shown beside the plain Welch figure, never instead of it.
 
 The verdict refuses a winner when the interval includes zero or a group is smaller than
 ``MIN_GROUP`` customers, and then says how many more customers the observed effect would need.
@@ -32,6 +37,8 @@ MEAN_METHOD = "Welch t interval for the difference of means"
 MEAN_RATIO_METHOD = "delta method on the log ratio of means"
 POWER_METHOD = "normal approximation, two-sided 5% test, 80% power, observed allocation"
 CHI2_METHOD = "Pearson chi-squared test of independence (converted x variant)"
+CUPED_METHOD = ("CUPED: revenue adjusted by pre-entry revenue (theta pooled over both groups), "
+                "Welch t interval")
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -89,6 +96,39 @@ def welch(x1: np.ndarray, x2: np.ndarray, level: float = 0.95) -> Welch:
     df = (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))
     t = float(sps.t.ppf(0.5 + level / 2, df))
     return Welch(d, d - t * se, d + t * se, df, se)
+
+
+@dataclass(frozen=True)
+class Cuped:
+    diff: float
+    low: float
+    high: float
+    df: float
+    theta: float  # revenue per unit of pre-entry revenue, both groups pooled
+    variance_reduction: float  # 1 - var(adjusted) / var(revenue), both groups pooled
+    method: str = CUPED_METHOD
+
+
+def cuped(y1: np.ndarray, y2: np.ndarray, x1: np.ndarray, x2: np.ndarray,
+          level: float = 0.95) -> Cuped:
+    """CUPED difference of means of ``y`` (treated 1, control 2) with covariate ``x`` measured
+    before treatment. theta is pooled over both groups so that it does not depend on the
+    treatment; with a covariate that never varies (no customer bought before entry) theta is 0
+    and the figure equals the plain Welch one."""
+    y = np.concatenate([y1, y2]).astype(float)
+    x = np.concatenate([x1, x2]).astype(float)
+    if len(y1) < 2 or len(y2) < 2:
+        return Cuped(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    var_x = float(np.var(x, ddof=1))
+    theta = float(np.cov(x, y, ddof=1)[0, 1]) / var_x if var_x > 0 else 0.0
+    mean_x = float(np.mean(x))
+    a1 = y1 - theta * (x1 - mean_x)
+    a2 = y2 - theta * (x2 - mean_x)
+    w = welch(a1, a2, level)
+    var_y = float(np.var(y, ddof=1))
+    adjusted = float(np.var(np.concatenate([a1, a2]), ddof=1))
+    reduction = 1 - adjusted / var_y if var_y > 0 else 0.0
+    return Cuped(w.diff, w.low, w.high, w.df, theta, reduction)
 
 
 def mean_ratio(x1: np.ndarray, x2: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
