@@ -97,6 +97,16 @@ def load_settings(
     elif env.get("CLM_CONFIG"):
         raise ConfigError(f"CLM_CONFIG names {config_path}, which does not exist")
 
+    # A key above the first [section] belongs to no section: TOML reads it as top-level, and
+    # it would be silently ignored (a database_url there meant another database than the
+    # operator thought).
+    loose = sorted(k for k, v in data.items() if not isinstance(v, dict))
+    if loose:
+        core_keys = _SIMPLE | {"database_url"}
+        hint = ("; move it under [clm]" if set(loose) <= core_keys
+                else "; every key belongs to a section such as [clm] or [delivery]")
+        raise ConfigError(f"{config_path}: {', '.join(loose)} "
+                          f"{'is' if len(loose) == 1 else 'are'} outside any section{hint}")
     core = dict(data.pop("clm", {}))
     unknown = set(core) - _SIMPLE - {"database_url"}
     if unknown:

@@ -109,6 +109,10 @@ def test_expected_errors_print_one_located_line_and_log_the_details(shop: Path) 
     toml.write_text(good + "\n[clm\n")
     one_line_error(clm(shop, "status"), "clm.toml", "line")
     assert "Traceback" in log.read_text()
+    # A key above every section is not silently ignored (it would name another database).
+    toml.write_text('database_url = "sqlite:///elsewhere.db"\n' + good)
+    one_line_error(clm(shop, "status"), "clm.toml", "database_url is outside any section",
+                   "move it under [clm]")
     toml.write_text(good.replace('default_timezone = "Asia/Shanghai"',
                                  'default_timezone = "Mars/Olympus"'))
     one_line_error(clm(shop, "run", "--no-dispatch"), "Mars/Olympus")
