@@ -228,6 +228,16 @@ def sample_links(
             "shop": store_url}
 
 
+
+def first_name(name: str | None) -> str:
+    """How a message addresses the customer: the first word of the name, or the whole name
+    when it has no spaces (a Chinese name such as 王芳: "王芳，您好" reads naturally, the
+    given name alone does not). Previews and dispatch both use this, so a preview shows what
+    the customer gets."""
+    name = (name or "").strip()
+    return name.split()[0] if name else ""
+
+
 def sample_context(locale: str = "en", *, with_coupon: bool = True, now: datetime | None = None,
                    journey: str = "sample", step: str = "step",
                    store: dict[str, str] | None = None,
@@ -246,7 +256,7 @@ def sample_context(locale: str = "en", *, with_coupon: bool = True, now: datetim
         "customer": {
             "external_id": "sample-00001",
             "name": name,
-            "first_name": name[1:] if zh else name.split()[0],
+            "first_name": first_name(name),
             "email": "sample.00001@example.com",
             "phone": "+8613800138000" if zh else "+12025550123",
             "locale": locale,

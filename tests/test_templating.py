@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from clm_core.db import tables as t
 from clm_core.errors import TemplateRenderError
 from clm_core.templating import TemplateStore, locale_chain, sample_context, sms_cost
 
@@ -91,3 +94,28 @@ def test_sms_reports_encoding_and_segments(store: TemplateStore) -> None:
 ])
 def test_sms_cost(text: str, expected: tuple[str, int, int]) -> None:
     assert sms_cost(text) == expected
+
+
+def test_preview_and_dispatch_address_a_customer_by_the_same_name(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    """``clm preview`` for a real customer and the dispatcher's batch context give the same
+    ``customer.first_name``: the first word of a spaced name, a Chinese name whole."""
+    from clm_core.delivery.context import load_batch
+    from clm_core.journeys.preview import customer_context
+    from clm_core.templating import first_name
+
+    assert first_name("Alex Morgan") == "Alex" and first_name("王芳") == "王芳"
+    assert first_name(None) == "" and first_name("  ") == ""
+    with engine.begin() as conn:
+        ids = [conn.execute(t.customers.insert().values(
+            external_id=ext, name=name, locale=locale, email=f"{ext}@example.com",
+            created_at=datetime(2026, 1, 1), updated_at=datetime(2026, 1, 1)))
+            .inserted_primary_key[0] for ext, name, locale in
+            (("p-en", "Alex Morgan", "en"), ("p-zh", "王芳", "zh-CN"))]
+    rows = [{"id": i, "customer_id": cid, "idempotency_key": f"k{i}", "channel": "email"}
+            for i, cid in enumerate(ids)]
+    batch = load_batch(engine, rows, None)
+    for cid, ext in zip(ids, ("p-en", "p-zh")):
+        previewed, _ = customer_context(engine, ext)
+        assert previewed["first_name"] == batch.customers[cid]["first_name"]
+    assert batch.customers[ids[1]]["first_name"] == "王芳"

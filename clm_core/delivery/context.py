@@ -26,6 +26,7 @@ from clm_core.consent.tokens import Keyring
 from clm_core.db import tables as t
 from clm_core.delivery.unsubscribe import subscription_links
 from clm_core.recommend.recommender import Recommender
+from clm_core.templating import first_name
 
 __all__ = ["BatchData", "Recommender", "load_batch", "render_context"]
 
@@ -100,8 +101,7 @@ def load_batch(
     records = people.astype(object).where(people.notna(), None).to_dict("records")
     customers = {int(p["id"]): {f: _clean(p[f]) for f in CUSTOMER_FIELDS} for p in records}
     for cust in customers.values():
-        name = cust["name"] or ""
-        cust["first_name"] = name.split()[0] if name else ""
+        cust["first_name"] = first_name(cust["name"])
         cust["attributes"] = cust["attributes"] or {}
     consent = {int(p["id"]): (bool(p["consent_email"]), bool(p["consent_sms"])) for p in records}
     score_map = {int(r["customer_id"]): {f: _clean(r[f]) for f in SCORE_FIELDS}

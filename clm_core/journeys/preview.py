@@ -20,6 +20,7 @@ from clm_core.templating import (
     RenderedSms,
     TemplateStore,
     configured_store,
+    first_name,
     sample_context,
 )
 
@@ -54,7 +55,7 @@ def customer_context(db: Engine, ref: str) -> tuple[dict[str, Any], dict[str, An
     customer = {
         "external_id": m["external_id"],
         "name": name,
-        "first_name": name[1:] if m["locale"] == "zh-CN" and name else (name.split() or [""])[0],
+        "first_name": first_name(name),  # as dispatch addresses them
         "email": m["email"],
         "phone": m["phone"],
         "locale": m["locale"],
