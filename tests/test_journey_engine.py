@@ -354,3 +354,52 @@ exit_on_goal: false""")
     assert e["goal"].to_dict() == {1: "clicked", 2: "loyal", 3: "valuable", 4: "clicked"}
     assert e.loc[3, "converted_at"] == later
     assert (e["status"] == "active").all()  # exit_on_goal: false records the goal and goes on
+
+
+def test_local_time_arithmetic_agrees_with_pandas_around_every_transition() -> None:
+    """The clock converts distinct (instant, zone) pairs with zoneinfo and leaves only results
+    in a gap or an ambiguous hour to pandas: over instants every 20 minutes through both of
+    2026's transitions in zones with DST (north and south, a 30-minute one) and without, the
+    quiet-hour test, the move past quiet hours and the next local 01:30/02:30 (times that do
+    not exist or come twice on transition days) equal pandas' own conversions."""
+    zones = ["America/New_York", "Europe/London", "Australia/Sydney", "Australia/Lord_Howe",
+             "Asia/Shanghai", "UTC", "America/Santiago"]
+    days = ["2026-03-07", "2026-03-28", "2026-04-04", "2026-10-03", "2026-10-24", "2026-10-31"]
+    instants = pd.DatetimeIndex(np.concatenate([
+        pd.date_range(d, periods=3 * 72, freq="20min").to_numpy() for d in days]))
+    at = pd.Series(np.repeat(instants.to_numpy(), len(zones))).astype("datetime64[ns]")
+    tz = pd.Series(np.tile(zones, len(instants)), dtype=object)
+
+    def local(utc: pd.Series, zone: pd.Series) -> pd.Series:
+        return pd.Series([pd.Timestamp(u).tz_localize("UTC").tz_convert(z).tz_localize(None)
+                          for u, z in zip(utc, zone)])
+
+    inside = clock.in_window(at, tz, time(21), time(9))
+    wall = local(at, tz)
+    minutes = wall.dt.hour * 60 + wall.dt.minute
+    assert inside.tolist() == ((minutes >= 21 * 60) | (minutes < 9 * 60)).tolist()
+
+    moved = clock.after_window(at, tz, time(21), time(9))
+    assert (moved >= at).all() and not clock.in_window(moved, tz, time(21), time(9)).any()
+    moved_wall = local(moved, tz)
+    changed = (moved != at).to_numpy()
+    assert (moved_wall[changed].dt.strftime("%H:%M") == "09:00").all()
+
+    # Every result through pandas' conversion (nonexistent times move forward, an ambiguous
+    # one takes its first occurrence unless that lies before the input), as before the
+    # zoneinfo path, must equal the mixed path.
+    def all_through_pandas(ns: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(len(ns), dtype=np.int64), np.zeros(len(ns), dtype=bool)
+
+    for target in (time(1, 30), time(2, 30), time(0, 0), time(9)):
+        fast = clock.next_local_time(at, tz, target, [0, 2, 4])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(clock, "_local_offsets", all_through_pandas)
+            slow = clock.next_local_time(at, tz, target, [0, 2, 4])
+        assert fast.equals(slow), target
+        assert (fast >= at).all()
+    slow_moved = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clock, "_local_offsets", all_through_pandas)
+        slow_moved = clock.after_window(at, tz, time(21), time(9))
+    assert moved.equals(slow_moved)

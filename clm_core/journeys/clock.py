@@ -8,9 +8,9 @@ the first valid instant; ambiguous ones (fall-back) take the first occurrence.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import time
+from datetime import datetime, time, timedelta, timezone
 from functools import lru_cache
-from zoneinfo import available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
 import numpy as np
 import pandas as pd
@@ -33,10 +33,6 @@ def clean_zones(tz: pd.Series, default: str) -> pd.Series:
 
 def _minutes(t: time) -> int:
     return t.hour * 60 + t.minute
-
-
-def _to_local(utc: pd.Series, zone: str) -> pd.Series:
-    return utc.dt.tz_localize("UTC").dt.tz_convert(zone).dt.tz_localize(None)
 
 
 def _from_local(local: pd.Series, zone: str, first: bool) -> pd.Series:
@@ -69,22 +65,64 @@ def _zones_of(z: pd.Series) -> Iterable[tuple[str, np.ndarray]]:
         yield str(zone), np.flatnonzero(zones == zone)
 
 
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1)
+_NS = 10**9
+
+
+def _utc_offsets(ns: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """Seconds east of UTC of each zone at each instant (ns since the epoch, UTC). One
+    zoneinfo look-up per pair: the callers pass distinct (instant, zone) pairs, a few dozen,
+    where pandas' per-zone conversions cost a millisecond or more each."""
+    out = np.empty(len(ns), dtype=np.int64)
+    for k, (n, zone) in enumerate(zip(ns.tolist(), zones.tolist())):
+        at = (_EPOCH_UTC + timedelta(microseconds=n // 1000)).astimezone(ZoneInfo(zone))
+        offset = at.utcoffset()
+        out[k] = int(offset.total_seconds()) if offset is not None else 0
+    return out
+
+
+def _local_offsets(ns: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For wall-clock times (ns since the epoch, local): the offset that maps each to UTC, and
+    whether it is the only one. A time in a spring-forward gap or a fall-back hour has two
+    (fold 0 and 1) and is left to ``_from_local``'s rules."""
+    out = np.zeros(len(ns), dtype=np.int64)
+    unique = np.zeros(len(ns), dtype=bool)
+    for k, (n, zone) in enumerate(zip(ns.tolist(), zones.tolist())):
+        wall = (_EPOCH + timedelta(microseconds=n // 1000)).replace(tzinfo=ZoneInfo(zone))
+        first, second = wall.utcoffset(), wall.replace(fold=1).utcoffset()
+        if first is not None and first == second:
+            out[k] = int(first.total_seconds())
+            unique[k] = True
+    return out, unique
+
+
 def _by_zone(utc: pd.Series, tz: pd.Series, fn) -> pd.Series:  # type: ignore[no-untyped-def]
     """Apply ``fn`` (local wall clock -> later local wall clock) per zone; back to UTC.
 
-    An ambiguous result takes its first occurrence unless that lies before the input."""
+    ``fn`` is wall-clock arithmetic, the same in every zone, so it runs once over every
+    distinct (instant, zone) pair; only a result that falls in a gap or an ambiguous hour goes
+    through pandas, where a nonexistent time moves forward and an ambiguous one takes its
+    first occurrence unless that lies before the input."""
     if not len(utc):
         return pd.Series(pd.NaT, index=utc.index, dtype="datetime64[ns]")
     u, z, codes = _distinct(utc, tz)
-    res = np.full(len(u), np.datetime64("NaT", "ns"))
-    for zone, pos in _zones_of(z):
-        part = pd.Series(u.to_numpy("datetime64[ns]")[pos])
-        local = fn(_to_local(part, zone))
-        first = _from_local(local, zone, True)
+    ns = u.to_numpy("datetime64[ns]").view(np.int64)
+    zones = z.to_numpy(object)
+    local = pd.Series((ns + _utc_offsets(ns, zones) * _NS).view("datetime64[ns]"))
+    wall = fn(local).to_numpy("datetime64[ns]").view(np.int64)
+    offsets, unique = _local_offsets(wall, zones)
+    res = (wall - offsets * _NS).view("datetime64[ns]")
+    rest = np.flatnonzero(~unique)
+    for zone, pos in _zones_of(pd.Series(zones[rest], dtype=object)):
+        at = rest[pos]
+        part = pd.Series(u.to_numpy("datetime64[ns]")[at])
+        shifted = pd.Series(wall[at].view("datetime64[ns]"))
+        first = _from_local(shifted, zone, True)
         later = first < part
         if later.any():
-            first[later] = _from_local(local[later], zone, False)
-        res[pos] = first.to_numpy("datetime64[ns]")
+            first[later] = _from_local(shifted[later], zone, False)
+        res[at] = first.to_numpy("datetime64[ns]")
     out = res[codes]
     out[np.isnat(utc.to_numpy("datetime64[ns]"))] = np.datetime64("NaT", "ns")
     return pd.Series(out, index=utc.index, dtype="datetime64[ns]")
@@ -95,13 +133,11 @@ def in_window(utc: pd.Series, tz: pd.Series, start: time, end: time) -> pd.Serie
     if not len(utc):
         return pd.Series(False, index=utc.index)
     u, z, codes = _distinct(utc, tz)
-    res = np.zeros(len(u), dtype=bool)
     s, e = _minutes(start), _minutes(end)
-    instants = pd.DatetimeIndex(u.to_numpy("datetime64[ns]"))
-    for zone, pos in _zones_of(z):
-        local = instants[pos].tz_localize("UTC").tz_convert(zone)
-        m = np.asarray(local.hour) * 60 + np.asarray(local.minute)
-        res[pos] = ((m >= s) & (m < e)) if s < e else ((m >= s) | (m < e))
+    ns = u.to_numpy("datetime64[ns]").view(np.int64)
+    local = ns + _utc_offsets(ns, z.to_numpy(object)) * _NS
+    m = (local // (60 * _NS)) % (24 * 60)
+    res = ((m >= s) & (m < e)) if s < e else ((m >= s) | (m < e))
     return pd.Series(res[codes] & utc.notna().to_numpy(), index=utc.index)
 
 
