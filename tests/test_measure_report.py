@@ -128,6 +128,12 @@ def test_report_opens_in_chromium_without_console_errors(engine: sa.Engine, tmp_
         assert page.locator("#lift tr").count() > 2
         assert page.locator("section#churn svg").count() >= 2
         assert page.locator("section#journeys .diagram svg").count() >= 1
+        # the lift table, CUPED lines included, fits the report's own width: nothing to scroll to
+        page.set_viewport_size({"width": 1200, "height": 900})
+        assert page.locator("#lift .sub").count() >= 1
+        table, box = page.evaluate("() => { const t = document.querySelector('#lift');"
+                                   " return [t.scrollWidth, t.parentElement.clientWidth]; }")
+        assert table <= box, (table, box)
         browser.close()
     assert messages == []
 
