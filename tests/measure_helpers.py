@@ -117,6 +117,8 @@ def build_store(engine: sa.Engine, n_treated: int, n_control: int, p_treated: fl
         )
         msg["send_after"] = ENTERED + timedelta(minutes=5)
         msg["sent_at"] = pd.to_datetime(msg["sent_at"])
+        # what the provider's callback records: the treated messages were delivered
+        msg["delivery_status"] = np.where(control, None, "delivered")
         write_frame(conn, t.messages, msg)
         treated_ids = ids[~control]
         write_frame(
@@ -154,11 +156,17 @@ def build_store(engine: sa.Engine, n_treated: int, n_control: int, p_treated: fl
                 )
         write_frame(conn, t.orders, pd.DataFrame(rows, columns=[
             "external_id", "customer_id", "ordered_at", "amount", "status", "coupon_code"]))
-        ev = [(cid, "delivered", ENTERED + timedelta(minutes=6)) for cid in treated_ids]
-        ev += [(cid, "opened", ENTERED + timedelta(hours=2)) for cid in treated_ids if cid % 2 == 0]
-        write_frame(
-            conn, t.events, pd.DataFrame(ev, columns=["customer_id", "event_type", "occurred_at"])
-        )
+        # engagement as callbacks and tracked clicks record it (naming the message), an open of
+        # a message outside every journey (never counted), and an imported click naming none
+        # (counted for the enrollment whose window holds it)
+        opened = ENTERED + timedelta(hours=2)
+        ev = [(cid, "opened", opened, {"message_id": int(cid)})
+              for cid in treated_ids if cid % 2 == 0]
+        ev += [(cid, "opened", opened, {"message_id": 10**6})
+               for cid in treated_ids if cid % 5 == 0]
+        ev += [(cid, "clicked", opened, None) for cid in treated_ids if cid % 7 == 0]
+        write_frame(conn, t.events, pd.DataFrame(
+            ev, columns=["customer_id", "event_type", "occurred_at", "properties"]))
     return {
         "converted_treated": int(conv[~control].sum()),
         "converted_control": int(conv[control].sum()),

@@ -68,10 +68,16 @@ def test_attribution_matches_raw_sql(engine: sa.Engine) -> None:
         )
     assert int(got["coupons_redeemed"].sum()) == len(redeemed) > 0
     assert got["coupon_cost"].sum() == pytest.approx(0.2 * redeemed["amount"].astype(float).sum())
-    # engagement and last touch where messages and events exist
+    # engagement by message: delivered from the messages' delivery status, opens that name the
+    # enrollment's message, not an open of a message outside it; a click naming no message
+    # by the customer's window
     assert (treated["delivered"] == 1).all() and (
         got[got["is_control"].astype(bool)]["delivered"] == 0
     ).all()
+    treated_cid = treated["customer_id"]
+    assert (treated["opened"] == (treated_cid % 2 == 0).astype(int)).all()
+    assert (treated["clicked"] == (treated_cid % 7 == 0).astype(int)).all()
+    assert (got.loc[got["is_control"].astype(bool), ["opened", "clicked"]] == 0).all().all()
     conv_t = treated[treated["goal"].notna()]
     assert (conv_t["last_touch_step"] == "mail").all()
     assert got.loc[got["is_control"].astype(bool), "last_touch_step"].isna().all()

@@ -16,8 +16,12 @@ One row per enrollment in ``attributions``, rebuilt as a whole from the store's 
 - coupons: those issued by the enrollment's messages; a redemption is a purchase by the same
   customer after entry, up to ``now``, carrying the coupon's code. Its cost is ``value`` percent
   of the order amount for a percent coupon, ``value`` (at most the amount) for an amount coupon.
-- engagement: ``delivered``/``opened``/``clicked`` events of the customer inside the window
-  (counted where the provider events exist; zero otherwise).
+- engagement, by message: ``delivered`` counts the enrollment's sent messages the provider
+  reported delivered (``messages.delivery_status``); ``opened``/``clicked`` count the engagement
+  events that name one of the enrollment's messages (``properties.message_id``, as provider
+  callbacks and tracked clicks record them) inside the window. An event that names no message
+  (an imported one) counts for each of the customer's enrollments whose window holds it. So an
+  open of one journey's email never counts for another journey the customer is in.
 - last touch (a secondary view, never used for lift): the last message sent to the enrollment
   before its first order inside the window.
 - ``global_control``: the customer is in the project's global control group (the same stable
@@ -158,8 +162,8 @@ def compute(conn: Connection, now: datetime, policy: ProjectPolicy | None = None
     )
 
     _goals(conn, enr, inside, terms, keys, now)
-    _messages_and_coupons(conn, enr, orders, now)
-    _engagement(conn, enr, now, start)
+    msgs = _messages_and_coupons(conn, enr, orders, now)
+    _engagement(conn, enr, now, start, msgs)
 
     enr["global_control"] = global_control(enr["customer_id"].to_numpy(), policy)
     enr["window_complete"] = enr["window_end"] <= now_ts
@@ -242,7 +246,9 @@ def _better(enr: pd.DataFrame, first: pd.Series, goal_id: str) -> None:
 
 
 def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFrame,
-                          now: datetime) -> None:
+                          now: datetime) -> pd.DataFrame:
+    """Messages sent, last touch and coupons per enrollment; returns the enrollments' sent
+    messages (message_id, enrollment_id, delivery_status, ...)."""
     m, cp = t.messages, t.coupons
     en_ids = sa.select(t.journey_enrollments.c.id).scalar_subquery()
     # a message's logical time is its planned send time (``send_after``, on the run's clock);
@@ -255,6 +261,7 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
             m.c.step_id,
             m.c.channel,
             m.c.send_after.label("sent_at"),
+            m.c.delivery_status,
         ).where(m.c.status == "sent", m.c.enrollment_id.in_(en_ids), m.c.send_after <= now),
     )
     msgs = msgs[msgs["enrollment_id"].isin(enr.index)]
@@ -290,21 +297,42 @@ def _messages_and_coupons(conn: Connection, enr: pd.DataFrame, orders: pd.DataFr
     enr["coupon_cost"] = (
         used.groupby("enrollment_id")["cost"].sum().reindex(enr.index, fill_value=0.0)
     )
+    return msgs
 
 
-def _engagement(conn: Connection, enr: pd.DataFrame, now: datetime, start: datetime) -> None:
+def _engagement(conn: Connection, enr: pd.DataFrame, now: datetime, start: datetime,
+                msgs: pd.DataFrame) -> None:
+    """``delivered``, ``opened`` and ``clicked`` per enrollment, by message (module docstring)."""
+    delivered = msgs[msgs["delivery_status"] == "delivered"]
+    enr["delivered"] = delivered.groupby("enrollment_id").size().reindex(enr.index, fill_value=0)
     ev = t.events
     ids = sa.select(t.journey_enrollments.c.customer_id).scalar_subquery()
-    rows = read_frame(conn, sa.select(ev.c.customer_id, ev.c.event_type, ev.c.occurred_at)
-                      .where(ev.c.event_type.in_(ENGAGEMENT), ev.c.customer_id.in_(ids),
+    kinds = [k for k in ENGAGEMENT if k != "delivered"]
+    rows = read_frame(conn, sa.select(ev.c.customer_id, ev.c.event_type, ev.c.occurred_at,
+                                      ev.c.properties)
+                      .where(ev.c.event_type.in_(kinds), ev.c.customer_id.in_(ids),
                              ev.c.occurred_at > start, ev.c.occurred_at <= now))
-    left = enr[["customer_id", "entered_at", "horizon"]].reset_index()
-    hits = left.merge(rows, on="customer_id")
+    named = pd.to_numeric(rows["properties"].map(
+        lambda p: p.get("message_id") if isinstance(p, dict) else None), errors="coerce")
+    owner = pd.Series(msgs["enrollment_id"].to_numpy(), index=msgs["message_id"].to_numpy())
+    window = enr[["customer_id", "entered_at", "horizon"]]
+    # events that name a message: its enrollment, if the event is inside that one's window
+    by_message = rows[named.notna().to_numpy()].assign(
+        enrollment_id=owner.reindex(named.dropna().astype("int64").to_numpy()).to_numpy())
+    by_message = by_message.dropna(subset=["enrollment_id"]).astype({"enrollment_id": "int64"})
+    by_message = by_message.merge(window, left_on="enrollment_id", right_index=True,
+                                  suffixes=("", "_enr"))
+    # events that name none: every enrollment of the customer whose window holds them
+    loose = rows[named.isna().to_numpy()].merge(window.reset_index(), on="customer_id")
+    hits = pd.concat([by_message[["enrollment_id", "event_type", "occurred_at", "entered_at",
+                                  "horizon"]],
+                      loose[["enrollment_id", "event_type", "occurred_at", "entered_at",
+                             "horizon"]]], ignore_index=True)
     hits = hits[
         (hits["occurred_at"] > hits["entered_at"]) & (hits["occurred_at"] <= hits["horizon"])
     ]
     counts = hits.groupby(["enrollment_id", "event_type"]).size().unstack(fill_value=0)
-    for kind in ENGAGEMENT:
+    for kind in kinds:
         col = counts[kind] if kind in counts else pd.Series(dtype="int64")
         enr[kind] = col.reindex(enr.index, fill_value=0).astype(int)
 
