@@ -212,16 +212,20 @@ def consent_state(conn: sa.Connection, customer_id: int) -> ConsentState:
 
 
 def withdrawn_topics(conn: sa.Connection,
-                     customer_ids: Iterable[int]) -> dict[int, set[tuple[str, str]]]:
-    """(channel, topic) pairs each customer currently withdrew from, for a batch of customers:
-    one query, the latest row per (customer, channel, topic)."""
-    ids = list(customer_ids)
-    if not ids:
+                     customer_ids: Iterable[int] | None) -> dict[int, set[tuple[str, str]]]:
+    """(channel, topic) pairs each customer currently withdrew from, for a batch of customers
+    (None: every customer, as planning reads them): one query, the latest row per (customer,
+    channel, topic)."""
+    ids = None if customer_ids is None else list(customer_ids)
+    if ids is not None and not ids:
         return {}
     rank = sa.func.row_number().over(partition_by=(L.c.customer_id, L.c.channel, L.c.topic),
                                      order_by=(L.c.occurred_at.desc(), L.c.id.desc()))
+    which = [L.c.topic.is_not(None), L.c.customer_id.is_not(None)]
+    if ids is not None:
+        which.append(L.c.customer_id.in_(ids))
     ranked = (sa.select(L.c.customer_id, L.c.channel, L.c.topic, L.c.action, rank.label("n"))
-              .where(L.c.customer_id.in_(ids), L.c.topic.is_not(None)).subquery())
+              .where(*which).subquery())
     out: dict[int, set[tuple[str, str]]] = {}
     for cid, channel, topic in conn.execute(
             sa.select(ranked.c.customer_id, ranked.c.channel, ranked.c.topic)

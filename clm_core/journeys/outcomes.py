@@ -24,6 +24,7 @@ Z95 = 1.959964
 REASONS = {
     "control_group": "held back: the control group that measures what the journey adds",
     "no_consent": "without consent for the channel",
+    "no_consent_topic": "to customers who opted out of the journey's topic",
     "no_address": "without an address for the channel",
     "suppressed": "to customers who unsubscribed or bounced before",
     "quiet_hours": "wait for the customer's daytime (quiet hours)",
