@@ -68,6 +68,9 @@ def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
     assert lifecycle == [(a, n, secs) for a, n, secs in weeks]
     text = clm(shop, "status").stdout
     assert "as of 1997-04-07, clock 1997-04-08 10:00 simulated" in text
+    # the providers' reports and the sends share the simulated clock: the rates count both
+    rates = r"^  email \S+: complaints \d+\.\d\d% \(\d+/[1-9][\d,]*\)"
+    assert re.search(rates, text, re.MULTILINE), text
 
     run = clm(shop, "run", timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
