@@ -191,24 +191,27 @@ class Webhooks:
         for i, job in enumerate(jobs):
             for e in job.events:
                 owner.setdefault((e.provider, e.event_id), i)
-        stored = [0] * len(jobs)
 
         def on_new(conn: sa.Connection, new: list[ProviderEvent], _links: Any) -> None:
+            # runs again if the transaction is retried: each run starts afresh
             inbound: dict[int, list[ProviderEvent]] = {}
             for e in new:
-                i = owner[(e.provider, e.event_id)]
-                stored[i] += 1
                 if e.kind == "inbound":
-                    inbound.setdefault(i, []).append(e)
-            if self.inbound is not None:
-                for i, events in sorted(inbound.items()):
-                    jobs[i].reply = self.inbound(conn, events)
+                    inbound.setdefault(owner[(e.provider, e.event_id)], []).append(e)
+            for i, job in enumerate(jobs):
+                job.reply = (self.inbound(conn, inbound[i])
+                             if self.inbound is not None and i in inbound else None)
 
-        ingest(self.engine, [e for job in jobs for e in job.events], utcnow(),
-               soft_bounce_limit=self.config.soft_bounce_limit, suppress=self.suppress,
-               on_new=on_new)
+        report = ingest(self.engine, [e for job in jobs for e in job.events], utcnow(),
+                        soft_bounce_limit=self.config.soft_bounce_limit,
+                        suppress=self.suppress, on_new=on_new)
+        stored = [0] * len(jobs)
+        for e in report.stored_events:
+            stored[owner[(e.provider, e.event_id)]] += 1
         for job, n in zip(jobs, stored):
             job.report = IngestReport(received=len(job.events), stored=n)
+            if not n:  # nothing of it was new in the attempt that committed
+                job.reply = None
 
     def routes(self) -> list[BaseRoute]:
         out: list[BaseRoute] = []
