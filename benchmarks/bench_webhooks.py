@@ -189,7 +189,8 @@ def main() -> None:
           f"requests in flight, one uvicorn process per server; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  bare Starlette endpoint (parse, store nothing): {bare_rate:9,.0f} events/s wall, "
-          f"{args.events / bare_cpu:9,.0f} per server CPU-second")
+          f"{args.events / bare_cpu:9,.0f} per server CPU-second ({bare_cpu:.2f} CPU s, "
+          f"{1000 * bare_cpu / args.events:.3f} ms per event)")
     for backend in [b for b in args.backends.split(",") if b]:
         if backend == "postgresql" and not postgres_reachable():
             print("  postgresql: not reachable, skipped")
@@ -206,7 +207,8 @@ def main() -> None:
         rate = args.events / elapsed
         print(f"  clm serve on {backend:<10} (verify, store once, apply): {rate:9,.0f} events/s "
               f"wall ({rate / bare_rate:.2f}x bare), {args.events / cpu:9,.0f} per server "
-              f"CPU-second{' (+ the PostgreSQL server)' if backend == 'postgresql' else ''}; "
+              f"CPU-second ({cpu:.2f} CPU s, {1000 * cpu / args.events:.3f} ms per event"
+              f"{', + the PostgreSQL server' if backend == 'postgresql' else ''}); "
               f"stored {stored:,}, engagement rows {engaged:,}")
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,6 +83,7 @@ def _start_sandbox(app: App, faults: str | None) -> tuple[Any, str]:
 def tell(app: App, first: date, weeks: int) -> None:
     """The store owner's account of the simulation, from the database."""
     from clm_core.journeys.outcomes import (
+        engagement_outcomes,
         journey_outcomes,
         reason_words,
         sent_examples,
@@ -106,7 +108,8 @@ def tell(app: App, first: date, weeks: int) -> None:
 
     journeys = {j.name: j for j in load_journeys(app.settings.journeys_dir,
                                                  project_policy(app.settings.section("journeys")))}
-    click.echo("\nWhat each journey did (bought = reached the journey's goal while in it):")
+    click.echo("\nWhat each journey did (bought = reached the journey's goal while in it; "
+               "converted, where a goal is an event such as a click):")
     for o in journey_outcomes(engine):
         j = journeys.get(o.journey)
         about = f" - {j.spec.description}" if j is not None and j.spec.description else ""
@@ -126,7 +129,9 @@ def tell(app: App, first: date, weeks: int) -> None:
         if o.failed:
             click.echo(f"    failed    {o.failed:,} (clm status lists them)")
         lo, hi = o.treated.interval
-        click.echo(f"    bought    {o.treated.converted:,} of {o.treated.entered:,} who got the "
+        # a goal that is an event (a click) is no purchase: say "converted" for such journeys
+        word = "converted" if j is not None and any(g.event for g in j.spec.goals) else "bought"
+        click.echo(f"    {word:<9} {o.treated.converted:,} of {o.treated.entered:,} who got the "
                    f"messages: {_pct(o.treated.rate)} (95% Wilson interval {_pct(lo)}-{_pct(hi)})")
         diff = o.difference
         if diff is not None:
@@ -148,6 +153,21 @@ def tell(app: App, first: date, weeks: int) -> None:
             click.echo(f"    ongoing   {o.in_progress:,} customers are still in the journey; "
                        f"their next steps are due {_when(o.next_due[0])} to {_when(o.next_due[1])}")
 
+    branches, goals = engagement_outcomes(engine, journeys.values())
+    if branches or goals:
+        click.echo("\nWhat the opens and clicks the providers reported changed:")
+        for b in branches:
+            routes = [f"{n:,} {b.event} an email within {b.within} and took {step}"
+                      + (f" ({template})" if template else "") for step, template, n in b.taken]
+            if b.otherwise is not None:
+                step, template, n = b.otherwise
+                routes.append(f"{n:,} did not and took {step}"
+                              + (f" ({template})" if template else ""))
+            click.echo(f"  {b.journey}: branch {b.step!r}: " + "; ".join(routes))
+        for g in goals:
+            click.echo(f"  {g.journey}: {g.reached:,} of {g.entered:,} reached the goal {g.goal!r} "
+                       f"(a {g.event} event reported by the provider)")
+
     examples = sent_examples(engine)
     if examples:
         click.echo("\nFor example, what was sent to whom and why:")
@@ -161,6 +181,51 @@ def tell(app: App, first: date, weeks: int) -> None:
             )
 
 
+class StepClock:
+    """What time the sandbox's providers say their events happened during a simulation: the
+    simulated clock of the lifecycle run in progress, plus the wall time since it started.
+
+    Providers stamp opens and clicks with their own clock. On a simulated clock in 1997 the
+    wall clock's stamps would lie decades after every run, where no journey looks, so a
+    branch on ``opened within 7d`` or a ``clicked`` goal could never fire; stamped this way
+    an open lands just after the send it answers, on the clock the next run reads. The run
+    in progress is the newest of the simulation's ``lifecycle`` runs (one per step, in order),
+    read at most every half second.
+    """
+
+    def __init__(self, engine: Any, step_times: list[datetime], since: datetime) -> None:
+        self.engine = engine
+        self.step_times = step_times  # each step's clock, naive UTC
+        self.since = since  # wall clock (naive UTC) before the simulation's first run
+        self._cached: tuple[float, int, datetime | None] = (-1.0, 0, None)
+        self._lock = threading.Lock()
+
+    def _current(self) -> tuple[int, datetime | None]:
+        import sqlalchemy as sa
+
+        from clm_core.db import tables as t
+
+        with self._lock:
+            at, k, started = self._cached
+            if time.monotonic() - at > 0.5:
+                r = t.runs
+                with self.engine.connect() as conn:
+                    row = conn.execute(sa.select(sa.func.count(), sa.func.max(r.c.started_at))
+                                       .where(r.c.kind == "lifecycle",
+                                              r.c.started_at >= self.since)).one()
+                k, started = int(row[0] or 0), row[1]
+                self._cached = (time.monotonic(), k, started)
+            return k, started
+
+    def __call__(self) -> float:
+        from clm_core.runs import utcnow
+
+        k, started = self._current()
+        step = self.step_times[min(max(k, 1), len(self.step_times)) - 1]
+        elapsed = (utcnow() - started) if started is not None else timedelta(0)
+        return (step + max(elapsed, timedelta(0))).replace(tzinfo=UTC).timestamp()
+
+
 def _drain_callbacks(server: Any, timeout: float = 60.0) -> None:
     """Wait until the sandbox has posted every callback it owes (or the timeout)."""
     deadline = time.monotonic() + timeout
@@ -169,11 +234,13 @@ def _drain_callbacks(server: Any, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def live_providers(app: App, faults: str | None) -> Iterator[dict[str, Any]]:
+def live_providers(app: App, faults: str | None,
+                   clock: Callable[[], float] | None = None) -> Iterator[dict[str, Any]]:
     """The sandbox providers (started unless one runs at the configured URL) and ``clm serve``'s
     app answering their signed callbacks, as in production, for the body of the ``with``;
     afterwards the sandbox's owed callbacks are drained and its counts left in the dict
-    (``stats``, None for a sandbox this command did not start)."""
+    (``stats``, None for a sandbox this command did not start). ``clock`` is the time the
+    callbacks' events carry (default: the wall clock; see ``StepClock``)."""
     from clm_core.settings import Settings
     from clm_core.web.app import create_app
     from clm_core.web.serving import BackgroundServer
@@ -194,6 +261,8 @@ def live_providers(app: App, faults: str | None) -> Iterator[dict[str, Any]]:
             if server:
                 server.store.callbacks.configure({"url": web_url, "seed": 7,
                                                   "delay_seconds": 0.5})
+                if clock is not None:
+                    server.store.callbacks.clock = clock
                 click.echo(f"web        provider callbacks to {web_url}/hooks/... "
                            "(the app `clm serve` runs)")
             yield out
@@ -261,7 +330,8 @@ def register(cli: click.Group) -> None:
         from clm_core.db.engine import describe
         from clm_core.delivery.unsubscribe import ensure_key_file
         from clm_core.ingest.cdnow import import_cdnow
-        from clm_core.runs import last_runs, record_run
+        from clm_core.runs import last_runs, record_run, utcnow
+        from clm_core.simclock import simulated_steps
 
         if simulated:
             from clm.simulate import simulated_demo
@@ -290,7 +360,10 @@ def register(cli: click.Group) -> None:
                        f"{first} to {last}, each the next morning at 10:00 "
                        f"{settings.default_timezone} ...")
             simulate = load_flow(app, "simulate", "simulate")
-            with live_providers(app, faults) as live:
+            steps = simulated_steps(first, weeks, timedelta(weeks=1), 10,
+                                    settings.default_timezone)
+            clock = StepClock(app.engine, [now for _, now in steps], utcnow())
+            with live_providers(app, faults, clock) as live:
                 state = call_flow(simulate, start=first, steps=weeks)
             stats = live.get("stats")
             if not state.is_completed():

@@ -97,7 +97,9 @@ def _deliverability(app: App) -> tuple[list[Any], dict[str, str]]:
     from clm_core.errors import ConfigError
     from clm_core.feedback import guard
     from clm_core.feedback.config import load_webhook_config
+    from clm_core.runclock import normalize_now
     from clm_core.runs import utcnow
+    from clm_core.simclock import last_lifecycle
 
     try:
         delivery = load_delivery_config(app.settings)
@@ -105,5 +107,10 @@ def _deliverability(app: App) -> tuple[list[Any], dict[str, str]]:
         return [], guard.halted(app.engine)
     config = load_webhook_config(app.settings, delivery)
     window = timedelta(days=config.guard_window_days)
-    return (guard.rates(app.engine, delivery, utcnow(), window, config),
+    # The window moves with the run's clock: after a simulation (clm demo) its sends and the
+    # providers' reports live on the simulated clock, so the rates are read as of its last run.
+    last = last_lifecycle(app.engine)
+    now = (normalize_now(str(last["now"])) if last and last.get("simulated") and last.get("now")
+           else None) or utcnow()
+    return (guard.rates(app.engine, delivery, now, window, config),
             guard.halted(app.engine))

@@ -170,3 +170,54 @@ def test_a_reimport_never_undoes_a_later_withdrawal(engine: sa.Engine, tmp_path)
     assert rows[-1] == (ids["c-2"], "import", "granted") and len(rows) == 3
     import_csv(engine, "customers", csv)
     assert len(ledger_rows(engine)) == 3
+
+
+def test_a_batch_of_provider_withdrawals_ends_as_one_by_one(engine: sa.Engine) -> None:
+    """``record_withdrawals`` (a webhook batch's bounces, complaints and unsubscribes) leaves
+    the same rows, consent columns and suppressions as ``record_change`` row by row: a replay
+    changes nothing, a late withdrawal older than a newer grant keeps consent but a bounce
+    still suppresses, an unknown address is suppressed, two changes of one subject apply in
+    order."""
+    a = add_customer(engine, "c-1", email="ann@example.com")
+    b = add_customer(engine, "c-2", email="bo@example.com")
+    c = add_customer(engine, "c-3", email="cy@example.com")
+    change(engine, a, "email", "withdrawn", "bounce", T0, "sendgrid:old")  # replayed below
+    change(engine, b, "email", "granted", "preferences", T0 + timedelta(hours=5), "p:b")
+    batch = [("c-1", "ann@example.com", "bounce", T0, "sendgrid:old"),
+             ("c-2", "bo@example.com", "bounce", T0 + timedelta(hours=1), "sendgrid:b1"),
+             ("c-2", "bo@example.com", "provider_unsubscribe", T0 + timedelta(hours=2),
+              "sendgrid:b2"),
+             ("c-3", "cy@example.com", "complaint", T0 + timedelta(hours=1), "sendgrid:c1"),
+             (None, "zed@example.com", "provider_unsubscribe", T0, "sendgrid:z1")]
+    ids = {"c-1": a, "c-2": b, "c-3": c}
+
+    def state() -> tuple[object, ...]:
+        rows = [(r["customer_id"], r["channel"], r["action"], r["source"], r["address"],
+                 r["occurred_at"], r["evidence_key"]) for r in ledger_rows(engine)]
+        people = [(customer(engine, i)["consent_email"], customer(engine, i)["consent_email_at"])
+                  for i in (a, b, c)]
+        return sorted(rows, key=str), people, suppressions(engine)
+
+    with engine.begin() as conn:
+        ledger.record_withdrawals(conn, [
+            ledger.Withdrawal(ids.get(ext or ""), "email", source, address, at, key,
+                              {"event": key}) for ext, address, source, at, key in batch], T0)
+    batched = state()
+    with engine.begin() as conn:  # the batch again: every row is a replay
+        ledger.record_withdrawals(conn, [
+            ledger.Withdrawal(ids.get(ext or ""), "email", source, address, at, key,
+                              {"event": key}) for ext, address, source, at, key in batch], T0)
+    assert state() == batched
+    with engine.begin() as conn:
+        conn.execute(sa.delete(t.consent_ledger).where(
+            t.consent_ledger.c.evidence_key.in_([k for *_, k in batch[1:]])))
+        conn.execute(sa.delete(t.suppressions).where(t.suppressions.c.address != "ann@example.com"))
+    for ext, address, source, at, key in batch:
+        change(engine, ids.get(ext or ""), "email", "withdrawn", source, at, key, address=address)
+    assert state() == batched
+    assert customer(engine, b)["consent_email"] is True  # the grant is newer than both
+    assert customer(engine, c)["consent_email"] is False
+    assert batched[2] == {("email", "ann@example.com", "bounced"),
+                          ("email", "bo@example.com", "bounced"),
+                          ("email", "cy@example.com", "complained"),
+                          ("email", "zed@example.com", "unsubscribed")}

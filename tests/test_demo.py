@@ -1,9 +1,10 @@
 """``clm demo`` in a new project, as a user runs it, then ``clm status`` and ``clm run``.
 
 One subprocess chain on SQLite with the CDNOW sample and two simulated weeks: the demo exits 0
-without a traceback and tells what happened; ``clm status`` shows the same runs and durations;
-``clm run`` right after continues the demo's clock and signs with the demo's key (no
-CLM_SECRET_KEY in the environment).
+without a traceback and tells what happened; the sandbox's open and click callbacks decided the
+welcome journey's branch both ways and ended at_risk enrollments at their clicked goal;
+``clm status`` shows the same runs and durations; ``clm run`` right after continues the demo's
+clock and signs with the demo's key (no CLM_SECRET_KEY in the environment).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
         assert heading in out, heading
     key = shop / ".clm" / "secret-key"
     assert key.stat().st_mode & 0o777 == 0o600
+    _assert_engagement_drove_the_journeys(shop / "clm.db", demo.stdout)
     weeks = re.findall(
         r"^  (1997-\d\d-\d\d)  (1997-\d\d-\d\d \d\d:\d\d) .* (\d+\.\d)s$", demo.stdout, re.MULTILINE
     )
@@ -65,6 +68,9 @@ def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
     assert lifecycle == [(a, n, secs) for a, n, secs in weeks]
     text = clm(shop, "status").stdout
     assert "as of 1997-04-07, clock 1997-04-08 10:00 simulated" in text
+    # the providers' reports and the sends share the simulated clock: the rates count both
+    rates = r"^  email \S+: complaints \d+\.\d\d% \(\d+/[1-9][\d,]*\)"
+    assert re.search(rates, text, re.MULTILINE), text
 
     run = clm(shop, "run", timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -77,6 +83,37 @@ def test_demo_then_status_then_run_in_a_new_project(tmp_path: Path) -> None:
     assert not subprocess.run(["grep", "-rl", key.read_text().strip(), str(shop / ".clm" / "logs"),
                                str(shop / "clm.db")], capture_output=True, check=False).stdout, \
         "the key never appears in logs or the database"
+
+
+def _assert_engagement_drove_the_journeys(db: Path, story: str) -> None:
+    """The sandbox's signed open and click callbacks, stored by clm serve's app on the demo's
+    clock, decided the welcome branch both ways and ended at_risk enrollments at the clicked
+    goal; the story reports the same counts."""
+    with sqlite3.connect(db) as conn:
+        def routes(step: str, opened: bool) -> tuple[int, int]:
+            """Enrollments routed to ``step``, and how many of them match what they did: an
+            open in the week before the branch (openers) or none (the others)."""
+            rows = conn.execute(
+                "SELECT m.enrollment_id, EXISTS (SELECT 1 FROM events v WHERE v.customer_id = "
+                "m.customer_id AND v.event_type = 'opened' AND v.occurred_at <= m.created_at AND "
+                "v.occurred_at >= datetime(m.created_at, '-7 days')) FROM messages m "
+                "WHERE m.journey = 'welcome' AND m.step_id = ?", (step,)).fetchall()
+            return len(rows), sum(1 for _, hit in rows if bool(hit) == opened)
+
+        discover, discover_right = routes("discover", True)
+        nudge, nudge_right = routes("nudge", False)
+        clicked = conn.execute(
+            "SELECT e.id, e.converted_at, (SELECT min(v.occurred_at) FROM events v "
+            "WHERE v.customer_id = e.customer_id AND v.event_type = 'clicked' "
+            "AND v.occurred_at > e.entered_at) FROM journey_enrollments e "
+            "WHERE e.journey = 'at_risk' AND e.goal = 'clicked' AND e.status = 'converted'"
+        ).fetchall()
+    assert discover > 0 and nudge > 0, (discover, nudge)
+    assert (discover_right, nudge_right) == (discover, nudge)
+    assert clicked and all(first is not None and first[:19] <= at[:19] for _, at, first in clicked)
+    assert (f"welcome: branch 'opened_thanks': {discover:,} opened an email within 7d and took "
+            f"discover (welcome_discover); {nudge:,} did not and took nudge") in story
+    assert f"{len(clicked):,} of " in story and "reached the goal 'clicked'" in story
 
 
 def _t(value: str):  # type: ignore[no-untyped-def]

@@ -213,3 +213,38 @@ def test_message_keys_are_bounded_whatever_the_names() -> None:
     assert keys.is_unique  # distinct long names stay distinct
     assert keys.iloc[2] == "short/v3/hello/e7"  # short names are kept as they are
     assert keys.iloc[0].startswith("j" * 23 + "~")
+
+
+def test_planning_skips_a_topic_the_customer_withdrew(engine: sa.Engine, db_url: str,
+                                                      tmp_path: Path) -> None:
+    """A customer who withdrew a topic on the preferences page (a ledger row with the topic)
+    gets the journey's messages tagged with it planned as skipped, ``no_consent_topic``, on
+    that channel only, as dispatch would skip them; a later grant of the topic restores it."""
+    from clm_core.consent import ledger
+
+    settings = _welcome(engine, db_url, tmp_path, 4)
+    with engine.connect() as conn:
+        a, b, c, d = sorted(conn.execute(sa.select(t.customers.c.id)).scalars())
+    changes = [(a, "email", "withdrawn", 1), (b, "sms", "withdrawn", 1),
+               (c, "email", "withdrawn", 1), (c, "email", "granted", 2)]
+    with engine.begin() as conn:
+        for i, (cid, channel, action, hours) in enumerate(changes):
+            ledger.record_change(conn, customer_id=cid, channel=channel, action=action,
+                                 source="preferences", topic="marketing",
+                                 occurred_at=NOW - timedelta(days=1, hours=-hours),
+                                 evidence_key=f"prefs:{i}")
+
+    def planned(at: datetime) -> dict[tuple[int, str], tuple[str, str | None]]:
+        evaluate(engine, settings, at)
+        m = t.messages
+        with engine.connect() as conn:
+            return {(r.customer_id, r.channel): (r.status, r.reason) for r in conn.execute(
+                sa.select(m.c.customer_id, m.c.channel, m.c.status, m.c.reason))}
+
+    first = planned(NOW)
+    assert first == {(a, "email"): ("skipped", "no_consent_topic"), (b, "email"): ("pending", None),
+                     (c, "email"): ("pending", None), (d, "email"): ("pending", None)}
+    later = planned(NOW + timedelta(days=2))
+    sms = {cid: v for (cid, channel), v in later.items() if channel == "sms"}
+    assert sms == {a: ("pending", None), b: ("skipped", "no_consent_topic"),
+                   c: ("pending", None), d: ("pending", None)}

@@ -474,3 +474,64 @@ def test_aliyun_inbound_td_withdraws_once(engine: sa.Engine, served: Any) -> Non
             r = client.post(f"{url}/hooks/aliyun/{ALIYUN_TOKEN}", json=[item])
             assert r.json() == {"code": 0, "msg": "接收成功"}
     assert sms_consent(engine, "+8613800138000") == (False, True, 1)
+
+
+def test_requests_waiting_for_the_writer_are_committed_together() -> None:
+    """Group commit: while one write runs, the requests that arrive queue; the next write takes
+    all of them at once, each returns only after that write, and a failed write fails every
+    request it held (none is answered as stored)."""
+    import threading
+
+    from clm_core.web.hooks import GroupCommit, _Job
+
+    writes: list[list[int]] = []
+    first_running, release = threading.Event(), threading.Event()
+    fail = [False]
+
+    def write(jobs: list[_Job]) -> None:
+        writes.append([len(j.events) for j in jobs])
+        if len(writes) == 1:
+            first_running.set()
+            assert release.wait(10)
+        if fail[0]:
+            raise RuntimeError("database down")
+
+    group = GroupCommit(write)
+    jobs = [_Job([object()] * n) for n in (1, 2, 3, 4)]  # type: ignore[list-item]
+    done: list[int] = []
+
+    def post(job: _Job) -> None:
+        group.run(job)
+        done.append(len(job.events))
+
+    first = threading.Thread(target=post, args=(jobs[0],))
+    first.start()
+    assert first_running.wait(10)
+    rest = [threading.Thread(target=post, args=(j,)) for j in jobs[1:]]
+    for th in rest:
+        th.start()
+    deadline = time.monotonic() + 10
+    while len(group._queue) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert done == []  # nobody is answered while the write holding them runs
+    release.set()
+    for th in [first, *rest]:
+        th.join(10)
+    assert writes[0] == [1] and sorted(writes[1]) == [2, 3, 4] and len(writes) == 2
+    assert sorted(done) == [1, 2, 3, 4]
+
+    fail[0] = True
+    errors: list[BaseException] = []
+
+    def post_failing(job: _Job) -> None:
+        try:
+            group.run(job)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post_failing, args=(_Job([]),)) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert len(errors) == 3 and all(str(e) == "database down" for e in errors)

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -101,6 +102,10 @@ class CallbackSender:
         self._stop = False
         self._client: httpx.Client | None = None
         self._private = sig.sandbox_sendgrid_private_key()
+        # The time the providers' events say they happened (seconds since the epoch). Real
+        # providers report the wall clock; a simulation (``clm demo``) sets its own clock, so
+        # that opens and clicks land on the clock its journeys run on and can branch them.
+        self.clock: Callable[[], float] = time.time
 
     # --- control ----------------------------------------------------------------------------
 
@@ -165,13 +170,14 @@ class CallbackSender:
         with self.lock:
             r = self.rng
             now = time.time()
+            happened = self.clock()  # when the events say they happened (see ``clock``)
             timeline = self._timeline(api, r)
             stamps = sorted(now + r.uniform(0, s.delay_seconds) for _ in timeline)
             if len(stamps) > 1 and r.random() < s.rate_out_of_order:
                 i = r.randrange(len(stamps) - 1)
                 stamps[i], stamps[i + 1] = stamps[i + 1], stamps[i]
             for (kind, extra), due in zip(timeline, stamps):
-                item = self._event(api, kind, extra, key, record, now)
+                item = self._event(api, kind, extra, key, record, happened)
                 copies = 2 if r.random() < s.rate_duplicate else 1
                 for _ in range(copies):
                     self._enqueue(api, item, due)

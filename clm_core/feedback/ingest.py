@@ -1,7 +1,9 @@
 """Store provider events once and apply them: message delivery status, engagement events,
-suppressions. Everything for one callback request happens in one transaction, and the web
-service answers only after it committed, so an event is either stored and applied or not
-acknowledged (and the provider sends it again).
+suppressions. Everything for one callback request (or for several that arrived together: the
+web service's group commit) happens in one transaction, and the web service answers only after
+it committed, so an event is either stored and applied or not acknowledged (and the provider
+sends it again). Each step is one set-based statement for the whole batch, its rows bound as
+one JSON parameter (``clm_core.db.rowset``): no statement or query per event.
 
 1. link: each event to its outbox message, by the key the send carried (SendGrid custom_args
    ``clm_key``, Mailgun ``v:clm_key``, Twilio's StatusCallback query, Aliyun ``OutId``), else
@@ -20,16 +22,16 @@ acknowledged (and the provider sends it again).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
+from clm_core.db import rowset
 from clm_core.db import tables as t
 from clm_core.delivery.outbox import insert_ignore, retrying
 from clm_core.feedback.events import TWILIO_OPTED_OUT, ProviderEvent
@@ -116,19 +118,35 @@ def _dedupe(events: Sequence[ProviderEvent]) -> list[ProviderEvent]:
     return list(seen.values())
 
 
-def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[str, Any]]:
-    """Position in ``events`` -> {message_id, customer_id, ...} for those that link."""
-    keys = sorted({e.message_key for e in events if e.message_key})
-    by_key: dict[str, dict[str, Any]] = {}
+def _link_statements(dialect: str) -> dict[str, sa.Select[Any]]:
+    """The link queries, built once per dialect: each takes its list as one JSON parameter
+    (``:keys``), so its text, compiled form and prepared plan are the same for every batch."""
     c = t.customers
+    listed = sa.text(rowset.values(dialect)).columns(sa.column("v", sa.String))
     # The customer's address on file is the one to suppress: providers write numbers their own
     # way (Aliyun drops +86, so a US and a Chinese number can look alike).
     cols = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.channel, m.c.provider_message_id,
             sa.case((m.c.channel == "sms", c.c.phone), else_=c.c.email).label("address"))
     base = sa.select(*cols).join(c, c.c.id == m.c.customer_id)
-    for start in range(0, len(keys), 500):
-        for r in conn.execute(base.where(m.c.idempotency_key.in_(keys[start:start + 500]))):
-            by_key[r.idempotency_key] = dict(r._mapping)
+    out = {"key": base.where(m.c.idempotency_key.in_(listed)),
+           "pmid": base.where(m.c.provider_message_id.in_(listed))}
+    for channel, column in ADDRESS.items():
+        out[channel] = (sa.select(c.c.id, c.c[column]).where(c.c[column].in_(listed))
+                        .order_by(c.c.id.desc()))
+    return out
+
+
+_LINKS = {d: _link_statements(d) for d in ("sqlite", "postgresql")}
+
+
+def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[str, Any]]:
+    """Position in ``events`` -> {message_id, customer_id, ...} for those that link."""
+    stmts = _LINKS.get(conn.dialect.name) or _link_statements(conn.dialect.name)
+    keys = sorted({e.message_key for e in events if e.message_key})
+    by_key: dict[str, dict[str, Any]] = {}
+    if keys:
+        for r in conn.execute(stmts["key"], {"keys": json.dumps(keys)}):
+            by_key[r.idempotency_key] = r._asdict()
     pmids = sorted(
         {
             e.provider_message_id
@@ -137,9 +155,9 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
         }
     )
     by_pmid: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(pmids), 500):
-        for r in conn.execute(base.where(m.c.provider_message_id.in_(pmids[start:start + 500]))):
-            by_pmid[r.provider_message_id] = dict(r._mapping)
+    if pmids:
+        for r in conn.execute(stmts["pmid"], {"keys": json.dumps(pmids)}):
+            by_pmid[r.provider_message_id] = r._asdict()
     links = {}
     for i, ev in enumerate(events):
         hit = by_key.get(ev.message_key or "") or by_pmid.get(ev.provider_message_id or "")
@@ -150,9 +168,8 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
         wanted = sorted({e.address for i, e in enumerate(events)
                          if i not in links and e.channel == channel and e.address})
         found: dict[str, int] = {}
-        for start in range(0, len(wanted), 500):
-            for cid, address in conn.execute(sa.select(c.c.id, c.c[column]).where(
-                    c.c[column].in_(wanted[start:start + 500])).order_by(c.c.id.desc())):
+        if wanted:
+            for cid, address in conn.execute(stmts[channel], {"keys": json.dumps(wanted)}):
                 found[address] = cid
         for i, ev in enumerate(events):
             if i not in links and ev.channel == channel and ev.address in found:
@@ -160,31 +177,41 @@ def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[st
     return links
 
 
+# provider_events columns written per event, and their rowset types
+EVENT_COLUMNS = (("provider", "text"), ("event_id", "text"), ("kind", "text"),
+                 ("channel", "text"), ("occurred_at", "timestamp"), ("recorded_at", "timestamp"),
+                 ("message_id", "int"), ("customer_id", "int"), ("address", "text"),
+                 ("permanent", "bool"), ("machine", "bool"), ("code", "text"),
+                 ("detail", "json"))
+ENGAGEMENT_COLUMNS = (("external_id", "text"), ("customer_id", "int"), ("event_type", "text"),
+                      ("occurred_at", "timestamp"), ("properties", "json"))
+
+
 def _insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """Insert event rows, skipping stored ones; returns (provider, event_id) of the new ones."""
-    if not rows:
-        return set()
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = (insert(pe).on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(pe.c.provider, pe.c.event_id))
-    new: set[tuple[str, str]] = set()
-    for start in range(0, len(rows), 1000):
-        new |= {(r[0], r[1]) for r in conn.execute(stmt, rows[start:start + 1000])}
-    return new
+    """Insert event rows, skipping stored ones; returns (provider, event_id) of the new ones.
+    One statement for the batch (``clm_core.db.rowset``); the unique key decides what is new,
+    so two requests racing with the same event store it once."""
+    return {(r[0], r[1]) for r in rowset.insert_select(
+        conn, pe, EVENT_COLUMNS, rows, ["provider", "event_id"], ["provider", "event_id"])}
 
 
-_RANK_SQL = sa.case({k: v for k, v in RANK.items()}, value=m.c.delivery_status, else_=0)
+_RANK_SQL = "CASE messages.delivery_status {} ELSE 0 END".format(
+    " ".join(f"WHEN '{k}' THEN {v}" for k, v in RANK.items()))
+_STATUS_COLUMNS = (("id", "int"), ("rank", "int"), ("status", "text"), ("at", "timestamp"))
 
 
 def _apply_statuses(conn: sa.Connection, best: dict[int, tuple[str, datetime]]) -> int:
+    """Raise each message's delivery status to the best new one, never lower it: one
+    ``UPDATE ... FROM`` for the batch, the rank compared in the database (a concurrent
+    request's higher status, committed first, wins)."""
     if not best:
         return 0
-    stmt = (sa.update(m).where(m.c.id == sa.bindparam("_id"), _RANK_SQL < sa.bindparam("_rank"))
-            .values(delivery_status=sa.bindparam("_status"),
-                    delivery_at=sa.bindparam("_at", type_=sa.DateTime())))
-    params = [{"_id": mid, "_rank": RANK[s], "_status": s, "_at": at}
-              for mid, (s, at) in sorted(best.items())]
-    return int(conn.execute(stmt, params).rowcount or 0)
+    sql = (f"UPDATE messages SET delivery_status = r.status, delivery_at = r.at "
+           f"FROM {rowset.source(conn.dialect.name, _STATUS_COLUMNS)} "
+           f"WHERE messages.id = r.id AND {_RANK_SQL} < r.rank")
+    rows = [{"id": mid, "rank": RANK[s], "status": s, "at": rowset.stamp(at)}
+            for mid, (s, at) in sorted(best.items())]
+    return int(conn.execute(sa.text(sql), {"rows": rowset.dumps(rows)}).rowcount or 0)
 
 
 def _soft_bounce_suppressions(conn: sa.Connection, events: list[ProviderEvent],
@@ -212,8 +239,10 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
     unique = _dedupe(events)
     with engine.begin() as conn:
         links = _link(conn, unique)
+        recorded = rowset.stamp(recorded_at)
         rows = [{"provider": e.provider, "event_id": e.event_id, "kind": e.kind,
-                 "channel": e.channel, "occurred_at": e.occurred_at, "recorded_at": recorded_at,
+                 "channel": e.channel, "occurred_at": rowset.stamp(e.occurred_at),
+                 "recorded_at": recorded,
                  "message_id": links.get(i, {}).get("id"),
                  "customer_id": links.get(i, {}).get("customer_id"),
                  "address": links.get(i, {}).get("address") or e.address,
@@ -248,7 +277,8 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
                 if ev.detail.get("url"):
                     props["url"] = ev.detail["url"]
                 engagement.append({"external_id": event_row_key(ev), "customer_id": cid,
-                                   "event_type": ev.kind, "occurred_at": ev.occurred_at,
+                                   "event_type": ev.kind,
+                                   "occurred_at": rowset.stamp(ev.occurred_at),
                                    "properties": props})
             reason = suppression_of(ev)
             if reason and ev.address:
@@ -256,7 +286,7 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
                                              ev.event_id, ev.occurred_at))
         report.statuses = _apply_statuses(conn, best)
         if engagement:
-            insert_ignore(conn, t.events, engagement, ["external_id"])
+            rowset.insert_select(conn, t.events, ENGAGEMENT_COLUMNS, engagement, ["external_id"])
             report.engagement = len(engagement)
         immediate += _soft_bounce_suppressions(conn, new, customers, soft_bounce_limit)
         if immediate:

@@ -101,6 +101,8 @@ class Snapshot:
     events: customer_id, event_type, occurred_at (recent ones).
     orders: customer_id, ordered_at, amount (since the oldest active enrollment).
     ledger: customer_id, channel, tags, at: messages planned or sent (for caps).
+    withdrawn_topics: customer_id, channel, topic: the topics each customer currently withdrew
+      from on a channel (preferences page, consent ledger); a message tagged with one is skipped.
     """
 
     customers: pd.DataFrame
@@ -127,6 +129,9 @@ class Snapshot:
     ledger: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"customer_id": pd.Series(dtype="int64"), "channel": pd.Series(dtype=object),
          "tags": pd.Series(dtype=object), "at": pd.Series(dtype="datetime64[ns]")}))
+    withdrawn_topics: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"customer_id": pd.Series(dtype="int64"), "channel": pd.Series(dtype=object),
+         "topic": pd.Series(dtype=object)}))
 
 
 @dataclass
@@ -161,7 +166,7 @@ class _Run:
         self.enr = enr.reset_index(drop=True)
         self.contact = ContactPolicy(rules_for(list(latest.values()), policy.caps,
                                                policy.quiet_hours),
-                                     self.cust, snap.ledger, self.now)
+                                     self.cust, snap.ledger, self.now, snap.withdrawn_topics)
         self.messages: list[pd.DataFrame] = []
 
     # --- helpers --------------------------------------------------------------------------

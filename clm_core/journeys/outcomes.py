@@ -10,13 +10,17 @@ Everything is a query over the schema, so ``clm demo`` and any later look agree.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from clm_core.db import tables as t
+from clm_core.journeys.loader import CompiledJourney
+from clm_core.journeys.model import BranchStep
 
 Z95 = 1.959964
 
@@ -24,6 +28,7 @@ Z95 = 1.959964
 REASONS = {
     "control_group": "held back: the control group that measures what the journey adds",
     "no_consent": "without consent for the channel",
+    "no_consent_topic": "to customers who opted out of the journey's topic",
     "no_address": "without an address for the channel",
     "suppressed": "to customers who unsubscribed or bounced before",
     "quiet_hours": "wait for the customer's daytime (quiet hours)",
@@ -204,3 +209,83 @@ def simulated_steps(engine: Engine) -> list[Step]:
                               count(e, e.c.converted_at > since, e.c.converted_at <= now)))
             previous = now
     return steps
+
+
+@dataclass(frozen=True)
+class EventBranch:
+    """Where a branch on an engagement event (``{event: opened, within: 7d}``) sent people:
+    per route, the enrollments that reached its send step (whether the message then went out
+    or was held back, the branch was taken)."""
+
+    journey: str
+    step: str
+    event: str
+    within: str
+    taken: tuple[tuple[str, str | None, int], ...]  # (target step, its template, enrollments)
+    otherwise: tuple[str, str | None, int] | None  # the route of those without the event
+
+
+@dataclass(frozen=True)
+class EventGoal:
+    """Enrollments that ended by reaching a goal that is an event (``clicked``)."""
+
+    journey: str
+    goal: str
+    event: str
+    reached: int
+    entered: int  # treated enrollments of the journey
+
+
+def _event_of(when: dict[str, Any]) -> tuple[str, str] | None:
+    """(event, within) of a branch case on an engagement event, else None."""
+    if "event" in when:
+        return str(when["event"]), str(when.get("within", ""))
+    return None
+
+
+def engagement_outcomes(engine: Engine, journeys: Iterable[CompiledJourney]
+                        ) -> tuple[list[EventBranch], list[EventGoal]]:
+    """What the journeys did with the opens and clicks providers reported: the routes their
+    event branches sent enrollments down and the event goals reached, from the database."""
+    e, m = t.journey_enrollments, t.messages
+    branches: list[EventBranch] = []
+    goals: list[EventGoal] = []
+    with engine.connect() as conn:
+        reached_step: dict[tuple[str, str], int] = {
+            (j, s): int(n) for j, s, n in conn.execute(
+                sa.select(m.c.journey, m.c.step_id, sa.func.count(sa.distinct(m.c.enrollment_id)))
+                .where(sa.or_(m.c.reason.is_(None), m.c.reason != "control_group"))
+                .group_by(m.c.journey, m.c.step_id))}
+        by_goal: dict[tuple[str, str], int] = {
+            (j, g): int(n) for j, g, n in conn.execute(
+                sa.select(e.c.journey, e.c.goal, sa.func.count())
+                .where(e.c.goal.is_not(None), e.c.is_control.is_(False))
+                .group_by(e.c.journey, e.c.goal))}
+        entered: dict[str, int] = {
+            j: int(n) for j, n in conn.execute(
+                sa.select(e.c.journey, sa.func.count()).where(e.c.is_control.is_(False))
+                .group_by(e.c.journey))}
+    for j in sorted(journeys, key=lambda j: j.name):
+        steps = {s.id: s for s in j.spec.steps}
+
+        def route(target: str, name: str = j.name) -> tuple[str, str | None, int]:
+            step = steps.get(target)
+            send = getattr(step, "send", None)
+            return target, getattr(send, "template", None), reached_step.get((name, target), 0)
+
+        for step in j.spec.steps:
+            if not isinstance(step, BranchStep):
+                continue
+            found = [(c, ev) for c in step.branch if (ev := _event_of(c.when)) is not None]
+            if not found:
+                continue
+            event, within = found[0][1]
+            otherwise = step.else_ or j.successor.get(step.id)
+            branches.append(EventBranch(
+                j.name, step.id, event, within, tuple(route(c.goto) for c, _ in found),
+                route(otherwise) if otherwise in steps else None))
+        for goal in j.spec.goals:
+            if goal.event is not None:
+                goals.append(EventGoal(j.name, goal.id, goal.event.type,
+                                       by_goal.get((j.name, goal.id), 0), entered.get(j.name, 0)))
+    return branches, goals

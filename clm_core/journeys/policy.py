@@ -2,8 +2,8 @@
 
 Every planned message gets a status and a reason code:
 
-- ``skipped``: ``control_group``, ``no_consent``, ``no_address``, ``suppressed``,
-  ``quiet_hours``, ``frequency_cap:<cap>``, ``unschedulable``
+- ``skipped``: ``control_group``, ``no_consent``, ``no_consent_topic``, ``no_address``,
+  ``suppressed``, ``quiet_hours``, ``frequency_cap:<cap>``, ``unschedulable``
 - ``deferred``: moved to the next allowed time by ``quiet_hours`` or ``frequency_cap:<cap>``
 - ``pending``: due now.
 
@@ -50,10 +50,17 @@ class ContactPolicy:
     """Applies the rules to batches of messages, remembering what it accepted (the ledger)."""
 
     def __init__(self, rules: Mapping[str, JourneyRules], customers: pd.DataFrame,
-                 ledger: pd.DataFrame, now: pd.Timestamp):
+                 ledger: pd.DataFrame, now: pd.Timestamp,
+                 withdrawn_topics: pd.DataFrame | None = None):
         self.rules = rules
         self.customers = customers
         self.now = now
+        # (customer_id, channel, topic) withdrawn: a message tagged with the topic is skipped
+        # here as dispatch would skip it, so it is planned as what it is (no_consent_topic)
+        # instead of waiting in the outbox, counting against caps and being skipped later.
+        w = withdrawn_topics
+        self.withdrawn: frozenset[tuple[int, str, str]] = frozenset() if w is None or w.empty \
+            else frozenset(zip(w["customer_id"].astype(int), w["channel"], w["topic"]))
         caps: dict[str, Cap] = {}
         for r in rules.values():
             for c in r.caps:
@@ -109,6 +116,8 @@ class ContactPolicy:
             )
             self._block(out, on & (out["status"] == "pending")
                         & cust[f"suppressed_{ch}"].fillna(False).astype(bool), "suppressed", action)
+        if self.withdrawn:
+            self._block(out, self._topic_withdrawn(msgs), "no_consent_topic", action)
         live = msgs[out["status"] == "pending"]
         if live.empty:
             return out
@@ -127,6 +136,16 @@ class ContactPolicy:
                 live.loc[idx], cust.loc[idx], {k: m.loc[idx] for k, m in membership.items()}, out
             )
         return out
+
+    def _topic_withdrawn(self, msgs: pd.DataFrame) -> pd.Series:
+        """Messages with a tag their customer withdrew from on the message's channel."""
+        tags = msgs["tags"].explode().dropna()
+        if tags.empty:
+            return pd.Series(False, index=msgs.index)
+        keys = zip(msgs.loc[tags.index, "customer_id"].astype(int), msgs.loc[tags.index, "channel"],
+                   tags)
+        hit = pd.Series([k in self.withdrawn for k in keys], index=tags.index)
+        return hit.groupby(level=0).any().reindex(msgs.index, fill_value=False)
 
     def _block(self, out: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str,
                action: pd.Series) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from clm_core.consent.ledger import withdrawn_topics
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.errors import Problem, SpecError
@@ -282,6 +283,12 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     fields = set().union(*(j.fields for j in journeys)) if journeys else set()
     if any(j.spec.entry.tier is not None for j in journeys):
         fields.add("tier")  # a tier trigger checks the customer is still in the tier
+    # Topics withdrawn on the preferences page: few rows, read whole (one query).
+    withdrawn = Snapshot(pd.DataFrame()).withdrawn_topics
+    rows = [(cid, channel, topic)
+            for cid, pairs in withdrawn_topics(conn, None).items() for channel, topic in pairs]
+    if rows:
+        withdrawn = pd.DataFrame(rows, columns=["customer_id", "channel", "topic"])
     return Snapshot(
         customers=load_customers(conn, fields),
         enrollments=enr,
@@ -290,6 +297,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
         events=events,
         orders=orders,
         ledger=ledger,
+        withdrawn_topics=withdrawn,
     )
 
 

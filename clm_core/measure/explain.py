@@ -193,6 +193,7 @@ def _enrollments(conn: Connection, cid: int) -> list[dict[str, Any]]:
 _WHY = {
     "control_group": "held out: the customer is in the control group",
     "no_consent": "no consent for this channel",
+    "no_consent_topic": "the customer opted out of this topic on this channel",
     "no_address": "no address for this channel",
     "suppressed": "the address is suppressed",
     "quiet_hours": "the customer's quiet hours",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import xml.sax.saxutils
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,13 +60,11 @@ def suppress_through_ledger(conn: sa.Connection, rows: list[Suppression] | Any,
     """Hard bounces, complaints and provider unsubscribes withdraw the channel in the consent
     ledger (which adds the suppression), with the provider event as evidence; the evidence
     key makes a replay a no-op."""
-    for s in rows:
-        ledger.record_change(
-            conn, customer_id=s.customer_id, channel=s.channel, action="withdrawn",
-            source=LEDGER_SOURCE[s.reason], occurred_at=s.occurred_at, address=s.address,
-            evidence_key=f"{s.provider}:{s.event_id}",
-            evidence={"provider": s.provider, "provider_event_id": s.event_id,
-                      "reason": s.reason}, recorded_at=now)
+    ledger.record_withdrawals(conn, [
+        ledger.Withdrawal(s.customer_id, s.channel, LEDGER_SOURCE[s.reason], s.address,
+                          s.occurred_at, f"{s.provider}:{s.event_id}",
+                          {"provider": s.provider, "provider_event_id": s.event_id,
+                           "reason": s.reason}) for s in rows], now)
 
 
 def routes(web: Web) -> list[BaseRoute]:
@@ -119,6 +118,56 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 @dataclass
+class _Job:
+    """One request's events on their way into the database, and what it answers with."""
+
+    events: list[ProviderEvent]
+    report: IngestReport | None = None
+    reply: str | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class GroupCommit:
+    """Requests that arrive together are written together: one transaction for all the batches
+    waiting when the writer is free (group commit).
+
+    Each request's thread queues its job and takes the writer lock; whoever holds it writes
+    every queued job in one transaction, so the threads behind it find theirs committed (or
+    failed, with the same error) when they get the lock and return at once. A request still
+    answers only after the transaction that holds its events committed. Why: a commit, its
+    statements and their set-up cost the same for 100 events as for 400, and on SQLite, which
+    has one writer at a time, waiting requests queue on a lock here instead of polling the
+    file's lock in SQLite's busy handler (which sleeps for growing intervals meanwhile).
+    """
+
+    def __init__(self, write: Callable[[list[_Job]], None]) -> None:
+        self.write = write
+        self._queue: list[_Job] = []
+        self._queue_lock = threading.Lock()
+        self._writer = threading.Lock()
+
+    def run(self, job: _Job) -> None:
+        with self._queue_lock:
+            self._queue.append(job)
+        with self._writer:
+            if not job.done:
+                with self._queue_lock:
+                    jobs, self._queue = self._queue, []
+                try:
+                    self.write(jobs)
+                except BaseException as exc:  # every request of the group fails with it
+                    for j in jobs:
+                        j.error = exc
+                    raise
+                finally:
+                    for j in jobs:
+                        j.done = True
+        if job.error is not None:
+            raise job.error
+
+
+@dataclass
 class Webhooks:
     engine: Engine
     config: WebhookConfig
@@ -131,6 +180,38 @@ class Webhooks:
         self.sendgrid_key = (sig.load_sendgrid_key(self.config.sendgrid_public_key)
                              if self.config.sendgrid_public_key else None)
         self.tokens = sig.TokenMemory(self.config.mailgun_max_age)
+        self._group = GroupCommit(self._ingest_group)
+
+    def _ingest_group(self, jobs: list[_Job]) -> None:
+        """Store and apply the events of every request in ``jobs`` in one transaction; each
+        job's report counts what its own request brought (a duplicate of an event an earlier
+        request of the group carried is not new to it), and each inbound SMS request gets its
+        own reply."""
+        owner: dict[tuple[str, str], int] = {}
+        for i, job in enumerate(jobs):
+            for e in job.events:
+                owner.setdefault((e.provider, e.event_id), i)
+
+        def on_new(conn: sa.Connection, new: list[ProviderEvent], _links: Any) -> None:
+            # runs again if the transaction is retried: each run starts afresh
+            inbound: dict[int, list[ProviderEvent]] = {}
+            for e in new:
+                if e.kind == "inbound":
+                    inbound.setdefault(owner[(e.provider, e.event_id)], []).append(e)
+            for i, job in enumerate(jobs):
+                job.reply = (self.inbound(conn, inbound[i])
+                             if self.inbound is not None and i in inbound else None)
+
+        report = ingest(self.engine, [e for job in jobs for e in job.events], utcnow(),
+                        soft_bounce_limit=self.config.soft_bounce_limit,
+                        suppress=self.suppress, on_new=on_new)
+        stored = [0] * len(jobs)
+        for e in report.stored_events:
+            stored[owner[(e.provider, e.event_id)]] += 1
+        for job, n in zip(jobs, stored):
+            job.report = IngestReport(received=len(job.events), stored=n)
+            if not n:  # nothing of it was new in the attempt that committed
+                job.reply = None
 
     def routes(self) -> list[BaseRoute]:
         out: list[BaseRoute] = []
@@ -171,22 +252,15 @@ class Webhooks:
             if on_reject is not None:
                 on_reject()
             return PlainTextResponse(f"{exc}\n", status_code=400)
-        reply: list[str | None] = [None]
-
-        def on_new(conn: sa.Connection, new: list[ProviderEvent], _links: Any) -> None:
-            inbound = [e for e in new if e.kind == "inbound"]
-            if inbound and self.inbound is not None:
-                reply[0] = self.inbound(conn, inbound)
-
+        job = _Job(events)
         try:
-            report = await asyncio.to_thread(ingest, self.engine, events, utcnow(),
-                                             soft_bounce_limit=self.config.soft_bounce_limit,
-                                             suppress=self.suppress, on_new=on_new)
+            await asyncio.to_thread(self._group.run, job)
         except Exception:
             if on_reject is not None:
                 on_reject()
             raise
-        return answer(report, reply[0])
+        assert job.report is not None  # set by the group that committed it
+        return answer(job.report, job.reply)
 
     @staticmethod
     def _ok(report: IngestReport, _reply: str | None) -> Response:
