@@ -16,6 +16,7 @@ earning: {points_per_unit: 1, rounding: down}
 bonuses:
   - {id: bday, multiplier: 2, birthday_month: true}
   - {id: big, points: 50, min_amount: 100}
+  - {id: vinyl, multiplier: 3, sku_prefix: "VNL-"}
 expiry: {after: 365d}
 tiers:
   qualify_on: spend
