@@ -9,7 +9,8 @@ runs twice (or again after a crash) finds its rows already there and appends not
 key                            row
 =============================  ================================================================
 ``earn:{order}``               base points of a completed order, at the multiplier of the tier
-                               the customer holds when the order is first evaluated
+                               the customer holds when the order is first evaluated (0 points
+                               when it rounds to nothing: the order has been evaluated)
 ``bonus:{rule}:{order}``       a bonus rule that matched the order
 ``reverse:{order}``            the order was cancelled or refunded after it earned: minus what
                                it earned (the balance may go below zero; nothing is clawed back
@@ -215,7 +216,11 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
                          points=pts, order_id=sel["id"].astype(float),
                          occurred_at=sel["ordered_at"], expires_at=ex, reason=b.id))
     rows = pd.concat(out, ignore_index=True)
-    return rows[rows["points"] != 0]
+    # An order that earns nothing (an amount under one point at its tier) keeps its earn row,
+    # with 0 points: the row says the order was evaluated, so a later evaluation at a higher
+    # tier does not earn it again at that tier's rate (and incremental runs, which may not
+    # look at the customer again, agree with a full one). Bonuses of nothing are left out.
+    return rows[(rows["points"] != 0) | (rows["kind"] == "earn")]
 
 
 def reversal_rows(inp: Inputs, earned: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
