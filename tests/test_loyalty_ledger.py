@@ -16,6 +16,7 @@ earning: {points_per_unit: 1, rounding: down}
 bonuses:
   - {id: bday, multiplier: 2, birthday_month: true}
   - {id: big, points: 50, min_amount: 100}
+  - {id: vinyl, multiplier: 3, sku_prefix: "VNL-"}
 expiry: {after: 365d}
 tiers:
   qualify_on: spend
@@ -113,6 +114,22 @@ def test_rerun_appends_nothing_and_refund_reverses_later() -> None:
     after = evaluate(prog, inputs(o, ledger2, same.status), later + pd.Timedelta(days=31))
     assert after.status["tier"].tolist() == ["member"]
     assert after.transitions[["from_tier", "to_tier"]].values.tolist() == [["silver", "member"]]
+
+
+def test_an_order_that_earns_nothing_is_not_earned_again_at_a_higher_tier() -> None:
+    """0.80 earns 0 points at the entry rate (rounded down); its earn row of 0 records that it
+    was evaluated, so after a 600 order makes her gold it does not earn 0.80 x 1.5 = 1."""
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    o = orders([(1, 1, "2025-01-10", 0.80, "completed", None)])
+    first = evaluate(prog, inputs(o), T("2025-01-11"))
+    assert first.rows[["key", "points"]].values.tolist() == [["earn:1", 0]]
+    o2 = pd.concat([o, orders([(2, 1, "2025-01-20", 600.00, "completed", None)])])
+    nxt = evaluate(prog, inputs(o2, first.rows, first.status), T("2025-01-21"))
+    assert {r.key: r.points for r in nxt.rows.itertuples()} == {"earn:2": 600, "bonus:big:2": 50,
+                                                               "reward:voucher:1:1": -500}
+    later = evaluate(prog, inputs(o2, pd.concat([first.rows, nxt.rows]), nxt.status),
+                     T("2025-01-22"))
+    assert later.rows.empty and later.status["tier"].tolist() == ["gold"]
 
 
 def test_tier_multiplier_applies_to_orders_after_the_upgrade() -> None:

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from clm import cli
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from tests.test_loyalty_ledger import PROGRAMME
+from tests.test_loyalty_ledger import PROGRAMME, orders
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,31 +32,65 @@ def project(tmp_path: Path, db_url: str) -> Path:
     return root
 
 
-def seed(engine: sa.Engine, n_extra: int = 0) -> None:
-    """The hand-computed store of test_loyalty_ledger, plus ``n_extra`` plain customers."""
-    customers = [{"id": i, "external_id": f"c{i}", "attributes": {"birthday": "1990-03-14"}
-                  if i == 1 else None} for i in range(1, 5)]
-    orders = [(1, 1, "2025-01-10", 120.70, "completed", None),
-              (2, 1, "2025-03-05", 30.00, "completed", None),
-              (3, 2, "2025-02-01", 600.00, "completed", None),
-              (4, 2, "2025-02-02", 90.00, "refunded", None),
-              (5, 3, "2024-01-02", 80.00, "completed", None),
-              (6, 3, "2024-06-01", 10.00, "completed", 40),
-              (7, 4, "2025-03-01", 70.00, "pending", None)]
+# The hand-computed store. Programme (tests/test_loyalty_ledger.PROGRAMME): 1 point per unit,
+# rounded down; bonuses bday (x2 in the birthday month), big (+50 on orders of 100 or more),
+# vinyl (x3 on orders with a VNL- item); points expire 365 days after they are earned; tiers on
+# spend over 365 days with 30 days' grace: member 0, silver 200 (x1.25), gold 500 (x1.5); a
+# 500-point voucher. The first four customers are the small store of test_loyalty_ledger.
+BIRTHDAYS = {1: "1990-03-14", 9: "1985-04-22"}
+HAND_ORDERS = [  # id, customer, ordered_at, amount, status, points_redeemed
+    (1, 1, "2025-01-10", 120.70, "completed", None),
+    (2, 1, "2025-03-05", 30.00, "completed", None),
+    (3, 2, "2025-02-01", 600.00, "completed", None),
+    (4, 2, "2025-02-02", 90.00, "refunded", None),
+    (5, 3, "2024-01-02", 80.00, "completed", None),
+    (6, 3, "2024-06-01", 10.00, "completed", 40),
+    (7, 4, "2025-03-01", 70.00, "pending", None),
+    (8, 5, "2024-11-15", 250.00, "completed", None),
+    (9, 6, "2024-05-10", 520.00, "completed", None),
+    (10, 7, "2025-02-14", 45.50, "completed", None),
+    (11, 7, "2025-03-10", 20.00, "completed", None),
+    (12, 8, "2024-12-01", 210.40, "completed", None),
+    (13, 9, "2025-03-20", 800.00, "completed", None),
+    (14, 10, "2025-03-15", 50.00, "cancelled", None),
+]
+# Orders that arrive between the first and the second evaluation.
+LATER_ORDERS = [
+    (15, 6, "2025-05-20", 250.00, "completed", None),
+    (16, 8, "2025-04-20", 40.00, "completed", None),
+    (17, 9, "2025-04-05", 100.00, "completed", None),
+]
+SKUS = {10: "VNL-001", 11: "CD-009", 16: "VNL-7"}  # order -> its one item
+
+
+def write_orders(engine: sa.Engine, rows: list[tuple]) -> None:
+    df = orders(rows)
+    df["external_id"] = "o" + df["id"].astype(str)
+    df["points_redeemed"] = df["points_redeemed"].astype("Int64")
+    items = pd.DataFrame([{"order_id": o, "line_no": 1, "sku": s} for o, s in SKUS.items()
+                          if o in set(df["id"])])
+    with engine.begin() as conn:
+        write_frame(conn, t.orders, df)
+        if not items.empty:
+            write_frame(conn, t.order_items, items)
+
+
+def seed(engine: sa.Engine, n_extra: int = 0, hand: int = 4) -> None:
+    """The first ``hand`` customers of the hand-computed store with their orders, plus
+    ``n_extra`` plain customers with five orders each."""
+    customers = [{"id": i, "external_id": f"c{i}",
+                  "attributes": {"birthday": BIRTHDAYS[i]} if i in BIRTHDAYS else None}
+                 for i in range(1, hand + 1)]
+    rows = [o for o in HAND_ORDERS if o[1] <= hand]
     for k in range(n_extra):
-        cid = 5 + k
+        cid = hand + 1 + k
         customers.append({"id": cid, "external_id": f"c{cid}", "attributes": None})
         for m in range(5):
-            orders.append((100 + 5 * k + m, cid, f"2024-{1 + (k + m) % 12:02d}-{1 + m * 5:02d}",
-                           float(20 + (k * 7 + m * 13) % 180), "completed", None))
+            rows.append((100 + 5 * k + m, cid, f"2024-{1 + (k + m) % 12:02d}-{1 + m * 5:02d}",
+                         float(20 + (k * 7 + m * 13) % 180), "completed", None))
     with engine.begin() as conn:
         write_frame(conn, t.customers, pd.DataFrame(customers))
-        df = pd.DataFrame(orders, columns=["id", "customer_id", "ordered_at", "amount", "status",
-                                           "points_redeemed"])
-        df["ordered_at"] = pd.to_datetime(df["ordered_at"])
-        df["external_id"] = "o" + df["id"].astype(str)
-        df["points_redeemed"] = df["points_redeemed"].astype("Int64")
-        write_frame(conn, t.orders, df)
+    write_orders(engine, rows)
 
 
 def ledger(engine: sa.Engine) -> list[tuple]:
@@ -79,31 +113,168 @@ def run(root: Path, *args: str) -> str:
     return result.output
 
 
+E1, E2, E3 = "2025-03-31 23:00", "2025-05-31 23:00", "2025-07-15 23:00"
+# key: (customer, kind, points, occurred_at, expires_at), worked out by hand.
+FIRST_ROWS = {
+    # customer 1, birthday in March: 120.70 -> 120 (rounded down), +50 (an order of 100 or
+    # more); 30.00 on 5 March -> 30, and 30 more in her birthday month.
+    "earn:1": (1, "earn", 120, "2025-01-10", "2026-01-10"),
+    "bonus:big:1": (1, "bonus", 50, "2025-01-10", "2026-01-10"),
+    "earn:2": (1, "earn", 30, "2025-03-05", "2026-03-05"),
+    "bonus:bday:2": (1, "bonus", 30, "2025-03-05", "2026-03-05"),
+    # customer 2: 600 + 50; the refunded 90 never earned. 650 buys one voucher: 150 left.
+    "earn:3": (2, "earn", 600, "2025-02-01", "2026-02-01"),
+    "bonus:big:3": (2, "bonus", 50, "2025-02-01", "2026-02-01"),
+    "reward:voucher:2:1": (2, "reward", -500, E1, None),
+    # customer 3: 80 earned 2024-01-02 expire 365 days later, 2025-01-01 (2024 is a leap
+    # year); 40 were spent on the June order first (oldest points go first): 40 expire.
+    "earn:5": (3, "earn", 80, "2024-01-02", "2025-01-01"),
+    "earn:6": (3, "earn", 10, "2024-06-01", "2025-06-01"),
+    "redeem:6": (3, "redeem", -40, "2024-06-01", None),
+    "expire:earn:5": (3, "expire", -40, "2025-01-01", None),
+    # customer 4: the order is pending: nothing yet. Customer 5: 250 + 50.
+    "earn:8": (5, "earn", 250, "2024-11-15", "2025-11-15"),
+    "bonus:big:8": (5, "bonus", 50, "2024-11-15", "2025-11-15"),
+    # customer 6: 520 + 50 = 570 buys a voucher: 70 left.
+    "earn:9": (6, "earn", 520, "2024-05-10", "2025-05-10"),
+    "bonus:big:9": (6, "bonus", 50, "2024-05-10", "2025-05-10"),
+    "reward:voucher:6:1": (6, "reward", -500, E1, None),
+    # customer 7: 45.50 with a VNL- item -> 45, and (3 - 1) x 45.50 = 91 vinyl bonus; the CD
+    # order earns its 20 only.
+    "earn:10": (7, "earn", 45, "2025-02-14", "2026-02-14"),
+    "bonus:vinyl:10": (7, "bonus", 91, "2025-02-14", "2026-02-14"),
+    "earn:11": (7, "earn", 20, "2025-03-10", "2026-03-10"),
+    # customer 8: 210.40 -> 210 + 50. Customer 9: 800 + 50 = 850, a voucher: 350 left.
+    "earn:12": (8, "earn", 210, "2024-12-01", "2025-12-01"),
+    "bonus:big:12": (8, "bonus", 50, "2024-12-01", "2025-12-01"),
+    "earn:13": (9, "earn", 800, "2025-03-20", "2026-03-20"),
+    "bonus:big:13": (9, "bonus", 50, "2025-03-20", "2026-03-20"),
+    "reward:voucher:9:1": (9, "reward", -500, E1, None),
+    # customer 10: the only order was cancelled: nothing, and not a member.
+}
+SECOND_ROWS = {
+    # customer 4's order completed: 70 at the entry tier's rate (she held no tier).
+    "earn:7": (4, "earn", 70, "2025-03-01", "2026-03-01"),
+    # customer 5's order was refunded after it earned: minus 250 + 50, at the evaluation's time.
+    "reverse:8": (5, "reverse", -300, E2, None),
+    # customer 6 is gold: 250 x 1.5 = 375, +50 flat. Her 2024-05-10 lots expired on
+    # 2025-05-10; the voucher took 500 of earn:9's 520 first: 20 of it and all 50 of the bonus.
+    "earn:15": (6, "earn", 375, "2025-05-20", "2026-05-20"),
+    "bonus:big:15": (6, "bonus", 50, "2025-05-20", "2026-05-20"),
+    "expire:earn:9": (6, "expire", -20, "2025-05-10", None),
+    "expire:bonus:big:9": (6, "expire", -50, "2025-05-10", None),
+    # customer 8 is silver: 40 x 1.25 = 50, and the vinyl bonus (3 - 1) x 50 = 100.
+    "earn:16": (8, "earn", 50, "2025-04-20", "2026-04-20"),
+    "bonus:vinyl:16": (8, "bonus", 100, "2025-04-20", "2026-04-20"),
+    # customer 9 is gold and it is April, her birthday month: 100 x 1.5 = 150, the birthday
+    # bonus (2 - 1) x 150 = 150, +50 flat; 350 + 350 = 700 buys her second voucher: 200 left.
+    "earn:17": (9, "earn", 150, "2025-04-05", "2026-04-05"),
+    "bonus:bday:17": (9, "bonus", 150, "2025-04-05", "2026-04-05"),
+    "bonus:big:17": (9, "bonus", 50, "2025-04-05", "2026-04-05"),
+    "reward:voucher:9:2": (9, "reward", -500, E2, None),
+}
+THIRD_ROWS = {
+    # customer 3's remaining 10 points (from 2024-06-01) expired on 2025-06-01.
+    "expire:earn:6": (3, "expire", -10, "2025-06-01", None),
+}
+
+
+def expected(*parts: dict[str, tuple]) -> dict[str, tuple]:
+    return {k: (c, kind, p, pd.Timestamp(at), None if exp is None else pd.Timestamp(exp))
+            for part in parts for k, (c, kind, p, at, exp) in part.items()}
+
+
+def as_dict(rows: list[tuple]) -> dict[str, tuple]:
+    return {k: (c, kind, p, pd.Timestamp(at), None if exp is None else pd.Timestamp(exp))
+            for k, c, kind, p, at, exp in rows}
+
+
+def tier_moves(engine: sa.Engine) -> list[tuple]:
+    tt = t.tier_transitions
+    with engine.connect() as conn:
+        return [(r.customer_id, r.from_tier, r.to_tier, pd.Timestamp(r.transitioned_at))
+                for r in conn.execute(sa.select(tt).order_by(tt.c.transitioned_at,
+                                                             tt.c.customer_id))]
+
+
 def test_hand_computed_store_through_the_command(tmp_path: Path, db_url: str,
                                                   engine: sa.Engine) -> None:
+    """Ten customers over three evaluations: every tier, a refund before and after earning, a
+    redemption, expiries, rewards, birthday and SKU bonuses, tier multipliers, and downgrades
+    after the grace period (one by a refund, one by an order leaving the window)."""
     root = project(tmp_path, db_url)
-    seed(engine)
-    out = run(root, "loyalty", "--now", "2025-03-31 23:00")
-    assert "3 members (member 2, gold 1)" in out
+    seed(engine, hand=10)
+    out = run(root, "loyalty", "--now", E1)
+    assert "8 members (member 3, silver 2, gold 3)" in out
     first = ledger(engine)
-    assert {(k, p) for k, _, _, p, _, _ in first} == {
-        ("earn:1", 120), ("bonus:big:1", 50), ("earn:2", 30), ("bonus:bday:2", 30),
-        ("earn:3", 600), ("bonus:big:3", 50), ("earn:5", 80), ("earn:6", 10), ("redeem:6", -40),
-        ("expire:earn:5", -40), ("reward:voucher:2:1", -500)}
-    assert status(engine) == {1: (230, "member"), 2: (150, "gold"), 3: (10, "member")}
-    # the reward is an event a journey can enter on, recorded once
+    assert as_dict(first) == expected(FIRST_ROWS)
+    # spend over the year to 2025-03-31 23:00: 1 150.70, 2 600, 3 10 (the 2024-01 order is
+    # out of the window), 5 250, 6 520, 7 65.50, 8 210.40, 9 800
+    assert status(engine) == {1: (230, "member"), 2: (150, "gold"), 3: (10, "member"),
+                              5: (300, "silver"), 6: (70, "gold"), 7: (156, "member"),
+                              8: (260, "silver"), 9: (350, "gold")}
+    # a second evaluation at the same time adds nothing
+    assert "nothing new" in run(root, "loyalty", "--now", E1)
+    assert ledger(engine) == first
+
+    # order 7 completes, order 8 is refunded after it earned, three new orders arrive
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.orders).where(t.orders.c.id == 7).values(status="completed"))
+        conn.execute(sa.update(t.orders).where(t.orders.c.id == 8).values(status="refunded"))
+    write_orders(engine, LATER_ORDERS)
+    run(root, "loyalty", "--now", E2)
+    assert as_dict(ledger(engine)) == expected(FIRST_ROWS, SECOND_ROWS)
+    # customer 5 spent nothing over the window (refund) and customer 6 only 250 (her May 2024
+    # order left it): both below their tier, which they keep for 30 days' grace
+    assert status(engine) == {1: (230, "member"), 2: (150, "gold"), 3: (10, "member"),
+                              4: (70, "member"), 5: (0, "silver"), 6: (425, "gold"),
+                              7: (156, "member"), 8: (410, "silver"), 9: (200, "gold")}
+    st = t.loyalty_status
+    with engine.connect() as conn:
+        grace = dict(conn.execute(sa.select(st.c.customer_id, st.c.tier_grace_until)
+                                  .where(st.c.tier_grace_until.is_not(None))).all())
+        to_next = dict(conn.execute(sa.select(st.c.customer_id, st.c.points_to_next_tier)).all())
+    assert {c: pd.Timestamp(g) for c, g in grace.items()} == {
+        5: pd.Timestamp("2025-06-30 23:00"), 6: pd.Timestamp("2025-06-30 23:00")}
+    assert to_next[8] == pytest.approx(500 - 250.40) and to_next[2] is None
+    assert "nothing new" in run(root, "loyalty", "--now", E2)
+
+    # the grace periods are over: 5 falls to member (spend 0), 6 to silver (spend 250)
+    run(root, "loyalty", "--now", E3)
+    final = ledger(engine)
+    assert as_dict(final) == expected(FIRST_ROWS, SECOND_ROWS, THIRD_ROWS)
+    assert status(engine) == {1: (230, "member"), 2: (150, "gold"), 3: (0, "member"),
+                              4: (70, "member"), 5: (0, "member"), 6: (425, "silver"),
+                              7: (156, "member"), 8: (410, "silver"), 9: (200, "gold")}
+    when = [pd.Timestamp(x) for x in (E1, E2, E3)]
+    assert tier_moves(engine) == [
+        (1, None, "member", when[0]), (2, None, "gold", when[0]), (3, None, "member", when[0]),
+        (5, None, "silver", when[0]), (6, None, "gold", when[0]), (7, None, "member", when[0]),
+        (8, None, "silver", when[0]), (9, None, "gold", when[0]),
+        (4, None, "member", when[1]),
+        (5, "silver", "member", when[2]), (6, "gold", "silver", when[2])]
+    # each reward is an event a journey can enter on, recorded once
     with engine.connect() as conn:
         events = conn.execute(sa.select(t.events.c.external_id, t.events.c.customer_id)
-                              .where(t.events.c.event_type == "loyalty_reward")).all()
-    assert [tuple(e) for e in events] == [("loyalty:reward:voucher:2:1", 2)]
-    # a second evaluation at the same time adds nothing
-    assert "nothing new" in run(root, "loyalty", "--now", "2025-03-31 23:00")
-    assert ledger(engine) == first
+                              .where(t.events.c.event_type == "loyalty_reward")
+                              .order_by(t.events.c.external_id)).all()
+    assert [tuple(e) for e in events] == [
+        ("loyalty:reward:voucher:2:1", 2), ("loyalty:reward:voucher:6:1", 6),
+        ("loyalty:reward:voucher:9:1", 9), ("loyalty:reward:voucher:9:2", 9)]
+    # evaluating again, incrementally or every member from the whole history, adds nothing
+    assert "nothing new" in run(root, "loyalty", "--now", E3)
+    from clm_core.loyalty.spec import parse_programme
+    from clm_core.loyalty.store import run_loyalty
+
+    again = run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
+                        pd.Timestamp(E3).to_pydatetime(), full=True)
+    assert again.rows == {} and again.tier_changes == 0 and again.rewards == 0
+    assert ledger(engine) == final
     # the operator adds 100 with a reason; the same reference twice adds once
     assert "+100 points added" in run(root, "points", "adjust", "c1", "+100", "--reason",
-                                      "goodwill", "--id", "T-1", "--now", "2025-03-31 23:00")
+                                      "goodwill", "--id", "T-1", "--now", E3)
     assert "already recorded" in run(root, "points", "adjust", "c1", "+100", "--reason",
-                                     "goodwill", "--id", "T-1", "--now", "2025-03-31 23:00")
+                                     "goodwill", "--id", "T-1", "--now", E3)
     assert status(engine)[1] == (330, "member")
     shown = run(root, "points", "show", "c1")
     assert "goodwill" in shown and shown.strip().splitlines()[-1].split()[4] == "330"
@@ -128,7 +299,7 @@ def test_kill_minus_nine_leaves_the_same_ledger(tmp_path: Path, db_url: str,
                                                 engine: sa.Engine, db_factories) -> None:
     """Kill the evaluation at growing delays until one finishes; then run once more. The
     ledger equals one clean evaluation's, row for row: nothing lost, nothing twice."""
-    seed(engine, n_extra=3000)
+    seed(engine, n_extra=3000, hand=10)
     root = project(tmp_path, db_url)
     args = [sys.executable, "-m", "clm", "--project", str(root), "loyalty", "--now",
             "2025-03-31 23:00"]
@@ -155,7 +326,7 @@ def test_kill_minus_nine_leaves_the_same_ledger(tmp_path: Path, db_url: str,
 
     clean = make_engine(clean_url)
     try:
-        seed(clean, n_extra=3000)
+        seed(clean, n_extra=3000, hand=10)
         root2 = project(tmp_path / "clean", clean_url)
         run(root2, "loyalty", "--now", "2025-03-31 23:00")
         assert ledger(engine) == ledger(clean)

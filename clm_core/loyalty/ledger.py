@@ -9,7 +9,8 @@ runs twice (or again after a crash) finds its rows already there and appends not
 key                            row
 =============================  ================================================================
 ``earn:{order}``               base points of a completed order, at the multiplier of the tier
-                               the customer holds when the order is first evaluated
+                               the customer holds when the order is first evaluated (0 points
+                               when it rounds to nothing: the order has been evaluated)
 ``bonus:{rule}:{order}``       a bonus rule that matched the order
 ``reverse:{order}``            the order was cancelled or refunded after it earned: minus what
                                it earned (the balance may go below zero; nothing is clawed back
@@ -105,6 +106,40 @@ def scaled_points(cents: np.ndarray, ratio: Fraction, mode: str) -> np.ndarray:
     return (2 * num + den) // (2 * den)  # nearest, halves up
 
 
+def _orders_of(ledger: pd.DataFrame, kind: str) -> np.ndarray:
+    """Order ids of the ledger's rows of ``kind`` (earn, reverse, redeem: keyed by order)."""
+    return ledger.loc[ledger["kind"] == kind, "order_id"].dropna().to_numpy("int64")
+
+
+def _has_row(ids: pd.Series, kind: str, ledger: pd.DataFrame) -> np.ndarray:
+    """Whether each order id (NaN: none) already has a ledger row of ``kind``. A direct
+    lookup table over the id range: pandas' ``isin`` switches to sorting above a million
+    values, which costs seconds on a whole history."""
+    among = _orders_of(ledger, kind)
+    if not len(among) or not len(ids):
+        return np.zeros(len(ids), dtype=bool)
+    values = ids.fillna(-1).to_numpy("int64")
+    return np.isin(values, among, kind="table") & (values >= 0)
+
+
+def _keys(prefix: str, ids: pd.Series) -> pd.Series:
+    """``prefix`` + each id, as ledger keys (a list comprehension beats pandas' string concat
+    on millions of rows)."""
+    return pd.Series([f"{prefix}{i}" for i in ids.astype("int64").tolist()], index=ids.index,
+                     dtype=object)
+
+
+def _distinct(*ids: np.ndarray) -> np.ndarray:
+    """The distinct customer ids of all ``ids``, sorted: marks in a table over the id range
+    (ids are dense), linear where ``np.unique`` hashes or sorts millions of ledger rows."""
+    every = np.concatenate(ids)
+    if not len(every):
+        return every
+    seen = np.zeros(int(every.max()) + 1, dtype=bool)
+    seen[every] = True
+    return np.flatnonzero(seen)
+
+
 def _rows(df: pd.DataFrame, **cols: object) -> pd.DataFrame:
     out = pd.DataFrame({"customer_id": df["customer_id"].astype("int64").to_numpy()})
     for name, value in cols.items():
@@ -115,10 +150,11 @@ def _rows(df: pd.DataFrame, **cols: object) -> pd.DataFrame:
     return out[LEDGER_COLUMNS]
 
 
-def _tier_multipliers(prog: Programme, tiers: pd.Series) -> pd.Series:
-    mult = {t.name: t.multiplier for t in prog.tiers.levels}
-    entry = prog.tiers.levels[0].multiplier
-    return tiers.map(lambda t: mult.get(t, entry) if isinstance(t, str) else entry)
+def _tier_levels(prog: Programme, tiers: pd.Series) -> np.ndarray:
+    """Each tier's position among the programme's levels; the entry tier (0) for customers
+    without one, or with a tier the programme no longer has."""
+    rank = {t.name: i for i, t in enumerate(prog.tiers.levels)}
+    return tiers.map(rank).fillna(0).to_numpy("int64")
 
 
 def _birthday_month(orders: pd.DataFrame, customers: pd.DataFrame) -> pd.Series:
@@ -129,17 +165,17 @@ def _birthday_month(orders: pd.DataFrame, customers: pd.DataFrame) -> pd.Series:
 def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
     """earn and bonus rows for completed orders up to ``now`` that have none yet."""
     o = inp.orders
-    done = set(inp.ledger["key"])
     earns = o[~o["status"].isin(REVERSED + WAITING) & (o["ordered_at"] <= now)]
     if prog.earning.currencies:
         earns = earns[earns["currency"].isna() | earns["currency"].isin(prog.earning.currencies)]
-    keys = "earn:" + earns["id"].astype(str)
-    earns = earns[~keys.isin(done)]
+    # An order has earned when it has its earn:{order} row; compared by order id (numbers), as
+    # building millions of key strings only to find them absent costs seconds.
+    earns = earns[~_has_row(earns["id"], "earn", inp.ledger)]
     if earns.empty:
         return empty_ledger()
     tier = earns["customer_id"].map(inp.status.set_index("customer_id")["tier"]) \
         if not inp.status.empty else pd.Series(None, index=earns.index, dtype=object)
-    mult = _tier_multipliers(prog, tier).to_numpy()
+    level = _tier_levels(prog, tier)
     cents = np.rint(earns["amount"].to_numpy(float) * 100).astype("int64")
     rate = Fraction(prog.earning.points_per_unit) / 100
     mode = prog.earning.rounding
@@ -147,16 +183,18 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
     def points_at(extra: Fraction, rows: np.ndarray) -> np.ndarray:
         """Points of ``rows`` at their tier multiplier times ``extra``, exactly rounded."""
         out = np.zeros(int(rows.sum()), dtype="int64")
-        sub_mult, sub_cents = mult[rows], cents[rows]
-        for m in set(sub_mult):
-            at = sub_mult == m
-            out[at] = scaled_points(sub_cents[at], rate * Fraction(m) * extra, mode)
+        sub_level, sub_cents = level[rows], cents[rows]
+        for i, t in enumerate(prog.tiers.levels):
+            at = sub_level == i
+            if at.any():
+                out[at] = scaled_points(sub_cents[at], rate * Fraction(t.multiplier) * extra,
+                                        mode)
         return out
 
     every = np.ones(len(earns), dtype=bool)
     base = pd.Series(points_at(Fraction(1), every), index=earns.index)
     expires = earns["ordered_at"] + prog.expiry.after if prog.expiry else pd.NaT
-    out = [_rows(earns, key="earn:" + earns["id"].astype(str), kind="earn", points=base,
+    out = [_rows(earns, key=_keys("earn:", earns["id"]), kind="earn", points=base,
                  order_id=earns["id"].astype(float), occurred_at=earns["ordered_at"],
                  expires_at=expires)]
     for b in prog.bonuses:
@@ -174,24 +212,30 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
         pts = (pd.Series(points_at(Fraction(b.multiplier - 1), hit.to_numpy()), index=sel.index)
                if b.multiplier is not None else pd.Series(b.points, index=sel.index))
         ex = expires[hit] if isinstance(expires, pd.Series) else expires
-        out.append(_rows(sel, key=f"bonus:{b.id}:" + sel["id"].astype(str), kind="bonus",
+        out.append(_rows(sel, key=_keys(f"bonus:{b.id}:", sel["id"]), kind="bonus",
                          points=pts, order_id=sel["id"].astype(float),
                          occurred_at=sel["ordered_at"], expires_at=ex, reason=b.id))
     rows = pd.concat(out, ignore_index=True)
-    return rows[rows["points"] != 0]
+    # An order that earns nothing (an amount under one point at its tier) keeps its earn row,
+    # with 0 points: the row says the order was evaluated, so a later evaluation at a higher
+    # tier does not earn it again at that tier's rate (and incremental runs, which may not
+    # look at the customer again, agree with a full one). Bonuses of nothing are left out.
+    return rows[(rows["points"] != 0) | (rows["kind"] == "earn")]
 
 
 def reversal_rows(inp: Inputs, earned: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
     """reverse rows for cancelled/refunded orders whose earnings are not reversed yet."""
-    gone = inp.orders.loc[inp.orders["status"].isin(REVERSED), "id"]
-    led = earned[earned["kind"].isin(EARNING_KINDS) & earned["order_id"].isin(gone)]
+    gone = inp.orders.loc[inp.orders["status"].isin(REVERSED), "id"].to_numpy("int64")
+    if not len(gone):
+        return empty_ledger()
+    of_gone = np.isin(earned["order_id"].fillna(-1).to_numpy("int64"), gone, kind="table")
+    led = earned[earned["kind"].isin(EARNING_KINDS).to_numpy() & of_gone]
     if led.empty:
         return empty_ledger()
     per = led.groupby("order_id").agg(customer_id=("customer_id", "first"),
                                       points=("points", "sum")).reset_index()
-    per = per[~("reverse:" + per["order_id"].astype("int64").astype(str)).isin(set(earned["key"]))]
-    per = per[per["points"] != 0]
-    return _rows(per, key="reverse:" + per["order_id"].astype("int64").astype(str),
+    per = per[~_has_row(per["order_id"], "reverse", earned) & (per["points"] != 0)]
+    return _rows(per, key=_keys("reverse:", per["order_id"]),
                  kind="reverse", points=-per["points"], order_id=per["order_id"],
                  occurred_at=now, reason="order " + per["order_id"].astype("int64").astype(str)
                  + " cancelled or refunded")
@@ -203,8 +247,8 @@ def redemption_rows(inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
     if "points_redeemed" not in o:
         return empty_ledger()
     spent = o[(o["points_redeemed"].fillna(0) > 0) & (o["ordered_at"] <= now)]
-    spent = spent[~("redeem:" + spent["id"].astype(str)).isin(set(inp.ledger["key"]))]
-    return _rows(spent, key="redeem:" + spent["id"].astype(str), kind="redeem",
+    spent = spent[~_has_row(spent["id"], "redeem", inp.ledger)]
+    return _rows(spent, key=_keys("redeem:", spent["id"]), kind="redeem",
                  points=-spent["points_redeemed"].astype("int64"),
                  order_id=spent["id"].astype(float), occurred_at=spent["ordered_at"])
 
@@ -212,33 +256,56 @@ def redemption_rows(inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
 def lots(ledger: pd.DataFrame) -> pd.DataFrame:
     """Earning lots (earn and bonus rows net of their order's reversal), oldest first, with
     what remains of each after every debit so far is taken from the oldest lots first."""
-    earned = ledger[ledger["kind"].isin(EARNING_KINDS)].copy()
-    reversed_orders = set(ledger.loc[ledger["kind"] == "reverse", "order_id"].dropna())
-    earned = earned[~earned["order_id"].isin(reversed_orders)]
-    debits = ledger[~ledger["kind"].isin(EARNING_KINDS + ("reverse",))]
+    return spend_lots(lot_frame(ledger), ledger)
+
+
+def _debits(ledger: pd.DataFrame) -> pd.Series:
+    return ~ledger["kind"].isin(EARNING_KINDS + ("reverse",))
+
+
+def lot_frame(ledger: pd.DataFrame) -> pd.DataFrame:
+    """The earning lots of ``lots``, sorted, with each customer's running total (``cum``) but
+    not yet what debits took: expiries and rewards are debits, so an evaluation sorts its lots
+    once and only re-spends them after each step."""
+    earned = ledger[ledger["kind"].isin(EARNING_KINDS)]
+    earned = earned[~_has_row(earned["order_id"], "reverse", ledger)]
     # Positive adjustments are lots that never expire; negative ones are debits.
-    adds = debits[debits["points"] > 0]
-    earned = pd.concat([earned, adds], ignore_index=True)
-    used = (-debits.loc[debits["points"] < 0].groupby("customer_id")["points"].sum())
+    adds = ledger[_debits(ledger) & (ledger["points"] > 0)]
+    earned = pd.concat([earned, adds], ignore_index=True) if len(adds) else earned
     # Oldest first; ties (bonus and earn of one order) by order, then earn before bonus.
     order = np.lexsort((earned["kind"].eq("bonus").to_numpy(), earned["order_id"].fillna(-1)
                         .to_numpy(), earned["occurred_at"].to_numpy(),
                         earned["customer_id"].to_numpy()))
-    earned = earned.iloc[order]
-    cum = earned.groupby("customer_id")["points"].cumsum()
-    taken = earned["customer_id"].map(used).fillna(0)
-    # Remaining of lot i: its points, less the part of the debits that reaches it.
-    earned["remaining"] = np.clip(cum - taken, 0, earned["points"]).astype("int64")
+    earned = earned.iloc[order].reset_index(drop=True)
+    earned["cum"] = earned.groupby("customer_id")["points"].cumsum()
     return earned
 
 
-def expiry_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+def spend_lots(lot: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
+    """``lot`` with what ``remaining`` of each after the ledger's debits, oldest first."""
+    debit = ledger[_debits(ledger) & (ledger["points"] < 0)]
+    used = -debit.groupby("customer_id")["points"].sum()
+    taken = lot["customer_id"].map(used).fillna(0)
+    # Remaining of lot i: its points, less the part of the debits that reaches it.
+    out = lot.copy()
+    out["remaining"] = np.clip(lot["cum"] - taken, 0, lot["points"]).astype("int64")
+    return out
+
+
+def expiry_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp,
+                lot: pd.DataFrame | None = None) -> pd.DataFrame:
+    """expire rows for lots past their expiry with points left (``lot``: ``lot_frame`` of
+    this ledger, when the caller has it)."""
     if prog.expiry is None:
         return empty_ledger()
-    lot = lots(ledger)
+    lot = spend_lots(lot_frame(ledger) if lot is None else lot, ledger)
     due = lot[(lot["expires_at"] <= now) & (lot["remaining"] > 0)]
-    due = due[~("expire:" + due["key"]).isin(set(ledger["key"]))]
-    return _rows(due, key="expire:" + due["key"], kind="expire", points=-due["remaining"],
+    keys = pd.Series([f"expire:{k}" for k in due["key"].tolist()], index=due.index, dtype=object)
+    due = due[~keys.isin(ledger.loc[ledger["kind"] == "expire", "key"])]
+    # In key order per kind (lots come by customer): the unique key index is then filled
+    # from a few sequential runs instead of at random, which a large write feels.
+    due = due.sort_values(["kind", "reason", "order_id"], kind="stable", na_position="last")
+    return _rows(due, key=keys.loc[due.index], kind="expire", points=-due["remaining"],
                  occurred_at=due["expires_at"], reason="expired")
 
 
@@ -252,7 +319,8 @@ def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.
     n = n[n > 0]
     if n.empty:
         return empty_ledger()
-    prior = ledger[ledger["key"].str.startswith(f"reward:{reward.id}:")] \
+    issued = ledger[ledger["kind"] == "reward"]
+    prior = issued[issued["key"].str.startswith(f"reward:{reward.id}:")] \
         .groupby("customer_id").size()
     cust = n.index.repeat(n.to_numpy())
     frame = pd.DataFrame({"customer_id": cust})
@@ -264,7 +332,7 @@ def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.
 
 
 def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
-               now: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+               now: pd.Timestamp, lot: pd.DataFrame | None = None) -> tuple[pd.Series, pd.Series]:
     """Spend or points earned over the tier window ending ``now``, per customer, and when the
     oldest of it leaves the window (the first moment the amount can fall)."""
     start = now - prog.tiers.window
@@ -273,7 +341,7 @@ def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
                    & (orders["ordered_at"] > start) & (orders["ordered_at"] <= now)]
         by = o.groupby("customer_id")
         return by["amount"].sum().astype(float), by["ordered_at"].min() + prog.tiers.window
-    led = lots(ledger)
+    led = lots(ledger) if lot is None else lot
     led = led[(led["occurred_at"] > start) & (led["occurred_at"] <= now)
               & led["kind"].isin(EARNING_KINDS)]
     by = led.groupby("customer_id")
@@ -323,31 +391,38 @@ def tiers(prog: Programme, members: pd.Index, qual: pd.Series, stored: pd.DataFr
 def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
     """Every row this evaluation appends, and the resulting status of each member."""
     ledger = inp.ledger
-    steps = [lambda led: earning_rows(prog, inp, now),
-             lambda led: reversal_rows(inp, led, now),
-             lambda led: redemption_rows(inp, now),
-             lambda led: expiry_rows(prog, led, now),
-             lambda led: reward_rows(prog, led, now)]
     new_parts = []
-    for step in steps:  # each step sees the rows of the steps before it
-        part = typed(step(ledger))
-        if not part.empty:
-            new_parts.append(part)
-            ledger = pd.concat([ledger, part], ignore_index=True)
-    new = pd.concat(new_parts, ignore_index=True) if new_parts else empty_ledger()
 
-    members = pd.Index(sorted(set(inp.orders.loc[~inp.orders["status"].isin(REVERSED + WAITING)
-                                                 & (inp.orders["ordered_at"] <= now),
-                                                 "customer_id"])
-                              | set(ledger["customer_id"]) | set(inp.status["customer_id"])),
+    def append(rows: pd.DataFrame) -> pd.DataFrame:
+        """The ledger with ``rows`` added: each step sees the rows of the steps before it."""
+        part = typed(rows)
+        if part.empty:
+            return ledger
+        new_parts.append(part)
+        return pd.concat([ledger, part], ignore_index=True)
+
+    ledger = append(earning_rows(prog, inp, now))
+    ledger = append(reversal_rows(inp, ledger, now))
+    ledger = append(redemption_rows(inp, now))
+    # The lots are final from here (expiries and rewards only debit them): sorted once.
+    lot = lot_frame(ledger)
+    ledger = append(expiry_rows(prog, ledger, now, lot))
+    ledger = append(reward_rows(prog, ledger, now))
+    new = pd.concat(new_parts, ignore_index=True) if new_parts else empty_ledger()
+    lot = spend_lots(lot, ledger)
+
+    o = inp.orders
+    buyers = o.loc[~o["status"].isin(REVERSED + WAITING) & (o["ordered_at"] <= now),
+                   "customer_id"]
+    members = pd.Index(_distinct(buyers.to_numpy("int64"), ledger["customer_id"].to_numpy("int64"),
+                                 inp.status["customer_id"].to_numpy("int64")),
                        name="customer_id", dtype="int64")
-    qual, leaves = qualifying(prog, inp.orders, ledger, now)
+    qual, leaves = qualifying(prog, inp.orders, ledger, now, lot)
     status, transitions = tiers(prog, members, qual, inp.status, now)
     # Only a member above the entry tier can fall, and only when the window loses an order.
     above = status["tier"] != prog.tiers.levels[0].name
     review = leaves.astype("datetime64[ns]").reindex(status["customer_id"]).to_numpy()
     status["tier_review_at"] = np.where(above.to_numpy(), review, np.datetime64("NaT"))
-    lot = lots(ledger)
     live = lot[(lot["remaining"] > 0) & lot["expires_at"].notna()]
     soon = live[(live["expires_at"] > now) & (live["expires_at"] <= now + pd.Timedelta(days=30))]
     status["points_balance"] = status["customer_id"].map(
