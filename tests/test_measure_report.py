@@ -209,3 +209,18 @@ def test_retention_and_first_order_bands_equal_a_pandas_computation_over_every_o
         ref.apply(lambda s: (s == "churned").mean()).tolist())
     assert [r["at_risk"] for r in bands] == pytest.approx(
         ref.apply(lambda s: (s == "at_risk").mean()).tolist())
+
+
+def test_heatmap_rows_keep_their_whole_names() -> None:
+    """Row names are drawn whole, right-aligned at the edge of a margin wide enough for the
+    longest (a journey called programme_welcome was cut to 16 characters and clipped)."""
+    import re
+
+    from clm_core.measure.charts import heatmap
+
+    rows = ["at_risk", "programme_welcome"]
+    svg = heatmap(rows, ["entered", "sent"], lambda i, j: float(i + j + 1), "funnel")
+    for name in rows:
+        assert f">{name}<" in svg
+    anchors = [float(x) for x in re.findall(r'<text x="([0-9.]+)"[^>]*text-anchor="end"', svg)]
+    assert anchors and min(anchors) >= 7 * len("programme_welcome")

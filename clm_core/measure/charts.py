@@ -118,7 +118,10 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], cell: Callable[[int, int],
     """A grid of shaded cells with their values (darker is more)."""
     if not rows or not cols:
         return ""
-    left, top = 110, 44
+    # Room for the longest row name (about 7 px a character at 11 px): a journey name such as
+    # programme_welcome was cut at 16 characters and clipped at the left edge.
+    names = [r[:32] for r in rows]
+    left, top = min(240, max(110, 7 * max(len(n) for n in names) + 12)), 44
     cw = min(80, (width - left - 10) / len(cols))
     ch = 26
     height = int(top + ch * len(rows) + 10)
@@ -129,7 +132,7 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], cell: Callable[[int, int],
     for j, c in enumerate(cols):
         body.append(_text(left + cw * j + cw / 2, top - 8, c[:12], "middle", 10))
     for i, r in enumerate(rows):
-        body.append(_text(left - 6, top + ch * i + 17, r[:16], "end", 11))
+        body.append(_text(left - 6, top + ch * i + 17, names[i], "end", 11))
         for j in range(len(cols)):
             v = cell(i, j)
             share = 0.0 if v is None or not math.isfinite(v) else max(0.0, v) / hi
