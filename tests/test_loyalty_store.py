@@ -107,6 +107,14 @@ def status(engine: sa.Engine) -> dict[int, tuple]:
         return {r.customer_id: (r.points_balance, r.tier) for r in conn.execute(sa.select(st))}
 
 
+def expiring(engine: sa.Engine) -> dict[int, tuple]:
+    """What the expiry journey reads: points expiring in 30 days and the next expiry."""
+    st = t.loyalty_status
+    with engine.connect() as conn:
+        return {r.customer_id: (r.points_expiring_30d, r.next_expiry_at)
+                for r in conn.execute(sa.select(st))}
+
+
 def run(root: Path, *args: str) -> str:
     result = CliRunner().invoke(cli, ["--project", str(root), *args])
     assert result.exit_code == 0, result.output
@@ -417,6 +425,9 @@ def test_incremental_equals_full_after_random_days(tmp_path: Path, db_url: str,
             run_loyalty(other, prog, day.to_pydatetime(), full=True)
             assert ledger(engine) == ledger(other), f"day {day}"
             assert status(engine) == status(other), f"day {day}"
+            # points that entered the 30-day window since the last run count as expiring,
+            # though nothing else happened to their owner
+            assert expiring(engine) == expiring(other), f"day {day}"
             assert inc.evaluated <= inc.members
         assert len(ledger(engine)) > 400
     finally:

@@ -403,6 +403,8 @@ loyalty_status = sa.Table(
     sa.Column("qualifying", sa.Float),
     _ts("next_expiry_at"),
     _ts("tier_review_at"),  # when the oldest order of the tier window leaves it
+    # when the next lot enters the 30-day expiring window (points_expiring_30d changes then)
+    _ts("expiring_review_at"),
     _ts("as_of", nullable=False),
 )
 sa.Index("ix_loyalty_status_next_expiry_at", loyalty_status.c.next_expiry_at)

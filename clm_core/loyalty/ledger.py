@@ -45,7 +45,7 @@ LEDGER_COLUMNS = ["key", "customer_id", "kind", "points", "order_id", "occurred_
                   "expires_at", "reason"]
 STATUS_COLUMNS = ["customer_id", "points_balance", "points_expiring_30d", "tier", "tier_since",
                   "tier_grace_until", "points_to_next_tier", "qualifying", "next_expiry_at",
-                  "tier_review_at", "as_of"]
+                  "expiring_review_at", "tier_review_at", "as_of"]
 
 
 @dataclass
@@ -429,6 +429,12 @@ def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
         ledger.groupby("customer_id")["points"].sum()).fillna(0).astype("int64")
     status["points_expiring_30d"] = status["customer_id"].map(
         soon.groupby("customer_id")["remaining"].sum()).fillna(0).astype("int64")
+    # The next time a lot enters the window (its expiry less 30 days, after now): the daily
+    # evaluation comes back then, or points_expiring_30d would stay what it was.
+    later = live[live["expires_at"] > now + pd.Timedelta(days=30)]
+    entering = later.groupby("customer_id")["expires_at"].min() - pd.Timedelta(days=30)
+    status["expiring_review_at"] = entering.astype("datetime64[ns]").reindex(
+        status["customer_id"]).to_numpy()
     nxt = live[live["expires_at"] > now].groupby("customer_id")["expires_at"].min()
     status["next_expiry_at"] = nxt.astype("datetime64[ns]").reindex(status["customer_id"]) \
         .to_numpy()

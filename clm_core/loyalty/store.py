@@ -119,7 +119,8 @@ def changed_customers(conn: Connection, now: datetime) -> list[int] | None:
         # one pass over the statuses (the grace and review times have no index of their own)
         sa.select(st.c.customer_id).where(sa.or_(st.c.next_expiry_at <= now,
                                                  st.c.tier_grace_until <= now,
-                                                 st.c.tier_review_at <= now)),
+                                                 st.c.tier_review_at <= now,
+                                                 st.c.expiring_review_at <= now)),
         sa.select(lg.c.customer_id).where(lg.c.id > state.ledger_watermark),
     ]
     found: set[int] = set()
