@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,27 @@ from clm_core.errors import InputError
 DEMO_CUSTOMERS = 3000
 DEMO_DAYS = 91
 DEMO_EVERY = 7
+
+
+class StepInProgress:
+    """The time the sandbox stamps on its callbacks' events during ``clm simulate``: the
+    simulated clock of the lifecycle step in progress plus the wall time since it began (the
+    same reading as ``clm.demo.StepClock``, told each step's clock directly). With the wall
+    clock's stamps an open or a click would lie years after every simulated run, where no
+    journey looks: a branch on ``opened`` or a ``clicked`` goal could never fire."""
+
+    def __init__(self) -> None:
+        self.now: datetime | None = None
+        self.began = 0.0
+
+    def start(self, now: datetime) -> None:
+        self.now, self.began = now, time.monotonic()
+
+    def __call__(self) -> float:
+        if self.now is None:
+            return time.time()
+        at = self.now + timedelta(seconds=time.monotonic() - self.began)
+        return at.replace(tzinfo=UTC).timestamp()
 
 
 def _check_empty(app: App) -> None:
@@ -74,8 +95,11 @@ def run_simulation(app: App, customers: int, days: int, seed: int, effects_file:
     lifecycle = load_flow(app, "lifecycle", "lifecycle")
     states: list[Any] = []
 
+    events_clock = StepInProgress()
+
     def step(as_of: date, now: datetime) -> None:
         t0 = time.perf_counter()
+        events_clock.start(now)
         state = call_flow(lifecycle, as_of=as_of, now=now, simulated=True)
         states.append(state)
         ok = "" if state.is_completed() else f"  ({state.type.value.lower()}: {failure(state)})"
@@ -87,7 +111,7 @@ def run_simulation(app: App, customers: int, days: int, seed: int, effects_file:
     with record_run(app.engine, "simulate") as run:
         run.summary = {"seed": seed, "customers": customers, "days": days,
                        "start": f"{start}", "simulated": True}
-        with live_providers(app, faults):
+        with live_providers(app, faults, events_clock):
             sim.run(step)
         enrollments = enrollments_truth(sim, app.engine)
         truths = journey_truths(sim, enrollments)

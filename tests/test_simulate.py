@@ -237,6 +237,16 @@ def test_clm_simulate_end_to_end_on_a_tiny_store(tmp_path: Path) -> None:
     again = clm(shop, "simulate", "--customers", "300", "--days", "4", timeout=300)
     assert again.returncode == 1 and "already has" in again.stderr and "Traceback" not in \
         again.stderr
+    # the providers' opens and clicks are stamped on the simulated clock (just after the run
+    # that sent what they answer), where the journeys look, not on the wall clock
+    engine = sa.create_engine(f"sqlite:///{shop}/clm.db")
+    with engine.connect() as conn:
+        stamps = conn.execute(sa.select(sa.func.count(), sa.func.min(t.events.c.occurred_at),
+                                        sa.func.max(t.events.c.occurred_at))
+                              .where(t.events.c.event_type.in_(["opened", "clicked"]))).one()
+    engine.dispose()
+    assert stamps[0] > 0, "the sandbox reported no opens or clicks"
+    assert "2025-03-31" <= str(stamps[1])[:10] and str(stamps[2])[:10] <= "2025-04-05"
     lift = clm(shop, "lift", "--json", timeout=300)
     assert lift.returncode == 0, lift.stderr
     # the simulated orders have lines, so recommendations can be measured on the store
