@@ -195,9 +195,17 @@ class _Run:
     # --- 1. versions ------------------------------------------------------------------------
 
     def versions(self) -> None:
+        # Each journey's rows are only changed in its own turn, so the masks are built once:
+        # an object comparison over every enrollment per journey was most of this step.
+        active = self._active().to_numpy(bool)
+        code, names = pd.factorize(self.enr["journey"].to_numpy(object))
+        which = {str(n): k for k, n in enumerate(names)}
+        version = self.enr["journey_version"].to_numpy()
         for name in self.running:
             latest = self.latest[name]
-            old = self._active(name) & (self.enr["journey_version"] != latest.version)
+            if name not in which:
+                continue
+            old = active & (code == which[name]) & (version != latest.version)
             idx = self.enr.index[old]
             if not len(idx):
                 continue
@@ -241,7 +249,7 @@ class _Run:
             if j.spec.exit_on_goal:
                 self._end(r_idx, "converted", "goal")
             if j.audience is not None and j.spec.exit_when_audience_lost:
-                still = self._active()[idx].to_numpy()
+                still = (self.enr.loc[idx, "status"] == ACTIVE).to_numpy(bool)
                 lost = ~j.audience.mask(rows).to_numpy(bool) & still
                 self._end(idx[lost], "exited", "left_audience")
 
@@ -323,6 +331,10 @@ class _Run:
     def enter(self) -> None:
         new_frames = []
         next_id = -1
+        # the enrollments do not change until the end: one factorisation, not a comparison of
+        # every journey name per journey
+        code, names = pd.factorize(self.enr["journey"].to_numpy(object))
+        which = {str(n): k for k, n in enumerate(names)}
         for name in sorted(self.running):
             j = self.latest[name]
             cand = self._triggers(j)
@@ -331,7 +343,7 @@ class _Run:
                 cand = cand[j.audience.mask(rows).to_numpy(bool)]
             if cand.empty:
                 continue
-            prev = self.enr[self.enr["journey"] == name].set_index("customer_id")
+            prev = self.enr[code == which.get(name, -2)].set_index("customer_id")
             last = prev.reindex(cand["customer_id"].to_numpy())
             last.index = cand.index
             first_time = last["status"].isna()

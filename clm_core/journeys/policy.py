@@ -17,7 +17,7 @@ go in priority order, each seeing the ones before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +66,16 @@ class ContactPolicy:
             for c in r.caps:
                 caps.setdefault(c.key, c)
         self.caps = caps
-        led = ledger[["customer_id", "channel", "at"]].copy()
-        for key, cap in caps.items():
-            led[key] = self._matches(cap, ledger["channel"], ledger["tags"])
-        self.ledger = led.reset_index(drop=True)
+        # The ledger as arrays: customer, time and, per cap, whether the message counts for it.
+        # A row without a time never lies in a window, so it is left out.
+        timed = ledger["at"].notna().to_numpy(bool)
+        self._led_c = ledger["customer_id"].to_numpy()[timed]
+        self._led_at = ledger["at"].to_numpy("datetime64[ns]")[timed]
+        self._led_m = {key: self._matches(cap, ledger["channel"], ledger["tags"]).to_numpy(bool)
+                       [timed] for key, cap in caps.items()}
+        self._added_c: list[np.ndarray] = [self._led_c]
+        self._added_at: list[np.ndarray] = [self._led_at]
+        self._added_m: dict[str, list[np.ndarray]] = {k: [v] for k, v in self._led_m.items()}
 
     @staticmethod
     def _matches(cap: Cap, channel: pd.Series, tags: pd.Series) -> pd.Series:
@@ -86,56 +92,68 @@ class ContactPolicy:
         """``msgs`` has customer_id, journey, channel, tags, is_control. Returns status, reason,
         send_after, end_enrollment aligned with it; accepted messages join the ledger."""
         n = len(msgs)
-        out = pd.DataFrame(
-            {
-                "status": np.full(n, "pending", dtype=object),
-                "reason": np.full(n, None, dtype=object),
-                "send_after": np.full(n, self.now.to_datetime64()).astype("datetime64[ns]"),
-                "end_enrollment": np.zeros(n, dtype=bool),
-            },
-            index=msgs.index,
-        )
-        if not n:
-            return out
+        d = _Decision(n, self.now)
+        if n:
+            self._decide(msgs, d)
+        return pd.DataFrame({"status": d.status, "reason": pd.Series(d.reason, dtype=object,
+                                                                       index=msgs.index),
+                             "send_after": d.send_after, "end_enrollment": d.end},
+                            index=msgs.index)
+
+    def _decide(self, msgs: pd.DataFrame, d: _Decision) -> None:
+        """The checks on numpy arrays, by position: pandas' per-call overhead on small batches
+        was most of planning's time."""
         cust = self.customers.reindex(msgs["customer_id"].to_numpy())
-        cust.index = msgs.index
-        action = msgs["journey"].map({j: r.consent for j, r in self.rules.items()})
-        self._block(
-            out,
-            msgs["is_control"].to_numpy(bool),
-            "control_group",
-            pd.Series("skip", index=msgs.index),
-        )
+        jcode, jnames = pd.factorize(msgs["journey"].to_numpy(object))
+        rules = [self.rules.get(str(j)) for j in jnames]
+
+        def per_msg(value: Callable[[JourneyRules], object]) -> np.ndarray:
+            """A rule's property, for every message (None where the journey has no rules)."""
+            return np.array([value(r) if r is not None else None for r in rules],
+                            dtype=object)[jcode]
+
+        consent_end = per_msg(lambda r: r.consent) == "end"
+        d.block(msgs["is_control"].to_numpy(bool), "control_group", np.zeros(len(msgs), bool))
+        channel = msgs["channel"].to_numpy(object)
         for ch, addr in (("email", "email"), ("sms", "phone")):
-            on = (msgs["channel"] == ch) & (out["status"] == "pending")
-            self._block(
-                out, on & ~cust[f"consent_{ch}"].fillna(False).astype(bool), "no_consent", action
-            )
-            self._block(
-                out, on & (out["status"] == "pending") & cust[addr].isna(), "no_address", action
-            )
-            self._block(out, on & (out["status"] == "pending")
-                        & cust[f"suppressed_{ch}"].fillna(False).astype(bool), "suppressed", action)
+            on = (channel == ch) & d.pending
+            d.block(on & ~cust[f"consent_{ch}"].fillna(False).astype(bool).to_numpy(),
+                    "no_consent", consent_end)
+            d.block(on & cust[addr].isna().to_numpy(), "no_address", consent_end)
+            d.block(on & cust[f"suppressed_{ch}"].fillna(False).astype(bool).to_numpy(),
+                    "suppressed", consent_end)
         if self.withdrawn:
-            self._block(out, self._topic_withdrawn(msgs), "no_consent_topic", action)
-        live = msgs[out["status"] == "pending"]
-        if live.empty:
-            return out
-        # one message per customer per pass, highest priority first
-        prio = live["journey"].map({j: r.priority for j, r in self.rules.items()})
-        order = pd.DataFrame({"c": live["customer_id"], "p": -prio, "j": live["journey"],
-                              "s": live.get("step_id", "")}).sort_values(["c", "p", "j", "s"])
-        rank = order.groupby("c", sort=False).cumcount()
-        membership = {key: self._matches(cap, live["channel"], live["tags"])
-                      & live["journey"].isin([j for j, r in self.rules.items()
-                                              if key in {c.key for c in r.caps}])
-                      for key, cap in self.caps.items()}
+            d.block(self._topic_withdrawn(msgs).to_numpy(bool), "no_consent_topic", consent_end)
+        live = np.flatnonzero(d.pending)
+        if not len(live):
+            return
+        # one message per customer per pass, highest priority first (customer, -priority,
+        # journey, step; ties keep their order)
+        cid = msgs["customer_id"].to_numpy()
+        prio = per_msg(lambda r: r.priority)
+        step = (msgs["step_id"].to_numpy(object) if "step_id" in msgs
+                else np.full(len(msgs), "", dtype=object))
+        journey = np.asarray(jnames, dtype=object)[jcode]
+        keys = [pd.factorize(v[live], sort=True)[0] for v in (step, journey)]
+        order = live[np.lexsort((*keys, -prio[live].astype(np.int64), cid[live]))]
+        c_sorted = cid[order]
+        first = np.r_[True, c_sorted[1:] != c_sorted[:-1]]
+        starts = np.flatnonzero(first)
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        live_s = msgs.iloc[live]
+        membership = {}
+        for key, cap in self.caps.items():
+            has = np.array([r is not None and key in {c.key for c in r.caps} for r in rules],
+                           dtype=bool)
+            m = np.zeros(len(msgs), dtype=bool)
+            m[live] = self._matches(cap, live_s["channel"], live_s["tags"]).to_numpy(bool) \
+                & has[jcode[live]]
+            membership[key] = m
+        act = _Actions(per_msg(lambda r: r.frequency), per_msg(lambda r: r.quiet_hours))
+        tz = cust["tz"].to_numpy(object)
         for r in range(int(rank.max()) + 1):
-            idx = rank.index[rank.to_numpy() == r]
-            self._schedule(
-                live.loc[idx], cust.loc[idx], {k: m.loc[idx] for k, m in membership.items()}, out
-            )
-        return out
+            rows = order[rank == r]
+            self._schedule(rows, cid, jcode, rules, tz, act, membership, d)
 
     def _topic_withdrawn(self, msgs: pd.DataFrame) -> pd.Series:
         """Messages with a tag their customer withdrew from on the message's channel."""
@@ -147,91 +165,141 @@ class ContactPolicy:
         hit = pd.Series([k in self.withdrawn for k in keys], index=tags.index)
         return hit.groupby(level=0).any().reindex(msgs.index, fill_value=False)
 
-    def _block(self, out: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str,
-               action: pd.Series) -> None:
-        mask = np.asarray(mask, dtype=bool) & (out["status"].to_numpy() == "pending")
-        if not mask.any():
-            return
-        out.loc[mask, "status"] = "skipped"
-        out.loc[mask, "reason"] = reason
-        out.loc[mask, "end_enrollment"] = (action[mask] == "end").to_numpy()
+    def _ledger(self, customers: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The ledger rows of these customers (customer, at, matches per cap)."""
+        if len(self._added_c) > 1:
+            self._led_c = np.concatenate(self._added_c)
+            self._led_at = np.concatenate(self._added_at)
+            self._led_m = {k: np.concatenate(v) for k, v in self._added_m.items()}
+            self._added_c, self._added_at = [self._led_c], [self._led_at]
+            self._added_m = {k: [v] for k, v in self._led_m.items()}
+        mine = np.isin(self._led_c, customers)
+        return (self._led_c[mine], self._led_at[mine],
+                {k: v[mine] for k, v in self._led_m.items()})
 
-    def _schedule(self, msgs: pd.DataFrame, cust: pd.DataFrame,
-                  membership: Mapping[str, pd.Series], out: pd.DataFrame) -> None:
-        """At most one message per customer: find each one's allowed time, then record it."""
-        s = pd.Series(self.now, index=msgs.index).astype("datetime64[ns]")
-        final = pd.Series(False, index=msgs.index)
-        reason = pd.Series(None, index=msgs.index, dtype=object)
-        tz = cust["tz"]
-        freq = msgs["journey"].map({j: r.frequency for j, r in self.rules.items()})
-        quiet_act = msgs["journey"].map({j: r.quiet_hours for j, r in self.rules.items()})
+    def _schedule(self, rows: np.ndarray, cid: np.ndarray, jcode: np.ndarray,
+                  rules: list[JourneyRules | None], tz_all: np.ndarray, act: _Actions,
+                  membership: Mapping[str, np.ndarray], d: _Decision) -> None:
+        """At most one message per customer (``rows``, positions in the batch): find each
+        one's allowed time, then record it."""
+        k = len(rows)
+        now = self.now.to_datetime64()
+        c = cid[rows]
+        s = np.full(k, now).astype("datetime64[ns]")
+        final = np.zeros(k, dtype=bool)
+        reason = np.full(k, None, dtype=object)
+        jc = jcode[rows]
+        tz = tz_all[rows]
+        freq, quiet = act.frequency[rows], act.quiet[rows]
+        mem = {key: m[rows] for key, m in membership.items()}
         # Only these customers' ledger rows can block them: filter once, not per cap and round.
-        mine = self.ledger[self.ledger["customer_id"].isin(msgs["customer_id"].to_numpy())]
+        led_c, led_at, led_m = self._ledger(c)
+        moved = np.zeros(k, dtype=bool)
+
+        def finish(at: np.ndarray, why: str, action: np.ndarray) -> None:
+            if not len(at):
+                return
+            final[at] = True
+            d.skip(rows[at], why, action[at] == "end")
+
         for _ in range(MAX_ROUNDS):
-            moved = pd.Series(False, index=msgs.index)
+            moved = np.zeros(k, dtype=bool)
             for key, cap in self.caps.items():
-                m = membership[key] & ~final
-                if not m.any():
+                sel = np.flatnonzero(mem[key] & ~final)
+                if not len(sel):
                     continue
-                led = mine.loc[mine[key], ["customer_id", "at"]]
-                here = pd.DataFrame({"customer_id": msgs.loc[m, "customer_id"], "s": s[m]})
-                here["row"] = here.index
-                near = here.merge(led, on="customer_id")
-                near = near[(near["at"] - near["s"]).abs() < cap.window]
-                counts = near.groupby("row").size()
-                blocked = counts.index[counts.to_numpy() >= cap.max]
-                if not len(blocked):
+                window = pd.Timedelta(cap.window).to_timedelta64().astype("timedelta64[ns]")
+                lc, la = led_c[led_m[key]], led_at[led_m[key]]
+                by = np.argsort(lc, kind="stable")
+                lc, la = lc[by], la[by]
+                lo = np.searchsorted(lc, c[sel], "left")
+                cnt = np.searchsorted(lc, c[sel], "right") - lo
+                total = int(cnt.sum())
+                if not total:
                     continue
-                latest = near[near["row"].isin(blocked)].groupby("row")["at"].max() + cap.window
-                act = freq[blocked]
-                stop = blocked[(act != "defer").to_numpy()]
-                self._finish(out, final, stop, f"frequency_cap:{key}", freq)
-                go = blocked[(act == "defer").to_numpy()]
-                s[go] = np.maximum(s[go].to_numpy(), latest[go].to_numpy())
+                pair = np.repeat(np.arange(len(sel)), cnt)
+                pos = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
+                at = la[pos]
+                near = np.abs(at - s[sel][pair]) < window
+                counts = np.bincount(pair[near], minlength=len(sel))
+                blocked = counts >= cap.max
+                if not blocked.any():
+                    continue
+                latest = np.full(len(sel), np.iinfo(np.int64).min, dtype=np.int64)
+                np.maximum.at(latest, pair[near], at[near].view(np.int64))
+                latest_b = latest[blocked].view("datetime64[ns]") + window
+                b = sel[blocked]
+                defer = freq[b] == "defer"
+                finish(b[~defer], f"frequency_cap:{key}", freq)
+                go = b[defer]
+                s[go] = np.maximum(s[go], latest_b[defer])
                 reason[go] = f"frequency_cap:{key}"
                 moved[go] = True
-            open_ = msgs.loc[~final, "journey"]
-            for journey, rows in open_.groupby(open_, sort=False).groups.items():
-                window = self.rules[str(journey)].quiet
-                if not window.enabled:
+            open_ = ~final
+            for code in pd.unique(jc[open_]):
+                window_q = rules[code].quiet  # type: ignore[union-attr]
+                if not window_q.enabled:
                     continue
-                inside = clock.in_window(s[rows], tz[rows], window.start, window.end)
-                hit = inside.index[inside.to_numpy()]
+                grp = np.flatnonzero(open_ & (jc == code))
+                inside = clock.in_window(pd.Series(s[grp]), pd.Series(tz[grp], dtype=object),
+                                         window_q.start, window_q.end).to_numpy(bool)
+                hit = grp[inside]
                 if not len(hit):
                     continue
-                stop = hit[(quiet_act[hit] != "defer").to_numpy()]
-                self._finish(out, final, stop, "quiet_hours", quiet_act)
-                go = hit[(quiet_act[hit] == "defer").to_numpy()]
+                defer = quiet[hit] == "defer"
+                finish(hit[~defer], "quiet_hours", quiet)
+                go = hit[defer]
                 if len(go):
-                    s[go] = clock.after_window(s[go], tz[go], window.start, window.end)
+                    s[go] = clock.after_window(pd.Series(s[go]), pd.Series(tz[go], dtype=object),
+                                               window_q.start, window_q.end).to_numpy(
+                                                   "datetime64[ns]")
                     reason[go] = "quiet_hours"
                     moved[go] = True
             if not moved.any():
                 break
         else:
-            self._finish(out, final, moved.index[moved.to_numpy()], "unschedulable",
-                         pd.Series("skip", index=msgs.index))
+            finish(np.flatnonzero(moved), "unschedulable", np.full(k, "skip", dtype=object))
         ok = ~final
-        out.loc[ok[ok].index, "send_after"] = s[ok].to_numpy()
-        deferred = ok & (s > self.now)
-        out.loc[deferred[deferred].index, "status"] = "deferred"
-        out.loc[deferred[deferred].index, "reason"] = reason[deferred].to_numpy()
-        add = pd.DataFrame({"customer_id": msgs.loc[ok, "customer_id"].to_numpy(),
-                            "channel": msgs.loc[ok, "channel"].to_numpy(),
-                            "at": s[ok].to_numpy()})
+        d.send_after[rows[ok]] = s[ok]
+        deferred = ok & (s > now)
+        d.status[rows[deferred]] = "deferred"
+        d.reason[rows[deferred]] = reason[deferred]
+        self._added_c.append(c[ok])
+        self._added_at.append(s[ok])
         for key in self.caps:
-            add[key] = membership[key][ok].to_numpy()
-        self.ledger = pd.concat([self.ledger, add], ignore_index=True)
+            self._added_m[key].append(mem[key][ok])
 
-    @staticmethod
-    def _finish(out: pd.DataFrame, final: pd.Series, rows: pd.Index, reason: str,
-                action: pd.Series) -> None:
-        if not len(rows):
-            return
-        final[rows] = True
-        out.loc[rows, "status"] = "skipped"
-        out.loc[rows, "reason"] = reason
-        out.loc[rows, "end_enrollment"] = (action[rows] == "end").to_numpy()
+
+@dataclass
+class _Actions:
+    """Per message of a batch: its journey's frequency and quiet_hours actions."""
+
+    frequency: np.ndarray
+    quiet: np.ndarray
+
+
+class _Decision:
+    """What ``apply`` returns, as arrays by position while it is being decided."""
+
+    def __init__(self, n: int, now: pd.Timestamp):
+        self.status = np.full(n, "pending", dtype=object)
+        self.reason = np.full(n, None, dtype=object)
+        self.send_after = np.full(n, now.to_datetime64()).astype("datetime64[ns]")
+        self.end = np.zeros(n, dtype=bool)
+        self.pending = np.ones(n, dtype=bool)
+
+    def block(self, mask: np.ndarray, reason: str, end: np.ndarray) -> None:
+        """Skip the pending messages of ``mask``; ``end`` says which end their enrollment."""
+        mask = mask & self.pending
+        if mask.any():
+            self.skip(np.flatnonzero(mask), reason, end[mask])
+
+    def skip(self, at: np.ndarray, reason: str, end: np.ndarray) -> None:
+        self.status[at] = "skipped"
+        self.reason[at] = reason
+        self.end[at] = end
+        self.pending[at] = False
 
 
 def rules_for(
