@@ -113,24 +113,28 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
                  now: datetime, lease: timedelta,
                  digests: dict[int, str] | None = None) -> set[int]:
     """From here on the provider may have the messages ``ids``: a lost lease is no longer safe
-    to resend on a provider without idempotency. Renews the lease of the whole claimed batch;
-    returns the ids still held, and only those may be sent (the others' lease ran out and
-    another dispatcher may have them). ``digests`` (id -> content digest) are stored with the
-    mark, so a message whose outcome becomes unknown can be found in the provider's list."""
+    to resend on a provider without idempotency. Renews the lease of ``ids`` and of the rest of
+    the claimed batch ``batch_ids`` (the dispatcher passes the batch only when its lease is due
+    for renewal: renewing hundreds of rows for every wave of a few messages cost more than the
+    sends); returns the ids still held, and only those may be sent (the others' lease ran out
+    and another dispatcher may have them). ``digests`` (id -> content digest) are stored with
+    the mark, in the same statement, so a message whose outcome becomes unknown can be found in
+    the provider's list."""
     if not ids:
         return set()
     mine = sa.and_(m.c.lease_owner == owner, m.c.status == "claimed")
+    values: dict[str, Any] = {"reason": "sending", "lease_expires_at": now + lease,
+                              "updated_at": now}
+    marked = {i: d for i, d in (digests or {}).items() if i in set(ids)}
+    if marked:
+        values["content_digest"] = sa.case(marked, value=m.c.id, else_=m.c.content_digest)
+    rest = sorted(set(batch_ids) - set(ids))
     with engine.begin() as conn:
-        held = conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), mine)
-                            .values(reason="sending", lease_expires_at=now + lease, updated_at=now)
-                            .returning(m.c.id))
-        got = {r[0] for r in held}
-        conn.execute(sa.update(m).where(m.c.id.in_(list(batch_ids)), mine)
-                     .values(lease_expires_at=now + lease))
-        marked = [{"_id": i, "_digest": d} for i, d in (digests or {}).items() if i in got]
-        if marked:
-            conn.execute(sa.update(m).where(m.c.id == sa.bindparam("_id"))
-                         .values(content_digest=sa.bindparam("_digest")), marked)
+        got = {r[0] for r in conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), mine)
+                                          .values(values).returning(m.c.id))}
+        if rest:
+            conn.execute(sa.update(m).where(m.c.id.in_(rest), mine)
+                         .values(lease_expires_at=now + lease))
     return got
 
 
