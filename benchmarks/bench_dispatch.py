@@ -5,6 +5,9 @@
 - naive: one Prefect task per message (read, render, send, record), on a small slice, with an
   ephemeral Prefect API.
 
+Beside each rate, this process's CPU per message (every thread: the event loop, and with SQLite
+the database work too; not the sandbox's, nor a PostgreSQL server's).
+
     python benchmarks/bench_dispatch.py [--messages 5000] [--naive 300] [--database URL]
 
 Non-batched providers (Twilio-style SMS, SendGrid with one message per request) are compared
@@ -19,7 +22,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -41,6 +46,18 @@ from clm_core.settings import load_settings  # noqa: E402
 # few connections keep it busy; httpx's pool costs more CPU per request with more connections
 # (measured here: 0.9 ms at 4, 1.8 ms at 16, 3.1 ms at 32).
 CONCURRENCY = 4
+
+
+T = TypeVar("T")
+CPU: dict[str, float] = {}  # run -> this process's CPU seconds per message
+
+
+def timed(name: str, n: int, run: Callable[[], T]) -> T:
+    """``run()``, with this process's CPU per message kept in ``CPU[name]``."""
+    cpu = time.process_time()
+    result = run()
+    CPU[name] = (time.process_time() - cpu) / n
+    return result
 
 
 async def bare_loop(url: str, n: int, kind: str) -> float:
@@ -91,12 +108,13 @@ async def bare_loop(url: str, n: int, kind: str) -> float:
 RUN = time.strftime("%H%M%S")  # message keys unique per run, so a database can be reused
 
 
-def clm_dispatch(root: Path, engine: sa.Engine, n: int, channel: str, prefix: str) -> float:
+def clm_dispatch(name: str, root: Path, engine: sa.Engine, n: int, channel: str,
+                 prefix: str) -> float:
     seed_outbox(engine, n, channel=channel, prefix=f"{prefix}{RUN}")
     settings = load_settings(root)
     dispatcher = Dispatcher(engine, settings, load_delivery_config(settings),
                             signing_key=os.environ["CLM_SECRET_KEY"].encode())
-    report = asyncio.run(dispatcher.run())
+    report = timed(name, n, lambda: asyncio.run(dispatcher.run()))
     assert report.sent == n, report.summary()
     return n / report.elapsed
 
@@ -189,32 +207,30 @@ def main() -> None:
             f"concurrency {CONCURRENCY}",
             flush=True,
         )
-        bare_sms = asyncio.run(bare_loop(sandbox, n, "twilio"))
-        bare_mail = asyncio.run(bare_loop(sandbox, n, "sendgrid"))
+        names = ["bare httpx loop, Twilio-style SMS", "clm dispatch, Twilio-style SMS",
+                 "bare httpx loop, SendGrid one per request",
+                 "clm dispatch, SendGrid one per request",
+                 "clm dispatch, SendGrid batched (<=1000)"]
+        bare_sms = timed(names[0], n, lambda: asyncio.run(bare_loop(sandbox, n, "twilio")))
+        bare_mail = timed(names[2], n, lambda: asyncio.run(bare_loop(sandbox, n, "sendgrid")))
         rows = [
-            ("bare httpx loop, Twilio-style SMS", bare_sms, bare_sms),
-            (
-                "clm dispatch, Twilio-style SMS",
-                clm_dispatch(root, engine, n, "sms", "sms"),
-                bare_sms,
-            ),
-            ("bare httpx loop, SendGrid one per request", bare_mail, bare_mail),
-            (
-                "clm dispatch, SendGrid one per request",
-                clm_dispatch(single, engine, n, "email", "one"),
-                bare_mail,
-            ),
-            (
-                "clm dispatch, SendGrid batched (<=1000)",
-                clm_dispatch(root, engine, n, "email", "batch"),
-                bare_mail,
-            ),
+            (names[0], bare_sms, bare_sms),
+            (names[1], clm_dispatch(names[1], root, engine, n, "sms", "sms"),
+             bare_sms),
+            (names[2], bare_mail, bare_mail),
+            (names[3],
+             clm_dispatch(names[3], single, engine, n, "email", "one"),
+             bare_mail),
+            (names[4],
+             clm_dispatch(names[4], root, engine, n, "email", "batch"),
+             bare_mail),
         ]
         naive = naive_prefect(root, engine, sandbox, args.naive) if args.naive else float("nan")
         rows.append((f"naive: one Prefect task per message ({args.naive})", naive, bare_sms))
-        print(f"\n{'run':<46} {'msg/s':>9} {'vs bare':>8}")
+        print(f"\n{'run':<46} {'msg/s':>9} {'vs bare':>8} {'CPU ms/msg':>11}")
         for name, rate, base in rows:
-            print(f"{name:<46} {rate:>9,.0f} {rate / base:>7.2f}x")
+            cpu = f"{CPU[name] * 1000:>11.2f}" if name in CPU else f"{'':>11}"
+            print(f"{name:<46} {rate:>9,.0f} {rate / base:>7.2f}x {cpu}")
         sms = rows[1][1]
         print(f"\nclm dispatch (SMS) / naive Prefect: {sms / naive:,.0f}x; "
               f"batched email / bare per-message loop: {rows[4][1] / bare_mail:,.1f}x")

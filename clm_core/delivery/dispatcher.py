@@ -175,6 +175,7 @@ class Dispatcher:
         self.quiet = QuietHoursCheck(engine, project_policy(settings.section("journeys")),
                                      settings.default_timezone)
         self._gates: dict[str, asyncio.Lock] = {}
+        self._renewed: dict[str, datetime] = {}  # claim (owner) -> when its lease was last set
 
     # --- the run ------------------------------------------------------------------------
 
@@ -233,8 +234,10 @@ class Dispatcher:
             # lane (even of this process) re-claimed after their lease ran out.
             self._claims += 1
             owner = f"{self.owner}-{self._claims}"
-            rows = await asyncio.to_thread(outbox.claim, self.writer, owner, n, self.clock(),
+            now = self.clock()
+            rows = await asyncio.to_thread(outbox.claim, self.writer, owner, n, now,
                                            self.lease, list(self.report.halted))
+            self._renewed[owner] = now
             self._remaining += n - len(rows)
             if not rows:
                 if await self._idle():
@@ -265,6 +268,7 @@ class Dispatcher:
             await self._process_claimed(rows, owner)
         finally:
             keeper.cancel()
+            self._renewed.pop(owner, None)
 
     async def _keep_lease(self, ids: list[int], owner: str) -> None:
         """Renew the batch's lease every third of it while the batch is worked on (waiting
@@ -272,7 +276,9 @@ class Dispatcher:
         so its claims still run out."""
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
-            await asyncio.to_thread(outbox.renew, self.writer, owner, ids, self.clock(), self.lease)
+            now = self.clock()
+            await asyncio.to_thread(outbox.renew, self.writer, owner, ids, now, self.lease)
+            self._renewed[owner] = now
 
     async def _process_claimed(self, rows: list[dict[str, Any]], owner: str) -> None:
         data = await asyncio.to_thread(load_batch, self.reader, rows, self.recommender)
@@ -449,7 +455,9 @@ class Dispatcher:
         step = max(1, provider.max_batch)
         # A provider that deduplicates takes waves big enough to keep database round trips
         # few; for one that does not, a wave is what it really has in flight (its concurrency),
-        # and the lanes take turns, so a crash leaves at most that many messages unknown.
+        # and the lanes take turns sending. A lane marks its wave while another lane's wave is
+        # in flight (the mark is a database round trip that would otherwise leave the provider
+        # idle), so each lane still has at most one wave marked and not committed.
         if provider.idempotent:
             wave = max(step, provider.concurrency, MIN_WAVE)
         else:
@@ -462,14 +470,20 @@ class Dispatcher:
                 continue
             digests = ({r["id"]: content_digest(msg.to, msg.text or "") for r, msg in part}
                        if channel == "sms" else None)
+            # The rest of the batch is renewed with the wave when a third of its lease has
+            # passed since it was last set (as the keeper does), not on every wave.
+            now = self.clock()
+            renew = now - self._renewed.get(owner, now - self.lease) >= self.lease / 3
+            held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
+                                           [r["id"] for r, _ in part],
+                                           batch_ids if renew else [], now, self.lease, digests)
+            if renew:
+                self._renewed[owner] = now
+            self.report.lost_leases += len(part) - len(held)
+            part = [(r, msg) for r, msg in part if r["id"] in held]
+            chunks = [part[i:i + step] for i in range(0, len(part), step)]
+            results: list[SendResult] = []
             async with (gate if not provider.idempotent else _NO_GATE):
-                held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
-                                               [r["id"] for r, _ in part], batch_ids,
-                                               self.clock(), self.lease, digests)
-                self.report.lost_leases += len(part) - len(held)
-                part = [(r, msg) for r, msg in part if r["id"] in held]
-                chunks = [part[i:i + step] for i in range(0, len(part), step)]
-                results: list[SendResult] = []
                 for got in await asyncio.gather(*(self._provider_send(provider,
                                                                       [m for _, m in c])
                                                   for c in chunks)):

@@ -113,24 +113,33 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
                  now: datetime, lease: timedelta,
                  digests: dict[int, str] | None = None) -> set[int]:
     """From here on the provider may have the messages ``ids``: a lost lease is no longer safe
-    to resend on a provider without idempotency. Renews the lease of the whole claimed batch;
-    returns the ids still held, and only those may be sent (the others' lease ran out and
-    another dispatcher may have them). ``digests`` (id -> content digest) are stored with the
-    mark, so a message whose outcome becomes unknown can be found in the provider's list."""
+    to resend on a provider without idempotency. Renews the lease of ``ids`` and of the rest of
+    the claimed batch ``batch_ids`` (the dispatcher passes the batch only when its lease is due
+    for renewal: renewing hundreds of rows for every wave of a few messages cost more than the
+    sends); returns the ids still held, and only those may be sent (the others' lease ran out
+    and another dispatcher may have them). ``digests`` (id -> content digest) are stored with
+    the mark, in the same statement, so a message whose outcome becomes unknown can be found in
+    the provider's list."""
     if not ids:
         return set()
     mine = sa.and_(m.c.lease_owner == owner, m.c.status == "claimed")
+    values: dict[str, Any] = {"reason": "sending", "lease_expires_at": now + lease,
+                              "updated_at": now}
+    marked = {i: d for i, d in (digests or {}).items() if i in set(ids)}
+    if marked:
+        values["content_digest"] = sa.case(marked, value=m.c.id, else_=m.c.content_digest)
+    rest = sorted(set(batch_ids) - set(ids))
+    mark = sa.update(m).where(m.c.id.in_(list(ids)), mine).values(values).returning(m.c.id)
+    if not rest and engine.dialect.name == "postgresql":
+        # One statement is a transaction of its own (committed before its answer comes back):
+        # no BEGIN and COMMIT round trips while the provider waits for the wave.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return {r[0] for r in conn.execute(mark)}
     with engine.begin() as conn:
-        held = conn.execute(sa.update(m).where(m.c.id.in_(list(ids)), mine)
-                            .values(reason="sending", lease_expires_at=now + lease, updated_at=now)
-                            .returning(m.c.id))
-        got = {r[0] for r in held}
-        conn.execute(sa.update(m).where(m.c.id.in_(list(batch_ids)), mine)
-                     .values(lease_expires_at=now + lease))
-        marked = [{"_id": i, "_digest": d} for i, d in (digests or {}).items() if i in got]
-        if marked:
-            conn.execute(sa.update(m).where(m.c.id == sa.bindparam("_id"))
-                         .values(content_digest=sa.bindparam("_digest")), marked)
+        got = {r[0] for r in conn.execute(mark)}
+        if rest:
+            conn.execute(sa.update(m).where(m.c.id.in_(rest), mine)
+                         .values(lease_expires_at=now + lease))
     return got
 
 
@@ -165,6 +174,21 @@ class Resolution:
     attempted: bool = True
 
 
+# Built once: constructing the statement cost more CPU than executing it for a wave of a few.
+_RECORD = (sa.update(m)
+           .where(m.c.id == sa.bindparam("_id"), m.c.lease_owner == sa.bindparam("_owner"),
+                  sa.or_(m.c.status == "claimed", m.c.status == "unknown"))
+           .values(status=sa.bindparam("_status"), reason=sa.bindparam("_reason"),
+                   send_after=sa.func.coalesce(sa.bindparam("_send_after", type_=sa.DateTime()),
+                                               m.c.send_after),
+                   provider=sa.bindparam("_provider"), provider_message_id=sa.bindparam("_pmid"),
+                   error_code=sa.bindparam("_code"), error_message=sa.bindparam("_msg"),
+                   sent_at=sa.bindparam("_sent_at", type_=sa.DateTime()),
+                   attempts=m.c.attempts - sa.bindparam("_undo", type_=sa.Integer()),
+                   lease_owner=None, lease_expires_at=None,
+                   updated_at=sa.bindparam("_now", type_=sa.DateTime())))
+
+
 @retrying
 def record(engine: Engine, owner: str, outcomes: Sequence[Resolution], now: datetime) -> int:
     """Commit outcomes (and suppressions) in one transaction; returns rows updated. Rows whose
@@ -175,23 +199,12 @@ def record(engine: Engine, owner: str, outcomes: Sequence[Resolution], now: date
                "_send_after": o.send_after, "_provider": o.provider,
                "_pmid": o.provider_message_id, "_code": o.error_code,
                "_msg": o.error_message, "_sent_at": o.sent_at,
-               "_undo": 0 if o.attempted else 1} for o in outcomes]
-    stmt = (sa.update(m)
-            .where(m.c.id == sa.bindparam("_id"), m.c.lease_owner == sa.bindparam("_owner"),
-                   sa.or_(m.c.status == "claimed", m.c.status == "unknown"))
-            .values(status=sa.bindparam("_status"), reason=sa.bindparam("_reason"),
-                    send_after=sa.func.coalesce(sa.bindparam("_send_after", type_=sa.DateTime()),
-                                                m.c.send_after),
-                    provider=sa.bindparam("_provider"), provider_message_id=sa.bindparam("_pmid"),
-                    error_code=sa.bindparam("_code"), error_message=sa.bindparam("_msg"),
-                    sent_at=sa.bindparam("_sent_at", type_=sa.DateTime()),
-                    attempts=m.c.attempts - sa.bindparam("_undo", type_=sa.Integer()),
-                    lease_owner=None, lease_expires_at=None, updated_at=now))
+               "_undo": 0 if o.attempted else 1, "_now": now} for o in outcomes]
     suppressions = [{"channel": c, "address": a, "customer_id": cid, "reason": r,
                      "source": o.provider, "created_at": now}
                     for o in outcomes if o.suppress for c, a, cid, r in [o.suppress]]
     with engine.begin() as conn:
-        updated = conn.execute(stmt, params).rowcount
+        updated = conn.execute(_RECORD, params).rowcount
         if suppressions:
             insert_ignore(conn, t.suppressions, suppressions, ["channel", "address"])
     return updated

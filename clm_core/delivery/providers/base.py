@@ -139,6 +139,8 @@ class HttpProvider:
         raise NotImplementedError
 
     async def send(self, batch: list[Outbound]) -> list[SendResult]:
+        if len(batch) == 1:  # the common wave chunk: no task of its own
+            return [await self.send_one(batch[0])]
         return list(await asyncio.gather(*(self.send_one(m) for m in batch)))
 
     async def aclose(self) -> None:
