@@ -74,3 +74,30 @@ def test_small_samples_only_warn(db_url: str, engine: sa.Engine) -> None:
     settings = load_settings(Path("."), env={**os.environ, "CLM_DATABASE_URL": db_url})
     report = guard.check(engine, load_delivery_config(settings), CONFIG, utcnow())
     assert [r.verdict for r in report.rates] == ["warn"] and guard.halted(engine) == {}
+
+
+def test_rates_follow_the_mail_sent_in_the_window(db_url: str, engine: sa.Engine) -> None:
+    """A big send just before the window's start, with its complaints reported inside the
+    window, does not count against the window's few sends: a rate is the share of the mail
+    sent in the window that drew a complaint (a simulated run stamps every send at its run's
+    instant and the reports seconds later, which halted the demo at a true 0.1%)."""
+    settings = load_settings(Path("."), env={**os.environ, "CLM_DATABASE_URL": db_url})
+    delivery = load_delivery_config(settings)
+    now = utcnow()
+    start = now - timedelta(days=CONFIG.guard_window_days)
+    early = seed_outbox(engine, 3000, channel="email", prefix="big")
+    recent = seed_outbox(engine, 1200, channel="email", prefix="few")
+    with engine.begin() as conn:
+        for keys, at in ((early, start), (recent, now - timedelta(days=1))):
+            conn.execute(sa.update(t.messages).where(t.messages.c.idempotency_key.in_(keys))
+                         .values(status="sent", provider="sendgrid", sent_at=at))
+    # the big send's 6 complaints (0.2%) arrive seconds after it, inside the window; the
+    # window's own mail draws 1 (0.08%)
+    events = [ProviderEvent("sendgrid", f"big-c{i}", "complained", start + timedelta(seconds=5),
+                            "email", message_key=early[i]) for i in range(6)]
+    events.append(ProviderEvent("sendgrid", "few-c0", "complained", now - timedelta(hours=2),
+                                "email", message_key=recent[0]))
+    ingest(engine, events, now)
+    (rate,) = guard.check(engine, delivery, CONFIG, now).rates
+    assert (rate.sent, rate.complaints) == (1200, 1)
+    assert rate.verdict == "ok" and guard.halted(engine) == {}
