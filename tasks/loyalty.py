@@ -13,7 +13,10 @@ from clm_core.loyalty.store import Summary, run_loyalty
 from tasks.context import Target, opened
 
 
-@task(name="loyalty", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+# On SQLite a burst of provider callbacks (a week's sends reported within seconds) can hold
+# the single write lock longer than the busy timeout; the evaluation is one idempotent
+# transaction, so it waits for the burst to pass and tries again.
+@task(name="loyalty", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=15)
 def evaluate_loyalty(target: Target, now: datetime, run_id: str | None) -> Summary | None:
     """Points, tiers and rewards as of ``now``; None when the project has no programme."""
     with opened(target) as (settings, engine):

@@ -29,6 +29,19 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
 
 
+def take_write_lock(conn: sa.Connection) -> None:
+    """On SQLite, start ``conn``'s transaction as ``BEGIN IMMEDIATE`` (call it first): a
+    transaction that reads and then writes must hold the write lock from its start. In WAL
+    mode a reader that tries to write after another connection committed (a webhook batch,
+    a dispatcher) fails at once with "database is locked", whatever the busy timeout; with the
+    lock taken first it waits its turn instead. Nothing on PostgreSQL (row locks)."""
+    if conn.dialect.name != "sqlite":
+        return
+    raw = conn.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:
+        raw.execute("BEGIN IMMEDIATE")
+
+
 def describe(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
     return make_url(normalize_database_url(url)).render_as_string(hide_password=True)

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
+from clm_core.db.engine import take_write_lock
 from clm_core.errors import ConfigError, InputError
 from clm_core.journeys.store import read_frame
 from clm_core.loyalty.ledger import (
@@ -235,6 +236,7 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":  # one evaluation at a time: watermarks are shared
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
+        take_write_lock(conn)  # it reads, then writes: on SQLite hold the lock from the start
         ids = None if full else changed_customers(conn, now)
         inp = read_inputs(conn, prog, now, ids)
         ev = evaluate(prog, inp, pd.Timestamp(now))
