@@ -28,6 +28,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from clm_core.db.engine import take_write_lock
+
 # A bulk write rebuilds indexes when it brings at least this many rows and at least a quarter
 # of what the table holds: below that, maintaining the indexes costs less than rebuilding them.
 REBUILD_MIN_ROWS = 50_000
@@ -232,10 +234,10 @@ def _lock_and_count(conn: Connection, table: sa.Table) -> int:
     """Lock ``table`` against other writers until the transaction ends; its row count."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
-    elif not _raw(conn).in_transaction:
+    else:
         # pysqlite opens a transaction only before DML: without this, index DDL would
         # commit on its own and a failed write could not restore the indexes.
-        _raw(conn).execute("BEGIN IMMEDIATE")
+        take_write_lock(conn)
     return int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
 
 
