@@ -145,7 +145,8 @@ def main() -> None:
     print("method: 95% intervals of clm lift (Newcombe hybrid score for conversion points, "
           "Welch t for revenue per customer); true effect = mean over the journey's complete "
           "enrollments of Y(1) - Y(0) from both simulated potential outcomes (common random "
-          "numbers)")
+          "numbers); a winner is a verdict of better on either figure, which clm lift calls "
+          "on each figure's 97.5% interval (Bonferroni over the two)")
     print(f"{'journey':<8} {'stores':>6} {'treated':>8} {'control':>8} {'true conv':>10} "
           f"{'est conv':>9} {'covered':>8} {'true rev':>9} {'est rev':>8} {'covered':>8} "
           f"{'winner':>7}")

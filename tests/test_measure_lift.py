@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from scipy import stats as sps
 
 from clm_core.measure import stats
 from clm_core.measure.attribution import rebuild
-from clm_core.measure.lift import lift
+from clm_core.measure.lift import compare, lift
 from tests.measure_helpers import ENTERED, NOW, build_store
 
 sm_prop = pytest.importorskip("statsmodels.stats.proportion")
@@ -266,3 +267,35 @@ def test_cuped_without_pre_entry_spend_equals_welch() -> None:
     a = stats.cuped(y1, y2, np.zeros(80), np.zeros(70))
     w = stats.welch(y1, y2)
     assert (a.diff, a.low, a.high, a.theta, a.variance_reduction) == (w.diff, w.low, w.high, 0, 0)
+
+
+def test_a_call_needs_the_decision_interval_not_only_the_95_one() -> None:
+    """Two figures are judged per journey, so a call is made on each figure's 97.5% interval
+    (Bonferroni): a difference whose 95% interval excludes zero but whose 97.5% interval does
+    not is no winner, and the text says why; a clearer one is."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    n = 400
+    found = None
+    for k in range(40, 120):  # treated conversions against 40 of 400 in control
+        lo95, _ = confint_proportions_2indep(k, n, 40, n, method="newcomb", alpha=0.05)
+        lo975, _ = confint_proportions_2indep(k, n, 40, n, method="newcomb", alpha=0.025)
+        if lo95 > 0 >= lo975:
+            found = k
+            break
+    assert found is not None
+    assert stats.DECISION_LEVEL == pytest.approx(0.975)
+
+    def judged(k: int, k_c: int = 40) -> Any:
+        converted = np.r_[np.arange(n) < k, np.arange(n) < k_c]
+        control = np.r_[np.zeros(n, bool), np.ones(n, bool)]
+        zeros = np.zeros(2 * n)
+        return compare("journey", converted, zeros, control, zeros, journey="j")
+
+    c = judged(found)
+    assert c.conversion.diff_ci[0] > 0  # the 95% interval shown excludes zero
+    assert c.verdict.call == "inconclusive"
+    assert "97.5% interval (Bonferroni)" in c.verdict.text
+    assert judged(found + 12).verdict.call == "better"
+    assert judged(40, found).verdict.call == "inconclusive"  # the same, treated worse
+    assert judged(40, found + 12).verdict.call == "worse"

@@ -178,8 +178,9 @@ def compare(scope: str, converted: np.ndarray, revenue: np.ndarray, control: np.
     name = label(scope, journey, step, variant)
     more = stats.more_needed(p_t * (1 - p_t), p_c * (1 - p_c), p_t - p_c, n_t, n_c) \
         if n_t and n_c else None
+    d_lo, d_hi = stats.newcombe_diff(k_t, n_t, k_c, n_c, stats.Z_DECISION)
     v = stats.verdict(f"{name} conversion", n_t, n_c, (p_t - p_c) * 100, lo * 100, hi * 100, more,
-                      lambda x: f"{x:+.1f} pts")
+                      lambda x: f"{x:+.1f} pts", (d_lo * 100, d_hi * 100))
     more_r = (
         stats.more_needed(
             float(np.var(rt, ddof=1)) if n_t > 1 else math.nan,
@@ -191,8 +192,9 @@ def compare(scope: str, converted: np.ndarray, revenue: np.ndarray, control: np.
         if n_t > 1 and n_c > 1
         else None
     )
+    wd = stats.welch(rt, rc, stats.DECISION_LEVEL)
     rv = stats.verdict(f"{name} revenue per customer", n_t, n_c, w.diff, w.low, w.high, more_r,
-                       lambda x: f"{x:+,.2f}")
+                       lambda x: f"{x:+,.2f}", (wd.low, wd.high))
     adjusted = (
         stats.cuped(rt, rc, pre_revenue[ct].astype(float), pre_revenue[cc].astype(float))
         if pre_revenue is not None
