@@ -257,11 +257,18 @@ class Replay:
         new = new.assign(id=ids.to_numpy())
         old = e[~e["is_new"]]
         keep = s.enrollments
-        if len(old):
-            keep = keep[~keep["id"].isin(old["id"])]
+        # a changed enrollment replaces its row; a new one replaces its customer's previous
+        # enrollment in that journey (the snapshot holds the latest per journey and customer)
+        drop = np.isin(keep["id"].to_numpy(), old["id"].to_numpy()) if len(old) \
+            else np.zeros(len(keep), dtype=bool)
         if len(new):
-            key = pd.MultiIndex.from_frame(new[["journey", "customer_id"]])
-            keep = keep[~pd.MultiIndex.from_frame(keep[["journey", "customer_id"]]).isin(key)]
+            journey = keep["journey"].to_numpy(object)
+            customer = keep["customer_id"].to_numpy()
+            for name, ids in new.groupby("journey")["customer_id"]:
+                mine = journey == name
+                drop[mine] |= np.isin(customer[mine], ids.to_numpy())
+        if drop.any():
+            keep = keep[~drop]
         parts = [p[ENROLLMENT_COLUMNS] for p in (keep, old, new) if len(p)]
         s.enrollments = (pd.concat(parts, ignore_index=True) if parts
                          else empty_enrollments())

@@ -144,10 +144,32 @@ class Plan:
     entered: pd.DataFrame  # journey, customer_id, is_control of new enrollments
 
 
+def _plain(value: object) -> object:
+    """A value as numpy stores it in a column: Series to arrays, timestamps to datetime64."""
+    if isinstance(value, (pd.Series, pd.Index)):
+        return value.to_numpy()
+    if value is pd.NaT:
+        return np.datetime64("NaT", "ns")
+    if isinstance(value, pd.Timestamp):
+        return value.to_datetime64()
+    return value
+
+
+def _isin(values: np.ndarray, wanted: object) -> np.ndarray:
+    """Membership over an object column (missing values and mixed types allowed)."""
+    return pd.Index(values, dtype=object).isin(list(wanted))  # type: ignore[call-overload]
+
+
 class _Run:
+    """One evaluation. The enrollments are held as one numpy array per column (``self.e``),
+    row positions as the row ids: every step reads and writes subsets of rows many times, and a
+    DataFrame's label-based ``loc`` reads and writes (string columns in particular) cost
+    milliseconds each where an array's take and put cost microseconds."""
+
     def __init__(self, journeys: Sequence[CompiledJourney], snap: Snapshot, now: pd.Timestamp,
                  policy: ProjectPolicy):
         self.now = now
+        self.now64 = now.to_datetime64()
         self.by_key = {j.key: j for j in journeys}
         latest: dict[str, CompiledJourney] = {}
         for j in journeys:
@@ -158,98 +180,109 @@ class _Run:
         self.snap = snap
         self.cust = snap.customers
         self.policy = policy
-        enr = snap.enrollments.copy()
-        for c in TIME_COLUMNS:
-            enr[c] = _ts(enr[c])
-        enr["is_new"] = False
-        enr["changed"] = False
-        self.enr = enr.reset_index(drop=True)
+        enr = snap.enrollments
+        self.columns = list(enr.columns)
+        self.e: dict[str, np.ndarray] = {}
+        for c in self.columns:
+            col = enr[c]
+            if c in TIME_COLUMNS:
+                self.e[c] = _ts(col).to_numpy("datetime64[ns]", copy=True)
+            elif col.dtype.kind in "biuf":
+                self.e[c] = col.to_numpy(copy=True)
+            else:
+                self.e[c] = col.to_numpy(dtype=object, copy=True)
+        self.e["is_new"] = np.zeros(len(enr), dtype=bool)
+        self.e["changed"] = np.zeros(len(enr), dtype=bool)
         self.contact = ContactPolicy(rules_for(list(latest.values()), policy.caps,
                                                policy.quiet_hours),
                                      self.cust, snap.ledger, self.now, snap.withdrawn_topics)
         self.messages: list[pd.DataFrame] = []
+        self._sources: dict[tuple[str, object], pd.DataFrame] = {}
 
     # --- helpers --------------------------------------------------------------------------
 
     def _set(self, idx: pd.Index | np.ndarray, **values: object) -> None:
         if len(idx) == 0:
             return
+        pos = np.asarray(idx, dtype=np.intp)
         for k, v in values.items():
-            self.enr.loc[idx, k] = v.to_numpy() if isinstance(v, pd.Series) else v
-        self.enr.loc[idx, "changed"] = True
+            self.e[k][pos] = _plain(v)
+        self.e["changed"][pos] = True
 
-    def _end(self, idx: pd.Index, status: str, reason: str) -> None:
+    def _end(self, idx: pd.Index | np.ndarray, status: str, reason: str) -> None:
         self._set(idx, status=status, exit_reason=reason, exited_at=self.now, current_step=None,
                   step_due_at=pd.NaT)
 
+    def _col(self, name: str, idx: pd.Index | np.ndarray) -> pd.Series:
+        """Column ``name`` at rows ``idx``, indexed by them."""
+        return pd.Series(self.e[name][np.asarray(idx, dtype=np.intp)], index=idx)
+
     def _rows(self, idx: pd.Index) -> pd.DataFrame:
         """Customer rows for enrollments ``idx`` (index aligned with idx)."""
-        rows = self.cust.reindex(self.enr.loc[idx, "customer_id"].to_numpy())
+        rows = self.cust.reindex(self.e["customer_id"][np.asarray(idx, dtype=np.intp)])
         rows.index = idx
         return rows
 
-    def _active(self, journey: str | None = None) -> pd.Series:
-        m = self.enr["status"] == ACTIVE
-        return m & (self.enr["journey"] == journey) if journey else m
+    def _active(self) -> np.ndarray:
+        return np.asarray(self.e["status"] == ACTIVE, dtype=bool)
 
     # --- 1. versions ------------------------------------------------------------------------
 
     def versions(self) -> None:
-        # Each journey's rows are only changed in its own turn, so the masks are built once:
-        # an object comparison over every enrollment per journey was most of this step.
-        active = self._active().to_numpy(bool)
-        code, names = pd.factorize(self.enr["journey"].to_numpy(object))
+        active = self._active()
+        code, names = pd.factorize(self.e["journey"])
         which = {str(n): k for k, n in enumerate(names)}
-        version = self.enr["journey_version"].to_numpy()
+        version = self.e["journey_version"]
         for name in self.running:
             latest = self.latest[name]
             if name not in which:
                 continue
-            old = active & (code == which[name]) & (version != latest.version)
-            idx = self.enr.index[old]
+            idx = np.flatnonzero(active & (code == which[name]) & (version != latest.version))
             if not len(idx):
                 continue
             rule = latest.spec.on_edit
             if rule == "drain":
                 self._end(idx, "exited", "drained")
             elif rule == "move":
-                known = self.enr.loc[idx, "current_step"].isin([*latest.spec.step_ids(), END])
-                self._set(idx[known.to_numpy()], journey_version=latest.version)
-                self._end(idx[~known.to_numpy()], "exited", "step_removed")
+                known = _isin(self.e["current_step"][idx], [*latest.spec.step_ids(), END])
+                self._set(idx[known], journey_version=latest.version)
+                self._end(idx[~known], "exited", "step_removed")
             else:
                 kept = [v for (n, v) in self.by_key if n == name]
-                have = self.enr.loc[idx, "journey_version"].isin(kept).to_numpy(bool)
+                have = np.isin(self.e["journey_version"][idx], kept)
                 self._end(idx[~have], "exited", "version_missing")
 
     # --- 2. goals and audience -------------------------------------------------------------
 
     def goals(self) -> None:
-        for (name, version), idx in self.enr[self._active()].groupby(
-                ["journey", "journey_version"]).groups.items():
+        active = np.flatnonzero(self._active())
+        keys = pd.DataFrame({"journey": self.e["journey"][active],
+                             "version": self.e["journey_version"][active]}, index=active)
+        for (name, version), idx in keys.groupby(["journey", "version"]).groups.items():
             if name not in self.running or (name, version) not in self.by_key:
                 continue
             j = self.by_key[(name, version)]
-            missing = ~self.enr.loc[idx, "customer_id"].isin(self.cust.index)
-            self._end(idx[missing.to_numpy()], "exited", "no_scores")
-            idx = idx[~missing.to_numpy()]
+            missing = self.cust.index.get_indexer(self.e["customer_id"][np.asarray(idx)]) < 0
+            self._end(idx[missing], "exited", "no_scores")
+            idx = idx[~missing]
             if not len(idx):
                 continue
             rows = self._rows(idx)
-            entered = self.enr.loc[idx, "entered_at"]
-            first = pd.Series(pd.NaT, index=idx, dtype="datetime64[ns]")
-            which = pd.Series(None, index=idx, dtype=object)
+            entered = self._col("entered_at", idx)
+            first = np.full(len(idx), np.datetime64("NaT", "ns"))
+            which = np.full(len(idx), None, dtype=object)
             for goal in j.spec.goals:
-                hit = self._goal_time(goal, j, idx, rows, entered)
-                better = hit.notna() & (first.isna() | (hit < first))
+                hit = self._goal_time(goal, j, idx, rows, entered).to_numpy("datetime64[ns]")
+                better = ~np.isnat(hit) & (np.isnat(first) | (hit < first))
                 first[better] = hit[better]
                 which[better] = goal.id
-            reached = first.notna() & self.enr.loc[idx, "goal"].isna()
-            r_idx = idx[reached.to_numpy()]
-            self._set(r_idx, goal=which[r_idx], converted_at=first[r_idx])
+            reached = ~np.isnat(first) & pd.isna(self.e["goal"][np.asarray(idx)])
+            r_idx = idx[reached]
+            self._set(r_idx, goal=which[reached], converted_at=first[reached])
             if j.spec.exit_on_goal:
                 self._end(r_idx, "converted", "goal")
             if j.audience is not None and j.spec.exit_when_audience_lost:
-                still = (self.enr.loc[idx, "status"] == ACTIVE).to_numpy(bool)
+                still = self.e["status"][np.asarray(idx)] == ACTIVE
                 lost = ~j.audience.mask(rows).to_numpy(bool) & still
                 self._end(idx[lost], "exited", "left_audience")
 
@@ -264,20 +297,41 @@ class _Run:
             ok = rows["stage"].isin(goal.stage) & (since > entered)
             out[ok.to_numpy(bool)] = since[ok]
             return out
-        if goal.order is not None:
-            src = self.snap.orders
-            src = src[src["amount"] >= goal.order.min_amount].rename(columns={"ordered_at": "t"})
-        else:
-            src = self.snap.events
-            assert goal.event is not None  # a goal is exactly one of order, stage, event, condition
-            src = src[src["event_type"] == goal.event.type].rename(columns={"occurred_at": "t"})
-        left = pd.DataFrame({"row": idx, "customer_id": self.enr.loc[idx, "customer_id"].to_numpy(),
-                             "entered": entered.to_numpy()})
-        hits = left.merge(src[["customer_id", "t"]], on="customer_id")
-        hits = hits[(hits["t"] > hits["entered"]) & (hits["t"] <= self.now)]
-        first = hits.groupby("row")["t"].min()
-        out[first.index] = first.to_numpy()
+        src = self._goal_source(goal)
+        left = pd.DataFrame({"row": np.asarray(idx, dtype=np.int64),
+                             "customer_id": self.e["customer_id"][np.asarray(idx, dtype=np.intp)]
+                             .astype(np.int64),
+                             "entered": entered.to_numpy("datetime64[ns]")})
+        # the first order or event strictly after entry, per enrollment (both sides sorted by
+        # time, matched within the customer): no pair of every enrollment with every order
+        left = left[left["entered"].notna()].sort_values("entered", kind="stable")
+        hits = pd.merge_asof(left, src, left_on="entered", right_on="t", by="customer_id",
+                             direction="forward", allow_exact_matches=False)
+        hits = hits[hits["t"].notna() & (hits["t"] <= self.now)]
+        out.loc[hits["row"].to_numpy()] = hits["t"].to_numpy()
         return out
+
+    def _goal_source(self, goal: Goal) -> pd.DataFrame:
+        """customer_id and t of the orders or events that reach ``goal``, sorted by t (built
+        once per evaluation and goal kind)."""
+        if goal.order is not None:
+            key: tuple[str, object] = ("order", goal.order.min_amount)
+        else:
+            assert goal.event is not None  # a goal is exactly one of order, stage, event, condition
+            key = ("event", goal.event.type)
+        if key not in self._sources:
+            if goal.order is not None:
+                src = self.snap.orders
+                src = src.loc[src["amount"] >= goal.order.min_amount, ["customer_id", "ordered_at"]]
+                t_col = "ordered_at"
+            else:
+                src = self.snap.events
+                src = src.loc[src["event_type"] == key[1], ["customer_id", "occurred_at"]]
+                t_col = "occurred_at"
+            frame = pd.DataFrame({"customer_id": src["customer_id"].to_numpy(np.int64),
+                                  "t": _ts(src[t_col]).to_numpy("datetime64[ns]")})
+            self._sources[key] = frame[frame["t"].notna()].sort_values("t", kind="stable")
+        return self._sources[key]
 
     # --- 4. entries -------------------------------------------------------------------------
 
@@ -329,11 +383,11 @@ class _Run:
         return pd.DataFrame({"customer_id": hit.index.to_numpy(), "trigger_at": hit.to_numpy()})
 
     def enter(self) -> None:
-        new_frames = []
+        new_frames: list[dict[str, np.ndarray]] = []
         next_id = -1
         # the enrollments do not change until the end: one factorisation, not a comparison of
         # every journey name per journey
-        code, names = pd.factorize(self.enr["journey"].to_numpy(object))
+        code, names = pd.factorize(self.e["journey"])
         which = {str(n): k for k, n in enumerate(names)}
         for name in sorted(self.running):
             j = self.latest[name]
@@ -343,7 +397,10 @@ class _Run:
                 cand = cand[j.audience.mask(rows).to_numpy(bool)]
             if cand.empty:
                 continue
-            prev = self.enr[code == which.get(name, -2)].set_index("customer_id")
+            mine = np.flatnonzero(code == which.get(name, -2))
+            prev = pd.DataFrame({c: self.e[c][mine] for c in (
+                "status", "entry_seq", "trigger_at", "unmatched_at", "exited_at", "entered_at")},
+                index=self.e["customer_id"][mine])
             last = prev.reindex(cand["customer_id"].to_numpy())
             last.index = cand.index
             first_time = last["status"].isna()
@@ -374,33 +431,35 @@ class _Run:
             control |= hashing.uniform(ids, self.policy.global_control_salt) \
                 < self.policy.global_control_percent / 100
             n = len(cand)
-            new = pd.DataFrame({
-                "id": np.arange(next_id, next_id - n, -1), "journey": name,
-                "journey_version": j.version, "customer_id": ids,
+            now = np.full(n, self.now64)
+            nat = np.full(n, np.datetime64("NaT", "ns"))
+            nothing = np.full(n, None, dtype=object)
+            new_frames.append({
+                "id": np.arange(next_id, next_id - n, -1, dtype=np.int64),
+                "journey": np.full(n, name, dtype=object),
+                "journey_version": np.full(n, j.version, dtype=np.int64),
+                "customer_id": ids.astype(np.int64),
                 "entry_seq": last["entry_seq"].fillna(0).astype("int64").to_numpy() + 1,
-                "status": ACTIVE, "is_control": control, "variant": None,
-                "current_step": j.first_step, "step_due_at": self.now, "entered_at": self.now,
-                "exited_at": pd.NaT, "exit_reason": None, "converted_at": pd.NaT, "goal": None,
-                "trigger_at": cand["trigger_at"].to_numpy(), "unmatched_at": pd.NaT,
-                "is_new": True, "changed": True})
+                "status": np.full(n, ACTIVE, dtype=object), "is_control": control,
+                "variant": nothing, "current_step": np.full(n, j.first_step, dtype=object),
+                "step_due_at": now, "entered_at": now, "exited_at": nat, "exit_reason": nothing,
+                "converted_at": nat, "goal": nothing,
+                "trigger_at": cand["trigger_at"].to_numpy("datetime64[ns]"),
+                "unmatched_at": nat, "is_new": np.ones(n, dtype=bool),
+                "changed": np.ones(n, dtype=bool)})
             next_id -= n
-            new_frames.append(new)
         if new_frames:
-            new = pd.concat(new_frames, ignore_index=True)
-            for c in TIME_COLUMNS:
-                new[c] = _ts(new[c])
-            self.enr = pd.concat([self.enr, new], ignore_index=True)
+            for c, old in self.e.items():
+                parts = [f.get(c, np.full(len(f["id"]), None, dtype=object)) for f in new_frames]
+                self.e[c] = np.concatenate([old, *parts])
 
     # --- 3. steps ---------------------------------------------------------------------------
 
     def advance(self) -> None:
-        e = self.enr
-        due = (
-            (e["status"] == ACTIVE)
-            & e["journey"].isin(self.running)
-            & (e["step_due_at"] <= self.now)
-        )
-        todo = e.index[due.to_numpy(bool)]
+        e = self.e
+        due = (self._active() & _isin(e["journey"], self.running)
+               & (e["step_due_at"] <= self.now64))
+        todo = pd.Index(np.flatnonzero(due))
         limit = max((len(j.spec.steps) for j in self.by_key.values()), default=0) + 2
         for _ in range(limit):
             if not len(todo):
@@ -408,12 +467,13 @@ class _Run:
             todo = self._round(todo)
 
     def _round(self, todo: pd.Index) -> pd.Index:
-        e = self.enr
+        e = self.e
         keep: list[pd.Index] = []
         sends: list[tuple[CompiledJourney, SendStep, pd.Index]] = []
-        groups = (
-            e.loc[todo].groupby(["journey", "journey_version", "current_step"], sort=False).groups
-        )
+        pos = np.asarray(todo, dtype=np.intp)
+        keys = pd.DataFrame({"journey": e["journey"][pos], "version": e["journey_version"][pos],
+                             "step": e["current_step"][pos]}, index=todo)
+        groups = keys.groupby(["journey", "version", "step"], sort=False).groups
         for (name, version, step_id), idx in groups.items():
             j = self.by_key.get((name, version))
             if j is None:
@@ -438,7 +498,7 @@ class _Run:
                 self._set(idx, current_step=target)
                 keep.append(idx)
             elif isinstance(step, SplitStep):
-                ids = e.loc[idx, "customer_id"].to_numpy()
+                ids = e["customer_id"][np.asarray(idx, dtype=np.intp)]
                 choice = hashing.pick(ids, f"{name}/{step_id}", [v.weight for v in step.split])
                 self._set(idx, current_step=pd.Series([v.goto for v in step.split], dtype=object)
                           .to_numpy()[choice],
@@ -455,7 +515,7 @@ class _Run:
 
     def _wait_until(self, step: WaitStep, idx: pd.Index) -> pd.Series:
         spec = step.spec
-        t = self.enr.loc[idx, "step_due_at"].astype("datetime64[ns]")
+        t = self._col("step_due_at", idx)
         if spec.duration is not None:
             t = t + spec.duration
         if spec.until is not None:
@@ -464,17 +524,18 @@ class _Run:
         return t
 
     def _send(self, sends: list[tuple[CompiledJourney, SendStep, pd.Index]]) -> pd.Index:
-        e = self.enr
+        e = self.e
         parts = []
         for j, step, idx in sends:
+            pos = np.asarray(idx, dtype=np.intp)
             tags = sorted(set(j.spec.tags) | set(step.send.tags))
             coupon = step.send.coupon.model_dump(exclude_none=True) if step.send.coupon else None
             parts.append(pd.DataFrame({
-                "row": idx, "enrollment_id": e.loc[idx, "id"].to_numpy(),
-                "customer_id": e.loc[idx, "customer_id"].to_numpy(), "journey": j.name,
+                "row": idx, "enrollment_id": e["id"][pos],
+                "customer_id": e["customer_id"][pos], "journey": j.name,
                 "journey_version": j.version, "step_id": step.id, "channel": step.send.channel,
                 "template": step.send.template, "coupon": [coupon] * len(idx),
-                "tags": [tags] * len(idx), "is_control": e.loc[idx, "is_control"].to_numpy(bool),
+                "tags": [tags] * len(idx), "is_control": e["is_control"][pos].astype(bool),
                 "next": step.goto or j.successor[step.id]}))
         msgs = pd.concat(parts, ignore_index=True)
         decided = self.contact.apply(msgs)
@@ -487,12 +548,12 @@ class _Run:
         go = msgs[~end]
         sent = go["status"] != "skipped"
         gi = pd.Index(go["row"])
-        cursor = e.loc[gi, "step_due_at"].to_numpy()
+        cursor = e["step_due_at"][np.asarray(gi, dtype=np.intp)]
         cursor = np.where(sent.to_numpy(), go["send_after"].to_numpy(), cursor)
         # a deferred send moves the rest of the journey to its time; skipped ones go on now
-        cursor = np.maximum(cursor, self.now.to_datetime64())
+        cursor = np.maximum(cursor, self.now64)
         self._set(gi, current_step=go["next"].to_numpy(), step_due_at=cursor)
-        return gi[cursor <= self.now.to_datetime64()]
+        return gi[cursor <= self.now64]
 
     # --- 5. re-entry memory -----------------------------------------------------------------
 
@@ -501,8 +562,8 @@ class _Run:
             j = self.latest[name]
             if j.spec.entry.reentry.policy != "rematch" or j.spec.entry.event is not None:
                 continue
-            done = (self.enr["journey"] == name) & self.enr["unmatched_at"].isna()
-            idx = self.enr.index[done]
+            done = (self.e["journey"] == name) & np.isnat(self.e["unmatched_at"])
+            idx = pd.Index(np.flatnonzero(done))
             if not len(idx):
                 continue
             rows = self._rows(idx)
@@ -519,7 +580,8 @@ class _Run:
     # --- result -----------------------------------------------------------------------------
 
     def result(self) -> Plan:
-        e = self.enr[self.enr["changed"]].drop(columns=["changed"])
+        changed = self.e["changed"]
+        e = pd.DataFrame({c: self.e[c][changed] for c in [*self.columns, "is_new"]})
         if self.messages:
             m = pd.concat(self.messages, ignore_index=True)[MESSAGE_COLUMNS]
         else:

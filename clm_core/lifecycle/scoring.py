@@ -49,16 +49,37 @@ def expected_purchases(model: str, p: Mapping[str, float], summary: pd.DataFrame
 
 def _expected(model: str, p: Mapping[str, float], x: np.ndarray, tx: np.ndarray, T: np.ndarray,
               t: float, denominator: np.ndarray) -> np.ndarray:
+    return _numerator(model, p, x, T, t) / denominator
+
+
+def _numerator(model: str, p: Mapping[str, float], x: np.ndarray, T: np.ndarray,
+               t: float) -> np.ndarray:
+    """The part of the expected purchases that depends on (frequency, T) only: the costly
+    part (``hyp2f1``), so it is computed once per distinct pair (``_distinct_pairs``)."""
     r, alpha, a, b = p["r"], p["alpha"], p["a"], p["b"]
     z = t / (alpha + T + t)
     shrink = ((alpha + T) / (alpha + T + t)) ** (r + x)
     if model == "mbgnbd":
-        numerator = (a + b + x) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x + 1, a + b + x, z))
-    else:
-        numerator = (
-            (a + b + x - 1) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x, a + b + x - 1, z))
-        )
-    return numerator / denominator
+        return (a + b + x) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x + 1, a + b + x, z))
+    return (a + b + x - 1) / (a - 1) * (1 - shrink * hyp2f1(r + x, b + x, a + b + x - 1, z))
+
+
+def _distinct_pairs(x: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (x, T) pairs and, per input row, the index of its pair.
+
+    Frequencies are small integers and T takes one value per first-purchase day, so a million
+    customers share a few tens of thousands of pairs: ``hyp2f1`` on the pairs instead of the
+    customers is most of the scoring time saved, with the same values."""
+    if len(x) == 0:
+        return x, T, np.zeros(0, dtype=np.intp)
+    order = np.lexsort((T, x))
+    xs, ts = x[order], T[order]
+    first = np.empty(len(x), dtype=bool)
+    first[0] = True
+    first[1:] = (xs[1:] != xs[:-1]) | (ts[1:] != ts[:-1])
+    inverse = np.empty(len(x), dtype=np.intp)
+    inverse[order] = np.cumsum(first) - 1
+    return xs[first], ts[first], inverse
 
 
 def expected_spend(
@@ -89,9 +110,10 @@ def score_frame(summary: pd.DataFrame, model: str, purchase_params: Mapping[str,
     denom = 1.0 + _death_odds(model, purchase_params, xs, txs, Ts)
     month = DAYS_PER_MONTH / unit
     cumulative = np.zeros((months + 1, len(xs)))
+    px, pT, pair = _distinct_pairs(xs, Ts)
     with np.errstate(all="ignore"):
         for i in range(1, months + 1):
-            cumulative[i] = _expected(model, purchase_params, xs, txs, Ts, i * month, denom)
+            cumulative[i] = _numerator(model, purchase_params, px, pT, i * month)[pair] / denom
     aov = expected_spend(spend_params, x, summary["monetary_value"].to_numpy(float))
     monthly_rate = (1.0 + annual_discount_rate) ** (1.0 / 12.0) - 1.0
     discount = (1.0 + monthly_rate) ** -np.arange(1, months + 1)
