@@ -115,7 +115,8 @@ def _wrapped(conn: sa.Connection, sql: str, params: Any, exc: Exception) -> Base
 
 def driver_sql(dialect: str, sql: str) -> str:
     """``sql`` with its ``:name`` parameters in the driver's style, for ``execute``:
-    unchanged for SQLite (sqlite3 takes ``:name``), ``%(name)s`` for psycopg."""
+    unchanged for SQLite (sqlite3 takes ``:name``), ``%(name)s`` for psycopg. For statements
+    written in this code base, whose literals hold no colon."""
     if dialect != "postgresql":
         return sql
     return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
@@ -129,7 +130,6 @@ def _insert_sql(dialect: str, table: str, columns: tuple[tuple[str, str], ...],
     if dialect == "sqlite":
         marks = ", ".join("?" for _ in columns)
         return f"INSERT INTO {table} ({names}) VALUES ({marks}){on_conflict}"
-    # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT to parse the upsert clause.
     sql = (f"INSERT INTO {table} ({names}) SELECT {names} FROM {source(dialect, columns)} "
            f"WHERE true{on_conflict}")
     if returning:
@@ -161,8 +161,10 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[tuple[st
     if not returning:
         executemany(conn, sql, rows)
         return []
-    # New rows get rowids above the highest (no AUTOINCREMENT gaps matter: only "above"). The
-    # write lock, held from here to the commit, keeps other writers' rows out of the range.
+    # SQLite gives a new row a rowid above the table's highest, and the write lock, held from
+    # here to the commit, keeps other connections' rows out: the rows above ``top`` are ours.
+    # (A transaction that read before another writer committed cannot take the lock: its write
+    # fails as busy and the caller's retry runs it again.)
     take_write_lock(conn)
     top = execute(conn, f"SELECT max(rowid) FROM {table.name}")[0][0] or 0
     executemany(conn, sql, rows)

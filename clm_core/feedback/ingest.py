@@ -235,16 +235,22 @@ def _apply_statuses(conn: sa.Connection, best: dict[int, tuple[str, datetime]]) 
     return len(rowset.execute(conn, sql + " RETURNING messages.id", {"rows": rowset.dumps(rows)}))
 
 
+@functools.lru_cache(maxsize=8)
+def _soft_bounce_sql(dialect: str) -> str:
+    """Soft bounces stored per address, for the addresses of the JSON list ``:keys``."""
+    return rowset.driver_sql(dialect, (
+        "SELECT address, count(*) FROM provider_events "
+        f"WHERE address IN ({rowset.values(dialect)}) AND kind = 'bounced' "
+        "AND NOT permanent GROUP BY address"))
+
+
 def _soft_bounce_suppressions(conn: sa.Connection, events: list[ProviderEvent],
                               customers: dict[str, int | None], limit: int) -> list[Suppression]:
     soft = {e.address: e for e in events
             if e.kind == "bounced" and not e.permanent and e.address}
     if not soft or limit <= 0:
         return []
-    sql = rowset.driver_sql(conn.dialect.name, (
-        "SELECT address, count(*) FROM provider_events "
-        f"WHERE address IN ({rowset.values(conn.dialect.name)}) AND kind = 'bounced' "
-        "AND NOT permanent GROUP BY address"))
+    sql = _soft_bounce_sql(conn.dialect.name)
     counts = {a: int(n) for a, n in rowset.execute(conn, sql, {"keys": json.dumps(sorted(soft))})}
     return [Suppression(e.channel, a, customers.get(a), "soft_bounced", e.provider, e.event_id,
                         e.occurred_at) for a, e in soft.items() if counts.get(a, 0) >= limit]
