@@ -85,31 +85,48 @@ _SENDGRID = {"processed": "accepted", "delivered": "delivered", "deferred": "def
              "group_unsubscribe": "unsubscribed", "bounce": "bounced"}
 
 
+_DETAIL_KEYS = ("reason", "url", "type", "status")
+
+
 def parse_sendgrid(body: bytes) -> list[ProviderEvent]:
+    """SendGrid's batch (a JSON array of events). Written for the common case, a valid batch
+    of a few hundred events per request: the checks are inline, the error messages are built
+    only for an item that fails them, and each distinct timestamp is converted once."""
     items = _json(body, "SendGrid")
     if not isinstance(items, list):
         raise CallbackError("SendGrid body must be a JSON array of events")
     out = []
+    times: dict[Any, datetime] = {}
     for i, item in enumerate(items):
-        where = f"SendGrid event [{i}]"
         if not isinstance(item, dict):
-            raise CallbackError(f"{where}: not an object")
-        name = _need(item, "event", where)
-        eid = _need(item, "sg_event_id", where)
-        ts = _need(item, "timestamp", where, (int, float))
+            raise CallbackError(f"SendGrid event [{i}]: not an object")
+        get = item.get
+        name: Any = get("event")
+        eid: Any = get("sg_event_id")
+        ts: Any = get("timestamp")
+        if not (type(name) is str and name and type(eid) is str and eid
+                and type(ts) in (int, float)):
+            where = f"SendGrid event [{i}]"
+            name = _need(item, "event", where)
+            eid = _need(item, "sg_event_id", where)
+            ts = _need(item, "timestamp", where, (int, float))
+        at = times.get(ts)
+        if at is None:
+            at = times[ts] = _utc(float(ts))
         kind = _SENDGRID.get(name, "other")
-        permanent = kind == "bounced" and item.get("type", "bounce") != "blocked"
-        detail = {k: _short(item[k]) for k in ("reason", "url", "type", "status") if k in item}
-        if kind != _SENDGRID.get(name):
-            detail["event"] = _short(name, 40)
-        smtp_id = item.get("sg_message_id")
+        detail = {k: _short(item[k]) for k in _DETAIL_KEYS if k in item}
+        if kind == "other":
+            detail["event"] = name[:40]
+        smtp_id, key, email, status = (get("sg_message_id"), get("clm_key"), get("email"),
+                                       get("status"))
         out.append(ProviderEvent(
-            "sendgrid", str(eid)[:100], kind, _utc(float(ts)), "email",
-            message_key=_short(item.get("clm_key"), 128),
-            provider_message_id=str(smtp_id).split(".", 1)[0] if smtp_id else None,
-            address=_short(item.get("email"), 254), permanent=permanent,
-            machine=bool(item.get("sg_machine_open")), code=_short(item.get("status"), 64),
-            detail=detail))
+            "sendgrid", eid[:100], kind, at, "email",
+            key if type(key) is str and len(key) <= 128 else _short(key, 128),
+            str(smtp_id).split(".", 1)[0] if smtp_id else None,
+            email if type(email) is str and len(email) <= 254 else _short(email, 254),
+            kind == "bounced" and get("type", "bounce") != "blocked",
+            bool(get("sg_machine_open")), None if status is None else str(status)[:64],
+            detail))
     return out
 
 

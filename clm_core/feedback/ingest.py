@@ -2,8 +2,11 @@
 suppressions. Everything for one callback request (or for several that arrived together: the
 web service's group commit) happens in one transaction, and the web service answers only after
 it committed, so an event is either stored and applied or not acknowledged (and the provider
-sends it again). Each step is one set-based statement for the whole batch, its rows bound as
-one JSON parameter (``clm_core.db.rowset``): no statement or query per event.
+sends it again). Each step is a fixed number of statements whatever the batch's size
+(``clm_core.db.rowset``): on PostgreSQL one set-based statement with the rows bound as one JSON
+parameter; on SQLite, which runs in this process, the writes are one prepared statement run for
+each row, which costs less than SQLite unpacking JSON. Their text is written once per dialect
+and run on the DBAPI cursor: nothing is compiled per batch or per event.
 
 1. link: each event to its outbox message, by the key the send carried (SendGrid custom_args
    ``clm_key``, Mailgun ``v:clm_key``, Twilio's StatusCallback query, Aliyun ``OutId``), else
@@ -21,12 +24,13 @@ one JSON parameter (``clm_core.db.rowset``): no statement or query per event.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -118,62 +122,68 @@ def _dedupe(events: Sequence[ProviderEvent]) -> list[ProviderEvent]:
     return list(seen.values())
 
 
-def _link_statements(dialect: str) -> dict[str, sa.Select[Any]]:
-    """The link queries, built once per dialect: each takes its list as one JSON parameter
-    (``:keys``), so its text, compiled form and prepared plan are the same for every batch."""
-    c = t.customers
-    listed = sa.text(rowset.values(dialect)).columns(sa.column("v", sa.String))
-    # The customer's address on file is the one to suppress: providers write numbers their own
-    # way (Aliyun drops +86, so a US and a Chinese number can look alike).
-    cols = (m.c.id, m.c.idempotency_key, m.c.customer_id, m.c.channel, m.c.provider_message_id,
-            sa.case((m.c.channel == "sms", c.c.phone), else_=c.c.email).label("address"))
-    base = sa.select(*cols).join(c, c.c.id == m.c.customer_id)
-    out = {"key": base.where(m.c.idempotency_key.in_(listed)),
-           "pmid": base.where(m.c.provider_message_id.in_(listed))}
+class Link(NamedTuple):
+    """What an event is tied to: its outbox message (if any), customer, and the customer's
+    address on file for the channel (providers write numbers their own way: Aliyun drops +86,
+    so a US and a Chinese number can look alike)."""
+
+    message_id: int | None
+    customer_id: int | None
+    address: str | None
+
+
+@functools.lru_cache(maxsize=8)
+def _link_sql(dialect: str) -> dict[str, str]:
+    """The link queries in the driver's parameter style, written once per dialect: each takes
+    its list as one JSON parameter (``:keys``), so its text and prepared plan are the same for
+    every batch and SQLAlchemy compiles nothing."""
+    listed = rowset.values(dialect)
+    base = ("SELECT messages.id, messages.idempotency_key, messages.provider_message_id, "
+            "messages.customer_id, messages.channel, CASE WHEN messages.channel = 'sms' "
+            "THEN customers.phone ELSE customers.email END AS address "
+            "FROM messages JOIN customers ON customers.id = messages.customer_id ")
+    out = {"key": base + f"WHERE messages.idempotency_key IN ({listed})",
+           "pmid": base + f"WHERE messages.provider_message_id IN ({listed})"}
     for channel, column in ADDRESS.items():
-        out[channel] = (sa.select(c.c.id, c.c[column]).where(c.c[column].in_(listed))
-                        .order_by(c.c.id.desc()))
-    return out
+        out[channel] = (f"SELECT id, {column} FROM customers WHERE {column} IN ({listed}) "
+                        f"ORDER BY id DESC")
+    return {k: rowset.driver_sql(dialect, v) for k, v in out.items()}
 
 
-_LINKS = {d: _link_statements(d) for d in ("sqlite", "postgresql")}
+_Hit = tuple[int, str | None, str | None, int, str, str | None]  # a row of the key/pmid query
 
 
-def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, dict[str, Any]]:
-    """Position in ``events`` -> {message_id, customer_id, ...} for those that link."""
-    stmts = _LINKS.get(conn.dialect.name) or _link_statements(conn.dialect.name)
+def _link(conn: sa.Connection, events: list[ProviderEvent]) -> dict[int, Link]:
+    """Position in ``events`` -> its :class:`Link`, for those that link."""
+    sql = _link_sql(conn.dialect.name)
     keys = sorted({e.message_key for e in events if e.message_key})
-    by_key: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, _Hit] = {}
     if keys:
-        for r in conn.execute(stmts["key"], {"keys": json.dumps(keys)}):
-            by_key[r.idempotency_key] = r._asdict()
-    pmids = sorted(
-        {
-            e.provider_message_id
-            for e in events
-            if e.provider_message_id and (not e.message_key or e.message_key not in by_key)
-        }
-    )
-    by_pmid: dict[str, dict[str, Any]] = {}
+        for r in rowset.execute(conn, sql["key"], {"keys": json.dumps(keys)}):
+            by_key[r[1]] = r  # type: ignore[assignment]
+    pmids = sorted({e.provider_message_id for e in events if e.provider_message_id
+                    and (not e.message_key or e.message_key not in by_key)})
+    by_pmid: dict[str, _Hit] = {}
     if pmids:
-        for r in conn.execute(stmts["pmid"], {"keys": json.dumps(pmids)}):
-            by_pmid[r.provider_message_id] = r._asdict()
-    links = {}
+        for r in rowset.execute(conn, sql["pmid"], {"keys": json.dumps(pmids)}):
+            by_pmid[r[2]] = r  # type: ignore[assignment]
+    links: dict[int, Link] = {}
     for i, ev in enumerate(events):
         hit = by_key.get(ev.message_key or "") or by_pmid.get(ev.provider_message_id or "")
-        if hit is not None and hit["channel"] == ev.channel:
-            links[i] = hit
+        if hit is not None and hit[4] == ev.channel:
+            links[i] = Link(hit[0], hit[3], hit[5])
     # Events with no message (inbound SMS, an unsubscribe from an old mail): by address.
-    for channel, column in ADDRESS.items():
+    for channel in ADDRESS:
         wanted = sorted({e.address for i, e in enumerate(events)
                          if i not in links and e.channel == channel and e.address})
+        if not wanted:
+            continue
         found: dict[str, int] = {}
-        if wanted:
-            for cid, address in conn.execute(stmts[channel], {"keys": json.dumps(wanted)}):
-                found[address] = cid
+        for cid, address in rowset.execute(conn, sql[channel], {"keys": json.dumps(wanted)}):
+            found[address] = cid  # the lowest id last: it wins, as before
         for i, ev in enumerate(events):
             if i not in links and ev.channel == channel and ev.address in found:
-                links[i] = {"id": None, "customer_id": found[ev.address], "address": ev.address}
+                links[i] = Link(None, found[ev.address], ev.address)
     return links
 
 
@@ -187,11 +197,11 @@ ENGAGEMENT_COLUMNS = (("external_id", "text"), ("customer_id", "int"), ("event_t
                       ("occurred_at", "timestamp"), ("properties", "json"))
 
 
-def _insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """Insert event rows, skipping stored ones; returns (provider, event_id) of the new ones.
-    One statement for the batch (``clm_core.db.rowset``); the unique key decides what is new,
-    so two requests racing with the same event store it once."""
-    return {(r[0], r[1]) for r in rowset.insert_select(
+def _insert_new(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[tuple[str, str]]:
+    """Insert event rows (tuples in ``EVENT_COLUMNS`` order), skipping stored ones; returns
+    (provider, event_id) of the new ones. The unique key decides what is new, so two requests
+    racing with the same event store it once."""
+    return {(r[0], r[1]) for r in rowset.insert_rows(
         conn, pe, EVENT_COLUMNS, rows, ["provider", "event_id"], ["provider", "event_id"])}
 
 
@@ -200,18 +210,38 @@ _RANK_SQL = "CASE messages.delivery_status {} ELSE 0 END".format(
 _STATUS_COLUMNS = (("id", "int"), ("rank", "int"), ("status", "text"), ("at", "timestamp"))
 
 
+@functools.lru_cache(maxsize=8)
+def _status_sql(dialect: str) -> str:
+    if dialect == "sqlite":  # in process: one prepared statement per message is cheapest
+        return ("UPDATE messages SET delivery_status = :status, delivery_at = :at "
+                f"WHERE messages.id = :id AND {_RANK_SQL} < :rank")
+    return rowset.driver_sql(dialect, (
+        f"UPDATE messages SET delivery_status = r.status, delivery_at = r.at "
+        f"FROM {rowset.source(dialect, _STATUS_COLUMNS)} "
+        f"WHERE messages.id = r.id AND {_RANK_SQL} < r.rank"))
+
+
 def _apply_statuses(conn: sa.Connection, best: dict[int, tuple[str, datetime]]) -> int:
-    """Raise each message's delivery status to the best new one, never lower it: one
-    ``UPDATE ... FROM`` for the batch, the rank compared in the database (a concurrent
-    request's higher status, committed first, wins)."""
+    """Raise each message's delivery status to the best new one, never lower it: the rank is
+    compared in the database (a concurrent request's higher status, committed first, wins);
+    one ``UPDATE ... FROM`` for the batch on PostgreSQL."""
     if not best:
         return 0
-    sql = (f"UPDATE messages SET delivery_status = r.status, delivery_at = r.at "
-           f"FROM {rowset.source(conn.dialect.name, _STATUS_COLUMNS)} "
-           f"WHERE messages.id = r.id AND {_RANK_SQL} < r.rank")
     rows = [{"id": mid, "rank": RANK[s], "status": s, "at": rowset.stamp(at)}
             for mid, (s, at) in sorted(best.items())]
-    return int(conn.execute(sa.text(sql), {"rows": rowset.dumps(rows)}).rowcount or 0)
+    sql = _status_sql(conn.dialect.name)
+    if conn.dialect.name == "sqlite":
+        return rowset.executemany(conn, sql, rows)
+    return len(rowset.execute(conn, sql + " RETURNING messages.id", {"rows": rowset.dumps(rows)}))
+
+
+@functools.lru_cache(maxsize=8)
+def _soft_bounce_sql(dialect: str) -> str:
+    """Soft bounces stored per address, for the addresses of the JSON list ``:keys``."""
+    return rowset.driver_sql(dialect, (
+        "SELECT address, count(*) FROM provider_events "
+        f"WHERE address IN ({rowset.values(dialect)}) AND kind = 'bounced' "
+        "AND NOT permanent GROUP BY address"))
 
 
 def _soft_bounce_suppressions(conn: sa.Connection, events: list[ProviderEvent],
@@ -220,19 +250,19 @@ def _soft_bounce_suppressions(conn: sa.Connection, events: list[ProviderEvent],
             if e.kind == "bounced" and not e.permanent and e.address}
     if not soft or limit <= 0:
         return []
-    counts: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
-        sa.select(pe.c.address, sa.func.count()).where(
-            pe.c.address.in_(sorted(soft)), pe.c.kind == "bounced", pe.c.permanent.is_(False))
-        .group_by(pe.c.address)).all())
+    sql = _soft_bounce_sql(conn.dialect.name)
+    counts = {a: int(n) for a, n in rowset.execute(conn, sql, {"keys": json.dumps(sorted(soft))})}
     return [Suppression(e.channel, a, customers.get(a), "soft_bounced", e.provider, e.event_id,
                         e.occurred_at) for a, e in soft.items() if counts.get(a, 0) >= limit]
+
+
+NewFn = Callable[[sa.Connection, list[ProviderEvent], dict[int, Link]], None]
 
 
 @retrying
 def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetime, *,
            soft_bounce_limit: int = 3, suppress: SuppressFn = suppress_rows,
-           on_new: Callable[[sa.Connection, list[ProviderEvent], dict[int, dict[str, Any]]],
-                            None] | None = None) -> IngestReport:
+           on_new: NewFn | None = None) -> IngestReport:
     """Store and apply ``events`` in one transaction. ``on_new(conn, new, links)`` runs inside
     it for the events stored for the first time (inbound SMS keywords use it)."""
     report = IngestReport(received=len(events))
@@ -240,30 +270,29 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
     with engine.begin() as conn:
         links = _link(conn, unique)
         recorded = rowset.stamp(recorded_at)
-        rows = [{"provider": e.provider, "event_id": e.event_id, "kind": e.kind,
-                 "channel": e.channel, "occurred_at": rowset.stamp(e.occurred_at),
-                 "recorded_at": recorded,
-                 "message_id": links.get(i, {}).get("id"),
-                 "customer_id": links.get(i, {}).get("customer_id"),
-                 "address": links.get(i, {}).get("address") or e.address,
-                 "permanent": e.permanent, "machine": e.machine, "code": e.code,
-                 "detail": e.detail or None} for i, e in enumerate(unique)]
+        none = Link(None, None, None)
+        rows = []
+        for i, e in enumerate(unique):
+            link = links.get(i, none)
+            rows.append((e.provider, e.event_id, e.kind, e.channel, rowset.stamp(e.occurred_at),
+                         recorded, link.message_id, link.customer_id, link.address or e.address,
+                         e.permanent, e.machine, e.code, e.detail or None))
         new_ids = _insert_new(conn, rows)
         fresh = [i for i, e in enumerate(unique) if (e.provider, e.event_id) in new_ids]
         new = [unique[i] for i in fresh]
         new_links = {j: links[i] for j, i in enumerate(fresh) if i in links}
         report.stored = len(new)
         report.stored_events = new
-        report.linked = sum(1 for j in new_links if new_links[j].get("id") is not None)
+        report.linked = sum(1 for link in new_links.values() if link.message_id is not None)
 
         best: dict[int, tuple[str, datetime]] = {}
         engagement, immediate = [], []
         customers: dict[str, int | None] = {}
         for j, ev in enumerate(new):
-            link = new_links.get(j, {})
-            mid, cid = link.get("id"), link.get("customer_id")
-            if link.get("address") and link["address"] != ev.address:
-                ev = replace(ev, address=link["address"])
+            link = new_links.get(j, none)
+            mid, cid = link.message_id, link.customer_id
+            if link.address and link.address != ev.address:
+                ev = replace(ev, address=link.address)
                 new[j] = ev
             if ev.address:
                 customers.setdefault(ev.address, cid)
@@ -276,17 +305,15 @@ def ingest(engine: Engine, events: Sequence[ProviderEvent], recorded_at: datetim
                 props = {"message_id": mid, "provider": ev.provider}
                 if ev.detail.get("url"):
                     props["url"] = ev.detail["url"]
-                engagement.append({"external_id": event_row_key(ev), "customer_id": cid,
-                                   "event_type": ev.kind,
-                                   "occurred_at": rowset.stamp(ev.occurred_at),
-                                   "properties": props})
+                engagement.append((event_row_key(ev), cid, ev.kind, rowset.stamp(ev.occurred_at),
+                                   props))
             reason = suppression_of(ev)
             if reason and ev.address:
                 immediate.append(Suppression(ev.channel, ev.address, cid, reason, ev.provider,
                                              ev.event_id, ev.occurred_at))
         report.statuses = _apply_statuses(conn, best)
         if engagement:
-            rowset.insert_select(conn, t.events, ENGAGEMENT_COLUMNS, engagement, ["external_id"])
+            rowset.insert_rows(conn, t.events, ENGAGEMENT_COLUMNS, engagement, ["external_id"])
             report.engagement = len(engagement)
         immediate += _soft_bounce_suppressions(conn, new, customers, soft_bounce_limit)
         if immediate:

@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clm_core.consent.tokens import Keyring, load_keyring
+from clm_core.db.engine import tune_writer
 from clm_core.delivery.outbox import writer_engine
 from clm_core.errors import ConfigError
 from clm_core.runs import utcnow
@@ -84,6 +85,8 @@ def create_app(settings: Settings, engine: Engine, *, keyring: Keyring | None = 
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[web] max_body_bytes: {exc}") from exc
     writer = writer_engine(engine)
+    if writer is not engine:  # SQLite: the web service's own writer connections
+        tune_writer(writer, checkpoint_pages=10_000, cache_mib=64)
     web = Web(settings, engine, writer, keyring or load_keyring(settings), max_body,
               **({"clock": clock} if clock else {}))
     routes: list[BaseRoute] = [Route("/healthz", _health(engine), methods=["GET", "HEAD"])]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import threading
@@ -47,6 +48,10 @@ def serve_forever(app: Any, host: str, port: int, *, grace: int, **kwargs: Any) 
     # command exits 0) rather than as "killed by SIGTERM".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    # Everything built so far (imported libraries, the app, table metadata) lives as long as
+    # the process: out of the collector's sight, a full collection scans only what requests
+    # allocate (it was a twentieth of the CPU of storing provider callbacks, rescanning these).
+    gc.freeze()
     server.run(sockets=[sock])
 
 
