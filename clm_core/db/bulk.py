@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from clm_core.db.engine import take_write_lock
+from clm_core.db.timetext import times_as_text
 
 # A bulk write rebuilds indexes when it brings at least this many rows and at least a quarter
 # of what the table holds: below that, maintaining the indexes costs less than rebuilding them.
@@ -40,14 +41,8 @@ SQLITE_CACHE_KIB = 256 * 1024  # page cache for a write (SQLite allocates it onl
 
 def _datetimes_as_text(s: pd.Series) -> list[str | None]:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` (SQLAlchemy's SQLite storage format; PostgreSQL reads it
-    too), None for NaT. Vectorised: ``strftime`` on a million values takes seconds."""
-    values = s.to_numpy(dtype="datetime64[us]")
-    text = np.datetime_as_string(values, unit="us")  # YYYY-MM-DDTHH:MM:SS.ffffff
-    if len(text):
-        text.view(np.uint32).reshape(len(text), -1)[:, 10] = ord(" ")  # the T, in place
-    out = text.astype(object)
-    out[np.isnat(values)] = None
-    return out.tolist()
+    too), None for NaT, computed over the whole column at once (``times_as_text``)."""
+    return times_as_text(s.to_numpy(dtype="datetime64[us]"))
 
 
 def _column(col: sa.Column, s: pd.Series) -> Sequence[object]:

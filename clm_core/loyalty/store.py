@@ -12,14 +12,13 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from clm_core.db.engine import take_write_lock
+from clm_core.db.engine import references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
 from clm_core.journeys.store import read_frame
 from clm_core.loyalty.ledger import (
@@ -140,10 +139,17 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
         if ids:
             conn.execute(_IDS.insert(), [{"customer_id": i} for i in ids])
     o = t.orders
-    orders = _read(conn, _only(sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
-                                          o.c.currency, o.c.status, o.c.points_redeemed)
-                                .where(o.c.ordered_at <= now), o.c.customer_id, only))
+    query = sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount, o.c.currency,
+                      o.c.status, o.c.points_redeemed)
+    # Some customers: through their index, up to now. Everyone: the whole table in one pass,
+    # the few orders after now dropped here; in SQL the time condition would make SQLite walk
+    # the ordered_at index and fetch every row from a random place in the table (most of a
+    # first evaluation's time on a store larger than the page cache).
+    orders = _read(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id, True)
+                   if only else query)
     orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
+    if not only:
+        orders = orders[orders["ordered_at"] <= pd.Timestamp(now)].reset_index(drop=True)
     orders["amount"] = orders["amount"].astype(float)
     orders["id"] = orders["id"].astype("int64")
     orders["customer_id"] = orders["customer_id"].astype("int64")
@@ -189,16 +195,15 @@ def save_state(conn: Connection, now: datetime) -> None:
                              "last_now"])
 
 
-def _key_order(keys: pd.Series) -> np.ndarray:
-    """Positions of ``keys`` in byte order: the order of the unique key index, which millions
-    of rows then extend at its end instead of all over a tree larger than the page cache
-    (several times faster). Keys are ASCII (ids and the programme's names); any other text
-    keeps its order."""
-    try:
-        raw = np.array(keys.tolist(), dtype="S")
-    except UnicodeEncodeError:
-        return np.arange(len(keys))
-    return np.argsort(raw, kind="stable")
+def _key_order(keys: pd.Series) -> list[int]:
+    """Positions of ``keys`` in the order of the unique key index (byte order of their UTF-8,
+    which is Python's order of str), so that millions of rows extend the index at its end
+    instead of all over a tree larger than the page cache (several times faster). The ledger
+    functions emit each kind's rows in key order already, so this sort only merges a few
+    sorted runs: well under a second for millions of keys, where sorting them from scratch
+    took ten."""
+    values = keys.tolist()
+    return sorted(range(len(values)), key=values.__getitem__)
 
 
 def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
@@ -233,7 +238,9 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
                 full: bool = False) -> Summary:
     """One evaluation as of ``now`` in one transaction: only the customers whose points or tier
     can have changed since the last one (``full``: everyone; the results are the same)."""
-    with engine.begin() as conn:
+    # Every customer and order a ledger row names was read in this transaction under the
+    # write lock: SQLite need not look each one up again (half the time of a bulk write).
+    with engine.connect() as conn, references_trusted(conn), conn.begin():
         if conn.dialect.name == "postgresql":  # one evaluation at a time: watermarks are shared
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
         take_write_lock(conn)  # it reads, then writes: on SQLite hold the lock from the start
