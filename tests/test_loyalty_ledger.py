@@ -177,3 +177,16 @@ def test_every_customer_gets_their_own_rewards() -> None:
                                       "reward:voucher:2:1", "reward:voucher:2:2"]
     assert not ev.rows["key"].duplicated().any()
     assert ev.status.set_index("customer_id")["points_balance"].to_dict() == {1: 50, 2: 150}
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [1, 0, 3, 2], [1, 3, 0, 2]])
+def test_a_spend_of_exactly_the_minimum_reaches_the_tier_in_any_row_order(order) -> None:
+    """60.15 + 28.70 + 51.48 + 59.67 is 200.00, silver's minimum; added as floats it is
+    199.99999999999997 in some orders. A full evaluation (orders as the table holds them) and
+    an incremental one (by customer) read rows in different orders: both must say silver."""
+    amounts = [60.15, 28.70, 51.48, 59.67]
+    rows = [(i + 1, 1, f"2025-0{i + 1}-10", amounts[i], "completed", None) for i in order]
+    ev = evaluate(parse_programme(PROGRAMME, "loyalty.yaml"), inputs(orders(rows)),
+                  T("2025-06-30 23:00"))
+    got = ev.status.set_index("customer_id")
+    assert got.loc[1, "tier"] == "silver" and got.loc[1, "qualifying"] == 200.0

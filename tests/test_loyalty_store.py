@@ -450,3 +450,63 @@ def test_report_figures_of_the_hand_computed_store(tmp_path: Path, db_url: str,
     assert figures["redemption_rate"] == pytest.approx(540 / 970)
     assert figures["tiers_over_time"] == [["2025-03", {"member": 2, "gold": 1}]]
     assert figures["expiry_lift"] is None  # no attribution yet: said, not invented
+
+
+def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: sa.Engine,
+                                                          db_factories, monkeypatch) -> None:
+    """The path of a first evaluation of a large store (rows in key order, indexes rebuilt,
+    no conflict checks into an empty ledger; on SQLite no foreign key lookups) leaves the
+    same ledger, statuses, transitions and reward events as the row-by-row path of a small
+    one, on a first evaluation and on the next one."""
+    from clm_core.db.engine import make_engine
+    from clm_core.loyalty import store
+    from clm_core.loyalty.spec import parse_programme
+
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    other = make_engine(db_factories[engine.dialect.name].create())
+    try:
+        for eng in (engine, other):
+            seed(eng, n_extra=400, hand=10)
+        for now, later in ((E1, []), (E2, LATER_ORDERS)):
+            if later:
+                for eng in (engine, other):
+                    write_orders(eng, later)
+            monkeypatch.setattr(store, "BULK_ROWS", 0)  # every write in bulk
+            bulk = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
+            monkeypatch.setattr(store, "BULK_ROWS", 10**9)  # every write row by row
+            small = store.run_loyalty(other, prog, pd.Timestamp(now).to_pydatetime())
+            assert bulk == small
+            assert ledger(engine) == ledger(other) and len(ledger(engine)) > 2000
+            assert status(engine) == status(other)
+            assert expiring(engine) == expiring(other)
+            assert tier_moves(engine) == tier_moves(other)
+            with engine.connect() as a, other.connect() as b:
+                ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
+                               t.events.c.occurred_at).order_by(t.events.c.external_id)
+                assert a.execute(ev).all() == b.execute(ev).all()
+        if engine.dialect.name == "sqlite":  # the checks are back on for the next user
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        other.dispose()
+
+
+def test_sqlite_foreign_keys_are_on_again_after_a_failed_evaluation(
+        db_url: str, engine: sa.Engine, monkeypatch) -> None:
+    from clm_core.loyalty import store
+    from clm_core.loyalty.spec import parse_programme
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's foreign key pragma")
+    seed(engine)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "write_evaluation", broken)
+    with pytest.raises(RuntimeError):
+        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
+                          pd.Timestamp(E1).to_pydatetime())
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.points_ledger)).scalar() == 0

@@ -82,7 +82,7 @@ def empty_ledger() -> pd.DataFrame:
 
 def typed(rows: pd.DataFrame) -> pd.DataFrame:
     """Ledger rows with one dtype per column (concatenated parts can mix NaT, None, floats)."""
-    out = rows[LEDGER_COLUMNS].copy()
+    out = rows[LEDGER_COLUMNS].copy(deep=False)  # columns are replaced, not written into
     for col in ("occurred_at", "expires_at"):
         out[col] = pd.to_datetime(out[col]).astype("datetime64[ns]")
     out["order_id"] = pd.to_numeric(out["order_id"]).astype(float)
@@ -307,7 +307,7 @@ def spend_lots(lot: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
     used = -debit.groupby("customer_id")["points"].sum()
     taken = lot["customer_id"].map(used).fillna(0)
     # Remaining of lot i: its points, less the part of the debits that reaches it.
-    out = lot.copy()
+    out = lot.copy(deep=False)  # a new column on the same data (copy on write)
     out["remaining"] = np.clip(lot["cum"] - taken, 0, lot["points"]).astype("int64")
     return out
 
@@ -374,8 +374,15 @@ def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
     if prog.tiers.qualify_on == "spend":
         o = orders[~orders["status"].isin(REVERSED + WAITING)
                    & (orders["ordered_at"] > start) & (orders["ordered_at"] <= now)]
+        # Added in whole cents, as orders earn: a sum of floats depends on the order of its
+        # terms, and a full read (the whole table) and an incremental one (by customer) bring
+        # them in different orders, so a spend of exactly a tier's minimum could fall a hair
+        # below it one way and not the other.
+        cents = pd.Series(np.rint(o["amount"].to_numpy(float) * 100).astype("int64"),
+                          index=o.index)
         by = o.groupby("customer_id")
-        return by["amount"].sum().astype(float), by["ordered_at"].min() + prog.tiers.window
+        spend = cents.groupby(o["customer_id"]).sum() / 100
+        return spend.astype(float), by["ordered_at"].min() + prog.tiers.window
     led = lots(ledger) if lot is None else lot
     led = led[(led["occurred_at"] > start) & (led["occurred_at"] <= now)
               & led["kind"].isin(EARNING_KINDS)]

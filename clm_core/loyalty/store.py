@@ -209,7 +209,7 @@ def _key_order(keys: pd.Series) -> list[int]:
 def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
     recorded = utcnow()
     if not ev.rows.empty:
-        rows = ev.rows.copy()
+        rows = ev.rows.copy(deep=False)
         rows["order_id"] = rows["order_id"].astype("Int64")
         rows["recorded_at"], rows["run_id"] = recorded, run_id
         bulk = len(rows) > BULK_ROWS  # a first evaluation writes the whole history
@@ -220,7 +220,7 @@ def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> No
                     update=[c for c in STATUS_COLUMNS if c != "customer_id"],
                     bulk=len(ev.status) > BULK_ROWS)
     if not ev.transitions.empty:
-        tr = ev.transitions.copy()
+        tr = ev.transitions.copy(deep=False)
         tr["recorded_at"], tr["run_id"] = recorded, run_id
         write_frame(conn, t.tier_transitions, tr, bulk=len(tr) > BULK_ROWS)
     if not ev.rewards.empty:
