@@ -43,6 +43,10 @@ WAITING = ("pending",)  # earns once completed
 EARNING_KINDS = ("earn", "bonus")
 LEDGER_COLUMNS = ["key", "customer_id", "kind", "points", "order_id", "occurred_at",
                   "expires_at", "reason"]
+# Kinds as a categorical column (alphabetical, the order of their keys): the evaluation picks
+# rows by kind a dozen times over millions of rows, and comparing strings costs ten times what
+# comparing small codes does.
+KIND = pd.CategoricalDtype(["adjust", "bonus", "earn", "expire", "redeem", "reverse", "reward"])
 STATUS_COLUMNS = ["customer_id", "points_balance", "points_expiring_30d", "tier", "tier_since",
                   "tier_grace_until", "points_to_next_tier", "qualifying", "next_expiry_at",
                   "expiring_review_at", "tier_review_at", "as_of"]
@@ -76,7 +80,7 @@ class Evaluation:
 
 def empty_ledger() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(LEDGER_COLUMNS, [
-        object, "int64", object, "int64", "float64", "datetime64[ns]", "datetime64[ns]",
+        object, "int64", KIND, "int64", "float64", "datetime64[ns]", "datetime64[ns]",
         object])})
 
 
@@ -88,6 +92,7 @@ def typed(rows: pd.DataFrame) -> pd.DataFrame:
     out["order_id"] = pd.to_numeric(out["order_id"]).astype(float)
     out["points"] = out["points"].astype("int64")
     out["customer_id"] = out["customer_id"].astype("int64")
+    out["kind"] = out["kind"].astype(KIND)
     out["reason"] = out["reason"].astype(object).where(out["reason"].notna(), None)
     return out
 
@@ -160,6 +165,10 @@ def _distinct(*ids: np.ndarray) -> np.ndarray:
 def _rows(df: pd.DataFrame, **cols: object) -> pd.DataFrame:
     out = pd.DataFrame({"customer_id": df["customer_id"].astype("int64").to_numpy()})
     for name, value in cols.items():
+        if name == "kind":  # one kind: its code on every row
+            out[name] = pd.Categorical.from_codes(
+                np.full(len(out), KIND.categories.get_loc(value), dtype="int8"), dtype=KIND)
+            continue
         out[name] = value.to_numpy() if isinstance(value, pd.Series) else value
     for c in LEDGER_COLUMNS:
         if c not in out:

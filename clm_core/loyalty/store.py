@@ -22,6 +22,7 @@ from clm_core.db.engine import references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
 from clm_core.journeys.store import read_frame
 from clm_core.loyalty.ledger import (
+    KIND,
     LEDGER_COLUMNS,
     REVERSED,
     STATUS_COLUMNS,
@@ -148,6 +149,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
     orders = _read(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id, True)
                    if only else query)
     orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
+    orders["status"] = orders["status"].astype("category")  # a few values, compared often
     if not only:
         orders = orders[orders["ordered_at"] <= pd.Timestamp(now)].reset_index(drop=True)
     orders["amount"] = orders["amount"].astype(float)
@@ -172,6 +174,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
         ledger[col] = pd.to_datetime(ledger[col])
     ledger["order_id"] = ledger["order_id"].astype(float)
     ledger["points"] = ledger["points"].astype("int64")
+    ledger["kind"] = ledger["kind"].astype(KIND)
     st = t.loyalty_status
     status = _read(conn, _only(sa.select(*[st.c[c] for c in STATUS_COLUMNS]),
                                 st.c.customer_id, only))
@@ -213,8 +216,10 @@ def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> No
         rows["order_id"] = rows["order_id"].astype("Int64")
         rows["recorded_at"], rows["run_id"] = recorded, run_id
         bulk = len(rows) > BULK_ROWS  # a first evaluation writes the whole history
+        # In key order, the rows come kind by kind (and bonus rule by rule): each run is one
+        # statement with its kind, reason and the like as literals.
         write_frame(conn, t.points_ledger, rows.iloc[_key_order(rows["key"])] if bulk else rows,
-                    keys=["key"], bulk=bulk)
+                    keys=["key"], bulk=bulk, runs_by=["kind", "reason"])
     if not ev.status.empty:
         write_frame(conn, t.loyalty_status, ev.status, keys=["customer_id"],
                     update=[c for c in STATUS_COLUMNS if c != "customer_id"],
@@ -252,8 +257,9 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         st = t.loyalty_status
         counts: dict[str, int] = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
                                    .group_by(st.c.tier)).all())
-    rows = ev.rows.groupby("kind").size().to_dict() if not ev.rows.empty else {}
-    points = ev.rows.groupby("kind")["points"].sum().to_dict() if not ev.rows.empty else {}
+    by_kind = ev.rows.groupby("kind", observed=True)
+    rows = by_kind.size().to_dict() if not ev.rows.empty else {}
+    points = by_kind["points"].sum().to_dict() if not ev.rows.empty else {}
     order = [n for n in prog.tier_names() if n in counts]
     return Summary(now, sum(counts.values()), len(ev.status),
                    {k: int(v) for k, v in rows.items()}, {k: int(v) for k, v in points.items()},
