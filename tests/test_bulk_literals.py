@@ -60,12 +60,14 @@ def test_runs_inline_what_each_run_shares(monkeypatch) -> None:
     monkeypatch.setattr(literals, "MIN_RUN", 1)
     df = pd.DataFrame({"kind": ["a"] * 4 + ["b"] * 4, "n": [1, 1, 1, 1, 1, 2, 3, 4],
                        "s": [None] * 6 + ["x", "y"], "v": [5, 6, 7, 8, 9, 9, 9, 9]})
-    columns = [df[c].to_numpy(dtype=object, na_value=None).tolist() for c in df.columns]
-    runs = literals.runs(df, columns, ["kind"])
+    def value(c: str, row: int) -> object:
+        return df[c].to_numpy(dtype=object, na_value=None)[row]
+
+    runs = literals.runs(df, value, ["kind"])
     assert [(r.start, r.stop, r.literals) for r in runs] == [
         (0, 4, {"kind": "'a'", "n": "1", "s": "NULL"}), (4, 8, {"kind": "'b'", "v": "9"})]
     monkeypatch.setattr(literals, "MIN_RUN", 5)  # short runs share only what all of them do
-    assert [(r.start, r.stop, r.literals) for r in literals.runs(df, columns, ["kind"])] == [
+    assert [(r.start, r.stop, r.literals) for r in literals.runs(df, value, ["kind"])] == [
         (0, 8, {})]
 
 

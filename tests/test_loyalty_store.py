@@ -510,3 +510,21 @@ def test_sqlite_foreign_keys_are_on_again_after_a_failed_evaluation(
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.execute(sa.select(sa.func.count()).select_from(t.points_ledger)).scalar() == 0
+
+
+def test_only_the_programme_currencies_earn(db_url: str, engine: sa.Engine) -> None:
+    """With ``currencies`` the evaluation reads each order's currency: EUR and unknown earn,
+    USD does not; without it every order earns."""
+    from clm_core.loyalty.spec import parse_programme
+    from clm_core.loyalty.store import run_loyalty
+
+    seed(engine, hand=2)
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.orders).where(t.orders.c.id == 1).values(currency="EUR"))
+        conn.execute(sa.update(t.orders).where(t.orders.c.id == 2).values(currency=None))
+    text = PROGRAMME.replace("earning: {points_per_unit: 1, rounding: down}",
+                             "earning: {points_per_unit: 1, rounding: down, currencies: [EUR]}")
+    assert "currencies" in text
+    run_loyalty(engine, parse_programme(text, "loyalty.yaml"), pd.Timestamp(E1).to_pydatetime())
+    earned = {k for k, _, kind, *_ in ledger(engine) if kind == "earn"}
+    assert earned == {"earn:1", "earn:2"}  # order 3 (customer 2) is in USD

@@ -128,9 +128,11 @@ def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: lis
     """``runs_by`` (bulk writes): one statement per run of rows with equal values in these
     columns, with what is constant over the run (and over the frame) written as literals."""
     conflict = _conflict_sql(table, keys, update, "IS NOT", touch) if keys else ""
-    columns = _columns(table, df)
-    parts = runs(df, columns, runs_by) if runs_by is not None else \
-        [Run(0, len(df), {})]
+
+    def value(c: str, row: int) -> object:
+        return _column(table.c[c], df[c].iloc[row:row + 1])[0]
+
+    parts = runs(df, value, runs_by) if runs_by is not None else [Run(0, len(df), {})]
     raw = _raw(conn)
     cur = raw.cursor()
     before = raw.total_changes
@@ -141,8 +143,8 @@ def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: lis
         for part in parts:
             values = ", ".join(part.literals.get(c, "?") for c in cols)
             sql = f"INSERT INTO {table.name} ({_quoted(cols)}) VALUES ({values}) {conflict}"
-            bound = [column[part.start:part.stop] if len(parts) > 1 else column
-                     for c, column in zip(cols, columns) if c not in part.literals]
+            rows = df.iloc[part.start:part.stop] if len(parts) > 1 else df
+            bound = [_column(table.c[c], rows[c]) for c in cols if c not in part.literals]
             with _translated(conn, sql):
                 cur.executemany(sql, zip(*bound))
     finally:

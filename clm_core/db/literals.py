@@ -9,7 +9,7 @@ equal values (a ledger sorted by key comes kind by kind) is written one statemen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +66,9 @@ def _constant(s: pd.Series, starts: np.ndarray) -> np.ndarray:
     return out
 
 
-def runs(df: pd.DataFrame, columns: Sequence[Sequence[object]], by: Sequence[str]) -> list[Run]:
+def runs(df: pd.DataFrame, value: Callable[[str, int], object], by: Sequence[str]) -> list[Run]:
     """The frame cut into runs of equal ``by`` values, each with the literals of the columns
-    that are constant over it; ``columns`` are the frame's values as they would be bound."""
+    that are constant over it; ``value(column, row)`` is a value as it would be bound."""
     if df.empty:
         return []
     starts = _starts(df, by)
@@ -81,9 +81,9 @@ def runs(df: pd.DataFrame, columns: Sequence[Sequence[object]], by: Sequence[str
     out = []
     for i, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist())):
         lits: dict[str, str] = {}
-        for j, c in enumerate(df.columns):
+        for c in df.columns:
             if same[c][i]:
-                text = literal(columns[j][start])
+                text = literal(value(c, start))
                 if text is not None:
                     lits[c] = text
         if len(lits) == len(df.columns):  # something must be bound for there to be rows
