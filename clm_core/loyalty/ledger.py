@@ -459,7 +459,9 @@ def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
     lot = lot_frame(ledger)
     ledger = append(expiry_rows(prog, ledger, now, lot))
     ledger = append(reward_rows(prog, ledger, now))
-    new = pd.concat(new_parts, ignore_index=True) if new_parts else empty_ledger()
+    # A first evaluation's new rows are its whole ledger: the same frame, not a second copy.
+    new = ledger if inp.ledger.empty else \
+        pd.concat(new_parts, ignore_index=True) if new_parts else empty_ledger()
     lot = spend_lots(lot, ledger)
 
     o = inp.orders

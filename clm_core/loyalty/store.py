@@ -9,9 +9,11 @@ so two racing evaluations, or a rerun after a kill -9, add nothing twice.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -20,7 +22,7 @@ from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.db.engine import references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
-from clm_core.journeys.store import read_frame
+from clm_core.journeys.store import gc_paused, read_frame
 from clm_core.loyalty.ledger import (
     KIND,
     LEDGER_COLUMNS,
@@ -88,6 +90,34 @@ def _read(conn: Connection, query: sa.Select) -> pd.DataFrame:
     return read_frame(conn, query, driver_rows=True)
 
 
+def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) as typed
+    columns built straight from the driver's rows: on a whole history of millions of orders
+    pandas' inference of each column from the rows costs more than the typed arrays do."""
+    result = conn.execute(query)
+    with gc_paused():  # millions of row tuples: see read_frame
+        raw = result.cursor.fetchall() if result.cursor is not None else []
+        result.close()
+        cols = list(zip(*raw)) if raw else [() for _ in range(7)]
+        del raw
+    ids, customers, at, amount, currency, status, redeemed = cols
+    try:  # SQLite's text (YYYY-MM-DD HH:MM:SS.ffffff) or the driver's datetimes
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy would move a time with an offset to UTC
+            ordered_at = pd.Series(np.array(at, dtype="datetime64[us]"), dtype="datetime64[ns]")
+    except (ValueError, UserWarning):  # another way of writing times: pandas reads them all
+        ordered_at = pd.to_datetime(pd.Series(at, dtype=object), format="ISO8601")
+    codes, values = pd.factorize(np.array(status, dtype=object))
+    return pd.DataFrame({
+        "id": np.array(ids, dtype="int64"), "customer_id": np.array(customers, dtype="int64"),
+        "ordered_at": ordered_at.astype("datetime64[ns]"),
+        "amount": np.array(amount, dtype=float),  # floats on SQLite, Decimals on PostgreSQL
+        "currency": np.array(currency, dtype=object),
+        # a few values, compared often
+        "status": pd.Categorical.from_codes(codes, categories=pd.Index(values, dtype=object)),
+        "points_redeemed": pd.to_numeric(pd.Series(redeemed, dtype=object))})
+
+
 def _only(query: sa.Select, column: sa.ColumnElement, ids: bool) -> sa.Select:
     """Restrict ``query`` to the customers in the temporary id table (when there is one)."""
     return query.where(column.in_(sa.select(_IDS.c.customer_id))) if ids else query
@@ -149,15 +179,10 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
     # the few orders after now dropped here; in SQL the time condition would make SQLite walk
     # the ordered_at index and fetch every row from a random place in the table (most of a
     # first evaluation's time on a store larger than the page cache).
-    orders = _read(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id, True)
-                   if only else query)
-    orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
-    orders["status"] = orders["status"].astype("category")  # a few values, compared often
+    orders = _read_orders(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id,
+                                      True) if only else query)
     if not only:
         orders = orders[orders["ordered_at"] <= pd.Timestamp(now)].reset_index(drop=True)
-    orders["amount"] = orders["amount"].astype(float)
-    orders["id"] = orders["id"].astype("int64")
-    orders["customer_id"] = orders["customer_id"].astype("int64")
     if any(b.sku_prefix for b in prog.bonuses):
         i = t.order_items
         skus = _read(conn, _only(sa.select(i.c.order_id, i.c.sku)
@@ -253,8 +278,7 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
         take_write_lock(conn)  # it reads, then writes: on SQLite hold the lock from the start
         ids = None if full else changed_customers(conn, now)
-        inp = read_inputs(conn, prog, now, ids)
-        ev = evaluate(prog, inp, pd.Timestamp(now))
+        ev = evaluate(prog, read_inputs(conn, prog, now, ids), pd.Timestamp(now))
         write_evaluation(conn, ev, run_id)
         save_state(conn, now)
         st = t.loyalty_status
