@@ -37,6 +37,7 @@ from clm_core.db.timetext import times_as_text
 REBUILD_MIN_ROWS = 50_000
 REBUILD_MIN_SHARE = 0.25
 COPY_CHUNK_ROWS = 100_000
+WRITE_CHUNK_ROWS = 250_000  # rows bound from Python values at a time (SQLite)
 SQLITE_CACHE_KIB = 256 * 1024  # page cache for a write (SQLite allocates it only as needed)
 
 
@@ -143,10 +144,12 @@ def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: lis
         for part in parts:
             values = ", ".join(part.literals.get(c, "?") for c in cols)
             sql = f"INSERT INTO {table.name} ({_quoted(cols)}) VALUES ({values}) {conflict}"
-            rows = df.iloc[part.start:part.stop] if len(parts) > 1 else df
-            bound = [_column(table.c[c], rows[c]) for c in cols if c not in part.literals]
-            with _translated(conn, sql):
-                cur.executemany(sql, zip(*bound))
+            # in chunks: millions of rows as Python values at once would take gigabytes
+            for start in range(part.start, part.stop, WRITE_CHUNK_ROWS):
+                rows = df.iloc[start:min(start + WRITE_CHUNK_ROWS, part.stop)]
+                bound = [_column(table.c[c], rows[c]) for c in cols if c not in part.literals]
+                with _translated(conn, sql):
+                    cur.executemany(sql, zip(*bound))
     finally:
         cur.execute(f"PRAGMA cache_size = {cache}")
     return int(raw.total_changes - before)
