@@ -454,10 +454,11 @@ def test_report_figures_of_the_hand_computed_store(tmp_path: Path, db_url: str,
 
 def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: sa.Engine,
                                                           db_factories, monkeypatch) -> None:
-    """The path of a first evaluation of a large store (rows in key order, indexes rebuilt,
-    no conflict checks into an empty ledger; on SQLite no foreign key lookups) leaves the
-    same ledger, statuses, transitions and reward events as the row-by-row path of a small
-    one, on a first evaluation and on the next one."""
+    """The path of a first evaluation of a large store (orders read in chunks, rows in key
+    order, indexes rebuilt, no conflict checks into an empty ledger; on SQLite no foreign key
+    lookups and shared values as literals) leaves the same ledger, statuses, transitions and
+    reward events as the row-by-row path of a small one, on a first evaluation and on the
+    next one."""
     from clm_core.db.engine import make_engine
     from clm_core.loyalty import store
     from clm_core.loyalty.spec import parse_programme
@@ -472,8 +473,10 @@ def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: 
                 for eng in (engine, other):
                     write_orders(eng, later)
             monkeypatch.setattr(store, "BULK_ROWS", 0)  # every write in bulk
+            monkeypatch.setattr(store, "READ_CHUNK_ROWS", 7)  # orders read in many chunks
             bulk = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
             monkeypatch.setattr(store, "BULK_ROWS", 10**9)  # every write row by row
+            monkeypatch.setattr(store, "READ_CHUNK_ROWS", 10**9)  # in one
             small = store.run_loyalty(other, prog, pd.Timestamp(now).to_pydatetime())
             assert bulk == small
             assert ledger(engine) == ledger(other) and len(ledger(engine)) > 2000

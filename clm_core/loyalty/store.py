@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -94,32 +95,54 @@ def _read(conn: Connection, query: sa.Select) -> pd.DataFrame:
     return read_frame(conn, query, driver_rows=True)
 
 
-def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
-    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) as typed
-    columns built straight from the driver's rows: on a whole history of millions of orders
-    pandas' inference of each column from the rows costs more than the typed arrays do."""
-    result = conn.execute(query)
-    with gc_paused():  # millions of row tuples: see read_frame
-        raw = result.cursor.fetchall() if result.cursor is not None else []
-        result.close()
-        cols = list(zip(*raw)) if raw else [() for _ in range(7)]
-        del raw
-    ids, customers, at, amount, currency, status, redeemed = cols
-    try:  # SQLite's text (YYYY-MM-DD HH:MM:SS.ffffff) or the driver's datetimes
+READ_CHUNK_ROWS = 500_000  # orders fetched at a time: the rows as tuples take 300 bytes each
+
+
+def _times(values: tuple[object, ...]) -> np.ndarray:
+    """SQLite's text (YYYY-MM-DD HH:MM:SS.ffffff) or the driver's datetimes, as datetime64."""
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy would move a time with an offset to UTC
-            ordered_at = pd.Series(np.array(at, dtype="datetime64[us]"), dtype="datetime64[ns]")
+            return np.array(values, dtype="datetime64[us]").astype("datetime64[ns]")
     except (ValueError, UserWarning):  # another way of writing times: pandas reads them all
-        ordered_at = pd.to_datetime(pd.Series(at, dtype=object), format="ISO8601")
-    codes, values = pd.factorize(np.array(status, dtype=object))
+        parsed = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601")
+        return parsed.astype("datetime64[ns]").to_numpy()
+
+
+def _array(dtype: object) -> Callable[[tuple[object, ...]], np.ndarray]:
+    return lambda values: np.array(values, dtype=dtype)  # type: ignore[call-overload]
+
+
+# each column and how its values become an array (amounts: floats on SQLite, Decimals on
+# PostgreSQL)
+_ORDER_COLUMNS = [("id", _array("int64")), ("customer_id", _array("int64")),
+                  ("ordered_at", _times), ("amount", _array(float)), ("currency", _array(object)),
+                  ("status", _array(object)), ("points_redeemed", _array(object))]
+
+
+def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) as typed
+    columns built straight from the driver's rows, a chunk at a time: on a whole history of
+    millions of orders pandas' inference of each column from the rows costs more than the
+    typed arrays do, and all the rows as tuples at once would take gigabytes."""
+    result = conn.execute(query)
+    parts: list[list[np.ndarray]] = [[] for _ in _ORDER_COLUMNS]
+    with gc_paused():  # millions of row tuples: see read_frame
+        while result.cursor is not None:
+            raw = result.cursor.fetchmany(READ_CHUNK_ROWS)
+            if not raw:
+                break
+            for part, (_, convert), values in zip(parts, _ORDER_COLUMNS, zip(*raw)):
+                part.append(convert(values))
+            del raw
+        result.close()
+    cols = {name: np.concatenate(part) if part else convert(())
+            for (name, convert), part in zip(_ORDER_COLUMNS, parts)}
+    codes, values = pd.factorize(cols["status"])
     return pd.DataFrame({
-        "id": np.array(ids, dtype="int64"), "customer_id": np.array(customers, dtype="int64"),
-        "ordered_at": ordered_at.astype("datetime64[ns]"),
-        "amount": np.array(amount, dtype=float),  # floats on SQLite, Decimals on PostgreSQL
-        "currency": np.array(currency, dtype=object),
-        # a few values, compared often
-        "status": pd.Categorical.from_codes(codes, categories=pd.Index(values, dtype=object)),
-        "points_redeemed": pd.to_numeric(pd.Series(redeemed, dtype=object))})
+        **cols, "status": pd.Categorical.from_codes(  # a few values, compared often
+            codes, categories=pd.Index(values, dtype=object)),
+        "points_redeemed": pd.to_numeric(pd.Series(cols["points_redeemed"], dtype=object))})
 
 
 def _only(query: sa.Select, column: sa.ColumnElement, ids: bool) -> sa.Select:
