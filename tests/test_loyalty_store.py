@@ -531,3 +531,11 @@ def test_only_the_programme_currencies_earn(db_url: str, engine: sa.Engine) -> N
     run_loyalty(engine, parse_programme(text, "loyalty.yaml"), pd.Timestamp(E1).to_pydatetime())
     earned = {k for k, _, kind, *_ in ledger(engine) if kind == "earn"}
     assert earned == {"earn:1", "earn:2"}  # order 3 (customer 2) is in USD
+
+
+def test_the_ledger_write_sorts_keys_only_when_they_are_not_in_order() -> None:
+    from clm_core.loyalty.store import _key_order
+
+    assert _key_order(pd.Series(["bonus:b:7", "earn:1", "earn:10", "earn:2", "expire:x"])) \
+        is None
+    assert _key_order(pd.Series(["earn:2", "earn:10", "bonus:b:7"])) == [2, 1, 0]
