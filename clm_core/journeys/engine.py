@@ -19,7 +19,7 @@ Nothing here touches the database, so ``clm plan`` and the scheduled run share e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -198,6 +198,8 @@ class _Run:
                                      self.cust, snap.ledger, self.now, snap.withdrawn_topics)
         self.messages: list[pd.DataFrame] = []
         self._sources: dict[tuple[str, object], pd.DataFrame] = {}
+        self._journey_fields: dict[tuple[str, int], set[str]] = {}
+        self._codes: tuple[np.ndarray, dict[str, int]] | None = None
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -217,11 +219,29 @@ class _Run:
         """Column ``name`` at rows ``idx``, indexed by them."""
         return pd.Series(self.e[name][np.asarray(idx, dtype=np.intp)], index=idx)
 
-    def _rows(self, idx: pd.Index) -> pd.DataFrame:
-        """Customer rows for enrollments ``idx`` (index aligned with idx)."""
-        rows = self.cust.reindex(self.e["customer_id"][np.asarray(idx, dtype=np.intp)])
+    def _rows(self, idx: pd.Index, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """Customer rows for enrollments ``idx`` (index aligned with idx); only ``columns``
+        when given (the customers frame is wide, and a condition reads a few of its fields)."""
+        src = self.cust if columns is None else self.cust[
+            [c for c in self.cust.columns if c in set(columns)]]
+        rows = src.reindex(self.e["customer_id"][np.asarray(idx, dtype=np.intp)])
         rows.index = idx
         return rows
+
+    def _fields(self, j: CompiledJourney) -> set[str]:
+        """The customer fields ``j``'s conditions read (computed once per evaluation)."""
+        if j.key not in self._journey_fields:
+            self._journey_fields[j.key] = j.fields
+        return self._journey_fields[j.key]
+
+    def _journey_codes(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Each enrollment's journey as a small integer, and the code of each name: one
+        factorisation per evaluation (and after entries), not a string comparison over every
+        enrollment per journey."""
+        if self._codes is None:
+            code, names = pd.factorize(self.e["journey"])
+            self._codes = (code, {str(n): k for k, n in enumerate(names)})
+        return self._codes
 
     def _active(self) -> np.ndarray:
         return np.asarray(self.e["status"] == ACTIVE, dtype=bool)
@@ -229,15 +249,22 @@ class _Run:
     # --- 1. versions ------------------------------------------------------------------------
 
     def versions(self) -> None:
-        active = self._active()
-        code, names = pd.factorize(self.e["journey"])
-        which = {str(n): k for k, n in enumerate(names)}
+        code, which = self._journey_codes()
         version = self.e["journey_version"]
+        # the running version of each enrollment's journey (-1: not running): one comparison
+        # finds the enrollments on another version, usually none
+        current = np.full(len(which) + 1, -1, dtype=np.int64)
+        for name, k in which.items():
+            if name in self.running:
+                current[k] = self.latest[name].version
+        stale = self._active() & (current[code] >= 0) & (version != current[code])
+        if not stale.any():
+            return
         for name in self.running:
             latest = self.latest[name]
             if name not in which:
                 continue
-            idx = np.flatnonzero(active & (code == which[name]) & (version != latest.version))
+            idx = np.flatnonzero(stale & (code == which[name]))
             if not len(idx):
                 continue
             rule = latest.spec.on_edit
@@ -267,7 +294,7 @@ class _Run:
             idx = idx[~missing]
             if not len(idx):
                 continue
-            rows = self._rows(idx)
+            rows = self._rows(idx, self._fields(j) | {"stage", "stage_since"})
             entered = self._col("entered_at", idx)
             first = np.full(len(idx), np.datetime64("NaT", "ns"))
             which = np.full(len(idx), None, dtype=object)
@@ -387,8 +414,7 @@ class _Run:
         next_id = -1
         # the enrollments do not change until the end: one factorisation, not a comparison of
         # every journey name per journey
-        code, names = pd.factorize(self.e["journey"])
-        which = {str(n): k for k, n in enumerate(names)}
+        code, which = self._journey_codes()
         for name in sorted(self.running):
             j = self.latest[name]
             cand = self._triggers(j)
@@ -452,13 +478,15 @@ class _Run:
             for c, old in self.e.items():
                 parts = [f.get(c, np.full(len(f["id"]), None, dtype=object)) for f in new_frames]
                 self.e[c] = np.concatenate([old, *parts])
+            self._codes = None
 
     # --- 3. steps ---------------------------------------------------------------------------
 
     def advance(self) -> None:
         e = self.e
-        due = (self._active() & _isin(e["journey"], self.running)
-               & (e["step_due_at"] <= self.now64))
+        code, which = self._journey_codes()
+        running = np.isin(code, [which[n] for n in self.running if n in which])
+        due = self._active() & running & (e["step_due_at"] <= self.now64)
         todo = pd.Index(np.flatnonzero(due))
         limit = max((len(j.spec.steps) for j in self.by_key.values()), default=0) + 2
         for _ in range(limit):
@@ -488,7 +516,7 @@ class _Run:
                 self._set(idx, current_step=step.goto or nxt, step_due_at=due)
                 keep.append(idx[(due <= self.now).to_numpy()])
             elif isinstance(step, BranchStep):
-                rows = self._rows(idx)
+                rows = self._rows(idx, self._fields(j))
                 target = pd.Series(step.else_ or nxt, index=idx, dtype=object)
                 open_ = pd.Series(True, index=idx)
                 for cond, goto in j.cases[step_id]:
@@ -520,7 +548,7 @@ class _Run:
             t = t + spec.duration
         if spec.until is not None:
             days = [WEEKDAYS.index(d) for d in spec.weekdays] if spec.weekdays else None
-            t = clock.next_local_time(t, self._rows(idx)["tz"], spec.until, days)
+            t = clock.next_local_time(t, self._rows(idx, ["tz"])["tz"], spec.until, days)
         return t
 
     def _send(self, sends: list[tuple[CompiledJourney, SendStep, pd.Index]]) -> pd.Index:
@@ -562,11 +590,12 @@ class _Run:
             j = self.latest[name]
             if j.spec.entry.reentry.policy != "rematch" or j.spec.entry.event is not None:
                 continue
-            done = (self.e["journey"] == name) & np.isnat(self.e["unmatched_at"])
+            code, which = self._journey_codes()
+            done = (code == which.get(name, -2)) & np.isnat(self.e["unmatched_at"])
             idx = pd.Index(np.flatnonzero(done))
             if not len(idx):
                 continue
-            rows = self._rows(idx)
+            rows = self._rows(idx, self._fields(j) | {"tier", "stage"})
             if j.segment is not None:
                 matching = j.segment.mask(rows).to_numpy(bool)
             elif j.spec.entry.tier is not None:
