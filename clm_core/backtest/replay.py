@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,8 @@ class ReplayState:
 
     stage: np.ndarray
     stage_since: np.ndarray
-    enrollments: pd.DataFrame  # the latest enrollment per (journey, customer)
+    # the latest enrollment per (journey, customer), a numpy array per column, in id order
+    enrollments: dict[str, np.ndarray]
     transitions: pd.DataFrame
     ledger: pd.DataFrame  # customer_id, channel, tags, at
     next_id: int = 1
@@ -93,6 +95,30 @@ def steps_between(start: date, end: date, every: timedelta, hour: int,
         raise ValueError(f"the replay ends ({end}) before it starts ({start})")
     count = (end - start) // every + 1
     return simulated_steps(start, count, every, hour, timezone)
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A replay's enrollments as one array per column (``ENROLLMENT_COLUMNS``): updated in
+    place and appended to at each step, where a DataFrame would be filtered and concatenated
+    whole (its cost grew with every enrollment of the period)."""
+    return {c: _values(frame[c], frame[c].dtype) for c in ENROLLMENT_COLUMNS}
+
+
+def _values(col: pd.Series, dtype: np.dtype | Any) -> np.ndarray:
+    """A column's values in the state's array type: times as datetime64[ns], numbers as they
+    are, anything else as objects."""
+    if isinstance(dtype, np.dtype) and dtype.kind == "M":
+        return col.to_numpy("datetime64[ns]")
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return col.to_numpy(dtype=dtype)
+    return col.to_numpy(dtype=object)
+
+
+def _frame(cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The state's enrollments as the engine reads them (object columns stay objects: a
+    DataFrame built from them is not inferred into strings again at every step)."""
+    return pd.DataFrame({c: pd.Series(a, dtype=object, copy=False) if a.dtype == object else a
+                         for c, a in cols.items()}, copy=False)
 
 
 def coupon_costs(messages: pd.DataFrame, view: pd.DataFrame) -> np.ndarray:
@@ -129,7 +155,7 @@ class Replay:
         self.state = ReplayState(
             stage=np.full(n, None, dtype=object),
             stage_since=np.full(n, np.datetime64("NaT", "ns")),
-            enrollments=empty_enrollments(),
+            enrollments=_columns(empty_enrollments()),
             transitions=empty.transitions, ledger=empty.ledger)
         self.in_stage = bool(rules.fields & IN_STAGE_FIELDS)
         self.fields = set().union(*(j.fields for j in self.journeys)) if self.journeys else set()
@@ -221,8 +247,10 @@ class Replay:
     def _snapshot(self, view: pd.DataFrame, now: pd.Timestamp,
                   consent: pd.DataFrame) -> Snapshot:
         s, h = self.state, self.h
-        enr = s.enrollments
-        active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
+        enr = _frame(s.enrollments)
+        active = s.enrollments["status"] == "active"
+        active_since = (pd.Timestamp(s.enrollments["entered_at"][active].min()) if active.any()
+                        else pd.NaT)
         since = now - self.within
         if pd.notna(active_since):
             since = min(since, active_since)
@@ -256,22 +284,23 @@ class Replay:
         s.next_id += len(new)
         new = new.assign(id=ids.to_numpy())
         old = e[~e["is_new"]]
-        keep = s.enrollments
-        # a changed enrollment replaces its row; a new one replaces its customer's previous
-        # enrollment in that journey (the snapshot holds the latest per journey and customer)
-        drop = np.isin(keep["id"].to_numpy(), old["id"].to_numpy()) if len(old) \
-            else np.zeros(len(keep), dtype=bool)
+        cols = s.enrollments
+        if len(old):  # a changed enrollment is updated where it is (ids stay in order)
+            pos = np.searchsorted(cols["id"], old["id"].to_numpy())
+            for c, arr in cols.items():
+                arr[pos] = _values(old[c], arr.dtype)
         if len(new):
-            journey = keep["journey"].to_numpy(object)
-            customer = keep["customer_id"].to_numpy()
+            # a new enrollment replaces its customer's previous one in that journey (the
+            # snapshot holds the latest per journey and customer), and goes last (its id is
+            # the highest)
+            drop = np.zeros(len(cols["id"]), dtype=bool)
+            journey, customer = cols["journey"], cols["customer_id"]
             for name, ids in new.groupby("journey")["customer_id"]:
                 mine = journey == name
                 drop[mine] |= np.isin(customer[mine], ids.to_numpy())
-        if drop.any():
-            keep = keep[~drop]
-        parts = [p[ENROLLMENT_COLUMNS] for p in (keep, old, new) if len(p)]
-        s.enrollments = (pd.concat(parts, ignore_index=True) if parts
-                         else empty_enrollments())
+            keep = ~drop
+            s.enrollments = {c: np.concatenate([arr[keep], _values(new[c], arr.dtype)])
+                             for c, arr in cols.items()}
         m = result.messages
         if len(m):
             live = m[m["status"].isin(LEDGER_STATUSES)]
