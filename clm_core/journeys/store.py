@@ -1,20 +1,19 @@
 """The engine's edges: read a Snapshot from the database, write a Plan back idempotently, and
 keep journey versions.
 
-Writes are safe to repeat: enrollments are unique on (journey, customer, entry_seq) and messages
-on their idempotency key, both inserted with ON CONFLICT DO NOTHING, so running an evaluation
-twice at the same time (or two racing runs) creates nothing new.
+Writes (``clm_core.journeys.writeback``, set-based) are safe to repeat: enrollments are unique
+on (journey, customer, entry_seq) and messages on their idempotency key, both inserted with ON
+CONFLICT DO NOTHING, so running an evaluation twice at the same time (or two racing runs)
+creates nothing new.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -26,16 +25,14 @@ from clm_core.errors import Problem, SpecError
 from clm_core.journeys.engine import (
     ENROLLMENT_COLUMNS,
     TIME_COLUMNS,
-    Plan,
     Snapshot,
     empty_enrollments,
-    message_keys,
 )
 from clm_core.journeys.fields import ENGAGEMENT_EVENTS, ENGAGEMENT_LOOKBACK_DAYS, FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy
+from clm_core.journeys.writeback import Written, write_plan  # noqa: F401  (re-exported)
 from clm_core.lifecycle.features import NOT_PURCHASES
-from clm_core.runs import utcnow
 from clm_core.yamlspec import parse_yaml, problems_from_pydantic
 
 LEDGER_STATUSES = ("pending", "deferred", "claimed", "sent", "unknown")
@@ -312,61 +309,3 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     )
 
 
-# --- writing ----------------------------------------------------------------------------------
-
-@dataclass
-class Written:
-    enrollments_created: int
-    enrollments_updated: int
-    messages_created: int
-
-
-def _state(df: pd.DataFrame) -> list[dict]:
-    def iso(s: pd.Series) -> list[str | None]:
-        text = pd.to_datetime(s).dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
-        return [t if ok else None for t, ok in zip(text.tolist(), s.notna().tolist())]
-
-    return [{"trigger_at": a, "unmatched_at": b}
-            for a, b in zip(iso(df["trigger_at"]), iso(df["unmatched_at"]))]
-
-
-def write_plan(conn: Connection, plan: Plan) -> Written:
-    """Store a plan; repeating it (or racing another run) adds nothing."""
-    e = plan.enrollments
-    stored = [c for c in ENROLLMENT_COLUMNS if c in t.journey_enrollments.c and c != "id"]
-    new, old = e[e["is_new"]], e[~e["is_new"]]
-    created = updated = 0
-    ids = pd.Series(dtype="int64")
-    recorded = np.datetime64(utcnow(), "ns")  # the wall clock, only ever as recorded_at
-    if len(new):
-        frame = new[stored].copy()
-        frame["state"] = _state(new)
-        frame["recorded_at"] = recorded
-        created = write_frame(conn, t.journey_enrollments, frame,
-                              keys=["journey", "customer_id", "entry_seq"])
-        je = t.journey_enrollments
-        back = _frame(conn, sa.select(je.c.id, je.c.journey, je.c.customer_id, je.c.entry_seq)
-                      .where(je.c.entered_at == plan.now.to_pydatetime()))
-        keyed = new[["id", "journey", "customer_id", "entry_seq"]].merge(
-            back, on=["journey", "customer_id", "entry_seq"], suffixes=("_tmp", ""))
-        ids = pd.Series(keyed["id"].to_numpy(), index=keyed["id_tmp"].to_numpy())
-    if len(old):
-        frame = old[["id", *stored]].copy()
-        frame["state"] = _state(old)
-        updated = write_frame(conn, t.journey_enrollments, frame, keys=["id"],
-                              update=[*stored, "state"])
-    msgs = plan.messages.copy()
-    if msgs.empty:
-        return Written(created, updated, 0)
-    temp = msgs["enrollment_id"] < 0
-    if temp.any():
-        msgs.loc[temp, "enrollment_id"] = msgs.loc[temp, "enrollment_id"].map(ids)
-        msgs = msgs[msgs["enrollment_id"].notna()]
-        msgs["enrollment_id"] = msgs["enrollment_id"].astype("int64")
-        msgs["idempotency_key"] = message_keys(msgs)
-    # A message is created at the run's now (a backfill's past time, too).
-    msgs["created_at"] = plan.now.to_datetime64()
-    msgs["updated_at"] = msgs["created_at"]
-    msgs["recorded_at"] = recorded
-    n = write_frame(conn, t.messages, msgs, keys=["idempotency_key"])
-    return Written(created, updated, n)
