@@ -148,13 +148,17 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
     ``driver_rows``: take the rows straight from the driver's cursor, skipping SQLAlchemy's
     per-row processing (a Row object per row, a Decimal per NUMERIC value on SQLite), which
     costs more than the query itself on millions of rows; numbers then come as the driver
-    gives them (float or Decimal) and the caller converts them."""
+    gives them (float or Decimal) and the caller converts them. Booleans are still booleans
+    (SQLite gives 0 and 1): a column without NULLs as bool, else as objects with None."""
     times = []
+    flags = []
     cols = []
     for col in query.selected_columns:
         if isinstance(col.type, (sa.DateTime, sa.Date)):
             times.append(col.name)
             col = sa.type_coerce(col, sa.String).label(col.name)
+        elif isinstance(col.type, sa.Boolean):
+            flags.append(col.name)
         cols.append(col)
     result = conn.execute(query.with_only_columns(*cols))
     keys = list(result.keys())
@@ -163,6 +167,8 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
         result.close()
         df = pd.DataFrame.from_records(raw, columns=keys) if raw else \
             pd.DataFrame({k: [] for k in keys})
+        for name in flags:
+            df[name] = _booleans(df[name])
     else:
         rows = result.fetchall()
         df = pd.DataFrame({k: list(v) for k, v in zip(keys, zip(*rows))} if rows else
@@ -170,6 +176,29 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
     for name in times:
         df[name] = pd.to_datetime(df[name], format="ISO8601").astype("datetime64[ns]")
     return df
+
+
+def _booleans(s: pd.Series) -> pd.Series:
+    """A driver's booleans (True/False, or 1/0 from SQLite) as SQLAlchemy gives them."""
+    if s.dtype == bool:
+        return s
+    if s.notna().all():
+        return s.astype(bool)
+    return s.map({0: False, 1: True}).astype(object).where(s.notna(), None)
+
+
+def _json_column(s: pd.Series) -> pd.Series:
+    """JSON read as text, parsed once per distinct text (a ledger repeats a few tag lists
+    hundreds of thousands of times); NULL as None."""
+    texts = pd.unique(s.dropna())
+    parsed = {v: json.loads(v) for v in texts}
+    return pd.Series([None if v is None else parsed[v] for v in s.where(s.notna(), None)],
+                     index=s.index, dtype=object)
+
+
+def _as_text(col: sa.ColumnElement) -> sa.ColumnElement:
+    """A JSON column read as its text (PostgreSQL's jsonb printed by the server)."""
+    return sa.type_coerce(sa.cast(col, sa.Text), sa.String).label(col.name)
 
 
 _frame = read_frame
@@ -208,7 +237,7 @@ def load_customers(conn: Connection, fields: Iterable[str] | None = None) -> pd.
     joined = s.join(c, c.c.id == s.c.customer_id)
     if any(col.table is lo for col in cols):  # loyalty fields: empty for non-members
         joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
-    df = _frame(conn, sa.select(s.c.customer_id, *cols).select_from(joined))
+    df = _frame(conn, sa.select(s.c.customer_id, *cols).select_from(joined), driver_rows=True)
     sup = _frame(conn, sa.select(t.suppressions.c.channel, t.suppressions.c.address))
     for ch, addr in (("email", "email"), ("sms", "phone")):
         df[f"suppressed_{ch}"] = df[addr].isin(sup.loc[sup["channel"] == ch, "address"])
@@ -221,16 +250,17 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     e = t.journey_enrollments
     latest = sa.select(e.c.journey, e.c.customer_id, sa.func.max(e.c.entry_seq).label("seq")) \
         .where(e.c.journey.in_(names)).group_by(e.c.journey, e.c.customer_id).subquery()
-    cols = [e.c[c] for c in ENROLLMENT_COLUMNS if c in e.c] + [e.c.state]
+    # The engine state's two times are taken out of the JSON by the database (json_extract,
+    # ->>): parsing hundreds of thousands of documents in Python costs seconds.
+    cols = [e.c[c] for c in ENROLLMENT_COLUMNS if c in e.c] + [
+        e.c.state["trigger_at"].as_string().label("trigger_at"),
+        e.c.state["unmatched_at"].as_string().label("unmatched_at")]
     enr = _frame(conn, sa.select(*cols).join(latest, sa.and_(
         e.c.journey == latest.c.journey, e.c.customer_id == latest.c.customer_id,
-        e.c.entry_seq == latest.c.seq)))
+        e.c.entry_seq == latest.c.seq)), driver_rows=True)
     if enr.empty:
         enr = empty_enrollments()
     else:
-        state = enr.pop("state").map(lambda s: s if isinstance(s, dict) else json.loads(s or "{}"))
-        enr["trigger_at"] = state.map(lambda s: s.get("trigger_at"))
-        enr["unmatched_at"] = state.map(lambda s: s.get("unmatched_at"))
         enr = _times(enr, TIME_COLUMNS)
         enr["is_control"] = enr["is_control"].astype(bool)
     active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
@@ -239,10 +269,15 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     if pd.notna(active_since):
         since = min(since, active_since.to_pydatetime())
     tr = t.stage_transitions
+    # Only moves into a stage some journey is entered by: the first scoring records a move for
+    # every customer, and a week of them would otherwise be read every night.
+    entered_by = sorted({j.spec.entry.stage.to for j in journeys if j.spec.entry.stage})
     transitions = _times(_frame(conn, sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage,
                                                 tr.c.transitioned_at)
                                 .where(tr.c.transitioned_at > now - within,
-                                       tr.c.transitioned_at <= now)), ["transitioned_at"])
+                                       tr.c.transitioned_at <= now,
+                                       tr.c.to_stage.in_(entered_by)), driver_rows=True),
+                         ["transitioned_at"])
     types = {j.spec.entry.event.type for j in journeys if j.spec.entry.event} | {
         g.event.type for j in journeys for g in j.spec.goals if g.event}
     ev = t.events
@@ -273,11 +308,11 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
                                                  for c in j.spec.contact_policy.caps]
     horizon = now - max(windows, default=pd.Timedelta(days=7))
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
-    ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, m.c.tags, at.label("at"))
-                           .where(m.c.status.in_(LEDGER_STATUSES), at > horizon)), ["at"])
-    ledger["tags"] = ledger["tags"].map(
-        lambda v: json.loads(v) if isinstance(v, str) else (v or [])
-    )
+    ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, _as_text(m.c.tags),
+                                           at.label("at"))
+                           .where(m.c.status.in_(LEDGER_STATUSES), at > horizon),
+                           driver_rows=True), ["at"])
+    ledger["tags"] = _json_column(ledger["tags"]).map(lambda v: v or [])
     if len(transitions) == 0:
         transitions = Snapshot(pd.DataFrame()).transitions
     tt = t.tier_transitions
