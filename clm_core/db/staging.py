@@ -22,6 +22,8 @@ from sqlalchemy.engine import Connection
 
 from clm_core.db.bulk import SQLITE_CACHE_KIB, _columns, _copy, _quoted, _raw, _translated
 
+JOIN_WORK_MEM = "256MB"  # PostgreSQL's work memory for an UPDATE ... FROM (see update_from)
+
 
 def stage(conn: Connection, table: sa.Table, df: pd.DataFrame,
           as_text: Sequence[str] = ()) -> str:
@@ -72,13 +74,26 @@ def update_from(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: str
     changed."""
     if df.empty:
         return 0
-    name = stage(conn, table, df[[key, *columns]], as_text)
-    distinct = "IS DISTINCT FROM" if conn.dialect.name == "postgresql" else "IS NOT"
+    # In key order, the rows are changed in the order the table and its key's index hold them.
+    name = stage(conn, table, df[[key, *columns]].sort_values(key, kind="stable"), as_text)
+    postgres = conn.dialect.name == "postgresql"
+    distinct = "IS DISTINCT FROM" if postgres else "IS NOT"
     sets = ", ".join(f'"{c}" = s."{c}"' for c in columns)
     differs = " OR ".join(f't."{c}" {distinct} s."{c}"' for c in columns)
     sql = (f"UPDATE {table.name} AS t SET {sets} FROM {name} AS s "
            f'WHERE t."{key}" = s."{key}" AND ({differs})')
-    changed = conn.exec_driver_sql(sql).rowcount
+    if not postgres:
+        changed = conn.exec_driver_sql(sql).rowcount
+        unstage(conn, name)
+        return int(changed)
+    # The default 4 MB of work memory splits the hash join over a million-row table into
+    # batches spilled to disk; for this one statement, enough to hold it in one.
+    memory = conn.exec_driver_sql("SELECT current_setting('work_mem')").scalar()
+    conn.exec_driver_sql(f"SET LOCAL work_mem = '{JOIN_WORK_MEM}'")
+    try:
+        changed = conn.exec_driver_sql(sql).rowcount
+    finally:
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{memory}'")
     unstage(conn, name)
     return int(changed)
 
