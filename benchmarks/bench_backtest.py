@@ -27,7 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.measure import cpu_seconds, line, measured, peak_mb  # noqa: E402
+from benchmarks.measure import (  # noqa: E402
+    cpu_seconds,
+    cpu_seconds_with_children,
+    line,
+    measured,
+    peak_mb,
+)
 from clm_core.settings import load_settings  # noqa: E402
 
 START, END = date(1997, 1, 1), date(1998, 6, 30)
@@ -48,8 +54,10 @@ def _replay(url: str, every: int, steps: int | None, out: Any) -> None:
     r = backtest(make_engine(url), settings, Period(START, end, timedelta(days=every)),
                  select_journeys(settings, None))
     weekly = r.tally.weekly()
-    out.put({"seconds": time.perf_counter() - wall, "cpu": cpu_seconds(), "peak_mb": peak_mb(),
-             "n": r.tally.steps, "weekly": weekly.to_json(date_format="iso"),
+    # the replay's fits run in a second process it waits for: its CPU is counted too
+    out.put({"seconds": time.perf_counter() - wall, "cpu": cpu_seconds_with_children(),
+             "peak_mb": peak_mb(), "n": r.tally.steps,
+             "weekly": weekly.to_json(date_format="iso"),
              "entered": int(weekly["entered"].sum()),
              "messages": int(weekly["email"].sum() + weekly["sms"].sum())})
 

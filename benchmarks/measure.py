@@ -24,6 +24,14 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def cpu_seconds_with_children() -> float:
+    """CPU seconds of this process and of the children it has waited for (work it handed to
+    a second process is still its cost)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def measured(target: Any, *args: Any, timeout: float = 1800) -> dict[str, Any]:
     """Run ``target`` in a fresh process; its wall time and peak memory."""
     ctx = mp.get_context("spawn")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -183,3 +185,40 @@ def test_tally_counts_customers_entering_several_journeys_in_a_week() -> None:
     several = t.customers_in_several()
     assert several.to_dict("records") == [{"week": date(2026, 1, 5), "customers": 1}]
     assert t.totals().set_index("journey")["entered"].to_dict() == {"a": 3, "b": 2}
+
+
+def _replay_with(engine: sa.Engine, settings: Settings, ahead: str) -> tuple[Any, list[Any]]:
+    """A 12-week replay of the CDNOW sample: fits inline (``"no"``), computed ahead in the
+    second process (``"yes"``), or ahead but for the wrong days (``"wrong"``: the replay must
+    notice and fit inline)."""
+    from clm_core.backtest.fitahead import FitsAhead
+    from clm_core.backtest.replay import Replay
+    from clm_core.journeys.store import project_policy
+    from clm_core.lifecycle.pipeline import LifecycleConfig
+
+    config = LifecycleConfig.from_settings(settings)
+    with engine.connect() as conn:
+        history = load_history(conn)
+    replay = Replay(history, config, config.load_rules(), select_journeys(settings, None),
+                    project_policy(settings.section("journeys")), settings.default_timezone,
+                    fits_ahead=False)
+    steps = steps_between(START, START + timedelta(weeks=11), timedelta(weeks=1), 10,
+                          settings.default_timezone)
+    if ahead != "no":
+        days = [d for d, _ in steps]
+        replay.ahead = FitsAhead(history, config, days if ahead == "yes" else days[1:])
+    done = list(replay.run(steps))
+    fits = [(s.as_of, s.fitted) for s in done]
+    models = [replace(m, seconds=0.0) for m in (replay.state.purchases, replay.state.spend) if m]
+    return tally(done), [fits, *models]
+
+
+def test_fits_computed_ahead_change_nothing(engine: sa.Engine, settings: Settings) -> None:
+    import_cdnow(engine, sample=True)
+    inline, inline_fits = _replay_with(engine, settings, "no")
+    assert sum(f for _, f in inline_fits[0]) >= 3  # several weekly refits in 12 weeks
+    for how in ("yes", "wrong"):
+        got, fits = _replay_with(engine, settings, how)
+        assert fits == inline_fits, how  # the same days refitted, the same parameters
+        pd.testing.assert_frame_equal(got.weekly(), inline.weekly())
+    assert len(inline_fits) == 3  # both models were compared

@@ -177,3 +177,37 @@ def test_every_customer_gets_their_own_rewards() -> None:
                                       "reward:voucher:2:1", "reward:voucher:2:2"]
     assert not ev.rows["key"].duplicated().any()
     assert ev.status.set_index("customer_id")["points_balance"].to_dict() == {1: 50, 2: 150}
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [1, 0, 3, 2], [1, 3, 0, 2]])
+def test_a_spend_of_exactly_the_minimum_reaches_the_tier_in_any_row_order(order) -> None:
+    """60.15 + 28.70 + 51.48 + 59.67 is 200.00, silver's minimum; added as floats it is
+    199.99999999999997 in some orders. A full evaluation (orders as the table holds them) and
+    an incremental one (by customer) read rows in different orders: both must say silver."""
+    amounts = [60.15, 28.70, 51.48, 59.67]
+    rows = [(i + 1, 1, f"2025-0{i + 1}-10", amounts[i], "completed", None) for i in order]
+    ev = evaluate(parse_programme(PROGRAMME, "loyalty.yaml"), inputs(orders(rows)),
+                  T("2025-06-30 23:00"))
+    got = ev.status.set_index("customer_id")
+    assert got.loc[1, "tier"] == "silver" and got.loc[1, "qualifying"] == 200.0
+
+
+def test_new_rows_come_in_key_order() -> None:
+    """Every kind of row, and ids of different lengths: the new rows are in the order of their
+    keys (a large write then goes in without a sort, extending the key index at its end), on
+    a first evaluation and on the next, which reverses, redeems, expires and rewards."""
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    rows = [(i, 1 + i % 7, f"2024-{1 + i % 12:02d}-{1 + i % 27:02d}", 40.0 + 37 * (i % 9),
+             "completed", 30 if i % 11 == 0 else None) for i in (1, 2, 9, 10, 11, 99, 100, 101,
+                                                                   1000, 1001, 20, 3)]
+    rows += [(2000, 8, "2024-05-05", 700.0, "completed", None)]  # 750 points: a reward
+    o = orders(rows)
+    first = evaluate(prog, inputs(o, birthdays={1: 3, 2: 6}), T("2024-12-31 23:00"))
+    keys = first.rows["key"].tolist()
+    assert keys == sorted(keys) and {k.split(":")[0] for k in keys} >= {"earn", "bonus",
+                                                                           "redeem", "reward"}
+    o.loc[o["id"].isin([10, 100]), "status"] = "refunded"
+    later = evaluate(prog, inputs(o, first.rows, first.status, birthdays={1: 3, 2: 6}),
+                     T("2025-12-31 23:00"))
+    keys = later.rows["key"].tolist()
+    assert keys == sorted(keys) and {k.split(":")[0] for k in keys} >= {"reverse", "expire"}

@@ -450,3 +450,92 @@ def test_report_figures_of_the_hand_computed_store(tmp_path: Path, db_url: str,
     assert figures["redemption_rate"] == pytest.approx(540 / 970)
     assert figures["tiers_over_time"] == [["2025-03", {"member": 2, "gold": 1}]]
     assert figures["expiry_lift"] is None  # no attribution yet: said, not invented
+
+
+def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: sa.Engine,
+                                                          db_factories, monkeypatch) -> None:
+    """The path of a first evaluation of a large store (orders read in chunks, rows in key
+    order, indexes rebuilt, no conflict checks into an empty ledger; on SQLite no foreign key
+    lookups and shared values as literals) leaves the same ledger, statuses, transitions and
+    reward events as the row-by-row path of a small one, on a first evaluation and on the
+    next one."""
+    from clm_core.db.engine import make_engine
+    from clm_core.loyalty import store
+    from clm_core.loyalty.spec import parse_programme
+
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    other = make_engine(db_factories[engine.dialect.name].create())
+    try:
+        for eng in (engine, other):
+            seed(eng, n_extra=400, hand=10)
+        for now, later in ((E1, []), (E2, LATER_ORDERS)):
+            if later:
+                for eng in (engine, other):
+                    write_orders(eng, later)
+            monkeypatch.setattr(store, "BULK_ROWS", 0)  # every write in bulk
+            monkeypatch.setattr(store, "READ_CHUNK_ROWS", 7)  # orders read in many chunks
+            bulk = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
+            monkeypatch.setattr(store, "BULK_ROWS", 10**9)  # every write row by row
+            monkeypatch.setattr(store, "READ_CHUNK_ROWS", 10**9)  # in one
+            small = store.run_loyalty(other, prog, pd.Timestamp(now).to_pydatetime())
+            assert bulk == small
+            assert ledger(engine) == ledger(other) and len(ledger(engine)) > 2000
+            assert status(engine) == status(other)
+            assert expiring(engine) == expiring(other)
+            assert tier_moves(engine) == tier_moves(other)
+            with engine.connect() as a, other.connect() as b:
+                ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
+                               t.events.c.occurred_at).order_by(t.events.c.external_id)
+                assert a.execute(ev).all() == b.execute(ev).all()
+        if engine.dialect.name == "sqlite":  # the checks are back on for the next user
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        other.dispose()
+
+
+def test_sqlite_foreign_keys_are_on_again_after_a_failed_evaluation(
+        db_url: str, engine: sa.Engine, monkeypatch) -> None:
+    from clm_core.loyalty import store
+    from clm_core.loyalty.spec import parse_programme
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's foreign key pragma")
+    seed(engine)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "write_evaluation", broken)
+    with pytest.raises(RuntimeError):
+        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
+                          pd.Timestamp(E1).to_pydatetime())
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.points_ledger)).scalar() == 0
+
+
+def test_only_the_programme_currencies_earn(db_url: str, engine: sa.Engine) -> None:
+    """With ``currencies`` the evaluation reads each order's currency: EUR and unknown earn,
+    USD does not; without it every order earns."""
+    from clm_core.loyalty.spec import parse_programme
+    from clm_core.loyalty.store import run_loyalty
+
+    seed(engine, hand=2)
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.orders).where(t.orders.c.id == 1).values(currency="EUR"))
+        conn.execute(sa.update(t.orders).where(t.orders.c.id == 2).values(currency=None))
+    text = PROGRAMME.replace("earning: {points_per_unit: 1, rounding: down}",
+                             "earning: {points_per_unit: 1, rounding: down, currencies: [EUR]}")
+    assert "currencies" in text
+    run_loyalty(engine, parse_programme(text, "loyalty.yaml"), pd.Timestamp(E1).to_pydatetime())
+    earned = {k for k, _, kind, *_ in ledger(engine) if kind == "earn"}
+    assert earned == {"earn:1", "earn:2"}  # order 3 (customer 2) is in USD
+
+
+def test_the_ledger_write_sorts_keys_only_when_they_are_not_in_order() -> None:
+    from clm_core.loyalty.store import _key_order
+
+    assert _key_order(pd.Series(["bonus:b:7", "earn:1", "earn:10", "earn:2", "expire:x"])) \
+        is None
+    assert _key_order(pd.Series(["earn:2", "earn:10", "bonus:b:7"])) == [2, 1, 0]

@@ -28,9 +28,9 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from clm_core.backtest import fitahead
 from clm_core.backtest.aggregates import RunningAggregates
 from clm_core.backtest.history import History
-from clm_core.errors import ModelFitError
 from clm_core.journeys.engine import (
     ENROLLMENT_COLUMNS,
     Plan,
@@ -43,7 +43,7 @@ from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.model import ProjectPolicy
 from clm_core.journeys.store import LEDGER_STATUSES
 from clm_core.lifecycle.features import IN_STAGE_FIELDS, day_end, features_from_aggregates
-from clm_core.lifecycle.fitting import ModelFit, fit_models
+from clm_core.lifecycle.fitting import ModelFit
 from clm_core.lifecycle.history import shortfall, without_model
 from clm_core.lifecycle.pipeline import SCORE_COLUMNS, LifecycleConfig
 from clm_core.lifecycle.rfm import rfm
@@ -117,8 +117,10 @@ class Replay:
 
     def __init__(self, history: History, config: LifecycleConfig, rules: StageRules,
                  journeys: Sequence[CompiledJourney], policy: ProjectPolicy,
-                 default_tz: str = "UTC"):
+                 default_tz: str = "UTC", fits_ahead: bool = True):
         self.h, self.config, self.rules = history, config, rules
+        self.fits_ahead = fits_ahead
+        self.ahead: fitahead.FitsAhead | None = None
         self.journeys = [j for j in journeys if j.spec.status != "draft"]
         self.policy, self.tz = policy, default_tz
         self.agg = RunningAggregates(history)
@@ -142,19 +144,17 @@ class Replay:
 
     def _fit(self, f_of: dict[str, pd.DataFrame], as_of: date) -> tuple[bool, str | None]:
         s = self.state
-        age = self.config.fit_max_age_days
-        if s.purchases is not None and (as_of - s.purchases.window_end).days <= age:
+        if not fitahead.due(self.config, s.purchases, as_of):
             return False, None
         f = f_of[self.config.time_unit]
         if shortfall(f) is not None:
             return False, None
-        try:
-            s.purchases, s.spend = fit_models(f, as_of=as_of, time_unit=self.config.time_unit,
-                                              model=self.config.model,
-                                              penalizer=self.config.penalizer,
-                                              fallback=self.config.penalizer_fallback)
-        except ModelFitError as exc:
-            return False, str(exc)
+        outcome = self.ahead.take(as_of) if self.ahead is not None else None
+        if outcome is None:
+            outcome = fitahead.attempt(self.config, f, as_of)
+        if outcome is None or outcome.error is not None:
+            return False, outcome.error if outcome else None
+        s.purchases, s.spend = outcome.purchases, outcome.spend
         return True, None
 
     def _score(self, as_of: date, consent: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
@@ -309,5 +309,15 @@ class Replay:
         return Step(as_of, now, added, fitted, None, len(view), moves, result, clock)
 
     def run(self, steps: Sequence[tuple[date, datetime]]) -> Iterator[Step]:
-        for as_of, now in steps:
-            yield self.step(as_of, now)
+        """The steps in order; on a fresh replay of enough steps, with the fits computed
+        ahead in a second process (``fitahead``), which changes no figure."""
+        if (self.fits_ahead and self.agg.end is None and self.ahead is None
+                and fitahead.FitsAhead.usable(len(steps))):
+            self.ahead = fitahead.FitsAhead(self.h, self.config, [d for d, _ in steps])
+        try:
+            for as_of, now in steps:
+                yield self.step(as_of, now)
+        finally:
+            if self.ahead is not None:
+                self.ahead.close()
+                self.ahead = None

@@ -29,25 +29,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from clm_core.db.engine import take_write_lock
+from clm_core.db.literals import Run, runs
+from clm_core.db.timetext import times_as_text
 
 # A bulk write rebuilds indexes when it brings at least this many rows and at least a quarter
 # of what the table holds: below that, maintaining the indexes costs less than rebuilding them.
 REBUILD_MIN_ROWS = 50_000
 REBUILD_MIN_SHARE = 0.25
 COPY_CHUNK_ROWS = 100_000
+WRITE_CHUNK_ROWS = 250_000  # rows bound from Python values at a time (SQLite)
 SQLITE_CACHE_KIB = 256 * 1024  # page cache for a write (SQLite allocates it only as needed)
 
 
 def _datetimes_as_text(s: pd.Series) -> list[str | None]:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` (SQLAlchemy's SQLite storage format; PostgreSQL reads it
-    too), None for NaT. Vectorised: ``strftime`` on a million values takes seconds."""
-    values = s.to_numpy(dtype="datetime64[us]")
-    text = np.datetime_as_string(values, unit="us")  # YYYY-MM-DDTHH:MM:SS.ffffff
-    if len(text):
-        text.view(np.uint32).reshape(len(text), -1)[:, 10] = ord(" ")  # the T, in place
-    out = text.astype(object)
-    out[np.isnat(values)] = None
-    return out.tolist()
+    too), None for NaT, computed over the whole column at once (``times_as_text``)."""
+    return times_as_text(s.to_numpy(dtype="datetime64[us]"))
 
 
 def _column(col: sa.Column, s: pd.Series) -> Sequence[object]:
@@ -91,7 +88,8 @@ def _conflict_sql(table: sa.Table, keys: Sequence[str], update: Sequence[str] | 
 
 def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
                 keys: Sequence[str] | None = None, update: Sequence[str] | None = None,
-                touch: str | None = None, bulk: bool = False) -> int:
+                touch: str | None = None, bulk: bool = False,
+                runs_by: Sequence[str] | None = None) -> int:
     """Insert ``df`` into ``table``; with ``keys``, rows that conflict on them are updated
     (``update`` columns, only where a value differs; ``touch`` is then set to now) or left
     alone (no ``update``). ``keys`` must be unique within ``df``.
@@ -99,6 +97,9 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
     ``bulk``: the caller accepts that the table is locked against other writers (and, when
     indexes are rebuilt, readers) until the transaction ends, for several times the speed on
     large frames. Into an empty table the rows then go straight in, with no conflict checks.
+    On SQLite, values that are the same on every row go into the statement instead of being
+    bound per row, and so do those shared by each run of rows with equal ``runs_by`` values
+    (a frame sorted so that they come together).
 
     Returns the number of rows inserted or changed. Runs inside the caller's transaction.
     """
@@ -119,7 +120,7 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
         if postgres:
             _copy(conn, table.name, table, df)
             return len(df)
-        return _write_sqlite(conn, table, df, cols, keys, update, touch)
+        return _write_sqlite(conn, table, df, cols, keys, update, touch, runs_by or ())
 
 
 def _quoted(cols: Sequence[str], alias: str = "") -> str:
@@ -128,10 +129,15 @@ def _quoted(cols: Sequence[str], alias: str = "") -> str:
 
 def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: list[str],
                   keys: Sequence[str] | None, update: Sequence[str] | None,
-                  touch: str | None) -> int:
+                  touch: str | None, runs_by: Sequence[str] | None = None) -> int:
+    """``runs_by`` (bulk writes): one statement per run of rows with equal values in these
+    columns, with what is constant over the run (and over the frame) written as literals."""
     conflict = _conflict_sql(table, keys, update, "IS NOT", touch) if keys else ""
-    sql = (f'INSERT INTO {table.name} ({_quoted(cols)}) VALUES ({", ".join("?" * len(cols))}) '
-           f"{conflict}")
+
+    def value(c: str, row: int) -> object:
+        return _column(table.c[c], df[c].iloc[row:row + 1])[0]
+
+    parts = runs(df, value, runs_by) if runs_by is not None else [Run(0, len(df), {})]
     raw = _raw(conn)
     cur = raw.cursor()
     before = raw.total_changes
@@ -139,8 +145,15 @@ def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: lis
     # The default 2 MB page cache makes a big insert thrash between memory and the WAL file.
     cur.execute(f"PRAGMA cache_size = {min(cache, -SQLITE_CACHE_KIB)}")
     try:
-        with _translated(conn, sql):
-            cur.executemany(sql, zip(*_columns(table, df)))
+        for part in parts:
+            values = ", ".join(part.literals.get(c, "?") for c in cols)
+            sql = f"INSERT INTO {table.name} ({_quoted(cols)}) VALUES ({values}) {conflict}"
+            # in chunks: millions of rows as Python values at once would take gigabytes
+            for start in range(part.start, part.stop, WRITE_CHUNK_ROWS):
+                rows = df.iloc[start:min(start + WRITE_CHUNK_ROWS, part.stop)]
+                bound = [_column(table.c[c], rows[c]) for c in cols if c not in part.literals]
+                with _translated(conn, sql):
+                    cur.executemany(sql, zip(*bound))
     finally:
         cur.execute(f"PRAGMA cache_size = {cache}")
     return int(raw.total_changes - before)

@@ -9,8 +9,10 @@ creates nothing new.
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -163,10 +165,14 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
     result = conn.execute(query.with_only_columns(*cols))
     keys = list(result.keys())
     if driver_rows:
-        raw = result.cursor.fetchall() if result.cursor is not None else []
-        result.close()
-        df = pd.DataFrame.from_records(raw, columns=keys) if raw else \
-            pd.DataFrame({k: [] for k in keys})
+        # Millions of row tuples would each count toward a garbage collection, and every
+        # collection walks all of them: paused, a 5-million-row read takes a third of the time.
+        with gc_paused():
+            raw = result.cursor.fetchall() if result.cursor is not None else []
+            result.close()
+            df = pd.DataFrame.from_records(raw, columns=keys) if raw else \
+                pd.DataFrame({k: [] for k in keys})
+            del raw
         for name in flags:
             df[name] = _booleans(df[name])
     else:
@@ -202,6 +208,18 @@ def _as_text(col: sa.ColumnElement) -> sa.ColumnElement:
 
 
 _frame = read_frame
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (what is built there holds no cycles)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _times(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:

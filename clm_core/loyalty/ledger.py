@@ -43,6 +43,10 @@ WAITING = ("pending",)  # earns once completed
 EARNING_KINDS = ("earn", "bonus")
 LEDGER_COLUMNS = ["key", "customer_id", "kind", "points", "order_id", "occurred_at",
                   "expires_at", "reason"]
+# Kinds as a categorical column (alphabetical, the order of their keys): the evaluation picks
+# rows by kind a dozen times over millions of rows, and comparing strings costs ten times what
+# comparing small codes does.
+KIND = pd.CategoricalDtype(["adjust", "bonus", "earn", "expire", "redeem", "reverse", "reward"])
 STATUS_COLUMNS = ["customer_id", "points_balance", "points_expiring_30d", "tier", "tier_since",
                   "tier_grace_until", "points_to_next_tier", "qualifying", "next_expiry_at",
                   "expiring_review_at", "tier_review_at", "as_of"]
@@ -76,18 +80,19 @@ class Evaluation:
 
 def empty_ledger() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(LEDGER_COLUMNS, [
-        object, "int64", object, "int64", "float64", "datetime64[ns]", "datetime64[ns]",
+        object, "int64", KIND, "int64", "float64", "datetime64[ns]", "datetime64[ns]",
         object])})
 
 
 def typed(rows: pd.DataFrame) -> pd.DataFrame:
     """Ledger rows with one dtype per column (concatenated parts can mix NaT, None, floats)."""
-    out = rows[LEDGER_COLUMNS].copy()
+    out = rows[LEDGER_COLUMNS].copy(deep=False)  # columns are replaced, not written into
     for col in ("occurred_at", "expires_at"):
         out[col] = pd.to_datetime(out[col]).astype("datetime64[ns]")
     out["order_id"] = pd.to_numeric(out["order_id"]).astype(float)
     out["points"] = out["points"].astype("int64")
     out["customer_id"] = out["customer_id"].astype("int64")
+    out["kind"] = out["kind"].astype(KIND)
     out["reason"] = out["reason"].astype(object).where(out["reason"].notna(), None)
     return out
 
@@ -122,6 +127,23 @@ def _has_row(ids: pd.Series, kind: str, ledger: pd.DataFrame) -> np.ndarray:
     return np.isin(values, among, kind="table") & (values >= 0)
 
 
+def text_order(ids: np.ndarray) -> np.ndarray:
+    """Positions of non-negative integer ids in the order of their decimal text ("1" < "10" <
+    "2"), the order of keys such as ``earn:{order}`` in the unique key index: an id scaled to
+    the widest id's digits, then the shorter text first. Integer sorts: sorting the key
+    strings themselves costs ten times as much on millions of rows."""
+    ids = np.asarray(ids, dtype="int64")
+    if not len(ids):
+        return np.zeros(0, dtype="int64")
+    digits = np.ones(len(ids), dtype="int64")
+    bound = 10
+    while bound <= ids.max():
+        digits += ids >= bound
+        bound *= 10
+    scaled = ids * np.power(10, digits.max() - digits)
+    return np.lexsort((digits, scaled))
+
+
 def _keys(prefix: str, ids: pd.Series) -> pd.Series:
     """``prefix`` + each id, as ledger keys (a list comprehension beats pandas' string concat
     on millions of rows)."""
@@ -143,6 +165,10 @@ def _distinct(*ids: np.ndarray) -> np.ndarray:
 def _rows(df: pd.DataFrame, **cols: object) -> pd.DataFrame:
     out = pd.DataFrame({"customer_id": df["customer_id"].astype("int64").to_numpy()})
     for name, value in cols.items():
+        if name == "kind":  # one kind: its code on every row
+            out[name] = pd.Categorical.from_codes(
+                np.full(len(out), KIND.categories.get_loc(value), dtype="int8"), dtype=KIND)
+            continue
         out[name] = value.to_numpy() if isinstance(value, pd.Series) else value
     for c in LEDGER_COLUMNS:
         if c not in out:
@@ -173,6 +199,9 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
     earns = earns[~_has_row(earns["id"], "earn", inp.ledger)]
     if earns.empty:
         return empty_ledger()
+    # In key order (earn:{order}, and bonus:{rule}:{order} for the orders a rule picks): the
+    # write then extends the unique key index at its end.
+    earns = earns.iloc[text_order(earns["id"].to_numpy())]
     tier = earns["customer_id"].map(inp.status.set_index("customer_id")["tier"]) \
         if not inp.status.empty else pd.Series(None, index=earns.index, dtype=object)
     level = _tier_levels(prog, tier)
@@ -197,7 +226,8 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
     out = [_rows(earns, key=_keys("earn:", earns["id"]), kind="earn", points=base,
                  order_id=earns["id"].astype(float), occurred_at=earns["ordered_at"],
                  expires_at=expires)]
-    for b in prog.bonuses:
+    # bonus:{rule}:... before earn:..., rule by rule in the order of their keys
+    for b in sorted(prog.bonuses, key=lambda b: f"{b.id}:", reverse=True):
         if b.birthday_month:
             hit = _birthday_month(earns, inp.customers)
         elif b.sku_prefix:
@@ -215,7 +245,7 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
         out.append(_rows(sel, key=_keys(f"bonus:{b.id}:", sel["id"]), kind="bonus",
                          points=pts, order_id=sel["id"].astype(float),
                          occurred_at=sel["ordered_at"], expires_at=ex, reason=b.id))
-    rows = pd.concat(out, ignore_index=True)
+    rows = pd.concat(out[::-1], ignore_index=True)
     # An order that earns nothing (an amount under one point at its tier) keeps its earn row,
     # with 0 points: the row says the order was evaluated, so a later evaluation at a higher
     # tier does not earn it again at that tier's rate (and incremental runs, which may not
@@ -235,6 +265,7 @@ def reversal_rows(inp: Inputs, earned: pd.DataFrame, now: pd.Timestamp) -> pd.Da
     per = led.groupby("order_id").agg(customer_id=("customer_id", "first"),
                                       points=("points", "sum")).reset_index()
     per = per[~_has_row(per["order_id"], "reverse", earned) & (per["points"] != 0)]
+    per = per.iloc[text_order(per["order_id"].to_numpy())]  # in key order
     return _rows(per, key=_keys("reverse:", per["order_id"]),
                  kind="reverse", points=-per["points"], order_id=per["order_id"],
                  occurred_at=now, reason="order " + per["order_id"].astype("int64").astype(str)
@@ -248,6 +279,7 @@ def redemption_rows(inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
         return empty_ledger()
     spent = o[(o["points_redeemed"].fillna(0) > 0) & (o["ordered_at"] <= now)]
     spent = spent[~_has_row(spent["id"], "redeem", inp.ledger)]
+    spent = spent.iloc[text_order(spent["id"].to_numpy())]  # in key order
     return _rows(spent, key=_keys("redeem:", spent["id"]), kind="redeem",
                  points=-spent["points_redeemed"].astype("int64"),
                  order_id=spent["id"].astype(float), occurred_at=spent["ordered_at"])
@@ -272,13 +304,27 @@ def lot_frame(ledger: pd.DataFrame) -> pd.DataFrame:
     # Positive adjustments are lots that never expire; negative ones are debits.
     adds = ledger[_debits(ledger) & (ledger["points"] > 0)]
     earned = pd.concat([earned, adds], ignore_index=True) if len(adds) else earned
-    # Oldest first; ties (bonus and earn of one order) by order, then earn before bonus.
-    order = np.lexsort((earned["kind"].eq("bonus").to_numpy(), earned["order_id"].fillna(-1)
-                        .to_numpy(), earned["occurred_at"].to_numpy(),
+    # Oldest first; ties (the earn and bonus lots of one order) by order, then earn, then the
+    # bonuses in the order of their keys (as the rows were written, whichever way they were
+    # read): in one integer, a key fewer for the sort of millions of lots.
+    rule = _rule_rank(earned)
+    tie = earned["order_id"].fillna(-1).to_numpy().astype("int64") * (rule.max(initial=0) + 1) \
+        + rule
+    order = np.lexsort((tie, earned["occurred_at"].to_numpy(),
                         earned["customer_id"].to_numpy()))
     earned = earned.iloc[order].reset_index(drop=True)
     earned["cum"] = earned.groupby("customer_id")["points"].cumsum()
     return earned
+
+
+def _rule_rank(lots: pd.DataFrame) -> np.ndarray:
+    """0 for an earn lot; for a bonus lot 1 + the place of its rule among the rules' keys."""
+    bonus = lots["kind"].eq("bonus").to_numpy()
+    code, rules = pd.factorize(lots["reason"].astype(object).where(bonus, None))
+    keyed = [f"{r}:" for r in rules]
+    rank = np.empty(len(rules), dtype="int64")
+    rank[sorted(range(len(keyed)), key=keyed.__getitem__)] = np.arange(len(keyed))
+    return np.where(code < 0, 0, 1 + rank[np.maximum(code, 0)] if len(rank) else 0)
 
 
 def spend_lots(lot: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
@@ -287,7 +333,7 @@ def spend_lots(lot: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
     used = -debit.groupby("customer_id")["points"].sum()
     taken = lot["customer_id"].map(used).fillna(0)
     # Remaining of lot i: its points, less the part of the debits that reaches it.
-    out = lot.copy()
+    out = lot.copy(deep=False)  # a new column on the same data (copy on write)
     out["remaining"] = np.clip(lot["cum"] - taken, 0, lot["points"]).astype("int64")
     return out
 
@@ -302,11 +348,29 @@ def expiry_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp,
     due = lot[(lot["expires_at"] <= now) & (lot["remaining"] > 0)]
     keys = pd.Series([f"expire:{k}" for k in due["key"].tolist()], index=due.index, dtype=object)
     due = due[~keys.isin(ledger.loc[ledger["kind"] == "expire", "key"])]
-    # In key order per kind (lots come by customer): the unique key index is then filled
-    # from a few sequential runs instead of at random, which a large write feels.
-    due = due.sort_values(["kind", "reason", "order_id"], kind="stable", na_position="last")
+    # In key order (lots come by customer): expire:{lot key} by the lot's kind, bonus rule and
+    # order id as text, so a large write extends the unique key index at its end.
+    due = due.iloc[_lot_key_order(due)]
     return _rows(due, key=keys.loc[due.index], kind="expire", points=-due["remaining"],
                  occurred_at=due["expires_at"], reason="expired")
+
+
+def _lot_key_order(lot: pd.DataFrame) -> np.ndarray:
+    """Positions of lots in the order of their keys (``{kind}:[{rule}:]{order}``), up to lots
+    without an order (adjustments), which come last: integer sorts over codes."""
+    def codes(values: pd.Series) -> np.ndarray:
+        code, _ = pd.factorize(values, sort=True)
+        return np.where(code < 0, len(code), code)
+
+    order_id = lot["order_id"].to_numpy(dtype=float)
+    has = ~np.isnan(order_id)
+    rank = np.zeros(len(lot), dtype="int64")
+    with_order = np.flatnonzero(has)
+    rank[with_order[text_order(order_id[has].astype("int64"))]] = np.arange(len(with_order))
+    without = np.flatnonzero(~has)  # adjustments (few): by their keys
+    keys = lot["key"].to_numpy(dtype=object)[without].tolist()
+    rank[without[sorted(range(len(keys)), key=keys.__getitem__)]] = np.arange(len(without))
+    return np.lexsort((rank, _rule_rank(lot), codes(lot["kind"].astype(object))))
 
 
 def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
@@ -326,9 +390,11 @@ def reward_rows(prog: Programme, ledger: pd.DataFrame, now: pd.Timestamp) -> pd.
     frame = pd.DataFrame({"customer_id": cust})
     frame["k"] = frame.groupby("customer_id").cumcount() + 1 \
         + frame["customer_id"].map(prior).fillna(0).astype("int64")
-    return _rows(frame, key=f"reward:{reward.id}:" + frame["customer_id"].astype(str) + ":"
-                 + frame["k"].astype(str), kind="reward",
-                 points=-reward.points, occurred_at=now, reason=reward.id)
+    keys = [f"reward:{reward.id}:{c}:{k}" for c, k in zip(frame["customer_id"].tolist(),
+                                                           frame["k"].tolist())]
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # in key order
+    return _rows(frame.iloc[order], key=pd.Series([keys[i] for i in order], dtype=object),
+                 kind="reward", points=-reward.points, occurred_at=now, reason=reward.id)
 
 
 def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
@@ -339,8 +405,15 @@ def qualifying(prog: Programme, orders: pd.DataFrame, ledger: pd.DataFrame,
     if prog.tiers.qualify_on == "spend":
         o = orders[~orders["status"].isin(REVERSED + WAITING)
                    & (orders["ordered_at"] > start) & (orders["ordered_at"] <= now)]
+        # Added in whole cents, as orders earn: a sum of floats depends on the order of its
+        # terms, and a full read (the whole table) and an incremental one (by customer) bring
+        # them in different orders, so a spend of exactly a tier's minimum could fall a hair
+        # below it one way and not the other.
+        cents = pd.Series(np.rint(o["amount"].to_numpy(float) * 100).astype("int64"),
+                          index=o.index)
         by = o.groupby("customer_id")
-        return by["amount"].sum().astype(float), by["ordered_at"].min() + prog.tiers.window
+        spend = cents.groupby(o["customer_id"]).sum() / 100
+        return spend.astype(float), by["ordered_at"].min() + prog.tiers.window
     led = lots(ledger) if lot is None else lot
     led = led[(led["occurred_at"] > start) & (led["occurred_at"] <= now)
               & led["kind"].isin(EARNING_KINDS)]
@@ -391,24 +464,31 @@ def tiers(prog: Programme, members: pd.Index, qual: pd.Series, stored: pd.DataFr
 def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
     """Every row this evaluation appends, and the resulting status of each member."""
     ledger = inp.ledger
-    new_parts = []
+    new_parts: dict[int, pd.DataFrame] = {}
 
-    def append(rows: pd.DataFrame) -> pd.DataFrame:
-        """The ledger with ``rows`` added: each step sees the rows of the steps before it."""
+    def append(rows: pd.DataFrame, place: int) -> pd.DataFrame:
+        """The ledger with ``rows`` added: each step sees the rows of the steps before it.
+        Each step's rows come in key order, and its ``place`` is the order of its kinds'
+        keys (bonus, earn < expire < redeem < reverse < reward), so that the new rows are
+        in key order as a whole: a large write then needs no sort."""
         part = typed(rows)
         if part.empty:
             return ledger
-        new_parts.append(part)
-        return pd.concat([ledger, part], ignore_index=True)
+        new_parts[place] = part
+        return pd.concat([inp.ledger, *(new_parts[k] for k in sorted(new_parts))],
+                         ignore_index=True)
 
-    ledger = append(earning_rows(prog, inp, now))
-    ledger = append(reversal_rows(inp, ledger, now))
-    ledger = append(redemption_rows(inp, now))
+    ledger = append(earning_rows(prog, inp, now), 0)
+    ledger = append(reversal_rows(inp, ledger, now), 3)
+    ledger = append(redemption_rows(inp, now), 2)
     # The lots are final from here (expiries and rewards only debit them): sorted once.
     lot = lot_frame(ledger)
-    ledger = append(expiry_rows(prog, ledger, now, lot))
-    ledger = append(reward_rows(prog, ledger, now))
-    new = pd.concat(new_parts, ignore_index=True) if new_parts else empty_ledger()
+    ledger = append(expiry_rows(prog, ledger, now, lot), 1)
+    ledger = append(reward_rows(prog, ledger, now), 4)
+    # A first evaluation's new rows are its whole ledger: the same frame, not a second copy.
+    new = ledger if inp.ledger.empty else pd.concat(
+        [new_parts[k] for k in sorted(new_parts)], ignore_index=True) if new_parts \
+        else empty_ledger()
     lot = spend_lots(lot, ledger)
 
     o = inp.orders

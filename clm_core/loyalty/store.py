@@ -9,8 +9,12 @@ so two racing evaluations, or a rerun after a kill -9, add nothing twice.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -19,10 +23,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from clm_core.db.engine import take_write_lock
+from clm_core.db.engine import references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
-from clm_core.journeys.store import read_frame
+from clm_core.journeys.store import gc_paused, read_frame
 from clm_core.loyalty.ledger import (
+    KIND,
     LEDGER_COLUMNS,
     REVERSED,
     STATUS_COLUMNS,
@@ -55,6 +60,9 @@ class Summary:
     tier_changes: int
     rewards: int
     tiers: dict[str, int]  # tier -> members
+    # CPU seconds of each step (read, compute, write, commit), for benchmarks and profiling;
+    # not part of what the evaluation did, so two equal evaluations compare equal
+    cpu: dict[str, float] = field(default_factory=dict, compare=False)
 
     def lines(self) -> list[str]:
         added = ", ".join(f"{k} {self.rows[k]:,} ({self.points[k]:+,} points)"
@@ -86,6 +94,56 @@ _IDS = sa.Table("loyalty_ids", sa.MetaData(), sa.Column("customer_id", sa.Intege
 
 def _read(conn: Connection, query: sa.Select) -> pd.DataFrame:
     return read_frame(conn, query, driver_rows=True)
+
+
+READ_CHUNK_ROWS = 500_000  # orders fetched at a time: the rows as tuples take 300 bytes each
+
+
+def _times(values: tuple[object, ...]) -> np.ndarray:
+    """SQLite's text (YYYY-MM-DD HH:MM:SS.ffffff) or the driver's datetimes, as datetime64."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy would move a time with an offset to UTC
+            return np.array(values, dtype="datetime64[us]").astype("datetime64[ns]")
+    except (ValueError, UserWarning):  # another way of writing times: pandas reads them all
+        parsed = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601")
+        return parsed.astype("datetime64[ns]").to_numpy()
+
+
+def _array(dtype: object) -> Callable[[tuple[object, ...]], np.ndarray]:
+    return lambda values: np.array(values, dtype=dtype)  # type: ignore[call-overload]
+
+
+# each column and how its values become an array (amounts: floats on SQLite, Decimals on
+# PostgreSQL)
+_ORDER_COLUMNS = [("id", _array("int64")), ("customer_id", _array("int64")),
+                  ("ordered_at", _times), ("amount", _array(float)), ("currency", _array(object)),
+                  ("status", _array(object)), ("points_redeemed", _array(object))]
+
+
+def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) as typed
+    columns built straight from the driver's rows, a chunk at a time: on a whole history of
+    millions of orders pandas' inference of each column from the rows costs more than the
+    typed arrays do, and all the rows as tuples at once would take gigabytes."""
+    result = conn.execute(query)
+    parts: list[list[np.ndarray]] = [[] for _ in _ORDER_COLUMNS]
+    with gc_paused():  # millions of row tuples: see read_frame
+        while result.cursor is not None:
+            raw = result.cursor.fetchmany(READ_CHUNK_ROWS)
+            if not raw:
+                break
+            for part, (_, convert), values in zip(parts, _ORDER_COLUMNS, zip(*raw)):
+                part.append(convert(values))
+            del raw
+        result.close()
+    cols = {name: np.concatenate(part) if part else convert(())
+            for (name, convert), part in zip(_ORDER_COLUMNS, parts)}
+    codes, values = pd.factorize(cols["status"])
+    return pd.DataFrame({
+        **cols, "status": pd.Categorical.from_codes(  # a few values, compared often
+            codes, categories=pd.Index(values, dtype=object)),
+        "points_redeemed": pd.to_numeric(pd.Series(cols["points_redeemed"], dtype=object))})
 
 
 def _only(query: sa.Select, column: sa.ColumnElement, ids: bool) -> sa.Select:
@@ -140,13 +198,19 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
         if ids:
             conn.execute(_IDS.insert(), [{"customer_id": i} for i in ids])
     o = t.orders
-    orders = _read(conn, _only(sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount,
-                                          o.c.currency, o.c.status, o.c.points_redeemed)
-                                .where(o.c.ordered_at <= now), o.c.customer_id, only))
-    orders["ordered_at"] = pd.to_datetime(orders["ordered_at"])
-    orders["amount"] = orders["amount"].astype(float)
-    orders["id"] = orders["id"].astype("int64")
-    orders["customer_id"] = orders["customer_id"].astype("int64")
+    # The currency only when the programme earns in some currencies: millions of strings
+    # read for nothing cost time and memory.
+    currency = o.c.currency if prog.earning.currencies else sa.null().label("currency")
+    query = sa.select(o.c.id, o.c.customer_id, o.c.ordered_at, o.c.amount, currency,
+                      o.c.status, o.c.points_redeemed)
+    # Some customers: through their index, up to now. Everyone: the whole table in one pass,
+    # the few orders after now dropped here; in SQL the time condition would make SQLite walk
+    # the ordered_at index and fetch every row from a random place in the table (most of a
+    # first evaluation's time on a store larger than the page cache).
+    orders = _read_orders(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id,
+                                      True) if only else query)
+    if not only:
+        orders = orders[orders["ordered_at"] <= pd.Timestamp(now)].reset_index(drop=True)
     if any(b.sku_prefix for b in prog.bonuses):
         i = t.order_items
         skus = _read(conn, _only(sa.select(i.c.order_id, i.c.sku)
@@ -166,6 +230,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
         ledger[col] = pd.to_datetime(ledger[col])
     ledger["order_id"] = ledger["order_id"].astype(float)
     ledger["points"] = ledger["points"].astype("int64")
+    ledger["kind"] = ledger["kind"].astype(KIND)
     st = t.loyalty_status
     status = _read(conn, _only(sa.select(*[st.c[c] for c in STATUS_COLUMNS]),
                                 st.c.customer_id, only))
@@ -189,33 +254,39 @@ def save_state(conn: Connection, now: datetime) -> None:
                              "last_now"])
 
 
-def _key_order(keys: pd.Series) -> np.ndarray:
-    """Positions of ``keys`` in byte order: the order of the unique key index, which millions
-    of rows then extend at its end instead of all over a tree larger than the page cache
-    (several times faster). Keys are ASCII (ids and the programme's names); any other text
-    keeps its order."""
-    try:
-        raw = np.array(keys.tolist(), dtype="S")
-    except UnicodeEncodeError:
-        return np.arange(len(keys))
-    return np.argsort(raw, kind="stable")
+def _key_order(keys: pd.Series) -> list[int] | None:
+    """Positions of ``keys`` in the order of the unique key index (byte order of their UTF-8,
+    which is Python's order of str), so that millions of rows extend the index at its end
+    instead of all over a tree larger than the page cache (several times faster); None when
+    they are in that order already, as the evaluation emits them (checked pairwise: no
+    permutation of millions of positions is built for nothing)."""
+    values = keys.tolist()
+    if all(a <= b for a, b in zip(values, islice(values, 1, None))):
+        return None
+    return sorted(range(len(values)), key=values.__getitem__)
 
 
 def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
     recorded = utcnow()
     if not ev.rows.empty:
-        rows = ev.rows.copy()
+        rows = ev.rows.copy(deep=False)
         rows["order_id"] = rows["order_id"].astype("Int64")
         rows["recorded_at"], rows["run_id"] = recorded, run_id
         bulk = len(rows) > BULK_ROWS  # a first evaluation writes the whole history
-        write_frame(conn, t.points_ledger, rows.iloc[_key_order(rows["key"])] if bulk else rows,
-                    keys=["key"], bulk=bulk)
+        # In key order, the rows come kind by kind (and bonus rule by rule): each run is one
+        # statement with its kind, reason and the like as literals.
+        if bulk:
+            order = _key_order(rows["key"])
+            if order is not None:
+                rows = rows.iloc[order]
+        write_frame(conn, t.points_ledger, rows, keys=["key"], bulk=bulk,
+                    runs_by=["kind", "reason"])
     if not ev.status.empty:
         write_frame(conn, t.loyalty_status, ev.status, keys=["customer_id"],
                     update=[c for c in STATUS_COLUMNS if c != "customer_id"],
                     bulk=len(ev.status) > BULK_ROWS)
     if not ev.transitions.empty:
-        tr = ev.transitions.copy()
+        tr = ev.transitions.copy(deep=False)
         tr["recorded_at"], tr["run_id"] = recorded, run_id
         write_frame(conn, t.tier_transitions, tr, bulk=len(tr) > BULK_ROWS)
     if not ev.rewards.empty:
@@ -233,24 +304,40 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
                 full: bool = False) -> Summary:
     """One evaluation as of ``now`` in one transaction: only the customers whose points or tier
     can have changed since the last one (``full``: everyone; the results are the same)."""
-    with engine.begin() as conn:
+    # Every customer and order a ledger row names was read in this transaction under the
+    # write lock: SQLite need not look each one up again (half the time of a bulk write).
+    cpu: dict[str, float] = {}
+    clock = [time.process_time()]
+
+    def step(name: str) -> None:
+        clock.append(time.process_time())
+        cpu[name] = clock[-1] - clock[-2]
+
+    with engine.connect() as conn, references_trusted(conn), conn.begin():
         if conn.dialect.name == "postgresql":  # one evaluation at a time: watermarks are shared
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
         take_write_lock(conn)  # it reads, then writes: on SQLite hold the lock from the start
         ids = None if full else changed_customers(conn, now)
         inp = read_inputs(conn, prog, now, ids)
+        step("read")
         ev = evaluate(prog, inp, pd.Timestamp(now))
+        del inp  # the orders frame is not needed for the write
+        step("compute")
         write_evaluation(conn, ev, run_id)
         save_state(conn, now)
         st = t.loyalty_status
         counts: dict[str, int] = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
                                    .group_by(st.c.tier)).all())
-    rows = ev.rows.groupby("kind").size().to_dict() if not ev.rows.empty else {}
-    points = ev.rows.groupby("kind")["points"].sum().to_dict() if not ev.rows.empty else {}
+        step("write")
+    step("commit")
+    by_kind = ev.rows.groupby("kind", observed=True)
+    rows = by_kind.size().to_dict() if not ev.rows.empty else {}
+    points = by_kind["points"].sum().to_dict() if not ev.rows.empty else {}
     order = [n for n in prog.tier_names() if n in counts]
     return Summary(now, sum(counts.values()), len(ev.status),
                    {k: int(v) for k, v in rows.items()}, {k: int(v) for k, v in points.items()},
-                   len(ev.transitions), len(ev.rewards), {n: int(counts[n]) for n in order})
+                   len(ev.transitions), len(ev.rewards), {n: int(counts[n]) for n in order},
+                   cpu)
 
 
 def adjust(engine: Engine, customer_ref: str, points: float, reason: str, now: datetime,
