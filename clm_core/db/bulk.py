@@ -68,8 +68,12 @@ def _column(col: sa.Column, s: pd.Series) -> Sequence[object]:
     return values
 
 
-def _columns(table: sa.Table, df: pd.DataFrame) -> list[Sequence[object]]:
-    return [_column(table.c[name], df[name]) for name in df.columns]
+def _columns(table: sa.Table, df: pd.DataFrame,
+             as_text: Sequence[str] = ()) -> list[Sequence[object]]:
+    """Every column of ``df`` as ``_column`` gives it; those named in ``as_text`` as they are
+    (values the caller already formatted, such as JSON text made in bulk)."""
+    return [df[name].tolist() if name in as_text else _column(table.c[name], df[name])
+            for name in df.columns]
 
 
 def _conflict_sql(table: sa.Table, keys: Sequence[str], update: Sequence[str] | None,
@@ -161,7 +165,8 @@ def _raw(conn: Connection) -> Any:
     return raw
 
 
-def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> None:
+def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame,
+          as_text: Sequence[str] = ()) -> None:
     """COPY the frame into ``target`` as csv text (None becomes an unquoted empty field: NULL), in
     chunks, so that the server parses one chunk while the next is formatted here."""
     sql = f"COPY {target} ({_quoted(df.columns)}) FROM STDIN WITH (FORMAT csv)"
@@ -169,7 +174,8 @@ def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame) -> N
         with cur.copy(sql) as copy:
             for start in range(0, len(df), COPY_CHUNK_ROWS):
                 part = df.iloc[start:start + COPY_CHUNK_ROWS]
-                frame = pd.DataFrame(dict(zip(part.columns, _columns(table, part))), dtype=object)
+                frame = pd.DataFrame(dict(zip(part.columns, _columns(table, part, as_text))),
+                                     dtype=object)
                 copy.write(_csv(frame))
 
 

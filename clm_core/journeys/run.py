@@ -14,14 +14,13 @@ from clm_core.db import tables as t
 from clm_core.journeys.engine import Plan, plan
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.store import (
-    Written,
     load_journeys,
     load_previous,
     load_snapshot,
     project_policy,
     sync_versions,
-    write_plan,
 )
+from clm_core.journeys.writeback import Written, write_plan
 from clm_core.runclock import normalize_now
 from clm_core.runs import utcnow
 from clm_core.settings import Settings

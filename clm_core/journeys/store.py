@@ -1,9 +1,10 @@
 """The engine's edges: read a Snapshot from the database, write a Plan back idempotently, and
 keep journey versions.
 
-Writes are safe to repeat: enrollments are unique on (journey, customer, entry_seq) and messages
-on their idempotency key, both inserted with ON CONFLICT DO NOTHING, so running an evaluation
-twice at the same time (or two racing runs) creates nothing new.
+Writes (``clm_core.journeys.writeback``, set-based) are safe to repeat: enrollments are unique
+on (journey, customer, entry_seq) and messages on their idempotency key, both inserted with ON
+CONFLICT DO NOTHING, so running an evaluation twice at the same time (or two racing runs)
+creates nothing new.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import gc
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -28,16 +27,14 @@ from clm_core.errors import Problem, SpecError
 from clm_core.journeys.engine import (
     ENROLLMENT_COLUMNS,
     TIME_COLUMNS,
-    Plan,
     Snapshot,
     empty_enrollments,
-    message_keys,
 )
 from clm_core.journeys.fields import ENGAGEMENT_EVENTS, ENGAGEMENT_LOOKBACK_DAYS, FIELDS
 from clm_core.journeys.loader import CompiledJourney, load_journey, parse_journey
 from clm_core.journeys.model import ProjectPolicy
+from clm_core.journeys.writeback import Written, write_plan  # noqa: F401  (re-exported)
 from clm_core.lifecycle.features import NOT_PURCHASES
-from clm_core.runs import utcnow
 from clm_core.yamlspec import parse_yaml, problems_from_pydantic
 
 LEDGER_STATUSES = ("pending", "deferred", "claimed", "sent", "unknown")
@@ -153,13 +150,17 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
     ``driver_rows``: take the rows straight from the driver's cursor, skipping SQLAlchemy's
     per-row processing (a Row object per row, a Decimal per NUMERIC value on SQLite), which
     costs more than the query itself on millions of rows; numbers then come as the driver
-    gives them (float or Decimal) and the caller converts them."""
+    gives them (float or Decimal) and the caller converts them. Booleans are still booleans
+    (SQLite gives 0 and 1): a column without NULLs as bool, else as objects with None."""
     times = []
+    flags = []
     cols = []
     for col in query.selected_columns:
         if isinstance(col.type, (sa.DateTime, sa.Date)):
             times.append(col.name)
             col = sa.type_coerce(col, sa.String).label(col.name)
+        elif isinstance(col.type, sa.Boolean):
+            flags.append(col.name)
         cols.append(col)
     result = conn.execute(query.with_only_columns(*cols))
     keys = list(result.keys())
@@ -172,6 +173,8 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
             df = pd.DataFrame.from_records(raw, columns=keys) if raw else \
                 pd.DataFrame({k: [] for k in keys})
             del raw
+        for name in flags:
+            df[name] = _booleans(df[name])
     else:
         rows = result.fetchall()
         df = pd.DataFrame({k: list(v) for k, v in zip(keys, zip(*rows))} if rows else
@@ -179,6 +182,29 @@ def read_frame(conn: Connection, query: sa.Select, driver_rows: bool = False) ->
     for name in times:
         df[name] = pd.to_datetime(df[name], format="ISO8601").astype("datetime64[ns]")
     return df
+
+
+def _booleans(s: pd.Series) -> pd.Series:
+    """A driver's booleans (True/False, or 1/0 from SQLite) as SQLAlchemy gives them."""
+    if s.dtype == bool:
+        return s
+    if s.notna().all():
+        return s.astype(bool)
+    return s.map({0: False, 1: True}).astype(object).where(s.notna(), None)
+
+
+def _json_column(s: pd.Series) -> pd.Series:
+    """JSON read as text, parsed once per distinct text (a ledger repeats a few tag lists
+    hundreds of thousands of times); NULL as None."""
+    texts = pd.unique(s.dropna())
+    parsed = {v: json.loads(v) for v in texts}
+    return pd.Series([None if v is None else parsed[v] for v in s.where(s.notna(), None)],
+                     index=s.index, dtype=object)
+
+
+def _as_text(col: sa.ColumnElement) -> sa.ColumnElement:
+    """A JSON column read as its text (PostgreSQL's jsonb printed by the server)."""
+    return sa.type_coerce(sa.cast(col, sa.Text), sa.String).label(col.name)
 
 
 _frame = read_frame
@@ -229,7 +255,7 @@ def load_customers(conn: Connection, fields: Iterable[str] | None = None) -> pd.
     joined = s.join(c, c.c.id == s.c.customer_id)
     if any(col.table is lo for col in cols):  # loyalty fields: empty for non-members
         joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
-    df = _frame(conn, sa.select(s.c.customer_id, *cols).select_from(joined))
+    df = _frame(conn, sa.select(s.c.customer_id, *cols).select_from(joined), driver_rows=True)
     sup = _frame(conn, sa.select(t.suppressions.c.channel, t.suppressions.c.address))
     for ch, addr in (("email", "email"), ("sms", "phone")):
         df[f"suppressed_{ch}"] = df[addr].isin(sup.loc[sup["channel"] == ch, "address"])
@@ -242,16 +268,17 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     e = t.journey_enrollments
     latest = sa.select(e.c.journey, e.c.customer_id, sa.func.max(e.c.entry_seq).label("seq")) \
         .where(e.c.journey.in_(names)).group_by(e.c.journey, e.c.customer_id).subquery()
-    cols = [e.c[c] for c in ENROLLMENT_COLUMNS if c in e.c] + [e.c.state]
+    # The engine state's two times are taken out of the JSON by the database (json_extract,
+    # ->>): parsing hundreds of thousands of documents in Python costs seconds.
+    cols = [e.c[c] for c in ENROLLMENT_COLUMNS if c in e.c] + [
+        e.c.state["trigger_at"].as_string().label("trigger_at"),
+        e.c.state["unmatched_at"].as_string().label("unmatched_at")]
     enr = _frame(conn, sa.select(*cols).join(latest, sa.and_(
         e.c.journey == latest.c.journey, e.c.customer_id == latest.c.customer_id,
-        e.c.entry_seq == latest.c.seq)))
+        e.c.entry_seq == latest.c.seq)), driver_rows=True)
     if enr.empty:
         enr = empty_enrollments()
     else:
-        state = enr.pop("state").map(lambda s: s if isinstance(s, dict) else json.loads(s or "{}"))
-        enr["trigger_at"] = state.map(lambda s: s.get("trigger_at"))
-        enr["unmatched_at"] = state.map(lambda s: s.get("unmatched_at"))
         enr = _times(enr, TIME_COLUMNS)
         enr["is_control"] = enr["is_control"].astype(bool)
     active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
@@ -260,10 +287,15 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     if pd.notna(active_since):
         since = min(since, active_since.to_pydatetime())
     tr = t.stage_transitions
+    # Only moves into a stage some journey is entered by: the first scoring records a move for
+    # every customer, and a week of them would otherwise be read every night.
+    entered_by = sorted({j.spec.entry.stage.to for j in journeys if j.spec.entry.stage})
     transitions = _times(_frame(conn, sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage,
                                                 tr.c.transitioned_at)
                                 .where(tr.c.transitioned_at > now - within,
-                                       tr.c.transitioned_at <= now)), ["transitioned_at"])
+                                       tr.c.transitioned_at <= now,
+                                       tr.c.to_stage.in_(entered_by)), driver_rows=True),
+                         ["transitioned_at"])
     types = {j.spec.entry.event.type for j in journeys if j.spec.entry.event} | {
         g.event.type for j in journeys for g in j.spec.goals if g.event}
     ev = t.events
@@ -294,11 +326,11 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
                                                  for c in j.spec.contact_policy.caps]
     horizon = now - max(windows, default=pd.Timedelta(days=7))
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
-    ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, m.c.tags, at.label("at"))
-                           .where(m.c.status.in_(LEDGER_STATUSES), at > horizon)), ["at"])
-    ledger["tags"] = ledger["tags"].map(
-        lambda v: json.loads(v) if isinstance(v, str) else (v or [])
-    )
+    ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, _as_text(m.c.tags),
+                                           at.label("at"))
+                           .where(m.c.status.in_(LEDGER_STATUSES), at > horizon),
+                           driver_rows=True), ["at"])
+    ledger["tags"] = _json_column(ledger["tags"]).map(lambda v: v or [])
     if len(transitions) == 0:
         transitions = Snapshot(pd.DataFrame()).transitions
     tt = t.tier_transitions
@@ -330,61 +362,3 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     )
 
 
-# --- writing ----------------------------------------------------------------------------------
-
-@dataclass
-class Written:
-    enrollments_created: int
-    enrollments_updated: int
-    messages_created: int
-
-
-def _state(df: pd.DataFrame) -> list[dict]:
-    def iso(s: pd.Series) -> list[str | None]:
-        text = pd.to_datetime(s).dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
-        return [t if ok else None for t, ok in zip(text.tolist(), s.notna().tolist())]
-
-    return [{"trigger_at": a, "unmatched_at": b}
-            for a, b in zip(iso(df["trigger_at"]), iso(df["unmatched_at"]))]
-
-
-def write_plan(conn: Connection, plan: Plan) -> Written:
-    """Store a plan; repeating it (or racing another run) adds nothing."""
-    e = plan.enrollments
-    stored = [c for c in ENROLLMENT_COLUMNS if c in t.journey_enrollments.c and c != "id"]
-    new, old = e[e["is_new"]], e[~e["is_new"]]
-    created = updated = 0
-    ids = pd.Series(dtype="int64")
-    recorded = np.datetime64(utcnow(), "ns")  # the wall clock, only ever as recorded_at
-    if len(new):
-        frame = new[stored].copy()
-        frame["state"] = _state(new)
-        frame["recorded_at"] = recorded
-        created = write_frame(conn, t.journey_enrollments, frame,
-                              keys=["journey", "customer_id", "entry_seq"])
-        je = t.journey_enrollments
-        back = _frame(conn, sa.select(je.c.id, je.c.journey, je.c.customer_id, je.c.entry_seq)
-                      .where(je.c.entered_at == plan.now.to_pydatetime()))
-        keyed = new[["id", "journey", "customer_id", "entry_seq"]].merge(
-            back, on=["journey", "customer_id", "entry_seq"], suffixes=("_tmp", ""))
-        ids = pd.Series(keyed["id"].to_numpy(), index=keyed["id_tmp"].to_numpy())
-    if len(old):
-        frame = old[["id", *stored]].copy()
-        frame["state"] = _state(old)
-        updated = write_frame(conn, t.journey_enrollments, frame, keys=["id"],
-                              update=[*stored, "state"])
-    msgs = plan.messages.copy()
-    if msgs.empty:
-        return Written(created, updated, 0)
-    temp = msgs["enrollment_id"] < 0
-    if temp.any():
-        msgs.loc[temp, "enrollment_id"] = msgs.loc[temp, "enrollment_id"].map(ids)
-        msgs = msgs[msgs["enrollment_id"].notna()]
-        msgs["enrollment_id"] = msgs["enrollment_id"].astype("int64")
-        msgs["idempotency_key"] = message_keys(msgs)
-    # A message is created at the run's now (a backfill's past time, too).
-    msgs["created_at"] = plan.now.to_datetime64()
-    msgs["updated_at"] = msgs["created_at"]
-    msgs["recorded_at"] = recorded
-    n = write_frame(conn, t.messages, msgs, keys=["idempotency_key"])
-    return Written(created, updated, n)
