@@ -96,12 +96,40 @@ def execute(conn: sa.Connection, sql: str, params: Any = ()) -> list[tuple[Any, 
         cursor.close()
 
 
+def rowcount(conn: sa.Connection, sql: str, params: Any = ()) -> int:
+    """Run ``sql`` (a statement returning no rows) on the DBAPI cursor; the rows it changed."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount or 0)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, params, exc) from exc
+    finally:
+        cursor.close()
+
+
 def executemany(conn: sa.Connection, sql: str, rows: Sequence[Any]) -> int:
     """Run ``sql`` once per row of ``rows`` on the DBAPI cursor; the rows it changed."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.executemany(sql, rows)
         return int(cursor.rowcount or 0)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, rows, exc) from exc
+    finally:
+        cursor.close()
+
+
+def execute_each(conn: sa.Connection, sql: str, rows: Sequence[Any]) -> list[int]:
+    """Run ``sql`` once per row of ``rows`` on one DBAPI cursor; the rows each run changed
+    (``executemany`` gives only their sum)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    counts = []
+    try:
+        for row in rows:
+            cursor.execute(sql, row)
+            counts.append(int(cursor.rowcount or 0))
+        return counts
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _wrapped(conn, sql, rows, exc) from exc
     finally:

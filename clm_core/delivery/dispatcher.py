@@ -159,7 +159,9 @@ class Dispatcher:
         self.throttle = throttle
         self.guard = guard if guard is not None else load_webhook_config(settings, config)
         self.settings, self.config = settings, config
-        self.templates = templates or TemplateStore(settings.templates_dir, settings.default_locale)
+        # A run renders the templates as they were when it started (compiled once each).
+        self.templates = templates or TemplateStore(settings.templates_dir,
+                                                    settings.default_locale, reload=False)
         self.key = signing_key
         self.keyring = keyring or load_keyring(settings)
         self.tracking = load_tracking_config(settings)
@@ -463,10 +465,13 @@ class Dispatcher:
         else:
             wave = step * max(1, provider.concurrency)
         gate = self._gates.setdefault(channel, asyncio.Lock())
+        # A wave's outcomes are committed in the transaction that marks the lane's next wave
+        # (one database call a wave), or on their own after the last wave.
+        done: list[Resolution] = []
         for start in range(0, len(items), wave):
             part = items[start:start + wave]
             if channel in self.report.halted:
-                await self._commit([self._halted(row, None, provider) for row, _ in part], owner)
+                done += [self._halted(row, None, provider) for row, _ in part]
                 continue
             digests = ({r["id"]: content_digest(msg.to, msg.text or "") for r, msg in part}
                        if channel == "sms" else None)
@@ -474,9 +479,17 @@ class Dispatcher:
             # passed since it was last set (as the keeper does), not on every wave.
             now = self.clock()
             renew = now - self._renewed.get(owner, now - self.lease) >= self.lease / 3
-            held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner,
-                                           [r["id"] for r, _ in part],
-                                           batch_ids if renew else [], now, self.lease, digests)
+            ids = [r["id"] for r, _ in part]
+            rest = batch_ids if renew else []
+            if done:
+                updated, held = await asyncio.to_thread(
+                    outbox.record_and_mark, self.writer, owner, done, ids, rest, now,
+                    self.lease, digests)
+                self._counted(done, updated)
+                done = []
+            else:
+                held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner, ids,
+                                               rest, now, self.lease, digests)
             if renew:
                 self._renewed[owner] = now
             self.report.lost_leases += len(part) - len(held)
@@ -488,13 +501,17 @@ class Dispatcher:
                                                                       [m for _, m in c])
                                                   for c in chunks)):
                     results += got
-            await self._commit([self._outcome(row, res, provider, address=msg.to)
-                                for (row, msg), res in zip(part, results)], owner)
+            done = [self._outcome(row, res, provider, address=msg.to)
+                    for (row, msg), res in zip(part, results)]
+        await self._commit(done, owner)
 
     async def _commit(self, outcomes: list[Resolution], owner: str) -> None:
         if not outcomes:
             return
         updated = await asyncio.to_thread(outbox.record, self.writer, owner, outcomes, self.clock())
+        self._counted(outcomes, updated)
+
+    def _counted(self, outcomes: list[Resolution], updated: int) -> None:
         self.report.lost_leases += len(outcomes) - updated
         self.report.count(outcomes)
 

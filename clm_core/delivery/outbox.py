@@ -29,8 +29,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
+from clm_core.db import rowset
 from clm_core.db import tables as t
 from clm_core.db.engine import make_engine
+from clm_core.delivery.outbox_sql import RECORD_COLUMNS, mark_sql, record_sql
 
 m = t.messages
 P = ParamSpec("P")
@@ -122,24 +124,49 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
     the provider's list."""
     if not ids:
         return set()
-    mine = sa.and_(m.c.lease_owner == owner, m.c.status == "claimed")
-    values: dict[str, Any] = {"reason": "sending", "lease_expires_at": now + lease,
-                              "updated_at": now}
-    marked = {i: d for i, d in (digests or {}).items() if i in set(ids)}
-    if marked:
-        values["content_digest"] = sa.case(marked, value=m.c.id, else_=m.c.content_digest)
-    rest = sorted(set(batch_ids) - set(ids))
-    mark = sa.update(m).where(m.c.id.in_(list(ids)), mine).values(values).returning(m.c.id)
-    if not rest and engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and not set(batch_ids) - set(ids):
         # One statement is a transaction of its own (committed before its answer comes back):
         # no BEGIN and COMMIT round trips while the provider waits for the wave.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            return {r[0] for r in conn.execute(mark)}
+            return _mark(conn, owner, ids, batch_ids, now, lease, digests or {})
     with engine.begin() as conn:
-        got = {r[0] for r in conn.execute(mark)}
-        if rest:
-            conn.execute(sa.update(m).where(m.c.id.in_(rest), mine)
-                         .values(lease_expires_at=now + lease))
+        return _mark(conn, owner, ids, batch_ids, now, lease, digests or {})
+
+
+@retrying
+def record_and_mark(engine: Engine, owner: str, outcomes: Sequence[Resolution], ids: Sequence[int],
+                    batch_ids: Sequence[int], now: datetime, lease: timedelta,
+                    digests: dict[int, str] | None = None) -> tuple[int, set[int]]:
+    """``record`` the outcomes of a lane's last wave and ``mark_sending`` its next one, in one
+    transaction: what the two calls do, one commit and one trip to the database's thread
+    instead of two. Still at most one wave of the lane is marked and not recorded (the
+    next one is marked only as the last one's outcomes are committed). Returns the rows
+    recorded and the ids still held."""
+    with engine.begin() as conn:
+        updated = _record(conn, owner, outcomes, now)
+        return updated, _mark(conn, owner, ids, batch_ids, now, lease, digests or {})
+
+
+def _mark(conn: sa.Connection, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
+          now: datetime, lease: timedelta, digests: dict[int, str]) -> set[int]:
+    if not ids:
+        return set()
+    dialect = conn.dialect.name
+    expires = now + lease
+    if dialect == "postgresql":
+        params = {"ids": list(ids), "digests": [digests.get(i) for i in ids], "owner": owner,
+                  "expires": expires, "now": now}
+        got = {r[0] for r in rowset.execute(conn, mark_sql(dialect), params)}
+    else:
+        at, until = rowset.stamp(now), rowset.stamp(expires)
+        counts = rowset.execute_each(conn, mark_sql(dialect),
+                                     [(until, at, digests.get(i), i, owner) for i in ids])
+        got = {i for i, n in zip(ids, counts) if n}
+    rest = sorted(set(batch_ids) - set(ids))
+    if rest:
+        conn.execute(sa.update(m).where(m.c.id.in_(rest), m.c.lease_owner == owner,
+                                        m.c.status == "claimed")
+                     .values(lease_expires_at=expires))
     return got
 
 
@@ -174,39 +201,40 @@ class Resolution:
     attempted: bool = True
 
 
-# Built once: constructing the statement cost more CPU than executing it for a wave of a few.
-_RECORD = (sa.update(m)
-           .where(m.c.id == sa.bindparam("_id"), m.c.lease_owner == sa.bindparam("_owner"),
-                  sa.or_(m.c.status == "claimed", m.c.status == "unknown"))
-           .values(status=sa.bindparam("_status"), reason=sa.bindparam("_reason"),
-                   send_after=sa.func.coalesce(sa.bindparam("_send_after", type_=sa.DateTime()),
-                                               m.c.send_after),
-                   provider=sa.bindparam("_provider"), provider_message_id=sa.bindparam("_pmid"),
-                   error_code=sa.bindparam("_code"), error_message=sa.bindparam("_msg"),
-                   sent_at=sa.bindparam("_sent_at", type_=sa.DateTime()),
-                   attempts=m.c.attempts - sa.bindparam("_undo", type_=sa.Integer()),
-                   lease_owner=None, lease_expires_at=None,
-                   updated_at=sa.bindparam("_now", type_=sa.DateTime())))
-
-
 @retrying
 def record(engine: Engine, owner: str, outcomes: Sequence[Resolution], now: datetime) -> int:
     """Commit outcomes (and suppressions) in one transaction; returns rows updated. Rows whose
     lease this owner lost to a resend are left alone; ``unknown`` ones get the real outcome."""
     if not outcomes:
         return 0
-    params = [{"_id": o.id, "_owner": owner, "_status": o.status, "_reason": o.reason,
-               "_send_after": o.send_after, "_provider": o.provider,
-               "_pmid": o.provider_message_id, "_code": o.error_code,
-               "_msg": o.error_message, "_sent_at": o.sent_at,
-               "_undo": 0 if o.attempted else 1, "_now": now} for o in outcomes]
+    with engine.begin() as conn:
+        return _record(conn, owner, outcomes, now)
+
+
+def _record(conn: sa.Connection, owner: str, outcomes: Sequence[Resolution], now: datetime) -> int:
+    if not outcomes:
+        return 0
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        columns = list(zip(*[(o.id, o.status, o.reason, o.send_after, o.provider,
+                              o.provider_message_id, o.error_code, o.error_message, o.sent_at,
+                              0 if o.attempted else 1) for o in outcomes]))
+        params: dict[str, Any] = dict(zip([name for name, _ in RECORD_COLUMNS],
+                                          map(list, columns)))
+        params.update(now=now, owner=owner)
+        updated = rowset.rowcount(conn, record_sql(dialect), params)
+    else:
+        at = rowset.stamp(now)
+        updated = rowset.executemany(conn, record_sql(dialect), [
+            (o.status, o.reason, o.send_after and rowset.stamp(o.send_after), o.provider,
+             o.provider_message_id, o.error_code, o.error_message,
+             o.sent_at and rowset.stamp(o.sent_at), 0 if o.attempted else 1, at, o.id, owner)
+            for o in outcomes])
     suppressions = [{"channel": c, "address": a, "customer_id": cid, "reason": r,
                      "source": o.provider, "created_at": now}
                     for o in outcomes if o.suppress for c, a, cid, r in [o.suppress]]
-    with engine.begin() as conn:
-        updated = conn.execute(_RECORD, params).rowcount
-        if suppressions:
-            insert_ignore(conn, t.suppressions, suppressions, ["channel", "address"])
+    if suppressions:
+        insert_ignore(conn, t.suppressions, suppressions, ["channel", "address"])
     return updated
 
 
