@@ -150,6 +150,9 @@ class Replay:
         self.journeys = [j for j in journeys if j.spec.status != "draft"]
         self.policy, self.tz = policy, default_tz
         self.agg = RunningAggregates(history)
+        # the customers table's fields the engine reads (consent comes from the ledger)
+        self.contact = history.customers.drop(
+            columns=["signed_up_at", "consent_email", "consent_sms"], errors="ignore")
         n = len(history.customers)
         empty = Snapshot(pd.DataFrame())  # the engine's empty frames, with their dtypes
         self.state = ReplayState(
@@ -235,8 +238,7 @@ class Replay:
         h = self.h
         cols = [c for c in SCORE_COLUMNS if c in view.columns and c != "customer_id"]
         df = view[["customer_id", *cols]].set_index("customer_id")
-        contact = h.customers.drop(columns=["signed_up_at", "consent_email", "consent_sms"],
-                                   errors="ignore").reindex(df.index)
+        contact = self.contact.reindex(df.index)
         df = df.join(contact).join(consent).join(h.suppressed_at(now))
         for name in LOYALTY:
             if name in self.fields or (name == "tier" and any(
