@@ -31,7 +31,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -83,57 +84,50 @@ def values(dialect: str, param: str = "keys", kind: str = "text") -> str:
     return f"SELECT value FROM json_each(:{param})"
 
 
-def execute(conn: sa.Connection, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    """Run ``sql`` (in the driver's parameter style) inside ``conn``'s transaction on the
-    DBAPI cursor; its rows, if it returns any."""
+@contextmanager
+def _cursor(conn: sa.Connection, sql: str, params: Any) -> Iterator[Any]:
+    """A DBAPI cursor inside ``conn``'s transaction, closed after; a driver error is raised
+    as SQLAlchemy's (``_wrapped``), so the callers' busy and deadlock retries still see it."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description else []
+        yield cursor
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _wrapped(conn, sql, params, exc) from exc
     finally:
         cursor.close()
+
+
+def execute(conn: sa.Connection, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (in the driver's parameter style) inside ``conn``'s transaction on the
+    DBAPI cursor; its rows, if it returns any."""
+    with _cursor(conn, sql, params) as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
 
 
 def rowcount(conn: sa.Connection, sql: str, params: Any = ()) -> int:
     """Run ``sql`` (a statement returning no rows) on the DBAPI cursor; the rows it changed."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _cursor(conn, sql, params) as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount or 0)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, params, exc) from exc
-    finally:
-        cursor.close()
 
 
 def executemany(conn: sa.Connection, sql: str, rows: Sequence[Any]) -> int:
     """Run ``sql`` once per row of ``rows`` on the DBAPI cursor; the rows it changed."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _cursor(conn, sql, rows) as cursor:
         cursor.executemany(sql, rows)
         return int(cursor.rowcount or 0)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, rows, exc) from exc
-    finally:
-        cursor.close()
 
 
 def execute_each(conn: sa.Connection, sql: str, rows: Sequence[Any]) -> list[int]:
     """Run ``sql`` once per row of ``rows`` on one DBAPI cursor; the rows each run changed
     (``executemany`` gives only their sum)."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     counts = []
-    try:
+    with _cursor(conn, sql, rows) as cursor:
         for row in rows:
             cursor.execute(sql, row)
             counts.append(int(cursor.rowcount or 0))
-        return counts
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, rows, exc) from exc
-    finally:
-        cursor.close()
+    return counts
 
 
 def _wrapped(conn: sa.Connection, sql: str, params: Any, exc: Exception) -> BaseException:
