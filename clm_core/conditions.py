@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from clm_core.errors import Problem, SpecError
@@ -66,15 +67,36 @@ class Condition:
 
     def mask(self, df: pd.DataFrame) -> pd.Series:
         holds, known = self.truth(df)
-        return holds & known
+        return pd.Series(holds & known, index=df.index, dtype=bool)
 
-    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-        """(value, known): where ``known`` is False the value is unknown (and ``value`` False)."""
+    def truth(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(value, known) as boolean arrays aligned with ``df``'s rows: where ``known`` is False
+        the value is unknown (and ``value`` False). Arrays, not Series: a stage rule or an
+        audience combines a dozen comparisons over every customer at every run, and pandas'
+        per-operation overhead was most of that cost."""
         raise NotImplementedError
 
     @property
     def fields(self) -> set[str]:
         raise NotImplementedError
+
+
+_NUMPY_OPS = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "lte": np.less_equal,
+              "gt": np.greater, "gte": np.greater_equal}
+
+
+def _plain_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """``s``'s values and where they are present, when it is a plain numpy number or bool
+    column (NaN the only missing value); None for anything else (strings, datetimes,
+    nullable types), which takes the general path."""
+    if not isinstance(s.dtype, np.dtype) or s.dtype.kind not in "biuf":
+        return None
+    a = s.to_numpy()
+    return a, (~np.isnan(a) if s.dtype.kind == "f" else np.ones(len(a), dtype=bool))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -93,13 +115,41 @@ class Compare(Condition):
             return other * self.value.times if self.value.times != 1.0 else other
         return self.value
 
-    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    def _numeric(self, s: pd.Series, v: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """The comparison on numpy arrays, where both sides are plain numbers (the common case
+        of scores and day counts); None where the general path is needed. A NaN on either side
+        is unknown, as in the general path."""
+        left = _plain_numbers(s)
+        if left is None or self.op not in (*COMPARE, "between"):
+            return None
+        a, known = left
+        if isinstance(v, pd.Series):
+            right = _plain_numbers(v)
+            if right is None or self.op == "between":
+                return None
+            b, known_b = right
+            known = known & known_b
+            return _NUMPY_OPS[self.op](a, b) & known, known
+        if self.op == "between":
+            lo, hi = v
+            if not (_number(lo) and _number(hi)):
+                return None
+            return (a >= lo) & (a <= hi) & known, known
+        if not _number(v):
+            return None
+        return _NUMPY_OPS[self.op](a, v) & known, known
+
+    def truth(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         s = df[self.field]
-        present = s.notna()
         op = self.op
         if op == "exists":
-            return (present if self.value else ~present), pd.Series(True, index=df.index)
+            present = s.notna().to_numpy(bool)
+            return (present if self.value else ~present), np.ones(len(df), dtype=bool)
         v = self._operand(df)
+        fast = self._numeric(s, v)
+        if fast is not None:
+            return fast
+        present = s.notna()
         if op in ("in", "not_in"):
             hit = s.isin(list(v))
             out = hit if op == "in" else ~hit
@@ -114,9 +164,9 @@ class Compare(Condition):
         else:
             out = {"eq": s.__eq__, "ne": s.__ne__, "lt": s.__lt__, "lte": s.__le__,
                    "gt": s.__gt__, "gte": s.__ge__}[op](v)
-        known = present & v.notna() if isinstance(v, pd.Series) else present
-        out = pd.Series(out, index=df.index).fillna(False).astype(bool) & known
-        return out, known
+        known = (present & v.notna() if isinstance(v, pd.Series) else present).to_numpy(bool)
+        holds = pd.Series(out, index=df.index).fillna(False).astype(bool).to_numpy() & known
+        return holds, known
 
 
 @dataclass(frozen=True)
@@ -127,9 +177,9 @@ class AllOf(Condition):
     def fields(self) -> set[str]:
         return set().union(*(c.fields for c in self.children))
 
-    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-        all_true = pd.Series(True, index=df.index)
-        any_false = pd.Series(False, index=df.index)
+    def truth(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        all_true = np.ones(len(df), dtype=bool)
+        any_false = np.zeros(len(df), dtype=bool)
         for c in self.children:
             holds, known = c.truth(df)
             all_true &= holds & known
@@ -140,9 +190,9 @@ class AllOf(Condition):
 
 @dataclass(frozen=True)
 class AnyOf(AllOf):
-    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-        any_true = pd.Series(False, index=df.index)
-        all_false = pd.Series(True, index=df.index)
+    def truth(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        any_true = np.zeros(len(df), dtype=bool)
+        all_false = np.ones(len(df), dtype=bool)
         for c in self.children:
             holds, known = c.truth(df)
             any_true |= holds & known
@@ -158,7 +208,7 @@ class Not(Condition):
     def fields(self) -> set[str]:
         return self.child.fields
 
-    def truth(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    def truth(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         holds, known = self.child.truth(df)
         return ~holds & known, known  # not unknown is unknown
 

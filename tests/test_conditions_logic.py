@@ -102,3 +102,20 @@ def test_not_of_a_comparison_with_a_missing_value_never_matches(rows: list[dict]
             double.tolist()
             == compile_condition({"field": "a", op: 0}, FIELDS, LOC).mask(df).tolist()
         )
+
+
+@settings(max_examples=80, deadline=None)
+@given(conditions, frames, st.sampled_from(["int-or-float", "Float64", "object"]))
+def test_the_mask_does_not_depend_on_how_a_column_is_stored(node: dict[str, Any],
+                                                             rows: list[dict],
+                                                             storage: str) -> None:
+    """Plain numpy numbers take the array path; nullable and object columns the general one.
+    Both follow the same tables (an int64 column has no missing values, so rows with one are
+    stored as float64 there)."""
+    df = frame(rows)
+    if storage == "int-or-float":
+        df = df.apply(lambda c: c.astype("int64") if c.notna().all() else c)
+    else:
+        df = df.astype(storage)
+    cond = compile_condition(node, FIELDS, LOC)
+    assert cond.mask(df).tolist() == [kleene(node, r) is True for r in rows]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from clm_core.journeys import clock, hashing
-from clm_core.journeys.engine import ENROLLMENT_COLUMNS, Plan, Snapshot, plan
+from clm_core.journeys.engine import ENROLLMENT_COLUMNS, Plan, Snapshot, _groups, plan
 from clm_core.journeys.model import Cap, ProjectPolicy, QuietHours
 from tests.journey_helpers import customers_frame, journey, transitions_frame
 
@@ -403,3 +403,21 @@ def test_local_time_arithmetic_agrees_with_pandas_around_every_transition() -> N
         mp.setattr(clock, "_local_offsets", all_through_pandas)
         slow_moved = clock.after_window(at, tz, time(21), time(9))
     assert moved.equals(slow_moved)
+
+
+def test_groups_match_pandas_groupby_in_order_and_content() -> None:
+    """The engine's array grouping keeps pandas' groupby(sort=False) order (groups by first
+    appearance, rows in order within each) and leaves out rows with a missing key: the order
+    of the messages it plans depends on it."""
+    rng = np.random.default_rng(3)
+    n = 500
+    journey = rng.choice(np.array(["welcome", "winback", None], dtype=object), n, p=[.5, .45, .05])
+    version = rng.integers(1, 3, n)
+    step = rng.choice(np.array(["a", "b", "c", None], dtype=object), n)
+    frame = pd.DataFrame({"j": journey, "v": version, "s": step})
+    want = frame.groupby(["j", "v", "s"], sort=False).groups
+    got = _groups(journey, version, step)
+    assert [k for k, _ in got] == list(want)
+    for (_, rows), labels in zip(got, want.values(), strict=True):
+        assert rows.tolist() == list(labels)
+    assert _groups(np.array([], dtype=object)) == []

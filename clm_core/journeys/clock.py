@@ -7,7 +7,7 @@ the first valid instant; ambiguous ones (fall-back) take the first occurrence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
@@ -25,10 +25,12 @@ def _zones() -> frozenset[str]:
 
 def clean_zones(tz: pd.Series, default: str) -> pd.Series:
     """Customers' zones with missing or unknown names replaced by ``default``."""
-    tz = tz.astype(object).where(tz.notna(), default)
-    names = pd.unique(tz)
-    bad = [n for n in names if n not in _zones()]
-    return tz.replace(dict.fromkeys(bad, default)) if bad else tz
+    zones = tz.to_numpy(dtype=object, copy=True)
+    zones[pd.isna(zones)] = default
+    bad = [n for n in pd.unique(zones) if n not in _zones()]
+    if bad:
+        zones[pd.Index(zones).isin(bad)] = default
+    return pd.Series(zones, index=tz.index, name=tz.name, dtype=object)
 
 
 def _minutes(t: time) -> int:
@@ -68,6 +70,8 @@ def _zones_of(z: pd.Series) -> Iterable[tuple[str, np.ndarray]]:
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH = datetime(1970, 1, 1)
 _NS = 10**9
+_MINUTE = NS_PER_MINUTE
+_DAY = 24 * 60 * _MINUTE
 
 
 def _utc_offsets(ns: np.ndarray, zones: np.ndarray) -> np.ndarray:
@@ -97,8 +101,10 @@ def _local_offsets(ns: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.nd
     return out, unique
 
 
-def _by_zone(utc: pd.Series, tz: pd.Series, fn) -> pd.Series:  # type: ignore[no-untyped-def]
-    """Apply ``fn`` (local wall clock -> later local wall clock) per zone; back to UTC.
+def _by_zone(utc: pd.Series, tz: pd.Series,
+             fn: Callable[[np.ndarray], np.ndarray]) -> pd.Series:
+    """Apply ``fn`` (local wall clock -> later local wall clock, as ns since the epoch) per
+    zone; back to UTC.
 
     ``fn`` is wall-clock arithmetic, the same in every zone, so it runs once over every
     distinct (instant, zone) pair; only a result that falls in a gap or an ambiguous hour goes
@@ -109,8 +115,7 @@ def _by_zone(utc: pd.Series, tz: pd.Series, fn) -> pd.Series:  # type: ignore[no
     u, z, codes = _distinct(utc, tz)
     ns = u.to_numpy("datetime64[ns]").view(np.int64)
     zones = z.to_numpy(object)
-    local = pd.Series((ns + _utc_offsets(ns, zones) * _NS).view("datetime64[ns]"))
-    wall = fn(local).to_numpy("datetime64[ns]").view(np.int64)
+    wall = fn(ns + _utc_offsets(ns, zones) * _NS)
     offsets, unique = _local_offsets(wall, zones)
     res = (wall - offsets * _NS).view("datetime64[ns]")
     rest = np.flatnonzero(~unique)
@@ -148,10 +153,9 @@ def after_window(utc: pd.Series, tz: pd.Series, start: time, end: time) -> pd.Se
         return utc.copy()
     e = _minutes(end)
 
-    def shift(local: pd.Series) -> pd.Series:
-        day = local.dt.normalize()
-        target = day + pd.Timedelta(minutes=e)
-        return target.where(target > local, target + pd.Timedelta(days=1))
+    def shift(local: np.ndarray) -> np.ndarray:
+        target = local - local % _DAY + e * _MINUTE
+        return np.where(target > local, target, target + _DAY)
 
     out = utc.copy()
     out.loc[inside] = _by_zone(utc[inside], tz[inside], shift)
@@ -168,11 +172,10 @@ def next_local_time(utc: pd.Series, tz: pd.Series, at: time,
     ahead = np.array([next(k for k in range(7) if allowed[(d + k) % 7]) for d in range(7)])
     minutes = _minutes(at)
 
-    def shift(local: pd.Series) -> pd.Series:
-        day = local.dt.normalize()
-        target = day + pd.Timedelta(minutes=minutes)
-        target = target.where(target >= local, target + pd.Timedelta(days=1))
-        extra = ahead[target.dt.day_of_week.to_numpy()]
-        return target + pd.to_timedelta(extra, unit="D")
+    def shift(local: np.ndarray) -> np.ndarray:
+        target = local - local % _DAY + minutes * _MINUTE
+        target = np.where(target >= local, target, target + _DAY)
+        # 1970-01-01 was a Thursday (3 with Monday as 0)
+        return target + ahead[(target // _DAY + 3) % 7] * _DAY
 
     return _by_zone(utc, tz, shift)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -160,6 +161,28 @@ def _isin(values: np.ndarray, wanted: object) -> np.ndarray:
     return pd.Index(values, dtype=object).isin(list(wanted))  # type: ignore[call-overload]
 
 
+def _groups(*columns: np.ndarray) -> list[tuple[tuple[Any, ...], np.ndarray]]:
+    """Positions of the rows per distinct combination of ``columns`` (missing values left
+    out), groups in order of first appearance and rows in order within each: pandas'
+    ``groupby(sort=False).groups`` on arrays, without its fixed cost per call, which a step
+    pays several times per evaluation."""
+    n = len(columns[0]) if columns else 0
+    if not n:
+        return []
+    key = np.zeros(n, dtype=np.int64)
+    kept = np.ones(n, dtype=bool)
+    for col in columns:
+        code, uniq = pd.factorize(col)
+        kept &= code >= 0
+        key = key * (len(uniq) + 1) + code
+    rows = np.flatnonzero(kept)
+    group, _ = pd.factorize(key[rows])
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    parts = np.split(rows[order], bounds)
+    return [(tuple(c[p[:1]].tolist()[0] for c in columns), p) for p in parts]
+
+
 class _Run:
     """One evaluation. The enrollments are held as one numpy array per column (``self.e``),
     row positions as the row ids: every step reads and writes subsets of rows many times, and a
@@ -282,10 +305,10 @@ class _Run:
     # --- 2. goals and audience -------------------------------------------------------------
 
     def goals(self) -> None:
-        active = np.flatnonzero(self._active())
-        keys = pd.DataFrame({"journey": self.e["journey"][active],
-                             "version": self.e["journey_version"][active]}, index=active)
-        for (name, version), idx in keys.groupby(["journey", "version"]).groups.items():
+        active = pd.Index(np.flatnonzero(self._active()))
+        for (name, version), at in _groups(self.e["journey"][active],
+                                           self.e["journey_version"][active]):
+            idx = active[at]
             if name not in self.running or (name, version) not in self.by_key:
                 continue
             j = self.by_key[(name, version)]
@@ -478,7 +501,11 @@ class _Run:
             for c, old in self.e.items():
                 parts = [f.get(c, np.full(len(f["id"]), None, dtype=object)) for f in new_frames]
                 self.e[c] = np.concatenate([old, *parts])
-            self._codes = None
+            # the entrants' codes follow from their journey: no new factorisation of them all
+            codes = dict(which)
+            added = [np.full(len(f["id"]), codes.setdefault(str(f["journey"][0]), len(codes)),
+                             dtype=code.dtype) for f in new_frames]
+            self._codes = (np.concatenate([code, *added]), codes)
 
     # --- 3. steps ---------------------------------------------------------------------------
 
@@ -499,10 +526,9 @@ class _Run:
         keep: list[pd.Index] = []
         sends: list[tuple[CompiledJourney, SendStep, pd.Index]] = []
         pos = np.asarray(todo, dtype=np.intp)
-        keys = pd.DataFrame({"journey": e["journey"][pos], "version": e["journey_version"][pos],
-                             "step": e["current_step"][pos]}, index=todo)
-        groups = keys.groupby(["journey", "version", "step"], sort=False).groups
-        for (name, version, step_id), idx in groups.items():
+        for (name, version, step_id), at in _groups(e["journey"][pos], e["journey_version"][pos],
+                                                    e["current_step"][pos]):
+            idx = todo[at]
             j = self.by_key.get((name, version))
             if j is None:
                 continue
