@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from clm_core.delivery.model import Outbound, SendResult
-from clm_core.delivery.providers.base import HttpProvider, ProviderConfig
+from clm_core.delivery.providers.base import HttpProvider, ProviderConfig, basic_auth
 
 # SendGrid caps the substitutions of one personalization at 10,000 bytes; larger messages go
 # in a request of their own with the content at the top level.
@@ -124,7 +124,7 @@ class MailgunProvider(HttpProvider):
         super().__init__(config, transport)
         self.domain = config.option("domain", "mg.example.com")
         self.sender = config.option("from", "CLM <shop@example.com>")
-        self.auth = httpx.BasicAuth("api", config.secrets["api_key"])
+        self.client.headers["Authorization"] = basic_auth("api", config.secrets["api_key"])
 
     async def send_one(self, m: Outbound) -> SendResult:
         form: dict[str, Any] = {"from": self.sender, "to": m.to, "subject": m.subject or "",
@@ -134,7 +134,7 @@ class MailgunProvider(HttpProvider):
             form["o:tag"] = m.tags[:3]
         form.update({f"h:{k}": v for k, v in m.headers.items()})
         response = await self.request([m.key], "POST", f"/v3/{self.domain}/messages", data=form,
-                                      auth=self.auth, headers={"Idempotency-Key": m.key})
+                                      headers={"Idempotency-Key": m.key})
         if isinstance(response, list):
             return response[0]
         body = self.json_or_empty(response)

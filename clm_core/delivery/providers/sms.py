@@ -15,7 +15,12 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from clm_core.delivery.model import Outbound, Outcome, SendResult
-from clm_core.delivery.providers.base import HttpProvider, ProviderConfig, retry_after_seconds
+from clm_core.delivery.providers.base import (
+    HttpProvider,
+    ProviderConfig,
+    basic_auth,
+    retry_after_seconds,
+)
 from clm_core.errors import ProviderError
 
 # Twilio error codes: opted out / invalid number (suppress), unroutable (permanent), rate limit.
@@ -30,7 +35,7 @@ class TwilioProvider(HttpProvider):
     def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None):
         super().__init__(config, transport)
         self.sid = config.secrets["account_sid"]
-        self.auth = httpx.BasicAuth(self.sid, config.secrets["auth_token"])
+        self.client.headers["Authorization"] = basic_auth(self.sid, config.secrets["auth_token"])
         self.sender = config.option("from", "+15005550006")
         self.service_sid = config.option("messaging_service_sid")
         # Status callbacks come back to this URL with the message key in its query, which ties
@@ -50,7 +55,6 @@ class TwilioProvider(HttpProvider):
             "POST",
             f"/2010-04-01/Accounts/{self.sid}/Messages.json",
             data=form,
-            auth=self.auth,
             headers={"Idempotency-Key": m.key},
         )
         if isinstance(response, list):
@@ -89,7 +93,7 @@ class TwilioProvider(HttpProvider):
         url: str | None = path
         while url:
             try:
-                response = await self.client.get(url, params=params, auth=self.auth)
+                response = await self.client.get(url, params=params)
             except httpx.HTTPError as exc:
                 raise ProviderError(
                     self.redact(f"{self.name}: message list: {type(exc).__name__}")
