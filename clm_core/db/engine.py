@@ -29,7 +29,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)  # type: ignore[arg-type]
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
+    return sa.create_engine(url, **{"pool_pre_ping": True, **kwargs})  # type: ignore[arg-type]
 
 
 def take_write_lock(conn: sa.Connection) -> None:

@@ -87,12 +87,17 @@ def values(dialect: str, param: str = "keys", kind: str = "text") -> str:
 @contextmanager
 def _cursor(conn: sa.Connection, sql: str, params: Any) -> Iterator[Any]:
     """A DBAPI cursor inside ``conn``'s transaction, closed after; a driver error is raised
-    as SQLAlchemy's (``_wrapped``), so the callers' busy and deadlock retries still see it."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    as SQLAlchemy's (``wrapped``), so the callers' busy and deadlock retries still see it."""
+    raw = conn.connection.dbapi_connection
+    cursor = raw.cursor()  # type: ignore[union-attr]
     try:
         yield cursor
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, params, exc) from exc
+        lost = conn.dialect.is_disconnect(exc, raw, cursor)
+        error = wrapped(conn, sql, params, exc, invalidated=lost)
+        if lost:  # as SQLAlchemy does: the pool drops the connection rather than reuse it
+            conn.invalidate(exc)
+        raise error from exc
     finally:
         cursor.close()
 
@@ -130,9 +135,13 @@ def execute_each(conn: sa.Connection, sql: str, rows: Sequence[Any]) -> list[int
     return counts
 
 
-def _wrapped(conn: sa.Connection, sql: str, params: Any, exc: Exception) -> BaseException:
+def wrapped(conn: sa.Connection, sql: str, params: Any, exc: Exception, *,
+            invalidated: bool = False) -> BaseException:
+    """A driver error as SQLAlchemy raises it (``OperationalError`` for a busy database or a
+    lost connection, with ``connection_invalidated``), parameters hidden."""
     return sa.exc.DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error,
-                                      hide_parameters=True, dialect=conn.dialect)
+                                      hide_parameters=True, connection_invalidated=invalidated,
+                                      dialect=conn.dialect)
 
 
 def driver_sql(dialect: str, sql: str) -> str:

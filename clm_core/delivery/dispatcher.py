@@ -191,7 +191,7 @@ class Dispatcher:
         if self.throttle is not None:
             for provider in self.providers.values():
                 provider.gate = functools.partial(self.throttle, provider.name)
-        self.writer = outbox.writer_engine(self.reader)
+        self.writer = outbox.writer_engine(self.reader, pinged=False)
         try:
             # Orders up to the run's clock only: a dispatch on a simulated clock never recommends
             # from purchases that have not happened yet.

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from clm_core.db import rowset
 from clm_core.db import tables as t
 from clm_core.db.engine import make_engine
-from clm_core.delivery.outbox_sql import RECORD_COLUMNS, mark_sql, record_sql
+from clm_core.delivery.outbox_sql import RECORD_COLUMNS, mark_sql, record_and_mark_pg, record_sql
 
 m = t.messages
 P = ParamSpec("P")
@@ -50,7 +50,11 @@ _RETRY_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
 def retrying(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a write transaction again when the database aborted it for a deadlock (PostgreSQL
     updates rows of concurrent claims in different orders) or a busy SQLite file; an aborted
-    transaction changed nothing, so running it again is safe."""
+    transaction changed nothing, so running it again is safe. Also when the connection was
+    lost (the dispatcher's writer does not test connections before use; see
+    ``writer_engine``): the transaction may then have committed, but every write here is
+    conditional on the rows' state and lease, so running it again changes nothing more (at
+    worst a count: recorded rows found already recorded count as lost leases)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -60,7 +64,8 @@ def retrying(fn: Callable[P, R]) -> Callable[P, R]:
             except sa.exc.OperationalError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
                 busy = "database is locked" in str(exc.orig)
-                if attempt == 7 or not (code in _RETRY_CODES or busy):
+                if attempt == 7 or not (code in _RETRY_CODES or busy
+                                        or exc.connection_invalidated):
                     raise
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
@@ -68,11 +73,20 @@ def retrying(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def writer_engine(engine: Engine) -> Engine:
+def writer_engine(engine: Engine, *, pinged: bool = True) -> Engine:
     """An engine for the outbox's write transactions: on SQLite each one is ``BEGIN IMMEDIATE``,
-    so a claim takes the write lock before it reads (no lost upgrade between processes)."""
+    so a claim takes the write lock before it reads (no lost upgrade between processes).
+
+    ``pinged=False``, for a writer used without pause for one run and disposed after it (the
+    dispatcher's): on PostgreSQL an engine of its own whose connections are not tested on
+    checkout. The test is a round trip, and the dispatcher checks a connection out for every
+    wave of a few messages, itself one round trip; a connection lost anyway (a server restart)
+    fails its statement, is dropped, and ``retrying`` runs the statement again."""
     if engine.dialect.name != "sqlite":
-        return engine
+        if pinged:
+            return engine
+        return make_engine(engine.url.render_as_string(hide_password=False),
+                           pool_pre_ping=False)
     writer = make_engine(engine.url.render_as_string(hide_password=False))
 
     @sa.event.listens_for(writer, "connect")
@@ -81,7 +95,15 @@ def writer_engine(engine: Engine) -> Engine:
 
     @sa.event.listens_for(writer, "begin")
     def _begin_immediate(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # On the driver's connection: through ``exec_driver_sql`` (a statement's whole
+        # execution context) this cost as much as the rest of a wave's transaction. A busy
+        # database is raised as SQLAlchemy raises it, for the retries.
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise rowset.wrapped(conn, "BEGIN IMMEDIATE", (), exc) from exc
 
     return writer
 
@@ -142,6 +164,15 @@ def record_and_mark(engine: Engine, owner: str, outcomes: Sequence[Resolution], 
     instead of two. Still at most one wave of the lane is marked and not recorded (the
     next one is marked only as the last one's outcomes are committed). Returns the rows
     recorded and the ids still held."""
+    if (engine.dialect.name == "postgresql" and ids and outcomes
+            and not set(batch_ids) - set(ids) and not any(o.suppress for o in outcomes)):
+        # The usual wave: one statement, a transaction of its own (no BEGIN and COMMIT round
+        # trips). Suppressions and the batch's lease renewal take the transaction below.
+        params = {**_record_params(outcomes), "now": now, "owner": owner, "ids": list(ids),
+                  "digests": [(digests or {}).get(i) for i in ids], "expires": now + lease}
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            [(updated, marked)] = rowset.execute(conn, record_and_mark_pg(), params)
+        return int(updated), set(marked or ())
     with engine.begin() as conn:
         updated = _record(conn, owner, outcomes, now)
         return updated, _mark(conn, owner, ids, batch_ids, now, lease, digests or {})
@@ -216,12 +247,7 @@ def _record(conn: sa.Connection, owner: str, outcomes: Sequence[Resolution], now
         return 0
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        columns = list(zip(*[(o.id, o.status, o.reason, o.send_after, o.provider,
-                              o.provider_message_id, o.error_code, o.error_message, o.sent_at,
-                              0 if o.attempted else 1) for o in outcomes]))
-        params: dict[str, Any] = dict(zip([name for name, _ in RECORD_COLUMNS],
-                                          map(list, columns)))
-        params.update(now=now, owner=owner)
+        params = {**_record_params(outcomes), "now": now, "owner": owner}
         updated = rowset.rowcount(conn, record_sql(dialect), params)
     else:
         at = rowset.stamp(now)
@@ -236,6 +262,14 @@ def _record(conn: sa.Connection, owner: str, outcomes: Sequence[Resolution], now
     if suppressions:
         insert_ignore(conn, t.suppressions, suppressions, ["channel", "address"])
     return updated
+
+
+def _record_params(outcomes: Sequence[Resolution]) -> dict[str, Any]:
+    """PostgreSQL: the outcomes as one array per column of ``RECORD_COLUMNS``."""
+    columns = zip(*[(o.id, o.status, o.reason, o.send_after, o.provider, o.provider_message_id,
+                     o.error_code, o.error_message, o.sent_at, 0 if o.attempted else 1)
+                    for o in outcomes])
+    return {name: list(values) for (name, _), values in zip(RECORD_COLUMNS, columns)}
 
 
 def insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],

@@ -49,6 +49,19 @@ def mark_sql(dialect: str) -> str:
     return _MARK_PG if dialect == "postgresql" else _MARK_SQLITE
 
 
+@functools.lru_cache(maxsize=1)
+def record_and_mark_pg() -> str:
+    """PostgreSQL: record a lane's last wave and mark its next one ``sending`` in one
+    statement (two data-modifying CTEs), so that in autocommit a wave is one round trip and
+    one transaction: the next wave is marked only as the last one's outcomes are committed.
+    The two waves' rows are different rows, as two updates of one statement require.
+    Parameters: those of both statements (one ``owner``, ``now``); returns one row, the rows
+    recorded and the array of ids marked (NULL when none)."""
+    record = record_sql("postgresql") + " RETURNING 1"
+    return (f"WITH recorded AS ({record}), marked AS ({_MARK_PG}) "
+            "SELECT (SELECT count(*) FROM recorded), (SELECT array_agg(id) FROM marked)")
+
+
 @functools.lru_cache(maxsize=4)
 def record_sql(dialect: str) -> str:
     """Record outcomes (SQLite: one row per execution, parameters ``RECORD_COLUMNS`` then
