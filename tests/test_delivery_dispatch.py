@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from clm_core.consent.tokens import SUBSCRIPTION, Keyring
@@ -238,3 +239,27 @@ def test_retry_due_in_quiet_hours_waits_for_their_end(tmp_path: Path, db_url: st
     final = {r["idempotency_key"]: r for r in rows(engine)}
     assert (final[retry]["status"], final[retry]["attempts"]) == ("sent", 2)
     assert sandbox.store.delivered[retry] == 1
+
+
+def test_dispatch_writer_survives_a_lost_connection(db_url: str, engine: sa.Engine) -> None:
+    """The dispatcher's writer does not test connections before use: a wave whose pooled
+    connection the server dropped is recorded and marked on a new one."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server-side disconnect needs PostgreSQL")
+    seed_outbox(engine, 8, channel="sms", prefix="lost")
+    writer = outbox.writer_engine(engine, pinged=False)
+    try:
+        now, lease = utcnow(), timedelta(seconds=60)
+        ids = [r["id"] for r in outbox.claim(writer, "me", 8, now, lease)]
+        assert outbox.mark_sending(writer, "me", ids[:4], ids[:4], now, lease) == set(ids[:4])
+        with writer.connect() as conn:  # the pooled connection the next wave will get
+            pid = conn.scalar(sa.text("SELECT pg_backend_pid()"))
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        done = [outbox.Resolution(i, "sent", "sent", provider="twilio") for i in ids[:4]]
+        assert outbox.record_and_mark(writer, "me", done, ids[4:], ids[4:], now,
+                                      lease) == (4, set(ids[4:]))
+    finally:
+        writer.dispose()
+    assert Counter((r["status"], r["reason"]) for r in rows(engine)) == {
+        ("sent", "sent"): 4, ("claimed", "sending"): 4}

@@ -89,7 +89,10 @@ class SendGridProvider(HttpProvider):
         for _, grp in groupby(small, key=lambda m: m.tags):
             items = list(grp)
             groups += [items[i:i + self.max_batch] for i in range(0, len(items), self.max_batch)]
-        for chunk in await asyncio.gather(*(self._send_group(g) for g in groups)):
+        # One group (one message a request, or one batch) is awaited without a task of its own.
+        chunks = ([await self._send_group(groups[0])] if len(groups) == 1
+                  else await asyncio.gather(*(self._send_group(g) for g in groups)))
+        for chunk in chunks:
             results.update((r.key, r) for r in chunk)
         return [results[m.key] for m in batch]
 

@@ -10,7 +10,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
 
@@ -41,11 +41,14 @@ class TwilioProvider(HttpProvider):
         # Status callbacks come back to this URL with the message key in its query, which ties
         # each callback to its outbox message (and settles messages whose outcome is unknown).
         self.status_callback: str | None = config.option("status_callback")
+        # What ``status_callback_url`` puts before the key (urlencode costs more, per message).
+        self._callback_prefix = (status_callback_url(self.status_callback, "")
+                                 if self.status_callback else "")
 
     async def send_one(self, m: Outbound) -> SendResult:
         form = {"To": m.to, "Body": m.text or ""}
-        if self.status_callback:
-            form["StatusCallback"] = status_callback_url(self.status_callback, m.key)
+        if self._callback_prefix:
+            form["StatusCallback"] = self._callback_prefix + quote_plus(m.key)
         if self.service_sid:
             form["MessagingServiceSid"] = self.service_sid
         else:
