@@ -539,3 +539,56 @@ def test_the_ledger_write_sorts_keys_only_when_they_are_not_in_order() -> None:
     assert _key_order(pd.Series(["bonus:b:7", "earn:1", "earn:10", "earn:2", "expire:x"])) \
         is None
     assert _key_order(pd.Series(["earn:2", "earn:10", "bonus:b:7"])) == [2, 1, 0]
+
+
+def test_the_rest_settled_in_a_second_process_gives_the_same_evaluation(
+        db_url: str, engine: sa.Engine, db_factories, monkeypatch) -> None:
+    """A first evaluation whose rest (reversals, expiries, rewards, statuses) is computed in a
+    forked process while the earning rows are written; one whose second process dies at once
+    (the rest is then computed inline); one all inline: the same ledger, statuses, transitions
+    and reward events, on the first evaluation and on the next one."""
+    from clm_core.db.engine import make_engine
+    from clm_core.loyalty import ahead, store
+    from clm_core.loyalty.spec import parse_programme
+
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    dying, inline = (make_engine(db_factories[engine.dialect.name].create()) for _ in range(2))
+    outcomes: list[str | None] = []
+    real = ahead.SettleAhead.result
+
+    def watched(self: ahead.SettleAhead) -> object:
+        ev = real(self)
+        outcomes.append(self.failed)
+        return ev
+
+    monkeypatch.setattr(ahead.SettleAhead, "result", watched)
+    try:
+        for eng in (engine, dying, inline):
+            seed(eng, n_extra=400, hand=10)
+        for now, later in ((E1, []), (E2, LATER_ORDERS)):
+            for eng in (engine, dying, inline):
+                if later:
+                    write_orders(eng, later)
+            monkeypatch.setattr(ahead, "MIN_ROWS", 0)
+            forked = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
+            with monkeypatch.context() as m:
+                m.setattr(ahead, "_settle", lambda *args: os._exit(1))
+                died = store.run_loyalty(dying, prog, pd.Timestamp(now).to_pydatetime())
+            monkeypatch.setattr(ahead, "MIN_ROWS", 10**9)
+            here = store.run_loyalty(inline, prog, pd.Timestamp(now).to_pydatetime())
+            assert forked == died == here
+            for eng in (dying, inline):
+                assert ledger(engine) == ledger(eng) and len(ledger(engine)) > 2000
+                assert status(engine) == status(eng)
+                assert expiring(engine) == expiring(eng)
+                assert tier_moves(engine) == tier_moves(eng)
+                with engine.connect() as a, eng.connect() as b:
+                    ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
+                                   t.events.c.occurred_at).order_by(t.events.c.external_id)
+                    assert a.execute(ev).all() == b.execute(ev).all()
+        # each forked evaluation used its second process, and each dying one fell back
+        assert outcomes[0::2] == [None, None]
+        assert all("ended without a result" in str(o) for o in outcomes[1::2])
+    finally:
+        dying.dispose()
+        inline.dispose()

@@ -463,8 +463,28 @@ def tiers(prog: Programme, members: pd.Index, qual: pd.Series, stored: pd.DataFr
 
 def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
     """Every row this evaluation appends, and the resulting status of each member."""
+    earned = earnings(prog, inp, now)
+    ev = settle(prog, inp, now, earned)
+    if not earned.empty:
+        ev.rows = pd.concat([earned, ev.rows], ignore_index=True) if not ev.rows.empty \
+            else earned.reset_index(drop=True)
+    return ev
+
+
+def earnings(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
+    """The evaluation's first new rows (earn and bonus), typed and in key order. On a first
+    evaluation they are most of its rows: a caller can write them while ``settle`` works out
+    the rest (their keys sort before every later row's)."""
+    return typed(earning_rows(prog, inp, now)).reset_index(drop=True)
+
+
+def settle(prog: Programme, inp: Inputs, now: pd.Timestamp, earned: pd.DataFrame) -> Evaluation:
+    """The rest of the evaluation after ``earnings`` gave ``earned``: its ``rows`` are the new
+    rows that follow those (reversals, redemptions, expiries, rewards), in key order."""
     ledger = inp.ledger
     new_parts: dict[int, pd.DataFrame] = {}
+    if not earned.empty:
+        new_parts[0] = earned
 
     def append(rows: pd.DataFrame, place: int) -> pd.DataFrame:
         """The ledger with ``rows`` added: each step sees the rows of the steps before it.
@@ -478,17 +498,17 @@ def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
         return pd.concat([inp.ledger, *(new_parts[k] for k in sorted(new_parts))],
                          ignore_index=True)
 
-    ledger = append(earning_rows(prog, inp, now), 0)
+    if not earned.empty:
+        ledger = pd.concat([inp.ledger, earned], ignore_index=True) if not inp.ledger.empty \
+            else earned
     ledger = append(reversal_rows(inp, ledger, now), 3)
     ledger = append(redemption_rows(inp, now), 2)
     # The lots are final from here (expiries and rewards only debit them): sorted once.
     lot = lot_frame(ledger)
     ledger = append(expiry_rows(prog, ledger, now, lot), 1)
     ledger = append(reward_rows(prog, ledger, now), 4)
-    # A first evaluation's new rows are its whole ledger: the same frame, not a second copy.
-    new = ledger if inp.ledger.empty else pd.concat(
-        [new_parts[k] for k in sorted(new_parts)], ignore_index=True) if new_parts \
-        else empty_ledger()
+    after = [new_parts[k] for k in sorted(new_parts) if k > 0]
+    new = pd.concat(after, ignore_index=True) if after else empty_ledger()
     lot = spend_lots(lot, ledger)
 
     o = inp.orders

@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,7 @@ from clm_core.db.bulk import write_frame
 from clm_core.db.engine import references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
 from clm_core.journeys.store import gc_paused, read_frame
+from clm_core.loyalty import ahead
 from clm_core.loyalty.ledger import (
     KIND,
     LEDGER_COLUMNS,
@@ -34,8 +34,9 @@ from clm_core.loyalty.ledger import (
     WAITING,
     Evaluation,
     Inputs,
+    earnings,
     empty_ledger,
-    evaluate,
+    settle,
     whole_points,
 )
 from clm_core.loyalty.spec import Programme
@@ -258,29 +259,53 @@ def _key_order(keys: pd.Series) -> list[int] | None:
     """Positions of ``keys`` in the order of the unique key index (byte order of their UTF-8,
     which is Python's order of str), so that millions of rows extend the index at its end
     instead of all over a tree larger than the page cache (several times faster); None when
-    they are in that order already, as the evaluation emits them (checked pairwise: no
-    permutation of millions of positions is built for nothing)."""
-    values = keys.tolist()
-    if all(a <= b for a, b in zip(values, islice(values, 1, None))):
+    they are in that order already, as the evaluation emits them (checked pairwise, in one
+    numpy pass: no permutation of millions of positions is built for nothing)."""
+    values = keys.to_numpy(dtype=object)
+    if len(values) < 2 or bool((values[1:] >= values[:-1]).all()):
         return None
-    return sorted(range(len(values)), key=values.__getitem__)
+    return sorted(range(len(values)), key=values.tolist().__getitem__)
 
 
-def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
+def _ledger_rows(rows: pd.DataFrame, recorded: datetime, run_id: str | None,
+                 bulk: bool) -> pd.DataFrame:
+    """New ledger rows as written: nullable order ids, the recording time and run; in a bulk
+    write in key order."""
+    out = rows.copy(deep=False)
+    out["order_id"] = out["order_id"].astype("Int64")
+    out["recorded_at"], out["run_id"] = recorded, run_id
+    if bulk:
+        order = _key_order(out["key"])
+        if order is not None:
+            out = out.iloc[order]
+    return out
+
+
+def write_evaluation(conn: Connection, earned: pd.DataFrame,
+                     rest: Evaluation | Callable[[], Evaluation],
+                     run_id: str | None) -> Evaluation:
+    """Write an evaluation: its earning rows, then the rest (``rest``: computed, or a function
+    that waits for it, so that it can still be computing while the earning rows are written;
+    their keys sort before the rest's). Returns the rest."""
     recorded = utcnow()
-    if not ev.rows.empty:
-        rows = ev.rows.copy(deep=False)
-        rows["order_id"] = rows["order_id"].astype("Int64")
-        rows["recorded_at"], rows["run_id"] = recorded, run_id
-        bulk = len(rows) > BULK_ROWS  # a first evaluation writes the whole history
+    done: list[Evaluation] = [rest] if isinstance(rest, Evaluation) else []
+    # A first evaluation writes the whole history: in bulk, the earning rows and the later
+    # ones under one lock and one index rebuild (the rest counted when it is known already).
+    bulk = len(earned) + (len(done[0].rows) if done else 0) > BULK_ROWS
+
+    def later() -> Iterator[pd.DataFrame]:
+        if not done:
+            assert callable(rest)
+            done.append(rest())
         # In key order, the rows come kind by kind (and bonus rule by rule): each run is one
         # statement with its kind, reason and the like as literals.
-        if bulk:
-            order = _key_order(rows["key"])
-            if order is not None:
-                rows = rows.iloc[order]
-        write_frame(conn, t.points_ledger, rows, keys=["key"], bulk=bulk,
-                    runs_by=["kind", "reason"])
+        yield _ledger_rows(done[0].rows, recorded, run_id, bulk)
+
+    write_frame(conn, t.points_ledger, _ledger_rows(earned, recorded, run_id, bulk),
+                keys=["key"], bulk=bulk, runs_by=["kind", "reason"], then=later())
+    if not done:  # nothing was written, so the rest was not asked for
+        list(later())
+    ev = done[0]
     if not ev.status.empty:
         write_frame(conn, t.loyalty_status, ev.status, keys=["customer_id"],
                     update=[c for c in STATUS_COLUMNS if c != "customer_id"],
@@ -298,6 +323,22 @@ def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> No
             "properties": [{"reward": r, "ledger_key": k}
                            for r, k in zip(ev.rewards["reward"], ev.rewards["key"])]})
         write_frame(conn, t.events, events, keys=["external_id"])
+    return ev
+
+
+def _tally(frames: list[pd.DataFrame]) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows and points by kind over ``frames`` of ledger rows."""
+    rows: dict[str, int] = {}
+    points: dict[str, int] = {}
+    for frame in frames:
+        if frame.empty:
+            continue
+        by_kind = frame.groupby("kind", observed=True)
+        for kind, n in by_kind.size().items():
+            rows[str(kind)] = rows.get(str(kind), 0) + int(n)
+        for kind, p in by_kind["points"].sum().items():
+            points[str(kind)] = points.get(str(kind), 0) + int(p)
+    return rows, points
 
 
 def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | None = None,
@@ -313,6 +354,7 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         clock.append(time.process_time())
         cpu[name] = clock[-1] - clock[-2]
 
+    at = pd.Timestamp(now)
     with engine.connect() as conn, references_trusted(conn), conn.begin():
         if conn.dialect.name == "postgresql":  # one evaluation at a time: watermarks are shared
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
@@ -320,22 +362,26 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         ids = None if full else changed_customers(conn, now)
         inp = read_inputs(conn, prog, now, ids)
         step("read")
-        ev = evaluate(prog, inp, pd.Timestamp(now))
-        del inp  # the orders frame is not needed for the write
+        earned = earnings(prog, inp, at)
+        # The rest of the evaluation, in a second process while the earning rows are written
+        # when they are many (a first evaluation), else here and now.
+        later = ahead.SettleAhead(prog, inp, at, earned) if ahead.usable(len(earned)) else None
+        rest: Evaluation | Callable[[], Evaluation] = \
+            later.result if later is not None else settle(prog, inp, at, earned)
+        del inp  # the orders frame is not needed for the write (the second process has it)
         step("compute")
-        write_evaluation(conn, ev, run_id)
+        ev = write_evaluation(conn, earned, rest, run_id)
         save_state(conn, now)
         st = t.loyalty_status
         counts: dict[str, int] = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
                                    .group_by(st.c.tier)).all())
         step("write")
     step("commit")
-    by_kind = ev.rows.groupby("kind", observed=True)
-    rows = by_kind.size().to_dict() if not ev.rows.empty else {}
-    points = by_kind["points"].sum().to_dict() if not ev.rows.empty else {}
+    if later is not None:  # the second process's CPU seconds count with the computing
+        cpu["compute"] += later.cpu
+    rows, points = _tally([earned, ev.rows])
     order = [n for n in prog.tier_names() if n in counts]
-    return Summary(now, sum(counts.values()), len(ev.status),
-                   {k: int(v) for k, v in rows.items()}, {k: int(v) for k, v in points.items()},
+    return Summary(now, sum(counts.values()), len(ev.status), rows, points,
                    len(ev.transitions), len(ev.rewards), {n: int(counts[n]) for n in order},
                    cpu)
 
