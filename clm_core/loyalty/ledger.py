@@ -202,9 +202,11 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
     # In key order (earn:{order}, and bonus:{rule}:{order} for the orders a rule picks): the
     # write then extends the unique key index at its end.
     earns = earns.iloc[text_order(earns["id"].to_numpy())]
-    tier = earns["customer_id"].map(inp.status.set_index("customer_id")["tier"]) \
-        if not inp.status.empty else pd.Series(None, index=earns.index, dtype=object)
-    level = _tier_levels(prog, tier)
+    # Without stored statuses (a first evaluation) everyone earns at the entry tier's rate:
+    # no map of millions of customer ids to nothing.
+    level = _tier_levels(prog, earns["customer_id"].map(
+        inp.status.set_index("customer_id")["tier"])) if not inp.status.empty \
+        else np.zeros(len(earns), dtype="int64")
     cents = np.rint(earns["amount"].to_numpy(float) * 100).astype("int64")
     rate = Fraction(prog.earning.points_per_unit) / 100
     mode = prog.earning.rounding

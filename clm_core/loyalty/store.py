@@ -9,6 +9,7 @@ so two racing evaluations, or a rerun after a kill -9, add nothing twice.
 from __future__ import annotations
 
 import hashlib
+import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from clm_core.db.engine import references_trusted, take_write_lock
+from clm_core.db.engine import make_engine, references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
 from clm_core.journeys.store import gc_paused, read_frame
 from clm_core.loyalty import ahead
@@ -61,8 +62,9 @@ class Summary:
     tier_changes: int
     rewards: int
     tiers: dict[str, int]  # tier -> members
-    # CPU seconds of each step (read, compute, write, commit), for benchmarks and profiling;
-    # not part of what the evaluation did, so two equal evaluations compare equal
+    # CPU seconds of each step (read, compute, write, commit), second processes included, for
+    # benchmarks and profiling; not part of what the evaluation did, so two equal evaluations
+    # compare equal
     cpu: dict[str, float] = field(default_factory=dict, compare=False)
 
     def lines(self) -> list[str]:
@@ -98,6 +100,8 @@ def _read(conn: Connection, query: sa.Select) -> pd.DataFrame:
 
 
 READ_CHUNK_ROWS = 500_000  # orders fetched at a time: the rows as tuples take 300 bytes each
+# Order ids spanned above which a full read shares the orders with a second process.
+SPLIT_READ_IDS = 200_000
 
 
 def _times(values: tuple[object, ...]) -> np.ndarray:
@@ -116,18 +120,17 @@ def _array(dtype: object) -> Callable[[tuple[object, ...]], np.ndarray]:
 
 
 # each column and how its values become an array (amounts: floats on SQLite, Decimals on
-# PostgreSQL)
+# PostgreSQL; points redeemed: whole numbers or None, which numpy makes NaN)
 _ORDER_COLUMNS = [("id", _array("int64")), ("customer_id", _array("int64")),
                   ("ordered_at", _times), ("amount", _array(float)), ("currency", _array(object)),
-                  ("status", _array(object)), ("points_redeemed", _array(object))]
+                  ("status", _array(object)), ("points_redeemed", _array(float))]
 
 
-def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
-    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) as typed
-    columns built straight from the driver's rows, a chunk at a time: on a whole history of
-    millions of orders pandas' inference of each column from the rows costs more than the
-    typed arrays do, and all the rows as tuples at once would take gigabytes."""
-    result = conn.execute(query)
+def _order_columns(result: sa.CursorResult) -> dict[str, np.ndarray]:
+    """The rows of ``result`` (the columns of ``_ORDER_COLUMNS``) as typed columns built
+    straight from the driver's rows, a chunk at a time: on a whole history of millions of
+    orders pandas' inference of each column from the rows costs more than the typed arrays
+    do, and all the rows as tuples at once would take gigabytes."""
     parts: list[list[np.ndarray]] = [[] for _ in _ORDER_COLUMNS]
     with gc_paused():  # millions of row tuples: see read_frame
         while result.cursor is not None:
@@ -138,13 +141,53 @@ def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
                 part.append(convert(values))
             del raw
         result.close()
-    cols = {name: np.concatenate(part) if part else convert(())
+    return {name: np.concatenate(part) if part else convert(())
             for (name, convert), part in zip(_ORDER_COLUMNS, parts)}
+
+
+def _orders_frame(pieces: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) from
+    ``_order_columns`` of consecutive id ranges, in their order."""
+    cols = {name: np.concatenate([piece[name] for piece in pieces]) if len(pieces) > 1
+            else pieces[0][name] for name, _ in _ORDER_COLUMNS}
     codes, values = pd.factorize(cols["status"])
     return pd.DataFrame({
         **cols, "status": pd.Categorical.from_codes(  # a few values, compared often
-            codes, categories=pd.Index(values, dtype=object)),
-        "points_redeemed": pd.to_numeric(pd.Series(cols["points_redeemed"], dtype=object))})
+            codes, categories=pd.Index(values, dtype=object))})
+
+
+def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    return _orders_frame([_order_columns(conn.execute(query))])
+
+
+def _columns_of(url: str, query: sa.Select) -> dict[str, np.ndarray]:
+    """``_order_columns`` of ``query`` over a connection of its own (a second process)."""
+    engine = make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return _order_columns(conn.execute(query))
+    finally:
+        engine.dispose()
+
+
+def _read_all_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    """Every order. From a large SQLite file the upper half of the ids is read by a second
+    process meanwhile (``clm_core.loyalty.ahead``): turning millions of rows into Python
+    values is most of the read, and it is the same work on either half."""
+    o = t.orders
+    low, high = conn.execute(sa.select(sa.func.min(o.c.id), sa.func.max(o.c.id))).one()
+    database = conn.engine.url.database
+    if (conn.dialect.name != "sqlite" or not database or database == ":memory:"
+            or low is None or high - low < SPLIT_READ_IDS or not ahead.usable()):
+        return _read_orders(conn, query)
+    middle = (low + high) // 2 + 1
+    upper = query.where(o.c.id >= middle)
+    theirs = ahead.Ahead(_columns_of, conn.engine.url.render_as_string(hide_password=False),
+                         upper)
+    mine = _order_columns(conn.execute(query.where(o.c.id < middle)))
+    other = theirs.result()
+    return _orders_frame([mine, other if other is not None
+                          else _order_columns(conn.execute(upper))])
 
 
 def _only(query: sa.Select, column: sa.ColumnElement, ids: bool) -> sa.Select:
@@ -209,7 +252,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
     # the ordered_at index and fetch every row from a random place in the table (most of a
     # first evaluation's time on a store larger than the page cache).
     orders = _read_orders(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id,
-                                      True) if only else query)
+                                      True)) if only else _read_all_orders(conn, query)
     if not only:
         orders = orders[orders["ordered_at"] <= pd.Timestamp(now)].reset_index(drop=True)
     if any(b.sku_prefix for b in prog.bonuses):
@@ -341,6 +384,12 @@ def _tally(frames: list[pd.DataFrame]) -> tuple[dict[str, int], dict[str, int]]:
     return rows, points
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of the second processes it has waited for."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
 def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | None = None,
                 full: bool = False) -> Summary:
     """One evaluation as of ``now`` in one transaction: only the customers whose points or tier
@@ -348,10 +397,10 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
     # Every customer and order a ledger row names was read in this transaction under the
     # write lock: SQLite need not look each one up again (half the time of a bulk write).
     cpu: dict[str, float] = {}
-    clock = [time.process_time()]
+    clock = [_cpu_seconds()]
 
     def step(name: str) -> None:
-        clock.append(time.process_time())
+        clock.append(_cpu_seconds())
         cpu[name] = clock[-1] - clock[-2]
 
     at = pd.Timestamp(now)
@@ -365,10 +414,10 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         earned = earnings(prog, inp, at)
         # The rest of the evaluation, in a second process while the earning rows are written
         # when they are many (a first evaluation), else here and now.
-        later = ahead.SettleAhead(prog, inp, at, earned) if ahead.usable(len(earned)) else None
-        rest: Evaluation | Callable[[], Evaluation] = \
-            later.result if later is not None else settle(prog, inp, at, earned)
-        del inp  # the orders frame is not needed for the write (the second process has it)
+        later = ahead.Ahead(settle, prog, inp, at, earned) \
+            if len(earned) >= ahead.MIN_ROWS and ahead.usable() else None
+        rest: Evaluation | Callable[[], Evaluation] = settle(prog, inp, at, earned) \
+            if later is None else (lambda: later.result() or settle(prog, inp, at, earned))
         step("compute")
         ev = write_evaluation(conn, earned, rest, run_id)
         save_state(conn, now)
@@ -377,8 +426,9 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
                                    .group_by(st.c.tier)).all())
         step("write")
     step("commit")
-    if later is not None:  # the second process's CPU seconds count with the computing
+    if later is not None:  # it ended during the write, but its work was computing
         cpu["compute"] += later.cpu
+        cpu["write"] -= later.cpu
     rows, points = _tally([earned, ev.rows])
     order = [n for n in prog.tier_names() if n in counts]
     return Summary(now, sum(counts.values()), len(ev.status), rows, points,
