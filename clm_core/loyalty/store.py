@@ -173,7 +173,8 @@ def _columns_of(url: str, query: sa.Select) -> dict[str, np.ndarray]:
 def _read_all_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
     """Every order. From a large SQLite file the upper half of the ids is read by a second
     process meanwhile (``clm_core.loyalty.ahead``): turning millions of rows into Python
-    values is most of the read, and it is the same work on either half."""
+    values is most of the read, and it is the same work on either half. The write lock this
+    transaction took first keeps anyone from committing between the two halves' reads."""
     o = t.orders
     low, high = conn.execute(sa.select(sa.func.min(o.c.id), sa.func.max(o.c.id))).one()
     database = conn.engine.url.database
