@@ -603,3 +603,25 @@ def test_second_processes_give_the_same_evaluation(
     finally:
         dying.dispose()
         inline.dispose()
+
+
+def test_a_failed_write_leaves_no_second_process(db_url: str, engine: sa.Engine,
+                                                 monkeypatch) -> None:
+    """The write fails while the second process still has the rest of the evaluation to hand
+    over: the evaluation ends it rather than leave it waiting to send."""
+    import multiprocessing as mp
+
+    from clm_core.loyalty import ahead, store
+    from clm_core.loyalty.spec import parse_programme
+
+    seed(engine, n_extra=400, hand=10)
+    monkeypatch.setattr(ahead, "MIN_ROWS", 0)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "write_evaluation", broken)
+    with pytest.raises(RuntimeError):
+        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
+                          pd.Timestamp(E1).to_pydatetime())
+    assert mp.active_children() == []

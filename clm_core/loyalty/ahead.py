@@ -82,3 +82,11 @@ class Ahead(Generic[T]):
         self.failed = str(item[1]) if isinstance(item, tuple) and len(item) == 3 \
             else "the second process ended without a result"
         return None
+
+    def close(self) -> None:
+        """End the second process if its result was not taken (the caller failed before it
+        needed it): it would otherwise wait to send it for as long as this process lives."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._recv.close()

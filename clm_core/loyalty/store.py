@@ -185,8 +185,11 @@ def _read_all_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
     upper = query.where(o.c.id >= middle)
     theirs = ahead.Ahead(_columns_of, conn.engine.url.render_as_string(hide_password=False),
                          upper)
-    mine = _order_columns(conn.execute(query.where(o.c.id < middle)))
-    other = theirs.result()
+    try:
+        mine = _order_columns(conn.execute(query.where(o.c.id < middle)))
+        other = theirs.result()
+    finally:
+        theirs.close()
     return _orders_frame([mine, other if other is not None
                           else _order_columns(conn.execute(upper))])
 
@@ -420,7 +423,11 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         rest: Evaluation | Callable[[], Evaluation] = settle(prog, inp, at, earned) \
             if later is None else (lambda: later.result() or settle(prog, inp, at, earned))
         step("compute")
-        ev = write_evaluation(conn, earned, rest, run_id)
+        try:
+            ev = write_evaluation(conn, earned, rest, run_id)
+        finally:
+            if later is not None:
+                later.close()
         save_state(conn, now)
         st = t.loyalty_status
         counts: dict[str, int] = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
