@@ -539,3 +539,89 @@ def test_the_ledger_write_sorts_keys_only_when_they_are_not_in_order() -> None:
     assert _key_order(pd.Series(["bonus:b:7", "earn:1", "earn:10", "earn:2", "expire:x"])) \
         is None
     assert _key_order(pd.Series(["earn:2", "earn:10", "bonus:b:7"])) == [2, 1, 0]
+
+
+def test_second_processes_give_the_same_evaluation(
+        db_url: str, engine: sa.Engine, db_factories, monkeypatch) -> None:
+    """A first evaluation whose upper half of the orders (SQLite) is read by a second process
+    and whose rest (reversals, expiries, rewards, statuses) is computed by one while the
+    earning rows are written; one whose second processes die at once (the first process then
+    does their part); one all in one process: the same ledger, statuses, transitions and
+    reward events, on the first evaluation and on the next (incremental) one."""
+    from clm_core.db.engine import make_engine
+    from clm_core.loyalty import ahead, store
+    from clm_core.loyalty.spec import parse_programme
+
+    prog = parse_programme(PROGRAMME, "loyalty.yaml")
+    dying, inline = (make_engine(db_factories[engine.dialect.name].create()) for _ in range(2))
+    outcomes: list[str | None] = []
+    real = ahead.Ahead.result
+
+    def watched(self: ahead.Ahead) -> object:
+        value = real(self)
+        outcomes.append(self.failed)
+        return value
+
+    monkeypatch.setattr(ahead.Ahead, "result", watched)
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        for eng in (engine, dying, inline):
+            seed(eng, n_extra=400, hand=10)
+        for now, later in ((E1, []), (E2, LATER_ORDERS)):
+            for eng in (engine, dying, inline):
+                if later:
+                    write_orders(eng, later)
+            # the full read of the first evaluation is shared on SQLite; the second one reads
+            # only the customers it evaluates
+            forks = 1 + (sqlite and not later)
+            monkeypatch.setattr(ahead, "MIN_ROWS", 0)
+            monkeypatch.setattr(store, "SPLIT_READ_IDS", 0)
+            outcomes.clear()
+            forked = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
+            assert outcomes == [None] * forks
+            outcomes.clear()
+            with monkeypatch.context() as m:
+                m.setattr(ahead, "_run", lambda *args: os._exit(1))
+                died = store.run_loyalty(dying, prog, pd.Timestamp(now).to_pydatetime())
+            assert len(outcomes) == forks
+            assert all("ended without a result" in str(o) for o in outcomes)
+            monkeypatch.setattr(ahead, "MIN_ROWS", 10**9)
+            monkeypatch.setattr(store, "SPLIT_READ_IDS", 10**9)
+            outcomes.clear()
+            here = store.run_loyalty(inline, prog, pd.Timestamp(now).to_pydatetime())
+            assert outcomes == []
+            assert forked == died == here
+            for eng in (dying, inline):
+                assert ledger(engine) == ledger(eng) and len(ledger(engine)) > 2000
+                assert status(engine) == status(eng)
+                assert expiring(engine) == expiring(eng)
+                assert tier_moves(engine) == tier_moves(eng)
+                with engine.connect() as a, eng.connect() as b:
+                    ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
+                                   t.events.c.occurred_at).order_by(t.events.c.external_id)
+                    assert a.execute(ev).all() == b.execute(ev).all()
+    finally:
+        dying.dispose()
+        inline.dispose()
+
+
+def test_a_failed_write_leaves_no_second_process(db_url: str, engine: sa.Engine,
+                                                 monkeypatch) -> None:
+    """The write fails while the second process still has the rest of the evaluation to hand
+    over: the evaluation ends it rather than leave it waiting to send."""
+    import multiprocessing as mp
+
+    from clm_core.loyalty import ahead, store
+    from clm_core.loyalty.spec import parse_programme
+
+    seed(engine, n_extra=400, hand=10)
+    monkeypatch.setattr(ahead, "MIN_ROWS", 0)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "write_evaluation", broken)
+    with pytest.raises(RuntimeError):
+        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
+                          pd.Timestamp(E1).to_pydatetime())
+    assert mp.active_children() == []

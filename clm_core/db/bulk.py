@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,10 @@ REBUILD_MIN_ROWS = 50_000
 REBUILD_MIN_SHARE = 0.25
 COPY_CHUNK_ROWS = 100_000
 WRITE_CHUNK_ROWS = 250_000  # rows bound from Python values at a time (SQLite)
+# Rows one SQLite INSERT carries (fewer when SQLite's limit on bound values is lower): one
+# statement step per row costs about as much again as the insert itself (the driver's call,
+# the step and reset, the lock around it); a step per 500 rows, 40% less in all.
+ROWS_PER_STATEMENT = 500
 SQLITE_CACHE_KIB = 256 * 1024  # page cache for a write (SQLite allocates it only as needed)
 
 
@@ -89,7 +95,8 @@ def _conflict_sql(table: sa.Table, keys: Sequence[str], update: Sequence[str] | 
 def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
                 keys: Sequence[str] | None = None, update: Sequence[str] | None = None,
                 touch: str | None = None, bulk: bool = False,
-                runs_by: Sequence[str] | None = None) -> int:
+                runs_by: Sequence[str] | None = None,
+                then: Iterable[pd.DataFrame] = ()) -> int:
     """Insert ``df`` into ``table``; with ``keys``, rows that conflict on them are updated
     (``update`` columns, only where a value differs; ``touch`` is then set to now) or left
     alone (no ``update``). ``keys`` must be unique within ``df``.
@@ -101,26 +108,56 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
     bound per row, and so do those shared by each run of rows with equal ``runs_by`` values
     (a frame sorted so that they come together).
 
+    ``then``: more frames with the same columns (and keys not in ``df``), written after it in
+    the same way: in bulk under the same lock and index rebuild, which ``df`` decides. Each is
+    taken from the iterable only when the one before is written, so the caller can still be
+    computing them meanwhile.
+
     Returns the number of rows inserted or changed. Runs inside the caller's transaction.
     """
-    if df.empty:
+    if df.empty and not then:
         return 0
+    frames = (frame for frame in chain([df], then) if not frame.empty)
     cols = list(df.columns)
     postgres = conn.dialect.name == "postgresql"
     if not bulk:
         if postgres:
-            return _write_postgres(conn, table, df, cols, keys, update, touch)
-        return _write_sqlite(conn, table, df, cols, keys, update, touch)
+            return sum(_write_postgres(conn, table, frame, cols, keys, update, touch)
+                       for frame in frames)
+        return sum(_write_sqlite(conn, table, frame, cols, keys, update, touch)
+                   for frame in frames)
     existing = _lock_and_count(conn, table)
     if existing == 0:  # nothing to conflict with, and the lock keeps it so
         keys = None
     if postgres and keys:  # indexes are rebuilt, if at all, around the insert of new rows
-        return _upsert_postgres(conn, table, df, cols, keys, update, touch, existing)
-    with _rebuilding(conn, table, len(df), existing):
-        if postgres:
-            _copy(conn, table.name, table, df)
-            return len(df)
-        return _write_sqlite(conn, table, df, cols, keys, update, touch, runs_by or ())
+        return sum(_upsert_postgres(conn, table, frame, cols, keys, update, touch, existing)
+                   for frame in frames)
+    # On SQLite the large page cache stays through the index rebuild: the new indexes are
+    # built from the pages just written, which a small cache would read back from the WAL.
+    with nullcontext() if postgres else _page_cache(conn), \
+            _rebuilding(conn, table, len(df), existing):
+        written = 0
+        for frame in frames:
+            if postgres:
+                _copy(conn, table.name, table, frame)
+                written += len(frame)
+            else:
+                written += _write_sqlite(conn, table, frame, cols, keys, update, touch,
+                                         runs_by or ())
+        return written
+
+
+@contextmanager
+def _page_cache(conn: Connection) -> Iterator[None]:
+    """A SQLite page cache of at least SQLITE_CACHE_KIB for the block, then the one before:
+    the default 2 MB makes a big insert thrash between memory and the WAL file."""
+    cur = _raw(conn).cursor()
+    cache = cur.execute("PRAGMA cache_size").fetchone()[0]
+    cur.execute(f"PRAGMA cache_size = {min(cache, -SQLITE_CACHE_KIB)}")
+    try:
+        yield
+    finally:
+        cur.execute(f"PRAGMA cache_size = {cache}")
 
 
 def _quoted(cols: Sequence[str], alias: str = "") -> str:
@@ -141,22 +178,41 @@ def _write_sqlite(conn: Connection, table: sa.Table, df: pd.DataFrame, cols: lis
     raw = _raw(conn)
     cur = raw.cursor()
     before = raw.total_changes
-    cache = cur.execute("PRAGMA cache_size").fetchone()[0]
-    # The default 2 MB page cache makes a big insert thrash between memory and the WAL file.
-    cur.execute(f"PRAGMA cache_size = {min(cache, -SQLITE_CACHE_KIB)}")
-    try:
+    with _page_cache(conn):
         for part in parts:
-            values = ", ".join(part.literals.get(c, "?") for c in cols)
-            sql = f"INSERT INTO {table.name} ({_quoted(cols)}) VALUES ({values}) {conflict}"
+            row = "(" + ", ".join(part.literals.get(c, "?") for c in cols) + ")"
+            into = f"INSERT INTO {table.name} ({_quoted(cols)}) VALUES"
             # in chunks: millions of rows as Python values at once would take gigabytes
             for start in range(part.start, part.stop, WRITE_CHUNK_ROWS):
                 rows = df.iloc[start:min(start + WRITE_CHUNK_ROWS, part.stop)]
                 bound = [_column(table.c[c], rows[c]) for c in cols if c not in part.literals]
-                with _translated(conn, sql):
-                    cur.executemany(sql, zip(*bound))
-    finally:
-        cur.execute(f"PRAGMA cache_size = {cache}")
+                _insert_rows(conn, cur, into, row, conflict, bound)
     return int(raw.total_changes - before)
+
+
+def _insert_rows(conn: Connection, cur: Any, into: str, row: str, conflict: str,
+                 bound: list[Sequence[object]]) -> None:
+    """Insert rows whose bound values are the columns ``bound``: as many rows a statement as
+    fit (``ROWS_PER_STATEMENT``), the remainder one a statement. The rows go in in their
+    order (a multi-row VALUES list is inserted row by row, with the same conflict handling)."""
+    n, width = len(bound[0]), len(bound)
+    limit = _raw(conn).getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per = max(1, min(ROWS_PER_STATEMENT, limit // width))
+    full = n // per * per if per > 1 else 0
+    if full:
+        grid = np.empty((n, width), dtype=object)
+        for j, values in enumerate(bound):
+            grid[:, j] = values
+        sql = f"{into} {', '.join([row] * per)} {conflict}"
+        with _translated(conn, sql):
+            cur.executemany(sql, grid[:full].reshape(-1, width * per).tolist())
+        rest: Any = grid[full:].tolist()
+    else:
+        rest = zip(*bound)
+    if full < n:
+        sql = f"{into} {row} {conflict}"
+        with _translated(conn, sql):
+            cur.executemany(sql, rest)
 
 
 def _raw(conn: Connection) -> Any:

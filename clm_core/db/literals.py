@@ -54,7 +54,15 @@ def _starts(df: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
 
 
 def _constant(s: pd.Series, starts: np.ndarray) -> np.ndarray:
-    """Whether ``s`` holds one value (or only nulls) over each run."""
+    """Whether ``s`` holds one value (or only nulls) over each run. A run whose first and last
+    values differ is not: most columns (keys, ids, times) are told apart by that alone,
+    without a pass over their millions of values."""
+    ends = np.append(starts[1:], len(s)) - 1
+    first = s.iloc[starts].to_numpy(dtype=object, na_value=None)
+    last = s.iloc[ends].to_numpy(dtype=object, na_value=None)
+    maybe = np.array([a == b for a, b in zip(first.tolist(), last.tolist())], dtype=bool)
+    if not maybe.any():
+        return maybe
     null = s.isna().to_numpy()
     n_null = np.add.reduceat(null.astype("int64"), starts)
     lengths = np.diff(np.append(starts, len(s)))
@@ -63,7 +71,7 @@ def _constant(s: pd.Series, starts: np.ndarray) -> np.ndarray:
     if kind in "iuM" and not null.any():
         values = s.to_numpy().view("int64") if kind == "M" else s.to_numpy()
         out |= np.minimum.reduceat(values, starts) == np.maximum.reduceat(values, starts)
-    return out
+    return out & maybe
 
 
 def runs(df: pd.DataFrame, value: Callable[[str, int], object], by: Sequence[str]) -> list[Run]:

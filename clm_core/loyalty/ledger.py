@@ -202,9 +202,11 @@ def earning_rows(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFram
     # In key order (earn:{order}, and bonus:{rule}:{order} for the orders a rule picks): the
     # write then extends the unique key index at its end.
     earns = earns.iloc[text_order(earns["id"].to_numpy())]
-    tier = earns["customer_id"].map(inp.status.set_index("customer_id")["tier"]) \
-        if not inp.status.empty else pd.Series(None, index=earns.index, dtype=object)
-    level = _tier_levels(prog, tier)
+    # Without stored statuses (a first evaluation) everyone earns at the entry tier's rate:
+    # no map of millions of customer ids to nothing.
+    level = _tier_levels(prog, earns["customer_id"].map(
+        inp.status.set_index("customer_id")["tier"])) if not inp.status.empty \
+        else np.zeros(len(earns), dtype="int64")
     cents = np.rint(earns["amount"].to_numpy(float) * 100).astype("int64")
     rate = Fraction(prog.earning.points_per_unit) / 100
     mode = prog.earning.rounding
@@ -463,8 +465,28 @@ def tiers(prog: Programme, members: pd.Index, qual: pd.Series, stored: pd.DataFr
 
 def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
     """Every row this evaluation appends, and the resulting status of each member."""
+    earned = earnings(prog, inp, now)
+    ev = settle(prog, inp, now, earned)
+    if not earned.empty:
+        ev.rows = pd.concat([earned, ev.rows], ignore_index=True) if not ev.rows.empty \
+            else earned.reset_index(drop=True)
+    return ev
+
+
+def earnings(prog: Programme, inp: Inputs, now: pd.Timestamp) -> pd.DataFrame:
+    """The evaluation's first new rows (earn and bonus), typed and in key order. On a first
+    evaluation they are most of its rows: a caller can write them while ``settle`` works out
+    the rest (their keys sort before every later row's)."""
+    return typed(earning_rows(prog, inp, now)).reset_index(drop=True)
+
+
+def settle(prog: Programme, inp: Inputs, now: pd.Timestamp, earned: pd.DataFrame) -> Evaluation:
+    """The rest of the evaluation after ``earnings`` gave ``earned``: its ``rows`` are the new
+    rows that follow those (reversals, redemptions, expiries, rewards), in key order."""
     ledger = inp.ledger
     new_parts: dict[int, pd.DataFrame] = {}
+    if not earned.empty:
+        new_parts[0] = earned
 
     def append(rows: pd.DataFrame, place: int) -> pd.DataFrame:
         """The ledger with ``rows`` added: each step sees the rows of the steps before it.
@@ -478,17 +500,17 @@ def evaluate(prog: Programme, inp: Inputs, now: pd.Timestamp) -> Evaluation:
         return pd.concat([inp.ledger, *(new_parts[k] for k in sorted(new_parts))],
                          ignore_index=True)
 
-    ledger = append(earning_rows(prog, inp, now), 0)
+    if not earned.empty:
+        ledger = pd.concat([inp.ledger, earned], ignore_index=True) if not inp.ledger.empty \
+            else earned
     ledger = append(reversal_rows(inp, ledger, now), 3)
     ledger = append(redemption_rows(inp, now), 2)
     # The lots are final from here (expiries and rewards only debit them): sorted once.
     lot = lot_frame(ledger)
     ledger = append(expiry_rows(prog, ledger, now, lot), 1)
     ledger = append(reward_rows(prog, ledger, now), 4)
-    # A first evaluation's new rows are its whole ledger: the same frame, not a second copy.
-    new = ledger if inp.ledger.empty else pd.concat(
-        [new_parts[k] for k in sorted(new_parts)], ignore_index=True) if new_parts \
-        else empty_ledger()
+    after = [new_parts[k] for k in sorted(new_parts) if k > 0]
+    new = pd.concat(after, ignore_index=True) if after else empty_ledger()
     lot = spend_lots(lot, ledger)
 
     o = inp.orders

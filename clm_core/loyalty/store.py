@@ -9,12 +9,12 @@ so two racing evaluations, or a rerun after a kill -9, add nothing twice.
 from __future__ import annotations
 
 import hashlib
+import resource
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
-from clm_core.db.engine import references_trusted, take_write_lock
+from clm_core.db.engine import make_engine, references_trusted, take_write_lock
 from clm_core.errors import ConfigError, InputError
 from clm_core.journeys.store import gc_paused, read_frame
+from clm_core.loyalty import ahead
 from clm_core.loyalty.ledger import (
     KIND,
     LEDGER_COLUMNS,
@@ -34,8 +35,9 @@ from clm_core.loyalty.ledger import (
     WAITING,
     Evaluation,
     Inputs,
+    earnings,
     empty_ledger,
-    evaluate,
+    settle,
     whole_points,
 )
 from clm_core.loyalty.spec import Programme
@@ -60,8 +62,9 @@ class Summary:
     tier_changes: int
     rewards: int
     tiers: dict[str, int]  # tier -> members
-    # CPU seconds of each step (read, compute, write, commit), for benchmarks and profiling;
-    # not part of what the evaluation did, so two equal evaluations compare equal
+    # CPU seconds of each step (read, compute, write, commit), second processes included, for
+    # benchmarks and profiling; not part of what the evaluation did, so two equal evaluations
+    # compare equal
     cpu: dict[str, float] = field(default_factory=dict, compare=False)
 
     def lines(self) -> list[str]:
@@ -97,6 +100,8 @@ def _read(conn: Connection, query: sa.Select) -> pd.DataFrame:
 
 
 READ_CHUNK_ROWS = 500_000  # orders fetched at a time: the rows as tuples take 300 bytes each
+# Order ids spanned above which a full read shares the orders with a second process.
+SPLIT_READ_IDS = 200_000
 
 
 def _times(values: tuple[object, ...]) -> np.ndarray:
@@ -115,18 +120,17 @@ def _array(dtype: object) -> Callable[[tuple[object, ...]], np.ndarray]:
 
 
 # each column and how its values become an array (amounts: floats on SQLite, Decimals on
-# PostgreSQL)
+# PostgreSQL; points redeemed: whole numbers or None, which numpy makes NaN)
 _ORDER_COLUMNS = [("id", _array("int64")), ("customer_id", _array("int64")),
                   ("ordered_at", _times), ("amount", _array(float)), ("currency", _array(object)),
-                  ("status", _array(object)), ("points_redeemed", _array(object))]
+                  ("status", _array(object)), ("points_redeemed", _array(float))]
 
 
-def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
-    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) as typed
-    columns built straight from the driver's rows, a chunk at a time: on a whole history of
-    millions of orders pandas' inference of each column from the rows costs more than the
-    typed arrays do, and all the rows as tuples at once would take gigabytes."""
-    result = conn.execute(query)
+def _order_columns(result: sa.CursorResult) -> dict[str, np.ndarray]:
+    """The rows of ``result`` (the columns of ``_ORDER_COLUMNS``) as typed columns built
+    straight from the driver's rows, a chunk at a time: on a whole history of millions of
+    orders pandas' inference of each column from the rows costs more than the typed arrays
+    do, and all the rows as tuples at once would take gigabytes."""
     parts: list[list[np.ndarray]] = [[] for _ in _ORDER_COLUMNS]
     with gc_paused():  # millions of row tuples: see read_frame
         while result.cursor is not None:
@@ -137,13 +141,57 @@ def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
                 part.append(convert(values))
             del raw
         result.close()
-    cols = {name: np.concatenate(part) if part else convert(())
+    return {name: np.concatenate(part) if part else convert(())
             for (name, convert), part in zip(_ORDER_COLUMNS, parts)}
+
+
+def _orders_frame(pieces: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Orders (id, customer_id, ordered_at, amount, currency, status, points_redeemed) from
+    ``_order_columns`` of consecutive id ranges, in their order."""
+    cols = {name: np.concatenate([piece[name] for piece in pieces]) if len(pieces) > 1
+            else pieces[0][name] for name, _ in _ORDER_COLUMNS}
     codes, values = pd.factorize(cols["status"])
     return pd.DataFrame({
         **cols, "status": pd.Categorical.from_codes(  # a few values, compared often
-            codes, categories=pd.Index(values, dtype=object)),
-        "points_redeemed": pd.to_numeric(pd.Series(cols["points_redeemed"], dtype=object))})
+            codes, categories=pd.Index(values, dtype=object))})
+
+
+def _read_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    return _orders_frame([_order_columns(conn.execute(query))])
+
+
+def _columns_of(url: str, query: sa.Select) -> dict[str, np.ndarray]:
+    """``_order_columns`` of ``query`` over a connection of its own (a second process)."""
+    engine = make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return _order_columns(conn.execute(query))
+    finally:
+        engine.dispose()
+
+
+def _read_all_orders(conn: Connection, query: sa.Select) -> pd.DataFrame:
+    """Every order. From a large SQLite file the upper half of the ids is read by a second
+    process meanwhile (``clm_core.loyalty.ahead``): turning millions of rows into Python
+    values is most of the read, and it is the same work on either half. The write lock this
+    transaction took first keeps anyone from committing between the two halves' reads."""
+    o = t.orders
+    low, high = conn.execute(sa.select(sa.func.min(o.c.id), sa.func.max(o.c.id))).one()
+    database = conn.engine.url.database
+    if (conn.dialect.name != "sqlite" or not database or database == ":memory:"
+            or low is None or high - low < SPLIT_READ_IDS or not ahead.usable()):
+        return _read_orders(conn, query)
+    middle = (low + high) // 2 + 1
+    upper = query.where(o.c.id >= middle)
+    theirs = ahead.Ahead(_columns_of, conn.engine.url.render_as_string(hide_password=False),
+                         upper)
+    try:
+        mine = _order_columns(conn.execute(query.where(o.c.id < middle)))
+        other = theirs.result()
+    finally:
+        theirs.close()
+    return _orders_frame([mine, other if other is not None
+                          else _order_columns(conn.execute(upper))])
 
 
 def _only(query: sa.Select, column: sa.ColumnElement, ids: bool) -> sa.Select:
@@ -208,7 +256,7 @@ def read_inputs(conn: Connection, prog: Programme, now: datetime,
     # the ordered_at index and fetch every row from a random place in the table (most of a
     # first evaluation's time on a store larger than the page cache).
     orders = _read_orders(conn, _only(query.where(o.c.ordered_at <= now), o.c.customer_id,
-                                      True) if only else query)
+                                      True)) if only else _read_all_orders(conn, query)
     if not only:
         orders = orders[orders["ordered_at"] <= pd.Timestamp(now)].reset_index(drop=True)
     if any(b.sku_prefix for b in prog.bonuses):
@@ -258,29 +306,53 @@ def _key_order(keys: pd.Series) -> list[int] | None:
     """Positions of ``keys`` in the order of the unique key index (byte order of their UTF-8,
     which is Python's order of str), so that millions of rows extend the index at its end
     instead of all over a tree larger than the page cache (several times faster); None when
-    they are in that order already, as the evaluation emits them (checked pairwise: no
-    permutation of millions of positions is built for nothing)."""
-    values = keys.tolist()
-    if all(a <= b for a, b in zip(values, islice(values, 1, None))):
+    they are in that order already, as the evaluation emits them (checked pairwise, in one
+    numpy pass: no permutation of millions of positions is built for nothing)."""
+    values = keys.to_numpy(dtype=object)
+    if len(values) < 2 or bool((values[1:] >= values[:-1]).all()):
         return None
-    return sorted(range(len(values)), key=values.__getitem__)
+    return sorted(range(len(values)), key=values.tolist().__getitem__)
 
 
-def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> None:
+def _ledger_rows(rows: pd.DataFrame, recorded: datetime, run_id: str | None,
+                 bulk: bool) -> pd.DataFrame:
+    """New ledger rows as written: nullable order ids, the recording time and run; in a bulk
+    write in key order."""
+    out = rows.copy(deep=False)
+    out["order_id"] = out["order_id"].astype("Int64")
+    out["recorded_at"], out["run_id"] = recorded, run_id
+    if bulk:
+        order = _key_order(out["key"])
+        if order is not None:
+            out = out.iloc[order]
+    return out
+
+
+def write_evaluation(conn: Connection, earned: pd.DataFrame,
+                     rest: Evaluation | Callable[[], Evaluation],
+                     run_id: str | None) -> Evaluation:
+    """Write an evaluation: its earning rows, then the rest (``rest``: computed, or a function
+    that waits for it, so that it can still be computing while the earning rows are written;
+    their keys sort before the rest's). Returns the rest."""
     recorded = utcnow()
-    if not ev.rows.empty:
-        rows = ev.rows.copy(deep=False)
-        rows["order_id"] = rows["order_id"].astype("Int64")
-        rows["recorded_at"], rows["run_id"] = recorded, run_id
-        bulk = len(rows) > BULK_ROWS  # a first evaluation writes the whole history
+    done: list[Evaluation] = [rest] if isinstance(rest, Evaluation) else []
+    # A first evaluation writes the whole history: in bulk, the earning rows and the later
+    # ones under one lock and one index rebuild (the rest counted when it is known already).
+    bulk = len(earned) + (len(done[0].rows) if done else 0) > BULK_ROWS
+
+    def later() -> Iterator[pd.DataFrame]:
+        if not done:
+            assert callable(rest)
+            done.append(rest())
         # In key order, the rows come kind by kind (and bonus rule by rule): each run is one
         # statement with its kind, reason and the like as literals.
-        if bulk:
-            order = _key_order(rows["key"])
-            if order is not None:
-                rows = rows.iloc[order]
-        write_frame(conn, t.points_ledger, rows, keys=["key"], bulk=bulk,
-                    runs_by=["kind", "reason"])
+        yield _ledger_rows(done[0].rows, recorded, run_id, bulk)
+
+    write_frame(conn, t.points_ledger, _ledger_rows(earned, recorded, run_id, bulk),
+                keys=["key"], bulk=bulk, runs_by=["kind", "reason"], then=later())
+    if not done:  # nothing was written, so the rest was not asked for
+        list(later())
+    ev = done[0]
     if not ev.status.empty:
         write_frame(conn, t.loyalty_status, ev.status, keys=["customer_id"],
                     update=[c for c in STATUS_COLUMNS if c != "customer_id"],
@@ -298,6 +370,28 @@ def write_evaluation(conn: Connection, ev: Evaluation, run_id: str | None) -> No
             "properties": [{"reward": r, "ledger_key": k}
                            for r, k in zip(ev.rewards["reward"], ev.rewards["key"])]})
         write_frame(conn, t.events, events, keys=["external_id"])
+    return ev
+
+
+def _tally(frames: list[pd.DataFrame]) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows and points by kind over ``frames`` of ledger rows."""
+    rows: dict[str, int] = {}
+    points: dict[str, int] = {}
+    for frame in frames:
+        if frame.empty:
+            continue
+        by_kind = frame.groupby("kind", observed=True)
+        for kind, n in by_kind.size().items():
+            rows[str(kind)] = rows.get(str(kind), 0) + int(n)
+        for kind, p in by_kind["points"].sum().items():
+            points[str(kind)] = points.get(str(kind), 0) + int(p)
+    return rows, points
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of the second processes it has waited for."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
 def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | None = None,
@@ -307,12 +401,13 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
     # Every customer and order a ledger row names was read in this transaction under the
     # write lock: SQLite need not look each one up again (half the time of a bulk write).
     cpu: dict[str, float] = {}
-    clock = [time.process_time()]
+    clock = [_cpu_seconds()]
 
     def step(name: str) -> None:
-        clock.append(time.process_time())
+        clock.append(_cpu_seconds())
         cpu[name] = clock[-1] - clock[-2]
 
+    at = pd.Timestamp(now)
     with engine.connect() as conn, references_trusted(conn), conn.begin():
         if conn.dialect.name == "postgresql":  # one evaluation at a time: watermarks are shared
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('clm-loyalty'))"))
@@ -320,22 +415,31 @@ def run_loyalty(engine: Engine, prog: Programme, now: datetime, run_id: str | No
         ids = None if full else changed_customers(conn, now)
         inp = read_inputs(conn, prog, now, ids)
         step("read")
-        ev = evaluate(prog, inp, pd.Timestamp(now))
-        del inp  # the orders frame is not needed for the write
+        earned = earnings(prog, inp, at)
+        # The rest of the evaluation, in a second process while the earning rows are written
+        # when they are many (a first evaluation), else here and now.
+        later = ahead.Ahead(settle, prog, inp, at, earned) \
+            if len(earned) >= ahead.MIN_ROWS and ahead.usable() else None
+        rest: Evaluation | Callable[[], Evaluation] = settle(prog, inp, at, earned) \
+            if later is None else (lambda: later.result() or settle(prog, inp, at, earned))
         step("compute")
-        write_evaluation(conn, ev, run_id)
+        try:
+            ev = write_evaluation(conn, earned, rest, run_id)
+        finally:
+            if later is not None:
+                later.close()
         save_state(conn, now)
         st = t.loyalty_status
         counts: dict[str, int] = dict(conn.execute(sa.select(st.c.tier, sa.func.count())
                                    .group_by(st.c.tier)).all())
         step("write")
     step("commit")
-    by_kind = ev.rows.groupby("kind", observed=True)
-    rows = by_kind.size().to_dict() if not ev.rows.empty else {}
-    points = by_kind["points"].sum().to_dict() if not ev.rows.empty else {}
+    if later is not None:  # it ended during the write, but its work was computing
+        cpu["compute"] += later.cpu
+        cpu["write"] -= later.cpu
+    rows, points = _tally([earned, ev.rows])
     order = [n for n in prog.tier_names() if n in counts]
-    return Summary(now, sum(counts.values()), len(ev.status),
-                   {k: int(v) for k, v in rows.items()}, {k: int(v) for k, v in points.items()},
+    return Summary(now, sum(counts.values()), len(ev.status), rows, points,
                    len(ev.transitions), len(ev.rewards), {n: int(counts[n]) for n in order},
                    cpu)
 
