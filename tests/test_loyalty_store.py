@@ -452,6 +452,33 @@ def test_report_figures_of_the_hand_computed_store(tmp_path: Path, db_url: str,
     assert figures["expiry_lift"] is None  # no attribution yet: said, not invented
 
 
+def run_with_a_failing_write(engine: sa.Engine, monkeypatch) -> None:
+    """A first evaluation whose write fails (as on a full disk): it raises."""
+    from clm_core.loyalty import store
+    from clm_core.loyalty.spec import parse_programme
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "write_evaluation", broken)
+    with pytest.raises(RuntimeError):
+        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
+                          pd.Timestamp(E1).to_pydatetime())
+
+
+def assert_same_stored(engine: sa.Engine, other: sa.Engine) -> None:
+    """Both stores hold the same evaluation: ledger (a large one), statuses, expiring points,
+    tier moves and reward events."""
+    assert ledger(engine) == ledger(other) and len(ledger(engine)) > 2000
+    assert status(engine) == status(other)
+    assert expiring(engine) == expiring(other)
+    assert tier_moves(engine) == tier_moves(other)
+    with engine.connect() as a, other.connect() as b:
+        ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
+                       t.events.c.occurred_at).order_by(t.events.c.external_id)
+        assert a.execute(ev).all() == b.execute(ev).all()
+
+
 def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: sa.Engine,
                                                           db_factories, monkeypatch) -> None:
     """The path of a first evaluation of a large store (orders read in chunks, rows in key
@@ -479,14 +506,7 @@ def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: 
             monkeypatch.setattr(store, "READ_CHUNK_ROWS", 10**9)  # in one
             small = store.run_loyalty(other, prog, pd.Timestamp(now).to_pydatetime())
             assert bulk == small
-            assert ledger(engine) == ledger(other) and len(ledger(engine)) > 2000
-            assert status(engine) == status(other)
-            assert expiring(engine) == expiring(other)
-            assert tier_moves(engine) == tier_moves(other)
-            with engine.connect() as a, other.connect() as b:
-                ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
-                               t.events.c.occurred_at).order_by(t.events.c.external_id)
-                assert a.execute(ev).all() == b.execute(ev).all()
+            assert_same_stored(engine, other)
         if engine.dialect.name == "sqlite":  # the checks are back on for the next user
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -496,20 +516,12 @@ def test_bulk_write_gives_the_rows_of_the_row_by_row_write(db_url: str, engine: 
 
 def test_sqlite_foreign_keys_are_on_again_after_a_failed_evaluation(
         db_url: str, engine: sa.Engine, monkeypatch) -> None:
-    from clm_core.loyalty import store
-    from clm_core.loyalty.spec import parse_programme
 
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's foreign key pragma")
     seed(engine)
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(store, "write_evaluation", broken)
-    with pytest.raises(RuntimeError):
-        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
-                          pd.Timestamp(E1).to_pydatetime())
+    run_with_a_failing_write(engine, monkeypatch)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.execute(sa.select(sa.func.count()).select_from(t.points_ledger)).scalar() == 0
@@ -592,14 +604,7 @@ def test_second_processes_give_the_same_evaluation(
             assert outcomes == []
             assert forked == died == here
             for eng in (dying, inline):
-                assert ledger(engine) == ledger(eng) and len(ledger(engine)) > 2000
-                assert status(engine) == status(eng)
-                assert expiring(engine) == expiring(eng)
-                assert tier_moves(engine) == tier_moves(eng)
-                with engine.connect() as a, eng.connect() as b:
-                    ev = sa.select(t.events.c.external_id, t.events.c.customer_id,
-                                   t.events.c.occurred_at).order_by(t.events.c.external_id)
-                    assert a.execute(ev).all() == b.execute(ev).all()
+                assert_same_stored(engine, eng)
     finally:
         dying.dispose()
         inline.dispose()
@@ -611,17 +616,10 @@ def test_a_failed_write_leaves_no_second_process(db_url: str, engine: sa.Engine,
     over: the evaluation ends it rather than leave it waiting to send."""
     import multiprocessing as mp
 
-    from clm_core.loyalty import ahead, store
-    from clm_core.loyalty.spec import parse_programme
+    from clm_core.loyalty import ahead
 
     seed(engine, n_extra=400, hand=10)
     monkeypatch.setattr(ahead, "MIN_ROWS", 0)
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(store, "write_evaluation", broken)
-    with pytest.raises(RuntimeError):
-        store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
-                          pd.Timestamp(E1).to_pydatetime())
+    run_with_a_failing_write(engine, monkeypatch)
     assert mp.active_children() == []
