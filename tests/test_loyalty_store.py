@@ -4,11 +4,13 @@ adjustments, and tier triggers entering a journey."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -452,15 +454,17 @@ def test_report_figures_of_the_hand_computed_store(tmp_path: Path, db_url: str,
     assert figures["expiry_lift"] is None  # no attribution yet: said, not invented
 
 
-def run_with_a_failing_write(engine: sa.Engine, monkeypatch) -> None:
-    """A first evaluation whose write fails (as on a full disk): it raises."""
+def run_with_a_failing_write(engine: sa.Engine,
+                             patch: Callable[[object, str, object], None]) -> None:
+    """A first evaluation whose write fails (as on a full disk): it raises. ``patch`` sets
+    an attribute (``monkeypatch.setattr`` in a test, ``setattr`` in a fresh interpreter)."""
     from clm_core.loyalty import store
     from clm_core.loyalty.spec import parse_programme
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "write_evaluation", broken)
+    patch(store, "write_evaluation", broken)
     with pytest.raises(RuntimeError):
         store.run_loyalty(engine, parse_programme(PROGRAMME, "loyalty.yaml"),
                           pd.Timestamp(E1).to_pydatetime())
@@ -521,7 +525,7 @@ def test_sqlite_foreign_keys_are_on_again_after_a_failed_evaluation(
         pytest.skip("SQLite's foreign key pragma")
     seed(engine)
 
-    run_with_a_failing_write(engine, monkeypatch)
+    run_with_a_failing_write(engine, monkeypatch.setattr)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.execute(sa.select(sa.func.count()).select_from(t.points_ledger)).scalar() == 0
@@ -553,73 +557,103 @@ def test_the_ledger_write_sorts_keys_only_when_they_are_not_in_order() -> None:
     assert _key_order(pd.Series(["earn:2", "earn:10", "bonus:b:7"])) == [2, 1, 0]
 
 
-def test_second_processes_give_the_same_evaluation(
-        db_url: str, engine: sa.Engine, db_factories, monkeypatch) -> None:
-    """A first evaluation whose upper half of the orders (SQLite) is read by a second process
-    and whose rest (reversals, expiries, rewards, statuses) is computed by one while the
-    earning rows are written; one whose second processes die at once (the first process then
-    does their part); one all in one process: the same ledger, statuses, transitions and
-    reward events, on the first evaluation and on the next (incremental) one."""
+def _in_a_fresh_interpreter(scenario: Callable[..., None], *args: object) -> None:
+    """Run ``scenario(*args)`` in a newly spawned interpreter and require it to succeed.
+
+    A first evaluation forks only when its process has no other thread (``ahead.usable``: a
+    fork copies other threads' locks), and a test worker may have some left by earlier tests
+    (Prefect's log and event workers). A spawned interpreter has none, so the forks these
+    tests are about really happen there; its assertion errors print to the test's output."""
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=scenario, args=args)
+    proc.start()
+    proc.join(600)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    assert proc.exitcode == 0, f"the scenario failed in its interpreter (exit {proc.exitcode})"
+
+
+def _second_processes_scenario(urls: list[str], sqlite: bool) -> None:
     from clm_core.db.engine import make_engine
     from clm_core.loyalty import ahead, store
     from clm_core.loyalty.spec import parse_programme
 
+    assert ahead.usable()
+    engine, dying, inline = (make_engine(u) for u in urls)
     prog = parse_programme(PROGRAMME, "loyalty.yaml")
-    dying, inline = (make_engine(db_factories[engine.dialect.name].create()) for _ in range(2))
     outcomes: list[str | None] = []
-    real = ahead.Ahead.result
+    real, run = ahead.Ahead.result, ahead._run
 
     def watched(self: ahead.Ahead) -> object:
         value = real(self)
         outcomes.append(self.failed)
         return value
 
-    monkeypatch.setattr(ahead.Ahead, "result", watched)
-    sqlite = engine.dialect.name == "sqlite"
-    try:
+    ahead.Ahead.result = watched  # type: ignore[method-assign]
+    for eng in (engine, dying, inline):
+        seed(eng, n_extra=400, hand=10)
+    for now, later in ((E1, []), (E2, LATER_ORDERS)):
         for eng in (engine, dying, inline):
-            seed(eng, n_extra=400, hand=10)
-        for now, later in ((E1, []), (E2, LATER_ORDERS)):
-            for eng in (engine, dying, inline):
-                if later:
-                    write_orders(eng, later)
-            # the full read of the first evaluation is shared on SQLite; the second one reads
-            # only the customers it evaluates
-            forks = 1 + (sqlite and not later)
-            monkeypatch.setattr(ahead, "MIN_ROWS", 0)
-            monkeypatch.setattr(store, "SPLIT_READ_IDS", 0)
-            outcomes.clear()
-            forked = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
-            assert outcomes == [None] * forks
-            outcomes.clear()
-            with monkeypatch.context() as m:
-                m.setattr(ahead, "_run", lambda *args: os._exit(1))
-                died = store.run_loyalty(dying, prog, pd.Timestamp(now).to_pydatetime())
-            assert len(outcomes) == forks
-            assert all("ended without a result" in str(o) for o in outcomes)
-            monkeypatch.setattr(ahead, "MIN_ROWS", 10**9)
-            monkeypatch.setattr(store, "SPLIT_READ_IDS", 10**9)
-            outcomes.clear()
-            here = store.run_loyalty(inline, prog, pd.Timestamp(now).to_pydatetime())
-            assert outcomes == []
-            assert forked == died == here
-            for eng in (dying, inline):
-                assert_same_stored(engine, eng)
-    finally:
-        dying.dispose()
-        inline.dispose()
+            if later:
+                write_orders(eng, later)
+        # the full read of the first evaluation is shared on SQLite; the second one reads
+        # only the customers it evaluates
+        forks = 1 + (sqlite and not later)
+        ahead.MIN_ROWS, store.SPLIT_READ_IDS = 0, 0
+        outcomes.clear()
+        forked = store.run_loyalty(engine, prog, pd.Timestamp(now).to_pydatetime())
+        assert outcomes == [None] * forks
+        outcomes.clear()
+        ahead._run = lambda *args: os._exit(1)  # type: ignore[assignment]
+        try:
+            died = store.run_loyalty(dying, prog, pd.Timestamp(now).to_pydatetime())
+        finally:
+            ahead._run = run
+        assert len(outcomes) == forks
+        assert all("ended without a result" in str(o) for o in outcomes)
+        ahead.MIN_ROWS, store.SPLIT_READ_IDS = 10**9, 10**9
+        outcomes.clear()
+        here = store.run_loyalty(inline, prog, pd.Timestamp(now).to_pydatetime())
+        assert outcomes == []
+        assert forked == died == here
+        for eng in (dying, inline):
+            assert_same_stored(engine, eng)
 
 
-def test_a_failed_write_leaves_no_second_process(db_url: str, engine: sa.Engine,
-                                                 monkeypatch) -> None:
-    """The write fails while the second process still has the rest of the evaluation to hand
-    over: the evaluation ends it rather than leave it waiting to send."""
-    import multiprocessing as mp
+def test_second_processes_give_the_same_evaluation(engine: sa.Engine, db_url: str,
+                                                   db_factories) -> None:
+    """A first evaluation whose upper half of the orders (SQLite) is read by a second process
+    and whose rest (reversals, expiries, rewards, statuses) is computed by one while the
+    earning rows are written; one whose second processes die at once (the first process then
+    does their part); one all in one process: the same ledger, statuses, transitions and
+    reward events, on the first evaluation and on the next (incremental) one."""
+    urls = [db_url, *(db_factories[engine.dialect.name].create() for _ in range(2))]
+    _in_a_fresh_interpreter(_second_processes_scenario, urls, engine.dialect.name == "sqlite")
 
+
+def _failed_write_scenario(url: str) -> None:
+    from clm_core.db.engine import make_engine
     from clm_core.loyalty import ahead
 
+    assert ahead.usable()
+    engine = make_engine(url)
     seed(engine, n_extra=400, hand=10)
-    monkeypatch.setattr(ahead, "MIN_ROWS", 0)
+    ahead.MIN_ROWS = 0
+    started: list[ahead.Ahead] = []
+    init = ahead.Ahead.__init__
 
-    run_with_a_failing_write(engine, monkeypatch)
-    assert mp.active_children() == []
+    def counted(self: ahead.Ahead, *args: object) -> None:
+        init(self, *args)  # type: ignore[arg-type]
+        started.append(self)
+
+    ahead.Ahead.__init__ = counted  # type: ignore[method-assign]
+    run_with_a_failing_write(engine, setattr)
+    assert started  # a second process was at work when the write failed ...
+    assert mp.active_children() == []  # ... and it was ended
+
+
+def test_a_failed_write_leaves_no_second_process(engine: sa.Engine, db_url: str) -> None:
+    """The write fails while the second process still has the rest of the evaluation to hand
+    over: the evaluation ends it rather than leave it waiting to send."""
+    _in_a_fresh_interpreter(_failed_write_scenario, db_url)
