@@ -188,10 +188,11 @@ def test_tally_counts_customers_entering_several_journeys_in_a_week() -> None:
 
 
 def _replay_with(engine: sa.Engine, settings: Settings, ahead: str) -> tuple[Any, list[Any]]:
-    """A 12-week replay of the CDNOW sample: fits inline (``"no"``), computed ahead in the
-    second process (``"yes"``), or ahead but for the wrong days (``"wrong"``: the replay must
-    notice and fit inline)."""
-    from clm_core.backtest.fitahead import FitsAhead
+    """A 12-week replay of the CDNOW sample: scored inline (``"no"``), a few steps ahead in
+    the second process (``"yes"``), ahead but for the wrong days (``"wrong"``: the replay must
+    notice and score inline), or ahead by a process that ends after five steps (``"ends"``:
+    the replay must rebuild the scoring state and go on inline)."""
+    from clm_core.backtest.ahead import ScoringAhead
     from clm_core.backtest.replay import Replay
     from clm_core.journeys.store import project_policy
     from clm_core.lifecycle.pipeline import LifecycleConfig
@@ -201,23 +202,27 @@ def _replay_with(engine: sa.Engine, settings: Settings, ahead: str) -> tuple[Any
         history = load_history(conn)
     replay = Replay(history, config, config.load_rules(), select_journeys(settings, None),
                     project_policy(settings.section("journeys")), settings.default_timezone,
-                    fits_ahead=False)
+                    scoring_ahead=False)
     steps = steps_between(START, START + timedelta(weeks=11), timedelta(weeks=1), 10,
                           settings.default_timezone)
+    second = None
     if ahead != "no":
-        days = [d for d, _ in steps]
-        replay.ahead = FitsAhead(history, config, days if ahead == "yes" else days[1:])
+        given = {"yes": steps, "wrong": steps[1:], "ends": steps[:5]}[ahead]
+        second = replay.ahead = ScoringAhead(replay.scoring, given)
     done = list(replay.run(steps))
+    # the second process was really used, and really given up where it had to be
+    assert (second is None or second.failed is None) == (ahead in ("no", "yes")), ahead
+    assert replay.scoring.started == (ahead != "yes"), ahead
     fits = [(s.as_of, s.fitted) for s in done]
-    models = [replace(m, seconds=0.0) for m in (replay.state.purchases, replay.state.spend) if m]
+    models = [replace(m, seconds=0.0) for m in (replay.purchases, replay.spend) if m]
     return tally(done), [fits, *models]
 
 
-def test_fits_computed_ahead_change_nothing(engine: sa.Engine, settings: Settings) -> None:
+def test_scoring_ahead_changes_nothing(engine: sa.Engine, settings: Settings) -> None:
     import_cdnow(engine, sample=True)
     inline, inline_fits = _replay_with(engine, settings, "no")
     assert sum(f for _, f in inline_fits[0]) >= 3  # several weekly refits in 12 weeks
-    for how in ("yes", "wrong"):
+    for how in ("yes", "wrong", "ends"):
         got, fits = _replay_with(engine, settings, how)
         assert fits == inline_fits, how  # the same days refitted, the same parameters
         pd.testing.assert_frame_equal(got.weekly(), inline.weekly())

@@ -2,16 +2,12 @@
 
 Each step does what the scheduled ``lifecycle`` flow does, with the same functions:
 
-1. the purchase aggregates advance by the orders of the days since the last step
-   (``aggregates``), and ``features_from_aggregates`` computes the features as of the day;
-2. the fit is the one a weekly fit would have produced: refitted (``fit_models``) when the
-   newest replay fit's data ends more than ``fit_max_age_days`` before the day, on the
-   features of that day only (point in time: the live store's stored fits are never used, they
-   may have seen later orders);
-3. scores (``score_frame``), RFM, stage rules and transitions (``diff``);
-4. journey planning (``journeys.engine.plan``) at the step's ``now`` on a snapshot built from
+1. the scoring half (``scoring``): the purchase aggregates advance by the day's orders, the
+   point-in-time fit where one is due, scores, stages and transitions; on a long replay it runs
+   a few steps ahead in a second process (``ahead``);
+2. journey planning (``journeys.engine.plan``) at the step's ``now`` on a snapshot built from
    the replay's own enrollments, messages, transitions and the history up to ``now``;
-5. a simulated dispatch: every message the plan lets through is recorded as sent at its
+3. a simulated dispatch: every message the plan lets through is recorded as sent at its
    scheduled time (quiet hours included); nothing reaches a provider.
 
 Goals are reached by the real orders that follow, as the replay's clock reaches them. Nothing
@@ -29,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clm_core.backtest import fitahead
-from clm_core.backtest.aggregates import RunningAggregates
+from clm_core.backtest import ahead
 from clm_core.backtest.history import History
+from clm_core.backtest.scoring import Scored, Scoring
+from clm_core.journeys import clock
 from clm_core.journeys.engine import (
     ENROLLMENT_COLUMNS,
     Plan,
@@ -43,18 +40,10 @@ from clm_core.journeys.fields import ENGAGEMENT_EVENTS, ENGAGEMENT_LOOKBACK_DAYS
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.model import ProjectPolicy
 from clm_core.journeys.store import LEDGER_STATUSES
-from clm_core.lifecycle.features import IN_STAGE_FIELDS, day_end, features_from_aggregates
 from clm_core.lifecycle.fitting import ModelFit
-from clm_core.lifecycle.history import shortfall, without_model
-from clm_core.lifecycle.pipeline import SCORE_COLUMNS, LifecycleConfig
-from clm_core.lifecycle.rfm import rfm
-from clm_core.lifecycle.scoring import score_frame
+from clm_core.lifecycle.pipeline import LifecycleConfig
 from clm_core.lifecycle.stages import StageRules
-from clm_core.lifecycle.transitions import diff
 from clm_core.simclock import simulated_steps
-
-# Transition rows carry a recorded_at; a replay records nothing, so it is a fixed stamp.
-_RECORDED = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -74,17 +63,14 @@ class Step:
 
 @dataclass
 class ReplayState:
-    """Everything a replay remembers between steps (what the database would hold)."""
+    """What a replay's journey half remembers between steps (what the database would hold;
+    the scoring half keeps its own, ``Scoring``)."""
 
-    stage: np.ndarray
-    stage_since: np.ndarray
     # the latest enrollment per (journey, customer), a numpy array per column, in id order
     enrollments: dict[str, np.ndarray]
     transitions: pd.DataFrame
     ledger: pd.DataFrame  # customer_id, channel, tags, at
     next_id: int = 1
-    purchases: ModelFit | None = None
-    spend: ModelFit | None = None
 
 
 def steps_between(start: date, end: date, every: timedelta, hour: int,
@@ -143,24 +129,25 @@ class Replay:
 
     def __init__(self, history: History, config: LifecycleConfig, rules: StageRules,
                  journeys: Sequence[CompiledJourney], policy: ProjectPolicy,
-                 default_tz: str = "UTC", fits_ahead: bool = True):
+                 default_tz: str = "UTC", scoring_ahead: bool = True):
         self.h, self.config, self.rules = history, config, rules
-        self.fits_ahead = fits_ahead
-        self.ahead: fitahead.FitsAhead | None = None
+        self.scoring_ahead = scoring_ahead
+        self.scoring = Scoring(history, config, rules)
+        self.ahead: ahead.ScoringAhead | None = None
+        self.done: list[tuple[date, datetime]] = []  # the steps scored so far
+        # the fits in use (the scoring half's, wherever it runs)
+        self.purchases: ModelFit | None = None
+        self.spend: ModelFit | None = None
         self.journeys = [j for j in journeys if j.spec.status != "draft"]
         self.policy, self.tz = policy, default_tz
-        self.agg = RunningAggregates(history)
         # the customers table's fields the engine reads (consent comes from the ledger)
         self.contact = history.customers.drop(
             columns=["signed_up_at", "consent_email", "consent_sms"], errors="ignore")
-        n = len(history.customers)
+        # their zones, cleaned once (the engine would clean them again at every step)
+        self.contact["tz"] = clock.frame_zones(self.contact, default_tz)
         empty = Snapshot(pd.DataFrame())  # the engine's empty frames, with their dtypes
-        self.state = ReplayState(
-            stage=np.full(n, None, dtype=object),
-            stage_since=np.full(n, np.datetime64("NaT", "ns")),
-            enrollments=_columns(empty_enrollments()),
-            transitions=empty.transitions, ledger=empty.ledger)
-        self.in_stage = bool(rules.fields & IN_STAGE_FIELDS)
+        self.state = ReplayState(enrollments=_columns(empty_enrollments()),
+                                 transitions=empty.transitions, ledger=empty.ledger)
         self.fields = set().union(*(j.fields for j in self.journeys)) if self.journeys else set()
         self.within = max((j.spec.entry.within for j in self.journeys),
                           default=pd.Timedelta(days=7))
@@ -169,66 +156,22 @@ class Replay:
         self.cap_horizon = pd.Timedelta(max(windows, default=pd.Timedelta(days=7)))
         self.wants_orders = any(g.order for j in self.journeys for g in j.spec.goals)
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    # --- scoring ------------------------------------------------------------------------------
 
-    def _fit(self, f_of: dict[str, pd.DataFrame], as_of: date) -> tuple[bool, str | None]:
-        s = self.state
-        if not fitahead.due(self.config, s.purchases, as_of):
-            return False, None
-        f = f_of[self.config.time_unit]
-        if shortfall(f) is not None:
-            return False, None
-        outcome = self.ahead.take(as_of) if self.ahead is not None else None
-        if outcome is None:
-            outcome = fitahead.attempt(self.config, f, as_of)
-        if outcome is None or outcome.error is not None:
-            return False, outcome.error if outcome else None
-        s.purchases, s.spend = outcome.purchases, outcome.spend
-        return True, None
-
-    def _score(self, as_of: date, consent: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                                  bool, str | None]:
-        s, h = self.state, self.h
-        end = np.datetime64(day_end(as_of), "ns")
-        raw = self.agg.frame(end, s.stage, s.stage_since, self.in_stage)
-        mine = consent.reindex(raw["customer_id"])
-        raw["consent_email"] = mine["consent_email"].to_numpy()
-        raw["consent_sms"] = mine["consent_sms"].to_numpy()
-        cache: dict[str, pd.DataFrame] = {}
-
-        def features(unit: str) -> pd.DataFrame:
-            if unit not in cache:
-                cache[unit] = features_from_aggregates(raw, as_of, unit,
-                                                       rhythm=self.config.rhythm).frame
-            return cache[unit]
-
-        fitted, error = self._fit({self.config.time_unit: features(self.config.time_unit)},
-                                  as_of)
-        if error is not None:
-            return pd.DataFrame(), pd.DataFrame(), False, error
-        purchases, spend = s.purchases, s.spend
-        f = features(purchases.time_unit if purchases else self.config.time_unit)
-        if purchases is None or spend is None:
-            scores = without_model(f.index)
-        else:
-            scores = score_frame(f, purchases.model, purchases.params, spend.params,
-                                 purchases.time_unit, self.config.discount_rate)
-        view = pd.concat([f, scores, rfm(f, None)], axis=1)
-        view["stored_stage"] = view["previous_stage"]
-        view["stored_since"] = view["previous_stage_since"]
-        stage = self.rules.assign(view)
-        moves, since = diff(view, stage, as_of, None, self.rules.since_of(view, stage),
-                            _RECORDED)
-        pos = h.customers.index.get_indexer(view["customer_id"])
-        s.stage[pos] = stage.to_numpy()
-        s.stage_since[pos] = since.to_numpy("datetime64[ns]")
-        view["stage"] = stage.to_numpy()
-        view["stage_since"] = since.to_numpy("datetime64[ns]")
-        view["as_of"] = pd.Timestamp(as_of)
-        view["fit_id"] = None
-        return view, moves, fitted, None
-
-    # --- journeys ----------------------------------------------------------------------------
+    def _scored(self, as_of: date, now: datetime) -> Scored:
+        """The step's scoring: from the second process when it runs, else inline (after
+        replaying the steps it had scored, when it stopped part-way)."""
+        got = self.ahead.take(as_of) if self.ahead is not None else None
+        if got is None:
+            if self.ahead is not None:  # it stopped: score inline from here on
+                self.ahead = None
+                self.scoring = Scoring(self.h, self.config, self.rules)
+                ahead.catch_up(self.scoring, self.done)
+            got = self.scoring.step(as_of, now)
+        self.done.append((as_of, now))
+        if got.fitted:
+            self.purchases, self.spend = got.purchases, got.spend
+        return got
 
     def _customers(self, view: pd.DataFrame, now: pd.Timestamp,
                    consent: pd.DataFrame) -> pd.DataFrame:
@@ -236,8 +179,7 @@ class Replay:
         suppression at ``now``; loyalty fields empty (the replay does not replay the
         programme)."""
         h = self.h
-        cols = [c for c in SCORE_COLUMNS if c in view.columns and c != "customer_id"]
-        df = view[["customer_id", *cols]].set_index("customer_id")
+        df = view.set_index("customer_id")
         contact = self.contact.reindex(df.index)
         df = df.join(contact).join(consent).join(h.suppressed_at(now))
         for name in LOYALTY:
@@ -295,12 +237,13 @@ class Replay:
             # a new enrollment replaces its customer's previous one in that journey (the
             # snapshot holds the latest per journey and customer), and goes last (its id is
             # the highest)
-            drop = np.zeros(len(cols["id"]), dtype=bool)
+            # (the customer test first: it is on integers, and leaves a few rows whose journey
+            # names are compared, where comparing every row's name cost more than the rest)
             journey, customer = cols["journey"], cols["customer_id"]
-            for name, ids in new.groupby("journey")["customer_id"]:
-                mine = journey == name
-                drop[mine] |= np.isin(customer[mine], ids.to_numpy())
-            keep = ~drop
+            pairs = set(zip(new["journey"], new["customer_id"].astype("int64")))
+            maybe = np.flatnonzero(np.isin(customer, new["customer_id"].to_numpy("int64")))
+            keep = np.ones(len(customer), dtype=bool)
+            keep[[i for i in maybe if (journey[i], int(customer[i])) in pairs]] = False
             s.enrollments = {c: np.concatenate([arr[keep], _values(new[c], arr.dtype)])
                              for c, arr in cols.items()}
         m = result.messages
@@ -318,33 +261,34 @@ class Replay:
     def step(self, as_of: date, now: datetime) -> Step:
         clock: dict[str, float] = {}
         mark = time.perf_counter()
-        added = self.agg.advance(np.datetime64(day_end(as_of), "ns"))
-        ts = pd.Timestamp(now)
-        consent = self.h.consent_at(ts)  # channel consent as it stood at the run: read once
-        view, moves, fitted, error = self._score(as_of, consent)
+        scored = self._scored(as_of, now)
+        view, moves = scored.view, scored.moves
         clock["lifecycle"] = time.perf_counter() - mark
-        if error is not None:  # the day's run would have failed: nothing else happens
-            return Step(as_of, now, added, False, error, 0, moves, None, clock)
+        if scored.error is not None:  # the day's run would have failed: nothing else happens
+            return Step(as_of, now, scored.orders_added, False, scored.error, 0, moves, None,
+                        clock)
         if len(moves):
-            self.state.transitions = pd.concat(
-                [self.state.transitions, moves[["customer_id", "from_stage", "to_stage",
-                                                "transitioned_at"]]], ignore_index=True)
+            self.state.transitions = pd.concat([self.state.transitions, moves],
+                                               ignore_index=True)
         mark = time.perf_counter()
         result = None
         if self.journeys:
+            ts = pd.Timestamp(now)
+            consent = self.h.consent_at(ts)  # channel consent as it stood at the run
             snap = self._snapshot(view, ts, consent)
             result = plan(self.journeys, snap, ts, self.policy, self.tz)
             self._apply(result)
             result.messages["nominal_cost"] = coupon_costs(result.messages, view)
         clock["journeys"] = time.perf_counter() - mark
-        return Step(as_of, now, added, fitted, None, len(view), moves, result, clock)
+        return Step(as_of, now, scored.orders_added, scored.fitted, None, len(view), moves,
+                    result, clock)
 
     def run(self, steps: Sequence[tuple[date, datetime]]) -> Iterator[Step]:
-        """The steps in order; on a fresh replay of enough steps, with the fits computed
-        ahead in a second process (``fitahead``), which changes no figure."""
-        if (self.fits_ahead and self.agg.end is None and self.ahead is None
-                and fitahead.FitsAhead.usable(len(steps))):
-            self.ahead = fitahead.FitsAhead(self.h, self.config, [d for d, _ in steps])
+        """The steps in order; on a fresh replay of enough steps, with the scoring half a few
+        steps ahead in a second process (``ahead``), which changes no figure."""
+        if (self.scoring_ahead and not self.scoring.started and self.ahead is None
+                and ahead.usable(len(steps))):
+            self.ahead = ahead.ScoringAhead(self.scoring, steps)
         try:
             for as_of, now in steps:
                 yield self.step(as_of, now)

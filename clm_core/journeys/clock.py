@@ -33,6 +33,13 @@ def clean_zones(tz: pd.Series, default: str) -> pd.Series:
     return pd.Series(zones, index=tz.index, name=tz.name, dtype=object)
 
 
+def frame_zones(frame: pd.DataFrame, default: str) -> pd.Series:
+    """``clean_zones`` of a customers frame's ``timezone`` column (all ``default`` without
+    one)."""
+    return clean_zones(frame["timezone"] if "timezone" in frame else
+                       pd.Series(None, index=frame.index, dtype=object), default)
+
+
 def _minutes(t: time) -> int:
     return t.hour * 60 + t.minute
 

@@ -647,13 +647,14 @@ class _Run:
 
 def prepare_customers(customers: pd.DataFrame, now: pd.Timestamp, default_tz: str) -> pd.DataFrame:
     """Add what the engine derives: ``tz`` (valid IANA zone), ``days_in_stage``, and
-    suppression flags (False when absent)."""
+    suppression flags (False when absent). A caller that already holds ``tz`` (a replay,
+    whose customers' zones never change, cleans them once) keeps it."""
     # Copy-on-write (pandas 3): the columns added below never reach the caller's frame, so a
     # shallow copy is enough (a deep one copied every customer's every field per evaluation).
     df = customers.copy(deep=False)
     df["customer_id"] = df.index
-    df["tz"] = clock.clean_zones(df["timezone"] if "timezone" in df else
-                                 pd.Series(None, index=df.index, dtype=object), default_tz)
+    if "tz" not in df:
+        df["tz"] = clock.frame_zones(df, default_tz)
     if "stage_since" in df:
         df["days_in_stage"] = (now - _ts(df["stage_since"])).dt.total_seconds() / 86400
     for ch in ("email", "sms"):
