@@ -421,3 +421,23 @@ def test_groups_match_pandas_groupby_in_order_and_content() -> None:
     for (_, rows), labels in zip(got, want.values(), strict=True):
         assert rows.tolist() == list(labels)
     assert _groups(np.array([], dtype=object)) == []
+
+
+def test_a_categorical_journey_column_plans_what_strings_plan() -> None:
+    """A replay hands its enrollments' journeys as a categorical (its own codes, with names
+    of journeys no enrollment follows any more): the plan must not depend on it. Journey
+    ``b`` is paused at the second run, so its enrollments must stay where they are."""
+    a, b = one_send("a"), one_send("b", extra="holdout: {percent: 30}")
+    snap = entering(30)
+    before = stored(plan([a, b], snap, NOW, NO_RULES))
+    later = NOW + timedelta(days=3)
+    now_paused = [a, one_send("b", status="paused", extra="holdout: {percent: 30}")]
+    as_strings = plan(now_paused, Snapshot(snap.customers, enrollments=before), later,
+                      NO_RULES)
+    coded = before.assign(journey=pd.Categorical(before["journey"],
+                                                 categories=["gone", "b", "a"]))
+    as_codes = plan(now_paused, Snapshot(snap.customers, enrollments=coded), later, NO_RULES)
+    assert as_strings.messages.groupby("journey").size().to_dict() == {"a": 30}
+    pd.testing.assert_frame_equal(as_codes.messages, as_strings.messages)
+    pd.testing.assert_frame_equal(as_codes.enrollments.astype({"journey": "str"}),
+                                  as_strings.enrollments.astype({"journey": "str"}))

@@ -71,6 +71,10 @@ class ReplayState:
     transitions: pd.DataFrame
     ledger: pd.DataFrame  # customer_id, channel, tags, at
     next_id: int = 1
+    # each enrollment's journey as a code into ``names`` (kept beside the names so that the
+    # engine gets them as a categorical and need not factorise every name at every step)
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    names: dict[str, int] = field(default_factory=dict)
 
 
 def steps_between(start: date, end: date, every: timedelta, hour: int,
@@ -100,11 +104,14 @@ def _values(col: pd.Series, dtype: np.dtype | Any) -> np.ndarray:
     return col.to_numpy(dtype=object)
 
 
-def _frame(cols: dict[str, np.ndarray]) -> pd.DataFrame:
+def _frame(state: ReplayState) -> pd.DataFrame:
     """The state's enrollments as the engine reads them (object columns stay objects: a
-    DataFrame built from them is not inferred into strings again at every step)."""
-    return pd.DataFrame({c: pd.Series(a, dtype=object, copy=False) if a.dtype == object else a
-                         for c, a in cols.items()}, copy=False)
+    DataFrame built from them is not inferred into strings again at every step; the journey
+    is a categorical of the state's codes)."""
+    cols = {c: pd.Series(a, dtype=object, copy=False) if a.dtype == object else a
+            for c, a in state.enrollments.items()}
+    cols["journey"] = pd.Categorical.from_codes(state.codes, categories=list(state.names))
+    return pd.DataFrame(cols, copy=False)
 
 
 def coupon_costs(messages: pd.DataFrame, view: pd.DataFrame) -> np.ndarray:
@@ -191,7 +198,7 @@ class Replay:
     def _snapshot(self, view: pd.DataFrame, now: pd.Timestamp,
                   consent: pd.DataFrame) -> Snapshot:
         s, h = self.state, self.h
-        enr = _frame(s.enrollments)
+        enr = _frame(s)
         active = s.enrollments["status"] == "active"
         active_since = (pd.Timestamp(s.enrollments["entered_at"][active].min()) if active.any()
                         else pd.NaT)
@@ -246,6 +253,8 @@ class Replay:
             keep[[i for i in maybe if (journey[i], int(customer[i])) in pairs]] = False
             s.enrollments = {c: np.concatenate([arr[keep], _values(new[c], arr.dtype)])
                              for c, arr in cols.items()}
+            codes = [s.names.setdefault(str(n), len(s.names)) for n in new["journey"]]
+            s.codes = np.concatenate([s.codes[keep], np.asarray(codes, dtype=np.int64)])
         m = result.messages
         if len(m):
             live = m[m["status"].isin(LEDGER_STATUSES)]

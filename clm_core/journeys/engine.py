@@ -206,6 +206,11 @@ class _Run:
         enr = snap.enrollments
         self.columns = list(enr.columns)
         self.e: dict[str, np.ndarray] = {}
+        self._codes: tuple[np.ndarray, dict[str, int]] | None = None
+        if isinstance(enr["journey"].dtype, pd.CategoricalDtype):  # the codes come with it
+            cat = enr["journey"].cat
+            self._codes = (cat.codes.to_numpy(np.intp, copy=True),
+                           {str(n): k for k, n in enumerate(cat.categories)})
         for c in self.columns:
             col = enr[c]
             if c in TIME_COLUMNS:
@@ -222,7 +227,6 @@ class _Run:
         self.messages: list[pd.DataFrame] = []
         self._sources: dict[tuple[str, object], pd.DataFrame] = {}
         self._journey_fields: dict[tuple[str, int], set[str]] = {}
-        self._codes: tuple[np.ndarray, dict[str, int]] | None = None
 
     # --- helpers --------------------------------------------------------------------------
 
