@@ -10,7 +10,12 @@ measures, each in a fresh process so peak memory is its own:
 - one day: about 0.2% of customers order once more; the next evaluation reads only the
   customers whose points or tier can have changed;
 - naive: the same day evaluated for every member from the whole history (``full=True``) on a
-  copy of the store; the ledger rows and balances it gives are the same (checked at the end).
+  copy of the store; the ledger rows and balances it gives are the same (checked at the end);
+- on SQLite, the floor: as many ledger-shaped rows as the full history wrote, written by plain
+  ``sqlite3`` (no CLM code) into the same table and indexes in a scratch file beside the store,
+  with the store's pragmas and bulk technique (500-row statements, indexes built after the
+  insert, one commit), in WAL mode as the store runs and in rollback-journal mode. No
+  evaluation can write its rows faster than this.
 
 Each line ends with the CPU seconds of the evaluation's steps (read, compute, write, commit);
 CPU counts the second processes a first evaluation forks (clm_core/loyalty/ahead.py).
@@ -37,6 +42,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.measure import (  # noqa: E402
+    cpu_seconds,
     cpu_seconds_with_children,
     line,
     measured,
@@ -67,6 +73,49 @@ def _evaluate(url: str, now: datetime, full: bool, out: Any) -> None:
              "peak_mb": peak_mb(), "second_peak_mb": second, "evaluated": summary.evaluated,
              "members": summary.members, "rows": sum(summary.rows.values()),
              "steps": summary.cpu})
+
+
+def _floor(store: str, rows: int, journal: str, out: Any) -> None:
+    """The bare write of ``rows`` ledger rows (see the module docstring)."""
+    import sqlite3
+
+    scratch = f"{store}.floor-{journal.lower()}"
+    src = sqlite3.connect(store)
+    ddl = [r[0] for r in src.execute("SELECT sql FROM sqlite_master WHERE tbl_name = "
+                                     "'points_ledger' AND sql IS NOT NULL ORDER BY type DESC")]
+    src.close()
+    width = 11  # id, key, customer, kind, points, order, occurred, expires, reason, recorded, run
+    ids = range(1, rows + 1)
+    flat: list[object] = []
+    for i in ids:  # built before the clock starts: only the write is timed
+        flat += [i, f"earn:{i}", i % 1_000_000 + 1, "earn", 100 + i % 500, i,
+                 "2025-03-01 12:00:00.000000", "2026-03-01 12:00:00.000000", None,
+                 "2026-11-30 12:00:00.000000", "run"]
+    con = sqlite3.connect(scratch, isolation_level=None)
+    for pragma in (f"journal_mode={journal}", "synchronous=NORMAL", "cache_size=-262144"):
+        con.execute(f"PRAGMA {pragma}")
+    con.execute(ddl[0])  # the table first, its indexes after the insert
+    cpu, start = cpu_seconds(), time.perf_counter()
+    con.execute("BEGIN")
+    batch = 500
+    full = rows // batch * batch * width
+    many = "INSERT INTO points_ledger VALUES " + ",".join(
+        ["(" + ",".join("?" * width) + ")"] * batch)
+    con.executemany(many, (flat[i:i + batch * width] for i in range(0, full, batch * width)))
+    con.executemany("INSERT INTO points_ledger VALUES (" + ",".join("?" * width) + ")",
+                    (flat[i:i + width] for i in range(full, len(flat), width)))
+    inserted = time.perf_counter()
+    for index in ddl[1:]:
+        con.execute(index)
+    indexed = time.perf_counter()
+    con.execute("COMMIT")
+    done = time.perf_counter()
+    con.close()
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(scratch + suffix).unlink(missing_ok=True)
+    out.put({"seconds": done - start, "cpu": cpu_seconds() - cpu, "peak_mb": peak_mb(),
+             "steps": {"insert": inserted - start, "indexes": indexed - inserted,
+                       "commit": done - indexed}})
 
 
 def _second(r: dict[str, Any]) -> str:
@@ -154,6 +203,12 @@ def main() -> None:
     first = measured(_evaluate, url, day0.to_pydatetime(), False)
     print(line("full history", first) + f"  {first.get('rows', 0):,} ledger rows, "
           f"{first.get('members', 0):,} members{_second(first)}", flush=True)
+    if engine.dialect.name == "sqlite" and first.get("rows"):
+        store = str(engine.url.database)
+        for journal in ("WAL", "DELETE"):
+            floor = measured(_floor, store, first["rows"], journal)
+            print(line(f"floor, {journal.lower()} journal", floor)
+                  + f"  bare sqlite3, {first['rows']:,} rows, wall clock by step", flush=True)
     day1 = day0 + pd.Timedelta(days=1)
     added = one_day_of_orders(engine, day1.normalize(), 0.002, args.seed)
     print(f"one day: {added:,} new orders", flush=True)

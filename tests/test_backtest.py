@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from clm import cli
 from clm_core.backtest.aggregates import RunningAggregates
-from clm_core.backtest.history import load_history
+from clm_core.backtest.history import History, load_history
 from clm_core.backtest.oracle import copy_store, replay_through_database
 from clm_core.backtest.replay import steps_between
 from clm_core.backtest.run import Period, backtest, select_journeys
@@ -227,3 +227,24 @@ def test_scoring_ahead_changes_nothing(engine: sa.Engine, settings: Settings) ->
         assert fits == inline_fits, how  # the same days refitted, the same parameters
         pd.testing.assert_frame_equal(got.weekly(), inline.weekly())
     assert len(inline_fits) == 3  # both models were compared
+
+
+def test_suppression_as_it_stood_at_each_moment() -> None:
+    """An address counts as suppressed from its first suppression on (the earliest of
+    several), per channel, never before; a customer without the address never is."""
+    at = pd.Timestamp
+    customers = pd.DataFrame({"email": ["a@x", "b@x", None, "d@x"],
+                              "phone": ["+1", None, "+3", "+1"]},
+                             index=pd.Index([10, 11, 12, 13], name="customer_id"))
+    sup = pd.DataFrame({"channel": ["email", "email", "sms", "email", "sms"],
+                        "address": ["b@x", "b@x", "+1", "zz@x", "b@x"],
+                        "created_at": [at("2026-03-05"), at("2026-03-01"), at("2026-03-10"),
+                                       at("2026-01-01"), at("2026-01-01")]})
+    none = np.zeros(0)
+    h = History(customers, none.astype(np.int64), none.astype("datetime64[ns]"), none,
+                pd.DataFrame(), sup.astype({"created_at": "datetime64[ns]"}), pd.DataFrame())
+    for when, email, sms in (("2026-02-28", [], []), ("2026-03-01", [11], []),
+                             ("2026-03-09", [11], []), ("2026-03-10", [11], [10, 13])):
+        got = h.suppressed_at(at(when))
+        assert list(got.index[got["suppressed_email"]]) == email, when
+        assert list(got.index[got["suppressed_sms"]]) == sms, when

@@ -7,7 +7,7 @@ ahead: orders up to the as-of day, events, suppressions and consent changes up t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ class History:
     events: pd.DataFrame  # customer_id, event_type, occurred_at
     suppressions: pd.DataFrame  # channel, address, created_at
     consent: pd.DataFrame  # customer_id, channel, action, occurred_at
+    _since: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     @property
     def first_day(self) -> pd.Timestamp | None:
@@ -77,12 +78,24 @@ class History:
 
     def suppressed_at(self, now: pd.Timestamp) -> pd.DataFrame:
         """suppressed_email / suppressed_sms: addresses suppressed at or before ``now``."""
-        sup = self.suppressions[self.suppressions["created_at"] <= now]
-        c = self.customers
-        return pd.DataFrame({
-            "suppressed_email": c["email"].isin(sup.loc[sup["channel"] == "email", "address"]),
-            "suppressed_sms": c["phone"].isin(sup.loc[sup["channel"] == "sms", "address"])},
-            index=c.index)
+        at = np.datetime64(pd.Timestamp(now), "ns")
+        return pd.DataFrame({f"suppressed_{ch}": since <= at
+                             for ch, since in self._suppressed_since().items()},
+                            index=self.customers.index)
+
+    def _suppressed_since(self) -> dict[str, np.ndarray]:
+        """Per channel, when each customer's address was first suppressed (NaT: never),
+        matched once: a replay asks at every step, and matching every address each time cost
+        more than the rest of the question."""
+        if self._since is None:
+            c, sup = self.customers, self.suppressions
+            self._since = {}
+            for ch, column in (("email", "email"), ("sms", "phone")):
+                first = sup[sup["channel"] == ch].groupby("address")["created_at"].min()
+                pos = first.index.get_indexer(c[column])  # -1: never suppressed
+                since = np.append(first.to_numpy("datetime64[ns]"), np.datetime64("NaT", "ns"))
+                self._since[ch] = since[pos]
+        return self._since
 
 
 def load_history(conn: Connection, event_types: set[str] | None = None) -> History:
