@@ -1,20 +1,28 @@
 """The dispatcher end to end against the sandbox, on SQLite and PostgreSQL: coupons first,
-render contexts, consent and suppression re-checks, opt-outs, render errors, lease recovery."""
+render contexts, consent and suppression re-checks, opt-outs, render errors, lease recovery,
+the lanes' waves sharing a provider's slots."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.db import tables as t
 from clm_core.delivery import outbox
-from clm_core.delivery.testing import seed_outbox, write_templates
+from clm_core.delivery.config import load_delivery_config
+from clm_core.delivery.dispatcher import Dispatcher
+from clm_core.delivery.providers import build_provider
+from clm_core.delivery.testing import seed_outbox, write_project, write_templates
 from clm_core.runs import utcnow
+from clm_core.settings import load_settings
 from tests.delivery_fixtures import KEY, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
 
 COUPON = {"kind": "percent", "value": 15, "expires_in_days": 14}
@@ -263,3 +271,41 @@ def test_dispatch_writer_survives_a_lost_connection(db_url: str, engine: sa.Engi
         writer.dispose()
     assert Counter((r["status"], r["reason"]) for r in rows(engine)) == {
         ("sent", "sent"): 4, ("claimed", "sending"): 4}
+
+
+def test_lanes_waves_share_the_provider_slots(tmp_path: Path, db_url: str,
+                                              engine: sa.Engine) -> None:
+    """Without provider idempotency a wave is the provider's concurrency (4 requests); one slow
+    request holds one slot only: the other lanes' waves go on through the other three, never
+    more than 4 requests in flight, each message sent once."""
+    root = write_project(tmp_path / "project", {
+        "sandbox_url": "http://127.0.0.1:9", "batch_size": 8, "lanes": 4,
+        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
+    settings = load_settings(root)
+    config = load_delivery_config(settings)
+    seed_outbox(engine, 32, channel="sms", prefix="slots")
+    in_flight, most, started, sent = 0, 0, [], Counter[str]()
+    slow_done: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        started.append(time.perf_counter())
+        try:
+            first = len(started) == 1
+            await asyncio.sleep(0.5 if first else 0.005)
+            if first:
+                slow_done.append(time.perf_counter())
+            sent[request.headers["Idempotency-Key"]] += 1
+            return httpx.Response(201, json={"sid": f"SM{len(started)}", "num_segments": "1"})
+        finally:
+            in_flight -= 1
+
+    provider = build_provider(config.channels["sms"], httpx.MockTransport(handler))
+    report = asyncio.run(Dispatcher(engine, settings, config, signing_key=KEY,
+                                    providers={"sms": provider}).run())
+    assert report.sent == 32 and most <= 4 and set(sent.values()) == {1} and len(sent) == 32
+    # Behind the slow request, the others' requests kept going (a lock per wave would have
+    # let no other wave start until it finished: at most its own 4 requests).
+    assert sum(s < slow_done[0] for s in started) > 8

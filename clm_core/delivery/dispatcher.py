@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -53,7 +52,6 @@ log = logging.getLogger("clm.delivery")
 ADDRESS = {"email": "email", "sms": "phone"}
 MIN_WAVE = 32  # messages per mark-sending/commit round trip, at least
 CONSENT = {"email": 0, "sms": 1}
-_NO_GATE = contextlib.nullcontext()
 
 
 @dataclass
@@ -176,7 +174,6 @@ class Dispatcher:
         self._claims = 0
         self.quiet = QuietHoursCheck(engine, project_policy(settings.section("journeys")),
                                      settings.default_timezone)
-        self._gates: dict[str, asyncio.Lock] = {}
         self._renewed: dict[str, datetime] = {}  # claim (owner) -> when its lease was last set
 
     # --- the run ------------------------------------------------------------------------
@@ -456,15 +453,19 @@ class Dispatcher:
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
         # A provider that deduplicates takes waves big enough to keep database round trips
-        # few; for one that does not, a wave is what it really has in flight (its concurrency),
-        # and the lanes take turns sending. A lane marks its wave while another lane's wave is
-        # in flight (the mark is a database round trip that would otherwise leave the provider
-        # idle), so each lane still has at most one wave marked and not committed.
+        # few; for one that does not, a wave is what it really has in flight (its concurrency).
+        # A lane marks its wave while other lanes' waves are in flight (the mark is a database
+        # round trip that would otherwise leave the provider idle), so each lane still has at
+        # most one wave marked and not committed. The lanes' requests then queue for the
+        # provider's slots (first come, first served): a wave's requests start one by one as
+        # the waves before them finish theirs. Were the next wave to wait for the whole of
+        # the last one (a lock per channel), the provider's slots would drain at every wave:
+        # the slowest request of a wave would leave the other slots idle, and without batching
+        # a wave is only a few requests.
         if provider.idempotent:
             wave = max(step, provider.concurrency, MIN_WAVE)
         else:
             wave = step * max(1, provider.concurrency)
-        gate = self._gates.setdefault(channel, asyncio.Lock())
         # A wave's outcomes are committed in the transaction that marks the lane's next wave
         # (one database call a wave), or on their own after the last wave.
         done: list[Resolution] = []
@@ -496,11 +497,9 @@ class Dispatcher:
             part = [(r, msg) for r, msg in part if r["id"] in held]
             chunks = [part[i:i + step] for i in range(0, len(part), step)]
             results: list[SendResult] = []
-            async with (gate if not provider.idempotent else _NO_GATE):
-                for got in await asyncio.gather(*(self._provider_send(provider,
-                                                                      [m for _, m in c])
-                                                  for c in chunks)):
-                    results += got
+            for got in await asyncio.gather(*(self._provider_send(provider, [m for _, m in c])
+                                              for c in chunks)):
+                results += got
             done = [self._outcome(row, res, provider, address=msg.to)
                     for (row, msg), res in zip(part, results)]
         await self._commit(done, owner)
