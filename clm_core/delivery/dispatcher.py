@@ -3,8 +3,10 @@ issue coupons first, render, send through the channel's provider, and commit eve
 
 Several lanes (claim -> prepare -> send -> commit loops) run at once in one event loop, so one
 batch's slow provider calls overlap the next batch's database work. Database calls run in
-threads; provider calls are async (httpx). Every outcome is committed before its batch counts
-as done; a crash leaves claimed rows that ``outbox.recover_expired`` resolves safely.
+threads, but for each wave's writes, which run from the event loop where the database allows
+it (``wave_writes``); provider calls are async (httpx). Every outcome is committed before its
+batch counts as done; a crash leaves claimed rows that ``outbox.recover_expired`` resolves
+safely.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from clm_core.delivery.providers import build_provider
 from clm_core.delivery.providers.sms import content_digest
 from clm_core.delivery.quiet import QuietHoursCheck
 from clm_core.delivery.unsubscribe import one_click_headers
+from clm_core.delivery.wave_writes import WaveWrites, open_wave_writes
 from clm_core.errors import TemplateRenderError
 from clm_core.feedback import guard
 from clm_core.feedback.config import WebhookConfig, load_webhook_config
@@ -175,6 +178,7 @@ class Dispatcher:
         self.quiet = QuietHoursCheck(engine, project_policy(settings.section("journeys")),
                                      settings.default_timezone)
         self._renewed: dict[str, datetime] = {}  # claim (owner) -> when its lease was last set
+        self.waves = WaveWrites(engine)  # the run's writer (``run`` opens it)
 
     # --- the run ------------------------------------------------------------------------
 
@@ -189,6 +193,7 @@ class Dispatcher:
             for provider in self.providers.values():
                 provider.gate = functools.partial(self.throttle, provider.name)
         self.writer = outbox.writer_engine(self.reader, pinged=False)
+        self.waves = open_wave_writes(self.writer)
         try:
             # Orders up to the run's clock only: a dispatch on a simulated clock never recommends
             # from purchases that have not happened yet.
@@ -200,6 +205,7 @@ class Dispatcher:
         finally:
             if self._given_providers is None:
                 await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+            await self.waves.aclose()
             if self.writer is not self.reader:
                 self.writer.dispose()
             self.report.elapsed = time.perf_counter() - started
@@ -483,14 +489,12 @@ class Dispatcher:
             ids = [r["id"] for r, _ in part]
             rest = batch_ids if renew else []
             if done:
-                updated, held = await asyncio.to_thread(
-                    outbox.record_and_mark, self.writer, owner, done, ids, rest, now,
-                    self.lease, digests)
+                updated, held = await self.waves.record_and_mark(owner, done, ids, rest, now,
+                                                                 self.lease, digests)
                 self._counted(done, updated)
                 done = []
             else:
-                held = await asyncio.to_thread(outbox.mark_sending, self.writer, owner, ids,
-                                               rest, now, self.lease, digests)
+                held = await self.waves.mark(owner, ids, rest, now, self.lease, digests)
             if renew:
                 self._renewed[owner] = now
             self.report.lost_leases += len(part) - len(held)
@@ -507,7 +511,7 @@ class Dispatcher:
     async def _commit(self, outcomes: list[Resolution], owner: str) -> None:
         if not outcomes:
             return
-        updated = await asyncio.to_thread(outbox.record, self.writer, owner, outcomes, self.clock())
+        updated = await self.waves.record(owner, outcomes, self.clock())
         self._counted(outcomes, updated)
 
     def _counted(self, outcomes: list[Resolution], updated: int) -> None:
