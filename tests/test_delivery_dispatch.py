@@ -309,3 +309,33 @@ def test_lanes_waves_share_the_provider_slots(tmp_path: Path, db_url: str,
     # Behind the slow request, the others' requests kept going (a lock per wave would have
     # let no other wave start until it finished: at most its own 4 requests).
     assert sum(s < slow_done[0] for s in started) > 8
+
+
+def test_waves_rendered_as_they_go(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+    """A batch is rendered a wave at a time, just before the wave is marked: the first
+    request goes out after the first wave's messages are rendered, not the whole batch's."""
+    root = write_project(tmp_path / "project", {
+        "sandbox_url": "http://127.0.0.1:9", "batch_size": 40, "lanes": 1,
+        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
+    settings = load_settings(root)
+    config = load_delivery_config(settings)
+    seed_outbox(engine, 40, channel="sms", prefix="waves")
+    rendered_before_first: list[int] = []
+    renders = 0
+
+    class Counting(Dispatcher):
+        def _render(self, row: dict, data: object) -> object:  # type: ignore[override]
+            nonlocal renders
+            renders += 1
+            return super()._render(row, data)  # type: ignore[arg-type]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if not rendered_before_first:
+            rendered_before_first.append(renders)
+        return httpx.Response(201, json={"sid": f"SM{renders}", "num_segments": "1"})
+
+    provider = build_provider(config.channels["sms"], httpx.MockTransport(handler))
+    report = asyncio.run(Counting(engine, settings, config, signing_key=KEY,
+                                  providers={"sms": provider}).run())
+    assert report.sent == 40 and renders == 40
+    assert rendered_before_first == [4]

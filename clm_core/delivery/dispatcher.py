@@ -196,11 +196,12 @@ class Dispatcher:
         self.waves = open_wave_writes(self.writer)
         try:
             # Orders up to the run's clock only: a dispatch on a simulated clock never recommends
-            # from purchases that have not happened yet.
-            self.recommender = await asyncio.to_thread(Recommender, self.reader,
-                                                       as_of=self.clock())
-            await self._check_deliverability()
-            await self._recover()
+            # from purchases that have not happened yet. The four steps before the first claim
+            # depend on none of each other: side by side, so the first messages go sooner.
+            self.recommender, *_ = await asyncio.gather(
+                asyncio.to_thread(Recommender, self.reader, as_of=self.clock()),
+                self._check_deliverability(), self._recover(),
+                self.waves.start(max(1, self.config.lanes)))
             await asyncio.gather(*(self._lane() for _ in range(max(1, self.config.lanes))))
         finally:
             if self._given_providers is None:
@@ -306,27 +307,12 @@ class Dispatcher:
             ready = [r for r in ready if r["id"] not in quiet]
         coupon_failures = await self._issue_coupons([r for r in ready if r["coupon"]], data)
         outcomes += coupon_failures.values()
-        messages: list[tuple[dict[str, Any], Outbound]] = []
+        by_channel: dict[str, list[dict[str, Any]]] = {}
         for row in ready:
-            if row["id"] in coupon_failures:
-                continue
-            try:
-                messages.append((row, self._render(row, data)))
-            except TemplateRenderError as exc:
-                outcomes.append(
-                    Resolution(
-                        row["id"],
-                        "failed",
-                        "render_error",
-                        error_code="template",
-                        error_message=redact(str(exc))[:1000],
-                    )
-                )
-        by_channel: dict[str, list[tuple[dict[str, Any], Outbound]]] = {}
-        for row, msg in messages:
-            by_channel.setdefault(row["channel"], []).append((row, msg))
-        await self._commit(outcomes, owner)  # skipped, coupon and render failures
-        await asyncio.gather(*(self._send(ch, items, owner, [r["id"] for r in rows])
+            if row["id"] not in coupon_failures:
+                by_channel.setdefault(row["channel"], []).append(row)
+        await self._commit(outcomes, owner)  # skipped, deferred and coupon failures
+        await asyncio.gather(*(self._send(ch, items, data, owner, [r["id"] for r in rows])
                                for ch, items in by_channel.items()))
 
     def _precheck(self, row: dict[str, Any], data: BatchData) -> Resolution | None:
@@ -451,11 +437,16 @@ class Dispatcher:
     async def _provider_send(self, provider: Provider, batch: list[Outbound]) -> list[SendResult]:
         return await provider.send(batch)
 
-    async def _send(self, channel: str, items: list[tuple[dict[str, Any], Outbound]], owner: str,
+    async def _send(self, channel: str, items: list[dict[str, Any]], data: BatchData, owner: str,
                     batch_ids: list[int]) -> None:
         """Send in waves of what the provider takes at once; each wave is marked ``sending``
         just before and its outcomes committed right after, so a crash leaves at most one wave
-        per lane whose fate is unknown."""
+        per lane whose fate is unknown.
+
+        Each wave is rendered just before it is marked (a template that fails is recorded
+        with the wave's outcomes). Rendering a whole batch first kept the event loop from
+        everything else meanwhile, some 30 ms for 500 SMS: the requests in flight finished and
+        the provider's slots stood idle until it was done, at every batch a lane claimed."""
         provider = self.providers[channel]
         step = max(1, provider.max_batch)
         # A provider that deduplicates takes waves big enough to keep database round trips
@@ -476,9 +467,18 @@ class Dispatcher:
         # (one database call a wave), or on their own after the last wave.
         done: list[Resolution] = []
         for start in range(0, len(items), wave):
-            part = items[start:start + wave]
             if channel in self.report.halted:
-                done += [self._halted(row, None, provider) for row, _ in part]
+                done += [self._halted(row, None, provider) for row in items[start:start + wave]]
+                continue
+            part: list[tuple[dict[str, Any], Outbound]] = []
+            for row in items[start:start + wave]:
+                try:
+                    part.append((row, self._render(row, data)))
+                except TemplateRenderError as exc:
+                    done.append(Resolution(row["id"], "failed", "render_error",
+                                           error_code="template",
+                                           error_message=redact(str(exc))[:1000]))
+            if not part:
                 continue
             digests = ({r["id"]: content_digest(msg.to, msg.text or "") for r, msg in part}
                        if channel == "sms" else None)

@@ -71,6 +71,10 @@ class WaveWrites:
         self.threaded += 1
         return await asyncio.to_thread(outbox.record, self.engine, owner, outcomes, now)
 
+    async def start(self, lanes: int) -> None:
+        """Open what the writes need before the first wave (``lanes`` may write at once), so
+        that the first waves do not wait for connections; a failure is left to the writes."""
+
     async def aclose(self) -> None:
         pass
 
@@ -178,6 +182,12 @@ class SqliteWaveWrites(WaveWrites):
                 return updated
         return await super().record(owner, outcomes, now)
 
+    async def start(self, lanes: int) -> None:
+        try:
+            self._connection()
+        except sqlite3.Error:
+            pass
+
     async def aclose(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -192,6 +202,25 @@ class PostgresWaveWrites(WaveWrites):
         self._free: list[Any] = []  # idle psycopg.AsyncConnection
         self._open: list[Any] = []
 
+    async def _connect(self) -> Any:
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(*self._args, autocommit=True,
+                                                     **self._kwargs)
+        self._open.append(conn)
+        return conn
+
+    async def start(self, lanes: int) -> None:
+        import psycopg
+
+        for got in await asyncio.gather(*(self._connect() for _ in range(lanes)),
+                                        return_exceptions=True):
+            if isinstance(got, psycopg.Error):
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            self._free.append(got)
+
     async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Any], int] | None:
         """Run one statement in autocommit on a free connection: its rows and row count; None
         when it failed (the connection is then dropped)."""
@@ -201,9 +230,7 @@ class PostgresWaveWrites(WaveWrites):
         done = False
         try:
             if conn is None:
-                conn = await psycopg.AsyncConnection.connect(*self._args, autocommit=True,
-                                                             **self._kwargs)
-                self._open.append(conn)
+                conn = await self._connect()
             async with conn.cursor() as cursor:
                 await cursor.execute(sql, params)
                 rows = await cursor.fetchall() if cursor.description else []
