@@ -339,3 +339,39 @@ def test_waves_rendered_as_they_go(tmp_path: Path, db_url: str, engine: sa.Engin
                                   providers={"sms": provider}).run())
     assert report.sent == 40 and renders == 40
     assert rendered_before_first == [4]
+
+
+def test_batch_data_as_the_database_returns_it(db_url: str, engine: sa.Engine) -> None:
+    """Scores keep their types (integers stay integers, times are datetimes), NULL and NaN
+    come back None, suppressions and coupons are found by address and key."""
+    from clm_core.delivery.context import load_batch
+
+    seed_outbox(engine, 3, channel="sms", prefix="data")
+    now = utcnow().replace(microsecond=0)
+    claimed = outbox.claim(engine, "me", 3, now, timedelta(seconds=60))
+    ids = [r["customer_id"] for r in claimed]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.customer_scores), [
+            {"customer_id": ids[0], "as_of": now.date(), "n_orders": 3, "purchase_days": 2,
+             "total_spend": 42.5, "p_alive": float("nan"), "clv_12m": None,
+             "last_order_at": now, "recorded_at": now},
+            {"customer_id": ids[1], "as_of": now.date(), "n_orders": 0, "purchase_days": 0,
+             "total_spend": 0.0, "p_alive": 0.25, "clv_12m": 1.5, "last_order_at": None,
+             "recorded_at": now}])
+        phone = conn.scalar(sa.select(t.customers.c.phone).where(t.customers.c.id == ids[2]))
+        conn.execute(sa.insert(t.suppressions).values(channel="sms", address=phone,
+                                                      reason="opted_out", created_at=now))
+        conn.execute(sa.insert(t.coupons).values(
+            code="C-1", idempotency_key=claimed[0]["idempotency_key"], customer_id=ids[0],
+            message_id=claimed[0]["id"], provider="stripe", kind="percent", value=10,
+            currency="USD", status="issued", created_at=now))
+    data = load_batch(engine, claimed, None)
+    first, second = data.scores[ids[0]], data.scores[ids[1]]
+    assert (first["n_orders"], first["total_spend"], first["p_alive"], first["clv_12m"]) == (
+        3, 42.5, None, None)
+    assert type(first["n_orders"]) is int and first["last_order_at"] == now
+    assert (second["p_alive"], second["last_order_at"]) == (0.25, None)
+    assert ids[2] not in data.scores and set(data.customers) == set(ids)
+    assert data.suppressed == {("sms", phone)}
+    assert set(data.coupons) == {claimed[0]["idempotency_key"]}
+    assert data.customers[ids[0]]["first_name"] and data.consent[ids[0]] == (True, True)
