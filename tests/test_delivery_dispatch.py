@@ -1,20 +1,28 @@
 """The dispatcher end to end against the sandbox, on SQLite and PostgreSQL: coupons first,
-render contexts, consent and suppression re-checks, opt-outs, render errors, lease recovery."""
+render contexts, consent and suppression re-checks, opt-outs, render errors, lease recovery,
+the lanes' waves sharing a provider's slots."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from clm_core.consent.tokens import SUBSCRIPTION, Keyring
 from clm_core.db import tables as t
 from clm_core.delivery import outbox
-from clm_core.delivery.testing import seed_outbox, write_templates
+from clm_core.delivery.config import load_delivery_config
+from clm_core.delivery.dispatcher import Dispatcher
+from clm_core.delivery.providers import build_provider
+from clm_core.delivery.testing import seed_outbox, write_project, write_templates
 from clm_core.runs import utcnow
+from clm_core.settings import load_settings
 from tests.delivery_fixtures import KEY, dispatch, project, rows, sandbox, sandbox_server  # noqa: F401
 
 COUPON = {"kind": "percent", "value": 15, "expires_in_days": 14}
@@ -263,3 +271,107 @@ def test_dispatch_writer_survives_a_lost_connection(db_url: str, engine: sa.Engi
         writer.dispose()
     assert Counter((r["status"], r["reason"]) for r in rows(engine)) == {
         ("sent", "sent"): 4, ("claimed", "sending"): 4}
+
+
+def test_lanes_waves_share_the_provider_slots(tmp_path: Path, db_url: str,
+                                              engine: sa.Engine) -> None:
+    """Without provider idempotency a wave is the provider's concurrency (4 requests); one slow
+    request holds one slot only: the other lanes' waves go on through the other three, never
+    more than 4 requests in flight, each message sent once."""
+    root = write_project(tmp_path / "project", {
+        "sandbox_url": "http://127.0.0.1:9", "batch_size": 8, "lanes": 4,
+        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
+    settings = load_settings(root)
+    config = load_delivery_config(settings)
+    seed_outbox(engine, 32, channel="sms", prefix="slots")
+    in_flight, most, started, sent = 0, 0, [], Counter[str]()
+    slow_done: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        started.append(time.perf_counter())
+        try:
+            first = len(started) == 1
+            await asyncio.sleep(0.5 if first else 0.005)
+            if first:
+                slow_done.append(time.perf_counter())
+            sent[request.headers["Idempotency-Key"]] += 1
+            return httpx.Response(201, json={"sid": f"SM{len(started)}", "num_segments": "1"})
+        finally:
+            in_flight -= 1
+
+    provider = build_provider(config.channels["sms"], httpx.MockTransport(handler))
+    report = asyncio.run(Dispatcher(engine, settings, config, signing_key=KEY,
+                                    providers={"sms": provider}).run())
+    assert report.sent == 32 and most <= 4 and set(sent.values()) == {1} and len(sent) == 32
+    # Behind the slow request, the others' requests kept going (a lock per wave would have
+    # let no other wave start until it finished: at most its own 4 requests).
+    assert sum(s < slow_done[0] for s in started) > 8
+
+
+def test_waves_rendered_as_they_go(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+    """A batch is rendered a wave at a time, just before the wave is marked: the first
+    request goes out after the first wave's messages are rendered, not the whole batch's."""
+    root = write_project(tmp_path / "project", {
+        "sandbox_url": "http://127.0.0.1:9", "batch_size": 40, "lanes": 1,
+        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
+    settings = load_settings(root)
+    config = load_delivery_config(settings)
+    seed_outbox(engine, 40, channel="sms", prefix="waves")
+    rendered_before_first: list[int] = []
+    renders = 0
+
+    class Counting(Dispatcher):
+        def _render(self, row: dict, data: object) -> object:  # type: ignore[override]
+            nonlocal renders
+            renders += 1
+            return super()._render(row, data)  # type: ignore[arg-type]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if not rendered_before_first:
+            rendered_before_first.append(renders)
+        return httpx.Response(201, json={"sid": f"SM{renders}", "num_segments": "1"})
+
+    provider = build_provider(config.channels["sms"], httpx.MockTransport(handler))
+    report = asyncio.run(Counting(engine, settings, config, signing_key=KEY,
+                                  providers={"sms": provider}).run())
+    assert report.sent == 40 and renders == 40
+    assert rendered_before_first == [4]
+
+
+def test_batch_data_as_the_database_returns_it(db_url: str, engine: sa.Engine) -> None:
+    """Scores keep their types (integers stay integers, times are datetimes), NULL and NaN
+    come back None, suppressions and coupons are found by address and key."""
+    from clm_core.delivery.context import load_batch
+
+    seed_outbox(engine, 3, channel="sms", prefix="data")
+    now = utcnow().replace(microsecond=0)
+    claimed = outbox.claim(engine, "me", 3, now, timedelta(seconds=60))
+    ids = [r["customer_id"] for r in claimed]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.customer_scores), [
+            {"customer_id": ids[0], "as_of": now.date(), "n_orders": 3, "purchase_days": 2,
+             "total_spend": 42.5, "p_alive": float("nan"), "clv_12m": None,
+             "last_order_at": now, "recorded_at": now},
+            {"customer_id": ids[1], "as_of": now.date(), "n_orders": 0, "purchase_days": 0,
+             "total_spend": 0.0, "p_alive": 0.25, "clv_12m": 1.5, "last_order_at": None,
+             "recorded_at": now}])
+        phone = conn.scalar(sa.select(t.customers.c.phone).where(t.customers.c.id == ids[2]))
+        conn.execute(sa.insert(t.suppressions).values(channel="sms", address=phone,
+                                                      reason="opted_out", created_at=now))
+        conn.execute(sa.insert(t.coupons).values(
+            code="C-1", idempotency_key=claimed[0]["idempotency_key"], customer_id=ids[0],
+            message_id=claimed[0]["id"], provider="stripe", kind="percent", value=10,
+            currency="USD", status="issued", created_at=now))
+    data = load_batch(engine, claimed, None)
+    first, second = data.scores[ids[0]], data.scores[ids[1]]
+    assert (first["n_orders"], first["total_spend"], first["p_alive"], first["clv_12m"]) == (
+        3, 42.5, None, None)
+    assert type(first["n_orders"]) is int and first["last_order_at"] == now
+    assert (second["p_alive"], second["last_order_at"]) == (0.25, None)
+    assert ids[2] not in data.scores and set(data.customers) == set(ids)
+    assert data.suppressed == {("sms", phone)}
+    assert set(data.coupons) == {claimed[0]["idempotency_key"]}
+    assert data.customers[ids[0]]["first_name"] and data.consent[ids[0]] == (True, True)

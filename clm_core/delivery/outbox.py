@@ -168,8 +168,7 @@ def record_and_mark(engine: Engine, owner: str, outcomes: Sequence[Resolution], 
             and not set(batch_ids) - set(ids) and not any(o.suppress for o in outcomes)):
         # The usual wave: one statement, a transaction of its own (no BEGIN and COMMIT round
         # trips). Suppressions and the batch's lease renewal take the transaction below.
-        params = {**_record_params(outcomes), "now": now, "owner": owner, "ids": list(ids),
-                  "digests": [(digests or {}).get(i) for i in ids], "expires": now + lease}
+        params = record_and_mark_params(owner, outcomes, ids, now, lease, digests or {})
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             [(updated, marked)] = rowset.execute(conn, record_and_mark_pg(), params)
         return int(updated), set(marked or ())
@@ -183,22 +182,40 @@ def _mark(conn: sa.Connection, owner: str, ids: Sequence[int], batch_ids: Sequen
     if not ids:
         return set()
     dialect = conn.dialect.name
-    expires = now + lease
     if dialect == "postgresql":
-        params = {"ids": list(ids), "digests": [digests.get(i) for i in ids], "owner": owner,
-                  "expires": expires, "now": now}
+        params = mark_params(owner, ids, now, lease, digests)
         got = {r[0] for r in rowset.execute(conn, mark_sql(dialect), params)}
     else:
-        at, until = rowset.stamp(now), rowset.stamp(expires)
         counts = rowset.execute_each(conn, mark_sql(dialect),
-                                     [(until, at, digests.get(i), i, owner) for i in ids])
+                                     mark_rows(owner, ids, now, lease, digests))
         got = {i for i, n in zip(ids, counts) if n}
     rest = sorted(set(batch_ids) - set(ids))
     if rest:
         conn.execute(sa.update(m).where(m.c.id.in_(rest), m.c.lease_owner == owner,
                                         m.c.status == "claimed")
-                     .values(lease_expires_at=expires))
+                     .values(lease_expires_at=now + lease))
     return got
+
+
+def mark_params(owner: str, ids: Sequence[int], now: datetime, lease: timedelta,
+                digests: dict[int, str]) -> dict[str, Any]:
+    """PostgreSQL: the parameters of ``mark_sql`` for the wave ``ids``."""
+    return {"ids": list(ids), "digests": [digests.get(i) for i in ids], "owner": owner,
+            "expires": now + lease, "now": now}
+
+
+def mark_rows(owner: str, ids: Sequence[int], now: datetime, lease: timedelta,
+              digests: dict[int, str]) -> list[tuple[Any, ...]]:
+    """SQLite: the parameters of ``mark_sql``, one tuple per message of the wave ``ids``."""
+    at, until = rowset.stamp(now), rowset.stamp(now + lease)
+    return [(until, at, digests.get(i), i, owner) for i in ids]
+
+
+def record_and_mark_params(owner: str, outcomes: Sequence[Resolution], ids: Sequence[int],
+                           now: datetime, lease: timedelta,
+                           digests: dict[int, str]) -> dict[str, Any]:
+    """PostgreSQL: the parameters of ``record_and_mark_pg``."""
+    return {**_record_params(outcomes), **mark_params(owner, ids, now, lease, digests)}
 
 
 @retrying
@@ -247,21 +264,30 @@ def _record(conn: sa.Connection, owner: str, outcomes: Sequence[Resolution], now
         return 0
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        params = {**_record_params(outcomes), "now": now, "owner": owner}
-        updated = rowset.rowcount(conn, record_sql(dialect), params)
+        updated = rowset.rowcount(conn, record_sql(dialect), record_params(owner, outcomes, now))
     else:
-        at = rowset.stamp(now)
-        updated = rowset.executemany(conn, record_sql(dialect), [
-            (o.status, o.reason, o.send_after and rowset.stamp(o.send_after), o.provider,
-             o.provider_message_id, o.error_code, o.error_message,
-             o.sent_at and rowset.stamp(o.sent_at), 0 if o.attempted else 1, at, o.id, owner)
-            for o in outcomes])
+        updated = rowset.executemany(conn, record_sql(dialect), record_rows(owner, outcomes, now))
     suppressions = [{"channel": c, "address": a, "customer_id": cid, "reason": r,
                      "source": o.provider, "created_at": now}
                     for o in outcomes if o.suppress for c, a, cid, r in [o.suppress]]
     if suppressions:
         insert_ignore(conn, t.suppressions, suppressions, ["channel", "address"])
     return updated
+
+
+def record_params(owner: str, outcomes: Sequence[Resolution], now: datetime) -> dict[str, Any]:
+    """PostgreSQL: the parameters of ``record_sql``."""
+    return {**_record_params(outcomes), "now": now, "owner": owner}
+
+
+def record_rows(owner: str, outcomes: Sequence[Resolution],
+                now: datetime) -> list[tuple[Any, ...]]:
+    """SQLite: the parameters of ``record_sql``, one tuple per outcome."""
+    at = rowset.stamp(now)
+    return [(o.status, o.reason, o.send_after and rowset.stamp(o.send_after), o.provider,
+             o.provider_message_id, o.error_code, o.error_message,
+             o.sent_at and rowset.stamp(o.sent_at), 0 if o.attempted else 1, at, o.id, owner)
+            for o in outcomes]
 
 
 def _record_params(outcomes: Sequence[Resolution]) -> dict[str, Any]:
