@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -273,17 +274,25 @@ def test_dispatch_writer_survives_a_lost_connection(db_url: str, engine: sa.Engi
         ("sent", "sent"): 4, ("claimed", "sending"): 4}
 
 
+def _sms_without_idempotency(tmp_path: Path, db_url: str, engine: sa.Engine, n: int,
+                             prefix: str, batch_size: int, lanes: int) -> tuple[Any, Any]:
+    """A project whose SMS provider takes 4 requests at once without idempotency (a wave is
+    then 4 messages), and ``n`` SMS in its outbox."""
+    root = write_project(tmp_path / "project", {
+        "sandbox_url": "http://127.0.0.1:9", "batch_size": batch_size, "lanes": lanes,
+        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
+    settings = load_settings(root)
+    seed_outbox(engine, n, channel="sms", prefix=prefix)
+    return settings, load_delivery_config(settings)
+
+
 def test_lanes_waves_share_the_provider_slots(tmp_path: Path, db_url: str,
                                               engine: sa.Engine) -> None:
     """Without provider idempotency a wave is the provider's concurrency (4 requests); one slow
     request holds one slot only: the other lanes' waves go on through the other three, never
     more than 4 requests in flight, each message sent once."""
-    root = write_project(tmp_path / "project", {
-        "sandbox_url": "http://127.0.0.1:9", "batch_size": 8, "lanes": 4,
-        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
-    settings = load_settings(root)
-    config = load_delivery_config(settings)
-    seed_outbox(engine, 32, channel="sms", prefix="slots")
+    settings, config = _sms_without_idempotency(tmp_path, db_url, engine, 32, "slots",
+                                                batch_size=8, lanes=4)
     in_flight, most, started, sent = 0, 0, [], Counter[str]()
     slow_done: list[float] = []
 
@@ -314,12 +323,8 @@ def test_lanes_waves_share_the_provider_slots(tmp_path: Path, db_url: str,
 def test_waves_rendered_as_they_go(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
     """A batch is rendered a wave at a time, just before the wave is marked: the first
     request goes out after the first wave's messages are rendered, not the whole batch's."""
-    root = write_project(tmp_path / "project", {
-        "sandbox_url": "http://127.0.0.1:9", "batch_size": 40, "lanes": 1,
-        "providers": {"twilio": {"concurrency": 4, "idempotent": False}}}, db_url)
-    settings = load_settings(root)
-    config = load_delivery_config(settings)
-    seed_outbox(engine, 40, channel="sms", prefix="waves")
+    settings, config = _sms_without_idempotency(tmp_path, db_url, engine, 40, "waves",
+                                                batch_size=40, lanes=1)
     rendered_before_first: list[int] = []
     renders = 0
 
