@@ -309,6 +309,9 @@ messages = sa.Table(
 )
 sa.Index("ix_messages_status_send_after", messages.c.status, messages.c.send_after)
 sa.Index("ix_messages_sent_at", messages.c.sent_at)  # the deliverability guard's window
+# Provider callbacks without our key (Twilio's status callbacks, a bounce that lost its
+# custom args) find their message by the provider's id: without an index, a full scan each.
+sa.Index("ix_messages_provider_message_id", messages.c.provider_message_id)
 
 coupons = sa.Table(
     "coupons", metadata,
