@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import threading
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
 from clm_core.backtest.scoring import Scored, Scoring
+from clm_core.forking import can_fork
 
 # Below this many steps the second process's start costs more than it saves.
 MIN_STEPS = 8
@@ -44,11 +44,8 @@ def _walk(scoring: Scoring, steps: Sequence[tuple[date, datetime]], out: Any) ->
 
 
 def usable(steps: int) -> bool:
-    """Whether scoring ahead is worth it and safe here: enough steps, a platform that forks,
-    no other thread in this process, and not a daemonic process (which may not have
-    children)."""
-    return (steps >= MIN_STEPS and "fork" in mp.get_all_start_methods()
-            and threading.active_count() == 1 and not mp.current_process().daemon)
+    """Whether scoring ahead is worth it (enough steps) and safe here (``forking.can_fork``)."""
+    return steps >= MIN_STEPS and can_fork()
 
 
 def catch_up(scoring: Scoring, done: Sequence[tuple[date, datetime]]) -> None:

@@ -244,17 +244,17 @@ class Replay:
             # a new enrollment replaces its customer's previous one in that journey (the
             # snapshot holds the latest per journey and customer), and goes last (its id is
             # the highest)
-            # (the customer test first: it is on integers, and leaves a few rows whose journey
-            # names are compared, where comparing every row's name cost more than the rest)
-            journey, customer = cols["journey"], cols["customer_id"]
-            pairs = set(zip(new["journey"], new["customer_id"].astype("int64")))
-            maybe = np.flatnonzero(np.isin(customer, new["customer_id"].to_numpy("int64")))
-            keep = np.ones(len(customer), dtype=bool)
-            keep[[i for i in maybe if (journey[i], int(customer[i])) in pairs]] = False
+            # (matched on (journey code, customer) integer keys: comparing every row's journey
+            # name cost more than the rest of recording the plan)
+            codes = np.asarray([s.names.setdefault(str(n), len(s.names))
+                                for n in new["journey"]], dtype=np.int64)
+            customer = cols["customer_id"].astype(np.int64)
+            added = new["customer_id"].to_numpy("int64")
+            span = int(max(customer.max(initial=0), added.max(initial=0))) + 1
+            keep = ~np.isin(s.codes * span + customer, codes * span + added)
             s.enrollments = {c: np.concatenate([arr[keep], _values(new[c], arr.dtype)])
                              for c, arr in cols.items()}
-            codes = [s.names.setdefault(str(n), len(s.names)) for n in new["journey"]]
-            s.codes = np.concatenate([s.codes[keep], np.asarray(codes, dtype=np.int64)])
+            s.codes = np.concatenate([s.codes[keep], codes])
         m = result.messages
         if len(m):
             live = m[m["status"].isin(LEDGER_STATUSES)]

@@ -19,7 +19,6 @@ Per step (what the scheduled ``lifecycle`` flow does, with the same functions):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -60,7 +59,6 @@ class Scored:
     error: str | None
     purchases: ModelFit | None = None
     spend: ModelFit | None = None
-    seconds: float = 0.0
 
 
 def due(config: LifecycleConfig, current: ModelFit | None, as_of: date) -> bool:
@@ -99,7 +97,6 @@ class Scoring:
 
     def step(self, as_of: date, now: datetime) -> Scored:
         """Score ``as_of`` (consent as it stood at ``now``, the run's time)."""
-        mark = time.perf_counter()
         h = self.h
         end = np.datetime64(day_end(as_of), "ns")
         added = self.agg.advance(end)
@@ -118,8 +115,7 @@ class Scoring:
 
         fitted, error = self._fit(features(self.config.time_unit), as_of)
         if error is not None:  # the day's run would have failed: nothing else happens
-            return Scored(as_of, added, pd.DataFrame(), pd.DataFrame(), False, error,
-                          seconds=time.perf_counter() - mark)
+            return Scored(as_of, added, pd.DataFrame(), pd.DataFrame(), False, error)
         purchases, spend = self.purchases, self.spend
         f = features(purchases.time_unit if purchases else self.config.time_unit)
         if purchases is None or spend is None:
@@ -143,5 +139,4 @@ class Scoring:
         # only what the journeys read leaves this half (it may cross a process boundary)
         out = view[[c for c in SCORE_COLUMNS if c in view.columns]]
         return Scored(as_of, added, out, moves[MOVE_COLUMNS] if len(moves) else moves,
-                      fitted, None, purchases if fitted else None, spend if fitted else None,
-                      time.perf_counter() - mark)
+                      fitted, None, purchases if fitted else None, spend if fitted else None)

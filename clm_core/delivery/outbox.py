@@ -146,13 +146,22 @@ def mark_sending(engine: Engine, owner: str, ids: Sequence[int], batch_ids: Sequ
     the provider's list."""
     if not ids:
         return set()
-    if engine.dialect.name == "postgresql" and not set(batch_ids) - set(ids):
+    if engine.dialect.name == "postgresql" and plain_wave(ids, batch_ids):
         # One statement is a transaction of its own (committed before its answer comes back):
         # no BEGIN and COMMIT round trips while the provider waits for the wave.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             return _mark(conn, owner, ids, batch_ids, now, lease, digests or {})
     with engine.begin() as conn:
         return _mark(conn, owner, ids, batch_ids, now, lease, digests or {})
+
+
+def plain_wave(ids: Sequence[int] = (), batch_ids: Sequence[int] = (),
+               outcomes: Sequence[Resolution] = ()) -> bool:
+    """Whether a wave's write is the usual one, which a single statement (or, on SQLite, a
+    few on the event loop's connection) can do: no lease of the batch's other rows to renew
+    (``batch_ids`` within the wave ``ids``) and no suppression to insert with its outcomes.
+    Anything else takes the full transaction of ``mark_sending`` or ``record_and_mark``."""
+    return not set(batch_ids) - set(ids) and not any(o.suppress for o in outcomes)
 
 
 @retrying
@@ -165,7 +174,7 @@ def record_and_mark(engine: Engine, owner: str, outcomes: Sequence[Resolution], 
     next one is marked only as the last one's outcomes are committed). Returns the rows
     recorded and the ids still held."""
     if (engine.dialect.name == "postgresql" and ids and outcomes
-            and not set(batch_ids) - set(ids) and not any(o.suppress for o in outcomes)):
+            and plain_wave(ids, batch_ids, outcomes)):
         # The usual wave: one statement, a transaction of its own (no BEGIN and COMMIT round
         # trips). Suppressions and the batch's lease renewal take the transaction below.
         params = record_and_mark_params(owner, outcomes, ids, now, lease, digests or {})

@@ -90,11 +90,6 @@ def open_wave_writes(engine: Engine) -> WaveWrites:
     return WaveWrites(engine)
 
 
-def _plain(outcomes: Sequence[Resolution]) -> bool:
-    """Outcomes without suppressions to insert (those take the threaded path)."""
-    return not any(o.suppress for o in outcomes)
-
-
 class SqliteWaveWrites(WaveWrites):
     def __init__(self, engine: Engine, path: str):
         super().__init__(engine)
@@ -153,7 +148,7 @@ class SqliteWaveWrites(WaveWrites):
 
     async def mark(self, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
                    now: datetime, lease: timedelta, digests: dict[int, str] | None) -> set[int]:
-        if ids and not set(batch_ids) - set(ids):
+        if ids and outbox.plain_wave(ids, batch_ids):
             rows = outbox.mark_rows(owner, ids, now, lease, digests or {})
             held = self._inline(lambda cursor: self._mark_rows(cursor, rows))
             if held is not None:
@@ -164,7 +159,7 @@ class SqliteWaveWrites(WaveWrites):
                               ids: Sequence[int], batch_ids: Sequence[int], now: datetime,
                               lease: timedelta, digests: dict[int, str] | None
                               ) -> tuple[int, set[int]]:
-        if ids and not set(batch_ids) - set(ids) and _plain(outcomes):
+        if ids and outbox.plain_wave(ids, batch_ids, outcomes):
             recorded = outbox.record_rows(owner, outcomes, now)
             marks = outbox.mark_rows(owner, ids, now, lease, digests or {})
             got = self._inline(lambda cursor: (self._record_rows(cursor, recorded),
@@ -175,7 +170,7 @@ class SqliteWaveWrites(WaveWrites):
                                              digests)
 
     async def record(self, owner: str, outcomes: Sequence[Resolution], now: datetime) -> int:
-        if outcomes and _plain(outcomes):
+        if outcomes and outbox.plain_wave(outcomes=outcomes):
             rows = outbox.record_rows(owner, outcomes, now)
             updated = self._inline(lambda cursor: self._record_rows(cursor, rows))
             if updated is not None:
@@ -249,7 +244,7 @@ class PostgresWaveWrites(WaveWrites):
 
     async def mark(self, owner: str, ids: Sequence[int], batch_ids: Sequence[int],
                    now: datetime, lease: timedelta, digests: dict[int, str] | None) -> set[int]:
-        if ids and not set(batch_ids) - set(ids):
+        if ids and outbox.plain_wave(ids, batch_ids):
             got = await self._execute(mark_sql("postgresql"),
                                       outbox.mark_params(owner, ids, now, lease, digests or {}))
             if got is not None:
@@ -260,7 +255,7 @@ class PostgresWaveWrites(WaveWrites):
                               ids: Sequence[int], batch_ids: Sequence[int], now: datetime,
                               lease: timedelta, digests: dict[int, str] | None
                               ) -> tuple[int, set[int]]:
-        if ids and outcomes and not set(batch_ids) - set(ids) and _plain(outcomes):
+        if ids and outcomes and outbox.plain_wave(ids, batch_ids, outcomes):
             params = outbox.record_and_mark_params(owner, outcomes, ids, now, lease, digests or {})
             got = await self._execute(record_and_mark_pg(), params)
             if got is not None:
@@ -270,7 +265,7 @@ class PostgresWaveWrites(WaveWrites):
                                              digests)
 
     async def record(self, owner: str, outcomes: Sequence[Resolution], now: datetime) -> int:
-        if outcomes and _plain(outcomes):
+        if outcomes and outbox.plain_wave(outcomes=outcomes):
             got = await self._execute(record_sql("postgresql"),
                                       outbox.record_params(owner, outcomes, now))
             if got is not None:

@@ -21,10 +21,11 @@ sent something else) leaves the caller to do the part itself.
 from __future__ import annotations
 
 import multiprocessing as mp
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from clm_core.forking import can_fork
 
 T = TypeVar("T")
 
@@ -34,11 +35,8 @@ MIN_ROWS = 200_000
 
 
 def usable() -> bool:
-    """Whether a second process can be forked here safely: a platform that forks, no other
-    thread in this process (a fork copies their locks), and not a daemonic process (which may
-    not have children)."""
-    return ("fork" in mp.get_all_start_methods() and threading.active_count() == 1
-            and not mp.current_process().daemon)
+    """Whether a second process can be forked here safely (``forking.can_fork``)."""
+    return can_fork()
 
 
 def _run(fn: Callable[..., object], args: tuple[object, ...], out: Any) -> None:
