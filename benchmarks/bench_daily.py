@@ -287,9 +287,30 @@ def build_base(url: str, customers: int, seed: int) -> None:
         engine.dispose()
 
 
-def base_store(backend: str, customers: int, seed: int, cache: Path) -> str:
-    """The cached base store's URL, built first when missing."""
-    key = f"daily_{customers}_s{seed}_r{head_revision()}"
+def settle(url: str, nights: int) -> None:
+    """Run ``nights`` more nights on a base store, each importing its day's orders first: a
+    store some days past its first scoring, when the first scoring's stage moves have left
+    the entry windows and most enrollments wait for a later step."""
+    for k in range(nights):
+        engine = make_engine(url)
+        day = last_day(engine) + timedelta(days=1)
+        orders = day_orders(engine, day, seed=100 + k)
+        engine.dispose()
+        with tempfile.TemporaryDirectory(prefix="clm-settle-") as tmp:
+            path = Path(tmp) / f"orders-{day}.csv"
+            orders.to_csv(path, index=False)
+            import_day(url, path)
+        mark = time.perf_counter()
+        done = night(url, day)
+        print(f"  night of {day}: {time.perf_counter() - mark:.0f}s ({done['enrolled']:,} "
+              f"enrolled, {done['messages']:,} messages)", flush=True)
+
+
+def base_store(backend: str, customers: int, seed: int, cache: Path, nights: int = 0) -> str:
+    """The cached base store's URL, built first when missing; ``nights``: that many more
+    nights run on it (``settle``), cached apart."""
+    key = f"daily_{customers}_s{seed}_r{head_revision()}" + (f"_n{nights}" if nights else "")
+    first = base_store(backend, customers, seed, cache) if nights else None
     if backend == "sqlite":
         path = cache / f"{key}.db"
         if not path.exists():
@@ -297,7 +318,11 @@ def base_store(backend: str, customers: int, seed: int, cache: Path) -> str:
             tmp = path.with_suffix(".building.db")
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-            build_base(f"sqlite:///{tmp}", customers, seed)
+            if first is None:
+                build_base(f"sqlite:///{tmp}", customers, seed)
+            else:
+                shutil.copyfile(str(make_url(first).database), tmp)
+                settle(f"sqlite:///{tmp}", nights)
             tmp.rename(path)
         return f"sqlite:///{path}"
     name = f"clm_{key}"
@@ -306,7 +331,13 @@ def base_store(backend: str, customers: int, seed: int, cache: Path) -> str:
         building = f"{name}_building"
         with _admin().connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
-        build_base(_pg_url(building), customers, seed)
+            if first is not None:
+                conn.exec_driver_sql(f'CREATE DATABASE "{building}" '
+                                     f'TEMPLATE "{make_url(first).database}"')
+        if first is None:
+            build_base(_pg_url(building), customers, seed)
+        else:
+            settle(_pg_url(building), nights)
         with _admin().connect() as conn:
             conn.exec_driver_sql(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
     return _pg_url(name)
@@ -341,7 +372,7 @@ def _fmt(r: dict[str, Any]) -> str:
 
 
 def bench(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    base = base_store(backend, args.customers, args.seed, Path(args.cache))
+    base = base_store(backend, args.customers, args.seed, Path(args.cache), args.settle)
     engine = make_engine(base)
     with engine.connect() as conn:
         n_customers = conn.scalar(sa.select(sa.func.count()).select_from(t.customers))
@@ -410,6 +441,10 @@ def main() -> None:
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "clm-bench-daily"),
                     help="where base stores are kept between runs (PostgreSQL: databases "
                     "named clm_daily_*)")
+    ap.add_argument("--settle", type=int, default=0, metavar="NIGHTS",
+                    help="measure a store NIGHTS nights past its first scoring and evaluation "
+                    "(default 0: the night right after, when every customer has just moved "
+                    "into a stage and been enrolled)")
     ap.add_argument("--check", action="store_true",
                     help="compare the rows both nightly runs wrote")
     ap.add_argument("--skip-naive", action="store_true")

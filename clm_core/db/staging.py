@@ -14,7 +14,8 @@ it was and a repeat of the same write changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pandas as pd
 import sqlalchemy as sa
@@ -86,16 +87,27 @@ def update_from(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: str
         changed = conn.exec_driver_sql(sql).rowcount
         unstage(conn, name)
         return int(changed)
-    # The default 4 MB of work memory splits the hash join over a million-row table into
-    # batches spilled to disk; for this one statement, enough to hold it in one.
+    with join_memory(conn):
+        changed = conn.exec_driver_sql(sql).rowcount
+    unstage(conn, name)
+    return int(changed)
+
+
+@contextmanager
+def join_memory(conn: Connection) -> Iterator[None]:
+    """PostgreSQL's work memory raised to ``JOIN_WORK_MEM`` for the statements inside, then
+    put back. The default 4 MB splits a hash join over a million-row table into batches
+    spilled to disk, and turns ``IN (subquery)`` over a large set into a scan of the whole
+    set for every row instead of one hash lookup. Nothing on other databases."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
     memory = conn.exec_driver_sql("SELECT current_setting('work_mem')").scalar()
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{JOIN_WORK_MEM}'")
     try:
-        changed = conn.exec_driver_sql(sql).rowcount
+        yield
     finally:
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{memory}'")
-    unstage(conn, name)
-    return int(changed)
 
 
 def insert_staged(conn: Connection, table: sa.Table, name: str, columns: Sequence[str],

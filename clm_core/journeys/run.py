@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from clm_core.db import tables as t
 from clm_core.journeys.engine import Plan, plan
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.store import (
+    active_versions,
+    earliest_entries,
     load_journeys,
     load_previous,
     load_snapshot,
@@ -43,13 +43,11 @@ def evaluate(db: Engine, settings: Settings, now: datetime | None = None,
     with db.begin() as conn:
         versions = sync_versions(conn, journeys, now, write=not dry_run)
         current = {j.key for j in journeys}
-        e = t.journey_enrollments
-        in_use = conn.execute(sa.select(e.c.journey, e.c.journey_version).distinct()
-                              .where(e.c.status == "active")).all()
-        previous = load_previous(conn, [(r[0], r[1]) for r in in_use if (r[0], r[1]) not in current
-                                        and r[0] in {j.name for j in journeys}], policy)
+        in_use = active_versions(conn)
+        previous = load_previous(conn, [k for k in in_use if k not in current
+                                        and k[0] in {j.name for j in journeys}], policy)
         everything = journeys + previous
-        snap = load_snapshot(conn, everything, now, policy)
+        snap = load_snapshot(conn, everything, now, policy, earliest_entries(conn, in_use))
         result = plan(everything, snap, now, policy, settings.default_timezone)
         written = None if dry_run else write_plan(conn, result)
     return Evaluation(result, journeys, versions, written)

@@ -23,7 +23,13 @@ from sqlalchemy.engine import Connection
 from clm_core.consent.ledger import withdrawn_topics
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
+from clm_core.db.staging import join_memory
 from clm_core.errors import Problem, SpecError
+from clm_core.journeys.candidates import (
+    changeable_enrollments,
+    entry_filters,
+    segment_candidates,
+)
 from clm_core.journeys.engine import (
     ENROLLMENT_COLUMNS,
     TIME_COLUMNS,
@@ -241,33 +247,119 @@ ENGINE_FIELDS = (
 )
 
 
-def load_customers(conn: Connection, fields: Iterable[str] | None = None) -> pd.DataFrame:
+def field_column(name: str) -> sa.Column | None:
+    """The stored column of a condition field (None for one the engine derives)."""
+    c, s, lo = t.customers, t.customer_scores, t.loyalty_status
+    return s.c.get(name) if name in s.c else c.c.get(name) if name in c.c else lo.c.get(name)
+
+
+def load_customers(conn: Connection, fields: Iterable[str] | None = None,
+                   where: sa.ColumnElement | None = None) -> pd.DataFrame:
     """Scored customers with the given condition fields (default: all) and the contact fields,
-    indexed by customer_id."""
+    indexed by customer_id; only those ``where`` holds when given (it may name the columns
+    of customers, customer_scores and loyalty_status)."""
     c, s, lo = t.customers, t.customer_scores, t.loyalty_status
     wanted = [n for n in FIELDS if n in set(fields or FIELDS) | set(ENGINE_FIELDS)]
-    cols = []
-    for name in wanted:
-        col = s.c.get(name) if name in s.c else c.c.get(name) if name in c.c else lo.c.get(name)
-        if col is None:  # derived by the engine (days_in_stage, customer_id)
-            continue
-        cols.append(col)
+    cols = [col for col in map(field_column, wanted) if col is not None]  # None: derived
     joined = s.join(c, c.c.id == s.c.customer_id)
-    if any(col.table is lo for col in cols):  # loyalty fields: empty for non-members
+    named = {col.table for col in cols} | (
+        {col.table for col in sa.sql.visitors.iterate(where) if isinstance(col, sa.Column)}
+        if where is not None else set())
+    if lo in named:  # loyalty fields: empty for non-members
         joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
-    df = _frame(conn, sa.select(s.c.customer_id, *cols).select_from(joined), driver_rows=True)
+    query = sa.select(s.c.customer_id, *cols).select_from(joined)
+    df = _frame(conn, query if where is None else query.where(where), driver_rows=True)
     sup = _frame(conn, sa.select(t.suppressions.c.channel, t.suppressions.c.address))
     for ch, addr in (("email", "email"), ("sms", "phone")):
         df[f"suppressed_{ch}"] = df[addr].isin(sup.loc[sup["channel"] == ch, "address"])
     return df.set_index("customer_id")
 
 
-def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
-                  policy: ProjectPolicy) -> Snapshot:
-    names = sorted({j.name for j in journeys})
+def _needed_table(conn: Connection, ids: sa.CompoundSelect) -> sa.Table:
+    """The customer ids of ``ids`` in a temporary table keyed by them (read by two queries;
+    dropped by the caller, and on PostgreSQL at the latest when the transaction ends)."""
+    name = "_clm_needed"
+    postgres = conn.dialect.name == "postgresql"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name if postgres else 'temp.' + name}")
+    conn.exec_driver_sql(f"CREATE TEMP TABLE {name} (customer_id INTEGER PRIMARY KEY)"
+                         + (" ON COMMIT DROP" if postgres else ""))
+    table = sa.Table(name, sa.MetaData(), sa.Column("customer_id", sa.Integer, primary_key=True))
+    with join_memory(conn):
+        conn.execute(sa.insert(table).from_select(["customer_id"], ids))
+    if postgres:
+        conn.exec_driver_sql(f"ANALYZE {name}")  # row estimates for the joins that read it
+    return table
+
+
+def active_versions(conn: Connection) -> dict[tuple[str, int], datetime]:
+    """The (journey, version) pairs active enrollments follow, each with its earliest entry."""
     e = t.journey_enrollments
+    return {(name, int(version)): at for name, version, at in conn.execute(
+        sa.select(e.c.journey, e.c.journey_version, sa.func.min(e.c.entered_at))
+        .where(e.c.status == "active").group_by(e.c.journey, e.c.journey_version))}
+
+
+def earliest_entries(conn: Connection,
+                     active: dict[tuple[str, int], datetime] | None = None) -> dict[str, datetime]:
+    """Each journey's earliest entry among its active enrollments (from ``active_versions``,
+    read when not given)."""
+    out: dict[str, datetime] = {}
+    for (name, _), at in (active_versions(conn) if active is None else active).items():
+        out[name] = at if name not in out else min(out[name], at)
+    return out
+
+
+def _most_may_change(conn: Connection, now: datetime, moves: int) -> bool:
+    """Whether steps due and stage moves alone reach half the scored customers (as on the
+    nights after a store's first scoring, when every customer has just moved into a stage and
+    been enrolled): then picking out who may change costs more than it saves, and one read of
+    everyone is quicker. Two counts by index."""
+    e, s = t.journey_enrollments, t.customer_scores
+    due = conn.scalar(sa.select(sa.func.count()).select_from(e).where(
+        e.c.status == "active", e.c.step_due_at <= now)) or 0
+    scored = conn.scalar(sa.select(sa.func.count()).select_from(s)) or 0
+    return due + moves >= scored / 2
+
+
+def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
+                  policy: ProjectPolicy,
+                  entered: dict[str, datetime] | None = None) -> Snapshot:
+    """What an evaluation at ``now`` reads. ``entered``: ``earliest_entries``, when the
+    caller has read them already."""
+    names = sorted({j.name for j in journeys})
+    within = max((j.spec.entry.within for j in journeys), default=pd.Timedelta(days=7))
+    tr, tt, ev = t.stage_transitions, t.tier_transitions, t.events
+    # Only moves into a stage some journey is entered by: the first scoring records a move for
+    # every customer, and a week of them would otherwise be read every night.
+    entered_by = sorted({j.spec.entry.stage.to for j in journeys if j.spec.entry.stage})
+    moved = sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage, tr.c.transitioned_at) \
+        .where(tr.c.transitioned_at > now - within, tr.c.transitioned_at <= now,
+               tr.c.to_stage.in_(entered_by))
+    tiered = sa.select(tt.c.customer_id, tt.c.from_tier, tt.c.to_tier, tt.c.transitioned_at) \
+        .where(tt.c.transitioned_at > now - within, tt.c.transitioned_at <= now)
+    by_tier = any(j.spec.entry.tier is not None for j in journeys)
+    entry_types = sorted({j.spec.entry.event.type for j in journeys if j.spec.entry.event})
+    triggered = sa.select(ev.c.customer_id).where(ev.c.event_type.in_(entry_types),
+                                                  ev.c.occurred_at > now - within,
+                                                  ev.c.occurred_at <= now)
+    transitions = _times(_frame(conn, moved, driver_rows=True), ["transitioned_at"])
+    # Only the customers this evaluation can change (clm_core.journeys.candidates), with all
+    # their enrollments; None: every customer.
+    segments = entry_filters(journeys, field_column)
+    if segments is not None and _most_may_change(conn, now, len(transitions)):
+        segments = None
+    needed = None if segments is None else _needed_table(conn, sa.union(
+        changeable_enrollments(journeys, now, field_column,
+                               entered if entered is not None else earliest_entries(conn)),
+        segment_candidates(segments),
+        *[q.with_only_columns(q.selected_columns[0])
+          for q, used in ((moved, entered_by), (triggered, entry_types), (tiered, by_tier))
+          if used]))
+    e = t.journey_enrollments
+    mine = e.c.journey.in_(names) if needed is None else sa.and_(
+        e.c.journey.in_(names), e.c.customer_id.in_(sa.select(needed.c.customer_id)))
     latest = sa.select(e.c.journey, e.c.customer_id, sa.func.max(e.c.entry_seq).label("seq")) \
-        .where(e.c.journey.in_(names)).group_by(e.c.journey, e.c.customer_id).subquery()
+        .where(mine).group_by(e.c.journey, e.c.customer_id).subquery()
     # The engine state's two times are taken out of the JSON by the database (json_extract,
     # ->>): parsing hundreds of thousands of documents in Python costs seconds.
     cols = [e.c[c] for c in ENROLLMENT_COLUMNS if c in e.c] + [
@@ -275,30 +367,18 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
         e.c.state["unmatched_at"].as_string().label("unmatched_at")]
     enr = _frame(conn, sa.select(*cols).join(latest, sa.and_(
         e.c.journey == latest.c.journey, e.c.customer_id == latest.c.customer_id,
-        e.c.entry_seq == latest.c.seq)), driver_rows=True)
+        e.c.entry_seq == latest.c.seq)).where(mine), driver_rows=True)
     if enr.empty:
         enr = empty_enrollments()
     else:
         enr = _times(enr, TIME_COLUMNS)
         enr["is_control"] = enr["is_control"].astype(bool)
     active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
-    within = max((j.spec.entry.within for j in journeys), default=pd.Timedelta(days=7))
     since = now - within
     if pd.notna(active_since):
         since = min(since, active_since.to_pydatetime())
-    tr = t.stage_transitions
-    # Only moves into a stage some journey is entered by: the first scoring records a move for
-    # every customer, and a week of them would otherwise be read every night.
-    entered_by = sorted({j.spec.entry.stage.to for j in journeys if j.spec.entry.stage})
-    transitions = _times(_frame(conn, sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage,
-                                                tr.c.transitioned_at)
-                                .where(tr.c.transitioned_at > now - within,
-                                       tr.c.transitioned_at <= now,
-                                       tr.c.to_stage.in_(entered_by)), driver_rows=True),
-                         ["transitioned_at"])
     types = {j.spec.entry.event.type for j in journeys if j.spec.entry.event} | {
         g.event.type for j in journeys for g in j.spec.goals if g.event}
-    ev = t.events
     used = set().union(*(j.fields for j in journeys)) if journeys else set()
     engaged = sorted(e for e in ENGAGEMENT_EVENTS if f"days_since_{e}" in used)
     lookback = now - pd.Timedelta(days=ENGAGEMENT_LOOKBACK_DAYS)
@@ -326,20 +406,18 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
                                                  for c in j.spec.contact_policy.caps]
     horizon = now - max(windows, default=pd.Timedelta(days=7))
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
+    counted = [m.c.status.in_(LEDGER_STATUSES), at > horizon]
+    if needed is not None:  # caps only weigh the messages of those who may be sent one
+        counted.append(m.c.customer_id.in_(sa.select(needed.c.customer_id)))
     ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, _as_text(m.c.tags),
-                                           at.label("at"))
-                           .where(m.c.status.in_(LEDGER_STATUSES), at > horizon),
+                                           at.label("at")).where(*counted),
                            driver_rows=True), ["at"])
     ledger["tags"] = _json_column(ledger["tags"]).map(lambda v: v or [])
     if len(transitions) == 0:
         transitions = Snapshot(pd.DataFrame()).transitions
-    tt = t.tier_transitions
     tiers = Snapshot(pd.DataFrame()).tier_transitions
-    if any(j.spec.entry.tier is not None for j in journeys):
-        found = _times(_frame(conn, sa.select(tt.c.customer_id, tt.c.from_tier, tt.c.to_tier,
-                                              tt.c.transitioned_at)
-                              .where(tt.c.transitioned_at > now - within,
-                                     tt.c.transitioned_at <= now)), ["transitioned_at"])
+    if by_tier:
+        found = _times(_frame(conn, tiered), ["transitioned_at"])
         tiers = found if len(found) else tiers
     fields = set().union(*(j.fields for j in journeys)) if journeys else set()
     if any(j.spec.entry.tier is not None for j in journeys):
@@ -350,8 +428,13 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
             for cid, pairs in withdrawn_topics(conn, None).items() for channel, topic in pairs]
     if rows:
         withdrawn = pd.DataFrame(rows, columns=["customer_id", "channel", "topic"])
+    customers = load_customers(conn, fields, None if needed is None else
+                               t.customer_scores.c.customer_id.in_(
+                                   sa.select(needed.c.customer_id)))
+    if needed is not None:
+        conn.exec_driver_sql(f"DROP TABLE {needed.name}")
     return Snapshot(
-        customers=load_customers(conn, fields),
+        customers=customers,
         enrollments=enr,
         transitions=transitions,
         tier_transitions=tiers,
