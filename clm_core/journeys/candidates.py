@@ -110,9 +110,10 @@ def _leaf(cond: Compare, column: Column) -> sa.ColumnElement | None:
 def entry_filters(journeys: Sequence[CompiledJourney],
                   column: Column) -> list[sa.ColumnElement] | None:
     """One SQL filter per segment-entered journey (its segment and audience together), or None
-    when some segment cannot be narrowed, so that every customer must be read."""
+    when some segment cannot be narrowed, so that every customer must be read. Only running
+    journeys enter anyone, each by its latest version."""
     out = []
-    for j in journeys:
+    for j in _latest(journeys).values():
         if j.spec.status != "active" or j.segment is None:
             continue
         parts = [superset(j.segment, column)]
