@@ -96,9 +96,8 @@ def update_from(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: str
 @contextmanager
 def join_memory(conn: Connection) -> Iterator[None]:
     """PostgreSQL's work memory raised to ``JOIN_WORK_MEM`` for the statements inside, then
-    put back. The default 4 MB splits a hash join over a million-row table into batches
-    spilled to disk, and turns ``IN (subquery)`` over a large set into a scan of the whole
-    set for every row instead of one hash lookup. Nothing on other databases."""
+    put back. The default 4 MB splits a hash join or aggregate over a million-row table into
+    batches spilled to disk. Nothing on other databases."""
     if conn.dialect.name != "postgresql":
         yield
         return

@@ -77,9 +77,21 @@ def subset(cond: Condition, column: Column) -> sa.ColumnElement | None:
 
 
 def _may_fail(cond: Condition, column: Column) -> sa.ColumnElement:
-    """Where ``cond`` may not hold: the negation of its subset (NULL counted as not held)."""
+    """Where ``cond`` may not hold: the negation of its subset."""
     sure = subset(cond, column)
-    return sa.true() if sure is None else sa.not_(sa.func.coalesce(sure, sa.false()))
+    return sa.true() if sure is None else _unless(sure)
+
+
+def _unless(sure: sa.ColumnElement) -> sa.ColumnElement:
+    """Where ``sure`` does not hold, NULL counted as not holding."""
+    return sa.not_(sa.func.coalesce(sure, sa.false()))
+
+
+def tables_named(expr: sa.ColumnElement | None) -> set[sa.FromClause]:
+    """The tables whose columns ``expr`` reads (none for None): which joins it needs."""
+    if expr is None:
+        return set()
+    return {col.table for col in sa.sql.visitors.iterate(expr) if isinstance(col, sa.Column)}
 
 
 def _leaf(cond: Compare, column: Column) -> sa.ColumnElement | None:
@@ -187,11 +199,10 @@ def changeable_enrollments(journeys: Sequence[CompiledJourney], now: datetime,
         if entry.reentry.policy == "rematch" and entry.event is None:
             stop: sa.ColumnElement
             if entry.stage is not None:
-                stop = sa.not_(sa.func.coalesce(s.c.stage == entry.stage.to, sa.false()))
+                stop = _unless(s.c.stage == entry.stage.to)
             elif entry.tier is not None:
                 to = entry.tier.to
-                stop = lo.c.tier.is_(None) if to is None else \
-                    sa.not_(sa.func.coalesce(lo.c.tier == to, sa.false()))
+                stop = lo.c.tier.is_(None) if to is None else _unless(lo.c.tier == to)
             else:
                 assert j.segment is not None  # a stage, a tier or a segment
                 stop = _may_fail(j.segment, column)
@@ -202,7 +213,7 @@ def changeable_enrollments(journeys: Sequence[CompiledJourney], now: datetime,
     # case on every row, and one query a journey walked every active enrollment once a
     # journey (by the status index, which SQLite preferred).
     which = sa.case(*cases, else_=sa.false()) if cases else sa.false()
-    named = {col.table for col in sa.sql.visitors.iterate(which) if isinstance(col, sa.Column)}
+    named = tables_named(which)
     joined = e.outerjoin(s, s.c.customer_id == e.c.customer_id)
     for other, key in ((c, c.c.id), (lo, lo.c.customer_id)):
         if other in named:  # only what the cases read
@@ -212,14 +223,11 @@ def changeable_enrollments(journeys: Sequence[CompiledJourney], now: datetime,
     return sa.select(e.c.customer_id).select_from(joined).where(which)
 
 
-def _holding(where: sa.ColumnElement) -> sa.Select:
-    """Scored customers ``where`` holds for (it may name customers and loyalty_status)."""
-    s, c, lo = t.customer_scores, t.customers, t.loyalty_status
-    joined = s.join(c, c.c.id == s.c.customer_id) \
-        .outerjoin(lo, lo.c.customer_id == s.c.customer_id)
-    return sa.select(s.c.customer_id).select_from(joined).where(where)
-
-
 def segment_candidates(filters: Sequence[sa.ColumnElement]) -> sa.Select:
     """Scored customers some segment filter (``entry_filters``) holds for."""
-    return _holding(sa.or_(sa.false(), *filters))
+    s, c, lo = t.customer_scores, t.customers, t.loyalty_status
+    where = sa.or_(sa.false(), *filters)
+    joined = s.join(c, c.c.id == s.c.customer_id)
+    if lo in tables_named(where):
+        joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
+    return sa.select(s.c.customer_id).select_from(joined).where(where)

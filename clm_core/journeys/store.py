@@ -29,6 +29,7 @@ from clm_core.journeys.candidates import (
     changeable_enrollments,
     entry_filters,
     segment_candidates,
+    tables_named,
 )
 from clm_core.journeys.engine import (
     ENROLLMENT_COLUMNS,
@@ -262,10 +263,8 @@ def load_customers(conn: Connection, fields: Iterable[str] | None = None,
     wanted = [n for n in FIELDS if n in set(fields or FIELDS) | set(ENGINE_FIELDS)]
     cols = [col for col in map(field_column, wanted) if col is not None]  # None: derived
     joined = s.join(c, c.c.id == s.c.customer_id)
-    named = {col.table for col in cols} | (
-        {col.table for col in sa.sql.visitors.iterate(where) if isinstance(col, sa.Column)}
-        if where is not None else set())
-    if lo in named:  # loyalty fields: empty for non-members
+    # loyalty fields: empty for non-members
+    if lo in {col.table for col in cols} | tables_named(where):
         joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
     query = sa.select(s.c.customer_id, *cols).select_from(joined)
     df = _frame(conn, query if where is None else query.where(where), driver_rows=True)
@@ -355,9 +354,10 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
         *[q.with_only_columns(q.selected_columns[0])
           for q, used in ((moved, entered_by), (triggered, entry_types), (tiered, by_tier))
           if used]))
+    among = None if needed is None else sa.select(needed.c.customer_id)
     e = t.journey_enrollments
-    mine = e.c.journey.in_(names) if needed is None else sa.and_(
-        e.c.journey.in_(names), e.c.customer_id.in_(sa.select(needed.c.customer_id)))
+    mine = e.c.journey.in_(names) if among is None else sa.and_(
+        e.c.journey.in_(names), e.c.customer_id.in_(among))
     latest = sa.select(e.c.journey, e.c.customer_id, sa.func.max(e.c.entry_seq).label("seq")) \
         .where(mine).group_by(e.c.journey, e.c.customer_id).subquery()
     # The engine state's two times are taken out of the JSON by the database (json_extract,
@@ -377,8 +377,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     since = now - within
     if pd.notna(active_since):
         since = min(since, active_since.to_pydatetime())
-    types = {j.spec.entry.event.type for j in journeys if j.spec.entry.event} | {
-        g.event.type for j in journeys for g in j.spec.goals if g.event}
+    types = set(entry_types) | {g.event.type for j in journeys for g in j.spec.goals if g.event}
     used = set().union(*(j.fields for j in journeys)) if journeys else set()
     engaged = sorted(e for e in ENGAGEMENT_EVENTS if f"days_since_{e}" in used)
     lookback = now - pd.Timedelta(days=ENGAGEMENT_LOOKBACK_DAYS)
@@ -407,8 +406,8 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     horizon = now - max(windows, default=pd.Timedelta(days=7))
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
     counted = [m.c.status.in_(LEDGER_STATUSES), at > horizon]
-    if needed is not None:  # caps only weigh the messages of those who may be sent one
-        counted.append(m.c.customer_id.in_(sa.select(needed.c.customer_id)))
+    if among is not None:  # caps only weigh the messages of those who may be sent one
+        counted.append(m.c.customer_id.in_(among))
     ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, _as_text(m.c.tags),
                                            at.label("at")).where(*counted),
                            driver_rows=True), ["at"])
@@ -420,7 +419,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
         found = _times(_frame(conn, tiered), ["transitioned_at"])
         tiers = found if len(found) else tiers
     fields = set().union(*(j.fields for j in journeys)) if journeys else set()
-    if any(j.spec.entry.tier is not None for j in journeys):
+    if by_tier:
         fields.add("tier")  # a tier trigger checks the customer is still in the tier
     # Topics withdrawn on the preferences page: few rows, read whole (one query).
     withdrawn = Snapshot(pd.DataFrame()).withdrawn_topics
@@ -428,9 +427,8 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
             for cid, pairs in withdrawn_topics(conn, None).items() for channel, topic in pairs]
     if rows:
         withdrawn = pd.DataFrame(rows, columns=["customer_id", "channel", "topic"])
-    customers = load_customers(conn, fields, None if needed is None else
-                               t.customer_scores.c.customer_id.in_(
-                                   sa.select(needed.c.customer_id)))
+    customers = load_customers(conn, fields, None if among is None else
+                               t.customer_scores.c.customer_id.in_(among))
     if needed is not None:
         conn.exec_driver_sql(f"DROP TABLE {needed.name}")
     return Snapshot(
