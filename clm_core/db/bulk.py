@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from decimal import Decimal
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from clm_core.db.engine import take_write_lock
 from clm_core.db.literals import Run, runs
+from clm_core.db.pgbinary import SIGNATURE, TRAILER, Encoder
 from clm_core.db.timetext import times_as_text
 
 # A bulk write rebuilds indexes when it brings at least this many rows and at least a quarter
@@ -223,16 +224,39 @@ def _raw(conn: Connection) -> Any:
 
 def _copy(conn: Connection, target: str, table: sa.Table, df: pd.DataFrame,
           as_text: Sequence[str] = ()) -> None:
-    """COPY the frame into ``target`` as csv text (None becomes an unquoted empty field: NULL), in
-    chunks, so that the server parses one chunk while the next is formatted here."""
-    sql = f"COPY {target} ({_quoted(df.columns)}) FROM STDIN WITH (FORMAT csv)"
+    """COPY the frame into ``target``, in chunks, so that the server parses one chunk while the
+    next is made here: in the binary format when every column can be (``pgbinary``: several
+    times faster to make than text), else as csv text (None becomes an unquoted empty field:
+    NULL)."""
+    objects = [c for c in df.columns
+               if c not in as_text and isinstance(table.c[c].type, sa.JSON)]
+    texts = df.assign(**{c: pd.Series(_column(table.c[c], df[c]), index=df.index, dtype=object)
+                         for c in objects}) if objects else df  # JSON as the text path has it
+    encoder = Encoder.of(texts, _pg_types(conn, target))
+    fmt, cols = ("binary", encoder.names) if encoder is not None else ("csv", df.columns)
+    sql = f"COPY {target} ({_quoted(cols)}) FROM STDIN WITH (FORMAT {fmt})"
     with _translated(conn, sql), _raw(conn).cursor() as cur:
         with cur.copy(sql) as copy:
+            if encoder is not None:
+                copy.write(SIGNATURE)
             for start in range(0, len(df), COPY_CHUNK_ROWS):
+                if encoder is not None:
+                    copy.write(encoder.rows(start, start + COPY_CHUNK_ROWS))  # of ``texts``
+                    continue
                 part = df.iloc[start:start + COPY_CHUNK_ROWS]
                 frame = pd.DataFrame(dict(zip(part.columns, _columns(table, part, as_text))),
                                      dtype=object)
                 copy.write(_csv(frame))
+            if encoder is not None:
+                copy.write(TRAILER)
+
+
+def _pg_types(conn: Connection, target: str) -> dict[str, str]:
+    """The PostgreSQL type of each column of ``target`` (a table or temporary table)."""
+    rows = conn.exec_driver_sql(
+        "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+        "WHERE attrelid = %(t)s::regclass AND attnum > 0 AND NOT attisdropped", {"t": target})
+    return {str(name): str(kind) for name, kind in rows}
 
 
 # In COPY's csv format an unquoted empty field is NULL and a quoted one is an empty string.
@@ -360,11 +384,12 @@ def replace_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: s
     PostgreSQL readers, out until the transaction ends); the number of rows written.
 
     When most rows change (a nightly scoring rewrites every customer's row: its as-of day, T
-    and P(alive) move every day) this beats an upsert: no row is looked up or compared, no
-    old row version is left behind (PostgreSQL), and the secondary indexes are built once
+    and P(alive) move every day) this beats an upsert on PostgreSQL: no row is looked up or
+    compared, no old row version is left behind, and the secondary indexes are built once
     after the load (``write_frame(bulk=True)`` into an empty table). PostgreSQL empties it with
     TRUNCATE: a transaction whose snapshot predates the commit and that had not read the
-    table yet sees it empty. Runs in the caller's transaction.
+    table yet sees it empty. SQLite deletes the rows of a table with foreign keys one by one,
+    which makes an upsert the cheaper there. Runs in the caller's transaction.
     """
     if df.empty:
         return 0
@@ -374,7 +399,11 @@ def replace_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: s
     else:
         _lock_and_count(conn, table)
     stored = np.array([r[0] for r in conn.exec_driver_sql(f'SELECT "{key}" FROM {name}')])
-    kept = np.setdiff1d(stored, df[key].to_numpy()) if len(stored) else stored
+    keys = df[key].to_numpy()
+    # integer keys: a lookup table over their range, not two sorts of a million keys
+    table_kind: Literal["table"] | None = \
+        "table" if stored.dtype.kind in "iu" and keys.dtype.kind in "iu" else None
+    kept = stored[~np.isin(stored, keys, kind=table_kind)] if len(stored) else stored
     keep = f"_clm_keep_{name}"
     if len(kept):  # rows this write does not replace, set aside while the table is emptied
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {keep}")
@@ -387,7 +416,7 @@ def replace_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: s
                          {"ids": part})
     conn.exec_driver_sql(f"TRUNCATE {name}" if conn.dialect.name == "postgresql"
                          else f"DELETE FROM {name}")
-    written = write_frame(conn, table, df, bulk=True)
+    written = write_frame(conn, table, df, bulk=True, runs_by=())  # SQLite: constants inlined
     if len(kept):
         conn.exec_driver_sql(f"INSERT INTO {name} SELECT * FROM {keep}")
         conn.exec_driver_sql(f"DROP TABLE {keep}")

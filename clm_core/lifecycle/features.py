@@ -23,6 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from clm_core.db.pgread import copy_frame
 from clm_core.lifecycle.aggregates import (
     DAY_SQL,
     MONEY_SQL,
@@ -77,13 +78,20 @@ ORDER BY c.id
 # The first purchase after the stored stage began (e.g. a churned customer's comeback). On a
 # rerun of an as-of day that already has transitions, "the stored stage" is the one before
 # that day (as ``transitions.rules_view`` restores it): when the latest earlier transition's
-# stage began, or nothing when there is none. One index range lookup per customer, so it is
-# computed only when the rules use it.
+# stage began, or nothing when there is none. The customer's first and last purchase (``a``,
+# over the same purchases) answer it for nearly everyone: none after the stage began when the
+# last is not after it, the first when even that is after it. Only a customer who bought both
+# before and after costs an index range lookup (a million lookups took most of the features'
+# time); still, it is computed only when the rules use it.
+_SINCE = "CASE WHEN r.customer_id IS NULL THEN s.stage_since ELSE r.since END"
 _IN_STAGE = """,
-       (SELECT MIN(o.ordered_at) FROM orders o
-        WHERE o.customer_id = c.id AND o.ordered_at < :end AND o.status NOT IN ({not_purchases})
-          AND o.ordered_at > CASE WHEN r.customer_id IS NULL THEN s.stage_since ELSE r.since END
-       ) AS first_order_in_stage_at"""
+       CASE WHEN a.last_order_at IS NULL OR {since} IS NULL OR a.last_order_at <= {since}
+                 THEN NULL
+            WHEN a.first_order_at > {since} THEN a.first_order_at
+            ELSE (SELECT MIN(o.ordered_at) FROM orders o
+                  WHERE o.customer_id = c.id AND o.ordered_at < :end
+                    AND o.status NOT IN ({not_purchases}) AND o.ordered_at > {since})
+       END AS first_order_in_stage_at"""
 _RERUN = """
 LEFT JOIN (
     SELECT DISTINCT st.customer_id, (SELECT b.stage_since FROM stage_transitions b
@@ -118,7 +126,8 @@ def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = Fals
         source="customer_purchase_aggregates" if aggregated else "a",
         first_day_spend=first_day,
         customer_columns=extra,
-        in_stage=_IN_STAGE.format(not_purchases=NOT_PURCHASES_SQL) if in_stage else "",
+        in_stage=_IN_STAGE.format(not_purchases=NOT_PURCHASES_SQL, since=_SINCE)
+        if in_stage else "",
         rerun=_RERUN if in_stage else "",
         customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "",
     )
@@ -139,6 +148,12 @@ def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFram
         stmt = stmt.bindparams(sa.bindparam("day", type_=sa.Date()))
     else:
         params = {k: v for k, v in params.items() if k != "day"}
+    if conn.dialect.name == "postgresql":
+        compiled = stmt.compile(dialect=conn.dialect)
+        frame = copy_frame(conn, compiled.string, {k: params[k] for k in compiled.params},
+                           order_by=["customer_id"])
+        if frame is not None:
+            return frame
     result = conn.execute(stmt, params)
     columns = list(result.keys())
     # Plain DBAPI tuples (a DataFrame from SQLAlchemy Row objects is many times slower), in
