@@ -144,6 +144,8 @@ def test_rows_keep_the_frame_order_across_chunks_of_varying_layout(
     ("mixed", ["text", 3], "text"),
     ("big", [2**31, 1], "integer"),
     ("half", [1.5, 2.0], "integer"),  # as the csv path: the server refuses "2.0" too
+    ("flag", [True, False], "integer"),  # as the csv path: the server refuses "True" too
+    ("huge", np.array([2**64 - 1, 1], dtype=np.uint64), "bigint"),
     ("flags", [True, None], "boolean"),
 ])
 def test_what_it_does_not_encode_takes_the_csv_path(column: str, values: Any,

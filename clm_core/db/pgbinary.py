@@ -1,8 +1,9 @@
 """PostgreSQL's binary ``COPY`` format, built from whole columns at once with numpy.
 
-``COPY ... WITH (FORMAT csv)`` needs every value as text, and formatting is the cost: a million
-score rows of 27 columns took about 12 s to format as CSV (a float's shortest text is computed
-one value at a time), several times what the server then spends loading them. The binary
+``COPY ... WITH (FORMAT csv)`` needs every value as text, and formatting is the cost: a COPY of
+a million score rows of 27 columns took 22 s as CSV and 4 s in binary (measured side by side
+on a loaded machine), the difference the client formatting values one at a time (a float's
+shortest text, a time's ISO form). The binary
 format needs no formatting: a number is its big-endian bytes, a time a count of microseconds,
 a text its UTF-8 bytes, each after its length (-1 for NULL), each row after its field count
 (``COPY``'s "Binary Format" in the PostgreSQL manual).
@@ -87,8 +88,11 @@ def _kind(s: pd.Series) -> str:
 def _integral(s: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """Integer values and the NULL mask, or None when the column holds other than integers."""
     kind = _kind(s)
-    if kind in "iub":
-        return s.to_numpy().astype(np.int64), np.zeros(len(s), dtype=bool)
+    if kind in "iu":  # not booleans, which the text path does not take as integers either
+        values = s.to_numpy()
+        if kind == "u" and len(values) and values.max() > np.iinfo(np.int64).max:
+            return None
+        return values.astype(np.int64), np.zeros(len(s), dtype=bool)
     if isinstance(s.dtype, pd.Int64Dtype | pd.Int32Dtype | pd.Int16Dtype):
         null = s.isna().to_numpy()
         return s.fillna(0).to_numpy(dtype=np.int64), null
