@@ -10,7 +10,7 @@ run starts from a copy of that store (a file copy on SQLite, ``CREATE DATABASE .
 on PostgreSQL), imports day L+1's orders (new orders of about 0.2% of customers, a tenth as
 many earlier orders cancelled) through ``clm import orders``'s code, then times the nightly
 run in a fresh process: scoring as of L+1 (features from the purchase aggregates, scores,
-stages, transitions; the score table reloaded afresh)
+stages, transitions; the score rows reloaded on PostgreSQL, upserted on SQLite)
 and the journey evaluation the morning after (every active journey of ``journeys/``: load,
 plan, write; no sending). Beside it, in the same run:
 
