@@ -30,8 +30,8 @@ import pandas as pd
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)
-_EPOCH_US = np.datetime64("2000-01-01", "us").astype("int64")  # PostgreSQL's time zero
-_EPOCH_DAYS = np.datetime64("2000-01-01", "D").astype("int64")
+EPOCH_US = np.datetime64("2000-01-01", "us").astype("int64")  # PostgreSQL's time zero
+EPOCH_DAYS = np.datetime64("2000-01-01", "D").astype("int64")
 _INTS = {"smallint": ">i2", "integer": ">i4", "bigint": ">i8"}
 _FLOATS = {"double precision": ">f8", "real": ">f4"}
 _TEXTS = ("text", "character varying", "character")
@@ -126,9 +126,9 @@ def _column(pg_type: str, s: pd.Series) -> _Cells | None:
         null = np.isnat(stamps)
         if pg_type == "date":
             return _fixed(stamps, null, ">i4", lambda v: np.where(
-                np.isnat(v), 0, v.astype("datetime64[D]").astype(np.int64) - _EPOCH_DAYS))
+                np.isnat(v), 0, v.astype("datetime64[D]").astype(np.int64) - EPOCH_DAYS))
         return _fixed(stamps, null, ">i8", lambda v: np.where(
-            np.isnat(v), 0, v.astype("datetime64[us]").astype(np.int64) - _EPOCH_US))
+            np.isnat(v), 0, v.astype("datetime64[us]").astype(np.int64) - EPOCH_US))
     if pg_type in _TEXTS or pg_type in _JSON:
         return _texts(s, _JSON.get(pg_type, b""))
     return None

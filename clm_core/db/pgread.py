@@ -24,15 +24,13 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from clm_core.db.pgbinary import SIGNATURE
+from clm_core.db.pgbinary import EPOCH_DAYS, EPOCH_US, SIGNATURE
 
 _INTS = {20: ">i8", 21: ">i2", 23: ">i4"}  # int8, int2, int4
 _FLOATS = {700: ">f4", 701: ">f8"}
 _NUMERIC = 1700  # sent as double precision
 _BOOL, _DATE, _TIMESTAMP = 16, 1082, 1114
 _TEXTS = {25, 1043, 1042, 19}  # text, varchar, char(n), name
-_EPOCH_US = np.datetime64("2000-01-01", "us").astype("int64")
-_EPOCH_DAYS = np.datetime64("2000-01-01", "D").astype("int64")
 _WIDE_TEXT = 256  # texts up to this many bytes are taken as one padded block, longer one by one
 
 
@@ -139,9 +137,9 @@ def _values(oid: int, buf: np.ndarray, at: np.ndarray, lengths: np.ndarray,
     if oid in _FLOATS:
         return np.where(null, np.nan, number.astype(np.float64))
     if oid == _DATE:
-        micros = (number.astype(np.int64) + _EPOCH_DAYS) * 86_400_000_000
+        micros = (number.astype(np.int64) + EPOCH_DAYS) * 86_400_000_000
     else:
-        micros = number.astype(np.int64) + _EPOCH_US
+        micros = number.astype(np.int64) + EPOCH_US
     stamps = micros.astype("datetime64[us]")
     stamps[null] = np.datetime64("NaT")
     return stamps
