@@ -280,3 +280,70 @@ def test_each_change_alone_is_found_long_after_the_last_step(
     read.clear()
     evaluate(engine, settings, now, dry_run=True)
     assert read == [30]
+
+
+BY_SEGMENT = """
+name: by_segment
+status: active
+entry:
+  segment: {field: stage, eq: new}
+  reentry: POLICY
+steps:
+  - id: hello
+    send: {channel: email, template: welcome_1}
+"""
+
+
+@pytest.mark.parametrize("policy", ["once", "interval", "rematch"])
+def test_who_the_re_entry_policy_keeps_out_is_not_read(
+        engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        policy: str) -> None:
+    """A customer a segment holds for is read only while the journey's re-entry policy may
+    let them in: never again after entering once, not within ``every`` of the last entry,
+    not while enrolled; and under rematch again after they stopped matching. What is planned
+    is what reading everyone plans."""
+    from tests.journey_helpers import customers_frame, store_customers
+
+    rule = {"once": "{policy: once}", "interval": "{policy: interval, every: 3d}",
+            "rematch": "{policy: rematch}"}[policy]
+    settings = project(tmp_path, db_url, {"by_segment": BY_SEGMENT.replace("POLICY", rule)})
+    start = datetime(2026, 11, 24, 15, 0)
+    ids = store_customers(engine, customers_frame(30, timezone="UTC"), start)
+    read: list[int] = []
+    real = store.load_customers
+    monkeypatch.setattr(store, "load_customers",
+                        lambda *a, **k: read.append(len(df := real(*a, **k))) or df)
+
+    def night(at: datetime) -> Any:
+        """The narrowed plan, checked against reading everyone, then written."""
+        read.clear()
+        some = evaluate(engine, settings, at, dry_run=True)
+        with monkeypatch.context() as m:
+            m.setattr(store, "entry_filters", lambda *a: None)
+            every = evaluate(engine, settings, at, dry_run=True)
+        _plans_equal(some, every)
+        evaluate(engine, settings, at)
+        return some.plan.enrollments
+
+    assert len(night(start)) == 30 and read[0] == 30
+    with engine.connect() as conn:  # one send and done: nothing active stays
+        assert set(conn.scalars(sa.select(t.journey_enrollments.c.status))) == {"completed"}
+    moved = [int(i) for i in ids.iloc[::3]]  # a third stop matching for a day, then match again
+    s = t.customer_scores
+    for day, stage in ((1, "active"), (2, "new")):
+        with engine.begin() as conn:
+            conn.execute(sa.update(s).where(s.c.customer_id.in_(moved)).values(stage=stage))
+        night(start + timedelta(days=day))
+        if policy != "rematch":  # entered within 3 days or once: no one can enter, no one read
+            assert read[0] == 0, (day, read)
+    entered = night(start + timedelta(days=4))
+    with engine.connect() as conn:
+        entries = dict(conn.execute(sa.select(t.journey_enrollments.c.customer_id,
+                                              sa.func.count()).group_by("customer_id")).all())
+    if policy == "once":
+        assert read[0] == 0 and entered.empty and set(entries.values()) == {1}
+    elif policy == "interval":  # everyone again, three days after their entry
+        assert read[0] == 30 and len(entered) == 30 and set(entries.values()) == {2}
+    else:  # those who stopped matching and came back entered again, on day 2
+        assert sorted(c for c, n in entries.items() if n == 2) == sorted(moved)
+        assert set(entries.values()) == {1, 2}

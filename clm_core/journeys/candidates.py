@@ -11,7 +11,11 @@ SQL over the current rows, which customers might see a change, and leaves out th
 - a journey that re-enters on rematch must see a customer stop matching its trigger, so an
   enrollment without ``unmatched_at`` counts while the trigger may no longer hold;
 - a stage or tier transition, or an event, inside an entry window may enter someone;
-- a segment entry may enter anyone its condition (with the audience) holds for.
+- a segment entry may enter anyone its condition (with the audience) holds for, unless the
+  journey's re-entry policy already rules them out: enrolled before in a journey entered
+  ``once``, enrolled now, or entered within ``every`` of a journey re-entered by interval.
+  Without that, every customer who matched a segment once would be read every night: at a
+  million customers a hundred thousand a night, for a few thousand who can still enter.
 
 Conditions become SQL two ways. ``superset`` holds wherever the condition holds (parts SQL may
 judge otherwise, such as times, text search, another field or a derived field, are left out,
@@ -31,6 +35,7 @@ import sqlalchemy as sa
 
 from clm_core.conditions import AllOf, AnyOf, Compare, Condition, FieldRef
 from clm_core.db import tables as t
+from clm_core.journeys.engine import ACTIVE
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.lifecycle.features import NOT_PURCHASES
 
@@ -119,11 +124,12 @@ def _leaf(cond: Compare, column: Column) -> sa.ColumnElement | None:
             "gte": col >= v}.get(op)
 
 
-def entry_filters(journeys: Sequence[CompiledJourney],
-                  column: Column) -> list[sa.ColumnElement] | None:
-    """One SQL filter per segment-entered journey (its segment and audience together), or None
-    when some segment cannot be narrowed, so that every customer must be read. Only running
-    journeys enter anyone, each by its latest version."""
+def entry_filters(journeys: Sequence[CompiledJourney], column: Column,
+                  now: datetime | None = None) -> list[sa.ColumnElement] | None:
+    """One SQL filter per segment-entered journey (its segment and audience together, and with
+    ``now`` its re-entry policy: ``may_enter``), or None when some segment cannot be narrowed,
+    so that every customer must be read. Only running journeys enter anyone, each by its
+    latest version."""
     out = []
     for j in _latest(journeys).values():
         if j.spec.status != "active" or j.segment is None:
@@ -134,8 +140,28 @@ def entry_filters(journeys: Sequence[CompiledJourney],
         kept = [p for p in parts if p is not None]
         if not kept:
             return None
-        out.append(sa.and_(*kept))
+        out.append(sa.and_(*kept, *([] if now is None else [may_enter(j, now)])))
     return out
+
+
+def may_enter(j: CompiledJourney, now: datetime) -> sa.ColumnElement:
+    """Where the re-entry policy of ``j`` lets the scored customer enter at ``now``, as far as
+    their enrollments can tell (a superset of the engine's rule, ``engine._Run.enter``): no
+    enrollment in the journey blocks them. Any enrollment blocks under ``once``; the active one
+    (only the latest can be) under every policy; one entered within ``every`` under
+    ``interval`` (entries come in order, so the latest is then too). Under ``rematch`` an older
+    enrollment may lack the ``unmatched_at`` the latest has (the policy may have changed), so
+    the rest of that rule is left to the engine. One lookup a candidate in the enrollments'
+    (journey, customer_id, entry_seq) index."""
+    e = t.journey_enrollments
+    policy = j.spec.entry.reentry
+    blocks: list[sa.ColumnElement] = []
+    if policy.policy == "interval" and policy.every is not None:
+        blocks.append(sa.or_(e.c.status == ACTIVE, e.c.entered_at > now - policy.every))
+    elif policy.policy != "once":
+        blocks.append(e.c.status == ACTIVE)
+    return ~sa.exists().where(e.c.journey == j.name,
+                              e.c.customer_id == t.customer_scores.c.customer_id, *blocks)
 
 
 def _latest(journeys: Iterable[CompiledJourney]) -> dict[str, CompiledJourney]:

@@ -344,7 +344,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     transitions = _times(_frame(conn, moved, driver_rows=True), ["transitioned_at"])
     # Only the customers this evaluation can change (clm_core.journeys.candidates), with all
     # their enrollments; None: every customer.
-    segments = entry_filters(journeys, field_column)
+    segments = entry_filters(journeys, field_column, now)
     if segments is not None and _most_may_change(conn, now, len(transitions)):
         segments = None
     needed = None if segments is None else _needed_table(conn, sa.union(
