@@ -230,6 +230,10 @@ journey_enrollments = sa.Table(
 )
 sa.Index("ix_journey_enrollments_status_due", journey_enrollments.c.status,
          journey_enrollments.c.step_due_at)
+# Each version's earliest active entry (journeys.store.active_versions), one seek a version.
+sa.Index("ix_journey_enrollments_active_entry", journey_enrollments.c.status,
+         journey_enrollments.c.journey, journey_enrollments.c.journey_version,
+         journey_enrollments.c.entered_at)
 
 # --- measurement ------------------------------------------------------------------------------
 

@@ -249,11 +249,20 @@ def changeable_enrollments(journeys: Sequence[CompiledJourney], now: datetime,
     return sa.select(e.c.customer_id).select_from(joined).where(which)
 
 
-def segment_candidates(filters: Sequence[sa.ColumnElement]) -> sa.Select:
-    """Scored customers some segment filter (``entry_filters``) holds for."""
+def segment_candidates(filters: Sequence[sa.ColumnElement], *,
+                       apart: bool = False) -> list[sa.Select]:
+    """Scored customers some segment filter (``entry_filters``) holds for, as selects to put
+    in a union: one with every filter in an OR, or with ``apart`` one a filter.
+
+    Apart, each is planned on its own and may start from an index (the stage's, say), where
+    the OR is one scan of every customer. That pays on PostgreSQL (the sample journeys' three
+    filters at a million customers: 1.1 s against 1.8 s), not on SQLite (1.5 s against 0.8 s),
+    where a filter on the loyalty columns still scans every customer, now once more."""
     s, c, lo = t.customer_scores, t.customers, t.loyalty_status
-    where = sa.or_(sa.false(), *filters)
-    joined = s.join(c, c.c.id == s.c.customer_id)
-    if lo in tables_named(where):
-        joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
-    return sa.select(s.c.customer_id).select_from(joined).where(where)
+    out = []
+    for where in [sa.or_(sa.false(), *filters)] if not apart else filters:
+        joined = s.join(c, c.c.id == s.c.customer_id)
+        if lo in tables_named(where):
+            joined = joined.outerjoin(lo, lo.c.customer_id == s.c.customer_id)
+        out.append(sa.select(s.c.customer_id).select_from(joined).where(where))
+    return out

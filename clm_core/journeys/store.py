@@ -291,11 +291,19 @@ def _needed_table(conn: Connection, ids: sa.CompoundSelect) -> sa.Table:
 
 
 def active_versions(conn: Connection) -> dict[tuple[str, int], datetime]:
-    """The (journey, version) pairs active enrollments follow, each with its earliest entry."""
-    e = t.journey_enrollments
-    return {(name, int(version)): at for name, version, at in conn.execute(
-        sa.select(e.c.journey, e.c.journey_version, sa.func.min(e.c.entered_at))
-        .where(e.c.status == "active").group_by(e.c.journey, e.c.journey_version))}
+    """The (journey, version) pairs active enrollments follow, each with its earliest entry.
+
+    Asked of every stored version (an enrollment follows one: ``sync_versions`` stores it
+    before anyone enters it), each a seek in the enrollments' (status, journey, version,
+    entered_at) index: a grouping of the active enrollments reads them all, at a million
+    customers 0.6 s on PostgreSQL and 1-1.7 s on SQLite, against well under a millisecond."""
+    e, v = t.journey_enrollments, t.journey_versions
+    earliest = sa.select(sa.func.min(e.c.entered_at)).where(
+        e.c.status == "active", e.c.journey == v.c.journey, e.c.journey_version == v.c.version
+    ).scalar_subquery()
+    at = sa.type_coerce(earliest, e.c.entered_at.type).label("entered_at")
+    return {(name, int(version)): first for name, version, first in conn.execute(
+        sa.select(v.c.journey, v.c.version, at)) if first is not None}
 
 
 def earliest_entries(conn: Connection,
@@ -350,7 +358,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     needed = None if segments is None else _needed_table(conn, sa.union(
         changeable_enrollments(journeys, now, field_column,
                                entered if entered is not None else earliest_entries(conn)),
-        segment_candidates(segments),
+        *segment_candidates(segments, apart=conn.dialect.name == "postgresql"),
         *[q.with_only_columns(q.selected_columns[0])
           for q, used in ((moved, entered_by), (triggered, entry_types), (tiered, by_tier))
           if used]))
