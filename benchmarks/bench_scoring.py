@@ -132,8 +132,8 @@ def main() -> None:
         conn.execute(t.customer_scores.delete())
         conn.execute(t.model_fits.delete())
     with engine.connect() as conn:
-        n_customers = conn.execute(sa.select(sa.func.count()).select_from(t.customers)).scalar()
-        n_orders = conn.execute(sa.select(sa.func.count()).select_from(t.orders)).scalar()
+        n_customers = conn.scalar(sa.select(sa.func.count()).select_from(t.customers)) or 0
+        n_orders = conn.scalar(sa.select(sa.func.count()).select_from(t.orders)) or 0
         last = conn.execute(sa.select(sa.func.max(t.orders.c.ordered_at))).scalar()
     as_of = pd.Timestamp(last).date()
     print(f"store: {n_customers:,} customers, {n_orders:,} orders, as of {as_of}; "
