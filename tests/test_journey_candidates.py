@@ -114,6 +114,27 @@ def _plans_equal(a: Any, b: Any) -> None:
         pd.testing.assert_frame_equal(left[stored], right[stored])
 
 
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of customers each evaluation from now on reads, in order."""
+    read: list[int] = []
+    real = store.load_customers
+    monkeypatch.setattr(store, "load_customers",
+                        lambda *a, **k: read.append(len(df := real(*a, **k))) or df)
+    return read
+
+
+def _narrowed(engine: sa.Engine, settings: Any, at: datetime,
+              monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A dry-run evaluation at ``at`` reading only who may change, checked to plan what one
+    reading every customer plans (that one runs second)."""
+    some = evaluate(engine, settings, at, dry_run=True)
+    with monkeypatch.context() as m:
+        m.setattr(store, "entry_filters", lambda *a: None)  # every customer
+        every = evaluate(engine, settings, at, dry_run=True)
+    _plans_equal(some, every)
+    return some
+
+
 @pytest.mark.parametrize("every_customer", [False, True], ids=["narrowed", "not-narrowed"])
 def test_reading_only_changeable_customers_plans_what_reading_all_plans(
         engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -260,15 +281,8 @@ def test_each_change_alone_is_found_long_after_the_last_step(
     changed = [int(i) for i in ids.iloc[::3]]
     _change(engine, kind, changed, now + timedelta(days=2))
     later = now + timedelta(days=10)  # the transitions are out of the entry window by then
-    read: list[int] = []
-    real = store.load_customers
-    monkeypatch.setattr(store, "load_customers",
-                        lambda *a, **k: read.append(len(df := real(*a, **k))) or df)
-    some = evaluate(engine, settings, later, dry_run=True)
-    with monkeypatch.context() as m:
-        m.setattr(store, "entry_filters", lambda *a: None)
-        every = evaluate(engine, settings, later, dry_run=True)
-    _plans_equal(some, every)
+    read = _count_reads(monkeypatch)
+    some = _narrowed(engine, settings, later, monkeypatch)
     touched = some.plan.enrollments
     assert sorted(touched["customer_id"]) == sorted(changed)
     if kind == "stage left":
@@ -309,19 +323,12 @@ def test_who_the_re_entry_policy_keeps_out_is_not_read(
     settings = project(tmp_path, db_url, {"by_segment": BY_SEGMENT.replace("POLICY", rule)})
     start = datetime(2026, 11, 24, 15, 0)
     ids = store_customers(engine, customers_frame(30, timezone="UTC"), start)
-    read: list[int] = []
-    real = store.load_customers
-    monkeypatch.setattr(store, "load_customers",
-                        lambda *a, **k: read.append(len(df := real(*a, **k))) or df)
+    read = _count_reads(monkeypatch)
 
     def night(at: datetime) -> Any:
         """The narrowed plan, checked against reading everyone, then written."""
         read.clear()
-        some = evaluate(engine, settings, at, dry_run=True)
-        with monkeypatch.context() as m:
-            m.setattr(store, "entry_filters", lambda *a: None)
-            every = evaluate(engine, settings, at, dry_run=True)
-        _plans_equal(some, every)
+        some = _narrowed(engine, settings, at, monkeypatch)
         evaluate(engine, settings, at)
         return some.plan.enrollments
 

@@ -300,10 +300,9 @@ def active_versions(conn: Connection) -> dict[tuple[str, int], datetime]:
     e, v = t.journey_enrollments, t.journey_versions
     earliest = sa.select(sa.func.min(e.c.entered_at)).where(
         e.c.status == "active", e.c.journey == v.c.journey, e.c.journey_version == v.c.version
-    ).scalar_subquery()
-    at = sa.type_coerce(earliest, e.c.entered_at.type).label("entered_at")
+    ).scalar_subquery()  # typed as entered_at: read back as a datetime on SQLite too
     return {(name, int(version)): first for name, version, first in conn.execute(
-        sa.select(v.c.journey, v.c.version, at)) if first is not None}
+        sa.select(v.c.journey, v.c.version, earliest)) if first is not None}
 
 
 def earliest_entries(conn: Connection,
