@@ -142,11 +142,17 @@ def _params(as_of: date) -> dict[str, object]:
     return {"end": day_end(as_of), "day": as_of}
 
 
-def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFrame:
+def _statement(sql: str) -> sa.TextClause:
+    """The features' query (``_sql``) with its time parameters typed."""
     stmt = sa.text(sql).bindparams(sa.bindparam("end", type_=sa.DateTime()))
     if ":day" in sql:
         stmt = stmt.bindparams(sa.bindparam("day", type_=sa.Date()))
-    else:
+    return stmt
+
+
+def _fetch(conn: Connection, sql: str, params: dict[str, object]) -> pd.DataFrame:
+    stmt = _statement(sql)
+    if ":day" not in sql:
         params = {k: v for k, v in params.items() if k != "day"}
     if conn.dialect.name == "postgresql":
         compiled = stmt.compile(dialect=conn.dialect)
