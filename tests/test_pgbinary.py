@@ -164,6 +164,25 @@ def test_a_value_the_server_refuses_fails_the_copy_as_on_the_csv_path(
         bulk._copy(conn, "by_binary", _table(conn, "by_binary"), df)
 
 
+def test_a_refused_value_in_a_late_chunk_fails_the_queued_copy_and_leaves_the_connection_usable(
+        pg: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The chunks are handed to a writer thread while the next is made: the server's refusal
+    # of chunk 14 of 17 still fails the write (no hang, no partial commit), and the
+    # connection goes on after the rollback.
+    monkeypatch.setattr(bulk, "COPY_CHUNK_ROWS", 3)
+    df = _frame(50)
+    df.loc[40, "vc"] = "x" * 41
+    with pg.connect() as conn:
+        table = _table(conn, "by_binary")
+        conn.commit()
+        with pytest.raises(sa.exc.DataError, match="too long"):
+            bulk._copy(conn, "by_binary", table, df)
+        conn.rollback()
+        assert conn.exec_driver_sql("SELECT count(*) FROM by_binary").scalar() == 0
+        bulk._copy(conn, "by_binary", table, df.drop(index=40))
+        assert conn.exec_driver_sql("SELECT count(*) FROM by_binary").scalar() == 49
+
+
 # --- reading: COPY (query) TO STDOUT in the binary format (``clm_core.db.pgread``) ---------
 
 def _read_both(conn: sa.Connection, sql: str, params: dict[str, Any] | None = None,
