@@ -248,3 +248,43 @@ def test_planning_skips_a_topic_the_customer_withdrew(engine: sa.Engine, db_url:
     sms = {cid: v for (cid, channel), v in later.items() if channel == "sms"}
     assert sms == {a: ("pending", None), b: ("skipped", "no_consent_topic"),
                    c: ("pending", None), d: ("pending", None)}
+
+
+def test_a_writer_committing_while_the_evaluation_plans_does_not_fail_its_write(
+        engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch) -> None:
+    """Another process writes (the web service storing a callback) after the evaluation has
+    read its snapshot and before it writes. On SQLite the evaluation holds the write lock from
+    its start, so that writer waits (here: is refused at once, its busy timeout 0) instead of
+    committing in between, which made the evaluation's write fail with "database is locked"
+    whatever its own timeout. PostgreSQL's writer commits and the evaluation writes anyway."""
+    from clm_core.journeys import run
+
+    settings = _welcome(engine, db_url, tmp_path, 5)
+    with engine.connect() as conn:
+        someone = conn.scalar(sa.select(sa.func.min(t.customers.c.id)))
+    other = make_engine(db_url)
+    if engine.dialect.name == "sqlite":  # after the engine's own pragmas: no waiting
+        sa.event.listen(other, "connect",
+                        lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=0"))
+    outcome = []
+    planned = run.plan
+
+    def plan_while_another_writes(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            with other.begin() as conn:
+                conn.execute(t.events.insert().values(
+                    customer_id=someone, event_type="delivered", occurred_at=NOW))
+            outcome.append("committed")
+        except sa.exc.OperationalError as exc:
+            assert "locked" in str(exc)
+            outcome.append("waited")
+        return planned(*args, **kwargs)
+
+    evaluate(engine, settings, NOW)  # stores the journey's version: the next writes nothing
+    monkeypatch.setattr(run, "plan", plan_while_another_writes)  # before its plan's write
+    try:
+        result = evaluate(engine, settings, NOW + timedelta(days=2))  # the SMS step
+    finally:
+        other.dispose()
+    assert result.versions == {"welcome": "same"} and result.written.messages_created == 5
+    assert outcome == ["waited" if engine.dialect.name == "sqlite" else "committed"]

@@ -9,6 +9,7 @@ from datetime import datetime
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from clm_core.db.engine import take_write_lock
 from clm_core.journeys.engine import Plan, plan
 from clm_core.journeys.loader import CompiledJourney
 from clm_core.journeys.store import (
@@ -41,6 +42,12 @@ def evaluate(db: Engine, settings: Settings, now: datetime | None = None,
     policy = project_policy(settings.section("journeys"))
     journeys = [j for j in load_journeys(settings.journeys_dir, policy) if j.spec.status != "draft"]
     with db.begin() as conn:
+        if not dry_run:
+            # SQLite: the evaluation reads, plans and then writes in one transaction; a writer
+            # that commits in between (the web service storing callbacks, a dispatcher) would
+            # make the write fail at once with "database is locked", whatever the busy
+            # timeout. Holding the write lock from the start, others wait their turn instead.
+            take_write_lock(conn)
         versions = sync_versions(conn, journeys, now, write=not dry_run)
         current = {j.key for j in journeys}
         in_use = active_versions(conn)
