@@ -59,6 +59,7 @@ def register(cli: click.Group) -> None:
         from clm_core.spreadsheet import safe_cells
 
         result = evaluate(app.engine, app.settings, _at(at), dry_run=True)
+        assert result.plan is not None  # a dry run keeps its plan
         for line in summary_lines(result):
             click.echo(line)
         if csv_path:

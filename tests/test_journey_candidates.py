@@ -97,6 +97,9 @@ steps:
 """
 
 
+IN_PARTS = "[journeys]\ncustomers_per_pass = 40\n"
+
+
 def _plans_equal(a: Any, b: Any) -> None:
     """The same plan: the same rows, with the same ids for stored enrollments. A new
     enrollment's id (and its messages' keys) is a placeholder numbered in the order the
@@ -143,6 +146,8 @@ def test_reading_only_changeable_customers_plans_what_reading_all_plans(
     texts.update(EXTRA)
     if every_customer:  # a segment no SQL filter can narrow: every customer is read
         texts["anyone"] = ANYONE
+    # the same project evaluated in parts of at most 40 customers (store.Scope.parts)
+    parted = project(tmp_path, db_url, texts, toml=IN_PARTS)
     settings = project(tmp_path, db_url, texts)
     load_synthetic(engine, 500, seed=5)
     with engine.connect() as conn:
@@ -158,7 +163,7 @@ def test_reading_only_changeable_customers_plans_what_reading_all_plans(
     monkeypatch.setattr(store, "load_customers", counting)
     rules = LifecycleConfig(rules=REPO / "journeys" / "lifecycle.yaml")
     days = [last - timedelta(days=d) for d in (120, 90, 75, 60, 40, 20, 5, 0)]
-    narrowed = []
+    narrowed, parts = [], []
     rng = np.random.default_rng(7)
     for k, day in enumerate(days):
         if k == 3:  # an edit (enrollments move to the new version) and a pause
@@ -185,13 +190,25 @@ def test_reading_only_changeable_customers_plans_what_reading_all_plans(
         _plans_equal(some, every)
         assert read[1] == read[0] if every_customer else read[1] >= read[0]
         narrowed.append(read[0] < read[1])
-        evaluate(engine, settings, now)  # on to the next day
+        in_parts = evaluate(engine, parted, now, dry_run=True)
+        _plans_equal(in_parts, every)
+        parts.append(in_parts.parts)
+        # the parts hold at most 40 customers each, and together whom one pass reads
+        assert max(read[2:]) <= 40 and sum(read[2:]) in (read[0], read[1]), read
+        # on to the next day, written part by part: what the one-pass plan holds
+        done = evaluate(engine, parted, now)
+        assert done.plan is None if done.parts > 1 else done.plan is not None
+        assert done.written is not None and every.plan is not None
+        assert done.written.enrollments_created == int(every.plan.enrollments["is_new"].sum())
+        assert done.written.messages_created == len(every.plan.messages)
+        assert done.written.enrollments_updated == int((~every.plan.enrollments["is_new"]).sum())
     with engine.connect() as conn:
         enrolled = conn.scalar(sa.select(sa.func.count()).select_from(t.journey_enrollments))
         sent = conn.scalar(sa.select(sa.func.count()).select_from(t.messages))
     assert enrolled > 100 and sent > 100  # the journeys did work over the days
     if not every_customer:
         assert sum(narrowed) >= len(days) // 2, narrowed  # and reading less happened
+    assert sum(p > 1 for p in parts) >= len(days) // 2, parts  # and parts were planned apart
 
 
 def _filter_sql(text: str) -> str | None:

@@ -13,7 +13,9 @@ from lifetimes import BetaGeoFitter, GammaGammaFitter
 
 from clm import cli
 from clm_core.db import tables as t
+from clm_core.ingest import synthetic
 from clm_core.ingest.synthetic import SyntheticParams, generate_frames, load_synthetic
+from clm_core.lifecycle import aggregates
 
 P = SyntheticParams()
 
@@ -97,6 +99,42 @@ def test_load_synthetic_writes_everything_once(engine: sa.Engine) -> None:
         buyers = conn.scalar(sa.select(sa.func.count(sa.distinct(t.orders.c.customer_id))))
     assert float(revenue) == pytest.approx(first.revenue, abs=0.01)
     assert buyers == 3_000 - first.prospects
+
+
+def test_a_store_written_in_slices_is_whole_and_its_aggregates_follow_it(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(synthetic, "SLICE", 700)
+    # up to one slice, the seed's own data
+    one, = synthetic.slices(700, seed=5)
+    for got, want in zip(one, generate_frames(700, seed=5)):
+        pd.testing.assert_frame_equal(got, want)
+    first = load_synthetic(engine, 2_000, seed=5)  # slices of 700, 700 and 600 customers
+    assert first.customers == 2_000 and first.written == {"customers": 2_000,
+                                                          "orders": first.orders}
+    again = load_synthetic(engine, 2_000, seed=5)
+    assert again.written == {"customers": 0, "orders": 0}
+    o, c = t.orders, t.customers
+    with engine.begin() as conn:
+        assert conn.scalar(sa.select(sa.func.count(sa.distinct(c.c.external_id)))) == 2_000
+        stored = conn.scalar(sa.select(sa.func.count()).select_from(o))
+        assert stored == first.orders == conn.scalar(
+            sa.select(sa.func.count(sa.distinct(o.c.external_id))))
+        # every order belongs to the customer its slice made it for
+        owners = pd.read_sql(sa.select(o.c.external_id, c.c.external_id.label("customer"))
+                             .join(c, c.c.id == o.c.customer_id), conn)
+        made = pd.concat([orders for _, orders in synthetic.slices(2_000, seed=5)])
+        assert dict(zip(owners["external_id"], owners["customer"])) == dict(
+            zip(made["external_id"], made["customer_external_id"]))
+        assert made["customer_external_id"].str.startswith("syn-").all()
+        assert len(set(made["customer_external_id"])) == 2_000 - first.prospects
+        # the purchase aggregates follow the orders: rebuilding them changes nothing
+        a = t.customer_purchase_aggregates
+        assert aggregates.in_step(conn)
+        kept = pd.read_sql(sa.select(a).order_by(a.c.customer_id), conn)
+        aggregates.rebuild(conn)
+        pd.testing.assert_frame_equal(kept, pd.read_sql(sa.select(a).order_by(a.c.customer_id),
+                                                        conn))
+        assert len(kept) == 2_000 - first.prospects
 
 
 def test_generate_csv_files_import_cleanly(db_url: str, tmp_path) -> None:

@@ -17,7 +17,10 @@ drawing the other ``N - k``.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from clm_core.db import tables as t
 from clm_core.db.bulk import write_frame
 from clm_core.ingest.people import fake_contacts, numbered
-from clm_core.lifecycle.aggregates import following_orders
+from clm_core.lifecycle.aggregates import following_orders, rebuild
 
 PREFIX = "syn"
 
@@ -87,14 +90,21 @@ def simulate_purchases(n_buyers: int, params: SyntheticParams,
     return owner, day, value
 
 
-def generate_frames(n_customers: int, seed: int = 0,
-                    params: SyntheticParams | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+SLICE = 1_000_000  # customers generated and written at a time
+
+
+def generate_frames(n_customers: int, seed: int = 0, params: SyntheticParams | None = None,
+                    first_customer: int = 1, first_order: int = 1,
+                    rng: np.random.Generator | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(customers, orders). Customers have the ``customers`` table columns (external ids
     ``syn-00001``...); orders have ``external_id``, ``customer_external_id``, ``ordered_at``
-    (naive UTC), ``amount``, ``currency``, ``quantity``, ``status``. Same seed, same data."""
+    (naive UTC), ``amount``, ``currency``, ``quantity``, ``status``. Same seed, same data.
+
+    ``first_customer`` and ``first_order`` number the customers and orders from there, and ``rng``
+    replaces the seed's generator: one slice of a store too big to make at once (``slices``)."""
     params = params or SyntheticParams()
-    rng = np.random.default_rng(seed)
-    numbers = np.arange(1, n_customers + 1)
+    rng = rng or np.random.default_rng(seed)
+    numbers = np.arange(first_customer, first_customer + n_customers)
     prospect = rng.random(n_customers) < params.prospect_share
     buyers = numbers[~prospect]
     owner, day, value = simulate_purchases(len(buyers), params, rng)
@@ -109,8 +119,9 @@ def generate_frames(n_customers: int, seed: int = 0,
 
     ext = customers["external_id"].to_numpy()
     orders = pd.DataFrame({
-        "external_id": numbered(f"{PREFIX}-o", np.arange(1, len(owner) + 1), 8),
-        "customer_external_id": ext[buyers[owner] - 1],
+        "external_id": numbered(f"{PREFIX}-o", np.arange(first_order, first_order + len(owner)),
+                                8),
+        "customer_external_id": ext[buyers[owner] - first_customer],
         "ordered_at": to_time(day),
         "amount": np.round(value, 2),
         "currency": "USD",
@@ -193,24 +204,65 @@ def save_csv(directory: str | Path, customers: pd.DataFrame, orders: pd.DataFram
         out / "orders.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
 
 
+def slices(n_customers: int, seed: int = 0, params: SyntheticParams | None = None,
+           ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """The store of ``generate_frames(n_customers, seed)`` as (customers, orders) slices of
+    ``SLICE`` customers, each made when asked for, so memory follows the slice, not the
+    store (ten million customers at once took 17.7 GB). The first slice is the seed's own
+    generator, so a store of up to ``SLICE`` customers is ``generate_frames``' exactly; each
+    later one draws from a generator of its own (seed, slice)."""
+    orders_so_far = 0
+    for k, first in enumerate(range(1, n_customers + 1, SLICE)):
+        rng = np.random.default_rng(seed if k == 0 else [seed, k])
+        customers, orders = generate_frames(min(SLICE, n_customers - first + 1), seed, params,
+                                            first_customer=first, first_order=orders_so_far + 1,
+                                            rng=rng)
+        orders_so_far += len(orders)
+        yield customers, orders
+
+
 def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
                    params: SyntheticParams | None = None) -> SyntheticReport:
-    """Generate and write customers and orders in one transaction; re-running with the same
-    arguments changes nothing."""
+    """Generate and write customers and orders in one transaction, a slice at a time (the
+    purchase aggregates rebuilt once at the end when there are several); re-running with the
+    same arguments changes nothing."""
     started = time.perf_counter()
-    customers, orders = generate_frames(n_customers, seed, params)
-    report = _report(customers, orders)
+    parts: list[SyntheticReport] = []
     with engine.begin() as conn:
-        report.written.update(write_store(conn, customers, orders, PREFIX))
+        many = n_customers > SLICE
+        for customers, orders in slices(n_customers, seed, params):
+            parts.append(report := _report(customers, orders))
+            report.written = write_store(conn, customers, orders, PREFIX,
+                                         aggregates=not many)
+            del customers, orders
+        if many:
+            rebuild(conn)
+    report = _combined(parts)
     report.seconds = time.perf_counter() - started
     return report
 
 
+def _combined(parts: list[SyntheticReport]) -> SyntheticReport:
+    """The report of a store written in slices (a customer's orders are all in their slice)."""
+    firsts = [p.first_order for p in parts if p.first_order is not None]
+    lasts = [p.last_order for p in parts if p.last_order is not None]
+    written: dict[str, int] = {}
+    for p in parts:
+        for table, n in p.written.items():
+            written[table] = written.get(table, 0) + n
+    return SyntheticReport(
+        customers=sum(p.customers for p in parts), prospects=sum(p.prospects for p in parts),
+        orders=sum(p.orders for p in parts), revenue=sum(p.revenue for p in parts),
+        first_order=min(firsts, default=None), last_order=max(lasts, default=None),
+        written=written)
+
+
 def write_store(conn: Connection, customers: pd.DataFrame, orders: pd.DataFrame,
-                prefix: str) -> dict[str, int]:
+                prefix: str, aggregates: bool = True) -> dict[str, int]:
     """Upsert generated customers (by external id), then their orders (``orders`` names
     customers by ``customer_external_id``, any customer whose id starts ``prefix-``), with the
-    bulk writer the importer uses; new or changed rows per table."""
+    bulk writer the importer uses; new or changed rows per table. ``aggregates``: keep the
+    purchase aggregates in step (else the caller rebuilds them before committing)."""
     written = {}
     if len(customers):
         written["customers"] = write_frame(
@@ -218,15 +270,28 @@ def write_store(conn: Connection, customers: pd.DataFrame, orders: pd.DataFrame,
             update=[c for c in customers.columns if c != "external_id"], touch="updated_at",
             bulk=True)
     if len(orders):
-        rows = pd.read_sql(sa.select(t.customers.c.id, t.customers.c.external_id)
-                           .where(t.customers.c.external_id.like(f"{prefix}-%")), conn)
-        ids = pd.Series(rows["id"].to_numpy(), index=rows["external_id"].to_numpy())
+        ids = _customer_ids(conn, prefix, orders["customer_external_id"])
         frame = orders.drop(columns=["customer_external_id"])
         frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
-        with following_orders(conn, frame):  # the purchase aggregates, in this transaction
+        with following_orders(conn, frame) if aggregates else nullcontext():
             written["orders"] = write_frame(
                 conn, t.orders, frame, keys=["external_id"],
                 update=[c for c in ("customer_id", "ordered_at", "amount", "currency",
                                     "quantity", "coupon_code") if c in frame.columns],
                 bulk=True)
     return written
+
+
+def _customer_ids(conn: Connection, prefix: str, external: pd.Series) -> pd.Series:
+    """Database ids of the ``prefix-`` customers, by external id. Numbered ids of one length
+    (as ``numbered`` makes those of one slice) are read as one range of the external id's
+    index, not every customer of the prefix again for each slice; digits after one prefix
+    sort alike bytewise and in any collation the database may use."""
+    c = t.customers
+    query = sa.select(c.c.id, c.c.external_id).where(c.c.external_id.like(f"{prefix}-%"))
+    lengths = external.str.len()
+    if lengths.nunique() == 1 and external.str.fullmatch(re.escape(prefix) + r"-\d+").all():
+        query = query.where(c.c.external_id.between(external.min(), external.max()),
+                            sa.func.length(c.c.external_id) == int(lengths.iloc[0]))
+    rows = pd.read_sql(query, conn)
+    return pd.Series(rows["id"].to_numpy(), index=rows["external_id"].to_numpy())

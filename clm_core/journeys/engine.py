@@ -145,6 +145,38 @@ class Plan:
     entered: pd.DataFrame  # journey, customer_id, is_control of new enrollments
 
 
+def merged(plans: Sequence[Plan]) -> Plan:
+    """Plans of disjoint sets of customers at the same ``now`` as one plan. Each numbers its
+    new enrollments -1, -2, ...; they are renumbered to stay apart, their messages with them."""
+    if len(plans) == 1:
+        return plans[0]
+    enrollments, messages, shift = [], [], 0
+    for p in plans:
+        e, m = p.enrollments.copy(), p.messages.copy()
+        if len(e):
+            e.loc[e["is_new"], "id"] += shift
+        if len(m) and "enrollment_id" in m:
+            m.loc[m["enrollment_id"] < 0, "enrollment_id"] += shift
+        shift = min(shift, int(e.loc[e["is_new"], "id"].min()) if e["is_new"].any() else 0)
+        enrollments.append(e)
+        messages.append(m)
+    return Plan(plans[0].now, _stacked(enrollments), _stacked(messages),
+                _stacked([p.entered for p in plans]))
+
+
+def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames one under the other, each column with the type it has in the frames that have
+    rows (a part with none, or with only missing values, gives a column the generic type)."""
+    out = pd.concat(frames, ignore_index=True)
+    full = [f for f in frames if len(f)]
+    for col in out.columns:
+        kinds = {str(f[col].dtype) for f in full if col in f and f[col].notna().any()}
+        if len(kinds) == 1 and str(out[col].dtype) not in kinds:
+            out[col] = out[col].astype(next(f[col].dtype for f in full if col in f
+                                            and f[col].notna().any()))
+    return out
+
+
 def _plain(value: object) -> object:
     """A value as numpy stores it in a column: Series to arrays, timestamps to datetime64."""
     if isinstance(value, (pd.Series, pd.Index)):

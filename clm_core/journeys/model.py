@@ -408,3 +408,7 @@ class ProjectPolicy(Spec):
     ])
     global_control_percent: float = Field(0, ge=0, le=100)
     global_control_salt: str = "clm-global-control"
+    # Not a marketing rule: how many customers an evaluation reads and plans at a time, so
+    # its memory follows this number and not the store's size (about 2 KB a customer the
+    # night after a store's first scoring, when every customer is read).
+    customers_per_pass: int = Field(250_000, ge=1)

@@ -13,6 +13,7 @@ import gc
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -334,44 +335,141 @@ def _most_may_change(conn: Connection, now: datetime, moves: int) -> bool:
     return due + moves >= scored / 2
 
 
-def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
-                  policy: ProjectPolicy,
-                  entered: dict[str, datetime] | None = None) -> Snapshot:
-    """What an evaluation at ``now`` reads. ``entered``: ``earliest_entries``, when the
+Part = tuple[int | None, int | None]  # customer ids lo <= id < hi; None: no bound
+EVERYONE: Part = (None, None)
+
+
+def _in(col: sa.ColumnElement, part: Part) -> list[sa.ColumnElement]:
+    """The conditions that keep ``col`` (a customer id) inside ``part`` (none for everyone)."""
+    lo, hi = part
+    return [*([] if lo is None else [col >= lo]), *([] if hi is None else [col < hi])]
+
+
+@dataclass
+class _Triggers:
+    """The rows that may enter someone: stage moves into a stage a journey is entered by,
+    tier moves, entry events; each inside the longest entry window."""
+
+    moved: sa.Select
+    tiered: sa.Select
+    triggered: sa.Select
+    by_stage: bool
+    by_tier: bool
+    by_event: bool
+    within: pd.Timedelta
+    entry_types: list[str]
+
+    @classmethod
+    def of(cls, journeys: Sequence[CompiledJourney], now: datetime) -> _Triggers:
+        within = max((j.spec.entry.within for j in journeys), default=pd.Timedelta(days=7))
+        tr, tt, ev = t.stage_transitions, t.tier_transitions, t.events
+        # Only moves into a stage some journey is entered by: the first scoring records a
+        # move for every customer, and a week of them would otherwise be read every night.
+        entered_by = sorted({j.spec.entry.stage.to for j in journeys if j.spec.entry.stage})
+        types = sorted({j.spec.entry.event.type for j in journeys if j.spec.entry.event})
+        return cls(
+            moved=sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage,
+                            tr.c.transitioned_at).where(
+                tr.c.transitioned_at > now - within, tr.c.transitioned_at <= now,
+                tr.c.to_stage.in_(entered_by)),
+            tiered=sa.select(tt.c.customer_id, tt.c.from_tier, tt.c.to_tier,
+                             tt.c.transitioned_at).where(
+                tt.c.transitioned_at > now - within, tt.c.transitioned_at <= now),
+            triggered=sa.select(ev.c.customer_id).where(
+                ev.c.event_type.in_(types), ev.c.occurred_at > now - within,
+                ev.c.occurred_at <= now),
+            by_stage=bool(entered_by), by_tier=any(j.spec.entry.tier is not None
+                                                   for j in journeys),
+            by_event=bool(types), within=within, entry_types=types)
+
+    def who(self) -> list[sa.Select]:
+        """The customer ids of every trigger row some journey uses."""
+        return [q.with_only_columns(q.selected_columns[0]) for q, used in (
+            (self.moved, self.by_stage), (self.triggered, self.by_event),
+            (self.tiered, self.by_tier)) if used]
+
+
+@dataclass
+class Scope:
+    """Whom an evaluation reads: the customers it may change, in a temporary table
+    (``clm_core.journeys.candidates``), or everyone (``needed`` None); and how many they are,
+    so that a big evaluation reads and plans them part by part (``parts``)."""
+
+    needed: sa.Table | None
+    customers: int
+
+    def parts(self, conn: Connection, size: int) -> list[Part]:
+        """Customer id ranges of at most about ``size`` of the scope's customers each, which
+        together cover every id: one part, EVERYONE, when the scope fits in one. The engine
+        decides customer by customer, so planning the parts one after the other plans what
+        one pass would, with a part's rows in memory at a time instead of everyone's (at a
+        million customers, right after the first scoring, 2.3 GB in one pass)."""
+        k = -(-self.customers // max(size, 1))
+        if k <= 1:
+            return [EVERYONE]
+        source = self.needed if self.needed is not None else t.customer_scores
+        ranked = sa.select(source.c.customer_id, sa.func.ntile(k).over(
+            order_by=source.c.customer_id).label("part")).subquery()
+        cuts = conn.scalars(sa.select(sa.func.min(ranked.c.customer_id))
+                            .group_by(ranked.c.part).order_by(sa.func.min(
+                                ranked.c.customer_id))).all()[1:]
+        bounds: list[int | None] = [None, *cuts, None]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def close(self, conn: Connection) -> None:
+        if self.needed is not None:
+            conn.exec_driver_sql(f"DROP TABLE {self.needed.name}")
+            self.needed = None
+
+
+def evaluation_scope(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
+                     entered: dict[str, datetime] | None = None) -> Scope:
+    """Whom an evaluation at ``now`` must read. ``entered``: ``earliest_entries``, when the
     caller has read them already."""
-    names = sorted({j.name for j in journeys})
-    within = max((j.spec.entry.within for j in journeys), default=pd.Timedelta(days=7))
-    tr, tt, ev = t.stage_transitions, t.tier_transitions, t.events
-    # Only moves into a stage some journey is entered by: the first scoring records a move for
-    # every customer, and a week of them would otherwise be read every night.
-    entered_by = sorted({j.spec.entry.stage.to for j in journeys if j.spec.entry.stage})
-    moved = sa.select(tr.c.customer_id, tr.c.from_stage, tr.c.to_stage, tr.c.transitioned_at) \
-        .where(tr.c.transitioned_at > now - within, tr.c.transitioned_at <= now,
-               tr.c.to_stage.in_(entered_by))
-    tiered = sa.select(tt.c.customer_id, tt.c.from_tier, tt.c.to_tier, tt.c.transitioned_at) \
-        .where(tt.c.transitioned_at > now - within, tt.c.transitioned_at <= now)
-    by_tier = any(j.spec.entry.tier is not None for j in journeys)
-    entry_types = sorted({j.spec.entry.event.type for j in journeys if j.spec.entry.event})
-    triggered = sa.select(ev.c.customer_id).where(ev.c.event_type.in_(entry_types),
-                                                  ev.c.occurred_at > now - within,
-                                                  ev.c.occurred_at <= now)
-    transitions = _times(_frame(conn, moved, driver_rows=True), ["transitioned_at"])
-    # Only the customers this evaluation can change (clm_core.journeys.candidates), with all
-    # their enrollments; None: every customer.
+    trig = _Triggers.of(journeys, now)
+    moves = conn.scalar(sa.select(sa.func.count()).select_from(trig.moved.subquery())) \
+        if trig.by_stage else 0
     segments = entry_filters(journeys, field_column, now)
-    if segments is not None and _most_may_change(conn, now, len(transitions)):
-        segments = None
-    needed = None if segments is None else _needed_table(conn, sa.union(
+    if segments is None or _most_may_change(conn, now, moves or 0):
+        return Scope(None, conn.scalar(sa.select(sa.func.count()).select_from(
+            t.customer_scores)) or 0)
+    needed = _needed_table(conn, sa.union(
         changeable_enrollments(journeys, now, field_column,
                                entered if entered is not None else earliest_entries(conn)),
         *segment_candidates(segments, apart=conn.dialect.name == "postgresql"),
-        *[q.with_only_columns(q.selected_columns[0])
-          for q, used in ((moved, entered_by), (triggered, entry_types), (tiered, by_tier))
-          if used]))
+        *trig.who()))
+    return Scope(needed, conn.scalar(sa.select(sa.func.count()).select_from(needed)) or 0)
+
+
+def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
+                  policy: ProjectPolicy,
+                  entered: dict[str, datetime] | None = None, *,
+                  scope: Scope | None = None, part: Part = EVERYONE) -> Snapshot:
+    """What an evaluation at ``now`` reads: the customers of ``scope`` (``evaluation_scope``,
+    made and dropped here when not given) whose ids are in ``part``, with everything of
+    theirs the engine weighs. ``entered``: ``earliest_entries``, when the caller has read them
+    already."""
+    own = scope is None
+    if scope is None:
+        scope = evaluation_scope(conn, journeys, now, entered)
+    try:
+        return _snapshot(conn, journeys, now, policy, scope.needed, part)
+    finally:
+        if own:
+            scope.close(conn)
+
+
+def _snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
+              policy: ProjectPolicy, needed: sa.Table | None, part: Part) -> Snapshot:
+    names = sorted({j.name for j in journeys})
+    trig = _Triggers.of(journeys, now)
+    tr, tt, ev = t.stage_transitions, t.tier_transitions, t.events
+    transitions = _times(_frame(conn, trig.moved.where(*_in(tr.c.customer_id, part)),
+                                driver_rows=True), ["transitioned_at"])
     among = None if needed is None else sa.select(needed.c.customer_id)
     e = t.journey_enrollments
-    mine = e.c.journey.in_(names) if among is None else sa.and_(
-        e.c.journey.in_(names), e.c.customer_id.in_(among))
+    mine = sa.and_(e.c.journey.in_(names), *_in(e.c.customer_id, part),
+                   *([] if among is None else [e.c.customer_id.in_(among)]))
     latest = sa.select(e.c.journey, e.c.customer_id, sa.func.max(e.c.entry_seq).label("seq")) \
         .where(mine).group_by(e.c.journey, e.c.customer_id).subquery()
     # The engine state's two times are taken out of the JSON by the database (json_extract,
@@ -388,17 +486,19 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
         enr = _times(enr, TIME_COLUMNS)
         enr["is_control"] = enr["is_control"].astype(bool)
     active_since = enr.loc[enr["status"] == "active", "entered_at"].min()
-    since = now - within
+    since = now - trig.within
     if pd.notna(active_since):
         since = min(since, active_since.to_pydatetime())
-    types = set(entry_types) | {g.event.type for j in journeys for g in j.spec.goals if g.event}
+    types = set(trig.entry_types) | {g.event.type for j in journeys for g in j.spec.goals
+                                     if g.event}
     used = set().union(*(j.fields for j in journeys)) if journeys else set()
     engaged = sorted(e for e in ENGAGEMENT_EVENTS if f"days_since_{e}" in used)
     lookback = now - pd.Timedelta(days=ENGAGEMENT_LOOKBACK_DAYS)
     wanted = sa.or_(sa.and_(ev.c.event_type.in_(sorted(types)), ev.c.occurred_at > since),
                     sa.and_(ev.c.event_type.in_(engaged), ev.c.occurred_at > lookback))
     events = _times(_frame(conn, sa.select(ev.c.customer_id, ev.c.event_type, ev.c.occurred_at)
-                           .where(wanted, ev.c.occurred_at <= now)), ["occurred_at"])
+                           .where(wanted, ev.c.occurred_at <= now,
+                                  *_in(ev.c.customer_id, part))), ["occurred_at"])
     o = t.orders
     wants_orders = pd.notna(active_since) and any(g.order for j in journeys for g in j.spec.goals)
     # Order goals count purchases only, as the features do (not cancelled, refunded, pending).
@@ -409,6 +509,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
                 o.c.ordered_at > (active_since.to_pydatetime() if wants_orders else now),
                 o.c.ordered_at <= now,
                 o.c.status.not_in(NOT_PURCHASES),
+                *_in(o.c.customer_id, part),
             ),
         ),
         ["ordered_at"],
@@ -419,7 +520,7 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
                                                  for c in j.spec.contact_policy.caps]
     horizon = now - max(windows, default=pd.Timedelta(days=7))
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
-    counted = [m.c.status.in_(LEDGER_STATUSES), at > horizon]
+    counted = [m.c.status.in_(LEDGER_STATUSES), at > horizon, *_in(m.c.customer_id, part)]
     if among is not None:  # caps only weigh the messages of those who may be sent one
         counted.append(m.c.customer_id.in_(among))
     ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, _as_text(m.c.tags),
@@ -429,11 +530,12 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     if len(transitions) == 0:
         transitions = Snapshot(pd.DataFrame()).transitions
     tiers = Snapshot(pd.DataFrame()).tier_transitions
-    if by_tier:
-        found = _times(_frame(conn, tiered), ["transitioned_at"])
+    if trig.by_tier:
+        found = _times(_frame(conn, trig.tiered.where(*_in(tt.c.customer_id, part))),
+                       ["transitioned_at"])
         tiers = found if len(found) else tiers
     fields = set().union(*(j.fields for j in journeys)) if journeys else set()
-    if by_tier:
+    if trig.by_tier:
         fields.add("tier")  # a tier trigger checks the customer is still in the tier
     # Topics withdrawn on the preferences page: few rows, read whole (one query).
     withdrawn = Snapshot(pd.DataFrame()).withdrawn_topics
@@ -441,10 +543,9 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
             for cid, pairs in withdrawn_topics(conn, None).items() for channel, topic in pairs]
     if rows:
         withdrawn = pd.DataFrame(rows, columns=["customer_id", "channel", "topic"])
-    customers = load_customers(conn, fields, None if among is None else
-                               t.customer_scores.c.customer_id.in_(among))
-    if needed is not None:
-        conn.exec_driver_sql(f"DROP TABLE {needed.name}")
+    s = t.customer_scores
+    whose = [*_in(s.c.customer_id, part), *([] if among is None else [s.c.customer_id.in_(among)])]
+    customers = load_customers(conn, fields, sa.and_(*whose) if whose else None)
     return Snapshot(
         customers=customers,
         enrollments=enr,
