@@ -67,13 +67,11 @@ def evaluate(db: Engine, settings: Settings, now: datetime | None = None,
         for part in parts:
             snap = load_snapshot(conn, everything, now, policy, scope=scope, part=part)
             result = plan(everything, snap, now, policy, settings.default_timezone)
-            del snap  # the next part's rows take its place
+            del snap  # the next part's rows take its place, and its plan this one's
             if written is not None:
-                w = write_plan(conn, result)
-                written = Written(written.enrollments_created + w.enrollments_created,
-                                  written.enrollments_updated + w.enrollments_updated,
-                                  written.messages_created + w.messages_created)
+                written += write_plan(conn, result)
             if dry_run or len(parts) == 1:
                 plans.append(result)
+            del result
         scope.close(conn)
     return Evaluation(merged(plans) if plans else None, journeys, versions, written, len(parts))

@@ -41,6 +41,11 @@ class Written:
     enrollments_updated: int
     messages_created: int
 
+    def __add__(self, other: Written) -> Written:
+        return Written(self.enrollments_created + other.enrollments_created,
+                       self.enrollments_updated + other.enrollments_updated,
+                       self.messages_created + other.messages_created)
+
 
 def _iso(s: pd.Series) -> np.ndarray:
     """``"YYYY-MM-DDTHH:MM:SS.ffffff"`` quoted as JSON, or ``null`` for NaT, vectorised."""
