@@ -52,6 +52,18 @@ def test_plan_on_cdnow_is_non_empty_for_every_journey(engine: sa.Engine, db_url:
     assert result.exit_code == 0, result.output
     assert "dry run" in result.output
     table = pd.read_csv(out)
+    # planned in parts of at most 100 customers: the same report and the same decisions
+    (project / "clm.toml").write_text("[clm]\n[journeys]\ncustomers_per_pass = 100\n")
+    parted = tmp_path / "parted.csv"
+    again = CliRunner().invoke(cli, ["--database", db_url, "--project", str(project), "plan",
+                                     "--at", "1997-04-01 10:00", "--csv", str(parted)])
+    (project / "clm.toml").write_text("[clm]\n")
+    assert again.exit_code == 0 and again.output == result.output.replace(
+        str(out), str(parted)), again.output
+    columns = list(table.columns)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(parted).sort_values(columns).reset_index(drop=True),
+        table.sort_values(columns).reset_index(drop=True))
     msgs = table[table["kind"] == "message"]
     per_journey = msgs.groupby("journey").size()
     assert set(per_journey.index) == set(SAMPLES) - LOYALTY_SAMPLES, per_journey
