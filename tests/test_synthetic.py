@@ -137,6 +137,19 @@ def test_a_store_written_in_slices_is_whole_and_its_aggregates_follow_it(
         assert len(kept) == 2_000 - first.prospects
 
 
+def test_csv_files_written_in_slices_hold_every_slice_once(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(synthetic, "SLICE", 700)
+    report = synthetic.write_csv(tmp_path, 2_000, seed=5)
+    people, orders = (pd.read_csv(tmp_path / f"{n}.csv") for n in ("customers", "orders"))
+    made = list(synthetic.slices(2_000, seed=5))
+    assert report.customers == len(people) == 2_000 and report.orders == len(orders)
+    assert list(people["external_id"]) == [e for c, _ in made for e in c["external_id"]]
+    assert list(orders["external_id"]) == [e for _, o in made for e in o["external_id"]]
+    assert list(orders["customer_id"]) == [e for _, o in made
+                                           for e in o["customer_external_id"]]
+
+
 def test_generate_csv_files_import_cleanly(db_url: str, tmp_path) -> None:
     runner = CliRunner()
     out = runner.invoke(cli, ["--database", db_url, "generate", "--customers", "500", "--seed",

@@ -187,21 +187,26 @@ def write_csv(directory: str | Path, n_customers: int, seed: int = 0,
     """``customers.csv`` and ``orders.csv`` in ``directory``, ready for ``clm import``.
     Times carry an explicit UTC offset, so any ``--timezone`` imports them the same."""
     started = time.perf_counter()
-    customers, orders = generate_frames(n_customers, seed, params)
-    save_csv(directory, customers, orders)
-    report = _report(customers, orders)
+    parts = []
+    for k, (customers, orders) in enumerate(slices(n_customers, seed, params)):
+        save_csv(directory, customers, orders, append=k > 0)  # a slice at a time
+        parts.append(_report(customers, orders))
+    report = _combined(parts)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def save_csv(directory: str | Path, customers: pd.DataFrame, orders: pd.DataFrame) -> None:
-    """Frames from ``generate_frames`` as ``customers.csv`` and ``orders.csv``."""
+def save_csv(directory: str | Path, customers: pd.DataFrame, orders: pd.DataFrame,
+             append: bool = False) -> None:
+    """Frames from ``generate_frames`` as ``customers.csv`` and ``orders.csv`` (``append``:
+    added to the files a first slice began)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    people = customers.drop(columns=["attributes"])
-    people.to_csv(out / "customers.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
+    how: dict = {"index": False, "date_format": "%Y-%m-%dT%H:%M:%SZ",
+                 "mode": "a" if append else "w", "header": not append}
+    customers.drop(columns=["attributes"]).to_csv(out / "customers.csv", **how)
     orders.rename(columns={"customer_external_id": "customer_id"}).to_csv(
-        out / "orders.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
+        out / "orders.csv", **how)
 
 
 def slices(n_customers: int, seed: int = 0, params: SyntheticParams | None = None,
