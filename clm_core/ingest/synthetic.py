@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -228,22 +227,50 @@ def slices(n_customers: int, seed: int = 0, params: SyntheticParams | None = Non
 
 def load_synthetic(engine: Engine, n_customers: int, seed: int = 0,
                    params: SyntheticParams | None = None) -> SyntheticReport:
-    """Generate and write customers and orders in one transaction, a slice at a time (the
-    purchase aggregates rebuilt once at the end when there are several); re-running with the
-    same arguments changes nothing."""
+    """Generate and write customers and orders in one transaction, a slice at a time when
+    there are several (``_write_slices``); re-running with the same arguments changes
+    nothing."""
     started = time.perf_counter()
-    parts: list[SyntheticReport] = []
     with engine.begin() as conn:
-        many = n_customers > SLICE
-        for customers, orders in slices(n_customers, seed, params):
-            parts.append(report := _report(customers, orders))
-            report.written = write_store(conn, customers, orders, PREFIX,
-                                         aggregates=not many)
-            del customers, orders
-        if many:
-            rebuild(conn)
-    report = _combined(parts)
+        if n_customers > SLICE:
+            report = _write_slices(conn, n_customers, seed, params)
+        else:
+            customers, orders = generate_frames(n_customers, seed, params)
+            report = _report(customers, orders)
+            report.written = write_store(conn, customers, orders, PREFIX)
     report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_slices(conn: Connection, n_customers: int, seed: int,
+                  params: SyntheticParams | None) -> SyntheticReport:
+    """Every slice's customers in one bulk write, then every slice's orders in another (the
+    slices made twice, a few seconds each), then the purchase aggregates rebuilt once. Into
+    an empty store each write goes straight in by ``COPY`` and the table's indexes are built
+    once after it: written slice by slice, a table already holding tens of millions of orders
+    kept its indexes up row by row, and ten million customers had not loaded after an hour."""
+    parts: list[SyntheticReport] = []
+
+    def people() -> Iterator[pd.DataFrame]:
+        for customers, orders in slices(n_customers, seed, params):
+            parts.append(_report(customers, orders))
+            yield customers
+
+    def purchases() -> Iterator[pd.DataFrame]:
+        for _, orders in slices(n_customers, seed, params):
+            yield _order_rows(conn, orders, PREFIX)
+
+    written = {}
+    for table, frames in ((t.customers, people()), (t.orders, purchases())):
+        first = next(frames)
+        update = ([c for c in first.columns if c != "external_id"] if table is t.customers
+                  else [c for c in ORDER_UPDATES if c in first.columns])
+        written[table.name] = write_frame(
+            conn, table, first, keys=["external_id"], update=update,
+            touch="updated_at" if table is t.customers else None, bulk=True, then=frames)
+    rebuild(conn)
+    report = _combined(parts)
+    report.written = written
     return report
 
 
@@ -262,12 +289,15 @@ def _combined(parts: list[SyntheticReport]) -> SyntheticReport:
         written=written)
 
 
+ORDER_UPDATES = ("customer_id", "ordered_at", "amount", "currency", "quantity", "coupon_code")
+
+
 def write_store(conn: Connection, customers: pd.DataFrame, orders: pd.DataFrame,
-                prefix: str, aggregates: bool = True) -> dict[str, int]:
+                prefix: str) -> dict[str, int]:
     """Upsert generated customers (by external id), then their orders (``orders`` names
     customers by ``customer_external_id``, any customer whose id starts ``prefix-``), with the
-    bulk writer the importer uses; new or changed rows per table. ``aggregates``: keep the
-    purchase aggregates in step (else the caller rebuilds them before committing)."""
+    bulk writer the importer uses, the purchase aggregates kept in step; new or changed rows
+    per table."""
     written = {}
     if len(customers):
         written["customers"] = write_frame(
@@ -275,16 +305,20 @@ def write_store(conn: Connection, customers: pd.DataFrame, orders: pd.DataFrame,
             update=[c for c in customers.columns if c != "external_id"], touch="updated_at",
             bulk=True)
     if len(orders):
-        ids = _customer_ids(conn, prefix, orders["customer_external_id"])
-        frame = orders.drop(columns=["customer_external_id"])
-        frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
-        with following_orders(conn, frame) if aggregates else nullcontext():
+        frame = _order_rows(conn, orders, prefix)
+        with following_orders(conn, frame):  # the purchase aggregates, in this transaction
             written["orders"] = write_frame(
                 conn, t.orders, frame, keys=["external_id"],
-                update=[c for c in ("customer_id", "ordered_at", "amount", "currency",
-                                    "quantity", "coupon_code") if c in frame.columns],
-                bulk=True)
+                update=[c for c in ORDER_UPDATES if c in frame.columns], bulk=True)
     return written
+
+
+def _order_rows(conn: Connection, orders: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Generated orders as ``orders`` rows: their customers' database ids for external ones."""
+    ids = _customer_ids(conn, prefix, orders["customer_external_id"])
+    frame = orders.drop(columns=["customer_external_id"])
+    frame.insert(1, "customer_id", ids.reindex(orders["customer_external_id"]).to_numpy())
+    return frame
 
 
 def _customer_ids(conn: Connection, prefix: str, external: pd.Series) -> pd.Series:
