@@ -275,18 +275,14 @@ def _write_slices(conn: Connection, n_customers: int, seed: int,
 
 
 def _combined(parts: list[SyntheticReport]) -> SyntheticReport:
-    """The report of a store written in slices (a customer's orders are all in their slice)."""
+    """The report of a store made in slices (a customer's orders are all in their slice);
+    what was written is the caller's to add."""
     firsts = [p.first_order for p in parts if p.first_order is not None]
     lasts = [p.last_order for p in parts if p.last_order is not None]
-    written: dict[str, int] = {}
-    for p in parts:
-        for table, n in p.written.items():
-            written[table] = written.get(table, 0) + n
     return SyntheticReport(
         customers=sum(p.customers for p in parts), prospects=sum(p.prospects for p in parts),
         orders=sum(p.orders for p in parts), revenue=sum(p.revenue for p in parts),
-        first_order=min(firsts, default=None), last_order=max(lasts, default=None),
-        written=written)
+        first_order=min(firsts, default=None), last_order=max(lasts, default=None))
 
 
 ORDER_UPDATES = ("customer_id", "ordered_at", "amount", "currency", "quantity", "coupon_code")

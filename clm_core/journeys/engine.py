@@ -168,12 +168,10 @@ def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Frames one under the other, each column with the type it has in the frames that have
     rows (a part with none, or with only missing values, gives a column the generic type)."""
     out = pd.concat(frames, ignore_index=True)
-    full = [f for f in frames if len(f)]
     for col in out.columns:
-        kinds = {str(f[col].dtype) for f in full if col in f and f[col].notna().any()}
-        if len(kinds) == 1 and str(out[col].dtype) not in kinds:
-            out[col] = out[col].astype(next(f[col].dtype for f in full if col in f
-                                            and f[col].notna().any()))
+        kinds = {f[col].dtype for f in frames if col in f and f[col].notna().any()}
+        if len(kinds) == 1 and out[col].dtype not in kinds:
+            out[col] = out[col].astype(kinds.pop())
     return out
 
 

@@ -397,6 +397,7 @@ class Scope:
 
     needed: sa.Table | None
     customers: int
+    triggers: _Triggers
 
     def parts(self, conn: Connection, size: int) -> list[Part]:
         """Customer id ranges of at most about ``size`` of the scope's customers each, which
@@ -438,13 +439,13 @@ def evaluation_scope(conn: Connection, journeys: Sequence[CompiledJourney], now:
     segments = entry_filters(journeys, field_column, now)
     if segments is None or _most_may_change(conn, now, moves or 0):
         return Scope(None, conn.scalar(sa.select(sa.func.count()).select_from(
-            t.customer_scores)) or 0)
+            t.customer_scores)) or 0, trig)
     needed = _needed_table(conn, sa.union(
         changeable_enrollments(journeys, now, field_column,
                                entered if entered is not None else earliest_entries(conn)),
         *segment_candidates(segments, apart=conn.dialect.name == "postgresql"),
         *trig.who()))
-    return Scope(needed, conn.scalar(sa.select(sa.func.count()).select_from(needed)) or 0)
+    return Scope(needed, conn.scalar(sa.select(sa.func.count()).select_from(needed)) or 0, trig)
 
 
 def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
@@ -459,16 +460,16 @@ def load_snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: da
     if scope is None:
         scope = evaluation_scope(conn, journeys, now, entered)
     try:
-        return _snapshot(conn, journeys, now, policy, scope.needed, part)
+        return _snapshot(conn, journeys, now, policy, scope, part)
     finally:
         if own:
             scope.close(conn)
 
 
 def _snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: datetime,
-              policy: ProjectPolicy, needed: sa.Table | None, part: Part) -> Snapshot:
+              policy: ProjectPolicy, scope: Scope, part: Part) -> Snapshot:
     names = sorted({j.name for j in journeys})
-    trig = _Triggers.of(journeys, now)
+    needed, trig = scope.needed, scope.triggers
     tr, tt, ev = t.stage_transitions, t.tier_transitions, t.events
     transitions = _times(_frame(conn, trig.moved.where(*_in(tr.c.customer_id, part)),
                                 driver_rows=True), ["transitioned_at"])
