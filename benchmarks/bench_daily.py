@@ -99,7 +99,7 @@ def night(url: str, as_of: date, source: str = "auto", write: str = "auto") -> d
     finally:
         engine.dispose()
     return {"steps": steps, "cpus": cpus, "transitions": report.transitions,
-            "customers": report.customers,
+            "customers": report.customers, "unmoved": report.unmoved,
             "enrolled": written.enrollments_created if written else 0,
             "messages": written.messages_created if written else 0, "server_cpu": server}
 
@@ -426,6 +426,7 @@ def bench(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         if "error" not in r:
             print(f"{'':<22} night {r['night_seconds']:.1f} s; {r['transitions']:,} stage "
                   f"changes, {r['enrolled']:,} enrolled, {r['messages']:,} messages; "
+                  f"{r['unmoved']:,} score rows rewritten in their daily columns alone; "
                   f"import {r['imported']['rows']:,} rows in {r['imported']['seconds']:.1f} s; "
                   "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpus"].items()),
                   flush=True)

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from clm import cli
 from clm_core.db import tables as t
 from clm_core.ingest.cdnow import import_cdnow
+from clm_core.lifecycle.aggregates import rebuild
 from clm_core.lifecycle.fitting import ModelFit, store_fit
-from clm_core.lifecycle.pipeline import LifecycleConfig, score
+from clm_core.lifecycle.pipeline import LifecycleConfig, customer_ranges, population, score
 from clm_core.lifecycle.stages import load_rules
 from tests.test_lifecycle_rules import REPO, STAGES
 
@@ -262,3 +263,114 @@ def test_scoring_uses_the_newest_fit_that_does_not_look_ahead(engine: sa.Engine)
     assert f"fit {first} (orders up to 2024-06-30): chosen with --fit" in result.output
     assert {v["fit_id"] for v in scores(engine).values()} == {first}
     assert run("--fit", "999").exit_code == 1
+
+
+def _score_day(engine: sa.Engine, day: date, write: str, chunked: bool) -> int:
+    """Score every customer as of ``day`` (in two chunks, as the flow does, or whole); the
+    rows rewritten in their daily columns alone."""
+    if not chunked:
+        return score(engine, CONFIG, day, write=write).unmoved
+    shared = population(engine, CONFIG, day)
+    return sum(score(engine, CONFIG, day, ids=ids, shared=shared, write=write).unmoved
+               for ids in customer_ranges(engine, 2))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunks"])
+def test_rewriting_the_daily_columns_alone_leaves_what_a_full_rewrite_leaves(
+    engine: sa.Engine, chunked: bool
+) -> None:
+    """A scoring rewrites of a customer whose purchases, stage and RFM scores did not change
+    only the columns that move with the day. Every other change must still reach the row,
+    including those the purchase columns cannot show: an order's time corrected within its
+    day, two amended orders whose total is the same (the first day's spend, hence the repeat
+    spend, moves), others' RFM ranks moved by a new buyer, stages moved by time alone, the
+    models' time unit, a new spend model, no model at all. Each comes on its own day, the one
+    change there that moves its rows, and after each scoring the rows must equal what a full
+    rewrite of the same day leaves."""
+    ids = seed(engine)
+    with engine.begin() as conn:
+        rebuild(conn)  # the nightly path: features from the purchase aggregates
+    _score_day(engine, AS_OF, "auto", chunked)
+    o = t.orders
+
+    def rescored(day: date) -> tuple[int, dict[int, dict], dict[int, dict]]:
+        """Score ``day`` the daily way, then again in full; the unmoved rows, both tables."""
+        before = scores(engine)
+        unmoved = _score_day(engine, day, "auto", chunked)
+        daily = scores(engine)
+        assert _score_day(engine, day, "upsert", chunked) == 0
+        full = scores(engine)
+        for rows in (daily, full):
+            for r in rows.values():
+                del r["recorded_at"], r["run_id"]
+        assert daily == full
+        return unmoved, before, daily
+
+    daily_path = chunked or engine.dialect.name == "sqlite"  # a whole PostgreSQL run reloads
+
+    # Each change on its own day, so that each is the only thing that moves its rows.
+    with engine.begin() as conn:  # the time of L's last order corrected within its day
+        conn.execute(o.update().where(o.c.external_id == "L-4")
+                     .values(ordered_at=datetime(2024, 6, 29, 18)))
+        rebuild(conn)
+    unmoved, before, after = rescored(date(2024, 7, 1))
+    assert after[ids["L"]]["last_order_at"] != before[ids["L"]]["last_order_at"]
+    assert 0 < unmoved < len(after) if daily_path else unmoved == 0
+
+    with engine.begin() as conn:  # A's two orders amended, the total the same
+        for external_id, amount in (("A-0", 15.0), ("A-2", 35.0)):
+            conn.execute(o.update().where(o.c.external_id == external_id).values(amount=amount))
+        rebuild(conn)
+    unmoved, before, after = rescored(date(2024, 7, 2))
+    assert after[ids["A"]]["monetary_value"] != before[ids["A"]]["monetary_value"]
+    assert 0 < unmoved < len(after) if daily_path else unmoved == 0
+
+    with engine.begin() as conn:  # a new buyer: others' RFM ranks move, no purchase of theirs
+        conn.execute(sa.insert(t.customers).values(external_id="Z",
+                                                   signed_up_at=datetime(2024, 7, 1)))
+        z = conn.scalar(sa.select(t.customers.c.id).where(t.customers.c.external_id == "Z"))
+        conn.execute(sa.insert(o).values(external_id="Z-0", customer_id=z,
+                                         ordered_at=datetime(2024, 7, 2, 12), amount=500.0))
+        rebuild(conn)
+    unmoved, before, after = rescored(date(2024, 7, 3))
+    moved = [k for k in ids.values() if after[k]["m_score"] != before[k]["m_score"]]
+    assert moved and all(after[k]["stage"] == before[k]["stage"] for k in moved)
+    assert 0 < unmoved < len(after) if daily_path else unmoved == 0
+
+    def refit(day: date, unit: str = "day", spend: dict[str, float] = GG) -> None:
+        with engine.begin() as conn:
+            store_fit(conn, ModelFit("bgnbd", BG, -1.0, 7, 0.0, 0.0, unit, day))
+            store_fit(conn, ModelFit("gamma_gamma", spend, -1.0, 7, 0.0, 0.0, unit, day))
+
+    refit(date(2024, 7, 25))  # the same models, fresh: time alone moves stages
+    unmoved, before, after = rescored(date(2024, 7, 25))
+    moved = [k for k in ids.values() if after[k]["stage"] != before[k]["stage"]]
+    assert moved and all(after[k]["r_score"] == before[k]["r_score"]
+                         and after[k]["expected_aov"] == before[k]["expected_aov"] for k in moved)
+    assert 0 < unmoved < len(after) if daily_path else unmoved == 0
+
+    refit(date(2024, 7, 26), unit="week")  # the same models in weeks: recency moves
+    unmoved, before, after = rescored(date(2024, 7, 26))
+    assert after[ids["A"]]["recency"] == pytest.approx(before[ids["A"]]["recency"] / 7)
+    assert after[ids["A"]]["expected_aov"] == before[ids["A"]]["expected_aov"]
+    assert 0 < unmoved < len(after) if daily_path else unmoved == 0
+
+    refit(date(2024, 7, 27), spend={**GG, "v": 25.0})  # a new spend model
+    unmoved, before, after = rescored(date(2024, 7, 27))
+    assert after[ids["L"]]["expected_aov"] != before[ids["L"]]["expected_aov"]
+    assert unmoved == (1 if daily_path else 0)  # the prospect has no expected value
+
+    with engine.begin() as conn:  # no model (too little history): the repeat spend alone
+        conn.execute(sa.delete(t.model_fits))
+        for external_id, amount in (("A-0", 20.0), ("A-2", 30.0)):
+            conn.execute(o.update().where(o.c.external_id == external_id).values(amount=amount))
+        rebuild(conn)
+    rescored(date(2024, 7, 28))  # every expected value gone
+    with engine.begin() as conn:
+        for external_id, amount in (("A-0", 25.0), ("A-2", 25.0)):
+            conn.execute(o.update().where(o.c.external_id == external_id).values(amount=amount))
+        rebuild(conn)
+    unmoved, before, after = rescored(date(2024, 7, 29))
+    assert after[ids["A"]]["expected_aov"] is None
+    assert after[ids["A"]]["monetary_value"] != before[ids["A"]]["monetary_value"]
+    assert 0 < unmoved < len(after) if daily_path else unmoved == 0

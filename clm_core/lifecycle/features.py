@@ -66,7 +66,7 @@ _HISTORY_FIRST_DAY = """CASE WHEN a.purchase_days > 1 THEN (
 _SQL = """{history}SELECT c.id AS customer_id, c.signed_up_at,{customer_columns}
        a.n_orders, a.purchase_days, a.first_order_at, a.last_order_at, a.total_spend,
        {first_day_spend} AS first_day_spend,
-       s.stage AS previous_stage, s.stage_since AS previous_stage_since{in_stage}
+       s.stage AS previous_stage, s.stage_since AS previous_stage_since{in_stage}{stored}
 FROM customers c
 LEFT JOIN {source} a ON a.customer_id = c.id
 LEFT JOIN customer_scores s ON s.customer_id = c.id{rerun}
@@ -101,14 +101,34 @@ LEFT JOIN (
 ) r ON r.customer_id = c.id"""
 IN_STAGE_FIELDS = {"first_order_in_stage_at", "days_since_first_order_in_stage"}
 
+# What the stored score row was computed from, for a scoring that rewrites only the columns
+# that move with the day of most rows (``pipeline.score``): whether its purchase columns still
+# equal the customer's purchases (and so do the columns made from them alone), and the stored
+# values that other inputs decide too (the models' time unit, the first day's spend, the spend
+# model, the store's RFM ranks). Compared in the database, the purchase columns cost one number
+# a row to read.
+_STORED = """,
+       CASE WHEN s.customer_id IS NOT NULL AND s.n_orders = COALESCE(a.n_orders, 0)
+                 AND s.purchase_days = COALESCE(a.purchase_days, 0)
+                 AND s.total_spend = COALESCE(a.total_spend, 0)
+                 AND {same_first} AND {same_last} THEN 1 ELSE 0 END AS stored_purchases,
+       s.recency AS stored_recency, s.monetary_value AS stored_monetary_value,
+       s.expected_aov AS stored_expected_aov,
+       COALESCE(s.r_score, 0) * 100 + COALESCE(s.f_score, 0) * 10 + COALESCE(s.m_score, 0)
+           AS stored_rfm"""
+STORED_COLUMNS = ("stored_purchases", "stored_recency", "stored_monetary_value",
+                  "stored_expected_aov", "stored_rfm")
+_SAME = {"sqlite": "{a} IS {b}", "postgresql": "{a} IS NOT DISTINCT FROM {b}"}
+
 # Customer columns stage rules may use; fetched only when the rules use them.
 CUSTOMER_COLUMNS = {"country": "string", "locale": "string", "timezone": "string",
                     "consent_email": "bool", "consent_sms": "bool"}
 
 
 def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = False,
-         aggregated: bool = False) -> str:
-    """The features' query; ``aggregated``: from ``customer_purchase_aggregates``."""
+         aggregated: bool = False, stored: bool = False) -> str:
+    """The features' query; ``aggregated``: from ``customer_purchase_aggregates``;
+    ``stored``: with the ``STORED_COLUMNS``."""
     db = "postgresql" if dialect == "postgresql" else "sqlite"
     d = _DIALECT[db]
     money = MONEY_SQL[db]
@@ -129,6 +149,9 @@ def _sql(dialect: str, customer_columns: Iterable[str] = (), ranged: bool = Fals
         in_stage=_IN_STAGE.format(not_purchases=NOT_PURCHASES_SQL, since=_SINCE)
         if in_stage else "",
         rerun=_RERUN if in_stage else "",
+        stored=_STORED.format(**{f"same_{k}": _SAME[db].format(a=f"s.{k}_order_at",
+                                                                 b=f"a.{k}_order_at")
+                                 for k in ("first", "last")}) if stored else "",
         customer_range=" AND c.id >= :lo AND c.id < :hi" if ranged else "",
     )
 
@@ -193,9 +216,10 @@ class Features:
 def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
                       customer_columns: Iterable[str] = (), ids: tuple[int, int] | None = None,
                       typical_gap: float | None = None,
-                      rhythm: Rhythm = DEFAULT_RHYTHM, source: str = "auto") -> Features:
+                      rhythm: Rhythm = DEFAULT_RHYTHM, source: str = "auto",
+                      stored: bool = False) -> Features:
     """One row per customer (prospects included) with order metrics and lifetimes' summary,
-    plus the named ``CUSTOMER_COLUMNS``.
+    plus the named ``CUSTOMER_COLUMNS`` (and with ``stored`` the ``STORED_COLUMNS``).
 
     ``ids``: only customers with ``lo <= id < hi`` (a chunk); ``typical_gap``: the store's
     rhythm computed over every customer, which one chunk cannot compute for itself;
@@ -214,7 +238,8 @@ def customer_features(conn: Connection, as_of: date, time_unit: str = "day",
     if source == "aggregates" and not aggregated:
         raise ValueError(f"the purchase aggregates do not cover {as_of}: orders were written "
                          "after it, or without maintaining them (clm db rebuild-aggregates)")
-    sql = _sql(conn.dialect.name, customer_columns, ranged=ids is not None, aggregated=aggregated)
+    sql = _sql(conn.dialect.name, customer_columns, ranged=ids is not None, aggregated=aggregated,
+               stored=stored)
     raw = _fetch(conn, sql, params)
     return features_from_aggregates(raw, as_of, time_unit, typical_gap, rhythm)
 
@@ -275,6 +300,9 @@ def features_from_aggregates(raw: pd.DataFrame, as_of: date, time_unit: str = "d
         f["days_since_first_order_in_stage"] = _days(
             today - f["first_order_in_stage_at"].dt.normalize()
         )
+    for col in STORED_COLUMNS:
+        if col in raw:
+            f[col] = pd.to_numeric(raw[col]).astype("float64")
     gap = rhythm.of(span, repeats) if typical_gap is None else typical_gap
     f["typical_gap_days"] = gap
     return Features(f, as_of, time_unit, gap)

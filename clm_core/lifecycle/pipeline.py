@@ -41,6 +41,12 @@ SCORE_COLUMNS = [
     "expected_aov", "clv_12m", "r_score", "f_score", "m_score", "rfm_segment", "stage",
     "stage_since", "recorded_at", "run_id",
 ]
+# The columns that move with the as-of day alone (and with the fit, or the run): a customer
+# whose purchases, stage and RFM scores stayed as they were needs only these rewritten.
+DAILY_COLUMNS = [
+    "customer_id", "as_of", "fit_id", "days_since_last_order", "T", "p_alive",
+    "expected_purchases_30d", "expected_purchases_90d", "clv_12m", "recorded_at", "run_id",
+]
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,7 @@ class ScoreReport:
     fit_reason: str = ""  # why this fit: chosen, the newest usable one, or fitted now (and why)
     fit_window_end: date | None = None
     no_model: str | None = None  # why the model fields are empty (too little history)
+    unmoved: int = 0  # score rows rewritten in their daily columns alone (``_unmoved``)
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,34 @@ def rules_values(engine: Engine, config: LifecycleConfig, rules: StageRules, as_
     return _rules_frame(engine, config, f, shared.purchases, shared.spend, as_of, shared), shared
 
 
+def _unmoved(view: pd.DataFrame, out: pd.DataFrame) -> np.ndarray:
+    """Rows of ``out`` whose stored row differs from them in ``DAILY_COLUMNS`` at most.
+
+    The stored purchase columns must equal the purchases now (``stored_purchases``, compared
+    in the database: then so do the order value and frequency made from them alone), and the
+    values other inputs decide must be equal too: the recency (the models' time unit), the
+    repeat spend (the first day's spend: with a spend model the expected order value moves
+    with it, without one only it shows), the expected order value (the spend model), the RFM
+    scores (the store's ranks; the segment follows from them) and the stage (when it began
+    moves only with it: ``transitions.diff``). Equal means the same number, or missing on
+    both sides: the same inputs give the same float, and what reads back from the database
+    is what was written. A row without a stored one is never unmoved."""
+    def same(new: pd.Series, old: pd.Series) -> np.ndarray:
+        a, b = new.to_numpy(), old.to_numpy()
+        missing = pd.isna(a)
+        return np.asarray((missing & pd.isna(b)) | (~missing & (a == b)), dtype=bool)
+
+    rfm_code = (out["r_score"].fillna(0).astype("int64") * 100
+                + out["f_score"].fillna(0).astype("int64") * 10
+                + out["m_score"].fillna(0).astype("int64")).astype("float64")
+    return ((view["stored_purchases"].to_numpy() == 1)
+            & same(out["recency"].astype("float64"), view["stored_recency"])
+            & same(out["monetary_value"].astype("float64"), view["stored_monetary_value"])
+            & same(out["expected_aov"].astype("float64"), view["stored_expected_aov"])
+            & same(rfm_code, view["stored_rfm"])
+            & same(out["stage"].astype(object), view["stored_stage"].astype(object)))
+
+
 def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
           rules: StageRules | None = None, run_id: str | None = None,
           ids: tuple[int, int] | None = None, shared: Population | None = None,
@@ -335,10 +370,11 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     ``aggregates`` (see ``customer_features``); every choice gives the same scores.
     ``write``: how the score rows are stored: ``auto`` reloads the table afresh for a whole
     run on PostgreSQL (``replace_frame``: every row changes daily, and a reload leaves no dead
-    row versions; at 1M rows 8.5 s against 23.2 s) and upserts in place otherwise (SQLite
-    empties a table with foreign keys row by row, so there a reload costs more: 12.6 s against
-    10.0 s; a chunk's rows are a part of the table); ``upsert`` always updates in place. Both
-    leave the same rows (``benchmarks/bench_daily.py --writes`` measures them).
+    row versions; at 1M rows 8.5 s against 23.2 s) and otherwise upserts in place, of most
+    rows only the ``DAILY_COLUMNS`` (``_unmoved``; SQLite empties a table with foreign keys
+    row by row, so there a reload costs more; a chunk's rows are a part of the table);
+    ``upsert`` always updates every column in place. All leave the same rows
+    (``benchmarks/bench_daily.py --writes`` and ``--check`` measure and compare them).
 
     The fits: ``fit_id`` when given, else the newest whose data ends on or before ``as_of`` and
     at most ``max_fit_age_days`` (default: the config's) before it; fitted first when none is.
@@ -355,6 +391,8 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     clock: dict[str, float] = {}
     start = time.perf_counter()
     cache: dict[str, pd.DataFrame] = {}
+    reload = write == "auto" and ids is None and engine.dialect.name == "postgresql"
+    daily = write == "auto" and not reload  # rows that only moved with the day: those columns
 
     def features(unit: str) -> pd.DataFrame:
         if unit not in cache:
@@ -362,7 +400,7 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
                 cache[unit] = customer_features(
                     conn, as_of, unit, customer_columns=rules.fields, ids=ids,
                     typical_gap=shared.typical_gap_days if shared else None,
-                    rhythm=config.rhythm, source=source).frame
+                    rhythm=config.rhythm, source=source, stored=daily).frame
         return cache[unit]
 
     if shared is not None:
@@ -392,19 +430,25 @@ def score(engine: Engine, config: LifecycleConfig, as_of: date | None = None,
     out = view[[c for c in SCORE_COLUMNS if c in view.columns]].assign(
         as_of=pd.Timestamp(as_of), fit_id=purchases.id if purchases else None, stage=stage,
         stage_since=since, recorded_at=pd.Timestamp(recorded), run_id=run_id)[SCORE_COLUMNS]
+    unmoved = _unmoved(view, out) if daily else np.zeros(len(out), dtype=bool)
     del view
     # bulk: other writers wait for this transaction (a scoring run is the only writer of
     # scores; its chunks take turns).
     with engine.begin() as conn:
-        if write == "auto" and ids is None and conn.dialect.name == "postgresql":
+        if reload:
             replace_frame(conn, t.customer_scores, out, key="customer_id")
         else:
-            write_frame(conn, t.customer_scores, out, keys=["customer_id"],
+            write_frame(conn, t.customer_scores, out[~unmoved], keys=["customer_id"],
                         update=SCORE_COLUMNS[1:], bulk=True, runs_by=())
+            # No index holds a daily column: the rows are updated with the indexes kept.
+            write_frame(conn, t.customer_scores, out.loc[unmoved, DAILY_COLUMNS],
+                        keys=["customer_id"], update=DAILY_COLUMNS[1:], bulk=True, runs_by=(),
+                        keep_indexes=True)
         write_frame(conn, t.stage_transitions, moves, bulk=True)
     clock["write"] = time.perf_counter() - mark
     counts = stage.value_counts()
     return ScoreReport(as_of, n_customers, {s: int(counts.get(s, 0)) for s in rules.names},
                        {k: int(v) for k, v in segments.items()}, len(moves),
                        purchases.id if purchases else None, fitted, clock, why,
-                       purchases.window_end if purchases else None, no_model)
+                       purchases.window_end if purchases else None, no_model,
+                       int(unmoved.sum()))
