@@ -335,6 +335,18 @@ def _most_may_change(conn: Connection, now: datetime, moves: int) -> bool:
     return due + moves >= scored / 2
 
 
+def _unindexed(col: sa.ColumnElement) -> sa.ColumnElement:
+    """``col`` behind SQLite's unary ``+``, its documented way to keep a term from choosing an
+    index. The ledger's read of the customers an evaluation may change otherwise walks the
+    status index over every message in a ledger status and looks each one's customer up in
+    the temporary table (of which the planner knows nothing); kept from the status index, it
+    finds those customers' messages by the customer index: at a million customers (80,000
+    chosen, 136,000 of 944,000 messages read) 0.26 s against 1.26 s. PostgreSQL plans this
+    by its statistics."""
+    return sa.sql.expression.UnaryExpression(col, operator=sa.sql.operators.custom_op("+"),
+                                             type_=col.type)
+
+
 Part = tuple[int | None, int | None]  # customer ids lo <= id < hi; None: no bound
 EVERYONE: Part = (None, None)
 
@@ -527,7 +539,10 @@ def _snapshot(conn: Connection, journeys: Sequence[CompiledJourney], now: dateti
                                                  for c in j.spec.contact_policy.caps]
     horizon = now - max(windows, default=pd.Timedelta(days=7))
     at = sa.func.coalesce(m.c.sent_at, m.c.send_after)
-    counted = [m.c.status.in_(LEDGER_STATUSES), at > horizon, *_in(m.c.customer_id, part)]
+    status: sa.ColumnElement = m.c.status
+    if among is not None and conn.dialect.name == "sqlite":
+        status = _unindexed(status)  # found by customer instead (``_unindexed``)
+    counted = [status.in_(LEDGER_STATUSES), at > horizon, *_in(m.c.customer_id, part)]
     if among is not None:  # caps only weigh the messages of those who may be sent one
         counted.append(m.c.customer_id.in_(among))
     ledger = _times(_frame(conn, sa.select(m.c.customer_id, m.c.channel, _as_text(m.c.tags),
