@@ -293,11 +293,22 @@ def build_base(url: str, customers: int, seed: int) -> None:
     print(f"  scored as of {day} and evaluated the journeys in "
           f"{time.perf_counter() - mark:.0f}s ({done['enrolled']:,} enrolled, "
           f"{done['messages']:,} messages)", flush=True)
-    if make_url(url).get_backend_name() == "sqlite":
-        engine = make_engine(url)
-        with engine.connect() as conn:
+    settled(url)
+
+
+def settled(url: str) -> None:
+    """A built store as a live one stands: on PostgreSQL with the planner's statistics, which
+    a live server's autovacuum keeps (a server with autovacuum off, as CI's, has none until
+    something analyzes: every plan of the night is then made blind); SQLite's write-ahead log
+    folded back."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+        else:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        engine.dispose()
+    engine.dispose()
 
 
 def settle(url: str, nights: int) -> None:
@@ -317,6 +328,7 @@ def settle(url: str, nights: int) -> None:
         done = night(url, day)
         print(f"  night of {day}: {time.perf_counter() - mark:.0f}s ({done['enrolled']:,} "
               f"enrolled, {done['messages']:,} messages)", flush=True)
+    settled(url)
 
 
 def base_store(backend: str, customers: int, seed: int, cache: Path, nights: int = 0) -> str:
