@@ -91,6 +91,7 @@ def test_incremental_equals_rebuild_after_imports_cancellations_and_reimports(
         report = import_csv(engine, "orders", _orders_csv(tmp_path / f"b{batch}.csv",
                                                             new + changed))
         assert report.rejected == 0
+        assert report.inserted == len(new) and report.updated <= len(changed)
         incremental = _aggregates(engine)
         pd.testing.assert_frame_equal(incremental, _rebuilt(engine))
         with engine.connect() as conn:
@@ -189,3 +190,34 @@ def test_orders_written_around_the_aggregates_are_noticed_and_rebuilt(
     with engine.connect() as conn:
         assert covers(conn, day_end(date(2025, 5, 3)))
     assert _aggregates(engine)["n_orders"].tolist() == [2]
+
+
+def test_a_days_import_counts_the_orders_once(engine: sa.Engine, tmp_path: Path) -> None:
+    """Counting the orders passes over all of them (at fifty million, seconds each time): a
+    day's import counts them once, to see that nothing wrote around the aggregates, and
+    learns the rest (rows inserted, the count after) from the day's own keys."""
+    rng = np.random.default_rng(5)
+    day0 = pd.Timestamp("2025-01-01")
+    first = _random_orders(rng, 0, 300, 80, day0, 60)
+    import_csv(engine, "orders", _orders_csv(tmp_path / "first.csv", first))
+    counts: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        flat = " ".join(statement.lower().split())
+        if "count(" in flat and "from orders" in flat and "where" not in flat.split(
+                "from orders", 1)[1]:
+            counts.append(flat)
+
+    day = _random_orders(rng, 300, 20, 80, day0 + pd.Timedelta(days=61), 1)
+    cancelled = [dict(first[k], status="cancelled") for k in (3, 7, 11)]
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        report = import_csv(engine, "orders", _orders_csv(tmp_path / "day.csv",
+                                                            day + cancelled))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert (report.inserted, report.updated) == (20, 3)
+    assert len(counts) == 1, counts
+    with engine.connect() as conn:
+        assert in_step(conn)  # the count it recorded is the true one
+    pd.testing.assert_frame_equal(_aggregates(engine), _rebuilt(engine))
