@@ -221,3 +221,40 @@ def test_a_days_import_counts_the_orders_once(engine: sa.Engine, tmp_path: Path)
     with engine.connect() as conn:
         assert in_step(conn)  # the count it recorded is the true one
     pd.testing.assert_frame_equal(_aggregates(engine), _rebuilt(engine))
+
+
+def test_a_days_customers_are_looked_up_by_key_a_store_wide_file_reads_them_all(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customers a file names are found by key while they are few next to the store (a
+    day's orders), by one read of every customer when they are most of it; the limit grows
+    with the store, since a big store's day names more customers."""
+    from clm_core.ingest import importer
+
+    rng = np.random.default_rng(8)
+    day0 = pd.Timestamp("2025-01-01")
+    import_csv(engine, "orders", _orders_csv(tmp_path / "all.csv",
+                                             _random_orders(rng, 0, 600, 400, day0, 60)))
+    monkeypatch.setattr(importer, "_LOOKUP_MAX", 10)  # the store (400) counts as large
+    reads: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        flat = " ".join(statement.lower().split())
+        if flat.startswith("select customers.external_id, customers.id from customers"):
+            reads.append("all" if "where" not in flat else "by key")
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for name, (start, n, customers) in {"day": (600, 15, 400), "most": (700, 800, 400)
+                                            }.items():
+            reads.clear()
+            rows = _random_orders(rng, start, n, customers, day0 + pd.Timedelta(days=61), 1)
+            named = len({r["customer_id"] for r in rows})
+            report = import_csv(engine, "orders", _orders_csv(tmp_path / f"{name}.csv", rows))
+            assert report.rejected == 0
+            # 5% of 400 customers is 20: a day's 15 rows name at most 15 of them
+            # (a second lookup follows when the file names customers not stored yet)
+            assert set(reads) == ({"by key"} if named <= 20 else {"all"}), (name, named, reads)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    pd.testing.assert_frame_equal(_aggregates(engine), _rebuilt(engine))
