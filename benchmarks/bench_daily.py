@@ -5,7 +5,8 @@
 
 Builds (once, cached under ``--cache`` keyed by size, seed and schema revision) a synthetic
 store of about five orders per customer whose last order is on day L, fitted, scored as of L
-and with the journeys evaluated the next morning: the state after a night's run. Each measured
+and with the journeys evaluated the next morning: the state after a night's run (on
+PostgreSQL analyzed, as a live server's autovacuum keeps it). Each measured
 run starts from a copy of that store (a file copy on SQLite, ``CREATE DATABASE ... TEMPLATE``
 on PostgreSQL), imports day L+1's orders (new orders of about 0.2% of customers, a tenth as
 many earlier orders cancelled) through ``clm import orders``'s code, then times the nightly
