@@ -4,6 +4,8 @@ features aggregated from the orders (which they fall back to for an earlier as-o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -192,6 +194,21 @@ def test_orders_written_around_the_aggregates_are_noticed_and_rebuilt(
     assert _aggregates(engine)["n_orders"].tolist() == [2]
 
 
+@contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """Every statement ``engine`` runs in the block, lower case, its whitespace folded."""
+    run: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        run.append(" ".join(statement.lower().split()))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield run
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+
+
 def test_a_days_import_counts_the_orders_once(engine: sa.Engine, tmp_path: Path) -> None:
     """Counting the orders passes over all of them (at fifty million, seconds each time): a
     day's import counts them once, to see that nothing wrote around the aggregates, and
@@ -200,22 +217,13 @@ def test_a_days_import_counts_the_orders_once(engine: sa.Engine, tmp_path: Path)
     day0 = pd.Timestamp("2025-01-01")
     first = _random_orders(rng, 0, 300, 80, day0, 60)
     import_csv(engine, "orders", _orders_csv(tmp_path / "first.csv", first))
-    counts: list[str] = []
-
-    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
-        flat = " ".join(statement.lower().split())
-        if "count(" in flat and "from orders" in flat and "where" not in flat.split(
-                "from orders", 1)[1]:
-            counts.append(flat)
-
     day = _random_orders(rng, 300, 20, 80, day0 + pd.Timedelta(days=61), 1)
     cancelled = [dict(first[k], status="cancelled") for k in (3, 7, 11)]
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with _statements(engine) as run:
         report = import_csv(engine, "orders", _orders_csv(tmp_path / "day.csv",
                                                             day + cancelled))
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
+    counts = [q for q in run if "count(" in q and "from orders" in q
+              and "where" not in q.split("from orders", 1)[1]]  # over every order
     assert (report.inserted, report.updated) == (20, 3)
     assert len(counts) == 1, counts
     with engine.connect() as conn:
@@ -236,25 +244,15 @@ def test_a_days_customers_are_looked_up_by_key_a_store_wide_file_reads_them_all(
     import_csv(engine, "orders", _orders_csv(tmp_path / "all.csv",
                                              _random_orders(rng, 0, 600, 400, day0, 60)))
     monkeypatch.setattr(importer, "_LOOKUP_MAX", 10)  # the store (400) counts as large
-    reads: list[str] = []
-
-    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
-        flat = " ".join(statement.lower().split())
-        if flat.startswith("select customers.external_id, customers.id from customers"):
-            reads.append("all" if "where" not in flat else "by key")
-
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
-        for name, (start, n, customers) in {"day": (600, 15, 400), "most": (700, 800, 400)
-                                            }.items():
-            reads.clear()
-            rows = _random_orders(rng, start, n, customers, day0 + pd.Timedelta(days=61), 1)
-            named = len({r["customer_id"] for r in rows})
+    for name, (start, n, customers) in {"day": (600, 15, 400), "most": (700, 800, 400)}.items():
+        rows = _random_orders(rng, start, n, customers, day0 + pd.Timedelta(days=61), 1)
+        named = len({r["customer_id"] for r in rows})
+        with _statements(engine) as run:
             report = import_csv(engine, "orders", _orders_csv(tmp_path / f"{name}.csv", rows))
-            assert report.rejected == 0
-            # 5% of 400 customers is 20: a day's 15 rows name at most 15 of them
-            # (a second lookup follows when the file names customers not stored yet)
-            assert set(reads) == ({"by key"} if named <= 20 else {"all"}), (name, named, reads)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
+        assert report.rejected == 0
+        reads = ["all" if "where" not in q else "by key" for q in run
+                 if q.startswith("select customers.external_id, customers.id from customers")]
+        # 5% of 400 customers is 20: a day's 15 rows name at most 15 of them
+        # (a second lookup follows when the file names customers not stored yet)
+        assert set(reads) == ({"by key"} if named <= 20 else {"all"}), (name, named, reads)
     pd.testing.assert_frame_equal(_aggregates(engine), _rebuilt(engine))

@@ -260,14 +260,8 @@ def _write_slices(conn: Connection, n_customers: int, seed: int,
         for _, orders in slices(n_customers, seed, params):
             yield _order_rows(conn, orders, PREFIX)
 
-    written = {}
-    for table, frames in ((t.customers, people()), (t.orders, purchases())):
-        first = next(frames)
-        update = ([c for c in first.columns if c != "external_id"] if table is t.customers
-                  else [c for c in ORDER_UPDATES if c in first.columns])
-        written[table.name] = write_frame(
-            conn, table, first, keys=["external_id"], update=update,
-            touch="updated_at" if table is t.customers else None, bulk=True, then=frames)
+    written = {table.name: _upsert(conn, table, next(frames), then=frames)
+               for table, frames in ((t.customers, people()), (t.orders, purchases()))}
     rebuild(conn)
     report = _combined(parts)
     report.written = written
@@ -296,17 +290,23 @@ def write_store(conn: Connection, customers: pd.DataFrame, orders: pd.DataFrame,
     per table."""
     written = {}
     if len(customers):
-        written["customers"] = write_frame(
-            conn, t.customers, customers, keys=["external_id"],
-            update=[c for c in customers.columns if c != "external_id"], touch="updated_at",
-            bulk=True)
+        written["customers"] = _upsert(conn, t.customers, customers)
     if len(orders):
         frame = _order_rows(conn, orders, prefix)
         with following_orders(conn, frame):  # the purchase aggregates, in this transaction
-            written["orders"] = write_frame(
-                conn, t.orders, frame, keys=["external_id"],
-                update=[c for c in ORDER_UPDATES if c in frame.columns], bulk=True)
+            written["orders"] = _upsert(conn, t.orders, frame)
     return written
+
+
+def _upsert(conn: Connection, table: sa.Table, frame: pd.DataFrame,
+            then: Iterator[pd.DataFrame] | tuple[()] = ()) -> int:
+    """Generated customers or orders (and ``then`` more of them, in the same bulk write) upserted
+    by external id: a customer's every column, an order's ``ORDER_UPDATES``."""
+    customers = table is t.customers
+    update = [c for c in frame.columns
+              if c != "external_id" and (customers or c in ORDER_UPDATES)]
+    return write_frame(conn, table, frame, keys=["external_id"], update=update,
+                       touch="updated_at" if customers else None, bulk=True, then=then)
 
 
 def _order_rows(conn: Connection, orders: pd.DataFrame, prefix: str) -> pd.DataFrame:
