@@ -94,19 +94,24 @@ def update_from(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: str
 
 
 @contextmanager
-def join_memory(conn: Connection) -> Iterator[None]:
+def join_memory(conn: Connection, **more: str) -> Iterator[None]:
     """PostgreSQL's work memory raised to ``JOIN_WORK_MEM`` for the statements inside, then
     put back. The default 4 MB splits a hash join or aggregate over a million-row table into
-    batches spilled to disk. Nothing on other databases."""
+    batches spilled to disk. ``more``: other planner settings to hold inside (their values
+    as SQL literals). Nothing on other databases."""
     if conn.dialect.name != "postgresql":
         yield
         return
-    memory = conn.exec_driver_sql("SELECT current_setting('work_mem')").scalar()
-    conn.exec_driver_sql(f"SET LOCAL work_mem = '{JOIN_WORK_MEM}'")
+    wanted = {"work_mem": f"'{JOIN_WORK_MEM}'", **more}
+    before = {name: conn.exec_driver_sql(f"SELECT current_setting('{name}')").scalar()
+              for name in wanted}
+    for name, value in wanted.items():
+        conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
     try:
         yield
     finally:
-        conn.exec_driver_sql(f"SET LOCAL work_mem = '{memory}'")
+        for name, value in before.items():
+            conn.exec_driver_sql(f"SET LOCAL {name} = '{value}'")
 
 
 def insert_staged(conn: Connection, table: sa.Table, name: str, columns: Sequence[str],

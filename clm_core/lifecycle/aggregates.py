@@ -70,7 +70,14 @@ INSERT INTO customer_purchase_aggregates (customer_id, n_orders, purchase_days, 
 SELECT a.customer_id, a.n_orders, a.purchase_days, a.first_order_at, a.last_order_at,
        {total}, {first}
 FROM a JOIN d ON d.customer_id = a.customer_id AND d.day = a.first_day
+ORDER BY a.customer_id
 """
+# ORDER BY: the rows are stored in customer order, the order the nightly features read them
+# in (a merge join with the customers by key). On PostgreSQL, whose table keeps rows where
+# they were inserted, rows rebuilt in the grouping's hash order made that index scan fetch a
+# heap page per row: at a million customers 1.1 s against 0.1 s, the features 1.1-1.3 s
+# longer. Rows refreshed later go to the end, a day's customers at a time. SQLite keeps the
+# table in key order whatever the insert order.
 
 
 def _aggregate_sql(conn: Connection, scope: str = "") -> str:
