@@ -129,3 +129,55 @@ def test_replace_frame_reloads_the_table_keeping_rows_it_does_not_name(
         bulk.replace_frame(conn, s, bad, key="customer_id")
     with engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(s)) == 4
+
+
+def _heap_fetches(conn: sa.Connection) -> int:
+    """The heap pages an index-only scan of every score row had to visit: none when the
+    visibility map says every page is visible to all (as a frozen load leaves it)."""
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+    plan = conn.exec_driver_sql(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT customer_id FROM customer_scores "
+        "WHERE customer_id >= 0").scalar()
+    node = plan[0]["Plan"]
+    while "Heap Fetches" not in node:
+        node = node["Plans"][0]
+    assert node["Node Type"] == "Index Only Scan"
+    return int(node["Heap Fetches"])
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_replace_frame_loads_postgresql_rows_frozen(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, isolation: str) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("COPY FREEZE is PostgreSQL's")
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1)
+    s = t.customer_scores
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": [f"c{i}" for i in range(500)]}))
+        ids = conn.scalars(sa.select(t.customers.c.id).order_by(t.customers.c.id)).all()
+    rows = pd.DataFrame({"customer_id": ids, "as_of": pd.Timestamp("2025-01-02"),
+                         "stage": "active", "recorded_at": pd.Timestamp("2025-01-02")})
+    with engine.connect().execution_options(isolation_level=isolation) as conn, conn.begin():
+        conn.scalar(sa.select(sa.func.count()).select_from(s))  # the snapshot is taken
+        assert bulk.replace_frame(conn, s, rows, key="customer_id") == 500
+    with engine.begin() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(s)) == 500
+        fetches = _heap_fetches(conn)
+    assert fetches == 0  # loaded the usual way, every page would still be visited
+
+
+def test_join_memory_holds_its_settings_inside_and_puts_them_back(engine: sa.Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner settings")
+    from clm_core.db.staging import JOIN_WORK_MEM, join_memory
+
+    names = ("work_mem", "parallel_tuple_cost")
+    with engine.begin() as conn:
+        def now() -> list[str]:
+            return [conn.exec_driver_sql(f"SELECT current_setting('{n}')").scalar() for n in names]
+
+        before = now()
+        with join_memory(conn, parallel_tuple_cost="0.01"):
+            assert now() == [JOIN_WORK_MEM, "0.01"]
+        assert now() == before

@@ -256,3 +256,20 @@ def test_a_days_customers_are_looked_up_by_key_a_store_wide_file_reads_them_all(
         # (a second lookup follows when the file names customers not stored yet)
         assert set(reads) == ({"by key"} if named <= 20 else {"all"}), (name, named, reads)
     pd.testing.assert_frame_equal(_aggregates(engine), _rebuilt(engine))
+
+
+def test_a_rebuild_stores_the_aggregates_in_customer_order(engine: sa.Engine,
+                                                           tmp_path: Path) -> None:
+    """The nightly features read the aggregates by customer (a merge join by key); stored in
+    another order, PostgreSQL's index scan fetches a heap page per row."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite stores the table as its key's b-tree: always in customer order")
+    rng = np.random.default_rng(5)
+    import_csv(engine, "orders", _orders_csv(
+        tmp_path / "orders.csv", _random_orders(rng, 0, 3000, 1500, pd.Timestamp("2025-01-01"), 90)))
+    with engine.begin() as conn:
+        rebuild(conn)
+        stored = conn.exec_driver_sql(  # in the order the rows are stored
+            "SELECT customer_id FROM customer_purchase_aggregates ORDER BY ctid").scalars().all()
+    assert len(stored) > 1000
+    assert stored == sorted(stored)

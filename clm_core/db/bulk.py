@@ -132,8 +132,7 @@ def write_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *,
     all cost (a million score rows' daily columns on SQLite: 3.8 s kept, 2.8 s more rebuilt).
 
     ``frozen``: the caller emptied the table with TRUNCATE in this transaction (and in no
-    savepoint since), under READ COMMITTED: PostgreSQL's COPY may then store the rows frozen
-    (``replace_frame``).
+    savepoint since): PostgreSQL's COPY may then store the rows frozen (``replace_frame``).
 
     Returns the number of rows inserted or changed. Runs inside the caller's transaction.
     """
@@ -455,12 +454,10 @@ def replace_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: s
     # the visibility map set by the load. Otherwise the first statements to read the new
     # table set them, writing every page once more: the index builds and the foreign key's
     # check right after the load (0.7 s of the key's 0.8 s at a million rows), then the
-    # night's journeys and the next night's features. COPY refuses FREEZE under a
-    # snapshot kept for the whole transaction (REPEATABLE READ, SERIALIZABLE).
-    frozen = postgres and conn.exec_driver_sql(
-        "SHOW transaction_isolation").scalar() == "read committed"
+    # night's journeys and the next night's features. (COPY refuses FREEZE while the
+    # transaction has a cursor open; none is here.)
     written = write_frame(conn, table, df, bulk=True, runs_by=(),  # SQLite: constants inlined
-                          frozen=frozen)
+                          frozen=postgres)
     if len(kept):
         conn.exec_driver_sql(f"INSERT INTO {name} SELECT * FROM {keep}")
         conn.exec_driver_sql(f"DROP TABLE {keep}")

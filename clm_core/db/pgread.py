@@ -54,18 +54,23 @@ def copy_frame(conn: Connection, sql: str, params: Mapping[str, Any],
         outs = [f'CAST(q."{name}" AS DOUBLE PRECISION) AS "{name}"' if oid == _NUMERIC
                 else f'q."{name}"' for name, oid in columns]
         order = f" ORDER BY {', '.join(f'q.{c}' for c in order_by)}" if order_by else ""
+        # Each message appended as it comes, not kept as its own bytes and joined at the end:
+        # a million of them took 0.5 s to join and free once the server had finished.
+        data, lengths = bytearray(), []
         with cur.copy(f"COPY (SELECT {', '.join(outs)} FROM ({sql}) AS q{order}) "
                       "TO STDOUT WITH (FORMAT binary)", params) as copy:
-            messages = [bytes(m) for m in copy]
-    return _decode(messages, [(n, 701 if oid == _NUMERIC else oid) for n, oid in columns])
+            for message in copy:
+                lengths.append(len(message))
+                data += message
+    return _decode(data, lengths, [(n, 701 if oid == _NUMERIC else oid) for n, oid in columns])
 
 
-def _decode(messages: list[bytes], columns: list[tuple[str, int]]) -> pd.DataFrame | None:
-    """The rows of a binary COPY stream received one row a message (the header before the
-    first row, the trailer alone at the end); None when they were not."""
-    sizes = np.fromiter((len(m) for m in messages), dtype=np.int64, count=len(messages))
-    data = b"".join(messages)
-    del messages
+def _decode(data: bytearray, lengths: list[int],
+            columns: list[tuple[str, int]]) -> pd.DataFrame | None:
+    """The rows of a binary COPY stream, ``data``, received one row a message of the given
+    ``lengths`` (the header before the first row, the trailer alone at the end); None when
+    they were not."""
+    sizes = np.array(lengths, dtype=np.int64)
     if not data.startswith(SIGNATURE[:11]) or len(data) < 19:
         return None
     header = 19 + int.from_bytes(data[15:19], "big")
@@ -81,7 +86,8 @@ def _decode(messages: list[bytes], columns: list[tuple[str, int]]) -> pd.DataFra
     if (starts >= ends).any():  # the header came without the first row: an empty message
         keep = starts < ends
         starts, ends = starts[keep], ends[keep]
-    buf = np.frombuffer(data + bytes(_WIDE_TEXT + 8), dtype=np.uint8)  # room to read past
+    data += bytes(_WIDE_TEXT + 8)  # room to read past the last cell
+    buf = np.frombuffer(data, dtype=np.uint8)
 
     if len(starts) and not (_numbers(buf, starts, ">i2") == len(columns)).all():
         return None
@@ -104,18 +110,14 @@ def _take(buf: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
 
 
 def _numbers(buf: np.ndarray, at: np.ndarray, dtype: str) -> np.ndarray:
-    """The number of ``dtype`` at each byte offset ``at`` of ``buf``: gathered through the
-    ``buf`` viewed as that type from each of its possible alignments, one value a row (not
-    one index a byte)."""
+    """The number of ``dtype`` at each byte offset ``at`` of ``buf``, gathered in one pass
+    through ``buf`` viewed as overlapping numbers, one starting at every byte (a stride of
+    one byte: numpy reads unaligned values). Gathering through one aligned view per phase
+    of the offsets took two to three times as long."""
     width = np.dtype(dtype).itemsize
-    out = np.empty(len(at), dtype=dtype)
-    phase = at % width
-    for k in range(width):
-        rows = np.flatnonzero(phase == k)
-        if len(rows):
-            aligned = buf[k:k + (len(buf) - k) // width * width].view(dtype)
-            out[rows] = aligned[(at[rows] - k) // width]
-    return out
+    every = np.ndarray(shape=(max(len(buf) - width + 1, 0),), dtype=dtype, buffer=buf,
+                       strides=(1,))
+    return every[at]
 
 
 def _values(oid: int, buf: np.ndarray, at: np.ndarray, lengths: np.ndarray,
