@@ -181,3 +181,24 @@ def test_join_memory_holds_its_settings_inside_and_puts_them_back(engine: sa.Eng
         with join_memory(conn, parallel_tuple_cost="0.01"):
             assert now() == [JOIN_WORK_MEM, "0.01"]
         assert now() == before
+
+
+def test_update_from_finds_few_rows_by_key_and_changes_the_same_rows(engine: sa.Engine) -> None:
+    """A change of few rows next to the table is planned by key on PostgreSQL (``_few``, from
+    the statistics, none before the table is analyzed); whichever plan, the same rows change."""
+    from clm_core.db.staging import _few, update_from
+
+    with engine.begin() as conn:
+        write_frame(conn, t.customers, pd.DataFrame({"external_id": [f"c{i}" for i in range(400)],
+                                                     "name": "a"}))
+        ids = conn.scalars(sa.select(t.customers.c.id).order_by(t.customers.c.id)).all()
+    postgres = engine.dialect.name == "postgresql"
+    for size in (10, 200):
+        with engine.begin() as conn:
+            if postgres:
+                assert not _few(conn, t.customers, size)  # no statistics yet
+                conn.exec_driver_sql("ANALYZE customers")
+                assert _few(conn, t.customers, size) == (size == 10)
+            df = pd.DataFrame({"id": ids[:size], "name": [f"n{size}"] * (size - 1) + ["a"]})
+            assert update_from(conn, t.customers, df, key="id", columns=["name"]) == size - 1
+            conn.rollback()
