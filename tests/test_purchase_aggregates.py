@@ -265,8 +265,8 @@ def test_a_rebuild_stores_the_aggregates_in_customer_order(engine: sa.Engine,
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite stores the table as its key's b-tree: always in customer order")
     rng = np.random.default_rng(5)
-    import_csv(engine, "orders", _orders_csv(
-        tmp_path / "orders.csv", _random_orders(rng, 0, 3000, 1500, pd.Timestamp("2025-01-01"), 90)))
+    orders = _random_orders(rng, 0, 3000, 1500, pd.Timestamp("2025-01-01"), 90)
+    import_csv(engine, "orders", _orders_csv(tmp_path / "orders.csv", orders))
     with engine.begin() as conn:
         rebuild(conn)
         stored = conn.exec_driver_sql(  # in the order the rows are stored

@@ -427,8 +427,9 @@ def replace_frame(conn: Connection, table: sa.Table, df: pd.DataFrame, *, key: s
     compared, no old row version is left behind, and the secondary indexes are built once
     after the load (``write_frame(bulk=True)`` into an empty table). PostgreSQL empties it with
     TRUNCATE and loads it frozen: a transaction whose snapshot predates the commit and that
-    had not read the table yet sees the new rows (without FREEZE it would see it empty). SQLite deletes the rows of a table with foreign keys one by one,
-    which makes an upsert the cheaper there. Runs in the caller's transaction.
+    had not read the table yet sees the new rows (without FREEZE it would see it empty).
+    SQLite deletes the rows of a table with foreign keys one by one, which makes an upsert
+    the cheaper there. Runs in the caller's transaction.
     """
     if df.empty:
         return 0

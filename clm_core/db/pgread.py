@@ -65,12 +65,12 @@ def copy_frame(conn: Connection, sql: str, params: Mapping[str, Any],
     return _decode(data, lengths, [(n, 701 if oid == _NUMERIC else oid) for n, oid in columns])
 
 
-def _decode(data: bytearray, lengths: list[int],
+def _decode(data: bytearray, message_sizes: list[int],
             columns: list[tuple[str, int]]) -> pd.DataFrame | None:
     """The rows of a binary COPY stream, ``data``, received one row a message of the given
-    ``lengths`` (the header before the first row, the trailer alone at the end); None when
-    they were not."""
-    sizes = np.array(lengths, dtype=np.int64)
+    sizes (the header before the first row, the trailer alone at the end); None when they
+    were not."""
+    sizes = np.array(message_sizes, dtype=np.int64)
     if not data.startswith(SIGNATURE[:11]) or len(data) < 19:
         return None
     header = 19 + int.from_bytes(data[15:19], "big")
@@ -121,7 +121,7 @@ def _numbers(buf: np.ndarray, at: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _values(oid: int, buf: np.ndarray, at: np.ndarray, lengths: np.ndarray,
-            null: np.ndarray, data: bytes) -> Any:
+            null: np.ndarray, data: bytes | bytearray) -> Any:
     """One column's values, its cells at ``at`` (``lengths`` long, -1 for NULL)."""
     if oid in _TEXTS:
         return _texts(buf, at, lengths, null, data)
@@ -148,7 +148,7 @@ def _values(oid: int, buf: np.ndarray, at: np.ndarray, lengths: np.ndarray,
 
 
 def _texts(buf: np.ndarray, at: np.ndarray, lengths: np.ndarray, null: np.ndarray,
-           data: bytes) -> np.ndarray:
+           data: bytes | bytearray) -> np.ndarray:
     n = len(at)
     widest = int(lengths.max(initial=0))
     out = np.empty(n, dtype=object)

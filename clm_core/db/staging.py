@@ -120,7 +120,7 @@ def join_memory(conn: Connection, **more: str) -> Iterator[None]:
         yield
         return
     wanted = {"work_mem": f"'{JOIN_WORK_MEM}'", **more}
-    before = {name: conn.exec_driver_sql(f"SELECT current_setting('{name}')").scalar()
+    before = {name: str(conn.exec_driver_sql(f"SELECT current_setting('{name}')").scalar())
               for name in wanted}
     for name, value in wanted.items():
         conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
