@@ -76,8 +76,9 @@ ORDER BY a.customer_id
 # in (a merge join with the customers by key). On PostgreSQL, whose table keeps rows where
 # they were inserted, rows rebuilt in the grouping's hash order made that index scan fetch a
 # heap page per row: at a million customers 1.1 s against 0.1 s, the features 1.1-1.3 s
-# longer. Rows refreshed later go to the end, a day's customers at a time. SQLite keeps the
-# table in key order whatever the insert order.
+# longer. Rows refreshed later go to the end, a day's customers at a time, until the next
+# rebuild (``clm db rebuild-aggregates``). SQLite keeps the table in key order whatever the
+# insert order.
 
 
 def _aggregate_sql(conn: Connection, scope: str = "") -> str:
