@@ -7,14 +7,13 @@ Builds (once, cached under ``--cache`` keyed by size, seed, schema revision and
 ``STORE_FORMAT``) a synthetic store of about five orders per customer whose last order is on
 day L, fitted, scored as of L and with the journeys evaluated the next morning: the state
 after a night's run (on PostgreSQL vacuumed and analyzed, as a live server's autovacuum keeps
-it). Each measured
-run starts from a copy of that store (a file copy on SQLite, ``CREATE DATABASE ... TEMPLATE``
-on PostgreSQL), imports day L+1's orders (new orders of about 0.2% of customers, a tenth as
-many earlier orders cancelled) through ``clm import orders``'s code, then times the nightly
-run in a fresh process: scoring as of L+1 (features from the purchase aggregates, scores,
-stages, transitions; the score rows reloaded on PostgreSQL, upserted on SQLite)
-and the journey evaluation the morning after (every active journey of ``journeys/``: load,
-plan, write; no sending). Beside it, in the same run:
+it). Each measured run starts from a copy of that store (a file copy on SQLite, ``CREATE
+DATABASE ... TEMPLATE`` on PostgreSQL), imports day L+1's orders (new orders of about 0.2%
+of customers, a tenth as many earlier orders cancelled) through ``clm import orders``'s code,
+then times the nightly run in a fresh process: scoring as of L+1 (features from the purchase
+aggregates, scores, stages, transitions; the score rows reloaded on PostgreSQL, upserted on
+SQLite) and the journey evaluation the morning after (every active journey of
+``journeys/``: load, plan, write; no sending). Beside it, in the same run:
 
 - full recompute: the same nightly run as before the purchase aggregates: features
   aggregated from the whole order history, score rows upserted in place;
