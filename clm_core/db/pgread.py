@@ -69,7 +69,7 @@ def _decode(data: bytearray, message_sizes: list[int],
             columns: list[tuple[str, int]]) -> pd.DataFrame | None:
     """The rows of a binary COPY stream, ``data``, received one row a message of the given
     sizes (the header before the first row, the trailer alone at the end); None when they
-    were not."""
+    were not. ``data`` is padded in place (the caller's buffer, read by no one after)."""
     sizes = np.array(message_sizes, dtype=np.int64)
     if not data.startswith(SIGNATURE[:11]) or len(data) < 19:
         return None
