@@ -172,8 +172,9 @@ customer_scores = sa.Table(
     sa.Column("r_score", sa.SmallInteger),
     sa.Column("f_score", sa.SmallInteger),
     sa.Column("m_score", sa.SmallInteger),
-    sa.Column("rfm_segment", sa.String(32), index=True),
-    sa.Column("stage", sa.String(32), index=True),
+    # Neither stage nor segment is indexed: none picks out few rows (migration 0014).
+    sa.Column("rfm_segment", sa.String(32)),
+    sa.Column("stage", sa.String(32)),
     _ts("stage_since"),
     _recorded_at(),
     sa.Column("run_id", sa.String(64)),
