@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -165,6 +167,47 @@ def test_replace_frame_loads_postgresql_rows_frozen(
         assert conn.scalar(sa.select(sa.func.count()).select_from(s)) == 500
         fetches = _heap_fetches(conn)
     assert fetches == 0  # loaded the usual way, every page would still be visited
+
+
+def test_a_reload_checks_an_ordered_foreign_key_by_merging_the_keys(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The foreign keys added back after a reload: the customer's (its column is the table's
+    key) checked by walking both keys in order, the fit's hashed as the planner likes; both
+    enforced again, and the planner's setting put back."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner; SQLite keeps its foreign keys through a load")
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 1)
+    s = t.customer_scores
+    with engine.begin() as conn:
+        write_frame(conn, t.customers,
+                    pd.DataFrame({"external_id": [f"c{i}" for i in range(2000)]}))
+        ids = conn.scalars(sa.select(t.customers.c.id).order_by(t.customers.c.id)).all()
+        fit = conn.execute(sa.insert(t.model_fits).values(
+            model="bgnbd", params={}, time_unit="day", window_end=datetime(2025, 1, 1),
+            n_customers=1, recorded_at=datetime(2025, 1, 2))
+            .returning(t.model_fits.c.id)).scalar_one()
+    rows = pd.DataFrame({"customer_id": ids, "as_of": pd.Timestamp("2025-01-02"), "fit_id": fit,
+                         "stage": "active", "recorded_at": pd.Timestamp("2025-01-02")})
+    plans: list[str] = []
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        raw.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        # auto_explain sends the plan of every statement, the checks' queries included, to
+        # the client as a notice
+        for sql in ("LOAD 'auto_explain'", "SET LOCAL auto_explain.log_min_duration = 0",
+                    "SET LOCAL auto_explain.log_nested_statements = on",
+                    "SET LOCAL client_min_messages = log"):
+            conn.exec_driver_sql(sql)
+        bulk.replace_frame(conn, s, rows, key="customer_id")
+        conn.exec_driver_sql("SET LOCAL client_min_messages = notice")
+        assert conn.exec_driver_sql("SELECT current_setting('enable_hashjoin')").scalar() == "on"
+    checks = {key: next(p for p in plans if "LEFT OUTER JOIN" in p and f'"{key}"' in p
+                        and "Join" in p) for key in ("customer_id", "fit_id")}
+    assert "Merge Anti Join" in checks["customer_id"], checks["customer_id"]
+    assert "Hash" in checks["fit_id"], checks["fit_id"]
+    for bad in ({"customer_id": max(ids) + 1}, {"customer_id": ids[0], "fit_id": fit + 1}):
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.update(s).where(s.c.customer_id == ids[0]).values(**bad))
 
 
 def test_join_memory_holds_its_settings_inside_and_puts_them_back(engine: sa.Engine) -> None:
