@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -189,17 +190,24 @@ def test_a_reload_checks_an_ordered_foreign_key_by_merging_the_keys(
     rows = pd.DataFrame({"customer_id": ids, "as_of": pd.Timestamp("2025-01-02"), "fit_id": fit,
                          "stage": "active", "recorded_at": pd.Timestamp("2025-01-02")})
     plans: list[str] = []
+
+    def planned(d: Any) -> None:
+        plans.append(d.message_primary or "")
+
     with engine.begin() as conn:
         raw = conn.connection.driver_connection
-        raw.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
-        # auto_explain sends the plan of every statement, the checks' queries included, to
-        # the client as a notice
-        for sql in ("LOAD 'auto_explain'", "SET LOCAL auto_explain.log_min_duration = 0",
-                    "SET LOCAL auto_explain.log_nested_statements = on",
-                    "SET LOCAL client_min_messages = log"):
-            conn.exec_driver_sql(sql)
-        bulk.replace_frame(conn, s, rows, key="customer_id")
-        conn.exec_driver_sql("SET LOCAL client_min_messages = notice")
+        raw.add_notice_handler(planned)
+        try:
+            # auto_explain sends the plan of every statement, the checks' queries included,
+            # to the client as a notice (until the transaction ends)
+            for sql in ("LOAD 'auto_explain'", "SET LOCAL auto_explain.log_min_duration = 0",
+                        "SET LOCAL auto_explain.log_nested_statements = on",
+                        "SET LOCAL client_min_messages = log"):
+                conn.exec_driver_sql(sql)
+            bulk.replace_frame(conn, s, rows, key="customer_id")
+            conn.exec_driver_sql("SET LOCAL client_min_messages = notice")
+        finally:
+            raw.remove_notice_handler(planned)
         assert conn.exec_driver_sql("SELECT current_setting('enable_hashjoin')").scalar() == "on"
     checks = {key: next(p for p in plans if "LEFT OUTER JOIN" in p and f'"{key}"' in p
                         and "Join" in p) for key in ("customer_id", "fit_id")}
