@@ -20,7 +20,10 @@ from clm_core.web.app import create_app
 from tests.delivery_fixtures import clm, project, rows, sandbox, sandbox_server  # noqa: F401
 from tests.web_fixtures import serving
 
-LEASE = {"timeout": 1.0, "lease_seconds": 3, "backoff_base": 0.05, "backoff_max": 0.5,
+# A request's timeout of 2 s (a lease must outlast two): at 1 s, on a slow machine running the
+# suite on both cores, the final pass once saw 16 requests in flight time out together (the
+# sandbox stalled), leaving them in doubt after the reconciliation had settled every other.
+LEASE = {"timeout": 2.0, "lease_seconds": 5, "backoff_base": 0.05, "backoff_max": 0.5,
          "batch_size": 100, "lanes": 4}
 
 
