@@ -20,7 +20,7 @@ import csv
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from decimal import Decimal
 from itertools import chain
 from typing import Any, Literal
@@ -423,7 +423,25 @@ def _rebuilding(conn: Connection, table: sa.Table, n_rows: int, existing: int) -
 
 
 @contextmanager
-def _merge_checked(conn: Connection) -> Iterator[None]:
+def planner_settings(conn: Connection, **settings: str) -> Iterator[None]:
+    """PostgreSQL's planner ``settings`` (values as SQL literals) held for the statements
+    inside, then put back as they were (``SET LOCAL`` alone would keep them to the end of the
+    transaction). Nothing on other databases."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    before = {name: str(conn.exec_driver_sql(f"SELECT current_setting('{name}')").scalar())
+              for name in settings}
+    for name, value in settings.items():
+        conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            conn.exec_driver_sql(f"SET LOCAL {name} = '{value}'")
+
+
+def _merge_checked(conn: Connection) -> AbstractContextManager[None]:
     """PostgreSQL's check of a foreign key added back after a load, planned as a merge of the
     two keys' indexes (no hash join) for the statement inside.
 
@@ -436,12 +454,7 @@ def _merge_checked(conn: Connection) -> Iterator[None]:
     the key's column leads an index of the table (``in_order``), so that both sides are walked
     in order; any other key keeps the planner's choice (the score rows' key to their fit, one
     of a few fits, is best hashed)."""
-    before = conn.exec_driver_sql("SELECT current_setting('enable_hashjoin')").scalar()
-    conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"SET LOCAL enable_hashjoin = '{before}'")
+    return planner_settings(conn, enable_hashjoin="off")
 
 
 

@@ -14,14 +14,22 @@ it was and a repeat of the same write changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from clm_core.db.bulk import SQLITE_CACHE_KIB, _columns, _copy, _quoted, _raw, _translated
+from clm_core.db.bulk import (
+    SQLITE_CACHE_KIB,
+    _columns,
+    _copy,
+    _quoted,
+    _raw,
+    _translated,
+    planner_settings,
+)
 
 JOIN_WORK_MEM = "256MB"  # PostgreSQL's work memory for an UPDATE ... FROM (see update_from)
 
@@ -110,25 +118,12 @@ def _few(conn: Connection, table: sa.Table, rows: int) -> bool:
     return stored is not None and stored > 0 and rows < FEW_SHARE * stored
 
 
-@contextmanager
-def join_memory(conn: Connection, **more: str) -> Iterator[None]:
+def join_memory(conn: Connection, **more: str) -> AbstractContextManager[None]:
     """PostgreSQL's work memory raised to ``JOIN_WORK_MEM`` for the statements inside, then
     put back. The default 4 MB splits a hash join or aggregate over a million-row table into
     batches spilled to disk. ``more``: other planner settings to hold inside (their values
     as SQL literals). Nothing on other databases."""
-    if conn.dialect.name != "postgresql":
-        yield
-        return
-    wanted = {"work_mem": f"'{JOIN_WORK_MEM}'", **more}
-    before = {name: str(conn.exec_driver_sql(f"SELECT current_setting('{name}')").scalar())
-              for name in wanted}
-    for name, value in wanted.items():
-        conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            conn.exec_driver_sql(f"SET LOCAL {name} = '{value}'")
+    return planner_settings(conn, work_mem=f"'{JOIN_WORK_MEM}'", **more)
 
 
 def insert_staged(conn: Connection, table: sa.Table, name: str, columns: Sequence[str],
